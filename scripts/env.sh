@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Run a command inside cellseg's virtual environment, creating it first if needed.
+#
+#   bash scripts/env.sh snakemake --cores 2     # the demo
+#   bash scripts/env.sh pytest                  # the tests
+#
+# The environment lives outside the clone (virtual environments do not belong in git), in
+# ${CELLSEG_VENV_ROOT:-~/.cache/cellseg}/venv-<hash of pyproject.toml's dependencies>, so a
+# change of dependencies makes a new one and repeated runs reinstall nothing.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+python=${CELLSEG_PYTHON:-python3}
+deps_hash=$(sed -n '/^dependencies = \[/,/^\[project.scripts\]/p' "$repo/pyproject.toml" | sha256sum | cut -c1-12)
+venv=${CELLSEG_VENV:-${CELLSEG_VENV_ROOT:-$HOME/.cache/cellseg}/venv-$deps_hash}
+if [ ! -f "$venv/.cellseg-ready" ]; then
+    echo "cellseg: creating $venv (first run: torch, monai, timm, snakemake; several GB)" >&2
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    # torch and torchvision resolved together from PyPI (timm needs torchvision)
+    "$venv/bin/python" -m pip install --quiet -e "$repo[test]"
+    touch "$venv/.cellseg-ready"
+else
+    # the package itself is editable; only re-link it if the clone moved
+    "$venv/bin/python" -c "import cellseg, pathlib, sys; sys.exit(pathlib.Path(cellseg.__file__).resolve().parents[2] != pathlib.Path('$repo').resolve())" 2>/dev/null \
+        || "$venv/bin/python" -m pip install --quiet --no-deps -e "$repo"
+fi
+export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv"
+cd "$repo"
+exec "$@"
