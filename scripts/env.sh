@@ -20,11 +20,8 @@ if [ ! -f "$venv/.cellseg-ready" ]; then
     # torch and torchvision resolved together from PyPI (timm needs torchvision)
     "$venv/bin/python" -m pip install --quiet -e "$repo[test]"
     touch "$venv/.cellseg-ready"
-else
-    # the package itself is editable; only re-link it if the clone moved
-    "$venv/bin/python" -c "import cellseg, pathlib, sys; sys.exit(pathlib.Path(cellseg.__file__).resolve().parents[2] != pathlib.Path('$repo').resolve())" 2>/dev/null \
-        || "$venv/bin/python" -m pip install --quiet --no-deps -e "$repo"
 fi
-export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv"
+# this clone's sources win over whichever clone the cached venv was first made from
+export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv" PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}"
 cd "$repo"
 exec "$@"

@@ -1,0 +1,19 @@
+# cellseg: train, evaluate and compare segmentation models on CellMap FIB-SEM organelles.
+# This file is the table of contents; the rules live in workflow/rules/ by stage.
+
+from snakemake.utils import min_version
+
+min_version("8.20")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    input:
+        get_final_output(),
+    default_target: True

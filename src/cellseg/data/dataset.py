@@ -1,0 +1,181 @@
+"""Torch datasets of CellMap patches for training and validation.
+
+Both datasets hold only picklable crop descriptions; each data-loader worker opens its own
+read-only zarr handles and nothing is cached across patches, so memory stays flat however many
+patches are drawn (no per-epoch growth, ``num_workers > 0`` works in 2D and 3D).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from cellseg.data.patches import Augmentation, CropReader, PatchGrid, PatchTransform, crop_sampling_weights
+from cellseg.data.store import Crop, CropGeometry, read_crop_geometry
+from cellseg.errors import CellsegError
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    """Shape and resolution of the patches a model consumes.
+
+    Attributes:
+        shape: ``(H, W)`` for 2D models or ``(D, H, W)`` for 3D models, in voxels.
+        resolution_nm: isotropic voxel size in nm (8 in the seed).
+    """
+
+    shape: tuple[int, ...]
+    resolution_nm: float = 8.0
+
+    def __post_init__(self) -> None:
+        if len(self.shape) not in (2, 3) or min(self.shape) < 1:
+            raise CellsegError(
+                f"patch shape {list(self.shape)}: expected [H, W] (2D) or [D, H, W] (3D) positive sizes"
+            )
+
+    @property
+    def is_3d(self) -> bool:
+        return len(self.shape) == 3
+
+    @property
+    def grid_shape(self) -> tuple[int, int, int]:
+        """``(D, H, W)`` with D = 1 for 2D patches."""
+        return tuple(self.shape) if self.is_3d else (1, *self.shape)  # type: ignore[return-value]
+
+
+def _to_sample(em: np.ndarray, target: np.ndarray, spec: PatchSpec, crop_index: int) -> dict:
+    """``(D, H, W)`` EM and ``(C, D, H, W)`` target → ``image (1, …)``, ``target (C, …)`` tensors."""
+    if not spec.is_3d:
+        em, target = em[0], target[:, 0]
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(em[None])),
+        "target": torch.from_numpy(np.ascontiguousarray(target)),
+        "crop": crop_index,
+    }
+
+
+def open_crops(
+    crops: Sequence[Crop], resolution_nm: float
+) -> list[CropGeometry]:
+    """Validate and parse every crop up front, so a broken dataset fails before training starts."""
+    if not crops:
+        raise CellsegError("no crops to read: the datasplit has no rows for this split")
+    return [read_crop_geometry(crop, resolution_nm) for crop in crops]
+
+
+class TrainPatches(IterableDataset):
+    """An endless stream of randomly placed, augmented patches.
+
+    Crops are drawn with probability proportional to their annotated volume (optionally boosting
+    crops that annotate rarely annotated classes); the patch centre is uniform inside the crop's
+    annotated box, so every patch is centred on annotated voxels. The stream is deterministic for
+    ``(seed, epoch, rank, worker id)``.
+
+    Args:
+        crops: training crops.
+        spec: patch shape and resolution.
+        augmentation: random spatial transforms (:class:`Augmentation`).
+        seed: base random seed.
+        rank: DDP rank, so that ranks draw different patches.
+        rare_class_boost: see :func:`cellseg.data.patches.crop_sampling_weights`.
+        em_range, infer_true_negatives: see :class:`cellseg.data.patches.CropReader`.
+
+    Yields:
+        ``{"image": (1, *shape) float32 in [0, 1], "target": (14, *shape) float32 with NaN,
+        "crop": int}``.
+    """
+
+    def __init__(
+        self,
+        crops: Sequence[Crop],
+        spec: PatchSpec,
+        augmentation: Augmentation | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        rare_class_boost: float = 0.0,
+        em_range: tuple[float, float] = (10.6, 194.1),
+        infer_true_negatives: bool = False,
+    ) -> None:
+        super().__init__()
+        self.crops = list(crops)
+        self.spec = spec
+        self.augmentation = augmentation if augmentation is not None else Augmentation()
+        self.seed = seed
+        self.rank = rank
+        self.epoch = 0
+        geometries = open_crops(self.crops, spec.resolution_nm)
+        self.readers = [
+            CropReader(g, spec.resolution_nm, em_range, infer_true_negatives) for g in geometries
+        ]
+        self.weights = crop_sampling_weights(geometries, rare_class_boost)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed the stream for a new epoch (call before iterating, as with DistributedSampler)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        worker = get_worker_info()
+        worker_id = worker.id if worker is not None else 0
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker_id])
+        while True:
+            yield self.sample(rng)
+
+    def sample(self, rng: np.random.Generator) -> dict:
+        """Draw one patch with ``rng``."""
+        index = int(rng.choice(len(self.readers), p=self.weights))
+        reader = self.readers[index]
+        start, stop = reader.geometry.bounds_nm
+        centre = rng.uniform(start, stop)
+        transform = PatchTransform.draw(rng, self.augmentation, self.spec.is_3d)
+        grid = PatchGrid.build(centre, self.spec.grid_shape, self.spec.resolution_nm, transform)
+        em, target = reader.read(grid)
+        return _to_sample(em, target, self.spec, index)
+
+
+class FixedPatches(Dataset):
+    """A fixed, unaugmented set of patches for validation: the same patches every epoch.
+
+    ``patches_per_crop`` centres per crop are drawn once from ``seed`` (uniform in the crop's
+    annotated box), so validation Dice is comparable from epoch to epoch and across models.
+    """
+
+    def __init__(
+        self,
+        crops: Sequence[Crop],
+        spec: PatchSpec,
+        patches_per_crop: int = 4,
+        seed: int = 0,
+        em_range: tuple[float, float] = (10.6, 194.1),
+        infer_true_negatives: bool = False,
+    ) -> None:
+        super().__init__()
+        self.crops = list(crops)
+        self.spec = spec
+        geometries = open_crops(self.crops, spec.resolution_nm)
+        self.readers = [
+            CropReader(g, spec.resolution_nm, em_range, infer_true_negatives) for g in geometries
+        ]
+        rng = np.random.default_rng(seed)
+        self.items: list[tuple[int, np.ndarray]] = []
+        for index, geometry in enumerate(geometries):
+            start, stop = geometry.bounds_nm
+            for _ in range(patches_per_crop):
+                self.items.append((index, rng.uniform(start, stop)))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, item: int) -> dict:
+        index, centre = self.items[item]
+        grid = PatchGrid.build(centre, self.spec.grid_shape, self.spec.resolution_nm)
+        em, target = self.readers[index].read(grid)
+        return _to_sample(em, target, self.spec, index)
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Keep each worker to one intra-op thread: workers already run in parallel."""
+    torch.set_num_threads(1)

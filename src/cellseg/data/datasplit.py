@@ -1,0 +1,164 @@
+"""The datasplit CSV: which crops train, validate and test (cellmap-data's 5-column format).
+
+Each row is ``split, EM store, EM group, label store, crop group/[class,…]``, every field quoted,
+no header. cellmap-data knows ``train`` and ``validate``; cellseg adds ``test`` in the same first
+column for the held-out crops of the final evaluation (a cellmap-data reader given this file
+should be given only the train/validate rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cellseg.data.store import Crop, discover_crops, parse_label_path
+from cellseg.errors import CellsegError
+from cellseg.io import write_text_atomic
+
+SPLITS: tuple[str, ...] = ("train", "validate", "test")
+
+
+def split_crops(
+    crops: Sequence[Crop],
+    validate_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 42,
+) -> list[Crop]:
+    """Assign each crop to train / validate / test, deterministically for ``seed``.
+
+    Held-out crops are drawn in a seeded random order, skipping any crop whose removal would
+    leave one of its classes annotated by no training crop, so every class stays in train
+    wherever possible. With ``n`` crops, ``round(f * n)`` go to a split of fraction ``f > 0``
+    (at least one while at least three crops remain for training).
+
+    Returns:
+        The crops with ``split`` set, in their input order.
+    """
+    for name, fraction in (("validate_fraction", validate_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= fraction < 1.0:
+            raise CellsegError(f"{name} = {fraction}: must be in [0, 1)")
+    if validate_fraction + test_fraction >= 1.0:
+        raise CellsegError("validate_fraction + test_fraction must leave crops for training (< 1)")
+    n = len(crops)
+
+    def wanted(fraction: float) -> int:
+        return 0 if fraction == 0 else max(round(fraction * n), 1 if n >= 3 else 0)
+
+    order = np.random.default_rng(seed).permutation(n)
+    train_counts = Counter(name for crop in crops for name in crop.classes)
+    splits = ["train"] * n
+    for split, count in (("test", wanted(test_fraction)), ("validate", wanted(validate_fraction))):
+        for index in order:
+            if count == 0:
+                break
+            if splits[index] != "train" or any(train_counts[c] <= 1 for c in crops[index].classes):
+                continue
+            splits[index] = split
+            train_counts.subtract(crops[index].classes)
+            count -= 1
+    return [
+        Crop(c.em_store, c.em_group, c.label_store, c.crop_group, c.classes, split)
+        for c, split in zip(crops, splits, strict=True)
+    ]
+
+
+def format_datasplit(crops: Sequence[Crop]) -> str:
+    """The CSV text of ``crops`` (absolute store paths)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\n")
+    for crop in crops:
+        writer.writerow(
+            [crop.split, str(crop.em_store.resolve()), crop.em_group,
+             str(crop.label_store.resolve()), crop.label_path]
+        )
+    return buffer.getvalue()
+
+
+def write_datasplit(crops: Sequence[Crop], path: Path | str) -> None:
+    """Write the datasplit CSV atomically."""
+    write_text_atomic(path, format_datasplit(crops))
+
+
+def read_datasplit(path: Path | str, splits: Sequence[str] | None = None) -> list[Crop]:
+    """Read and validate a datasplit CSV; optionally keep only some splits.
+
+    Raises:
+        CellsegError: naming the file and row for a wrong column count, an unknown split, a
+            label path without a ``[class,…]`` list, or a store path that does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CellsegError(f"{path}: datasplit CSV not found; run `cellseg datasplit` or fix the path")
+    crops = []
+    with open(path, newline="") as handle:
+        for row_number, row in enumerate(csv.reader(handle), start=1):
+            if not row or all(not field.strip() for field in row):
+                continue
+            where = f"{path}:{row_number}"
+            if len(row) != 5:
+                raise CellsegError(
+                    f"{where}: expected 5 columns (split, EM store, EM group, label store, "
+                    f"crop/[classes]), got {len(row)}"
+                )
+            split, em_store, em_group, label_store, label_path = (field.strip() for field in row)
+            if split not in SPLITS:
+                raise CellsegError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+            crop_group, classes = parse_label_path(label_path)
+            if not classes:
+                raise CellsegError(
+                    f"{where}: label path {label_path!r} must end in /[class1,class2,…]"
+                )
+            for store in (em_store, label_store):
+                if not Path(store).exists():
+                    raise CellsegError(f"{where}: store {store} does not exist; fix the path in the CSV")
+            crop = Crop(Path(em_store), em_group, Path(label_store), crop_group, classes, split)
+            if splits is None or split in splits:
+                crops.append(crop)
+    if not crops:
+        wanted = ", ".join(splits) if splits else "any split"
+        raise CellsegError(f"{path}: no rows for {wanted}")
+    return crops
+
+
+def make_datasplit(
+    roots: Sequence[Path | str],
+    validate_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 42,
+) -> list[Crop]:
+    """Discover every crop under the data roots (CellMap layout) and split them."""
+    crops = [crop for root in roots for crop in discover_crops(root)]
+    if not crops:
+        raise CellsegError(f"no annotated crops under {', '.join(map(str, roots))}")
+    return split_crops(crops, validate_fraction, test_fraction, seed)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.from_csv:
+        crops = read_datasplit(args.from_csv)
+    else:
+        crops = make_datasplit(args.root, args.validate_fraction, args.test_fraction, args.seed)
+    write_datasplit(crops, args.out)
+    counts = Counter(crop.split for crop in crops)
+    print(f"{args.out}: " + ", ".join(f"{counts[s]} {s}" for s in SPLITS))
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "datasplit", help="split the crops of CellMap data roots into train/validate/test"
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--root", type=Path, action="append", help="CellMap data root (repeatable)")
+    source.add_argument("--from-csv", type=Path, help="validate a user datasplit CSV instead")
+    parser.add_argument("--out", type=Path, required=True, help="output CSV")
+    parser.add_argument("--validate-fraction", type=float, default=0.15)
+    parser.add_argument("--test-fraction", type=float, default=0.15)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.set_defaults(func=_run)

@@ -1,0 +1,325 @@
+"""Reading CellMap zarr stores: OME-NGFF multiscales, crops, label encodings.
+
+World coordinates are in nanometres, axes ``(z, y, x)``. An OME-NGFF ``translation`` is the
+centre of the array's first voxel, so voxel ``i`` of a level with voxel size ``s`` and
+translation ``t`` is centred at ``t + i * s`` and covers ``[t + (i - 1/2) s, t + (i + 1/2) s)``.
+Stores are always opened read-only: nothing here writes into the user's data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from cellseg.classes import CLASSES
+from cellseg.errors import CellsegError
+
+EM_GROUP = "recon-1/em/fibsem-uint8"
+LABELS_ROOT = "recon-1/labels/groundtruth"
+
+Vec3 = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class ScaleLevel:
+    """One level of an OME-NGFF multiscale group.
+
+    Attributes:
+        path: array name inside the group, e.g. ``"s0"``.
+        voxel_size_nm: ``(z, y, x)`` voxel size in nm.
+        translation_nm: ``(z, y, x)`` centre of voxel ``(0, 0, 0)`` in nm.
+        shape: ``(z, y, x)`` array shape in voxels.
+    """
+
+    path: str
+    voxel_size_nm: Vec3
+    translation_nm: Vec3
+    shape: tuple[int, int, int]
+
+    @property
+    def start_nm(self) -> np.ndarray:
+        """Lower corner of the first voxel, nm ``(z, y, x)``."""
+        return np.asarray(self.translation_nm) - np.asarray(self.voxel_size_nm) / 2
+
+    @property
+    def stop_nm(self) -> np.ndarray:
+        """Upper corner of the last voxel, nm ``(z, y, x)``."""
+        return self.start_nm + np.asarray(self.shape) * np.asarray(self.voxel_size_nm)
+
+    def world_to_index(self, world_nm: np.ndarray) -> np.ndarray:
+        """Continuous voxel index (voxel centres at integers) of world points ``(..., 3)`` in nm."""
+        return (world_nm - np.asarray(self.translation_nm)) / np.asarray(self.voxel_size_nm)
+
+
+@dataclass(frozen=True)
+class Multiscale:
+    """A multiscale group (EM or one label class) of a zarr store."""
+
+    store: Path
+    group: str
+    levels: tuple[ScaleLevel, ...]
+    attributes: Mapping[str, Any]
+
+    @property
+    def location(self) -> str:
+        return f"{self.store}/{self.group}"
+
+    def level_for(self, resolution_nm: float | Vec3) -> ScaleLevel:
+        """The level whose voxel size is nearest ``resolution_nm`` (in log scale; ties → finer)."""
+        target = np.broadcast_to(np.asarray(resolution_nm, dtype=float), (3,))
+
+        def distance(level: ScaleLevel) -> tuple[float, float]:
+            ratio = np.log2(np.asarray(level.voxel_size_nm) / target)
+            return float(np.abs(ratio).sum()), float(np.prod(level.voxel_size_nm))
+
+        return min(self.levels, key=distance)
+
+    @property
+    def bounds_nm(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(start, stop)`` of the box the finest level covers, nm ``(z, y, x)``."""
+        finest = min(self.levels, key=lambda level: np.prod(level.voxel_size_nm))
+        return finest.start_nm, finest.stop_nm
+
+
+@dataclass(frozen=True)
+class LabelEncoding:
+    """How the integers of a label array map to present / absent / unknown (SPEC §3)."""
+
+    instance: bool = False
+    absent: int = 0
+    present: int = 1
+    unknown: int = 255
+
+    @classmethod
+    def from_attributes(cls, attributes: Mapping[str, Any], location: str) -> LabelEncoding:
+        """Read ``cellmap.annotation.annotation_type``; the published defaults when absent."""
+        annotation = attributes.get("cellmap", {}).get("annotation")
+        if annotation is None:
+            return cls()
+        annotation_type = annotation.get("annotation_type", {})
+        kind = annotation_type.get("type", "semantic_segmentation")
+        encoding = annotation_type.get("encoding", {})
+        if kind not in ("semantic_segmentation", "instance_segmentation"):
+            raise CellsegError(
+                f"{location}: cellmap.annotation.annotation_type.type is {kind!r}; "
+                "expected 'semantic_segmentation' or 'instance_segmentation'"
+            )
+        return cls(
+            instance=kind == "instance_segmentation",
+            absent=int(encoding.get("absent", 0)),
+            present=int(encoding.get("present", 1)),
+            unknown=int(encoding.get("unknown", 255)),
+        )
+
+    def to_target(self, values: np.ndarray) -> np.ndarray:
+        """Raw label values → float32 target: 1 present, 0 absent, NaN unknown.
+
+        Instance ids (anything but ``absent`` and ``unknown``) become 1. In a semantic array a
+        value that is none of the three codes is treated as unknown rather than guessed.
+        """
+        target = np.full(values.shape, np.nan, dtype=np.float32)
+        target[values == self.absent] = 0.0
+        if self.instance:
+            target[(values != self.absent) & (values != self.unknown)] = 1.0
+        else:
+            target[values == self.present] = 1.0
+        return target
+
+
+def open_group(store: Path | str) -> zarr.Group:
+    """Open a zarr (format 2) store read-only, with a one-line error when it is not one."""
+    store = Path(store)
+    if not store.exists():
+        raise CellsegError(f"{store}: no such zarr store; check the data root / datasplit path")
+    try:
+        return zarr.open_group(str(store), mode="r", zarr_format=2)
+    except Exception as error:  # zarr raises several types for a non-store path
+        raise CellsegError(
+            f"{store}: not a readable zarr format 2 group ({type(error).__name__}: {error})"
+        ) from None
+
+
+def _parse_levels(attributes: Mapping[str, Any], location: str) -> list[tuple[str, Vec3, Vec3]]:
+    fix = "each group needs OME-NGFF 0.4 'multiscales' with scale and translation per level"
+    multiscales = attributes.get("multiscales")
+    if not multiscales or not isinstance(multiscales, list):
+        raise CellsegError(f"{location}: missing 'multiscales' attribute; {fix}")
+    datasets = multiscales[0].get("datasets")
+    if not datasets:
+        raise CellsegError(f"{location}: 'multiscales[0].datasets' is empty; {fix}")
+    parsed = []
+    for dataset in datasets:
+        try:
+            transforms = {t["type"]: t for t in dataset["coordinateTransformations"]}
+            scale = tuple(float(v) for v in transforms["scale"]["scale"])
+            translation = (
+                tuple(float(v) for v in transforms["translation"]["translation"])
+                if "translation" in transforms
+                else (0.0, 0.0, 0.0)
+            )
+            path = str(dataset["path"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise CellsegError(
+                f"{location}: malformed multiscales dataset {dataset!r} ({error}); {fix}"
+            ) from None
+        if len(scale) != 3 or len(translation) != 3 or min(scale) <= 0:
+            raise CellsegError(
+                f"{location}: level {path!r} needs 3 positive scales and 3 translations (z, y, x) in nm"
+            )
+        parsed.append((path, scale, translation))
+    return parsed
+
+
+def read_multiscale(root: zarr.Group, store: Path, group: str) -> Multiscale:
+    """Parse the multiscale group ``group`` of an open store; checks every level exists."""
+    location = f"{store}/{group}"
+    try:
+        node = root[group]
+    except KeyError:
+        raise CellsegError(f"{location}: no such group in the store") from None
+    attributes = dict(node.attrs)
+    levels = []
+    for path, scale, translation in _parse_levels(attributes, location):
+        try:
+            array = node[path]
+        except KeyError:
+            raise CellsegError(
+                f"{location}/{path}: array listed in 'multiscales' is missing from the store"
+            ) from None
+        if array.ndim != 3:
+            raise CellsegError(f"{location}/{path}: expected a 3D (z, y, x) array, got {array.ndim}D")
+        levels.append(ScaleLevel(path, scale, translation, tuple(int(n) for n in array.shape)))
+    return Multiscale(store, group, tuple(levels), attributes)
+
+
+def parse_label_path(label_path: str) -> tuple[str, tuple[str, ...] | None]:
+    """Split a datasplit label path ``…/cropN/[a,b]`` into the crop group and class list."""
+    crop_group, _, last = label_path.rstrip("/").rpartition("/")
+    if last.startswith("[") and last.endswith("]"):
+        names = tuple(name.strip() for name in last[1:-1].split(",") if name.strip())
+        return crop_group, names
+    return label_path.rstrip("/"), None
+
+
+@dataclass(frozen=True)
+class Crop:
+    """One annotated crop: where its EM and labels live and which of the 14 classes it annotates.
+
+    Only paths are held, so a ``Crop`` pickles cheaply into data-loader workers, which open their
+    own read-only handles.
+    """
+
+    em_store: Path
+    em_group: str
+    label_store: Path
+    crop_group: str
+    classes: tuple[str, ...]
+    split: str = "train"
+
+    @property
+    def name(self) -> str:
+        """``dataset/cropN``, unique across data roots of the CellMap layout."""
+        return f"{self.label_store.stem}/{self.crop_group.rsplit('/', 1)[-1]}"
+
+    @property
+    def label_path(self) -> str:
+        return f"{self.crop_group}/[{','.join(self.classes)}]"
+
+
+def discover_crops(root: Path | str) -> list[Crop]:
+    """Every crop of every ``{root}/{dataset}/{dataset}.zarr``, with the 14-class subset it annotates.
+
+    Raises:
+        CellsegError: the root has no CellMap store, or a store lacks EM or ground truth.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CellsegError(f"{root}: data root does not exist or is not a directory")
+    stores = sorted(p for p in root.glob("*/*.zarr") if p.stem == p.parent.name)
+    if not stores:
+        raise CellsegError(
+            f"{root}: no '{{dataset}}/{{dataset}}.zarr' stores found; expected the CellMap layout"
+        )
+    crops = []
+    for store in stores:
+        group = open_group(store)
+        read_multiscale(group, store, EM_GROUP)
+        try:
+            groundtruth = group[LABELS_ROOT]
+        except KeyError:
+            raise CellsegError(f"{store}/{LABELS_ROOT}: no ground-truth group in this store") from None
+        for crop_name in sorted(name for name, _ in groundtruth.groups()):
+            present = {name for name, _ in groundtruth[crop_name].groups()}
+            classes = tuple(name for name in CLASSES if name in present)
+            if classes:
+                crops.append(Crop(store, EM_GROUP, store, f"{LABELS_ROOT}/{crop_name}", classes))
+    return crops
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """The parsed multiscales of a crop's EM and of each annotated class."""
+
+    em: Multiscale
+    labels: Mapping[str, Multiscale]
+    encodings: Mapping[str, LabelEncoding]
+
+    @cached_property
+    def bounds_nm(self) -> tuple[np.ndarray, np.ndarray]:
+        """Union of the annotated classes' boxes, nm ``(z, y, x)``."""
+        starts, stops = zip(*(m.bounds_nm for m in self.labels.values()), strict=True)
+        return np.min(starts, axis=0), np.max(stops, axis=0)
+
+
+def read_crop_geometry(crop: Crop, resolution_nm: float | None = None) -> CropGeometry:
+    """Open and validate a crop: EM and label multiscales, encodings and placement.
+
+    Args:
+        crop: the crop to check.
+        resolution_nm: when given, also check that some level of every array is within a factor
+            of 2 of it (a 32 nm crop cannot train an 8 nm model without inventing detail).
+
+    Raises:
+        CellsegError: a missing array, malformed ``multiscales``, a crop outside the EM volume,
+            or a resolution no level can serve; the message names the path and the fix.
+    """
+    em_root = open_group(crop.em_store)
+    em = read_multiscale(em_root, crop.em_store, crop.em_group)
+    label_root = em_root if crop.label_store == crop.em_store else open_group(crop.label_store)
+    labels, encodings = {}, {}
+    for name in crop.classes:
+        if name not in CLASSES:
+            raise CellsegError(
+                f"{crop.label_store}/{crop.crop_group}: unknown class {name!r}; "
+                f"classes are {', '.join(CLASSES)}"
+            )
+        multiscale = read_multiscale(label_root, crop.label_store, f"{crop.crop_group}/{name}")
+        labels[name] = multiscale
+        encodings[name] = LabelEncoding.from_attributes(multiscale.attributes, multiscale.location)
+    geometry = CropGeometry(em, labels, encodings)
+    em_start, em_stop = em.bounds_nm
+    start, stop = geometry.bounds_nm
+    tolerance = 1e-3
+    if np.any(start < em_start - tolerance) or np.any(stop > em_stop + tolerance):
+        raise CellsegError(
+            f"{crop.label_store}/{crop.crop_group}: crop box {start.tolist()}–{stop.tolist()} nm lies "
+            f"outside the EM volume {em_start.tolist()}–{em_stop.tolist()} nm; check its translation"
+        )
+    if resolution_nm is not None:
+        for multiscale in (em, *labels.values()):
+            level = multiscale.level_for(resolution_nm)
+            worst = max(abs(math.log2(s / resolution_nm)) for s in level.voxel_size_nm)
+            if worst > 1.0 + 1e-6:
+                raise CellsegError(
+                    f"{multiscale.location}: no scale level near {resolution_nm} nm (nearest "
+                    f"{level.path} at {list(level.voxel_size_nm)} nm); choose a resolution_nm "
+                    "the data has, or drop this crop from the datasplit"
+                )
+    return geometry

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SEMANTIC
+
+from cellseg.classes import CLASSES
+from cellseg.cli import main
+from cellseg.data.datasplit import format_datasplit, make_datasplit, read_datasplit, split_crops
+from cellseg.data.store import Crop
+from cellseg.errors import CellsegError
+
+
+def fake_crop(index: int, classes: tuple[str, ...]) -> Crop:
+    return Crop(Path("/d/a.zarr"), "recon-1/em/fibsem-uint8", Path("/d/a.zarr"), f"recon-1/labels/groundtruth/crop{index}", classes)
+
+
+def test_split_is_deterministic_and_keeps_every_class_in_train():
+    rng = np.random.default_rng(0)
+    crops = [fake_crop(i, tuple(c for c in CLASSES if rng.random() < 0.5) or ("ecs",)) for i in range(20)]
+    crops.append(fake_crop(20, ("nuc", "er_lum")))  # er_lum … nuc may be rare
+    first = split_crops(crops, 0.15, 0.15, seed=1)
+    assert [c.split for c in first] == [c.split for c in split_crops(crops, 0.15, 0.15, seed=1)]
+    assert [c.split for c in first] != [c.split for c in split_crops(crops, 0.15, 0.15, seed=2)]
+    counts = Counter(c.split for c in first)
+    assert counts == {"train": 15, "validate": 3, "test": 3}
+    annotated = {c for crop in crops for c in crop.classes}
+    assert annotated <= {c for crop in first if crop.split == "train" for c in crop.classes}
+
+
+def test_a_class_in_only_one_crop_keeps_that_crop_in_train():
+    crops = [fake_crop(i, ("ecs",)) for i in range(6)] + [fake_crop(6, ("ecs", "mito_ribo"))]
+    for seed in range(10):
+        split = split_crops(crops, 0.3, 0.3, seed=seed)
+        assert split[6].split == "train"
+
+
+def test_datasplit_roundtrip_and_format(make_store, tmp_path):
+    labels = np.zeros((4, 4, 4), dtype=np.uint8)
+    em = np.zeros((8, 8, 8), dtype=np.uint8)
+    level = ([labels], [(8.0,) * 3], [(4.0,) * 3], SEMANTIC)
+    for name in ("a", "b"):
+        make_store(name, em, {f"crop{i}": {"ecs": level, "pm": level} for i in range(3)})
+    crops = make_datasplit([tmp_path / "data"], 0.2, 0.2, seed=0)
+    assert len(crops) == 6
+    text = format_datasplit(crops)
+    first = text.splitlines()[0].split(",")
+    assert len(first) == 5 and all(f.startswith('"') and f.endswith('"') for f in first)
+    assert first[2] == '"recon-1/em/fibsem-uint8"' and first[4].endswith('/[ecs,pm]"')
+    path = tmp_path / "split.csv"
+    path.write_text(text)
+    assert read_datasplit(path) == [Crop(c.em_store.resolve(), c.em_group, c.label_store.resolve(), c.crop_group, c.classes, c.split) for c in crops]
+    assert {c.split for c in read_datasplit(path, ["test"])} == {"test"}
+    assert main(["datasplit", "--root", str(tmp_path / "data"), "--out", str(tmp_path / "cli.csv")]) == 0
+    assert (tmp_path / "cli.csv").read_text().count("\n") == 6
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ('"train","{s}","recon-1/em/fibsem-uint8","{s}"', "expected 5 columns"),
+        ('"training","{s}","recon-1/em/fibsem-uint8","{s}","g/crop1/[ecs]"', "split 'training' is not one of"),
+        ('"train","{s}","recon-1/em/fibsem-uint8","{s}","g/crop1"', r"must end in /\[class1"),
+        ('"train","/nope.zarr","recon-1/em/fibsem-uint8","{s}","g/crop1/[ecs]"', "store /nope.zarr does not exist"),
+    ],
+)
+def test_bad_rows_give_one_line_errors(tmp_path, row, message):
+    store = tmp_path / "x.zarr"
+    store.mkdir()
+    path = tmp_path / "bad.csv"
+    path.write_text(row.format(s=store) + "\n")
+    with pytest.raises(CellsegError, match=message) as error:
+        read_datasplit(path)
+    assert str(error.value).startswith(f"{path}:1:") and "\n" not in str(error.value)
+
+
+def test_cli_reports_errors_in_one_line(tmp_path, capsys):
+    assert main(["datasplit", "--root", str(tmp_path / "missing"), "--out", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "data root does not exist" in err
+    assert not (tmp_path / "o.csv").exists()

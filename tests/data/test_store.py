@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from conftest import INSTANCE, SEMANTIC
+
+from cellseg.data.dataset import FixedPatches, PatchSpec
+from cellseg.data.patches import CropReader, PatchGrid
+from cellseg.data.store import Crop, LabelEncoding, discover_crops, read_crop_geometry
+from cellseg.errors import CellsegError
+
+# EM: 8 nm voxels, first voxel centred at 4 nm, value = z + 2y + x (linear, so trilinear
+# interpolation is exact anywhere inside).
+EM_SHAPE = (8, 32, 32)
+EM = np.fromfunction(lambda z, y, x: z + 2 * y + x, EM_SHAPE).astype(np.uint8)
+
+# crop1 at 4 nm (s0) and 8 nm (s1); its box starts at (20, 36, 52) nm, not a multiple of 8.
+S0_TRANSLATION = (22.0, 38.0, 54.0)
+S1_TRANSLATION = (24.0, 40.0, 56.0)  # + half the growth of the voxel size (8 - 4) / 2
+S1_SHAPE = (4, 6, 8)
+
+
+def mito_levels() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(3)
+    s1 = rng.integers(0, 2, S1_SHAPE).astype(np.uint8)
+    s1[0, 0, 0] = 255  # unknown
+    s0 = s1.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    return s0, s1
+
+
+def nuc_levels() -> tuple[np.ndarray, np.ndarray]:
+    s1 = np.zeros(S1_SHAPE, dtype=np.uint8)
+    s1[:, :3] = 3  # instance 3
+    s1[:, 3:, :2] = 7  # instance 7
+    s1[:, 5, 7] = 255
+    return s1.repeat(2, 0).repeat(2, 1).repeat(2, 2), s1
+
+
+@pytest.fixture
+def store(make_store):
+    mito0, mito1 = mito_levels()
+    nuc0, nuc1 = nuc_levels()
+    scales = [(4.0, 4.0, 4.0), (8.0, 8.0, 8.0)]
+    translations = [S0_TRANSLATION, S1_TRANSLATION]
+    return make_store(
+        "ds1",
+        EM,
+        {
+            "crop1": {
+                "mito_mem": ([mito0, mito1], scales, translations, SEMANTIC),
+                "nuc": ([nuc0, nuc1], scales, translations, INSTANCE),
+            }
+        },
+    )
+
+
+def crop_of(store) -> Crop:
+    (crop,) = discover_crops(store.parent.parent)
+    return crop
+
+
+def test_discover_finds_crop_and_its_classes(store):
+    crop = crop_of(store)
+    assert crop.classes == ("mito_mem", "nuc")
+    assert crop.name == "ds1/crop1"
+    assert crop.label_path == "recon-1/labels/groundtruth/crop1/[mito_mem,nuc]"
+
+
+def test_level_choice_and_geometry(store):
+    geometry = read_crop_geometry(crop_of(store), 8.0)
+    assert geometry.labels["mito_mem"].level_for(8.0).path == "s1"
+    assert geometry.labels["mito_mem"].level_for(4.0).path == "s0"
+    assert geometry.labels["mito_mem"].level_for(5.0).path == "s0"
+    start, stop = geometry.bounds_nm
+    np.testing.assert_allclose(start, [20, 36, 52])
+    np.testing.assert_allclose(stop, [20 + 32, 36 + 48, 52 + 64])
+
+
+def test_voxel_at_known_nm_coordinate_has_known_value(store):
+    reader = CropReader(read_crop_geometry(crop_of(store), 8.0), 8.0, em_range=(0.0, 255.0))
+    _, mito1 = mito_levels()
+    _, nuc1 = nuc_levels()
+    # a 1×4×4 grid whose points are the centres of s1 voxels z=2, y=1..4, x=3..6
+    centre = np.array([S1_TRANSLATION[0] + 2 * 8, S1_TRANSLATION[1] + 2.5 * 8, S1_TRANSLATION[2] + 4.5 * 8])
+    em, target = reader.read(PatchGrid.build(centre, (1, 4, 4), 8.0))
+    mito = target[2, 0]  # mito_mem is channel 2
+    np.testing.assert_array_equal(mito, mito1[2, 1:5, 3:7].astype(np.float32))
+    expected_nuc = np.where(nuc1[2, 1:5, 3:7] > 0, 1.0, 0.0)
+    np.testing.assert_array_equal(target[13, 0], expected_nuc)
+    # every class the crop does not annotate is NaN
+    others = [c for c in range(14) if c not in (2, 13)]
+    assert np.isnan(target[others]).all()
+    # EM is linear in the index of the 8 nm EM grid (first voxel centred at 4 nm)
+    z, y, x = np.meshgrid([centre[0]], centre[1] + np.arange(-12, 13, 8), centre[2] + np.arange(-12, 13, 8), indexing="ij")
+    index = [(c - 4.0) / 8.0 for c in (z, y, x)]
+    np.testing.assert_allclose(em, (index[0] + 2 * index[1] + index[2]) / 255.0, atol=1e-5)
+
+
+def test_outside_crop_is_nan_and_unknown_is_nan(store):
+    reader = CropReader(read_crop_geometry(crop_of(store), 8.0), 8.0)
+    # grid of 1×1×3 points on z, y of s1 voxel (0, 0); x = one voxel left of the crop, voxel 0, 1
+    centre = np.array([S1_TRANSLATION[0], S1_TRANSLATION[1], S1_TRANSLATION[2]])
+    _, target = reader.read(PatchGrid.build(centre, (1, 1, 3), 8.0))
+    row = target[2, 0, 0]
+    assert np.isnan(row[0]), "left of the crop is unannotated, not background"
+    assert np.isnan(row[1]), "value 255 (unknown) must be NaN"
+    assert row[2] == mito_levels()[1][0, 0, 1]
+    assert np.isnan(target[13, 0, 0, 0]) and target[13, 0, 0, 1] == 1.0
+
+
+def test_label_encoding_from_attributes():
+    instance = LabelEncoding.from_attributes({"cellmap": {"annotation": {"annotation_type": INSTANCE}}}, "x")
+    values = np.array([0, 1, 5, 254, 255])
+    np.testing.assert_array_equal(instance.to_target(values), [0, 1, 1, 1, np.nan])
+    semantic = LabelEncoding.from_attributes({}, "x")
+    np.testing.assert_array_equal(semantic.to_target(values), [0, 1, np.nan, np.nan, np.nan])
+    with pytest.raises(CellsegError, match="annotation_type.type"):
+        LabelEncoding.from_attributes({"cellmap": {"annotation": {"annotation_type": {"type": "x"}}}}, "x")
+
+
+def test_missing_array_is_a_one_line_error(store):
+    root = zarr.open_group(str(store), mode="a", zarr_format=2)
+    del root["recon-1/labels/groundtruth/crop1/nuc/s1"]
+    with pytest.raises(CellsegError) as error:
+        read_crop_geometry(crop_of(store), 8.0)
+    message = str(error.value)
+    assert "\n" not in message and "crop1/nuc/s1" in message and "missing" in message
+
+
+def test_missing_multiscales_is_a_one_line_error(store):
+    root = zarr.open_group(str(store), mode="a", zarr_format=2)
+    root["recon-1/em/fibsem-uint8"].attrs.put({})
+    with pytest.raises(CellsegError, match="fibsem-uint8: missing 'multiscales'"):
+        read_crop_geometry(crop_of(store))
+
+
+def test_crop_outside_em_volume(make_store):
+    labels = np.zeros((4, 4, 4), dtype=np.uint8)
+    store = make_store("far", EM, {"crop9": {"ecs": ([labels], [(8.0,) * 3], [(4.0, 4.0, 300.0)], SEMANTIC)}})
+    with pytest.raises(CellsegError, match="outside the EM volume"):
+        read_crop_geometry(crop_of(store))
+
+
+def test_resolution_no_level_can_serve(make_store):
+    labels = np.zeros((2, 2, 2), dtype=np.uint8)
+    store = make_store("coarse", EM, {"crop2": {"ecs": ([labels], [(32.0,) * 3], [(16.0,) * 3], SEMANTIC)}})
+    with pytest.raises(CellsegError, match="no scale level near 8.0 nm"):
+        read_crop_geometry(crop_of(store), 8.0)
+
+
+def test_store_is_opened_read_only(store):
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    mtimes = {p: p.stat().st_mtime_ns for p in store.rglob("*")}
+    spec = PatchSpec((2, 8, 8), 8.0)
+    patches = FixedPatches([crop_of(store)], spec, patches_per_crop=3)
+    for item in range(len(patches)):
+        patches[item]
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())

@@ -1,0 +1,28 @@
+# Config validation and the helpers every stage uses.
+
+from pathlib import Path
+
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+
+DEMO_DATA = "results/demo_data"
+
+
+def data_roots():
+    """The CellMap data roots the datasplit is made from."""
+    if config["data"]["demo"]["enabled"]:
+        return [DEMO_DATA]
+    return config["data"]["roots"]
+
+
+def datasplit_inputs(wildcards):
+    """The datasplit rule depends on the demo data when the demo is on, else on nothing it
+    can track (external stores are not Snakemake outputs)."""
+    return {"demo": DEMO_DATA} if config["data"]["demo"]["enabled"] else {}
+
+
+def get_final_output():
+    return ["results/class_frequencies.json"]

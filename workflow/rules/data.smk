@@ -1,0 +1,51 @@
+# Data stage: demo data → datasplit → class frequencies.
+
+
+rule demo_data:
+    output:
+        directory(DEMO_DATA),
+    params:
+        seed=config["data"]["demo"]["seed"],
+    log:
+        "logs/demo_data.log",
+    shell:
+        "cellseg make-demo-data --out {output} --seed {params.seed} > {log} 2>&1"
+
+
+rule datasplit:
+    input:
+        unpack(datasplit_inputs),
+    output:
+        "results/datasplit.csv",
+    params:
+        source=(
+            f"--from-csv {config['data']['datasplit_csv']}"
+            if config["data"]["datasplit_csv"]
+            else " ".join(f"--root {root}" for root in data_roots())
+        ),
+        validate=config["data"]["validate_fraction"],
+        test=config["data"]["test_fraction"],
+        seed=config["data"]["split_seed"],
+    log:
+        "logs/datasplit.log",
+    shell:
+        "cellseg datasplit {params.source} --out {output}"
+        " --validate-fraction {params.validate} --test-fraction {params.test}"
+        " --seed {params.seed} > {log} 2>&1"
+
+
+rule class_frequencies:
+    input:
+        datasplit=rules.datasplit.output[0],
+    output:
+        "results/class_frequencies.json",
+    params:
+        resolution=config["data"]["resolution_nm"],
+        allow_missing="--allow-missing-classes" if config["data"]["allow_missing_classes"] else "",
+    log:
+        "logs/class_frequencies.log",
+    benchmark:
+        "benchmarks/class_frequencies.tsv"
+    shell:
+        "cellseg class-frequencies --datasplit {input.datasplit} --out {output}"
+        " --resolution-nm {params.resolution} {params.allow_missing} > {log} 2>&1"
