@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "cellseg.data.demo",
     "cellseg.data.datasplit",
     "cellseg.data.frequencies",
+    "cellseg.training.command",
 )
 
 

@@ -6,7 +6,7 @@ import torch
 from conftest import SEMANTIC
 from scipy import ndimage
 
-from cellseg.data.dataset import FixedPatches, PatchSpec, TrainPatches, worker_init_fn
+from cellseg.data.dataset import FixedPatches, PatchSpec, SampleRange, TrainPatches, worker_init_fn
 from cellseg.data.patches import Augmentation, CropReader, PatchGrid, PatchTransform, infer_true_negatives
 from cellseg.data.store import discover_crops, read_crop_geometry
 
@@ -106,26 +106,32 @@ def test_train_patches_shapes_and_determinism(blob_crop):
     assert sample["image"].dtype == torch.float32
     for a, b in zip(first, again, strict=True):
         torch.testing.assert_close(a, b, equal_nan=True)
-    stream.set_epoch(1)
-    other = next(iter(stream))["target"]
+    torch.testing.assert_close(stream[2]["target"], first[2], equal_nan=True)
+    other = TrainPatches([crop], spec3, seed=7, rank=1)[0]["target"]
     assert not torch.equal(torch.nan_to_num(other, 9), torch.nan_to_num(first[0], 9))
     spec2 = PatchSpec((16, 16), 8.0)
     sample2 = next(iter(TrainPatches([crop], spec2)))
     assert sample2["image"].shape == (1, 16, 16) and sample2["target"].shape == (14, 16, 16)
 
 
-def test_workers_draw_different_deterministic_patches_3d(blob_crop):
+def test_stream_is_the_same_with_any_number_of_workers_3d(blob_crop):
     crop, _ = blob_crop
     dataset = TrainPatches([crop], PatchSpec((4, 16, 16), 8.0), seed=1)
 
-    def draw():
-        loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2, worker_init_fn=worker_init_fn)
-        return [b["image"] for _, b in zip(range(4), loader, strict=False)]
+    def draw(workers: int, start: int = 0) -> list[torch.Tensor]:
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=2, sampler=SampleRange(start, 8), num_workers=workers, worker_init_fn=worker_init_fn
+        )
+        return [batch["image"] for batch in loader]
 
-    first, second = draw(), draw()
-    for a, b in zip(first, second, strict=True):
+    serial, parallel = draw(0), draw(2)
+    assert len(serial) == 4
+    for a, b in zip(serial, parallel, strict=True):
         torch.testing.assert_close(a, b)
-    assert not torch.equal(first[0], first[1]), "the two workers must not repeat each other"
+    assert not torch.equal(serial[0], serial[1]), "consecutive batches are different patches"
+    # resuming at sample 4 gives exactly the second half of the stream
+    for a, b in zip(serial[2:], draw(2, start=4), strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_fixed_patches_are_fixed(blob_crop):

@@ -4,6 +4,8 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from cellseg.training.settings import resolve_settings
+
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -24,5 +26,18 @@ def datasplit_inputs(wildcards):
     return {"demo": DEMO_DATA} if config["data"]["demo"]["enabled"] else {}
 
 
+MODELS = list(config["models"])
+
+
+wildcard_constraints:
+    model="[a-z][a-z0-9]*",
+    dim="2d|3d",
+
+
+def model_settings(wildcards):
+    """The resolved training settings of model {model}_{dim}."""
+    return resolve_settings(config, f"{wildcards.model}_{wildcards.dim}")
+
+
 def get_final_output():
-    return ["results/class_frequencies.json"]
+    return expand("results/models/{key}/best.pt", key=MODELS)

@@ -1,6 +1,6 @@
 """Torch datasets of CellMap patches for training and validation.
 
-Both datasets hold only picklable crop descriptions; each data-loader worker opens its own
+Both datasets are map-style and hold only picklable crop descriptions; each data-loader worker opens its own
 read-only zarr handles and nothing is cached across patches, so memory stays flat however many
 patches are drawn (no per-epoch growth, ``num_workers > 0`` works in 2D and 3D).
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset, Sampler
 
 from cellseg.data.patches import Augmentation, CropReader, PatchGrid, PatchTransform, crop_sampling_weights
 from cellseg.data.store import Crop, CropGeometry, read_crop_geometry
@@ -67,13 +67,15 @@ def open_crops(
     return [read_crop_geometry(crop, resolution_nm) for crop in crops]
 
 
-class TrainPatches(IterableDataset):
-    """An endless stream of randomly placed, augmented patches.
+class TrainPatches(Dataset):
+    """Randomly placed, augmented training patches, addressed by a running sample index.
 
-    Crops are drawn with probability proportional to their annotated volume (optionally boosting
-    crops that annotate rarely annotated classes); the patch centre is uniform inside the crop's
-    annotated box, so every patch is centred on annotated voxels. The stream is deterministic for
-    ``(seed, epoch, rank, worker id)``.
+    Sample ``i`` is drawn from a generator seeded by ``(seed, rank, i)``, so the stream is the
+    same whatever the number of data-loader workers, and training resumed at sample ``i`` sees
+    exactly the patches an uninterrupted run would (no sampler state to save). Crops are drawn
+    with probability proportional to their annotated volume (optionally boosting crops that
+    annotate rarely annotated classes); the patch centre is uniform inside the crop's annotated
+    box, so every patch is centred on annotated voxels.
 
     Args:
         crops: training crops.
@@ -84,9 +86,9 @@ class TrainPatches(IterableDataset):
         rare_class_boost: see :func:`cellseg.data.patches.crop_sampling_weights`.
         em_range, infer_true_negatives: see :class:`cellseg.data.patches.CropReader`.
 
-    Yields:
+    Items:
         ``{"image": (1, *shape) float32 in [0, 1], "target": (14, *shape) float32 with NaN,
-        "crop": int}``.
+        "crop": int}``; any non-negative index is valid (the dataset is unbounded).
     """
 
     def __init__(
@@ -106,23 +108,21 @@ class TrainPatches(IterableDataset):
         self.augmentation = augmentation if augmentation is not None else Augmentation()
         self.seed = seed
         self.rank = rank
-        self.epoch = 0
         geometries = open_crops(self.crops, spec.resolution_nm)
         self.readers = [
             CropReader(g, spec.resolution_nm, em_range, infer_true_negatives) for g in geometries
         ]
         self.weights = crop_sampling_weights(geometries, rare_class_boost)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Reseed the stream for a new epoch (call before iterating, as with DistributedSampler)."""
-        self.epoch = epoch
+    def __getitem__(self, index: int) -> dict:
+        return self.sample(np.random.default_rng([self.seed, self.rank, int(index)]))
 
     def __iter__(self) -> Iterator[dict]:
-        worker = get_worker_info()
-        worker_id = worker.id if worker is not None else 0
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker_id])
+        """Samples ``0, 1, 2, …`` (for quick looks; training uses a :class:`SampleRange`)."""
+        index = 0
         while True:
-            yield self.sample(rng)
+            yield self[index]
+            index += 1
 
     def sample(self, rng: np.random.Generator) -> dict:
         """Draw one patch with ``rng``."""
@@ -134,6 +134,19 @@ class TrainPatches(IterableDataset):
         grid = PatchGrid.build(centre, self.spec.grid_shape, self.spec.resolution_nm, transform)
         em, target = reader.read(grid)
         return _to_sample(em, target, self.spec, index)
+
+
+class SampleRange(Sampler[int]):
+    """Sample indices ``start, start + 1, …, stop - 1``: one epoch (or its rest, on resume)."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        self.start, self.stop = int(start), int(stop)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
 
 
 class FixedPatches(Dataset):

@@ -1,0 +1,43 @@
+"""``cellseg train``: train one model of the workflow config."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cellseg.training.settings import load_config, resolve_settings
+from cellseg.training.trainer import Trainer
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    settings = resolve_settings(config, f"{args.model}_{args.dim}", source=str(args.config))
+    trainer = Trainer(
+        settings,
+        args.run_dir or Path("results/models") / settings.key,
+        args.datasplit,
+        args.class_frequencies,
+        time_budget_min=args.time_budget_min,
+        resume=args.resume,
+        restart=args.restart,
+    )
+    return trainer.run()
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train one model (resumes automatically)")
+    parser.add_argument("--config", type=Path, required=True, help="workflow config YAML")
+    parser.add_argument("--model", required=True, help="model name, e.g. unet")
+    parser.add_argument("--dim", required=True, choices=["2d", "3d"])
+    parser.add_argument("--run-dir", type=Path, help="default: results/models/{model}_{dim}")
+    parser.add_argument("--datasplit", type=Path, default=Path("results/datasplit.csv"))
+    parser.add_argument(
+        "--class-frequencies", type=Path, default=Path("results/class_frequencies.json")
+    )
+    parser.add_argument(
+        "--time-budget-min", type=float,
+        help="stop with a checkpoint (exit 75) before this many minutes, to be resumed",
+    )
+    parser.add_argument("--resume", type=Path, help="resume from this checkpoint")
+    parser.add_argument("--restart", action="store_true", help="discard existing checkpoints")
+    parser.set_defaults(func=_run)

@@ -1,0 +1,72 @@
+"""Launching a training job from the workflow: one process, or ``torchrun`` for several GPUs."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cellseg.io import write_text_atomic
+from cellseg.training.settings import resolve_settings
+
+
+def training_command(
+    config_path: Path | str,
+    model_key: str,
+    run_dir: Path | str,
+    datasplit: Path | str,
+    class_frequencies: Path | str,
+    gpus: int,
+    time_budget_min: float | None = None,
+) -> list[str]:
+    """The command line of one training job.
+
+    With ``gpus > 1`` it is ``torchrun --standalone --nproc_per_node=<gpus>`` around
+    ``cellseg train`` (one node, inside the SLURM allocation, not ``srun``); otherwise a plain
+    ``cellseg train`` in this Python.
+    """
+    name, _, dim = model_key.rpartition("_")
+    arguments = [
+        "-m", "cellseg.cli", "train", "--config", str(config_path), "--model", name, "--dim", dim,
+        "--run-dir", str(run_dir), "--datasplit", str(datasplit),
+        "--class-frequencies", str(class_frequencies),
+    ]
+    if time_budget_min is not None:
+        arguments += ["--time-budget-min", f"{time_budget_min:g}"]
+    if gpus > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", *arguments]
+    return [sys.executable, *arguments]
+
+
+def launch_training(
+    config: Mapping[str, Any],
+    model_key: str,
+    run_dir: Path | str,
+    datasplit: Path | str,
+    class_frequencies: Path | str,
+    runtime_min: float | None = None,
+    log: Any = None,
+) -> int:
+    """Save the workflow's config into the run directory and run the training job.
+
+    The time budget handed to the trainer is the job's ``runtime_min`` minus the model's
+    ``time_budget_margin_min``, so the job checkpoints and exits (status 75) before SLURM kills it.
+
+    Returns:
+        the job's exit status.
+    """
+    run_dir = Path(run_dir)
+    settings = resolve_settings(config, model_key)
+    config_path = run_dir / "workflow_config.yaml"
+    write_text_atomic(config_path, yaml.safe_dump(dict(config), sort_keys=False))
+    budget = None if runtime_min is None else max(runtime_min - settings.time_budget_margin_min, 0.5)
+    command = training_command(
+        config_path, model_key, run_dir, datasplit, class_frequencies, settings.gpus, budget
+    )
+    print("$ " + shlex.join(command), file=log or sys.stderr, flush=True)
+    return subprocess.call(command, stdout=log, stderr=subprocess.STDOUT if log else None)

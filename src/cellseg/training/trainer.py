@@ -1,0 +1,606 @@
+"""The training job: one trainer class for every model, nnU-Net style.
+
+``Trainer.run()`` is a short loop over hooks (``on_train_start``, ``train_step``,
+``validation``, ``on_epoch_end``, ``on_train_end``); builders (``build_network``, ``build_loss``,
+``configure_optimizers``) can be overridden by subclasses. Single process on CPU or one GPU;
+under ``torchrun`` it runs DDP (NCCL on CUDA, gloo on CPU), every rank drawing its own patches,
+validation counts summed across ranks, and only rank 0 writing files.
+
+Run directory layout (``results/models/{model}_{dim}/``)::
+
+    best.pt, history.csv, train_summary.json   declared outputs, written when training ends
+    config.yaml                                the resolved settings of this run
+    checkpoints/last.pt, best.pt, epoch_XXXX.pt  resumable state (not Snakemake outputs)
+    tensorboard/                               TensorBoard event files
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psutil
+import torch
+import torch.distributed as dist
+import yaml
+from torch.utils.data import DataLoader
+
+from cellseg.classes import CLASSES, NUM_CLASSES
+from cellseg.data.dataset import FixedPatches, PatchSpec, SampleRange, TrainPatches, worker_init_fn
+from cellseg.data.datasplit import read_datasplit
+from cellseg.data.patches import Augmentation
+from cellseg.errors import CellsegError
+from cellseg.io import atomic_path, write_json_atomic
+from cellseg.losses import BalancedSoftmaxPartialTverskyLoss, OnlineClassFrequency, adjusted_probabilities
+from cellseg.metrics import ConfusionMetric
+from cellseg.models import build_model, check_input_shape, model_config
+from cellseg.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
+from cellseg.training.settings import TrainSettings, changed_keys
+
+EXIT_TIME_BUDGET = 75
+"""Exit status of a run that stopped itself to resume later (sysexits' EX_TEMPFAIL)."""
+
+
+class StopForResume(Exception):
+    """Raised inside the loop when the time budget or a SIGTERM asks the run to stop."""
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def setup_distributed(settings: TrainSettings) -> tuple[int, int, torch.device]:
+    """Join the process group started by ``torchrun`` (if any) and pick this rank's device.
+
+    Returns:
+        ``(rank, world_size, device)``.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = settings.gpus > 0 and torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world_size > 1 and not is_distributed():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return rank, world_size, device
+
+
+class Trainer:
+    """Trains one model from resolved :class:`TrainSettings`.
+
+    Args:
+        settings: the run's settings.
+        run_dir: where outputs, checkpoints and TensorBoard logs go.
+        datasplit: the datasplit CSV (train and validate rows are used).
+        class_frequencies: ``class_frequencies.json`` (the loss prior).
+        time_budget_min: stop (with a checkpoint and exit status 75) before this many minutes.
+        resume: an explicit checkpoint to resume from; by default ``checkpoints/last.pt`` is used
+            when its config hash matches.
+        restart: discard existing checkpoints instead of resuming.
+    """
+
+    def __init__(
+        self,
+        settings: TrainSettings,
+        run_dir: Path | str,
+        datasplit: Path | str,
+        class_frequencies: Path | str,
+        time_budget_min: float | None = None,
+        resume: Path | str | None = None,
+        restart: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.run_dir = Path(run_dir)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.datasplit = Path(datasplit)
+        self.class_frequencies = Path(class_frequencies)
+        self.time_budget_s = None if time_budget_min is None else time_budget_min * 60.0
+        self.resume_path = Path(resume) if resume else None
+        self.restart = restart
+        self.started = time.monotonic()
+        self.stop_requested = False
+        # progress, all saved in checkpoints
+        self.epoch = 0
+        self.iteration = 0  # micro-batches done in the current epoch
+        self.global_step = 0  # optimizer steps
+        self.history: list[dict[str, Any]] = []
+        self.best_score = -math.inf
+        self.best_epoch = -1
+        self.epochs_without_improvement = 0
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+        self.epoch_loss_sum = 0.0
+        self.epoch_loss_count = 0
+        self.train_seconds = 0.0
+        self.stop_reason = ""
+
+    # ----------------------------------------------------------------- builders
+    def initialize(self) -> None:
+        """Build everything once: process group, data, network, loss, optimizer, scheduler."""
+        s = self.settings
+        self.rank, self.world_size, self.device = setup_distributed(s)
+        self.is_main = self.rank == 0
+        torch.manual_seed(s.seed + self.rank)
+        np.random.seed(s.seed + self.rank)
+        random.seed(s.seed + self.rank)
+        if self.device.type == "cuda" and s.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.amp = s.amp and self.device.type == "cuda"
+        spec = PatchSpec(tuple(s.patch_shape), s.resolution_nm)
+        check_input_shape(s.model, s.dim, spec.shape, s.preset, **self.architecture())
+        train_crops = read_datasplit(self.datasplit, ["train"])
+        validate_crops = read_datasplit(self.datasplit, ["validate"])
+        self.train_data = TrainPatches(
+            train_crops, spec, Augmentation(**s.augmentation), seed=s.seed, rank=self.rank,
+            rare_class_boost=s.rare_class_boost, em_range=tuple(s.em_range),
+            infer_true_negatives=s.infer_true_negatives,
+        )
+        self.validation_data = FixedPatches(
+            validate_crops, spec, s.validation_patches_per_crop, seed=s.seed,
+            em_range=tuple(s.em_range), infer_true_negatives=s.infer_true_negatives,
+        )
+        self.network = self.build_network().to(self.device)
+        self.parameters = sum(p.numel() for p in self.network.parameters())
+        self.model: torch.nn.Module = self.network
+        if s.compile and self.device.type == "cuda":
+            self.model = torch.compile(self.model)
+        if self.world_size > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.loss = self.build_loss().to(self.device)
+        self.online_frequency = OnlineClassFrequency(
+            NUM_CLASSES, update_every=int(s.loss.get("online_frequency_every", 50))
+        )
+        self.optimizer, self.scheduler = self.configure_optimizers()
+        self.writer = None
+        if self.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def architecture(self) -> dict[str, Any]:
+        """Architecture overrides; a fixed-input model is built for the configured patch."""
+        s = self.settings
+        overrides = dict(s.architecture)
+        if "input_shape" in model_config(s.model, s.dim, s.preset, **overrides):
+            overrides.setdefault("input_shape", tuple(s.patch_shape))
+        return overrides
+
+    def build_network(self) -> torch.nn.Module:
+        s = self.settings
+        return build_model(s.model, s.dim, preset=s.preset, **self.architecture())
+
+    def build_loss(self) -> BalancedSoftmaxPartialTverskyLoss:
+        options = {
+            k: v for k, v in self.settings.loss.items()
+            if k in ("tau", "alpha", "beta", "smooth", "min_annotated_voxels", "sign")
+        }
+        return BalancedSoftmaxPartialTverskyLoss.from_class_frequencies(self.class_frequencies, **options)
+
+    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        s = self.settings
+        optimizer = torch.optim.AdamW(
+            self.network.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=tuple(s.betas)
+        )
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=s.lr, total_steps=max(self.total_steps, 1),
+            pct_start=s.pct_start, anneal_strategy="cos",
+        )
+        return optimizer, scheduler
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.settings.iterations_per_epoch / self.settings.grad_accum)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.settings.max_epochs
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": "cellseg-checkpoint-1",
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": None,  # bf16 autocast needs no loss scaling
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "global_step": self.global_step,
+            "history": self.history,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "epochs_without_improvement": self.epochs_without_improvement,
+            "nonfinite_total": self.nonfinite_total,
+            "epoch_loss_sum": self.epoch_loss_sum,
+            "epoch_loss_count": self.epoch_loss_count,
+            "train_seconds": self.train_seconds + self.elapsed(),
+            "online_frequency": self.online_frequency.state_dict(),
+            "rng": rng_state(),
+            "config_hash": self.settings.config_hash(),
+            "settings": self.settings.result_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
+        if state.get("config_hash") != self.settings.config_hash():
+            keys = changed_keys(state.get("settings", {}), self.settings.result_dict())
+            raise CellsegError(
+                f"{source}: checkpoint was made with other settings (changed: "
+                f"{', '.join(keys) or 'unknown'}); restore them, or pass --restart to discard it"
+            )
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        for key in ("epoch", "iteration", "global_step", "history", "best_score", "best_epoch",
+                    "epochs_without_improvement", "nonfinite_total", "epoch_loss_sum",
+                    "epoch_loss_count", "train_seconds"):
+            setattr(self, key, state[key])
+        self.online_frequency.load_state_dict(state["online_frequency"])
+        set_rng_state(state["rng"])
+
+    def save(self, name: str) -> None:
+        """Write ``checkpoints/{name}`` (rank 0 only)."""
+        if self.is_main:
+            save_checkpoint(self.state_dict(), self.checkpoint_dir / name)
+
+    def on_train_start(self) -> None:
+        if self.restart and self.is_main and self.checkpoint_dir.exists():
+            for path in self.checkpoint_dir.glob("*.pt"):
+                path.unlink()
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.run_dir / "config.yaml") as temporary:
+                temporary.write_text(yaml.safe_dump(self.settings.result_dict() | {"config_hash": self.settings.config_hash()}, sort_keys=False))
+        self.barrier()
+        source = self.resume_path or self.checkpoint_dir / "last.pt"
+        if self.resume_path or (not self.restart and source.is_file()):
+            self.load_state_dict(load_checkpoint(source), source)
+            self.log(f"resumed from {source} at epoch {self.epoch}, step {self.global_step}")
+        self.train_seconds_at_start = self.train_seconds
+        self.steps_at_start = self.global_step
+        self.epochs_at_start = len(self.history)
+        self.started = time.monotonic()
+
+    # ----------------------------------------------------------------- the loop
+    def run(self) -> int:
+        """Train to the end (or to a resumable stop). Returns the process exit status."""
+        self.initialize()
+        self.on_train_start()
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            while self.epoch < self.settings.max_epochs and not self.stop_reason:
+                self.train_epoch()
+                self.on_epoch_end(self.validation())
+            self.on_train_end()
+            return 0
+        except StopForResume as stop:
+            self.save("last.pt")
+            self.log(f"{stop}; checkpoint {self.checkpoint_dir / 'last.pt'} saved: run the same command again to resume")
+            return EXIT_TIME_BUDGET
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if self.writer is not None:
+                self.writer.close()
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+
+    def loader(self) -> Iterator[dict[str, torch.Tensor]]:
+        """This epoch's remaining micro-batches (resumes mid-epoch at ``self.iteration``)."""
+        s = self.settings
+        per_epoch = s.iterations_per_epoch * s.batch_per_gpu
+        start = self.epoch * per_epoch + self.iteration * s.batch_per_gpu
+        loader = DataLoader(
+            self.train_data, batch_size=s.batch_per_gpu, sampler=SampleRange(start, (self.epoch + 1) * per_epoch),
+            num_workers=s.num_workers, worker_init_fn=worker_init_fn,
+            pin_memory=self.device.type == "cuda", persistent_workers=False,
+            # a private generator: creating loaders must not advance the global RNG (exact resume)
+            generator=torch.Generator().manual_seed(s.seed),
+        )
+        return iter(loader)
+
+    def train_epoch(self) -> None:
+        s = self.settings
+        self.model.train()
+        epoch_started = time.monotonic()
+        samples = 0
+        progress = self.progress_bar()
+        for batch in self.loader():
+            micro = self.iteration % s.grad_accum
+            last_micro = micro == s.grad_accum - 1 or self.iteration == s.iterations_per_epoch - 1
+            image = batch["image"].to(self.device, non_blocking=True)
+            target = batch["target"].to(self.device, non_blocking=True)
+            self.train_step(image, target, last_micro)
+            self.iteration += 1
+            samples += image.shape[0] * self.world_size
+            if progress is not None:
+                progress.update(1)
+            if last_micro:
+                self.after_optimizer_step(samples / max(time.monotonic() - epoch_started, 1e-9))
+        if progress is not None:
+            progress.close()
+        self.epoch_samples_per_s = samples / max(time.monotonic() - epoch_started, 1e-9)
+
+    def train_step(self, image: torch.Tensor, target: torch.Tensor, step: bool) -> None:
+        """Forward and backward one micro-batch; on the last of ``grad_accum``, step."""
+        s = self.settings
+        sync = contextlib.nullcontext()
+        if not step and isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
+            sync = self.model.no_sync()  # no all-reduce on accumulation-only micro-batches
+        with sync:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = self.model(image)
+            loss = self.loss(logits.float(), target)
+            finite = torch.isfinite(loss.detach()).to(torch.float32)
+            if is_distributed():
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips together
+            if finite.item() > 0:
+                (loss / s.grad_accum).backward()
+                self.epoch_loss_sum += float(loss.detach())
+                self.epoch_loss_count += 1
+                self.nonfinite_in_a_row = 0
+            else:
+                self.nonfinite_in_a_row += 1
+                self.nonfinite_total += 1
+                if self.nonfinite_in_a_row > s.max_nonfinite_steps:
+                    raise CellsegError(
+                        f"loss was NaN/Inf for {self.nonfinite_in_a_row} micro-batches in a row (epoch "
+                        f"{self.epoch}, step {self.global_step}); last good checkpoint kept in "
+                        f"{self.checkpoint_dir}; lower training lr or check the data"
+                    )
+        if self.online_frequency.update(target) and self.writer is not None:
+            exact = self.loss.prior.cpu()
+            for c, name in enumerate(CLASSES):
+                self.writer.add_scalars(
+                    f"class_frequency/{name}",
+                    {"online": float(self.online_frequency.frequency[c]), "exact": float(exact[c])},
+                    self.global_step,
+                )
+        if step:
+            norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), s.grad_clip)
+            if torch.isfinite(norm):
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.global_step += 1
+
+    def after_optimizer_step(self, samples_per_s: float) -> None:
+        s = self.settings
+        if self.writer is not None and self.global_step % max(s.log_every_steps, 1) == 0:
+            self.writer.add_scalar("train/loss", self.epoch_loss_sum / max(self.epoch_loss_count, 1), self.global_step)
+            self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.global_step)
+            self.writer.add_scalar("train/samples_per_s", samples_per_s, self.global_step)
+            self.writer.add_scalar("train/memory_mb", self.peak_memory_mb(), self.global_step)
+        if not sys.stderr.isatty() and self.global_step % max(s.log_every_steps, 1) == 0:
+            done = self.global_step / max(self.total_steps, 1)
+            eta = (time.monotonic() - self.started) * (1 - done) / max(done, 1e-9) if done else float("nan")
+            self.log(
+                f"epoch {self.epoch} step {self.global_step}/{self.total_steps} "
+                f"loss {self.epoch_loss_sum / max(self.epoch_loss_count, 1):.4f} "
+                f"{samples_per_s:.1f} samples/s ETA {eta / 60:.1f} min"
+            )
+        if s.fail_after_steps is not None and self.global_step >= s.fail_after_steps:
+            self.save("last.pt")
+            raise RuntimeError(f"fault injection: fail_after_steps={s.fail_after_steps} reached")
+        if self.global_step % max(s.checkpoint_every_steps, 1) == 0:
+            self.save("last.pt")
+        self.check_time(self.step_seconds() * s.checkpoint_every_steps)
+
+    def step_seconds(self) -> float:
+        """Mean wall time of an optimizer step in this process so far (validation included)."""
+        return self.elapsed() / max(self.global_step - self.steps_at_start, 1)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def check_time(self, next_interval_s: float) -> None:
+        """Stop for a resume when SIGTERM came or the next interval would overrun the budget."""
+        stop = self.stop_requested
+        budget = self.time_budget_s
+        if budget is not None and self.elapsed() + next_interval_s > budget:
+            stop = True
+        if is_distributed():
+            flag = torch.tensor(float(stop), device=self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop:
+            why = "SIGTERM received" if self.stop_requested else f"time budget of {budget / 60:.1f} min reached"
+            raise StopForResume(f"{why} at epoch {self.epoch}, step {self.global_step}")
+
+    # ----------------------------------------------------------------- validation
+    @torch.no_grad()
+    def validation(self) -> dict[str, Any]:
+        """Per-class Dice on the fixed validation patches, with the training's logit adjustment."""
+        s = self.settings
+        self.model.eval()
+        started = time.monotonic()
+        metric = ConfusionMetric(NUM_CLASSES)
+        indices = list(range(self.rank, len(self.validation_data), self.world_size))
+        loss_sum, loss_count = 0.0, 0
+        mode = s.loss.get("inference_logit_adjustment", "train")
+        first_batch = None
+        for start in range(0, len(indices), s.validation_batch_size):
+            items = [self.validation_data[i] for i in indices[start : start + s.validation_batch_size]]
+            image = torch.stack([item["image"] for item in items]).to(self.device)
+            target = torch.stack([item["target"] for item in items]).to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = self.network(image)
+            logits = logits.float()
+            loss = self.loss(logits, target)
+            if torch.isfinite(loss):
+                loss_sum, loss_count = loss_sum + float(loss), loss_count + 1
+            probabilities = adjusted_probabilities(logits, self.loss, mode)
+            metric.update(probabilities, target)
+            if first_batch is None:
+                first_batch = (image.cpu(), target.cpu(), probabilities.cpu())
+        aggregate = metric.aggregate(sync=True)
+        totals = torch.tensor([loss_sum, float(loss_count)], dtype=torch.float64)
+        if is_distributed():
+            totals = totals.to(self.device)
+            dist.all_reduce(totals)
+        dice = np.where(aggregate.n_crops > 0, aggregate.pooled.dice, np.nan)
+        self.model.train()
+        self.validation_seconds = time.monotonic() - started
+        return {
+            "val_loss": float(totals[0] / max(float(totals[1]), 1.0)),
+            "dice": dice,
+            "mean_dice": float(np.nanmean(dice)) if np.isfinite(dice).any() else float("nan"),
+            "first_batch": first_batch,
+        }
+
+    # ----------------------------------------------------------------- epoch end
+    def on_epoch_end(self, validation: dict[str, Any]) -> None:
+        s = self.settings
+        epoch_seconds = self.elapsed() + self.train_seconds_at_start - sum(r["seconds"] for r in self.history)
+        row: dict[str, Any] = {
+            "epoch": self.epoch,
+            "step": self.global_step,
+            "train_loss": self.epoch_loss_sum / max(self.epoch_loss_count, 1),
+            "val_loss": validation["val_loss"],
+            "lr": self.scheduler.get_last_lr()[0],
+            "val_mean_dice": validation["mean_dice"],
+            **{f"val_dice_{name}": float(validation["dice"][c]) for c, name in enumerate(CLASSES)},
+            "seconds": epoch_seconds,
+            "samples_per_s": getattr(self, "epoch_samples_per_s", float("nan")),
+            "peak_memory_mb": self.peak_memory_mb(),
+            "nonfinite_steps": self.nonfinite_total,
+        }
+        self.history.append(row)
+        score = validation["mean_dice"]
+        improved = math.isfinite(score) and score > self.best_score + s.early_stopping_min_delta
+        if improved:
+            self.best_score, self.best_epoch, self.epochs_without_improvement = score, self.epoch, 0
+        else:
+            self.epochs_without_improvement += 1
+        self.log_epoch(row, validation)
+        self.epoch += 1
+        self.iteration = 0
+        self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
+        if self.epochs_without_improvement >= s.early_stopping_patience:
+            self.stop_reason = "early_stop"
+        elif self.epoch >= s.max_epochs:
+            self.stop_reason = "max_epochs"
+        self.save("last.pt")
+        if improved:
+            self.save("best.pt")
+        if s.periodic_checkpoint_every_epochs and self.epoch % s.periodic_checkpoint_every_epochs == 0:
+            self.save(f"epoch_{self.epoch:04d}.pt")
+            if self.is_main:
+                periodic = sorted(self.checkpoint_dir.glob("epoch_*.pt"))
+                for old in periodic[: max(len(periodic) - s.keep_periodic_checkpoints, 0)]:
+                    old.unlink()
+        if not self.stop_reason:
+            # the next epoch must fit: judge it by the mean epoch of this process
+            self.check_time(self.elapsed() / max(len(self.history) - self.epochs_at_start, 1))
+
+    def log_epoch(self, row: dict[str, Any], validation: dict[str, Any]) -> None:
+        self.log(
+            f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+            f"val mean Dice {row['val_mean_dice']:.4f} ({row['seconds']:.1f} s)"
+        )
+        if self.writer is None:
+            return
+        w, step = self.writer, self.epoch
+        w.add_scalar("val/mean_dice", row["val_mean_dice"], step)
+        w.add_scalar("val/loss", row["val_loss"], step)
+        for name in CLASSES:
+            if math.isfinite(row[f"val_dice_{name}"]):
+                w.add_scalar(f"val_dice/{name}", row[f"val_dice_{name}"], step)
+        adjustment = self.loss.logit_adjustment().cpu().numpy()
+        online = self.online_frequency.logit_adjustment(self.loss.tau).cpu().numpy()
+        for c, name in enumerate(CLASSES):
+            w.add_scalar(f"logit_adjustment/{name}", float(adjustment[c]), step)
+            w.add_scalar(f"logit_adjustment_online/{name}", float(online[c]), step)
+        from cellseg.visualization import logit_adjustment_figure, sample_figure
+
+        if self.epoch == 0:
+            w.add_figure("logit_adjustment", logit_adjustment_figure(adjustment, online), step)
+        if validation["first_batch"] is not None and self.settings.tensorboard_images > 0:
+            image, target, probabilities = validation["first_batch"]
+            n = min(self.settings.tensorboard_images, image.shape[0])
+            w.add_figure("samples", sample_figure(image[:n], target[:n], probabilities[:n]), step)
+        w.flush()
+
+    def on_train_end(self) -> None:
+        """Write the declared outputs: ``best.pt``, ``history.csv``, ``train_summary.json``."""
+        if not self.is_main:
+            self.barrier()
+            return
+        best_path = self.checkpoint_dir / "best.pt"
+        best = load_checkpoint(best_path) if best_path.is_file() else self.state_dict()
+        s = self.settings
+        summary = {
+            "model": s.model,
+            "dim": s.dim,
+            "preset": s.preset,
+            "parameters": self.parameters,
+            "epochs_run": len(self.history),
+            "best_epoch": self.best_epoch,
+            "best_val_mean_dice": self.best_score if math.isfinite(self.best_score) else None,
+            "stop_reason": self.stop_reason,
+            "train_seconds": self.train_seconds_at_start + self.elapsed(),
+            "gpus": self.world_size if self.device.type == "cuda" else 0,
+            "processes": self.world_size,
+            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+            "config_hash": s.config_hash(),
+        }
+        hours = summary["train_seconds"] / 3600
+        summary["gpu_hours"] = hours * summary["gpus"]
+        summary["cpu_hours"] = hours * (0 if summary["gpus"] else s.cpus_per_task)
+        save_checkpoint(
+            {
+                "format": "cellseg-model-1",
+                "model": best["model"],
+                "settings": asdict(s),
+                "architecture": self.architecture(),
+                "classes": list(CLASSES),
+                "logit_shift": self.loss.shift().cpu(),
+                "epoch": self.best_epoch,
+                "summary": summary,
+            },
+            self.run_dir / "best.pt",
+        )
+        with atomic_path(self.run_dir / "history.csv") as temporary:
+            pd.DataFrame(self.history).to_csv(temporary, index=False)
+        write_json_atomic(self.run_dir / "train_summary.json", summary)
+        self.log(f"finished ({self.stop_reason}): best val mean Dice {self.best_score:.4f} at epoch {self.best_epoch}")
+        self.barrier()
+
+    # ----------------------------------------------------------------- helpers
+    def barrier(self) -> None:
+        if is_distributed():
+            dist.barrier()
+
+    def peak_memory_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return psutil.Process().memory_info().rss / 2**20
+
+    def progress_bar(self) -> Any:
+        if not (self.is_main and sys.stderr.isatty()):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(
+            total=self.settings.iterations_per_epoch, initial=self.iteration,
+            desc=f"{self.settings.key} epoch {self.epoch}", leave=False,
+        )
+
+    def log(self, message: str) -> None:
+        if self.is_main:
+            print(f"[{self.settings.key}] {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,17 @@
+"""Snakemake rule train: run cellseg's trainer for one model (thin wrapper)."""
+
+import sys
+
+from cellseg.training.launch import launch_training
+
+with open(snakemake.log[0], "a") as log:  # noqa: F821
+    status = launch_training(
+        snakemake.config,  # noqa: F821
+        f"{snakemake.wildcards.model}_{snakemake.wildcards.dim}",  # noqa: F821
+        snakemake.params.run_dir,  # noqa: F821
+        snakemake.input.datasplit,  # noqa: F821
+        snakemake.input.class_frequencies,  # noqa: F821
+        runtime_min=snakemake.resources.runtime,  # noqa: F821
+        log=log,
+    )
+sys.exit(status)
