@@ -366,11 +366,9 @@ class Trainer:
         if self.online_frequency.update(target) and self.writer is not None:
             exact = self.loss.prior.cpu()
             for c, name in enumerate(CLASSES):
-                self.writer.add_scalars(
-                    f"class_frequency/{name}",
-                    {"online": float(self.online_frequency.frequency[c]), "exact": float(exact[c])},
-                    self.global_step,
-                )
+                online = float(self.online_frequency.frequency[c])
+                self.writer.add_scalar(f"class_frequency_online/{name}", online, self.global_step)
+                self.writer.add_scalar(f"class_frequency_exact/{name}", float(exact[c]), self.global_step)
         if step:
             norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), s.grad_clip)
             if torch.isfinite(norm):

@@ -1,0 +1,186 @@
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cellseg.classes import CLASSES
+from cellseg.errors import CellsegError
+from cellseg.training import EXIT_TIME_BUDGET, Trainer, resolve_settings
+from cellseg.training.checkpoint import load_checkpoint
+
+
+def make_trainer(config, tiny_data, run_dir, key="unet_2d", **kwargs) -> Trainer:
+    return Trainer(
+        resolve_settings(config, key),
+        run_dir,
+        tiny_data["datasplit"],
+        tiny_data["class_frequencies"],
+        **kwargs,
+    )
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def test_training_writes_outputs_and_history(tiny_config, tiny_data, tmp_path):
+    assert make_trainer(tiny_config, tiny_data, tmp_path).run() == 0
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history["epoch"]) == [0, 1]
+    expected = {
+        "train_loss",
+        "val_loss",
+        "lr",
+        "val_mean_dice",
+        "seconds",
+        "samples_per_s",
+        "peak_memory_mb",
+    }
+    assert expected | {f"val_dice_{c}" for c in CLASSES} <= set(history.columns)
+    assert history["train_loss"].notna().all() and (history["val_mean_dice"].between(0, 1)).all()
+    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert best["summary"]["stop_reason"] == "max_epochs" and best["classes"] == list(CLASSES)
+    assert best["logit_shift"].shape == (len(CLASSES),)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "best.pt",
+        "epoch_0002.pt",
+        "last.pt",
+    ]
+    assert not list(tmp_path.rglob("*.tmp")), "no temporary files are left behind"
+
+
+@pytest.mark.parametrize("key", ["unet_2d", "unet_3d"])
+def test_kill_and_resume_gives_identical_weights(tiny_config, tiny_data, tmp_path, key):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert make_trainer(tiny_config, tiny_data, straight, key).run() == 0
+    failing = copy.deepcopy(tiny_config)
+    failing["training"]["defaults"]["fail_after_steps"] = 3  # mid-epoch
+    with pytest.raises(RuntimeError, match="fault injection"):
+        make_trainer(failing, tiny_data, resumed, key).run()
+    assert load_checkpoint(resumed / "checkpoints" / "last.pt")["global_step"] == 3
+    assert not (resumed / "best.pt").exists()
+    assert make_trainer(tiny_config, tiny_data, resumed, key).run() == 0
+    for name, tensor in weights(straight).items():
+        torch.testing.assert_close(weights(resumed)[name], tensor, rtol=0, atol=0, msg=name)
+    a, b = pd.read_csv(straight / "history.csv"), pd.read_csv(resumed / "history.csv")
+    pd.testing.assert_series_equal(a["train_loss"], b["train_loss"])
+    pd.testing.assert_series_equal(a["val_mean_dice"], b["val_mean_dice"])
+
+
+def test_time_budget_stops_with_checkpoint_then_resumes(tiny_config, tiny_data, tmp_path):
+    status = make_trainer(tiny_config, tiny_data, tmp_path, time_budget_min=1e-4).run()
+    assert status == EXIT_TIME_BUDGET
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert state["global_step"] >= 1 and not (tmp_path / "history.csv").exists()
+    assert make_trainer(tiny_config, tiny_data, tmp_path).run() == 0
+    assert len(pd.read_csv(tmp_path / "history.csv")) == 2
+
+
+def test_early_stopping_on_plateau(tiny_config, tiny_data, tmp_path):
+    config = copy.deepcopy(tiny_config)
+    config["training"]["defaults"].update(
+        max_epochs=5, early_stopping_patience=1, early_stopping_min_delta=2.0
+    )
+    assert make_trainer(config, tiny_data, tmp_path).run() == 0
+    summary = torch.load(tmp_path / "best.pt", weights_only=False)["summary"]
+    assert (
+        summary["stop_reason"] == "early_stop"
+        and summary["epochs_run"] == 2
+        and summary["best_epoch"] == 0
+    )
+
+
+def test_changed_settings_are_refused_naming_the_keys(tiny_config, tiny_data, tmp_path):
+    failing = copy.deepcopy(tiny_config)
+    failing["training"]["defaults"]["fail_after_steps"] = 1
+    with pytest.raises(RuntimeError):
+        make_trainer(failing, tiny_data, tmp_path).run()
+    changed = copy.deepcopy(tiny_config)
+    changed["training"]["2d"]["lr"] = 0.5
+    changed["loss"]["alpha"] = 0.7
+    with pytest.raises(
+        CellsegError, match=r"changed: loss\.alpha, lr\); restore them, or pass --restart"
+    ):
+        make_trainer(changed, tiny_data, tmp_path).run()
+    assert make_trainer(changed, tiny_data, tmp_path, restart=True).run() == 0
+
+
+def test_nonfinite_loss_stops_with_one_line_error(tiny_config, tiny_data, tmp_path):
+    class NaNTrainer(Trainer):
+        def build_network(self) -> torch.nn.Module:
+            network = super().build_network()
+            network.register_forward_hook(lambda module, args, output: output * float("nan"))
+            return network
+
+    config = copy.deepcopy(tiny_config)
+    config["training"]["defaults"]["max_nonfinite_steps"] = 2
+    trainer = NaNTrainer(
+        resolve_settings(config, "unet_2d"),
+        tmp_path,
+        tiny_data["datasplit"],
+        tiny_data["class_frequencies"],
+    )
+    with pytest.raises(CellsegError, match="NaN/Inf for 3 micro-batches in a row") as error:
+        trainer.run()
+    assert "\n" not in str(error.value)
+
+
+def test_tensorboard_has_dice_frequency_and_adjustment_tags(tiny_config, tiny_data, tmp_path):
+    assert make_trainer(tiny_config, tiny_data, tmp_path).run() == 0
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    tags = set(events.Tags()["scalars"])
+    for name in CLASSES:
+        assert f"logit_adjustment/{name}" in tags
+        assert f"class_frequency_online/{name}" in tags and f"class_frequency_exact/{name}" in tags
+    assert {"val/mean_dice", "train/loss", "train/lr", "val_dice/ecs"} <= tags
+    assert len(events.Scalars("val/mean_dice")) == 2
+    assert "logit_adjustment" in events.Tags()["images"] and "samples" in events.Tags()["images"]
+
+
+def test_two_process_gloo_ddp(tiny_config, tiny_data, tmp_path):
+    import yaml
+
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(tiny_config))
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "cellseg.cli",
+        "train",
+        "--config",
+        str(config_path),
+        "--model",
+        "unet",
+        "--dim",
+        "2d",
+        "--run-dir",
+        str(run_dir),
+        "--datasplit",
+        str(tiny_data["datasplit"]),
+        "--class-frequencies",
+        str(tiny_data["class_frequencies"]),
+    ]
+    environment = os.environ | {"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = pd.read_csv(run_dir / "history.csv")
+    assert list(history["epoch"]) == [0, 1] and history["val_mean_dice"].notna().all()
+    summary = torch.load(run_dir / "best.pt", weights_only=False)["summary"]
+    assert summary["processes"] == 2
+    # only rank 0 writes: one event file, one line per epoch in the log
+    assert len(list((run_dir / "tensorboard").glob("events.*"))) == 1
+    assert result.stderr.count("epoch 1: train loss") == 1
