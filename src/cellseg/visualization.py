@@ -8,13 +8,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
-from cellseg.classes import CLASSES  # noqa: E402
+from cellseg.classes import CLASSES
 
 # Paul Tol's "muted" (9) and "light"-scheme extras: distinguishable under the common
 # colour-vision deficiencies; membrane / lumen pairs get a dark / light pair of one hue.
@@ -84,7 +84,9 @@ def sample_figure(image: torch.Tensor, target: torch.Tensor, probabilities: torc
         em = _middle_slice(image[row].float().numpy())[0]
         truth, unannotated = label_rgb(_middle_slice(target[row].float().numpy()))
         prediction, _ = label_rgb(_middle_slice(probabilities[row].float().numpy()))
-        for ax, picture, title in zip(axes[row], (em, truth, prediction), ("input", "ground truth", "prediction"), strict=True):
+        for ax, picture, title in zip(
+            axes[row], (em, truth, prediction), ("input", "ground truth", "prediction"), strict=True
+        ):
             ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, interpolation="nearest")
             ax.set_title(title)
             ax.axis("off")
@@ -99,9 +101,24 @@ def logit_adjustment_figure(exact: np.ndarray, online: np.ndarray | None = None)
     """Bar chart of the per-class logit adjustment ``a_c``: negative bars are boosted classes."""
     figure, ax = plt.subplots(figsize=(8, 3.5))
     x = np.arange(len(CLASSES))
-    ax.bar(x - 0.2, exact, width=0.4, label="exact prior", color=[PALETTE[c] for c in CLASSES], edgecolor="k")
+    ax.bar(
+        x - 0.2,
+        exact,
+        width=0.4,
+        label="exact prior",
+        color=[PALETTE[c] for c in CLASSES],
+        edgecolor="k",
+    )
     if online is not None:
-        ax.bar(x + 0.2, online, width=0.4, label="online estimate", color="none", edgecolor="k", hatch="..")
+        ax.bar(
+            x + 0.2,
+            online,
+            width=0.4,
+            label="online estimate",
+            color="none",
+            edgecolor="k",
+            hatch="..",
+        )
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(x, CLASSES, rotation=60, ha="right")
     ax.set_ylabel("a_c (< 0: boosted in the loss)")

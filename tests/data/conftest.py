@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import zarr
 
-SEMANTIC = {"type": "semantic_segmentation", "encoding": {"absent": 0, "present": 1, "unknown": 255}}
+SEMANTIC = {
+    "type": "semantic_segmentation",
+    "encoding": {"absent": 0, "present": 1, "unknown": 255},
+}
 INSTANCE = {"type": "instance_segmentation", "encoding": {"absent": 0, "unknown": 255}}
 
 
@@ -23,7 +26,9 @@ def write_multiscale(
 ) -> None:
     group = root.require_group(group_path)
     datasets = []
-    for index, (data, scale, translation) in enumerate(zip(levels, voxel_sizes, translations, strict=True)):
+    for index, (data, scale, translation) in enumerate(
+        zip(levels, voxel_sizes, translations, strict=True)
+    ):
         group.create_array(f"s{index}", data=data, chunks=tuple(min(8, n) for n in data.shape))
         datasets.append(
             {

@@ -15,12 +15,20 @@ from cellseg.errors import CellsegError
 
 
 def fake_crop(index: int, classes: tuple[str, ...]) -> Crop:
-    return Crop(Path("/d/a.zarr"), "recon-1/em/fibsem-uint8", Path("/d/a.zarr"), f"recon-1/labels/groundtruth/crop{index}", classes)
+    return Crop(
+        Path("/d/a.zarr"),
+        "recon-1/em/fibsem-uint8",
+        Path("/d/a.zarr"),
+        f"recon-1/labels/groundtruth/crop{index}",
+        classes,
+    )
 
 
 def test_split_is_deterministic_and_keeps_every_class_in_train():
     rng = np.random.default_rng(0)
-    crops = [fake_crop(i, tuple(c for c in CLASSES if rng.random() < 0.5) or ("ecs",)) for i in range(20)]
+    crops = [
+        fake_crop(i, tuple(c for c in CLASSES if rng.random() < 0.5) or ("ecs",)) for i in range(20)
+    ]
     crops.append(fake_crop(20, ("nuc", "er_lum")))  # er_lum … nuc may be rare
     first = split_crops(crops, 0.15, 0.15, seed=1)
     assert [c.split for c in first] == [c.split for c in split_crops(crops, 0.15, 0.15, seed=1)]
@@ -52,9 +60,22 @@ def test_datasplit_roundtrip_and_format(make_store, tmp_path):
     assert first[2] == '"recon-1/em/fibsem-uint8"' and first[4].endswith('/[ecs,pm]"')
     path = tmp_path / "split.csv"
     path.write_text(text)
-    assert read_datasplit(path) == [Crop(c.em_store.resolve(), c.em_group, c.label_store.resolve(), c.crop_group, c.classes, c.split) for c in crops]
+    assert read_datasplit(path) == [
+        Crop(
+            c.em_store.resolve(),
+            c.em_group,
+            c.label_store.resolve(),
+            c.crop_group,
+            c.classes,
+            c.split,
+        )
+        for c in crops
+    ]
     assert {c.split for c in read_datasplit(path, ["test"])} == {"test"}
-    assert main(["datasplit", "--root", str(tmp_path / "data"), "--out", str(tmp_path / "cli.csv")]) == 0
+    assert (
+        main(["datasplit", "--root", str(tmp_path / "data"), "--out", str(tmp_path / "cli.csv")])
+        == 0
+    )
     assert (tmp_path / "cli.csv").read_text().count("\n") == 6
 
 
@@ -62,9 +83,15 @@ def test_datasplit_roundtrip_and_format(make_store, tmp_path):
     ("row", "message"),
     [
         ('"train","{s}","recon-1/em/fibsem-uint8","{s}"', "expected 5 columns"),
-        ('"training","{s}","recon-1/em/fibsem-uint8","{s}","g/crop1/[ecs]"', "split 'training' is not one of"),
+        (
+            '"training","{s}","recon-1/em/fibsem-uint8","{s}","g/crop1/[ecs]"',
+            "split 'training' is not one of",
+        ),
         ('"train","{s}","recon-1/em/fibsem-uint8","{s}","g/crop1"', r"must end in /\[class1"),
-        ('"train","/nope.zarr","recon-1/em/fibsem-uint8","{s}","g/crop1/[ecs]"', "store /nope.zarr does not exist"),
+        (
+            '"train","/nope.zarr","recon-1/em/fibsem-uint8","{s}","g/crop1/[ecs]"',
+            "store /nope.zarr does not exist",
+        ),
     ],
 )
 def test_bad_rows_give_one_line_errors(tmp_path, row, message):
@@ -78,7 +105,10 @@ def test_bad_rows_give_one_line_errors(tmp_path, row, message):
 
 
 def test_cli_reports_errors_in_one_line(tmp_path, capsys):
-    assert main(["datasplit", "--root", str(tmp_path / "missing"), "--out", str(tmp_path / "o.csv")]) == 2
+    assert (
+        main(["datasplit", "--root", str(tmp_path / "missing"), "--out", str(tmp_path / "o.csv")])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "data root does not exist" in err
     assert not (tmp_path / "o.csv").exists()

@@ -32,7 +32,9 @@ def store_and_arrays(make_store):
     nuc16[0, 0] = 255
     crops = {
         "crop1": {"ecs": ([ecs8], [(8.0,) * 3], [(4.0,) * 3], SEMANTIC)},
-        "crop2": {"ecs": ([ecs4, ecs4_s1], [(4.0,) * 3, (8.0,) * 3], [(2.0,) * 3, (4.0,) * 3], SEMANTIC)},
+        "crop2": {
+            "ecs": ([ecs4, ecs4_s1], [(4.0,) * 3, (8.0,) * 3], [(2.0,) * 3, (4.0,) * 3], SEMANTIC)
+        },
         "crop3": {"nuc": ([nuc16], [(16.0,) * 3], [(8.0,) * 3], INSTANCE)},
     }
     store = make_store("ds", em, crops)
@@ -60,17 +62,37 @@ def test_counts_equal_direct_numpy_count(store_and_arrays):
 
 def test_missing_class_is_an_error_naming_it(store_and_arrays):
     store = store_and_arrays[0]
-    with pytest.raises(CellsegError, match=r"class\(es\) pm, mito_mem.* annotated in no training crop"):
+    with pytest.raises(
+        CellsegError, match=r"class\(es\) pm, mito_mem.* annotated in no training crop"
+    ):
         class_frequencies(discover_crops(store.parent.parent), 8.0)
 
 
 def test_cli_counts_only_training_crops(store_and_arrays, tmp_path):
     store = store_and_arrays[0]
     crops = split_crops(discover_crops(store.parent.parent), 0.0, 0.0)
-    crops[2] = type(crops[2])(*[getattr(crops[2], f) for f in ("em_store", "em_group", "label_store", "crop_group", "classes")], split="test")
+    crops[2] = type(crops[2])(
+        *[
+            getattr(crops[2], f)
+            for f in ("em_store", "em_group", "label_store", "crop_group", "classes")
+        ],
+        split="test",
+    )
     write_datasplit(crops, tmp_path / "split.csv")
     out = tmp_path / "freq.json"
-    assert main(["class-frequencies", "--datasplit", str(tmp_path / "split.csv"), "--out", str(out), "--allow-missing-classes"]) == 0
+    assert (
+        main(
+            [
+                "class-frequencies",
+                "--datasplit",
+                str(tmp_path / "split.csv"),
+                "--out",
+                str(out),
+                "--allow-missing-classes",
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
     assert data["per_class"]["nuc"]["crops"] == 0 and data["per_class"]["ecs"]["crops"] == 2
     assert len(data["crops"]) == 2

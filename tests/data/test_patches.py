@@ -7,7 +7,13 @@ from conftest import SEMANTIC
 from scipy import ndimage
 
 from cellseg.data.dataset import FixedPatches, PatchSpec, SampleRange, TrainPatches, worker_init_fn
-from cellseg.data.patches import Augmentation, CropReader, PatchGrid, PatchTransform, infer_true_negatives
+from cellseg.data.patches import (
+    Augmentation,
+    CropReader,
+    PatchGrid,
+    PatchTransform,
+    infer_true_negatives,
+)
 from cellseg.data.store import discover_crops, read_crop_geometry
 
 SHAPE = (16, 48, 48)
@@ -100,7 +106,9 @@ def test_train_patches_shapes_and_determinism(blob_crop):
     spec3 = PatchSpec((4, 16, 16), 8.0)
     stream = TrainPatches([crop], spec3, seed=7)
     first = [s["target"] for _, s in zip(range(3), stream, strict=False)]
-    again = [s["target"] for _, s in zip(range(3), TrainPatches([crop], spec3, seed=7), strict=False)]
+    again = [
+        s["target"] for _, s in zip(range(3), TrainPatches([crop], spec3, seed=7), strict=False)
+    ]
     sample = next(iter(stream))
     assert sample["image"].shape == (1, 4, 16, 16) and sample["target"].shape == (14, 4, 16, 16)
     assert sample["image"].dtype == torch.float32
@@ -120,7 +128,11 @@ def test_stream_is_the_same_with_any_number_of_workers_3d(blob_crop):
 
     def draw(workers: int, start: int = 0) -> list[torch.Tensor]:
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=2, sampler=SampleRange(start, 8), num_workers=workers, worker_init_fn=worker_init_fn
+            dataset,
+            batch_size=2,
+            sampler=SampleRange(start, 8),
+            num_workers=workers,
+            worker_init_fn=worker_init_fn,
         )
         return [batch["image"] for batch in loader]
 

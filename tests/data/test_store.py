@@ -82,7 +82,9 @@ def test_voxel_at_known_nm_coordinate_has_known_value(store):
     _, mito1 = mito_levels()
     _, nuc1 = nuc_levels()
     # a 1×4×4 grid whose points are the centres of s1 voxels z=2, y=1..4, x=3..6
-    centre = np.array([S1_TRANSLATION[0] + 2 * 8, S1_TRANSLATION[1] + 2.5 * 8, S1_TRANSLATION[2] + 4.5 * 8])
+    centre = np.array(
+        [S1_TRANSLATION[0] + 2 * 8, S1_TRANSLATION[1] + 2.5 * 8, S1_TRANSLATION[2] + 4.5 * 8]
+    )
     em, target = reader.read(PatchGrid.build(centre, (1, 4, 4), 8.0))
     mito = target[2, 0]  # mito_mem is channel 2
     np.testing.assert_array_equal(mito, mito1[2, 1:5, 3:7].astype(np.float32))
@@ -92,7 +94,12 @@ def test_voxel_at_known_nm_coordinate_has_known_value(store):
     others = [c for c in range(14) if c not in (2, 13)]
     assert np.isnan(target[others]).all()
     # EM is linear in the index of the 8 nm EM grid (first voxel centred at 4 nm)
-    z, y, x = np.meshgrid([centre[0]], centre[1] + np.arange(-12, 13, 8), centre[2] + np.arange(-12, 13, 8), indexing="ij")
+    z, y, x = np.meshgrid(
+        [centre[0]],
+        centre[1] + np.arange(-12, 13, 8),
+        centre[2] + np.arange(-12, 13, 8),
+        indexing="ij",
+    )
     index = [(c - 4.0) / 8.0 for c in (z, y, x)]
     np.testing.assert_allclose(em, (index[0] + 2 * index[1] + index[2]) / 255.0, atol=1e-5)
 
@@ -110,13 +117,17 @@ def test_outside_crop_is_nan_and_unknown_is_nan(store):
 
 
 def test_label_encoding_from_attributes():
-    instance = LabelEncoding.from_attributes({"cellmap": {"annotation": {"annotation_type": INSTANCE}}}, "x")
+    instance = LabelEncoding.from_attributes(
+        {"cellmap": {"annotation": {"annotation_type": INSTANCE}}}, "x"
+    )
     values = np.array([0, 1, 5, 254, 255])
     np.testing.assert_array_equal(instance.to_target(values), [0, 1, 1, 1, np.nan])
     semantic = LabelEncoding.from_attributes({}, "x")
     np.testing.assert_array_equal(semantic.to_target(values), [0, 1, np.nan, np.nan, np.nan])
-    with pytest.raises(CellsegError, match="annotation_type.type"):
-        LabelEncoding.from_attributes({"cellmap": {"annotation": {"annotation_type": {"type": "x"}}}}, "x")
+    with pytest.raises(CellsegError, match=r"annotation_type\.type"):
+        LabelEncoding.from_attributes(
+            {"cellmap": {"annotation": {"annotation_type": {"type": "x"}}}}, "x"
+        )
 
 
 def test_missing_array_is_a_one_line_error(store):
@@ -137,15 +148,19 @@ def test_missing_multiscales_is_a_one_line_error(store):
 
 def test_crop_outside_em_volume(make_store):
     labels = np.zeros((4, 4, 4), dtype=np.uint8)
-    store = make_store("far", EM, {"crop9": {"ecs": ([labels], [(8.0,) * 3], [(4.0, 4.0, 300.0)], SEMANTIC)}})
+    store = make_store(
+        "far", EM, {"crop9": {"ecs": ([labels], [(8.0,) * 3], [(4.0, 4.0, 300.0)], SEMANTIC)}}
+    )
     with pytest.raises(CellsegError, match="outside the EM volume"):
         read_crop_geometry(crop_of(store))
 
 
 def test_resolution_no_level_can_serve(make_store):
     labels = np.zeros((2, 2, 2), dtype=np.uint8)
-    store = make_store("coarse", EM, {"crop2": {"ecs": ([labels], [(32.0,) * 3], [(16.0,) * 3], SEMANTIC)}})
-    with pytest.raises(CellsegError, match="no scale level near 8.0 nm"):
+    store = make_store(
+        "coarse", EM, {"crop2": {"ecs": ([labels], [(32.0,) * 3], [(16.0,) * 3], SEMANTIC)}}
+    )
+    with pytest.raises(CellsegError, match=r"no scale level near 8\.0 nm"):
         read_crop_geometry(crop_of(store), 8.0)
 
 

@@ -2,11 +2,20 @@
 
 from pathlib import Path
 
+import sys
+
 from snakemake.utils import validate
 
+from cellseg.config import check_config
+from cellseg.errors import CellsegError
 from cellseg.training.settings import resolve_settings
 
 
+# one line naming the file and the key, before any job; then snakemake's validate fills defaults
+try:
+    check_config(config, workflow.source_path("../schemas/config.schema.yaml"), workflow.configfiles)
+except CellsegError as error:
+    sys.exit(f"cellseg: config error: {error}")
 validate(config, schema="../schemas/config.schema.yaml")
 
 

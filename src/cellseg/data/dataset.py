@@ -14,7 +14,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from cellseg.data.patches import Augmentation, CropReader, PatchGrid, PatchTransform, crop_sampling_weights
+from cellseg.data.patches import (
+    Augmentation,
+    CropReader,
+    PatchGrid,
+    PatchTransform,
+    crop_sampling_weights,
+)
 from cellseg.data.store import Crop, CropGeometry, read_crop_geometry
 from cellseg.errors import CellsegError
 
@@ -58,9 +64,7 @@ def _to_sample(em: np.ndarray, target: np.ndarray, spec: PatchSpec, crop_index: 
     }
 
 
-def open_crops(
-    crops: Sequence[Crop], resolution_nm: float
-) -> list[CropGeometry]:
+def open_crops(crops: Sequence[Crop], resolution_nm: float) -> list[CropGeometry]:
     """Validate and parse every crop up front, so a broken dataset fails before training starts."""
     if not crops:
         raise CellsegError("no crops to read: the datasplit has no rows for this split")

@@ -40,7 +40,10 @@ def split_crops(
     Returns:
         The crops with ``split`` set, in their input order.
     """
-    for name, fraction in (("validate_fraction", validate_fraction), ("test_fraction", test_fraction)):
+    for name, fraction in (
+        ("validate_fraction", validate_fraction),
+        ("test_fraction", test_fraction),
+    ):
         if not 0.0 <= fraction < 1.0:
             raise CellsegError(f"{name} = {fraction}: must be in [0, 1)")
     if validate_fraction + test_fraction >= 1.0:
@@ -74,8 +77,13 @@ def format_datasplit(crops: Sequence[Crop]) -> str:
     writer = csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\n")
     for crop in crops:
         writer.writerow(
-            [crop.split, str(crop.em_store.resolve()), crop.em_group,
-             str(crop.label_store.resolve()), crop.label_path]
+            [
+                crop.split,
+                str(crop.em_store.resolve()),
+                crop.em_group,
+                str(crop.label_store.resolve()),
+                crop.label_path,
+            ]
         )
     return buffer.getvalue()
 
@@ -94,7 +102,9 @@ def read_datasplit(path: Path | str, splits: Sequence[str] | None = None) -> lis
     """
     path = Path(path)
     if not path.is_file():
-        raise CellsegError(f"{path}: datasplit CSV not found; run `cellseg datasplit` or fix the path")
+        raise CellsegError(
+            f"{path}: datasplit CSV not found; run `cellseg datasplit` or fix the path"
+        )
     crops = []
     with open(path, newline="") as handle:
         for row_number, row in enumerate(csv.reader(handle), start=1):
@@ -116,7 +126,9 @@ def read_datasplit(path: Path | str, splits: Sequence[str] | None = None) -> lis
                 )
             for store in (em_store, label_store):
                 if not Path(store).exists():
-                    raise CellsegError(f"{where}: store {store} does not exist; fix the path in the CSV")
+                    raise CellsegError(
+                        f"{where}: store {store} does not exist; fix the path in the CSV"
+                    )
             crop = Crop(Path(em_store), em_group, Path(label_store), crop_group, classes, split)
             if splits is None or split in splits:
                 crops.append(crop)

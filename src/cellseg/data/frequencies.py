@@ -90,7 +90,9 @@ def class_frequencies(
             "positive_voxels": positive[name],
             "crops": crop_counts[name],
             "prior": priors.get(name, imputed),
-            "prior_source": "imputed: median of the other classes" if name in missing else "counted",
+            "prior_source": "imputed: median of the other classes"
+            if name in missing
+            else "counted",
         }
         for name in CLASSES
     }

@@ -52,7 +52,9 @@ class PatchTransform:
     yx_matrix: np.ndarray = field(default_factory=lambda: np.eye(2))
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, augmentation: Augmentation, is_3d: bool) -> PatchTransform:
+    def draw(
+        cls, rng: np.random.Generator, augmentation: Augmentation, is_3d: bool
+    ) -> PatchTransform:
         z_sign = -1.0 if is_3d and rng.random() < augmentation.mirror_z else 1.0
         matrix = np.diag(
             [
@@ -105,7 +107,9 @@ def _index_box(indices: list[np.ndarray], shape: tuple[int, ...]) -> list[slice]
     ]
 
 
-def sample_nearest(array: zarr.Array, level: ScaleLevel, grid: PatchGrid) -> tuple[np.ndarray, np.ndarray]:
+def sample_nearest(
+    array: zarr.Array, level: ScaleLevel, grid: PatchGrid
+) -> tuple[np.ndarray, np.ndarray]:
     """Nearest-neighbour values of ``array`` at the grid's points.
 
     Returns:
@@ -116,10 +120,9 @@ def sample_nearest(array: zarr.Array, level: ScaleLevel, grid: PatchGrid) -> tup
     yx = (grid.yx_nm - np.asarray(level.translation_nm[1:])) / np.asarray(level.voxel_size_nm[1:])
     iy = np.floor(yx[..., 0] + 0.5).astype(np.int64)
     ix = np.floor(yx[..., 1] + 0.5).astype(np.int64)
-    inside = (
-        ((iz >= 0) & (iz < level.shape[0]))[:, None, None]
-        & ((iy >= 0) & (iy < level.shape[1]) & (ix >= 0) & (ix < level.shape[2]))[None]
-    )
+    inside = ((iz >= 0) & (iz < level.shape[0]))[:, None, None] & (
+        (iy >= 0) & (iy < level.shape[1]) & (ix >= 0) & (ix < level.shape[2])
+    )[None]
     box = _index_box([iz, iy, ix], level.shape)
     region = np.asarray(array[tuple(box)])
     lz = np.clip(iz - box[0].start, 0, region.shape[0] - 1)
@@ -140,7 +143,9 @@ def sample_linear(array: zarr.Array, level: ScaleLevel, grid: PatchGrid) -> np.n
     yx = (grid.yx_nm - np.asarray(level.translation_nm[1:])) / np.asarray(level.voxel_size_nm[1:])
     fy, fx = yx[..., 0], yx[..., 1]
     z0, y0, x0 = (np.floor(f).astype(np.int64) for f in (fz, fy, fx))
-    box = _index_box([np.concatenate([z0, z0 + 1]), np.stack([y0, y0 + 1]), np.stack([x0, x0 + 1])], level.shape)
+    box = _index_box(
+        [np.concatenate([z0, z0 + 1]), np.stack([y0, y0 + 1]), np.stack([x0, x0 + 1])], level.shape
+    )
     region = np.asarray(array[tuple(box)], dtype=np.float32)
     dz, dy, dx = region.shape
 
@@ -202,7 +207,8 @@ class CropReader:
         self.infer_true_negatives = infer_true_negatives
         self._em_level = geometry.em.level_for(resolution_nm)
         self._label_levels = {
-            name: multiscale.level_for(resolution_nm) for name, multiscale in geometry.labels.items()
+            name: multiscale.level_for(resolution_nm)
+            for name, multiscale in geometry.labels.items()
         }
         self._tables = {name: _encoding_table(e) for name, e in geometry.encodings.items()}
         self._arrays: dict[str, zarr.Array] | None = None

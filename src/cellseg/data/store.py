@@ -194,7 +194,9 @@ def read_multiscale(root: zarr.Group, store: Path, group: str) -> Multiscale:
                 f"{location}/{path}: array listed in 'multiscales' is missing from the store"
             ) from None
         if array.ndim != 3:
-            raise CellsegError(f"{location}/{path}: expected a 3D (z, y, x) array, got {array.ndim}D")
+            raise CellsegError(
+                f"{location}/{path}: expected a 3D (z, y, x) array, got {array.ndim}D"
+            )
         levels.append(ScaleLevel(path, scale, translation, tuple(int(n) for n in array.shape)))
     return Multiscale(store, group, tuple(levels), attributes)
 
@@ -254,7 +256,9 @@ def discover_crops(root: Path | str) -> list[Crop]:
         try:
             groundtruth = group[LABELS_ROOT]
         except KeyError:
-            raise CellsegError(f"{store}/{LABELS_ROOT}: no ground-truth group in this store") from None
+            raise CellsegError(
+                f"{store}/{LABELS_ROOT}: no ground-truth group in this store"
+            ) from None
         for crop_name in sorted(name for name, _ in groundtruth.groups()):
             present = {name for name, _ in groundtruth[crop_name].groups()}
             classes = tuple(name for name in CLASSES if name in present)

@@ -31,7 +31,9 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # a truncated or foreign file
-        raise CellsegError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+        raise CellsegError(
+            f"{path}: not a readable checkpoint ({type(error).__name__}: {error})"
+        ) from None
 
 
 def rng_state() -> dict[str, Any]:

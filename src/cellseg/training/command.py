@@ -35,7 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--class-frequencies", type=Path, default=Path("results/class_frequencies.json")
     )
     parser.add_argument(
-        "--time-budget-min", type=float,
+        "--time-budget-min",
+        type=float,
         help="stop with a checkpoint (exit 75) before this many minutes, to be resumed",
     )
     parser.add_argument("--resume", type=Path, help="resume from this checkpoint")

@@ -32,14 +32,33 @@ def training_command(
     """
     name, _, dim = model_key.rpartition("_")
     arguments = [
-        "-m", "cellseg.cli", "train", "--config", str(config_path), "--model", name, "--dim", dim,
-        "--run-dir", str(run_dir), "--datasplit", str(datasplit),
-        "--class-frequencies", str(class_frequencies),
+        "-m",
+        "cellseg.cli",
+        "train",
+        "--config",
+        str(config_path),
+        "--model",
+        name,
+        "--dim",
+        dim,
+        "--run-dir",
+        str(run_dir),
+        "--datasplit",
+        str(datasplit),
+        "--class-frequencies",
+        str(class_frequencies),
     ]
     if time_budget_min is not None:
         arguments += ["--time-budget-min", f"{time_budget_min:g}"]
     if gpus > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", *arguments]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={gpus}",
+            *arguments,
+        ]
     return [sys.executable, *arguments]
 
 
@@ -64,7 +83,9 @@ def launch_training(
     settings = resolve_settings(config, model_key)
     config_path = run_dir / "workflow_config.yaml"
     write_text_atomic(config_path, yaml.safe_dump(dict(config), sort_keys=False))
-    budget = None if runtime_min is None else max(runtime_min - settings.time_budget_margin_min, 0.5)
+    budget = (
+        None if runtime_min is None else max(runtime_min - settings.time_budget_margin_min, 0.5)
+    )
     command = training_command(
         config_path, model_key, run_dir, datasplit, class_frequencies, settings.gpus, budget
     )

@@ -99,7 +99,9 @@ class TrainSettings:
         return {k: v for k, v in _jsonable(asdict(self)).items() if k not in EXECUTION_KEYS}
 
     def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.result_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.result_dict(), sort_keys=True).encode()).hexdigest()[
+            :16
+        ]
 
 
 def _jsonable(value: Any) -> Any:
@@ -120,7 +122,9 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def resolve_settings(config: Mapping[str, Any], model_key: str, source: str = "config") -> TrainSettings:
+def resolve_settings(
+    config: Mapping[str, Any], model_key: str, source: str = "config"
+) -> TrainSettings:
     """Resolve the settings of model ``{name}_{dim}`` from a workflow config.
 
     Raises:

@@ -42,10 +42,20 @@ from cellseg.data.datasplit import read_datasplit
 from cellseg.data.patches import Augmentation
 from cellseg.errors import CellsegError
 from cellseg.io import atomic_path, write_json_atomic
-from cellseg.losses import BalancedSoftmaxPartialTverskyLoss, OnlineClassFrequency, adjusted_probabilities
+from cellseg.losses import (
+    BalancedSoftmaxPartialTverskyLoss,
+    OnlineClassFrequency,
+    adjusted_probabilities,
+)
 from cellseg.metrics import ConfusionMetric
 from cellseg.models import build_model, check_input_shape, model_config
-from cellseg.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
+from cellseg.training.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    unwrap,
+)
 from cellseg.training.settings import TrainSettings, changed_keys
 
 EXIT_TIME_BUDGET = 75
@@ -145,13 +155,22 @@ class Trainer:
         train_crops = read_datasplit(self.datasplit, ["train"])
         validate_crops = read_datasplit(self.datasplit, ["validate"])
         self.train_data = TrainPatches(
-            train_crops, spec, Augmentation(**s.augmentation), seed=s.seed, rank=self.rank,
-            rare_class_boost=s.rare_class_boost, em_range=tuple(s.em_range),
+            train_crops,
+            spec,
+            Augmentation(**s.augmentation),
+            seed=s.seed,
+            rank=self.rank,
+            rare_class_boost=s.rare_class_boost,
+            em_range=tuple(s.em_range),
             infer_true_negatives=s.infer_true_negatives,
         )
         self.validation_data = FixedPatches(
-            validate_crops, spec, s.validation_patches_per_crop, seed=s.seed,
-            em_range=tuple(s.em_range), infer_true_negatives=s.infer_true_negatives,
+            validate_crops,
+            spec,
+            s.validation_patches_per_crop,
+            seed=s.seed,
+            em_range=tuple(s.em_range),
+            infer_true_negatives=s.infer_true_negatives,
         )
         self.network = self.build_network().to(self.device)
         self.parameters = sum(p.numel() for p in self.network.parameters())
@@ -187,19 +206,27 @@ class Trainer:
 
     def build_loss(self) -> BalancedSoftmaxPartialTverskyLoss:
         options = {
-            k: v for k, v in self.settings.loss.items()
+            k: v
+            for k, v in self.settings.loss.items()
             if k in ("tau", "alpha", "beta", "smooth", "min_annotated_voxels", "sign")
         }
-        return BalancedSoftmaxPartialTverskyLoss.from_class_frequencies(self.class_frequencies, **options)
+        return BalancedSoftmaxPartialTverskyLoss.from_class_frequencies(
+            self.class_frequencies, **options
+        )
 
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    def configure_optimizers(
+        self,
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         s = self.settings
         optimizer = torch.optim.AdamW(
             self.network.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=tuple(s.betas)
         )
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=s.lr, total_steps=max(self.total_steps, 1),
-            pct_start=s.pct_start, anneal_strategy="cos",
+            optimizer,
+            max_lr=s.lr,
+            total_steps=max(self.total_steps, 1),
+            pct_start=s.pct_start,
+            anneal_strategy="cos",
         )
         return optimizer, scheduler
 
@@ -246,9 +273,19 @@ class Trainer:
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        for key in ("epoch", "iteration", "global_step", "history", "best_score", "best_epoch",
-                    "epochs_without_improvement", "nonfinite_total", "epoch_loss_sum",
-                    "epoch_loss_count", "train_seconds"):
+        for key in (
+            "epoch",
+            "iteration",
+            "global_step",
+            "history",
+            "best_score",
+            "best_epoch",
+            "epochs_without_improvement",
+            "nonfinite_total",
+            "epoch_loss_sum",
+            "epoch_loss_count",
+            "train_seconds",
+        ):
             setattr(self, key, state[key])
         self.online_frequency.load_state_dict(state["online_frequency"])
         set_rng_state(state["rng"])
@@ -265,7 +302,12 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with atomic_path(self.run_dir / "config.yaml") as temporary:
-                temporary.write_text(yaml.safe_dump(self.settings.result_dict() | {"config_hash": self.settings.config_hash()}, sort_keys=False))
+                temporary.write_text(
+                    yaml.safe_dump(
+                        self.settings.result_dict() | {"config_hash": self.settings.config_hash()},
+                        sort_keys=False,
+                    )
+                )
         self.barrier()
         source = self.resume_path or self.checkpoint_dir / "last.pt"
         if self.resume_path or (not self.restart and source.is_file()):
@@ -290,7 +332,9 @@ class Trainer:
             return 0
         except StopForResume as stop:
             self.save("last.pt")
-            self.log(f"{stop}; checkpoint {self.checkpoint_dir / 'last.pt'} saved: run the same command again to resume")
+            self.log(
+                f"{stop}; checkpoint {self.checkpoint_dir / 'last.pt'} saved: run the same command again to resume"
+            )
             return EXIT_TIME_BUDGET
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -306,9 +350,13 @@ class Trainer:
         per_epoch = s.iterations_per_epoch * s.batch_per_gpu
         start = self.epoch * per_epoch + self.iteration * s.batch_per_gpu
         loader = DataLoader(
-            self.train_data, batch_size=s.batch_per_gpu, sampler=SampleRange(start, (self.epoch + 1) * per_epoch),
-            num_workers=s.num_workers, worker_init_fn=worker_init_fn,
-            pin_memory=self.device.type == "cuda", persistent_workers=False,
+            self.train_data,
+            batch_size=s.batch_per_gpu,
+            sampler=SampleRange(start, (self.epoch + 1) * per_epoch),
+            num_workers=s.num_workers,
+            worker_init_fn=worker_init_fn,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
             # a private generator: creating loaders must not advance the global RNG (exact resume)
             generator=torch.Generator().manual_seed(s.seed),
         )
@@ -368,7 +416,9 @@ class Trainer:
             for c, name in enumerate(CLASSES):
                 online = float(self.online_frequency.frequency[c])
                 self.writer.add_scalar(f"class_frequency_online/{name}", online, self.global_step)
-                self.writer.add_scalar(f"class_frequency_exact/{name}", float(exact[c]), self.global_step)
+                self.writer.add_scalar(
+                    f"class_frequency_exact/{name}", float(exact[c]), self.global_step
+                )
         if step:
             norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), s.grad_clip)
             if torch.isfinite(norm):
@@ -380,13 +430,19 @@ class Trainer:
     def after_optimizer_step(self, samples_per_s: float) -> None:
         s = self.settings
         if self.writer is not None and self.global_step % max(s.log_every_steps, 1) == 0:
-            self.writer.add_scalar("train/loss", self.epoch_loss_sum / max(self.epoch_loss_count, 1), self.global_step)
+            self.writer.add_scalar(
+                "train/loss", self.epoch_loss_sum / max(self.epoch_loss_count, 1), self.global_step
+            )
             self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.global_step)
             self.writer.add_scalar("train/samples_per_s", samples_per_s, self.global_step)
             self.writer.add_scalar("train/memory_mb", self.peak_memory_mb(), self.global_step)
         if not sys.stderr.isatty() and self.global_step % max(s.log_every_steps, 1) == 0:
             done = self.global_step / max(self.total_steps, 1)
-            eta = (time.monotonic() - self.started) * (1 - done) / max(done, 1e-9) if done else float("nan")
+            eta = (
+                (time.monotonic() - self.started) * (1 - done) / max(done, 1e-9)
+                if done
+                else float("nan")
+            )
             self.log(
                 f"epoch {self.epoch} step {self.global_step}/{self.total_steps} "
                 f"loss {self.epoch_loss_sum / max(self.epoch_loss_count, 1):.4f} "
@@ -413,11 +469,17 @@ class Trainer:
         if budget is not None and self.elapsed() + next_interval_s > budget:
             stop = True
         if is_distributed():
-            flag = torch.tensor(float(stop), device=self.device if self.device.type == "cuda" else "cpu")
+            flag = torch.tensor(
+                float(stop), device=self.device if self.device.type == "cuda" else "cpu"
+            )
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             stop = bool(flag.item())
         if stop:
-            why = "SIGTERM received" if self.stop_requested else f"time budget of {budget / 60:.1f} min reached"
+            why = (
+                "SIGTERM received"
+                if self.stop_requested
+                else f"time budget of {budget / 60:.1f} min reached"
+            )
             raise StopForResume(f"{why} at epoch {self.epoch}, step {self.global_step}")
 
     # ----------------------------------------------------------------- validation
@@ -433,7 +495,9 @@ class Trainer:
         mode = s.loss.get("inference_logit_adjustment", "train")
         first_batch = None
         for start in range(0, len(indices), s.validation_batch_size):
-            items = [self.validation_data[i] for i in indices[start : start + s.validation_batch_size]]
+            items = [
+                self.validation_data[i] for i in indices[start : start + s.validation_batch_size]
+            ]
             image = torch.stack([item["image"] for item in items]).to(self.device)
             target = torch.stack([item["target"] for item in items]).to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -464,7 +528,9 @@ class Trainer:
     # ----------------------------------------------------------------- epoch end
     def on_epoch_end(self, validation: dict[str, Any]) -> None:
         s = self.settings
-        epoch_seconds = self.elapsed() + self.train_seconds_at_start - sum(r["seconds"] for r in self.history)
+        epoch_seconds = (
+            self.elapsed() + self.train_seconds_at_start - sum(r["seconds"] for r in self.history)
+        )
         row: dict[str, Any] = {
             "epoch": self.epoch,
             "step": self.global_step,
@@ -496,7 +562,10 @@ class Trainer:
         self.save("last.pt")
         if improved:
             self.save("best.pt")
-        if s.periodic_checkpoint_every_epochs and self.epoch % s.periodic_checkpoint_every_epochs == 0:
+        if (
+            s.periodic_checkpoint_every_epochs
+            and self.epoch % s.periodic_checkpoint_every_epochs == 0
+        ):
             self.save(f"epoch_{self.epoch:04d}.pt")
             if self.is_main:
                 periodic = sorted(self.checkpoint_dir.glob("epoch_*.pt"))
@@ -554,7 +623,9 @@ class Trainer:
             "train_seconds": self.train_seconds_at_start + self.elapsed(),
             "gpus": self.world_size if self.device.type == "cuda" else 0,
             "processes": self.world_size,
-            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+            "device": torch.cuda.get_device_name(self.device)
+            if self.device.type == "cuda"
+            else "cpu",
             "config_hash": s.config_hash(),
         }
         hours = summary["train_seconds"] / 3600
@@ -576,7 +647,9 @@ class Trainer:
         with atomic_path(self.run_dir / "history.csv") as temporary:
             pd.DataFrame(self.history).to_csv(temporary, index=False)
         write_json_atomic(self.run_dir / "train_summary.json", summary)
-        self.log(f"finished ({self.stop_reason}): best val mean Dice {self.best_score:.4f} at epoch {self.best_epoch}")
+        self.log(
+            f"finished ({self.stop_reason}): best val mean Dice {self.best_score:.4f} at epoch {self.best_epoch}"
+        )
         self.barrier()
 
     # ----------------------------------------------------------------- helpers
@@ -595,8 +668,10 @@ class Trainer:
         from tqdm import tqdm
 
         return tqdm(
-            total=self.settings.iterations_per_epoch, initial=self.iteration,
-            desc=f"{self.settings.key} epoch {self.epoch}", leave=False,
+            total=self.settings.iterations_per_epoch,
+            initial=self.iteration,
+            desc=f"{self.settings.key} epoch {self.epoch}",
+            leave=False,
         )
 
     def log(self, message: str) -> None:

@@ -1,0 +1,288 @@
+"""The embedded demo generator writes valid CellMap-layout stores (read back with plain zarr/json)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from cellseg.classes import CLASSES
+from cellseg.data.demo import MARKER_NAME, make_demo_data
+from cellseg.errors import CellsegError
+
+EM = "recon-1/em/fibsem-uint8"
+GT = "recon-1/labels/groundtruth"
+MEMBRANE_LUMEN = [
+    ("mito_mem", "mito_lum"),
+    ("golgi_mem", "golgi_lum"),
+    ("ves_mem", "ves_lum"),
+    ("endo_mem", "endo_lum"),
+    ("er_mem", "er_lum"),
+]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    out = tmp_path_factory.mktemp("demo")
+    started = time.perf_counter()
+    stores = make_demo_data(out, seed=0, size="small")
+    print(f"\nsmall demo generated in {time.perf_counter() - started:.1f} s")
+    return out, stores
+
+
+def attrs(path: Path) -> dict:
+    return json.loads((path / ".zattrs").read_text())
+
+
+def transforms(group: Path) -> list[tuple[list[float], list[float]]]:
+    (multiscale,) = attrs(group)["multiscales"]
+    assert [a["name"] for a in multiscale["axes"]] == ["z", "y", "x"]
+    assert {a["unit"] for a in multiscale["axes"]} == {"nanometer"}
+    out = []
+    for index, dataset in enumerate(multiscale["datasets"]):
+        assert dataset["path"] == f"s{index}"
+        scale, translation = dataset["coordinateTransformations"]
+        assert scale["type"] == "scale" and translation["type"] == "translation"
+        out.append((scale["scale"], translation["translation"]))
+    return out
+
+
+def crops(stores: list[Path]) -> list[tuple[Path, Path]]:
+    """(store, crop group directory) for every crop, found by listing directories."""
+    return [(s, c) for s in stores for c in sorted((s / GT).iterdir()) if c.is_dir()]
+
+
+def annotated(crop: Path) -> list[str]:
+    return sorted(p.name for p in crop.iterdir() if p.is_dir() and p.name != "all")
+
+
+def read(path: Path) -> np.ndarray:
+    return zarr.open_array(path, mode="r")[...]
+
+
+def test_stores_are_zarr_v2_with_a_three_level_em_pyramid(demo):
+    out, stores = demo
+    assert len(stores) >= 3
+    for store in stores:
+        assert store == out / store.parent.name / f"{store.parent.name}.zarr"
+        assert json.loads((store / ".zgroup").read_text())["zarr_format"] == 2
+        assert (store / "recon-1" / ".zgroup").is_file()
+        levels = transforms(store / EM)
+        assert [s for s, _ in levels] == [[8.0] * 3, [16.0] * 3, [32.0] * 3]
+        # translation = centre of the first voxel; level k shifted by half the growth
+        assert [t for _, t in levels] == [[0.0] * 3, [4.0] * 3, [12.0] * 3]
+        shapes = []
+        for level in range(3):
+            meta = json.loads((store / EM / f"s{level}" / ".zarray").read_text())
+            assert meta["zarr_format"] == 2 and meta["dtype"] == "|u1"
+            assert meta["compressor"]["id"] == "blosc"
+            shapes.append(meta["shape"])
+        assert shapes[1] == [n // 2 for n in shapes[0]] and shapes[2] == [n // 4 for n in shapes[0]]
+        em = read(store / EM / "s0")
+        assert em.std() > 10  # not a constant
+
+
+def test_every_label_group_is_cellmap_encoded(demo):
+    _, stores = demo
+    for _, crop in crops(stores):
+        assert (crop / "all" / "s0" / ".zarray").is_file()
+        names = annotated(crop)
+        assert names and set(names) <= set(CLASSES)
+        class_ids = attrs(crop / "all")["cellseg"]["class_ids"]
+        assert set(class_ids) == set(names)
+        base = transforms(crop / "all")
+        assert len(base) >= 2
+        for name in names:
+            annotation = attrs(crop / name)["cellmap"]["annotation"]
+            assert annotation["class_name"] == name
+            kind = annotation["annotation_type"]
+            if name == "nuc":
+                assert kind == {
+                    "type": "instance_segmentation",
+                    "encoding": {"absent": 0, "unknown": 255},
+                }
+            else:
+                assert kind == {
+                    "type": "semantic_segmentation",
+                    "encoding": {"absent": 0, "present": 1, "unknown": 255},
+                }
+            levels = transforms(crop / name)
+            assert levels == base
+            s0_scale, s0_translation = levels[0]
+            for k, (scale, translation) in enumerate(levels):
+                assert scale == [v * 2**k for v in s0_scale]
+                expected = [
+                    t + (s - v) / 2 for t, s, v in zip(s0_translation, scale, s0_scale, strict=True)
+                ]
+                assert translation == pytest.approx(expected)
+            shape0 = read(crop / name / "s0").shape
+            assert read(crop / name / "s1").shape == tuple(n // 2 for n in shape0)
+
+
+def test_resolutions_translations_and_placement(demo):
+    _, stores = demo
+    resolutions, residues = set(), set()
+    for store, crop in crops(stores):
+        em_shape = np.array(read(store / EM / "s0").shape)
+        (voxel, *_), translation = transforms(crop / "all")[0]
+        resolutions.add(voxel)
+        shape = np.array(read(crop / "all" / "s0").shape)
+        lower = np.array(translation) - voxel / 2
+        upper = lower + shape * voxel
+        # the crop lies inside the EM volume (EM voxel 0 spans -4..4 nm) ...
+        assert (lower >= -4).all() and (upper <= em_shape * 8 - 4).all(), crop
+        # ... and its voxels land on whole voxels of its own resolution's grid
+        assert ((lower + 4) % min(voxel, 8.0) == 0).all(), (crop, translation)
+        residues.update(t % 8 for t in translation)
+        assert any(t != 0 for t in translation)
+    assert {4.0, 8.0} <= resolutions and max(resolutions) >= 16.0
+    # 4 nm crops both on the EM s0 grid (≡ 6: their s1 matches EM s0) and off it (≡ 2)
+    assert {2.0, 6.0} <= residues
+
+
+def test_partial_annotation_unknown_and_instances(demo):
+    _, stores = demo
+    subsets = [frozenset(annotated(crop)) for _, crop in crops(stores)]
+    assert len(set(subsets)) >= 4
+    assert frozenset(CLASSES) in subsets
+    per_class = {name: sum(name in s for s in subsets) for name in CLASSES}
+    assert min(per_class.values()) >= 1
+    assert any(1 <= n <= 2 for n in per_class.values()), per_class
+
+    unknown_crops = 0
+    nuc_ids: set[int] = set()
+    for _, crop in crops(stores):
+        everything = read(crop / "all" / "s0")
+        class_ids = attrs(crop / "all")["cellseg"]["class_ids"]
+        unknown = everything == 255
+        unknown_crops += bool(unknown.any())
+        for name in annotated(crop):
+            data = read(crop / name / "s0")
+            assert data.shape == everything.shape
+            # unknown is unknown in every array of the crop; elsewhere `all` and the class agree
+            np.testing.assert_array_equal(data == 255, unknown)
+            present = (data != 0) & ~unknown
+            np.testing.assert_array_equal(present, everything == class_ids[name])
+            if name == "nuc":
+                assert data.dtype == np.uint16
+                nuc_ids.update(np.unique(data[present]).tolist())
+            else:
+                assert set(np.unique(data).tolist()) <= {0, 1, 255}
+        if unknown.any():
+            # a coarser level keeps the unknown region unknown
+            assert (read(crop / "all" / "s1") == 255).any()
+    assert unknown_crops >= 2
+    assert max(nuc_ids) > 1
+
+
+def test_one_crop_is_homogeneous(demo):
+    _, stores = demo
+    constant = []
+    for _, crop in crops(stores):
+        values = np.unique(read(crop / "all" / "s0"))
+        if len(values) == 1 and values[0] not in (0, 255):
+            constant.append(crop.name)
+    assert len(constant) >= 1
+
+
+def em_under(store: Path, crop: Path) -> np.ndarray | None:
+    """EM s0 voxels under an 8 nm crop aligned to the EM grid (None for other crops)."""
+    (voxel, *_), translation = transforms(crop / "all")[0]
+    if voxel != 8.0 or any(t % 8 for t in translation):
+        return None
+    start = [int(t // 8) for t in translation]
+    shape = read(crop / "all" / "s0").shape
+    em = zarr.open_array(store / EM / "s0", mode="r")
+    return em[tuple(slice(a, a + n) for a, n in zip(start, shape, strict=True))]
+
+
+def test_em_intensity_depends_on_the_class(demo):
+    _, stores = demo
+    values: dict[str, list[np.ndarray]] = {name: [] for name in CLASSES}
+    for store, crop in crops(stores):
+        em = em_under(store, crop)
+        if em is None:
+            continue
+        for name in annotated(crop):
+            mask = read(crop / name / "s0")
+            values[name].append(em[(mask != 0) & (mask != 255)])
+    mean = {n: float(np.concatenate(v).mean()) for n, v in values.items() if sum(map(len, v)) > 30}
+    checked = 0
+    for membrane, lumen in MEMBRANE_LUMEN:
+        if membrane in mean and lumen in mean:
+            assert mean[membrane] < mean[lumen] - 10, (membrane, lumen, mean)
+            checked += 1
+    assert checked >= 3, mean
+    assert mean["pm"] < mean["ecs"] - 60
+    assert mean["ecs"] == max(mean.values())
+    assert mean["nuc"] < mean["ecs"] and mean["mito_lum"] < mean["ves_lum"]
+
+
+def test_class_imbalance_like_the_real_data(demo):
+    _, stores = demo
+    counts = dict.fromkeys(CLASSES, 0)
+    known = dict.fromkeys(CLASSES, 0)
+    for _, crop in crops(stores):
+        voxel = transforms(crop / "all")[0][0][0]
+        for name in annotated(crop):
+            data = read(crop / name / "s0")
+            weight = voxel**3  # count in nm³ so that 4 nm and 16 nm crops compare
+            counts[name] += int(((data != 0) & (data != 255)).sum()) * weight
+            known[name] += int((data != 255).sum()) * weight
+    prior = {n: counts[n] / known[n] for n in CLASSES}
+    for name in ("pm", "mito_mem", "ves_mem", "endo_mem", "er_mem"):
+        assert prior[name] < 0.1, prior
+    assert prior["mito_ribo"] < 0.01 and prior["mito_ribo"] < prior["mito_lum"] / 5
+    assert prior["nuc"] > 5 * prior["mito_ribo"]
+    assert all(v > 0 for v in prior.values()), prior
+
+
+def test_same_seed_same_bytes_other_seed_differs(demo, tmp_path):
+    _, stores = demo
+    first = stores[0]
+    name = first.parent.name
+    (again,) = make_demo_data(tmp_path / "again", seed=0, size="small", datasets=[name])
+    (other,) = make_demo_data(tmp_path / "other", seed=1, size="small", datasets=[name])
+    arrays = sorted(p.parent.relative_to(first) for p in first.rglob(".zarray"))
+    assert len(arrays) > 20
+    for relative in arrays:
+        np.testing.assert_array_equal(read(first / relative), read(again / relative))
+        assert attrs(first / relative.parent) == attrs(again / relative.parent)
+    assert not np.array_equal(read(first / EM / "s0"), read(other / EM / "s0"))
+
+
+def test_refuses_foreign_directories_and_reruns_over_its_own(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("keep me")
+    with pytest.raises(CellsegError, match="--force"):
+        make_demo_data(foreign, seed=0, size="small", datasets=["jrc_demo-3"])
+    assert sorted(p.name for p in foreign.iterdir()) == ["precious.txt"]
+    own = tmp_path / "own"
+    make_demo_data(own, seed=0, size="small", datasets=["jrc_demo-3"])
+    assert json.loads((own / MARKER_NAME).read_text())["status"] == "complete"
+    make_demo_data(own, seed=0, size="small", datasets=["jrc_demo-3"])  # a re-run is allowed
+    assert sorted(p.name for p in own.iterdir()) == sorted([MARKER_NAME, "jrc_demo-3"])
+
+
+@pytest.mark.slow  # ~10-15 s: the default demo, as the workflow's demo_data rule makes it
+def test_default_size_is_small_and_fast(tmp_path):
+    started = time.perf_counter()
+    stores = make_demo_data(tmp_path / "default", seed=0)
+    seconds = time.perf_counter() - started
+    size = sum(f.stat().st_size for s in stores for f in s.rglob("*") if f.is_file())
+    print(f"\ndefault demo: {size / 1e6:.1f} MB in {seconds:.1f} s")
+    assert size < 100e6
+    assert seconds < 60  # budget 30 s on 2 free cores; slack for a loaded CI machine
+    # crops are big enough for 3D demo patches of 16×64×64 at 8 nm
+    manifest = json.loads((tmp_path / "default" / MARKER_NAME).read_text())
+    extents = [
+        [n * c["voxel_size_nm"] / 8 for n in c["shape"]]
+        for d in manifest["datasets"].values()
+        for c in d["crops"]
+    ]
+    assert sum(e[0] >= 24 and min(e[1:]) >= 96 for e in extents) >= len(extents) // 2
