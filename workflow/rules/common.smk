@@ -2,14 +2,24 @@
 
 from pathlib import Path
 
+import copy
 import sys
 
-from snakemake.utils import validate
+import yaml
+from snakemake.utils import update_config, validate
 
 from cellseg.config import check_config
 from cellseg.errors import CellsegError
 from cellseg.training.settings import resolve_settings
 
+
+# config/config.yaml is always the base; a --configfile (an experiment preset) overlays it, so
+# a preset holds only what differs.
+_base = yaml.safe_load(open(workflow.source_path("../../config/config.yaml")))
+_overlay = copy.deepcopy(dict(config))
+config.clear()
+update_config(_base, _overlay)
+config.update(_base)
 
 # one line naming the file and the key, before any job; then snakemake's validate fills defaults
 try:
