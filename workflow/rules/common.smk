@@ -14,11 +14,14 @@ from cellseg.training.settings import resolve_settings
 
 
 # config/config.yaml is always the base; a --configfile (an experiment preset) overlays it, so
-# a preset holds only what differs.
+# a preset holds only what differs. Its `models`, when given, replaces the base list: that is
+# how a preset chooses which models to compare.
 _base = yaml.safe_load(open(workflow.source_path("../../config/config.yaml")))
 _overlay = copy.deepcopy(dict(config))
 config.clear()
 update_config(_base, _overlay)
+if "models" in _overlay:
+    _base["models"] = _overlay["models"]
 config.update(_base)
 
 # one line naming the file and the key, before any job; then snakemake's validate fills defaults
@@ -59,4 +62,12 @@ def model_settings(wildcards):
 
 
 def get_final_output():
-    return expand("results/models/{key}/best.pt", key=MODELS)
+    """The comparison (summary table, report and figures) and every model's figures."""
+    from cellseg.reporting import MODEL_FIGURES, SUMMARY_FIGURES
+
+    return [
+        "results/summary.csv",
+        "results/summary.md",
+        *expand("results/figures/summary/{name}", name=SUMMARY_FIGURES),
+        *expand("results/figures/{key}/{name}", key=MODELS, name=MODEL_FIGURES),
+    ]

@@ -6,10 +6,11 @@ rule demo_data:
         directory(DEMO_DATA),
     params:
         seed=config["data"]["demo"]["seed"],
+        size=config["data"]["demo"]["size"],
     log:
         "logs/demo_data.log",
     shell:
-        "cellseg make-demo-data --out {output} --seed {params.seed} > {log} 2>&1"
+        "cellseg make-demo-data --out {output} --seed {params.seed} --size {params.size} > {log} 2>&1"
 
 
 rule datasplit:

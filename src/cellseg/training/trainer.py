@@ -143,6 +143,9 @@ class Trainer:
         s = self.settings
         self.rank, self.world_size, self.device = setup_distributed(s)
         self.is_main = self.rank == 0
+        if self.device.type == "cpu":
+            # the job's CPUs shared by its processes (torch would take every core of the node)
+            torch.set_num_threads(max(s.cpus_per_task // self.world_size, 1))
         torch.manual_seed(s.seed + self.rank)
         np.random.seed(s.seed + self.rank)
         random.seed(s.seed + self.rank)

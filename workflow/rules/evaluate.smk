@@ -1,0 +1,34 @@
+# Evaluation stage: every trained model on the held-out (test) crops.
+
+
+rule evaluate:
+    input:
+        checkpoint=rules.train.output.best,
+        datasplit=rules.datasplit.output[0],
+    output:
+        metrics=report(
+            "results/metrics/{model}_{dim}.csv",
+            caption="../report/metrics.rst",
+            category="Metrics",
+            labels={"model": "{model}", "dim": "{dim}", "table": "crop × class"},
+        ),
+        # OME-NGFF probabilities for neuroglancer / napari, only when asked for
+        **(
+            {"predictions": directory("results/metrics/{model}_{dim}.zarr")}
+            if config["evaluation"]["save_predictions"]
+            else {}
+        ),
+    params:
+        evaluation=config["evaluation"],
+    threads: lambda wildcards: model_settings(wildcards).cpus_per_task
+    resources:
+        # inference of one model on one GPU (0: CPU, as the demo trains)
+        gpu=lambda wildcards: min(model_settings(wildcards).gpus, 1),
+        mem_mb=lambda wildcards: model_settings(wildcards).mem_mb,
+        runtime=lambda wildcards: max(60, model_settings(wildcards).runtime_min // 10),
+    log:
+        "logs/evaluate/{model}_{dim}.log",
+    benchmark:
+        "benchmarks/evaluate/{model}_{dim}.tsv"
+    script:
+        "../scripts/evaluate.py"

@@ -1,0 +1,19 @@
+"""Snakemake rule summary: compare the models, write summary.csv / .md and figures (thin wrapper)."""
+
+import sys
+from pathlib import Path
+
+from cellseg.reporting import SummarySettings, make_summary
+
+with open(snakemake.log[0], "a") as log:  # noqa: F821
+    sys.stderr = log
+    models = snakemake.params.models  # noqa: F821
+    make_summary(
+        dict(zip(models, snakemake.input.metrics, strict=True)),  # noqa: F821
+        dict(zip(models, snakemake.input.train_summaries, strict=True)),  # noqa: F821
+        snakemake.input.class_frequencies,  # noqa: F821
+        snakemake.output.csv,  # noqa: F821
+        snakemake.output.md,  # noqa: F821
+        Path(snakemake.output.heatmap).parent,  # noqa: F821
+        settings=SummarySettings.from_config(snakemake.params.evaluation),  # noqa: F821
+    )
