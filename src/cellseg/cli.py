@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "cellseg.data.datasplit",
     "cellseg.data.frequencies",
     "cellseg.training.command",
+    "cellseg.models.planning",
 )
 
 

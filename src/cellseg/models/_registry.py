@@ -160,7 +160,7 @@ def get_entry(name: str, dim: str) -> ModelEntry:
     try:
         return _model_entries[(name, dim)]
     except KeyError:
-        valid = sorted({n for n, d in _model_entries if d == dim})
+        valid = [n for n, _ in list_models(dim)]
         raise CellsegError(
             f"unknown model {name!r} for dim {dim!r}; valid models: {', '.join(valid)}"
         ) from None
