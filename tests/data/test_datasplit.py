@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import csv
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SEMANTIC
+from store_builders import SEMANTIC
 
 from cellseg.classes import CLASSES
 from cellseg.cli import main
@@ -55,9 +56,10 @@ def test_datasplit_roundtrip_and_format(make_store, tmp_path):
     crops = make_datasplit([tmp_path / "data"], 0.2, 0.2, seed=0)
     assert len(crops) == 6
     text = format_datasplit(crops)
-    first = text.splitlines()[0].split(",")
-    assert len(first) == 5 and all(f.startswith('"') and f.endswith('"') for f in first)
-    assert first[2] == '"recon-1/em/fibsem-uint8"' and first[4].endswith('/[ecs,pm]"')
+    line = text.splitlines()[0]
+    (first,) = list(csv.reader([line]))
+    assert len(first) == 5 and line.count('"') == 10, "five fields, every one quoted"
+    assert first[2] == "recon-1/em/fibsem-uint8" and first[4].endswith("/[ecs,pm]")
     path = tmp_path / "split.csv"
     path.write_text(text)
     assert read_datasplit(path) == [

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import INSTANCE, SEMANTIC
+from store_builders import INSTANCE, SEMANTIC
 
 from cellseg.classes import CLASSES
 from cellseg.cli import main

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import SEMANTIC
 from scipy import ndimage
+from store_builders import SEMANTIC
 
 from cellseg.data.dataset import FixedPatches, PatchSpec, SampleRange, TrainPatches, worker_init_fn
 from cellseg.data.patches import (
@@ -152,3 +152,20 @@ def test_fixed_patches_are_fixed(blob_crop):
     assert len(patches) == 2
     torch.testing.assert_close(patches[1]["image"], patches[1]["image"])
     assert not torch.equal(patches[0]["image"], patches[1]["image"])
+
+
+def test_array_cache_gives_identical_patches_and_stays_bounded(blob_crop):
+    crop, _ = blob_crop
+    spec = PatchSpec((4, 16, 16), 8.0)
+    plain = TrainPatches([crop], spec, seed=5)
+    cached = TrainPatches([crop], spec, seed=5, cache_mb=1.0)
+    for index in range(6):
+        a, b = plain[index], cached[index]
+        torch.testing.assert_close(a["image"], b["image"])
+        torch.testing.assert_close(a["target"], b["target"], equal_nan=True)
+    cache = cached.readers[0].cache
+    assert cache is not None and 0 < cache.bytes <= cache.max_bytes
+    # a cache smaller than one crop's arrays holds nothing and still reads correctly
+    tiny = TrainPatches([crop], spec, seed=5, cache_mb=0.001)
+    torch.testing.assert_close(tiny[3]["target"], plain[3]["target"], equal_nan=True)
+    assert tiny.readers[0].cache.bytes <= tiny.readers[0].cache.max_bytes

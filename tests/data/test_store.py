@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-from conftest import INSTANCE, SEMANTIC
+from store_builders import INSTANCE, SEMANTIC
 
 from cellseg.data.dataset import FixedPatches, PatchSpec
 from cellseg.data.patches import CropReader, PatchGrid

@@ -9,13 +9,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cellseg.classes import CLASSES
 from cellseg.errors import CellsegError
 from cellseg.training import EXIT_TIME_BUDGET, Trainer, resolve_settings
 from cellseg.training.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_trainer(config, tiny_data, run_dir, key="unet_2d", **kwargs) -> Trainer:

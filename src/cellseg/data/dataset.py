@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from cellseg.data.patches import (
+    ArrayCache,
     Augmentation,
     CropReader,
     PatchGrid,
@@ -89,6 +90,8 @@ class TrainPatches(Dataset):
         rank: DDP rank, so that ranks draw different patches.
         rare_class_boost: see :func:`cellseg.data.patches.crop_sampling_weights`.
         em_range, infer_true_negatives: see :class:`cellseg.data.patches.CropReader`.
+        cache_mb: per-process memory for crops' arrays (:class:`ArrayCache`); 0 reads every
+            patch from the store.
 
     Items:
         ``{"image": (1, *shape) float32 in [0, 1], "target": (14, *shape) float32 with NaN,
@@ -105,6 +108,7 @@ class TrainPatches(Dataset):
         rare_class_boost: float = 0.0,
         em_range: tuple[float, float] = (10.6, 194.1),
         infer_true_negatives: bool = False,
+        cache_mb: float = 0.0,
     ) -> None:
         super().__init__()
         self.crops = list(crops)
@@ -113,8 +117,16 @@ class TrainPatches(Dataset):
         self.seed = seed
         self.rank = rank
         geometries = open_crops(self.crops, spec.resolution_nm)
+        cache = ArrayCache(int(cache_mb * 2**20)) if cache_mb > 0 else None
+        depth, height, width = spec.grid_shape
+        # a rotated patch reaches half its diagonal from its centre, plus a voxel of interpolation
+        context = (
+            (depth / 2 + 1) * spec.resolution_nm,
+            (np.hypot(height, width) / 2 + 1) * spec.resolution_nm,
+        )
         self.readers = [
-            CropReader(g, spec.resolution_nm, em_range, infer_true_negatives) for g in geometries
+            CropReader(g, spec.resolution_nm, em_range, infer_true_negatives, cache, context)
+            for g in geometries
         ]
         self.weights = crop_sampling_weights(geometries, rare_class_boost)
 

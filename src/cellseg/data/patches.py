@@ -180,6 +180,63 @@ def _encoding_table(encoding: LabelEncoding) -> np.ndarray:
     return encoding.to_target(np.arange(256, dtype=np.int64))
 
 
+class CachedBox:
+    """A box of an array held in memory; reads outside it go to the array itself.
+
+    Behaves like the array for the ``array[z0:z1, y0:y1, x0:x1]`` reads of the samplers.
+    """
+
+    def __init__(self, array: zarr.Array, box: tuple[slice, ...]) -> None:
+        self.array = array
+        self.origin = tuple(b.start for b in box)
+        self.data = np.asarray(array[box])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+    def __getitem__(self, box: tuple[slice, ...]) -> np.ndarray:
+        local = tuple(slice(b.start - o, b.stop - o) for b, o in zip(box, self.origin, strict=True))
+        if all(s.start >= 0 and s.stop <= n for s, n in zip(local, self.data.shape, strict=True)):
+            return self.data[local]
+        return np.asarray(self.array[box])
+
+
+class ArrayCache:
+    """A per-process LRU of :class:`CachedBox` es, bounded in bytes.
+
+    Training draws many patches from few crops; zarr decodes every chunk a patch touches again
+    for each patch, which dominates loading time. Holding each crop's label arrays (at the level
+    read) and the EM box around it in memory removes that cost after the first visit. The bound
+    keeps memory flat: once full, the least recently used crop is dropped. Each data-loader
+    worker has its own cache (``max_bytes`` each); a cache never travels to a worker (it is
+    emptied when pickled).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self._entries: dict[str, CachedBox] = {}
+        self.bytes = 0
+
+    def __getstate__(self) -> dict:
+        return {"max_bytes": self.max_bytes, "_entries": {}, "bytes": 0}
+
+    def get(self, key: str, array: zarr.Array, box: tuple[slice, ...]) -> CachedBox | zarr.Array:
+        """The cached box for ``key``, loading it when it fits; else the array itself."""
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            size = int(np.prod([b.stop - b.start for b in box])) * array.dtype.itemsize
+            if size > self.max_bytes:
+                return array
+            while self._entries and self.bytes + size > self.max_bytes:
+                oldest = next(iter(self._entries))
+                self.bytes -= self._entries.pop(oldest).nbytes
+            entry = CachedBox(array, box)
+            self.bytes += entry.nbytes
+        self._entries[key] = entry  # most recently used last
+        return entry
+
+
 class CropReader:
     """Reads resampled EM and 14-channel targets from one crop.
 
@@ -192,6 +249,10 @@ class CropReader:
         em_range: ``(low, high)`` raw EM values clipped to before scaling to [0, 1].
         infer_true_negatives: where an annotated class is positive, set classes the crop does not
             annotate to 0 (the 14 classes are mutually exclusive in the CellMap hierarchy).
+        cache: an :class:`ArrayCache` to hold this crop's arrays in memory, or None to read
+            every patch from the store.
+        context_nm: ``(z, yx)`` half-extent of the patches read (rotation included), nm: the EM
+            box cached around the crop reaches this far beyond it.
     """
 
     def __init__(
@@ -200,6 +261,8 @@ class CropReader:
         resolution_nm: float,
         em_range: tuple[float, float] = (10.6, 194.1),
         infer_true_negatives: bool = False,
+        cache: ArrayCache | None = None,
+        context_nm: tuple[float, float] = (0.0, 0.0),
     ) -> None:
         self.geometry = geometry
         self.resolution_nm = float(resolution_nm)
@@ -211,6 +274,8 @@ class CropReader:
             for name, multiscale in geometry.labels.items()
         }
         self._tables = {name: _encoding_table(e) for name, e in geometry.encodings.items()}
+        self.cache = cache
+        self.context_nm = context_nm
         self._arrays: dict[str, zarr.Array] | None = None
 
     def __getstate__(self) -> dict:
@@ -229,7 +294,25 @@ class CropReader:
             for name, multiscale in self.geometry.labels.items():
                 arrays[name] = open_level(multiscale, self._label_levels[name])
             self._arrays = arrays
-        return self._arrays
+        if self.cache is None:
+            return self._arrays
+        return {name: self._cached(name, array) for name, array in self._arrays.items()}
+
+    def _cached(self, name: str, array: zarr.Array) -> CachedBox | zarr.Array:
+        level = self._em_level if name == "__em__" else self._label_levels[name]
+        if name == "__em__":
+            start, stop = self.geometry.bounds_nm
+            margin = np.array([self.context_nm[0], self.context_nm[1], self.context_nm[1]])
+            low = np.floor(level.world_to_index(start - margin)).astype(int) - 1
+            high = np.ceil(level.world_to_index(stop + margin)).astype(int) + 2
+            box = tuple(
+                slice(int(max(lo, 0)), int(min(hi, n)))
+                for lo, hi, n in zip(low, high, level.shape, strict=True)
+            )
+        else:
+            box = tuple(slice(0, n) for n in level.shape)
+        group = self.geometry.em if name == "__em__" else self.geometry.labels[name]
+        return self.cache.get(f"{group.location}/{level.path}", array, box)  # type: ignore[union-attr]
 
     def read(self, grid: PatchGrid) -> tuple[np.ndarray, np.ndarray]:
         """EM and targets at the grid's points.

@@ -25,6 +25,7 @@ from cellseg.errors import CellsegError
 EXECUTION_KEYS: frozenset[str] = frozenset(
     {
         "num_workers",
+        "cache_mb",
         "log_every_steps",
         "checkpoint_every_steps",
         "keep_periodic_checkpoints",
@@ -66,6 +67,7 @@ class TrainSettings:
     keep_periodic_checkpoints: int = 3
     periodic_checkpoint_every_epochs: int = 10
     num_workers: int = 0
+    cache_mb: float = 256.0
     amp: bool = True
     tf32: bool = True
     compile: bool = False

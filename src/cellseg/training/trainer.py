@@ -166,6 +166,7 @@ class Trainer:
             rare_class_boost=s.rare_class_boost,
             em_range=tuple(s.em_range),
             infer_true_negatives=s.infer_true_negatives,
+            cache_mb=s.cache_mb,
         )
         self.validation_data = FixedPatches(
             validate_crops,
