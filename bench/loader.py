@@ -47,7 +47,8 @@ def naive_patches(crops, shape: tuple[int, ...], count: int, seed: int = 0) -> f
         em = zarr.open_array(f"{geometry.em.store}/{geometry.em.group}/{level.path}", mode="r")
         target = np.full((NUM_CLASSES, *grid), np.nan, dtype=np.float32)
         start_nm, stop_nm = geometry.bounds_nm
-        corner = ((start_nm - np.asarray(level.translation_nm)) / 8.0).astype(int)
+        centre = rng.uniform(start_nm, stop_nm)
+        corner = np.maximum(level.world_to_index(centre).astype(int) - np.asarray(grid) // 2, 0)
         em_patch = np.asarray(em[tuple(slice(c, c + g) for c, g in zip(corner, grid, strict=True))])
         for name, multiscale in geometry.labels.items():
             label_level = multiscale.level_for(8.0)

@@ -1,55 +1,11 @@
-"""Run the real workflow (real Snakemake, real jobs) in scratch directories."""
+"""Fixtures of the workflow tests."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-TEST_CONFIG = REPO / ".test" / "config" / "config.yaml"
-LOCAL_PROFILE = REPO / "config" / "profiles" / "local"
-
-
-def snakemake(
-    workdir: Path,
-    *arguments: str,
-    snakefile: Path = REPO / "Snakefile",
-    check: bool = True,
-    timeout: int = 900,
-) -> subprocess.CompletedProcess:
-    """``snakemake -s SNAKEFILE -d WORKDIR ARGUMENTS…`` with this clone's package importable."""
-    environment = os.environ | {"PYTHONPATH": str(REPO / "src")}
-    environment["PATH"] = f"{Path(sys.executable).parent}:{environment['PATH']}"
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(workdir), *arguments],
-        cwd=workdir,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"snakemake {' '.join(arguments)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-        )
-    return result
-
-
-def copy_workflow(destination: Path) -> Path:
-    """A copy of the workflow definition (not the package), to edit scripts in a test."""
-    destination.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "workflow", "config"):
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, destination / name)
-        else:
-            shutil.copy2(source, destination / name)
-    return destination / "Snakefile"
+from workflow_runner import LOCAL_PROFILE, TEST_CONFIG, snakemake
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from conftest import LOCAL_PROFILE, REPO, TEST_CONFIG, copy_workflow, snakemake
+from workflow_runner import LOCAL_PROFILE, REPO, TEST_CONFIG, copy_workflow, snakemake
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:
