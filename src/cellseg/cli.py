@@ -22,6 +22,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "cellseg.data.frequencies",
     "cellseg.training.command",
     "cellseg.models.planning",
+    "cellseg.evaluation",
+    "cellseg.reporting",
 )
 
 

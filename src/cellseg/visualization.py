@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -12,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 
 from cellseg.classes import CLASSES
 
@@ -123,5 +124,91 @@ def logit_adjustment_figure(exact: np.ndarray, online: np.ndarray | None = None)
     ax.set_xticks(x, CLASSES, rotation=60, ha="right")
     ax.set_ylabel("a_c (< 0: boosted in the loss)")
     ax.legend()
+    figure.tight_layout()
+    return figure
+
+
+def crop_panels_figure(
+    samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, str]], title: str = ""
+) -> Figure:
+    """Input / ground truth / prediction panels, one row per sample of possibly different size.
+
+    Args:
+        samples: ``(em (H, W) in [0, 1], target (C, H, W) with NaN where unannotated,
+            probabilities (C, H, W), row title)`` per row.
+        title: the figure's title.
+
+    Returns:
+        A figure with a class legend; unannotated ground truth is grey and hatched, not background.
+    """
+    n = max(len(samples), 1)
+    figure, axes = plt.subplots(n, 3, figsize=(9, 3 * n + 0.6), squeeze=False)
+    for row, (em, target, probabilities, title) in enumerate(samples):
+        truth, unannotated = label_rgb(target)
+        prediction, _ = label_rgb(probabilities)
+        for ax, picture, name in zip(
+            axes[row], (em, truth, prediction), ("input", "ground truth", "prediction"), strict=True
+        ):
+            ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, interpolation="nearest")
+            ax.set_title(name, fontsize="small")
+            ax.axis("off")
+        if unannotated.any() and not unannotated.all():
+            axes[row, 1].contourf(unannotated, levels=[0.5, 1.5], hatches=["//"], colors="none")
+        elif unannotated.all():
+            axes[row, 1].add_patch(
+                Rectangle(
+                    (0, 0), 1, 1, hatch="//", fill=False, edgecolor="w",
+                    transform=axes[row, 1].transAxes,
+                )
+            )  # fmt: skip
+        axes[row, 0].text(
+            -0.05, 0.5, title, transform=axes[row, 0].transAxes, rotation=90, ha="right",
+            va="center", fontsize="small",
+        )  # fmt: skip
+    figure.legend(handles=legend_handles(), loc="lower center", ncol=5, fontsize="small")
+    height = 3 * n + 0.6
+    if title:
+        figure.suptitle(title, fontsize="medium")
+    figure.tight_layout(rect=(0.03, 0.6 / height + 0.1 / n, 1, 1 - (0.3 / height if title else 0)))
+    return figure
+
+
+def training_curves_figure(history: Any, title: str = "") -> Figure:
+    """Training curves from a trainer's ``history.csv``.
+
+    Four panels over epochs: train and validation loss; learning rate (log scale, at each epoch's
+    end); validation mean Dice; validation Dice per class (palette colours; classes never
+    validated are left out).
+
+    Args:
+        history: a ``pandas.DataFrame`` with the trainer's columns (``epoch``, ``train_loss``,
+            ``val_loss``, ``lr``, ``val_mean_dice``, ``val_dice_<class>``).
+        title: the figure's title (the model).
+    """
+    figure, axes = plt.subplots(2, 2, figsize=(11, 7))
+    epoch = history["epoch"].to_numpy()
+    marker = "o" if len(epoch) < 20 else None
+    ax = axes[0, 0]
+    ax.plot(epoch, history["train_loss"], marker=marker, label="train")
+    ax.plot(epoch, history["val_loss"], marker=marker, label="validation")
+    ax.set(xlabel="epoch", ylabel="loss (1 - Tversky)", title="loss")
+    ax.legend()
+    ax = axes[0, 1]
+    ax.plot(epoch, history["lr"], marker=marker, color="k")
+    if (history["lr"] > 0).all():
+        ax.set_yscale("log")
+    ax.set(xlabel="epoch", ylabel="learning rate", title="learning rate (end of epoch)")
+    ax = axes[1, 0]
+    ax.plot(epoch, history["val_mean_dice"], marker=marker, color="k")
+    ax.set(xlabel="epoch", ylabel="Dice", title="validation mean Dice", ylim=(0, 1.02))
+    ax = axes[1, 1]
+    for name in CLASSES:
+        column = f"val_dice_{name}"
+        if column in history and history[column].notna().any():
+            ax.plot(epoch, history[column], marker=marker, color=PALETTE[name], label=name)
+    ax.set(xlabel="epoch", ylabel="Dice", title="validation Dice per class", ylim=(0, 1.02))
+    ax.legend(fontsize="x-small", ncol=2, loc="best")
+    if title:
+        figure.suptitle(title)
     figure.tight_layout()
     return figure

@@ -25,7 +25,8 @@ rule evaluate:
         # inference of one model on one GPU (0: CPU, as the demo trains)
         gpu=lambda wildcards: min(model_settings(wildcards).gpus, 1),
         mem_mb=lambda wildcards: model_settings(wildcards).mem_mb,
-        runtime=lambda wildcards: max(60, model_settings(wildcards).runtime_min // 10),
+        # a tenth of the training budget, between 1 h and 1 day
+        runtime=lambda wildcards: min(max(60, model_settings(wildcards).runtime_min // 10), 1440),
     log:
         "logs/evaluate/{model}_{dim}.log",
     benchmark:

@@ -1,0 +1,725 @@
+"""Evaluation of a trained model on the held-out (``test``) crops: per crop × class counts and scores.
+
+For every test crop the model predicts the crop's whole box at its own resolution (SPEC §8):
+
+* The prediction grid has voxel size ``r = resolution_nm`` (the model's) and starts at the crop's
+  lower corner, so its voxel ``i`` is centred at ``start + (i + 1/2) r`` (nm). EM is read around
+  the crop with a margin of half a training patch per axis (at least enough for one window), so
+  border voxels see as much context as interior ones; EM beyond the volume repeats its edge.
+* 3D models run :func:`monai.inferers.sliding_window_inference` with windows of the training patch,
+  the configured overlap and blending; 2D models run the same on a batch of z slices. The crop is
+  streamed in z slabs (``slab_voxels`` prediction slices plus context), so memory is bounded by
+  one slab, not the crop.
+* Probabilities follow training (SPEC §4): ``sigmoid(z + logit_shift)`` for ``train``, the raw
+  ``sigmoid(z)`` for ``none``; several modes can be scored from one forward pass.
+* Scoring happens at each class's own label grid (its finest scale level, often finer than the
+  model's): the binarised prediction is resampled to the label voxels by nearest neighbour (the
+  prediction voxel whose centre is nearest each label voxel's centre, ties to the higher index);
+  the ground truth is never resampled. Only classes the crop annotates are scored, and only their
+  annotated voxels (``unknown`` codes are NaN and count nowhere).
+
+Following SPEC §8 and the CellMap challenge, a class with an empty prediction and an empty ground
+truth in a crop scores 1 (flagged in the ``empty`` column); see :mod:`cellseg.metrics`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import zarr
+
+from cellseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
+from cellseg.data.datasplit import read_datasplit
+from cellseg.data.patches import PatchGrid, sample_linear
+from cellseg.data.store import Crop, CropGeometry, ScaleLevel, read_crop_geometry
+from cellseg.errors import CellsegError
+from cellseg.io import atomic_path
+from cellseg.losses import InferenceLogitAdjustment, adjusted_probabilities
+from cellseg.metrics import confusion_counts, crop_class_table
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "EvaluationSettings",
+    "PredictionGrid",
+    "Predictor",
+    "evaluate_checkpoint",
+    "evaluate_crop",
+    "evaluate_crops",
+    "predict_crop",
+    "predict_slab",
+    "sliding_window_logits",
+]
+
+METRIC_COLUMNS: tuple[str, ...] = (
+    "model",
+    "dim",
+    "adjustment",
+    "crop",
+    "class",
+    "tp",
+    "fp",
+    "fn",
+    "tn",
+    "dice",
+    "iou",
+    "precision",
+    "recall",
+    "empty",
+    "voxel_size_z_nm",
+    "voxel_size_y_nm",
+    "voxel_size_x_nm",
+    "prediction_voxel_size_nm",
+    "threshold",
+    "inference_seconds",
+)
+"""Columns of the metrics CSV, one row per (adjustment mode, crop, annotated class)."""
+
+BLEND_MODES: tuple[str, ...] = ("gaussian", "constant")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How a model is evaluated (the ``evaluation`` section of the config).
+
+    Attributes:
+        overlap: fraction of a window shared with its neighbours, in [0, 1).
+        blend_mode: ``gaussian`` (weights fall off towards window borders) or ``constant``.
+        sw_batch_size: windows per forward pass.
+        threshold: probability above which a voxel is predicted positive.
+        adjustment_modes: logit adjustments to score (``train``, ``none``); empty: the one the
+            model was trained with (its ``loss.inference_logit_adjustment``). The first mode is
+            the one figures, saved predictions and the summary use.
+        slab_voxels: z slices of the prediction grid predicted at once (memory bound).
+        label_chunk_voxels: label voxels read at once while scoring (memory bound).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        save_predictions: also write the probabilities as an OME-NGFF zarr.
+    """
+
+    overlap: float = 0.25
+    blend_mode: str = "gaussian"
+    sw_batch_size: int = 4
+    threshold: float = 0.5
+    adjustment_modes: tuple[str, ...] = ()
+    slab_voxels: int = 32
+    label_chunk_voxels: int = 2**24
+    device: str = "auto"
+    save_predictions: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.overlap < 1.0:
+            raise CellsegError(f"evaluation.overlap = {self.overlap}: must be in [0, 1)")
+        if self.blend_mode not in BLEND_MODES:
+            raise CellsegError(
+                f"evaluation.blend_mode = {self.blend_mode!r}: use one of {', '.join(BLEND_MODES)}"
+            )
+        for mode in self.adjustment_modes:
+            if mode not in {m.value for m in InferenceLogitAdjustment}:
+                raise CellsegError(
+                    f"evaluation.adjustment_modes: unknown mode {mode!r}; use train or none"
+                )
+        if min(self.sw_batch_size, self.slab_voxels, self.label_chunk_voxels) < 1:
+            raise CellsegError("evaluation: sw_batch_size, slab_voxels, label_chunk_voxels >= 1")
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any] | None) -> EvaluationSettings:
+        """From the config's ``evaluation`` section; keys that are not settings are ignored
+        (the section also holds the summary's and the figures' options)."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in (section or {}).items() if k in names}
+        if "adjustment_modes" in values:
+            values["adjustment_modes"] = tuple(values["adjustment_modes"] or ())
+        return cls(**values)
+
+
+@dataclass
+class Predictor:
+    """A network plus everything inference needs to reproduce training's input and output.
+
+    Attributes:
+        network: maps ``(B, 1, *S)`` images in [0, 1] to ``(B, 14, *S)`` logits.
+        model, dim: the registry name and ``"2d"`` / ``"3d"``.
+        patch_shape: the training patch, ``(H, W)`` or ``(D, H, W)`` voxels; the window size.
+        resolution_nm: the model's isotropic voxel size, nm.
+        em_range: raw EM values clipped to before scaling to [0, 1].
+        logit_shift: ``(14,)`` added to the logits in mode ``train`` (from the checkpoint).
+        default_mode: the adjustment the model was trained to be read with.
+        amp: bf16 autocast on CUDA.
+    """
+
+    network: torch.nn.Module
+    model: str
+    dim: str
+    patch_shape: tuple[int, ...]
+    resolution_nm: float
+    em_range: tuple[float, float] = (10.6, 194.1)
+    logit_shift: torch.Tensor | None = None
+    default_mode: str = "train"
+    amp: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}_{self.dim}"
+
+    @classmethod
+    def from_checkpoint(cls, path: Path | str, device: torch.device | str = "cpu") -> Predictor:
+        """Rebuild the network of a ``best.pt`` written by the trainer and load its weights.
+
+        Raises:
+            CellsegError: the file is missing, unreadable or not a cellseg model checkpoint.
+        """
+        from cellseg.models import build_model
+        from cellseg.training.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(path)
+        missing = {"model", "settings", "architecture", "logit_shift"} - set(checkpoint)
+        if missing:
+            raise CellsegError(
+                f"{path}: not a cellseg model checkpoint (missing {', '.join(sorted(missing))}); "
+                "evaluate the best.pt the train rule writes"
+            )
+        s = checkpoint["settings"]
+        classes = list(checkpoint.get("classes", CLASSES))
+        if classes != list(CLASSES):
+            raise CellsegError(f"{path}: trained on classes {classes}, expected {list(CLASSES)}")
+        network = build_model(
+            s["model"], s["dim"], preset=s["preset"], **checkpoint["architecture"]
+        )
+        network.load_state_dict(checkpoint["model"])
+        network.to(device).eval()
+        return cls(
+            network=network,
+            model=s["model"],
+            dim=s["dim"],
+            patch_shape=tuple(int(n) for n in s["patch_shape"]),
+            resolution_nm=float(s["resolution_nm"]),
+            em_range=(float(s["em_range"][0]), float(s["em_range"][1])),
+            logit_shift=torch.as_tensor(checkpoint["logit_shift"], dtype=torch.float32),
+            default_mode=str(s.get("loss", {}).get("inference_logit_adjustment", "train")),
+            amp=bool(s.get("amp", False)) and torch.device(device).type == "cuda",
+            extra={"summary": checkpoint.get("summary", {}), "epoch": checkpoint.get("epoch")},
+        )
+
+    def modes(self, settings: EvaluationSettings) -> tuple[str, ...]:
+        """The adjustment modes to score: the configured ones, else the model's own."""
+        return tuple(settings.adjustment_modes) or (self.default_mode,)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CellsegError(f"evaluation.device = {name!r} but no CUDA device is available")
+    return device
+
+
+# ------------------------------------------------------------------------------ prediction grid
+
+
+@dataclass(frozen=True)
+class PredictionGrid:
+    """The regular grid a crop is predicted on: voxel ``i`` centred at ``origin + i * r`` (nm).
+
+    Attributes:
+        origin_nm: ``(z, y, x)`` centre of voxel ``(0, 0, 0)``, nm.
+        shape: ``(D, H, W)`` voxels.
+        resolution_nm: ``r``, nm.
+    """
+
+    origin_nm: np.ndarray
+    shape: tuple[int, int, int]
+    resolution_nm: float
+
+    @classmethod
+    def for_crop(cls, geometry: CropGeometry, resolution_nm: float) -> PredictionGrid:
+        """Cover the crop's box (union of its classes' finest levels) with voxels of ``r`` nm,
+        starting at its lower corner (crops land on whole EM voxels, so with EM at ``r`` the grid
+        is the EM grid and EM needs no interpolation)."""
+        start, stop = geometry.bounds_nm
+        r = float(resolution_nm)
+        shape = tuple(
+            max(1, math.ceil((b - a) / r - 1e-6)) for a, b in zip(start, stop, strict=True)
+        )
+        return cls(np.asarray(start, dtype=float) + r / 2, shape, r)  # type: ignore[arg-type]
+
+    def nearest_index(self, axis: int, centres_nm: np.ndarray) -> np.ndarray:
+        """Index of the prediction voxel nearest each world coordinate along ``axis`` (clipped)."""
+        index = np.floor((centres_nm - self.origin_nm[axis]) / self.resolution_nm + 0.5)
+        return np.clip(index, 0, self.shape[axis] - 1).astype(np.int64)
+
+
+def _level_centres(level: ScaleLevel, axis: int) -> np.ndarray:
+    return level.translation_nm[axis] + np.arange(level.shape[axis]) * level.voxel_size_nm[axis]
+
+
+def _context(patch: int, extent: int) -> int:
+    """Margin (voxels) on each side: half a window, and enough that one window fits."""
+    return max(patch // 2, math.ceil(max(patch - extent, 0) / 2))
+
+
+def read_em_slab(
+    em_array: zarr.Array,
+    em_level: ScaleLevel,
+    grid: PredictionGrid,
+    z_range: tuple[int, int],
+    margin: tuple[int, int, int],
+    em_range: tuple[float, float],
+) -> np.ndarray:
+    """EM on prediction-grid slices ``z_range`` with ``margin = (mz, my, mx)`` voxels around them.
+
+    Returns:
+        ``(z1 - z0 + 2 mz, H + 2 my, W + 2 mx)`` float32 in [0, 1] (clipped to ``em_range``).
+    """
+    r = grid.resolution_nm
+    z = grid.origin_nm[0] + np.arange(z_range[0] - margin[0], z_range[1] + margin[0]) * r
+    y = grid.origin_nm[1] + np.arange(-margin[1], grid.shape[1] + margin[1]) * r
+    x = grid.origin_nm[2] + np.arange(-margin[2], grid.shape[2] + margin[2]) * r
+    yy, xx = np.meshgrid(y, x, indexing="ij")
+    raw = sample_linear(em_array, em_level, PatchGrid(z, np.stack([yy, xx], axis=-1)))
+    low, high = em_range
+    return ((np.clip(raw, low, high) - low) / (high - low)).astype(np.float32)
+
+
+@torch.no_grad()
+def sliding_window_logits(
+    network: torch.nn.Module,
+    image: torch.Tensor,
+    roi_size: Sequence[int],
+    settings: EvaluationSettings,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+) -> torch.Tensor:
+    """Sliding-window logits of a batch of images, accumulated on the CPU.
+
+    Args:
+        network: ``(B, 1, *roi_size) -> (B, C, *roi_size)``.
+        image: ``(B, 1, *S)`` with every ``S_i >= roi_size_i`` (else MONAI pads with zeros).
+        roi_size: the window, voxels (the training patch).
+        settings: overlap, blending and windows per forward pass.
+        device: where the network runs.
+        amp: bf16 autocast (CUDA).
+
+    Returns:
+        ``(B, C, *S)`` float32 CPU logits.
+    """
+    from monai.inferers import sliding_window_inference
+
+    device = torch.device(device)
+
+    def predictor(windows: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            return network(windows).float()
+
+    logits = sliding_window_inference(
+        image,
+        roi_size=tuple(int(n) for n in roi_size),
+        sw_batch_size=settings.sw_batch_size,
+        predictor=predictor,
+        overlap=settings.overlap,
+        mode=settings.blend_mode,
+        sw_device=device,
+        device=torch.device("cpu"),
+        progress=False,
+    )
+    return logits.float()
+
+
+def _open_em(geometry: CropGeometry, resolution_nm: float) -> tuple[zarr.Array, ScaleLevel]:
+    level = geometry.em.level_for(resolution_nm)
+    array = zarr.open_array(
+        f"{geometry.em.store}/{geometry.em.group}/{level.path}", mode="r", zarr_format=2
+    )
+    return array, level
+
+
+def predict_slab(
+    predictor: Predictor,
+    geometry: CropGeometry,
+    z_range: tuple[int, int],
+    settings: EvaluationSettings,
+    device: torch.device | str = "cpu",
+    em: tuple[zarr.Array, ScaleLevel] | None = None,
+) -> tuple[np.ndarray, torch.Tensor]:
+    """EM and logits of prediction-grid slices ``[z0, z1)`` of a crop, with context around them.
+
+    Args:
+        predictor: the model.
+        geometry: the crop; the grid is :meth:`PredictionGrid.for_crop` at the model's resolution.
+        z_range: ``(z0, z1)`` prediction-grid slices.
+        settings: windows and blending.
+        device: where the network runs.
+        em: the open EM level (opened here when ``None``).
+
+    Returns:
+        ``(em, logits)``: ``(z1 - z0, H, W)`` float32 EM in [0, 1] and ``(14, z1 - z0, H, W)``
+        float32 CPU logits.
+    """
+    grid = PredictionGrid.for_crop(geometry, predictor.resolution_nm)
+    em_array, em_level = em or _open_em(geometry, predictor.resolution_nm)
+    _, height, width = grid.shape
+    z0, z1 = z_range
+    patch = predictor.patch_shape
+    is_3d = predictor.dim == "3d"
+    if len(patch) != (3 if is_3d else 2):
+        raise CellsegError(
+            f"{predictor.key}: patch shape {patch} does not match dim {predictor.dim}"
+        )
+    my, mx = _context(patch[-2], height), _context(patch[-1], width)
+    mz = _context(patch[0], z1 - z0) if is_3d else 0
+    image = read_em_slab(em_array, em_level, grid, (z0, z1), (mz, my, mx), predictor.em_range)
+    tensor = torch.from_numpy(image)
+    if is_3d:
+        logits = sliding_window_logits(
+            predictor.network, tensor[None, None], patch, settings, device, predictor.amp
+        )[0]
+    else:
+        # each z slice is one 2D image of the batch
+        logits = sliding_window_logits(
+            predictor.network, tensor[:, None], patch, settings, device, predictor.amp
+        ).transpose(0, 1)
+    inner = (slice(mz, mz + z1 - z0), slice(my, my + height), slice(mx, mx + width))
+    return image[inner], logits[(slice(None), *inner)]
+
+
+def predict_crop(
+    predictor: Predictor,
+    geometry: CropGeometry,
+    settings: EvaluationSettings,
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Logits of a whole crop, slab by slab along z (memory: one slab plus its context).
+
+    Yields:
+        ``(z0, z1, logits)``: prediction-grid slices ``[z0, z1)`` and their ``(14, z1 - z0, H, W)``
+        float32 CPU logits (see :func:`predict_slab`).
+    """
+    grid = PredictionGrid.for_crop(geometry, predictor.resolution_nm)
+    em = _open_em(geometry, predictor.resolution_nm)
+    for z0 in range(0, grid.shape[0], settings.slab_voxels):
+        z1 = min(grid.shape[0], z0 + settings.slab_voxels)
+        _, logits = predict_slab(predictor, geometry, (z0, z1), settings, device, em)
+        yield z0, z1, logits
+
+
+# ------------------------------------------------------------------------------ scoring
+
+
+class _ClassScorer:
+    """Counts of one annotated class of a crop, fed with binarised prediction slabs.
+
+    The label grid is the class's finest level; each label voxel takes the prediction of the
+    prediction voxel nearest its centre (precomputed index maps per axis).
+    """
+
+    def __init__(
+        self, geometry: CropGeometry, name: str, grid: PredictionGrid, chunk_voxels: int
+    ) -> None:
+        multiscale = geometry.labels[name]
+        self.level = min(multiscale.levels, key=lambda level: np.prod(level.voxel_size_nm))
+        self.array = zarr.open_array(
+            f"{multiscale.store}/{multiscale.group}/{self.level.path}", mode="r", zarr_format=2
+        )
+        self.table = geometry.encodings[name].to_target(np.arange(256, dtype=np.int64))
+        self.encoding = geometry.encodings[name]
+        self.index = [grid.nearest_index(a, _level_centres(self.level, a)) for a in range(3)]
+        self.slice_voxels = self.level.shape[1] * self.level.shape[2]
+        self.chunk_slices = max(1, chunk_voxels // max(self.slice_voxels, 1))
+
+    def label_range(self, z0: int, z1: int) -> tuple[int, int]:
+        """Label z slices whose nearest prediction slice lies in ``[z0, z1)`` (a contiguous run:
+        the index map is monotone)."""
+        iz = self.index[0]
+        return int(np.searchsorted(iz, z0, side="left")), int(np.searchsorted(iz, z1, side="left"))
+
+    def counts(
+        self, z0: int, z1: int, predicted: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """``(4,)`` counts per mode of the label slices served by prediction slices ``[z0, z1)``.
+
+        Args:
+            predicted: mode → ``(z1 - z0, H, W)`` bool prediction of this class.
+        """
+        out = {mode: np.zeros(4, dtype=np.int64) for mode in predicted}
+        lo, hi = self.label_range(z0, z1)
+        for c0 in range(lo, hi, self.chunk_slices):
+            c1 = min(hi, c0 + self.chunk_slices)
+            values = np.asarray(self.array[c0:c1])
+            target = (
+                self.table[values] if values.dtype == np.uint8 else self.encoding.to_target(values)
+            )
+            iz = self.index[0][c0:c1] - z0
+            for mode, slab in predicted.items():
+                resampled = slab[np.ix_(iz, self.index[1], self.index[2])]
+                out[mode] += confusion_counts(resampled[None, None], target[None, None])[0, 0]
+        return out
+
+
+class _PredictionWriter:
+    """Streams one crop's probabilities into an OME-NGFF (0.4, zarr format 2) group per class."""
+
+    def __init__(self, root: zarr.Group, crop: Crop, grid: PredictionGrid, slab: int) -> None:
+        from cellseg.data.demo import create_multiscale_group
+
+        dataset, crop_name = crop.name.split("/", 1)
+        parent = root.require_group(dataset).require_group(crop_name)
+        r = grid.resolution_nm
+        self.arrays = {
+            name: create_multiscale_group(
+                parent,
+                name,
+                grid.shape,
+                "uint8",
+                (r, r, r),
+                tuple(float(v) for v in grid.origin_nm),
+                1,
+                attrs={"cellseg": {"encoding": "probability * 255 (threshold 0.5 ~ 128)"}},
+                chunks=max(1, min(slab, 64)),
+            )[0]
+            for name in CLASSES
+        }
+
+    def write(self, z0: int, z1: int, probabilities: torch.Tensor) -> None:
+        values = (probabilities.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        for c, name in enumerate(CLASSES):
+            self.arrays[name][z0:z1] = values[c]
+
+
+def evaluate_crop(
+    predictor: Predictor,
+    crop: Crop,
+    settings: EvaluationSettings,
+    device: torch.device | str = "cpu",
+    predictions: zarr.Group | None = None,
+) -> pd.DataFrame:
+    """Predict one crop and score its annotated classes.
+
+    Args:
+        predictor: the model.
+        crop: a crop of the datasplit.
+        settings: evaluation settings.
+        device: where the network runs.
+        predictions: when given, an open zarr group the first mode's probabilities go into
+            (``{dataset}/{crop}/{class}/s0``).
+
+    Returns:
+        one row per (mode, annotated class), columns :data:`METRIC_COLUMNS`.
+    """
+    geometry = read_crop_geometry(crop, predictor.resolution_nm)
+    grid = PredictionGrid.for_crop(geometry, predictor.resolution_nm)
+    modes = predictor.modes(settings)
+    scorers = {
+        name: _ClassScorer(geometry, name, grid, settings.label_chunk_voxels)
+        for name in geometry.labels
+    }
+    writer = (
+        _PredictionWriter(predictions, crop, grid, settings.slab_voxels)
+        if predictions is not None
+        else None
+    )
+    counts = {mode: np.zeros((1, NUM_CLASSES, 4), dtype=np.int64) for mode in modes}
+    inference_seconds = 0.0
+    started = time.perf_counter()
+    for z0, z1, logits in predict_crop(predictor, geometry, settings, device):
+        inference_seconds += time.perf_counter() - started
+        probabilities = {
+            mode: adjusted_probabilities(logits[None], predictor.logit_shift, mode)[0]
+            for mode in modes
+        }
+        if writer is not None:
+            writer.write(z0, z1, probabilities[modes[0]])
+        positive = {mode: (p > settings.threshold).numpy() for mode, p in probabilities.items()}
+        for name, scorer in scorers.items():
+            c = CLASS_INDEX[name]
+            slab_counts = scorer.counts(z0, z1, {m: positive[m][c] for m in modes})
+            for mode in modes:
+                counts[mode][0, c] += slab_counts[mode]
+        started = time.perf_counter()
+    tables = []
+    for mode in modes:
+        table = crop_class_table(counts[mode], [crop.name], CLASSES)
+        voxel = np.array([scorers[name].level.voxel_size_nm for name in table["class"]]).reshape(
+            -1, 3
+        )
+        table = table.assign(
+            model=predictor.model,
+            dim=predictor.dim,
+            adjustment=mode,
+            voxel_size_z_nm=voxel[:, 0],
+            voxel_size_y_nm=voxel[:, 1],
+            voxel_size_x_nm=voxel[:, 2],
+            prediction_voxel_size_nm=predictor.resolution_nm,
+            threshold=settings.threshold,
+            inference_seconds=inference_seconds,
+        )
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)[list(METRIC_COLUMNS)]
+
+
+def _check_outside(path: Path, crops: Sequence[Crop]) -> None:
+    """Refuse to write predictions into a data store (SPEC §3: never write into the user's data)."""
+    resolved = path.resolve()
+    for crop in crops:
+        for store in {crop.em_store, crop.label_store}:
+            store = Path(store).resolve()
+            if resolved == store or store in resolved.parents or resolved in store.parents:
+                raise CellsegError(
+                    f"{path}: predictions would be written inside or over the data store {store}; "
+                    "choose a path under results/"
+                )
+
+
+def evaluate_crops(
+    predictor: Predictor,
+    crops: Sequence[Crop],
+    settings: EvaluationSettings,
+    predictions_path: Path | str | None = None,
+    log: Any = None,
+) -> pd.DataFrame:
+    """Evaluate ``predictor`` on every crop (see :func:`evaluate_crop`).
+
+    Args:
+        predictor: the model.
+        crops: the held-out crops.
+        settings: evaluation settings.
+        predictions_path: an OME-NGFF zarr to write probabilities to (replaced atomically), or
+            ``None``.
+        log: a text stream for one progress line per crop (default stderr).
+
+    Returns:
+        the concatenated metrics table, columns :data:`METRIC_COLUMNS`.
+    """
+    log = log or sys.stderr
+    device = resolve_device(settings.device)
+    predictor.network.to(device).eval()
+    root = temporary = None
+    if predictions_path is not None:
+        predictions_path = Path(predictions_path)
+        _check_outside(predictions_path, crops)
+        temporary = predictions_path.with_name(f".{predictions_path.name}.tmp")
+        shutil.rmtree(temporary, ignore_errors=True)
+        root = zarr.open_group(str(temporary), mode="w", zarr_format=2)
+        root.attrs["cellseg"] = {
+            "model": predictor.key,
+            "adjustment": predictor.modes(settings)[0],
+            "layout": "{dataset}/{crop}/{class}/s0: uint8 probability * 255",
+        }
+    tables = []
+    for crop in crops:
+        table = evaluate_crop(predictor, crop, settings, device, root)
+        tables.append(table)
+        first = table[table["adjustment"] == table["adjustment"].iloc[0]] if len(table) else table
+        print(
+            f"[{predictor.key}] {crop.name}: {len(first)} classes, mean Dice "
+            f"{first['dice'].mean():.4f} ({table['inference_seconds'].iloc[0]:.1f} s inference)",
+            file=log,
+            flush=True,
+        )
+    if temporary is not None and predictions_path is not None:
+        shutil.rmtree(predictions_path, ignore_errors=True)
+        os.replace(temporary, predictions_path)
+    if not tables:
+        return pd.DataFrame(columns=list(METRIC_COLUMNS))
+    return pd.concat(tables, ignore_index=True)
+
+
+def evaluate_checkpoint(
+    checkpoint: Path | str,
+    datasplit: Path | str,
+    out: Path | str,
+    settings: EvaluationSettings | None = None,
+    predictions_path: Path | str | None = None,
+    split: str = "test",
+    log: Any = None,
+) -> pd.DataFrame:
+    """Load ``best.pt``, evaluate it on the ``split`` crops of ``datasplit`` and write ``out``.
+
+    The CSV is written atomically. Both-empty classes score 1 (``empty`` column, SPEC §8).
+
+    Returns:
+        the metrics table that was written.
+    """
+    settings = settings or EvaluationSettings()
+    log = log or sys.stderr
+    crops = read_datasplit(datasplit, [split])
+    device = resolve_device(settings.device)
+    predictor = Predictor.from_checkpoint(checkpoint, device)
+    print(
+        f"[{predictor.key}] evaluating {len(crops)} {split} crops at {predictor.resolution_nm} nm "
+        f"on {device}, adjustment {', '.join(predictor.modes(settings))}; a class with empty "
+        "prediction and empty ground truth scores 1 (column 'empty')",
+        file=log,
+        flush=True,
+    )
+    if predictions_path is None and settings.save_predictions:
+        predictions_path = Path(out).with_suffix(".zarr")
+    table = evaluate_crops(predictor, crops, settings, predictions_path, log)
+    with atomic_path(out) as temporary:
+        table.to_csv(temporary, index=False)
+    return table
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="per-class Dice of a trained model on the held-out crops (metrics CSV)",
+        description=(
+            "Predict every test crop with a best.pt and write one row per crop x annotated class "
+            "(TP, FP, FN, TN, Dice, IoU, precision, recall, empty). Empty prediction and empty "
+            "ground truth score 1 (flagged in 'empty')."
+        ),
+    )
+    defaults = EvaluationSettings()
+    parser.add_argument("--checkpoint", type=Path, required=True, help="best.pt of the train rule")
+    parser.add_argument("--datasplit", type=Path, required=True, help="datasplit CSV")
+    parser.add_argument("--out", type=Path, required=True, help="metrics CSV to write")
+    parser.add_argument("--split", default="test", help="which crops (default: test)")
+    parser.add_argument(
+        "--adjustment",
+        action="append",
+        choices=[m.value for m in InferenceLogitAdjustment],
+        help="logit adjustment to score; repeat for several (default: the model's own)",
+    )
+    parser.add_argument("--overlap", type=float, default=defaults.overlap)
+    parser.add_argument("--blend-mode", choices=BLEND_MODES, default=defaults.blend_mode)
+    parser.add_argument("--sw-batch-size", type=int, default=defaults.sw_batch_size)
+    parser.add_argument("--threshold", type=float, default=defaults.threshold)
+    parser.add_argument("--slab-voxels", type=int, default=defaults.slab_voxels)
+    parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:N")
+    parser.add_argument(
+        "--predictions", type=Path, default=None, help="also write an OME-NGFF zarr here"
+    )
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = EvaluationSettings(
+        overlap=args.overlap,
+        blend_mode=args.blend_mode,
+        sw_batch_size=args.sw_batch_size,
+        threshold=args.threshold,
+        adjustment_modes=tuple(args.adjustment or ()),
+        slab_voxels=args.slab_voxels,
+        device=args.device,
+    )
+    table = evaluate_checkpoint(
+        args.checkpoint, args.datasplit, args.out, settings, args.predictions, args.split
+    )
+    print(f"{args.out}: {len(table)} rows", file=sys.stderr)
+    return 0

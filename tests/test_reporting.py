@@ -1,0 +1,229 @@
+"""The model comparison on synthetic metric tables: ranking, CIs, baseline, missing models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellseg.classes import CLASSES
+from cellseg.errors import CellsegError
+from cellseg.metrics import paired_bootstrap
+from cellseg.reporting import (
+    BASELINE,
+    SUMMARY_FIGURES,
+    SummarySettings,
+    make_summary,
+    metric_counts,
+    prior_baseline_counts,
+    sample_slices,
+    summarize,
+    summary_markdown,
+)
+from cellseg.visualization import crop_panels_figure, training_curves_figure
+
+CLASSES3 = ("ecs", "mito_lum", "nuc")
+
+
+def metrics_table(model: str, quality: np.ndarray, positives: int = 100) -> pd.DataFrame:
+    """Rows of a metrics CSV whose per-crop Dice is exactly ``quality[crop, class]``.
+
+    With ``FP = FN = P - TP``, Dice = ``TP / P``; ``quality`` is (crops, len(CLASSES3)).
+    """
+    rows = []
+    for i, per_class in enumerate(quality):
+        for name, q in zip(CLASSES3, per_class, strict=True):
+            tp = int(q * positives + 0.5)
+            rows.append(
+                {"model": model, "dim": "2d", "adjustment": "train", "crop": f"d/crop{i:03d}",
+                 "class": name, "tp": tp, "fp": positives - tp, "fn": positives - tp,
+                 "tn": 1000, "inference_seconds": 0.5}
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def write_model(tmp: Path, key: str, table: pd.DataFrame, **train) -> tuple[Path, Path]:
+    metrics = tmp / f"{key}.csv"
+    table.to_csv(metrics, index=False)
+    summary = tmp / f"{key}_train_summary.json"
+    summary.write_text(
+        json.dumps(
+            {"model": key.split("_")[0], "dim": key.split("_")[1], "preset": "demo",
+             "parameters": 1000, "epochs_run": 10, "best_epoch": 4, "best_val_mean_dice": 0.5,
+             "stop_reason": "early_stop", "train_seconds": 3600.0, "gpus": 1, "gpu_hours": 1.0,
+             "cpu_hours": 0.0} | train
+        )
+    )  # fmt: skip
+    return metrics, summary
+
+
+@pytest.fixture
+def frequencies(tmp_path: Path) -> Path:
+    path = tmp_path / "class_frequencies.json"
+    per_class = {name: {"annotated_voxels": 1000, "positive_voxels": 100, "crops": 3, "prior": 0.1}
+                 for name in CLASSES}  # fmt: skip
+    path.write_text(json.dumps({"classes": list(CLASSES), "per_class": per_class}))
+    return path
+
+
+def three_models(tmp_path: Path, n: int = 30) -> tuple[dict, dict]:
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.5, 0.9, size=(n, 3))
+    levels = {"unet_3d": 0.0, "unet_2d": -0.05, "vit_2d": -0.3}
+    metrics, train = {}, {}
+    for key, shift in levels.items():
+        quality = np.clip(base + shift + rng.normal(0, 0.01, size=base.shape), 0, 1)
+        metrics[key], train[key] = write_model(tmp_path, key, metrics_table(key, quality))
+    return metrics, train
+
+
+def test_ranking_best_model_and_significance(tmp_path, frequencies):
+    metrics, train = three_models(tmp_path)
+    summary = summarize(metrics, train, frequencies, expected=list(metrics))
+    table = summary.table.set_index("model")
+    assert table.loc["unet_3d", "rank"] == 1
+    assert table.loc["unet_2d", "rank"] == 2
+    assert table.loc["vit_2d", "rank"] == 3
+    assert (table["best_model"] == "unet_3d").all()
+    assert table.loc["unet_3d", "diff_to_best"] == 0
+    assert table.loc["vit_2d", "diff_to_best"] == pytest.approx(-0.3, abs=0.02)
+    assert table.loc["vit_2d", "significant"]
+    low, high = table.loc["unet_3d", ["mean_dice_ci_low", "mean_dice_ci_high"]]
+    assert low < table.loc["unet_3d", "mean_dice"] < high
+    assert table.loc["unet_3d", "compute_hours"] == 1.0
+    assert table.loc["unet_3d", "status"] == "ok"
+    # the per-class columns are pooled Dice; ecs of the best model is its pooled TP / P
+    counts = metric_counts(pd.read_csv(metrics["unet_3d"]))[1]
+    pooled = counts[:, 0, 0].sum() / (counts[:, 0, 0] + counts[:, 0, 2]).sum()
+    assert table.loc["unet_3d", "dice_ecs"] == pytest.approx(pooled)
+    assert summary.winners.set_index("class").loc["ecs", "winner"] == "unet_3d"
+
+
+def test_paired_ci_contains_the_true_difference_in_simulation():
+    """The true difference of mean Dice is 0.1; the 95 % CI should cover it ~95 % of the time."""
+    covered = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        a = rng.uniform(0.5, 0.9, size=(40, 3))
+        b = a - 0.1 + rng.normal(0, 0.03, size=a.shape)
+        counts = [
+            metric_counts(metrics_table(k, q))[1] for k, q in (("a", a), ("b", np.clip(b, 0, 1)))
+        ]
+        result = paired_bootstrap(counts[0], counts[1], "mean", n_resamples=500, seed=seed)
+        covered += result.low <= 0.1 <= result.high
+    assert covered >= 16
+
+
+def test_baseline_row_is_the_expected_score_of_the_prior(tmp_path, frequencies):
+    metrics, train = three_models(tmp_path, n=5)
+    summary = summarize(metrics, train, frequencies, expected=list(metrics))
+    baseline = summary.table.set_index("model").loc[BASELINE]
+    # every crop: P = 100 positives of N = 1200 - TP... computed from the ground truth only
+    counts = metric_counts(pd.read_csv(metrics["unet_3d"]))[1]
+    expected = prior_baseline_counts(counts, [0.1] * len(CLASSES))
+    positives = counts[..., 0] + counts[..., 2]
+    np.testing.assert_allclose(expected[..., 0], 0.1 * positives)
+    np.testing.assert_allclose(expected.sum(-1), counts.sum(-1))
+    tp, fp, fn = (expected[:, 0, k].sum() for k in range(3))
+    assert baseline["dice_ecs"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert baseline["status"] == "baseline" and pd.isna(baseline["rank"])
+    assert baseline["mean_dice"] < summary.table.set_index("model").loc["vit_2d", "mean_dice"]
+    assert summary.table.set_index("model").loc["vit_2d", "above_baseline"]
+
+
+def test_hand_computed_baseline_dice():
+    # P = 10 of N = 100, prior 0.1: TP 1, FP 9, FN 9 -> Dice 2 / 20
+    counts = np.zeros((1, len(CLASSES), 4))
+    counts[0, 0] = (4, 3, 6, 87)
+    expected = prior_baseline_counts(counts, [0.1] * len(CLASSES))
+    np.testing.assert_allclose(expected[0, 0], (1, 9, 9, 81))
+
+
+def test_missing_failed_and_not_converged_models_are_reported(tmp_path, frequencies):
+    metrics, train = three_models(tmp_path, n=4)
+    _, train["unet_2d"] = write_model(
+        tmp_path, "unet_2d", pd.read_csv(metrics["unet_2d"]), stop_reason="max_epochs",
+        best_epoch=9, epochs_run=10,
+    )  # fmt: skip
+    _, train["vit_2d"] = write_model(
+        tmp_path, "vit_2d", pd.read_csv(metrics["vit_2d"]), stop_reason="",
+        best_val_mean_dice=None,
+    )  # fmt: skip
+    metrics["swin_3d"] = tmp_path / "nothing.csv"
+    expected = ["unet_2d", "unet_3d", "vit_2d", "swin_3d", "resnet_3d"]
+    summary = summarize(metrics, train, frequencies, expected=expected)
+    status = summary.table.set_index("model")["status"]
+    assert status["unet_2d"] == "not converged"
+    assert status["vit_2d"] == "failed" and status["swin_3d"] == "missing"
+    assert pd.isna(summary.table.set_index("model").loc["vit_2d", "rank"])
+    assert summary.missing == ["swin_3d", "resnet_3d"]
+    text = summary_markdown(summary)
+    for needle in ("unet_2d: not converged", "vit_2d: failed", "swin_3d: missing",
+                   "resnet_3d: missing: expected but not in the config",
+                   "Missing from this comparison: swin_3d, resnet_3d", "scores 1"):  # fmt: skip
+        assert needle in text
+
+
+def test_any_subset_of_models_and_written_outputs(tmp_path, frequencies):
+    metrics, train = three_models(tmp_path, n=3)
+    one = {"vit_2d": metrics["vit_2d"]}
+    out = tmp_path / "out"
+    summary = make_summary(
+        one, {"vit_2d": train["vit_2d"]}, frequencies, out / "summary.csv", out / "summary.md",
+        out / "figures", expected=["vit_2d", "unet_3d"], settings=SummarySettings(rank_by="pooled"),
+    )  # fmt: skip
+    table = pd.read_csv(out / "summary.csv")
+    assert table["model"].tolist() == ["vit_2d", BASELINE]
+    assert [f"dice_{c}" for c in CLASSES] == [c for c in table if c.startswith("dice_")]
+    assert summary.missing == ["unet_3d"]
+    for name in SUMMARY_FIGURES:
+        assert (out / "figures" / name).read_bytes()[:4] == b"\x89PNG"
+    assert "ranked by pooled Dice" in (out / "summary.md").read_text()
+
+
+def test_no_metrics_at_all_is_an_error(tmp_path):
+    with pytest.raises(CellsegError, match="no model has a metrics CSV"):
+        summarize({"unet_2d": None}, None, None, expected=["unet_2d"])
+
+
+def test_mixed_primary_adjustments_are_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    a = metrics_table("a", rng.uniform(size=(3, 3)))
+    b = metrics_table("b", rng.uniform(size=(3, 3))).assign(adjustment="none")
+    a.to_csv(tmp_path / "a_2d.csv", index=False)
+    b.to_csv(tmp_path / "b_2d.csv", index=False)
+    paths = {"a_2d": tmp_path / "a_2d.csv", "b_2d": tmp_path / "b_2d.csv"}
+    with pytest.raises(CellsegError, match="adjustment"):
+        summarize(paths, None, None, expected=[])
+    # choosing the mode explicitly: b has no train rows
+    with pytest.raises(CellsegError, match="no rows for adjustment 'train'"):
+        summarize(paths, None, None, expected=[], settings=SummarySettings(adjustment="train"))
+
+
+def test_sample_slices_are_seeded_and_distinct():
+    picks = sample_slices(5, [10, 12, 14, 16, 18], 3, seed=42)
+    assert picks == sample_slices(5, [10, 12, 14, 16, 18], 3, seed=42)
+    assert len({crop for crop, _ in picks}) == 3
+    assert all(z == [10, 12, 14, 16, 18][crop] // 2 for crop, z in picks)
+    assert len(sample_slices(1, [8], 3, seed=42)) == 3
+
+
+def test_model_figures_draw(tmp_path):
+    target = np.full((len(CLASSES), 6, 8), np.nan, dtype=np.float32)
+    target[0, :3] = 1.0
+    target[0, 3:] = 0.0
+    target[:, :, 6:] = np.nan  # a strip no class annotates
+    figure = crop_panels_figure(
+        [(np.zeros((6, 8)), target, np.zeros_like(target), "crop z=0")] * 2, "title"
+    )
+    assert len(figure.axes) == 6
+    history = pd.DataFrame(
+        {"epoch": [0, 1], "train_loss": [0.9, 0.8], "val_loss": [0.95, 0.85], "lr": [1e-3, 5e-4],
+         "val_mean_dice": [0.1, 0.2], "val_dice_ecs": [0.1, 0.3], "val_dice_nuc": [np.nan, np.nan]}
+    )  # fmt: skip
+    curves = training_curves_figure(history, "unet_2d")
+    labels = [line.get_label() for line in curves.axes[3].get_lines()]
+    assert labels == ["ecs"]
