@@ -18,7 +18,7 @@ from cellseg.models import (
     model_config,
 )
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "models.md"
+DOCS = Path(__file__).resolve().parents[2] / "README.md"
 ALL = [
     ("unet", "2d"),
     ("resnet", "2d"),
@@ -32,7 +32,7 @@ ALL = [
 
 
 def _docs_parameter_counts() -> dict[tuple[str, str, str], int]:
-    """Parse the "parameter counts" table of docs/models.md: model | dim | seed | demo."""
+    """Parse the "parameter counts" table of the README: model | dim | seed | demo."""
     text = DOCS.read_text()
     section = text.split("<!-- param-table -->")[1].split("<!-- /param-table -->")[0]
     counts = {}

@@ -1,0 +1,142 @@
+"""The cellseg workflow itself through the Longleaf profile on the real single-node SLURM.
+
+The tiny test DAG (.test/config) runs with the Longleaf profile plus only the test overrides
+(tests/slurm/profile): every job is a real sbatch submission by snakemake-executor-plugin-slurm.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_CONFIG = REPO / ".test" / "config" / "config.yaml"
+
+
+def overlay(tmp_path: Path, name: str, **models: dict) -> Path:
+    """The test config with the given model entries (GPU counts, faults, budgets)."""
+    config = yaml.safe_load(TEST_CONFIG.read_text())
+    config["models"] = models
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_workflow(
+    cluster, workdir: Path, config: Path, *targets: str, retries: int = 0
+) -> subprocess.CompletedProcess:
+    profile = cluster.make_test_profile(
+        workdir / "profile",
+        {
+            "configfile": str(config),
+            "retries": retries,
+            "set-resources": {"class_frequencies": {"slurm_partition": "l40-gpu"}},
+        },
+    )
+    environment = cluster.env | {"PYTHONPATH": str(REPO / "src")}
+    environment["PATH"] = f"{Path(sys.executable).parent}:{environment['PATH']}"
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+         "--profile", str(workdir / "profile"), *targets],
+        cwd=workdir, env=environment, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+
+
+def train_submissions(log: str) -> dict[str, list[str]]:
+    """argv of each `train` sbatch call, keyed by `{model}_{dim}` (from the plugin's --verbose log)."""
+    calls = {}
+    for line in log.splitlines():
+        _, found, call = line.partition("sbatch call: ")
+        if not found:
+            continue
+        argv = shlex.split(call.split(" --wrap=")[0])
+        comment = argv[argv.index("--comment") + 1]
+        match = re.match(r"rule_train_wildcards_(\w+)_(2d|3d)", comment)
+        if match:
+            calls[f"{match.group(1)}_{match.group(2)}"] = argv
+    return calls
+
+
+def option(argv: list[str], name: str) -> str | None:
+    for index, token in enumerate(argv):
+        if token == name:
+            return argv[index + 1]
+        if token.startswith(name + "="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def test_demo_dag_runs_through_the_longleaf_profile(slurm_cluster, tmp_path):
+    models = {
+        "unet_2d": {"gpus": 2, "mem_mb": 1500, "runtime_min": 20},
+        "unet_3d": {"gpus": 1, "mem_mb": 1800},
+    }
+    result = run_workflow(slurm_cluster, tmp_path, overlay(tmp_path, "slurm", **models))
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-6000:] + slurm_cluster.log_tail()
+    calls = train_submissions(log)
+    assert set(calls) == {"unet_2d", "unet_3d"}, log[-3000:]
+    for key, settings in models.items():
+        argv = calls[key]
+        assert option(argv, "-p") == "l40-gpu"
+        assert option(argv, "--qos") == "gpu_access"
+        assert option(argv, "--gpus") == str(settings["gpus"])
+        assert option(argv, "--mem") == str(settings["mem_mb"])
+        assert option(argv, "-t") == str(settings.get("runtime_min", 10))
+    # two "GPUs" on a CPU node: torchrun started two gloo ranks inside the one SLURM job
+    assert "--nproc_per_node=2" in (tmp_path / "logs/train/unet_2d.log").read_text()
+    summary = pd.read_csv(tmp_path / "results/summary.csv")
+    assert set(summary["model"].astype(str) + "_" + summary["dim"].astype(str)) >= {
+        "unet_2d",
+        "unet_3d",
+    }
+    assert (tmp_path / "results/summary.md").is_file()
+
+
+def test_failed_model_is_rerun_alone_and_resumes(slurm_cluster, tmp_path):
+    targets = ["results/models/unet_2d/best.pt", "results/models/unet_3d/best.pt"]
+    faulty = overlay(tmp_path, "faulty", unet_2d={}, unet_3d={"fail_after_steps": 2})
+    first = run_workflow(slurm_cluster, tmp_path, faulty, *targets, "--keep-going")
+    assert first.returncode != 0
+    models = tmp_path / "results/models"
+    assert (models / "unet_2d/best.pt").is_file() and not (models / "unet_3d/best.pt").exists()
+    assert (models / "unet_3d/checkpoints/last.pt").is_file()
+    finished = (models / "unet_2d/best.pt").stat().st_mtime_ns
+
+    fixed = overlay(tmp_path, "fixed", unet_2d={}, unet_3d={})
+    second = run_workflow(slurm_cluster, tmp_path, fixed, *targets)
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log[-6000:]
+    assert set(train_submissions(log)) == {"unet_3d"}, "only the failed model is submitted again"
+    assert "resumed from" in (tmp_path / "logs/train/unet_3d.log").read_text()
+    assert (models / "unet_2d/best.pt").stat().st_mtime_ns == finished
+    assert list(pd.read_csv(models / "unet_3d/history.csv")["epoch"]) == [0, 1]
+
+
+def test_job_hitting_its_time_limit_checkpoints_and_the_retry_finishes(slurm_cluster, tmp_path):
+    # a 1-minute SLURM limit and a 0.9-minute margin: the trainer stops itself after ~6 s with a
+    # checkpoint (exit 75) long before SLURM would kill it; the profile's retries resume it
+    slow = {
+        "runtime_min": 1,
+        "time_budget_margin_min": 0.9,
+        "max_epochs": 4,
+        "iterations_per_epoch": 12,
+    }
+    config = overlay(tmp_path, "short", unet_2d=slow)
+    result = run_workflow(
+        slurm_cluster, tmp_path, config, "results/models/unet_2d/best.pt", retries=4
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-6000:]
+    train_log = (tmp_path / "logs/train/unet_2d.log").read_text()
+    assert "time budget of 0.1 min reached" in train_log and "resumed from" in train_log
+    assert len(pd.read_csv(tmp_path / "results/models/unet_2d/history.csv")) == 4
