@@ -19,6 +19,14 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# bookkeeping that takes seconds runs where Snakemake runs, never on a GPU node
+localrules:
+    all,
+    demo_data,
+    datasplit,
+    summary,
+
+
 rule all:
     input:
         get_final_output(),
