@@ -12,7 +12,6 @@ from cellseg.config import check_config
 from cellseg.errors import CellsegError
 from cellseg.training.settings import resolve_settings
 
-
 # config/config.yaml is always the base; a --configfile (an experiment preset) overlays it, so
 # a preset holds only what differs. Its `models`, when given, replaces the base list: that is
 # how a preset chooses which models to compare.
@@ -26,7 +25,11 @@ config.update(_base)
 
 # one line naming the file and the key, before any job; then snakemake's validate fills defaults
 try:
-    check_config(config, workflow.source_path("../schemas/config.schema.yaml"), workflow.configfiles)
+    check_config(
+        config,
+        workflow.source_path("../schemas/config.schema.yaml"),
+        workflow.configfiles,
+    )
 except CellsegError as error:
     sys.exit(f"cellseg: config error: {error}")
 validate(config, schema="../schemas/config.schema.yaml")

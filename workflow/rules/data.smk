@@ -4,11 +4,11 @@
 rule demo_data:
     output:
         directory(DEMO_DATA),
+    log:
+        "logs/demo_data.log",
     params:
         seed=config["data"]["demo"]["seed"],
         size=config["data"]["demo"]["size"],
-    log:
-        "logs/demo_data.log",
     shell:
         "cellseg make-demo-data --out {output} --seed {params.seed} --size {params.size} > {log} 2>&1"
 
@@ -18,6 +18,8 @@ rule datasplit:
         unpack(datasplit_inputs),
     output:
         "results/datasplit.csv",
+    log:
+        "logs/datasplit.log",
     params:
         source=(
             f"--from-csv {config['data']['datasplit_csv']}"
@@ -27,8 +29,6 @@ rule datasplit:
         validate=config["data"]["validate_fraction"],
         test=config["data"]["test_fraction"],
         seed=config["data"]["split_seed"],
-    log:
-        "logs/datasplit.log",
     shell:
         "cellseg datasplit {params.source} --out {output}"
         " --validate-fraction {params.validate} --test-fraction {params.test}"
@@ -40,13 +40,17 @@ rule class_frequencies:
         datasplit=rules.datasplit.output[0],
     output:
         "results/class_frequencies.json",
-    params:
-        resolution=config["data"]["resolution_nm"],
-        allow_missing="--allow-missing-classes" if config["data"]["allow_missing_classes"] else "",
     log:
         "logs/class_frequencies.log",
     benchmark:
         "benchmarks/class_frequencies.tsv"
+    params:
+        resolution=config["data"]["resolution_nm"],
+        allow_missing=(
+            "--allow-missing-classes"
+            if config["data"]["allow_missing_classes"]
+            else ""
+        ),
     shell:
         "cellseg class-frequencies --datasplit {input.datasplit} --out {output}"
         " --resolution-nm {params.resolution} {params.allow_missing} > {log} 2>&1"

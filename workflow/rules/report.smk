@@ -21,12 +21,12 @@ rule visualize:
             subcategory="{model}_{dim}",
             labels={"model": "{model}", "dim": "{dim}", "figure": "training curves"},
         ),
-    params:
-        evaluation=config["evaluation"],
     log:
         "logs/visualize/{model}_{dim}.log",
     benchmark:
         "benchmarks/visualize/{model}_{dim}.tsv"
+    params:
+        evaluation=config["evaluation"],
     script:
         "../scripts/visualize.py"
 
@@ -73,12 +73,12 @@ rule summary:
             category="Summary",
             labels={"figure": "2D vs 3D"},
         ),
-    params:
-        models=MODELS,
-        evaluation=config["evaluation"],
     log:
         "logs/summary.log",
     benchmark:
         "benchmarks/summary.tsv"
+    params:
+        models=MODELS,
+        evaluation=config["evaluation"],
     script:
         "../scripts/summary.py"

@@ -9,19 +9,19 @@ rule train:
         best="results/models/{model}_{dim}/best.pt",
         history="results/models/{model}_{dim}/history.csv",
         summary="results/models/{model}_{dim}/train_summary.json",
-    params:
-        run_dir="results/models/{model}_{dim}",
-        # the resolved settings: editing one model's entry reruns only that model
-        settings=lambda wildcards: model_settings(wildcards).result_dict(),
+    log:
+        "logs/train/{model}_{dim}.log",
+    benchmark:
+        "benchmarks/train/{model}_{dim}.tsv"
     threads: lambda wildcards: model_settings(wildcards).cpus_per_task
     resources:
         gpu=lambda wildcards: model_settings(wildcards).gpus,
         mem_mb=lambda wildcards: model_settings(wildcards).mem_mb,
         runtime=lambda wildcards: model_settings(wildcards).runtime_min,
         cpus_per_task=lambda wildcards: model_settings(wildcards).cpus_per_task,
-    log:
-        "logs/train/{model}_{dim}.log",
-    benchmark:
-        "benchmarks/train/{model}_{dim}.tsv"
+    params:
+        run_dir="results/models/{model}_{dim}",
+        # the resolved settings: editing one model's entry reruns only that model
+        settings=lambda wildcards: model_settings(wildcards).result_dict(),
     script:
         "../scripts/train.py"
