@@ -27,6 +27,7 @@ import contextlib
 import copy
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -183,6 +184,30 @@ def write_merged_profile(
 # ---------------------------------------------------------------------------------------------
 # bring-up
 # ---------------------------------------------------------------------------------------------
+
+
+def sbatch_calls(log: str) -> dict[str, list[str]]:
+    """The plugin's verbose `sbatch call: …` lines, keyed by rule (from its --comment)."""
+    calls = {}
+    for line in log.splitlines():
+        _, sep, call = line.partition("sbatch call: ")
+        if not sep:
+            continue
+        # drop the wrapped snakemake command: it is long and irrelevant here
+        argv = shlex.split(call.split(" --wrap=")[0])
+        rule = argv[argv.index("--comment") + 1].removeprefix("rule_")
+        calls[rule] = argv
+    return calls
+
+
+def option(argv: list[str], name: str) -> str | None:
+    """Value of `name VALUE` or `name=VALUE` in an argv."""
+    for index, token in enumerate(argv):
+        if token == name:
+            return argv[index + 1]
+        if token.startswith(name + "="):
+            return token.split("=", 1)[1]
+    return None
 
 
 def parse_scontrol(text: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ only the test overrides (tests/slurm/profile/).
 from __future__ import annotations
 
 import re
-import shlex
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cluster import option, sbatch_calls
 
 pytestmark = pytest.mark.slurm
 
@@ -80,30 +80,6 @@ SNAKEFILE = textwrap.dedent(
 )
 
 
-def _sbatch_calls(log: str) -> dict[str, list[str]]:
-    """The plugin's verbose `sbatch call: …` lines, keyed by rule (from its --comment)."""
-    calls = {}
-    for line in log.splitlines():
-        _, sep, call = line.partition("sbatch call: ")
-        if not sep:
-            continue
-        # drop the wrapped snakemake command: it is long and irrelevant here
-        argv = shlex.split(call.split(" --wrap=")[0])
-        rule = argv[argv.index("--comment") + 1].removeprefix("rule_")
-        calls[rule] = argv
-    return calls
-
-
-def _option(argv: list[str], name: str) -> str | None:
-    """Value of `name VALUE` or `name=VALUE` in an argv."""
-    for index, token in enumerate(argv):
-        if token == name:
-            return argv[index + 1]
-        if token.startswith(name + "="):
-            return token.split("=", 1)[1]
-    return None
-
-
 def test_longleaf_profile_submits_through_the_plugin(slurm_cluster, tmp_path: Path) -> None:
     (tmp_path / "Snakefile").write_text(SNAKEFILE)
     # this Snakefile has no config: drop the experiment configfile the Longleaf profile names;
@@ -126,23 +102,23 @@ def test_longleaf_profile_submits_through_the_plugin(slurm_cluster, tmp_path: Pa
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-6000:] + "\n" + slurm_cluster.log_tail()
 
-    calls = _sbatch_calls(log)
+    calls = sbatch_calls(log)
     assert set(calls) == {"gpu_job", "cpu_job"}, log[-4000:]
     gpu_call, cpu_call = calls["gpu_job"], calls["cpu_job"]
     # the rule's resources win over the profile's defaults; partition and QoS come from the profile
-    assert _option(gpu_call, "-p") == "l40-gpu"
-    assert _option(gpu_call, "--qos") == "gpu_access"
-    assert _option(gpu_call, "--gpus") == "2"
-    assert _option(gpu_call, "-t") == "5"
-    assert _option(gpu_call, "--mem") == "100"
-    assert _option(gpu_call, "--cpus-per-task") == "1"
+    assert option(gpu_call, "-p") == "l40-gpu"
+    assert option(gpu_call, "--qos") == "gpu_access"
+    assert option(gpu_call, "--gpus") == "2"
+    assert option(gpu_call, "-t") == "5"
+    assert option(gpu_call, "--mem") == "100"
+    assert option(gpu_call, "--cpus-per-task") == "1"
     # no --signal (it would kill the job step) and no task count (one-node multi-GPU job)
     assert not any(t.startswith(("--signal", "--ntasks")) for t in gpu_call)
     # a CPU rule gets the (test) defaults and no GPU
-    assert _option(cpu_call, "-p") == "l40-gpu"
-    assert _option(cpu_call, "-t") == "10"
-    assert _option(cpu_call, "--mem") == "200"
-    assert _option(cpu_call, "--gpus") is None
+    assert option(cpu_call, "-p") == "l40-gpu"
+    assert option(cpu_call, "-t") == "10"
+    assert option(cpu_call, "--mem") == "200"
+    assert option(cpu_call, "--gpus") is None
 
     # what SLURM itself recorded, read inside the running job
     gpu_text = (tmp_path / "gpu_job.txt").read_text()

@@ -6,8 +6,6 @@ The tiny test DAG (.test/config) runs with the Longleaf profile plus only the te
 
 from __future__ import annotations
 
-import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from cluster import option, sbatch_calls
 
 pytestmark = pytest.mark.slurm
 
@@ -52,27 +51,9 @@ def run_workflow(
 
 
 def train_submissions(log: str) -> dict[str, list[str]]:
-    """argv of each `train` sbatch call, keyed by `{model}_{dim}` (from the plugin's --verbose log)."""
-    calls = {}
-    for line in log.splitlines():
-        _, found, call = line.partition("sbatch call: ")
-        if not found:
-            continue
-        argv = shlex.split(call.split(" --wrap=")[0])
-        comment = argv[argv.index("--comment") + 1]
-        match = re.match(r"rule_train_wildcards_(\w+)_(2d|3d)", comment)
-        if match:
-            calls[f"{match.group(1)}_{match.group(2)}"] = argv
-    return calls
-
-
-def option(argv: list[str], name: str) -> str | None:
-    for index, token in enumerate(argv):
-        if token == name:
-            return argv[index + 1]
-        if token.startswith(name + "="):
-            return token.split("=", 1)[1]
-    return None
+    """argv of each `train` sbatch call, keyed by `{model}_{dim}`."""
+    prefix = "train_wildcards_"
+    return {k.removeprefix(prefix): v for k, v in sbatch_calls(log).items() if k.startswith(prefix)}
 
 
 def test_demo_dag_runs_through_the_longleaf_profile(slurm_cluster, tmp_path):

@@ -3,18 +3,19 @@ from __future__ import annotations
 import copy
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cellseg.classes import CLASSES
 from cellseg.errors import CellsegError
 from cellseg.training import EXIT_TIME_BUDGET, Trainer, resolve_settings
 from cellseg.training.checkpoint import load_checkpoint
+from cellseg.training.launch import training_command
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -148,33 +149,19 @@ def test_tensorboard_has_dice_frequency_and_adjustment_tags(tiny_config, tiny_da
 
 
 def test_two_process_gloo_ddp(tiny_config, tiny_data, tmp_path):
-    import yaml
-
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(tiny_config))
     run_dir = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "cellseg.cli",
-        "train",
-        "--config",
-        str(config_path),
-        "--model",
-        "unet",
-        "--dim",
-        "2d",
-        "--run-dir",
-        str(run_dir),
-        "--datasplit",
-        str(tiny_data["datasplit"]),
-        "--class-frequencies",
-        str(tiny_data["class_frequencies"]),
-    ]
+    # the launcher's own command line: torchrun --standalone --nproc_per_node=2 … cellseg train
+    command = training_command(
+        config_path,
+        "unet_2d",
+        run_dir,
+        tiny_data["datasplit"],
+        tiny_data["class_frequencies"],
+        gpus=2,
+    )
+    assert "--nproc_per_node=2" in command
     environment = os.environ | {"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
