@@ -16,28 +16,43 @@ from collections.abc import Sequence
 from cellseg import __version__
 from cellseg.errors import CellsegError
 
-SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "cellseg.data.demo",
-    "cellseg.data.datasplit",
-    "cellseg.data.frequencies",
-    "cellseg.training.command",
-    "cellseg.models.planning",
-    "cellseg.evaluation",
-    "cellseg.reporting",
-)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "make-demo-data": ("cellseg.data.demo", "write synthetic FIB-SEM data in the CellMap layout"),
+    "datasplit": (
+        "cellseg.data.datasplit",
+        "split the crops of CellMap data roots into train/validate/test",
+    ),
+    "class-frequencies": (
+        "cellseg.data.frequencies",
+        "count per-class annotated/positive voxels over training crops",
+    ),
+    "train": ("cellseg.training.command", "train one model (resumes automatically)"),
+    "plan-batch": ("cellseg.models.planning", "estimate the largest batch that fits a GPU"),
+    "evaluate": ("cellseg.evaluation", "evaluate a trained model on held-out crops"),
+    "summary": ("cellseg.reporting", "compare evaluated models: summary table and figures"),
+}
+"""Sub-command → (module defining it, one-line help)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported (``None``: every module)."""
     parser = argparse.ArgumentParser(prog="cellseg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cellseg {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name in SUBCOMMAND_MODULES:
-        importlib.import_module(module_name).add_parser(subparsers)
+    for name, (module_name, help_text) in COMMANDS.items():
+        if command is None or name == command:
+            importlib.import_module(module_name).add_parser(subparsers)
+        else:
+            subparsers.add_parser(name, help=help_text)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # import only the chosen sub-command's module: `cellseg class-frequencies` must not pay
+    # for torch, timm and MONAI (hundreds of MB) that only training and evaluation need
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except CellsegError as error:

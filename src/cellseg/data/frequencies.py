@@ -41,9 +41,9 @@ def count_array(array: zarr.Array, encoding: Any, slab_depth: int | None = None)
     depth = slab_depth or array.chunks[0]
     annotated = positive = 0
     for z in range(0, array.shape[0], depth):
-        target = encoding.to_target(np.asarray(array[z : z + depth]))
-        annotated += int(np.count_nonzero(~np.isnan(target)))
-        positive += int(np.count_nonzero(target == 1.0))
+        slab_annotated, slab_positive = encoding.count(np.asarray(array[z : z + depth]))
+        annotated += slab_annotated
+        positive += slab_positive
     return annotated, positive
 
 

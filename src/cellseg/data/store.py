@@ -118,6 +118,14 @@ class LabelEncoding:
             unknown=int(encoding.get("unknown", 255)),
         )
 
+    def count(self, values: np.ndarray) -> tuple[int, int]:
+        """``(annotated, positive)`` voxels of raw label values, as :meth:`to_target` reads them."""
+        if self.instance:
+            annotated = int(np.count_nonzero(values != self.unknown))
+            return annotated, annotated - int(np.count_nonzero(values == self.absent))
+        positive = int(np.count_nonzero(values == self.present))
+        return int(np.count_nonzero(values == self.absent)) + positive, positive
+
     def to_target(self, values: np.ndarray) -> np.ndarray:
         """Raw label values → float32 target: 1 present, 0 absent, NaN unknown.
 
