@@ -519,7 +519,11 @@ class Trainer:
         if is_distributed():
             totals = totals.to(self.device)
             dist.all_reduce(totals)
-        dice = np.where(aggregate.n_crops > 0, aggregate.pooled.dice, np.nan)
+        # a class with no positive voxel in the validation patches is left out (NaN): with the
+        # challenge's empty = 1 rule it would reward predicting nothing, and early stopping
+        # would then prefer the untrained epochs
+        present = aggregate.counts[:, 0] + aggregate.counts[:, 2] > 0
+        dice = np.where((aggregate.n_crops > 0) & present, aggregate.pooled.dice, np.nan)
         self.model.train()
         self.validation_seconds = time.monotonic() - started
         return {
