@@ -43,7 +43,7 @@ from cellseg.data.store import read_crop_geometry
 RESOLUTION_NM = 8.0
 IMPORTS = "import numpy, zarr, cellseg.data.frequencies"
 # what `cellseg class-frequencies` loads before counting: the parser imports every sub-command
-CLI_IMPORTS = "from cellseg.cli import build_parser; build_parser()"
+CLI_IMPORTS = "from cellseg.cli import build_parser; build_parser('class-frequencies')"
 
 
 def run_child(command: list[str]) -> tuple[float, float]:
