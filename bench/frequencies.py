@@ -42,7 +42,7 @@ from cellseg.data.store import read_crop_geometry
 
 RESOLUTION_NM = 8.0
 IMPORTS = "import numpy, zarr, cellseg.data.frequencies"
-# what `cellseg class-frequencies` loads before counting: the parser imports every sub-command
+# what `cellseg class-frequencies` loads before counting: only its own sub-command's module
 CLI_IMPORTS = "from cellseg.cli import build_parser; build_parser('class-frequencies')"
 
 
