@@ -108,15 +108,22 @@ def test_job_hitting_its_time_limit_checkpoints_and_the_retry_finishes(slurm_clu
     slow = {
         "runtime_min": 1,
         "time_budget_margin_min": 0.9,
-        "max_epochs": 4,
-        "iterations_per_epoch": 12,
+        "max_epochs": 6,
+        "iterations_per_epoch": 60,
     }
     config = overlay(tmp_path, "short", unet_2d=slow)
     result = run_workflow(
-        slurm_cluster, tmp_path, config, "results/models/unet_2d/best.pt", retries=4
+        slurm_cluster, tmp_path, config, "results/models/unet_2d/best.pt", retries=10
     )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-6000:]
-    train_log = (tmp_path / "logs/train/unet_2d.log").read_text()
+    # Snakemake clears the rule's log before a retry; the run directory's train.log keeps all
+    train_log = (tmp_path / "results/models/unet_2d/train.log").read_text()
     assert "time budget of 0.1 min reached" in train_log and "resumed from" in train_log
-    assert len(pd.read_csv(tmp_path / "results/models/unet_2d/history.csv")) == 4
+    attempts = sorted(
+        (tmp_path / ".snakemake/slurm_logs/rule_train/unet_2d").glob("*.log"),
+        key=lambda p: int(p.stem),
+    )
+    assert len(attempts) >= 2, "the job was submitted again after stopping itself"
+    assert "non-zero exit status 75" in attempts[0].read_text()
+    assert len(pd.read_csv(tmp_path / "results/models/unet_2d/history.csv")) == 6

@@ -13,13 +13,17 @@ BIN = Path(sys.executable).parent
 
 
 def test_ruff_is_clean():
-    result = subprocess.run([BIN / "ruff", "check", "src", "tests", "bench"], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [BIN / "ruff", "check", "src", "tests", "bench"], cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout[-3000:]
 
 
 def test_snakefmt_is_clean():
     files = ["Snakefile", *map(str, sorted((REPO / "workflow/rules").glob("*.smk")))]
-    result = subprocess.run([BIN / "snakefmt", "--check", *files], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [BIN / "snakefmt", "--check", *files], cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 

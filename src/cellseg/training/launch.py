@@ -84,7 +84,7 @@ def launch_training(
     config_path = run_dir / "workflow_config.yaml"
     write_text_atomic(config_path, yaml.safe_dump(dict(config), sort_keys=False))
     budget = (
-        None if runtime_min is None else max(runtime_min - settings.time_budget_margin_min, 0.5)
+        None if runtime_min is None else max(runtime_min - settings.time_budget_margin_min, 0.05)
     )
     command = training_command(
         config_path, model_key, run_dir, datasplit, class_frequencies, settings.gpus, budget

@@ -683,5 +683,11 @@ class Trainer:
         )
 
     def log(self, message: str) -> None:
+        """To stderr (the job's log) and to ``train.log`` in the run directory, which, unlike the
+        rule's log that Snakemake clears before a retry, keeps every attempt of the run."""
         if self.is_main:
-            print(f"[{self.settings.key}] {message}", file=sys.stderr, flush=True)
+            line = f"[{self.settings.key}] {message}"
+            print(line, file=sys.stderr, flush=True)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "train.log", "a") as handle:
+                handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
