@@ -11,6 +11,28 @@ from cellseg.errors import CellsegError
 from cellseg.models.decoder import TimmUNet
 
 
+def timm_unet_from_config(
+    label: str, in_channels: int, out_channels: int, config: Mapping[str, Any], fixed_size: bool
+) -> nn.Module:
+    """:func:`create_timm_unet` from a 2D timm entry's resolved preset (the registry's config).
+
+    Args:
+        fixed_size: build the encoder for exactly ``config["input_shape"]`` (Swin, ViT).
+    """
+    return create_timm_unet(
+        label,
+        in_channels,
+        out_channels,
+        encoder=config["encoder"],
+        encoder_kwargs=config["encoder_kwargs"],
+        out_indices=config["out_indices"],
+        decoder_channels=config["decoder_channels"],
+        decoder_dropout=config["decoder_dropout"],
+        pretrained=config["pretrained"],
+        img_size=config["input_shape"] if fixed_size else None,
+    )
+
+
 def create_timm_unet(
     label: str,
     in_channels: int,

@@ -18,7 +18,7 @@ from torch import nn
 
 from cellseg.errors import CellsegError
 from cellseg.models._registry import InputRule, register_model
-from cellseg.models._timm import create_timm_unet
+from cellseg.models._timm import timm_unet_from_config
 
 
 def _rule_2d(config: Mapping[str, Any]) -> InputRule:
@@ -70,17 +70,7 @@ def _rule_2d(config: Mapping[str, Any]) -> InputRule:
 )
 def resnet_2d(in_channels: int, out_channels: int, **config: Any) -> nn.Module:
     """2D ResNet: timm ResNet (64-filter stem, 2 stride-2 steps, 6 BasicBlocks) + UNet decoder."""
-    return create_timm_unet(
-        "resnet 2d",
-        in_channels,
-        out_channels,
-        encoder=config["encoder"],
-        encoder_kwargs=config["encoder_kwargs"],
-        out_indices=config["out_indices"],
-        decoder_channels=config["decoder_channels"],
-        decoder_dropout=config["decoder_dropout"],
-        pretrained=config["pretrained"],
-    )
+    return timm_unet_from_config("resnet 2d", in_channels, out_channels, config, fixed_size=False)
 
 
 def _rule_3d(config: Mapping[str, Any]) -> InputRule:

@@ -17,7 +17,7 @@ from torch import nn
 
 from cellseg.errors import CellsegError
 from cellseg.models._registry import InputRule, register_model
-from cellseg.models._timm import create_timm_unet
+from cellseg.models._timm import timm_unet_from_config
 
 
 def _fixed_rule(label: str, patch: int, config: Mapping[str, Any]) -> InputRule:
@@ -78,18 +78,7 @@ def _rule_2d(config: Mapping[str, Any]) -> InputRule:
 )
 def vit_2d(in_channels: int, out_channels: int, **config: Any) -> nn.Module:
     """2D ViT: timm ViT-B/16 encoder + decoder 256-128-64-16, fixed input size."""
-    return create_timm_unet(
-        "vit 2d",
-        in_channels,
-        out_channels,
-        encoder=config["encoder"],
-        encoder_kwargs=config["encoder_kwargs"],
-        out_indices=config["out_indices"],
-        decoder_channels=config["decoder_channels"],
-        decoder_dropout=config["decoder_dropout"],
-        pretrained=config["pretrained"],
-        img_size=config["input_shape"],
-    )
+    return timm_unet_from_config("vit 2d", in_channels, out_channels, config, fixed_size=True)
 
 
 @register_model(
