@@ -3,10 +3,23 @@
 from pathlib import Path
 
 import copy
+import os
 import sys
 
 import yaml
 from snakemake.utils import update_config, validate
+
+# The workflow runs the package next to it (src/), installed or not: this process imports it
+# below, and jobs find it through PYTHONPATH, which local jobs and SLURM jobs (sbatch exports
+# the environment) inherit. A `--sdm conda` job environment holds only the dependencies.
+CELLSEG_SRC = str(Path(workflow.basedir) / "src")
+if Path(CELLSEG_SRC, "cellseg").is_dir():
+    sys.path.insert(0, CELLSEG_SRC)
+    _pythonpath = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if _pythonpath[0] != CELLSEG_SRC:
+        os.environ.update(
+            PYTHONPATH=os.pathsep.join(filter(None, [CELLSEG_SRC, *_pythonpath]))
+        )
 
 from cellseg.config import check_config
 from cellseg.errors import CellsegError
@@ -66,11 +79,8 @@ def model_settings(wildcards):
 
 def get_final_output():
     """The comparison (summary table, report and figures) and every model's figures."""
-    from cellseg.reporting import MODEL_FIGURES, SUMMARY_FIGURES
-
+    model, dim = zip(*(key.rsplit("_", 1) for key in MODELS))
     return [
-        "results/summary.csv",
-        "results/summary.md",
-        *expand("results/figures/summary/{name}", name=SUMMARY_FIGURES),
-        *expand("results/figures/{key}/{name}", key=MODELS, name=MODEL_FIGURES),
+        *rules.summary.output,
+        *expand(rules.visualize.output, zip, model=model, dim=dim),
     ]

@@ -6,11 +6,13 @@ rule demo_data:
         directory(DEMO_DATA),
     log:
         "logs/demo_data.log",
+    conda:
+        "../envs/cellseg.yaml"
     params:
         seed=config["data"]["demo"]["seed"],
         size=config["data"]["demo"]["size"],
     shell:
-        "cellseg make-demo-data --out {output} --seed {params.seed} --size {params.size} > {log} 2>&1"
+        "python -m cellseg make-demo-data --out {output} --seed {params.seed} --size {params.size} > {log} 2>&1"
 
 
 rule datasplit:
@@ -20,6 +22,8 @@ rule datasplit:
         "results/datasplit.csv",
     log:
         "logs/datasplit.log",
+    conda:
+        "../envs/cellseg.yaml"
     params:
         source=(
             f"--from-csv {config['data']['datasplit_csv']}"
@@ -30,7 +34,7 @@ rule datasplit:
         test=config["data"]["test_fraction"],
         seed=config["data"]["split_seed"],
     shell:
-        "cellseg datasplit {params.source} --out {output}"
+        "python -m cellseg datasplit {params.source} --out {output}"
         " --validate-fraction {params.validate} --test-fraction {params.test}"
         " --seed {params.seed} > {log} 2>&1"
 
@@ -44,6 +48,8 @@ rule class_frequencies:
         "logs/class_frequencies.log",
     benchmark:
         "benchmarks/class_frequencies.tsv"
+    conda:
+        "../envs/cellseg.yaml"
     params:
         resolution=config["data"]["resolution_nm"],
         allow_missing=(
@@ -52,5 +58,5 @@ rule class_frequencies:
             else ""
         ),
     shell:
-        "cellseg class-frequencies --datasplit {input.datasplit} --out {output}"
+        "python -m cellseg class-frequencies --datasplit {input.datasplit} --out {output}"
         " --resolution-nm {params.resolution} {params.allow_missing} > {log} 2>&1"

@@ -22,6 +22,8 @@ rule evaluate:
         "logs/evaluate/{model}_{dim}.log",
     benchmark:
         "benchmarks/evaluate/{model}_{dim}.tsv"
+    conda:
+        "../envs/cellseg.yaml"
     threads: lambda wildcards: model_settings(wildcards).cpus_per_task
     resources:
         # inference of one model on one GPU (0: CPU, as the demo trains)

@@ -25,6 +25,8 @@ rule visualize:
         "logs/visualize/{model}_{dim}.log",
     benchmark:
         "benchmarks/visualize/{model}_{dim}.tsv"
+    conda:
+        "../envs/cellseg.yaml"
     params:
         evaluation=config["evaluation"],
     script:
@@ -77,6 +79,8 @@ rule summary:
         "logs/summary.log",
     benchmark:
         "benchmarks/summary.tsv"
+    conda:
+        "../envs/cellseg.yaml"
     params:
         models=MODELS,
         evaluation=config["evaluation"],

@@ -13,6 +13,8 @@ rule train:
         "logs/train/{model}_{dim}.log",
     benchmark:
         "benchmarks/train/{model}_{dim}.tsv"
+    conda:
+        "../envs/cellseg.yaml"
     threads: lambda wildcards: model_settings(wildcards).cpus_per_task
     resources:
         gpu=lambda wildcards: model_settings(wildcards).gpus,
