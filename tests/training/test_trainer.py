@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 import os
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cellseg.classes import CLASSES
+from cellseg.data.dataset import worker_init_fn
 from cellseg.errors import CellsegError
 from cellseg.training import EXIT_TIME_BUDGET, Trainer, resolve_settings
 from cellseg.training.checkpoint import load_checkpoint
@@ -76,6 +78,33 @@ def test_kill_and_resume_gives_identical_weights(tiny_config, tiny_data, tmp_pat
     a, b = pd.read_csv(straight / "history.csv"), pd.read_csv(resumed / "history.csv")
     pd.testing.assert_series_equal(a["train_loss"], b["train_loss"])
     pd.testing.assert_series_equal(a["val_mean_dice"], b["val_mean_dice"])
+
+
+def record_worker_start(directory: Path, worker_id: int) -> None:
+    """A worker_init_fn that leaves one file per worker process started."""
+    worker_init_fn(worker_id)
+    (directory / f"worker-{os.getpid()}").touch()
+
+
+def test_workers_persist_across_epochs_and_change_nothing(
+    tiny_config, tiny_data, tmp_path, monkeypatch
+):
+    in_process = tmp_path / "in_process"
+    assert make_trainer(tiny_config, tiny_data, in_process).run() == 0
+    starts = tmp_path / "starts"
+    starts.mkdir()
+    monkeypatch.setattr(
+        "cellseg.training.trainer.worker_init_fn", partial(record_worker_start, starts)
+    )
+    with_workers = copy.deepcopy(tiny_config)
+    with_workers["training"]["defaults"]["num_workers"] = 2
+    workers_dir = tmp_path / "workers"
+    assert make_trainer(with_workers, tiny_data, workers_dir).run() == 0
+    # 2 epochs, 2 workers: started once, not once per epoch
+    assert len(list(starts.iterdir())) == 2
+    assert len(pd.read_csv(workers_dir / "history.csv")) == 2
+    for name, tensor in weights(in_process).items():
+        torch.testing.assert_close(weights(workers_dir)[name], tensor, rtol=0, atol=0, msg=name)
 
 
 def test_time_budget_stops_with_checkpoint_then_resumes(tiny_config, tiny_data, tmp_path):

@@ -1,8 +1,9 @@
 """Torch datasets of CellMap patches for training and validation.
 
-Both datasets are map-style and hold only picklable crop descriptions; each data-loader worker opens its own
-read-only zarr handles and nothing is cached across patches, so memory stays flat however many
-patches are drawn (no per-epoch growth, ``num_workers > 0`` works in 2D and 3D).
+Both datasets are map-style and hold only picklable crop descriptions; each data-loader worker
+opens its own read-only zarr handles and keeps at most ``cache_mb`` of crop arrays, so memory
+stays flat however many patches are drawn (no per-epoch growth, ``num_workers > 0`` works in 2D
+and 3D).
 """
 
 from __future__ import annotations
@@ -156,6 +157,10 @@ class SampleRange(Sampler[int]):
     """Sample indices ``start, start + 1, …, stop - 1``: one epoch (or its rest, on resume)."""
 
     def __init__(self, start: int, stop: int) -> None:
+        self.set_range(start, stop)
+
+    def set_range(self, start: int, stop: int) -> None:
+        """Move to another range; a loader reads it at its next ``iter()``."""
         self.start, self.stop = int(start), int(stop)
 
     def __iter__(self) -> Iterator[int]:

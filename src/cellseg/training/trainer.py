@@ -168,6 +168,8 @@ class Trainer:
             infer_true_negatives=s.infer_true_negatives,
             cache_mb=s.cache_mb,
         )
+        self.train_sampler = SampleRange(0, 0)
+        self.train_loader: DataLoader | None = None
         self.validation_data = FixedPatches(
             validate_crops,
             spec,
@@ -342,6 +344,7 @@ class Trainer:
             return EXIT_TIME_BUDGET
         finally:
             signal.signal(signal.SIGTERM, previous)
+            self.train_loader = None  # its persistent workers exit with it
             if self.writer is not None:
                 self.writer.close()
 
@@ -349,22 +352,29 @@ class Trainer:
         self.stop_requested = True
 
     def loader(self) -> Iterator[dict[str, torch.Tensor]]:
-        """This epoch's remaining micro-batches (resumes mid-epoch at ``self.iteration``)."""
+        """This epoch's remaining micro-batches (resumes mid-epoch at ``self.iteration``).
+
+        One loader serves the whole run and only its sampler's range moves: with workers, they
+        persist across epochs, so their array caches (``cache_mb``) stay warm and no epoch pays
+        for starting processes again.
+        """
         s = self.settings
         per_epoch = s.iterations_per_epoch * s.batch_per_gpu
         start = self.epoch * per_epoch + self.iteration * s.batch_per_gpu
-        loader = DataLoader(
-            self.train_data,
-            batch_size=s.batch_per_gpu,
-            sampler=SampleRange(start, (self.epoch + 1) * per_epoch),
-            num_workers=s.num_workers,
-            worker_init_fn=worker_init_fn,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-            # a private generator: creating loaders must not advance the global RNG (exact resume)
-            generator=torch.Generator().manual_seed(s.seed),
-        )
-        return iter(loader)
+        self.train_sampler.set_range(start, (self.epoch + 1) * per_epoch)
+        if self.train_loader is None:
+            self.train_loader = DataLoader(
+                self.train_data,
+                batch_size=s.batch_per_gpu,
+                sampler=self.train_sampler,
+                num_workers=s.num_workers,
+                worker_init_fn=worker_init_fn,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=s.num_workers > 0,
+                # a private generator: creating loaders must not advance the global RNG (exact resume)
+                generator=torch.Generator().manual_seed(s.seed),
+            )
+        return iter(self.train_loader)
 
     def train_epoch(self) -> None:
         s = self.settings
