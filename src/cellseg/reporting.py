@@ -86,9 +86,6 @@ SUMMARY_FIGURES: tuple[str, ...] = (
 )
 """File names of the summary figures, in ``results/figures/summary/``."""
 
-MODEL_FIGURES: tuple[str, ...] = ("samples.png", "training_curves.png")
-"""File names of each model's figures, in ``results/figures/{model}_{dim}/``."""
-
 
 def expected_models() -> list[str]:
     """The ``{model}_{dim}`` keys of every registered model (the 8 of the comparison)."""
