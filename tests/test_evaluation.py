@@ -27,6 +27,7 @@ from cellseg.evaluation import (
     predict_crop,
     sliding_window_logits,
 )
+from store_builders import write_multiscale
 
 ECS, NUC = CLASS_INDEX["ecs"], CLASS_INDEX["nuc"]
 
@@ -59,31 +60,11 @@ def test_sliding_window_equals_whole_volume_forward(shape, roi, blend_mode):
 # ------------------------------------------------------------------------------ a hand-made store
 
 
-def multiscale_attrs(voxel: float, translation: float) -> dict:
-    return {
-        "multiscales": [
-            {
-                "version": "0.4",
-                "axes": [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"],
-                "datasets": [
-                    {
-                        "path": "s0",
-                        "coordinateTransformations": [
-                            {"type": "scale", "scale": [voxel] * 3},
-                            {"type": "translation", "translation": [translation] * 3},
-                        ],
-                    }
-                ],
-            }
-        ]
-    }
-
-
 def write_level(root: zarr.Group, group: str, data: np.ndarray, voxel: float, start: float):
     """A one-level multiscale group whose first voxel's lower corner is at ``start`` nm."""
-    node = root.require_group(group)
-    node.attrs.update(multiscale_attrs(voxel, start + voxel / 2))
-    node.create_array("s0", shape=data.shape, dtype=data.dtype, chunks=data.shape)[...] = data
+    write_multiscale(
+        root, group, [data], [(voxel,) * 3], [(start + voxel / 2,) * 3], chunks=data.shape
+    )
 
 
 @pytest.fixture

@@ -15,35 +15,15 @@ from scipy import ndimage
 from cellseg.classes import CLASSES
 from cellseg.data.datasplit import write_datasplit
 from cellseg.data.store import Crop
+from store_builders import annotation, write_multiscale
 
 REPO = Path(__file__).resolve().parents[2]
-SEMANTIC = {
-    "type": "semantic_segmentation",
-    "encoding": {"absent": 0, "present": 1, "unknown": 255},
-}
 
 
-def _multiscale(group: zarr.Group, data: np.ndarray, attributes: dict) -> None:
-    group.create_array("s0", data=data, chunks=(8, 32, 32))
-    group.attrs.update(
-        {
-            "multiscales": [
-                {
-                    "version": "0.4",
-                    "axes": [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"],
-                    "datasets": [
-                        {
-                            "path": "s0",
-                            "coordinateTransformations": [
-                                {"type": "scale", "scale": [8.0, 8.0, 8.0]},
-                                {"type": "translation", "translation": [4.0, 4.0, 4.0]},
-                            ],
-                        }
-                    ],
-                }
-            ],
-            **attributes,
-        }
+def write_level(group: zarr.Group, path: str, data: np.ndarray, attributes: dict | None = None):
+    """One 8 nm level whose first voxel's centre is at 4 nm (the store's grid)."""
+    write_multiscale(
+        group, path, [data], [(8.0,) * 3], [(4.0,) * 3], attributes, chunks=(8, 32, 32)
     )
 
 
@@ -58,19 +38,15 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
     field = ndimage.gaussian_filter(rng.normal(size=(len(CLASSES), *shape)), sigma=(0, 2, 4, 4))
     winner = field.argmax(axis=0)
     em = (30 + 10 * winner + rng.normal(0, 3, shape)).clip(0, 255).astype(np.uint8)
-    _multiscale(group.require_group("recon-1/em/fibsem-uint8"), em, {})
+    write_level(group, "recon-1/em/fibsem-uint8", em)
     crops = []
     for index, (split, classes) in enumerate(
         [("train", CLASSES), ("train", CLASSES[:7]), ("validate", CLASSES)], start=1
     ):
         crop_group = f"recon-1/labels/groundtruth/crop{index}"
-        for c, name in enumerate(classes):
+        for name in classes:
             labels = (winner == CLASSES.index(name)).astype(np.uint8)
-            annotation = {
-                "cellmap": {"annotation": {"class_name": name, "annotation_type": SEMANTIC}}
-            }
-            _multiscale(group.require_group(f"{crop_group}/{name}"), labels, annotation)
-            del c
+            write_level(group, f"{crop_group}/{name}", labels, annotation(name))
         crops.append(
             Crop(store, "recon-1/em/fibsem-uint8", store, crop_group, tuple(classes), split)
         )

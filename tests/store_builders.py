@@ -1,6 +1,7 @@
 """Tiny hand-built CellMap stores, written with plain zarr (independent of cellseg's writer).
 
-A module of its own (not conftest) so tests import it by a unique name.
+A module of its own (not conftest) so tests of every folder import it by a unique name
+(``pythonpath = ["tests"]`` in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -22,13 +23,17 @@ def write_multiscale(
     voxel_sizes: list[tuple[float, float, float]],
     translations: list[tuple[float, float, float]],
     attributes: dict | None = None,
+    chunks: tuple[int, ...] | None = None,
 ) -> None:
+    """An OME-NGFF 0.4 multiscale group: level ``s{i}`` holds ``levels[i]`` (z, y, x) with the
+    voxel size and translation (nm) given for it; ``chunks`` default to 8 voxels an axis."""
     group = root.require_group(group_path)
     datasets = []
     for index, (data, scale, translation) in enumerate(
         zip(levels, voxel_sizes, translations, strict=True)
     ):
-        group.create_array(f"s{index}", data=data, chunks=tuple(min(8, n) for n in data.shape))
+        level_chunks = chunks or tuple(min(8, n) for n in data.shape)
+        group.create_array(f"s{index}", data=data, chunks=level_chunks)
         datasets.append(
             {
                 "path": f"s{index}",
