@@ -62,6 +62,22 @@ EXIT_TIME_BUDGET = 75
 """Exit status of a run that stopped itself to resume later (sysexits' EX_TEMPFAIL)."""
 
 
+PROGRESS_KEYS: tuple[str, ...] = (
+    "epoch",
+    "iteration",
+    "global_step",
+    "history",
+    "best_score",
+    "best_epoch",
+    "epochs_without_improvement",
+    "nonfinite_total",
+    "epoch_loss_sum",
+    "epoch_loss_count",
+)
+"""Trainer attributes a checkpoint saves and a resume restores as they are (with
+``train_seconds``, which is saved with the current run's time added)."""
+
+
 class StopForResume(Exception):
     """Raised inside the loop when the time budget or a SIGTERM asks the run to stop."""
 
@@ -252,16 +268,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": None,  # bf16 autocast needs no loss scaling
-            "epoch": self.epoch,
-            "iteration": self.iteration,
-            "global_step": self.global_step,
-            "history": self.history,
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch,
-            "epochs_without_improvement": self.epochs_without_improvement,
-            "nonfinite_total": self.nonfinite_total,
-            "epoch_loss_sum": self.epoch_loss_sum,
-            "epoch_loss_count": self.epoch_loss_count,
+            **{key: getattr(self, key) for key in PROGRESS_KEYS},
             "train_seconds": self.train_seconds + self.elapsed(),
             "online_frequency": self.online_frequency.state_dict(),
             "rng": rng_state(),
@@ -279,19 +286,7 @@ class Trainer:
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        for key in (
-            "epoch",
-            "iteration",
-            "global_step",
-            "history",
-            "best_score",
-            "best_epoch",
-            "epochs_without_improvement",
-            "nonfinite_total",
-            "epoch_loss_sum",
-            "epoch_loss_count",
-            "train_seconds",
-        ):
+        for key in (*PROGRESS_KEYS, "train_seconds"):
             setattr(self, key, state[key])
         self.online_frequency.load_state_dict(state["online_frequency"])
         set_rng_state(state["rng"])
