@@ -260,6 +260,25 @@ def _ci(counts: np.ndarray, statistic: Statistic, s: SummarySettings) -> tuple[f
     return result.low, result.high
 
 
+def _dice_columns(counts: np.ndarray, statistic: Statistic, s: SummarySettings) -> dict[str, float]:
+    """The Dice columns of one row of ``summary.csv`` from ``(N, 14, 4)`` per-crop counts: mean
+    Dice and its CI, pooled Dice (and its CI when models are ranked by it), pooled Dice per class
+    (NaN for classes no crop annotates)."""
+    agg = aggregate_crops(counts)
+    pooled = np.where(agg.n_crops > 0, agg.pooled.dice, np.nan)
+    low, high = _ci(counts, Statistic.MEAN, s)
+    columns = {
+        "mean_dice": _statistic_estimate(counts, Statistic.MEAN),
+        "mean_dice_ci_low": low,
+        "mean_dice_ci_high": high,
+        "pooled_dice": float(np.nanmean(pooled)) if np.isfinite(pooled).any() else np.nan,
+        **{f"dice_{name}": pooled[c] for c, name in enumerate(CLASSES)},
+    }
+    if statistic is Statistic.POOLED:
+        columns["pooled_dice_ci_low"], columns["pooled_dice_ci_high"] = _ci(counts, statistic, s)
+    return columns
+
+
 def _holm(p_values: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (NaN stays NaN)."""
     p = np.asarray(p_values, dtype=float)
@@ -343,25 +362,14 @@ def summarize(
         gt_rows.append(table)
         crops, counts = metric_counts(table)
         counts_by_model[key] = (crops, counts)
-        agg = aggregate_crops(counts)
-        pooled = np.where(agg.n_crops > 0, agg.pooled.dice, np.nan)
-        estimate = _statistic_estimate(counts, Statistic.MEAN)
-        low, high = _ci(counts, Statistic.MEAN, s)
         row.update(
             n_crops=len(crops),
-            mean_dice=estimate,
-            mean_dice_ci_low=low,
-            mean_dice_ci_high=high,
-            pooled_dice=float(np.nanmean(pooled)) if np.isfinite(pooled).any() else np.nan,
+            **_dice_columns(counts, statistic, s),
             inference_seconds=float(table.groupby("crop")["inference_seconds"].first().sum())
             if "inference_seconds" in table
             else np.nan,
             adjustment=mode,
         )
-        if statistic is Statistic.POOLED:
-            row["pooled_dice_ci_low"], row["pooled_dice_ci_high"] = _ci(counts, statistic, s)
-        for c, name in enumerate(CLASSES):
-            row[f"dice_{name}"] = pooled[c]
         if train is not None:
             gpus = int(train.get("gpus", 0) or 0)
             row.update(
@@ -407,26 +415,15 @@ def summarize(
         prior = read_class_frequencies(class_frequencies)["prior"]
         expected_counts = prior_baseline_counts(gt_counts, prior)
         baseline_counts = (gt_crops, expected_counts)
-        agg = aggregate_crops(expected_counts)
-        pooled = np.where(agg.n_crops > 0, agg.pooled.dice, np.nan)
-        low, high = _ci(expected_counts, Statistic.MEAN, s)
         baseline_row = {
             "model": BASELINE,
             "architecture": "prior",
             "dim": "",
             "status": "baseline",
             "n_crops": len(gt_crops),
-            "mean_dice": _statistic_estimate(expected_counts, Statistic.MEAN),
-            "mean_dice_ci_low": low,
-            "mean_dice_ci_high": high,
-            "pooled_dice": float(np.nanmean(pooled)),
-            **{f"dice_{name}": pooled[c] for c, name in enumerate(CLASSES)},
+            **_dice_columns(expected_counts, statistic, s),
             "adjustment": "",
         }
-        if statistic is Statistic.POOLED:
-            baseline_row["pooled_dice_ci_low"], baseline_row["pooled_dice_ci_high"] = _ci(
-                expected_counts, statistic, s
-            )
     # an image-blind predictor of nothing: TP = FP = 0, FN = P (empty crops score 1)
     nothing = gt_counts.copy()
     nothing[..., 3] += nothing[..., 1]
