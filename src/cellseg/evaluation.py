@@ -42,7 +42,7 @@ import zarr
 
 from cellseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
 from cellseg.data.datasplit import read_datasplit
-from cellseg.data.patches import PatchGrid, sample_linear
+from cellseg.data.patches import PatchGrid, normalize_em, sample_linear
 from cellseg.data.store import Crop, CropGeometry, ScaleLevel, read_crop_geometry
 from cellseg.errors import CellsegError
 from cellseg.io import atomic_path
@@ -290,8 +290,7 @@ def read_em_slab(
     x = grid.origin_nm[2] + np.arange(-margin[2], grid.shape[2] + margin[2]) * r
     yy, xx = np.meshgrid(y, x, indexing="ij")
     raw = sample_linear(em_array, em_level, PatchGrid(z, np.stack([yy, xx], axis=-1)))
-    low, high = em_range
-    return ((np.clip(raw, low, high) - low) / (high - low)).astype(np.float32)
+    return normalize_em(raw, em_range)
 
 
 @torch.no_grad()
@@ -433,7 +432,6 @@ class _ClassScorer:
         self.array = zarr.open_array(
             f"{multiscale.store}/{multiscale.group}/{self.level.path}", mode="r", zarr_format=2
         )
-        self.table = geometry.encodings[name].to_target(np.arange(256, dtype=np.int64))
         self.encoding = geometry.encodings[name]
         self.index = [grid.nearest_index(a, _level_centres(self.level, a)) for a in range(3)]
         self.slice_voxels = self.level.shape[1] * self.level.shape[2]
@@ -457,10 +455,7 @@ class _ClassScorer:
         lo, hi = self.label_range(z0, z1)
         for c0 in range(lo, hi, self.chunk_slices):
             c1 = min(hi, c0 + self.chunk_slices)
-            values = np.asarray(self.array[c0:c1])
-            target = (
-                self.table[values] if values.dtype == np.uint8 else self.encoding.to_target(values)
-            )
+            target = self.encoding.decode(np.asarray(self.array[c0:c1]))
             iz = self.index[0][c0:c1] - z0
             for mode, slab in predicted.items():
                 resampled = slab[np.ix_(iz, self.index[1], self.index[2])]

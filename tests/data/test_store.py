@@ -3,12 +3,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-from store_builders import INSTANCE, SEMANTIC
 
 from cellseg.data.dataset import FixedPatches, PatchSpec
 from cellseg.data.patches import CropReader, PatchGrid
 from cellseg.data.store import Crop, LabelEncoding, discover_crops, read_crop_geometry
 from cellseg.errors import CellsegError
+from store_builders import INSTANCE, SEMANTIC
 
 # EM: 8 nm voxels, first voxel centred at 4 nm, value = z + 2y + x (linear, so trilinear
 # interpolation is exact anywhere inside).
@@ -124,6 +124,9 @@ def test_label_encoding_from_attributes():
     np.testing.assert_array_equal(instance.to_target(values), [0, 1, 1, 1, np.nan])
     semantic = LabelEncoding.from_attributes({}, "x")
     np.testing.assert_array_equal(semantic.to_target(values), [0, 1, np.nan, np.nan, np.nan])
+    for encoding, expected in ((instance, [0, 1, 1, 1, np.nan]), (semantic, [0, 1] + [np.nan] * 3)):
+        for dtype in (np.uint8, np.int64):  # the uint8 table and the comparisons
+            np.testing.assert_array_equal(encoding.decode(values.astype(dtype)), expected)
     with pytest.raises(CellsegError, match=r"annotation_type\.type"):
         LabelEncoding.from_attributes(
             {"cellmap": {"annotation": {"annotation_type": {"type": "x"}}}}, "x"

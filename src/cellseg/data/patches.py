@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 
 from cellseg.classes import CLASS_INDEX, NUM_CLASSES
-from cellseg.data.store import CropGeometry, LabelEncoding, Multiscale, ScaleLevel
+from cellseg.data.store import CropGeometry, Multiscale, ScaleLevel
 
 
 @dataclass(frozen=True)
@@ -176,10 +176,6 @@ def _z_index(level: ScaleLevel, z_nm: np.ndarray) -> np.ndarray:
     return (z_nm - level.translation_nm[0]) / level.voxel_size_nm[0]
 
 
-def _encoding_table(encoding: LabelEncoding) -> np.ndarray:
-    return encoding.to_target(np.arange(256, dtype=np.int64))
-
-
 class CachedBox:
     """A box of an array held in memory; reads outside it go to the array itself.
 
@@ -273,7 +269,6 @@ class CropReader:
             name: multiscale.level_for(resolution_nm)
             for name, multiscale in geometry.labels.items()
         }
-        self._tables = {name: _encoding_table(e) for name, e in geometry.encodings.items()}
         self.cache = cache
         self.context_nm = context_nm
         self._arrays: dict[str, zarr.Array] | None = None
@@ -323,21 +318,23 @@ class CropReader:
             outside the crop's box, or encoded unknown).
         """
         arrays = self._open()
-        raw = sample_linear(arrays["__em__"], self._em_level, grid)
-        low, high = self.em_range
-        em = (np.clip(raw, low, high) - low) / (high - low)
+        em = normalize_em(sample_linear(arrays["__em__"], self._em_level, grid), self.em_range)
         target = np.full((NUM_CLASSES, *em.shape), np.nan, dtype=np.float32)
         for name, level in self._label_levels.items():
             values, inside = sample_nearest(arrays[name], level, grid)
-            if values.dtype == np.uint8:
-                channel = self._tables[name][values]
-            else:
-                channel = self.geometry.encodings[name].to_target(values)
+            channel = self.geometry.encodings[name].decode(values)
             channel[~inside] = np.nan
             target[CLASS_INDEX[name]] = channel
         if self.infer_true_negatives:
             infer_true_negatives(target)
-        return em.astype(np.float32, copy=False), target
+        return em, target
+
+
+def normalize_em(raw: np.ndarray, em_range: tuple[float, float]) -> np.ndarray:
+    """Raw EM values clipped to ``em_range = (low, high)`` and scaled to [0, 1], float32: the one
+    normalisation of training patches and of evaluation."""
+    low, high = em_range
+    return ((np.clip(raw, low, high) - low) / (high - low)).astype(np.float32, copy=False)
 
 
 def infer_true_negatives(target: np.ndarray) -> np.ndarray:
