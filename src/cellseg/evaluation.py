@@ -428,7 +428,7 @@ class _ClassScorer:
         self, geometry: CropGeometry, name: str, grid: PredictionGrid, chunk_voxels: int
     ) -> None:
         multiscale = geometry.labels[name]
-        self.level = min(multiscale.levels, key=lambda level: np.prod(level.voxel_size_nm))
+        self.level = multiscale.finest
         self.array = zarr.open_array(
             f"{multiscale.store}/{multiscale.group}/{self.level.path}", mode="r", zarr_format=2
         )

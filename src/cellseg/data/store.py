@@ -82,9 +82,14 @@ class Multiscale:
         return min(self.levels, key=distance)
 
     @property
+    def finest(self) -> ScaleLevel:
+        """The level with the smallest voxels (the annotation's own grid for labels)."""
+        return min(self.levels, key=lambda level: np.prod(level.voxel_size_nm))
+
+    @property
     def bounds_nm(self) -> tuple[np.ndarray, np.ndarray]:
         """``(start, stop)`` of the box the finest level covers, nm ``(z, y, x)``."""
-        finest = min(self.levels, key=lambda level: np.prod(level.voxel_size_nm))
+        finest = self.finest
         return finest.start_nm, finest.stop_nm
 
 
