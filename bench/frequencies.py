@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from cellseg.classes import CLASSES
 from cellseg.data.datasplit import make_datasplit, read_datasplit, write_datasplit
@@ -68,9 +67,7 @@ def naive_count(datasplit: Path, out: Path) -> None:
         geometry = read_crop_geometry(crop, RESOLUTION_NM)
         for name, multiscale in geometry.labels.items():
             level = multiscale.level_for(RESOLUTION_NM)
-            array = zarr.open_array(
-                f"{multiscale.store}/{multiscale.group}/{level.path}", mode="r", zarr_format=2
-            )
+            array = multiscale.open_level(level)
             target = geometry.encodings[name].to_target(np.asarray(array[:]))
             weight = float(np.prod(np.asarray(level.voxel_size_nm) / RESOLUTION_NM))
             annotated[name] += int(np.count_nonzero(~np.isnan(target))) * weight
@@ -90,9 +87,7 @@ def label_bytes(datasplit: Path) -> tuple[int, int, int]:
         for multiscale in geometry.labels.values():
             chosen = multiscale.level_for(RESOLUTION_NM)
             for level in multiscale.levels:
-                array = zarr.open_array(
-                    f"{multiscale.store}/{multiscale.group}/{level.path}", mode="r", zarr_format=2
-                )
+                array = multiscale.open_level(level)
                 every_level += array.nbytes
                 if level == chosen:
                     counted += array.nbytes

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
-import zarr
 from torch.utils.data import DataLoader
 
 from cellseg.classes import CLASS_INDEX, NUM_CLASSES
@@ -44,7 +43,7 @@ def naive_patches(crops, shape: tuple[int, ...], count: int, seed: int = 0) -> f
     for _ in range(count):
         geometry = geometries[rng.integers(len(geometries))]
         level = geometry.em.level_for(8.0)
-        em = zarr.open_array(f"{geometry.em.store}/{geometry.em.group}/{level.path}", mode="r")
+        em = geometry.em.open_level(level)
         target = np.full((NUM_CLASSES, *grid), np.nan, dtype=np.float32)
         start_nm, stop_nm = geometry.bounds_nm
         centre = rng.uniform(start_nm, stop_nm)
@@ -52,11 +51,7 @@ def naive_patches(crops, shape: tuple[int, ...], count: int, seed: int = 0) -> f
         em_patch = np.asarray(em[tuple(slice(c, c + g) for c, g in zip(corner, grid, strict=True))])
         for name, multiscale in geometry.labels.items():
             label_level = multiscale.level_for(8.0)
-            labels = np.asarray(
-                zarr.open_array(
-                    f"{multiscale.store}/{multiscale.group}/{label_level.path}", mode="r"
-                )[:]
-            )
+            labels = np.asarray(multiscale.open_level(label_level)[:])
             z, y, x = (
                 rng.integers(0, max(n - g, 0) + 1) for n, g in zip(labels.shape, grid, strict=True)
             )

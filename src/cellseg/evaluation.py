@@ -339,10 +339,7 @@ def sliding_window_logits(
 
 def _open_em(geometry: CropGeometry, resolution_nm: float) -> tuple[zarr.Array, ScaleLevel]:
     level = geometry.em.level_for(resolution_nm)
-    array = zarr.open_array(
-        f"{geometry.em.store}/{geometry.em.group}/{level.path}", mode="r", zarr_format=2
-    )
-    return array, level
+    return geometry.em.open_level(level), level
 
 
 def predict_slab(
@@ -429,9 +426,7 @@ class _ClassScorer:
     ) -> None:
         multiscale = geometry.labels[name]
         self.level = multiscale.finest
-        self.array = zarr.open_array(
-            f"{multiscale.store}/{multiscale.group}/{self.level.path}", mode="r", zarr_format=2
-        )
+        self.array = multiscale.open_level(self.level)
         self.encoding = geometry.encodings[name]
         self.index = [grid.nearest_index(a, _level_centres(self.level, a)) for a in range(3)]
         self.slice_voxels = self.level.shape[1] * self.level.shape[2]

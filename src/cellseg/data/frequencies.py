@@ -67,9 +67,7 @@ def class_frequencies(
         geometry = read_crop_geometry(crop, resolution_nm)
         for name, multiscale in geometry.labels.items():
             level = multiscale.level_for(resolution_nm)
-            array = zarr.open_array(
-                f"{multiscale.store}/{multiscale.group}/{level.path}", mode="r", zarr_format=2
-            )
+            array = multiscale.open_level(level)
             weight = float(np.prod(np.asarray(level.voxel_size_nm) / resolution_nm))
             n_annotated, n_positive = count_array(array, geometry.encodings[name])
             annotated[name] += n_annotated * weight

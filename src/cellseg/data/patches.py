@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 
 from cellseg.classes import CLASS_INDEX, NUM_CLASSES
-from cellseg.data.store import CropGeometry, Multiscale, ScaleLevel
+from cellseg.data.store import CropGeometry, ScaleLevel
 
 
 @dataclass(frozen=True)
@@ -280,14 +280,9 @@ class CropReader:
 
     def _open(self) -> dict[str, zarr.Array]:
         if self._arrays is None:
-
-            def open_level(multiscale: Multiscale, level: ScaleLevel) -> zarr.Array:
-                path = f"{multiscale.store}/{multiscale.group}/{level.path}"
-                return zarr.open_array(path, mode="r", zarr_format=2)
-
-            arrays = {"__em__": open_level(self.geometry.em, self._em_level)}
+            arrays = {"__em__": self.geometry.em.open_level(self._em_level)}
             for name, multiscale in self.geometry.labels.items():
-                arrays[name] = open_level(multiscale, self._label_levels[name])
+                arrays[name] = multiscale.open_level(self._label_levels[name])
             self._arrays = arrays
         if self.cache is None:
             return self._arrays

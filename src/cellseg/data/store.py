@@ -81,6 +81,10 @@ class Multiscale:
 
         return min(self.levels, key=distance)
 
+    def open_level(self, level: ScaleLevel) -> zarr.Array:
+        """The array of one of this group's levels, read-only (zarr format 2)."""
+        return zarr.open_array(f"{self.location}/{level.path}", mode="r", zarr_format=2)
+
     @property
     def finest(self) -> ScaleLevel:
         """The level with the smallest voxels (the annotation's own grid for labels)."""
