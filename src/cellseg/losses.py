@@ -183,6 +183,17 @@ def _class_view(a: torch.Tensor, ndim: int) -> torch.Tensor:
     return a.view(1, -1, *([1] * (ndim - 2)))
 
 
+def _add_class_shift(logits: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``logits + shift`` along the class axis: ``(B, C, ...)`` plus ``(C,)``, in ``logits``'s dtype."""
+    if logits.ndim < 2 or shift.numel() != logits.shape[1]:
+        raise ValueError(
+            f"logits {tuple(logits.shape)}: expected (B, {shift.numel()}, ...) for a "
+            f"{shift.numel()}-class shift"
+        )
+    shift = shift.to(device=logits.device, dtype=logits.dtype)
+    return logits + _class_view(shift, logits.ndim)
+
+
 def _tversky_from_sums(
     tp: torch.Tensor, sp: torch.Tensor, pos: torch.Tensor, alpha: float, beta: float, smooth: float
 ) -> torch.Tensor:
@@ -454,12 +465,7 @@ class BalancedSoftmaxPartialTverskyLoss(_Loss):
         mode = InferenceLogitAdjustment(mode)
         if mode is InferenceLogitAdjustment.NONE:
             return logits
-        if logits.ndim < 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(
-                f"expected logits (B, {self.num_classes}, ...), got {tuple(logits.shape)}"
-            )
-        shift = self.shift().to(device=logits.device, dtype=logits.dtype)
-        return logits + _class_view(shift, logits.ndim)
+        return _add_class_shift(logits, self.shift())
 
     def _chunk_size(self, logits: torch.Tensor) -> int:
         if self.chunk_size is not None:
@@ -556,10 +562,7 @@ def adjusted_probabilities(
         if isinstance(adjustment, BalancedSoftmaxPartialTverskyLoss)
         else adjustment
     )
-    shift = torch.as_tensor(shift, dtype=torch.float32, device=z.device)
-    if z.ndim < 2 or shift.numel() != z.shape[1]:
-        raise ValueError(f"shift has {shift.numel()} entries, logits {tuple(z.shape)}")
-    return torch.sigmoid(z + _class_view(shift, z.ndim))
+    return torch.sigmoid(_add_class_shift(z, torch.as_tensor(shift, dtype=torch.float32)))
 
 
 class OnlineClassFrequency:
