@@ -182,6 +182,10 @@ class CropAggregate(NamedTuple):
     n_crops: np.ndarray
 
 
+def _to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
 def _annotated(counts: np.ndarray) -> np.ndarray:
     # a crop annotates a class when it has any annotated voxel of it
     return counts.sum(axis=-1) > 0
@@ -200,9 +204,7 @@ def aggregate_crops(
     Returns:
         :class:`CropAggregate`.
     """
-    counts = (
-        counts.detach().cpu().numpy() if isinstance(counts, torch.Tensor) else np.asarray(counts)
-    )
+    counts = _to_numpy(counts)
     if counts.ndim != 3 or counts.shape[-1] != 4:
         raise ValueError(f"expected counts (N, C, 4), got {counts.shape}")
     ann = _annotated(counts) if annotated is None else np.asarray(annotated, dtype=bool)
@@ -326,9 +328,7 @@ def crop_class_table(
     Returns:
         columns ``crop, class, tp, fp, fn, tn, dice, iou, precision, recall, empty``.
     """
-    counts = (
-        counts.detach().cpu().numpy() if isinstance(counts, torch.Tensor) else np.asarray(counts)
-    )
+    counts = _to_numpy(counts)
     if counts.shape[:2] != (len(crops), len(classes)):
         raise ValueError(
             f"counts {counts.shape} do not match {len(crops)} crops x {len(classes)} classes"
@@ -426,8 +426,7 @@ def _statistic(data: np.ndarray, weights: np.ndarray, statistic: Statistic) -> n
 
 
 def _as_data(x: np.ndarray | torch.Tensor) -> np.ndarray:
-    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    arr = arr.astype(np.float64)
+    arr = _to_numpy(x).astype(np.float64)
     if not (arr.ndim == 3 and arr.shape[-1] == 4) and arr.ndim != 2:
         raise ValueError(f"expected counts (N, C, 4) or per-crop Dice (N, C), got {arr.shape}")
     if arr.shape[0] < 2:
