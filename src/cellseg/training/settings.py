@@ -155,9 +155,11 @@ def resolve_settings(
     return TrainSettings(
         model=name,
         dim=dim,
-        resolution_nm=float(data.get("resolution_nm", 8.0)),
-        em_range=tuple(data.get("em_range", (10.6, 194.1))),
-        infer_true_negatives=bool(data.get("infer_true_negatives", False)),
+        resolution_nm=float(data.get("resolution_nm", TrainSettings.resolution_nm)),
+        em_range=tuple(data.get("em_range", TrainSettings.em_range)),
+        infer_true_negatives=bool(
+            data.get("infer_true_negatives", TrainSettings.infer_true_negatives)
+        ),
         loss=dict(config.get("loss", {})),
         **merged,
     )
