@@ -9,7 +9,7 @@ printed). Every crop is put in the training split, then each counter runs in its
 subprocess whose peak RSS is read from ``os.wait4`` (that child's own rusage, so neither the
 generator nor another counter contaminates it):
 
-* ``cellseg class-frequencies`` (``python -m cellseg.cli``): the command the workflow runs;
+* ``cellseg class-frequencies`` (``python -m cellseg``): the command the workflow runs;
 * ``class_frequencies()``: the same function called from a process that imports only its module;
 * naive: reads each label array whole with zarr, converts and counts it (what a counter without
   streaming does), with the same encoding and level choice, so the counts must agree.
@@ -119,7 +119,7 @@ def main() -> None:
         if root is None:
             root = scratch / f"demo_{size}"
             generator_mb, generator_s = run_child(
-                [sys.executable, "-m", "cellseg.cli", "make-demo-data", "--out", str(root),
+                [sys.executable, "-m", "cellseg", "make-demo-data", "--out", str(root),
                  "--seed", "0", "--size", size]
             )  # fmt: skip
             print(f"generator (--size {size}): {generator_s:.0f} s, peak RSS {generator_mb:.0f} MB")
@@ -144,7 +144,7 @@ def main() -> None:
         rows.append((
             "cellseg class-frequencies",
             run_child(
-                [sys.executable, "-m", "cellseg.cli", "class-frequencies", "--datasplit",
+                [sys.executable, "-m", "cellseg", "class-frequencies", "--datasplit",
                  str(datasplit), "--out", str(ours_json), "--resolution-nm", str(RESOLUTION_NM),
                  "--allow-missing-classes"]
             ),

@@ -58,7 +58,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CellsegError as error:
         print(f"cellseg {args.command}: error: {error}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

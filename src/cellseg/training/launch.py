@@ -33,7 +33,7 @@ def training_command(
     name, _, dim = model_key.rpartition("_")
     arguments = [
         "-m",
-        "cellseg.cli",
+        "cellseg",
         "train",
         "--config",
         str(config_path),
