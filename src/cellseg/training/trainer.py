@@ -41,7 +41,7 @@ from cellseg.data.dataset import FixedPatches, PatchSpec, SampleRange, TrainPatc
 from cellseg.data.datasplit import read_datasplit
 from cellseg.data.patches import Augmentation
 from cellseg.errors import CellsegError
-from cellseg.io import atomic_path, write_json_atomic
+from cellseg.io import atomic_path, write_json_atomic, write_text_atomic
 from cellseg.losses import (
     BalancedSoftmaxPartialTverskyLoss,
     OnlineClassFrequency,
@@ -302,13 +302,13 @@ class Trainer:
                 path.unlink()
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_path(self.run_dir / "config.yaml") as temporary:
-                temporary.write_text(
-                    yaml.safe_dump(
-                        self.settings.result_dict() | {"config_hash": self.settings.config_hash()},
-                        sort_keys=False,
-                    )
-                )
+            write_text_atomic(
+                self.run_dir / "config.yaml",
+                yaml.safe_dump(
+                    self.settings.result_dict() | {"config_hash": self.settings.config_hash()},
+                    sort_keys=False,
+                ),
+            )
         self.barrier()
         source = self.resume_path or self.checkpoint_dir / "last.pt"
         if self.resume_path or (not self.restart and source.is_file()):
