@@ -71,8 +71,8 @@ class InputRule:
     def describe(self) -> str:
         """A human-readable rule, e.g. ``"each size a multiple of 32x32"``."""
         if self.fixed is not None:
-            return f"exactly {_fmt(self.fixed)}"
-        return f"each size a multiple of {_fmt(self.divisor)}"
+            return f"exactly {format_shape(self.fixed)}"
+        return f"each size a multiple of {format_shape(self.divisor)}"
 
 
 @dataclass(frozen=True)
@@ -222,12 +222,12 @@ def shape_error(name: str, dim: str, rule: InputRule, shape: Sequence[int]) -> N
     if len(spatial) != n:
         expected = "(B, C, H, W)" if n == 2 else "(B, C, D, H, W)"
         raise CellsegError(
-            f"model {name} {dim}: input shape {_fmt(tuple(shape))} has the wrong number of "
+            f"model {name} {dim}: input shape {format_shape(tuple(shape))} has the wrong number of "
             f"dimensions; expected {expected} with spatial size {rule.describe()}"
         )
-    nearest = " or ".join(_fmt(s) for s in rule.nearest(spatial))
+    nearest = " or ".join(format_shape(s) for s in rule.nearest(spatial))
     raise CellsegError(
-        f"model {name} {dim}: input spatial shape {_fmt(spatial)} is not accepted "
+        f"model {name} {dim}: input spatial shape {format_shape(spatial)} is not accepted "
         f"({rule.describe()}); nearest valid: {nearest}"
     )
 
@@ -247,7 +247,8 @@ def _as_shape(value: int | Iterable[int], dim: str, name: str) -> tuple[int, ...
     return shape
 
 
-def _fmt(shape: Sequence[int]) -> str:
+def format_shape(shape: Sequence[int]) -> str:
+    """``(32, 256, 256)`` -> ``"32x256x256"``."""
     return "x".join(str(s) for s in shape)
 
 

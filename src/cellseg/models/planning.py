@@ -37,6 +37,7 @@ from torch import nn
 
 from cellseg.classes import NUM_CLASSES
 from cellseg.errors import CellsegError
+from cellseg.models._registry import format_shape
 
 SEED_BATCH: dict[tuple[str, str], int] = {
     ("unet", "2d"): 26,
@@ -83,10 +84,10 @@ class BatchPlan:
     def note(self) -> str:
         """How the numbers were obtained (one line)."""
         if self.scale == 1.0:
-            return f"measured at {_fmt(self.measured_shape)} on {self.measured_on}"
+            return f"measured at {format_shape(self.measured_shape)} on {self.measured_on}"
         return (
-            f"measured at {_fmt(self.measured_shape)} on {self.measured_on}, scaled x{self.scale:g} "
-            f"linearly in voxels to {_fmt(self.input_shape)}"
+            f"measured at {format_shape(self.measured_shape)} on {self.measured_on}, scaled x{self.scale:g} "
+            f"linearly in voxels to {format_shape(self.input_shape)}"
         )
 
 
@@ -264,10 +265,6 @@ def probe_batch(
     return low
 
 
-def _fmt(shape: Sequence[int]) -> str:
-    return "x".join(str(s) for s in shape)
-
-
 def format_table(
     plans: Sequence[BatchPlan], probed: dict[tuple[str, str], int] | None = None
 ) -> str:
@@ -283,7 +280,7 @@ def format_table(
         if probed and (p.model, p.dim) in probed:
             fit += f" (probed {probed[(p.model, p.dim)]})"
         lines.append(
-            f"| {p.model} | {p.dim} | {_fmt(p.input_shape)} | {p.params / 1e6:.2f} "
+            f"| {p.model} | {p.dim} | {format_shape(p.input_shape)} | {p.params / 1e6:.2f} "
             f"| {p.gflops_per_sample:.1f} | {p.activation_bytes_per_sample / 2**20:.0f} "
             f"| {fit} | {p.seed_batch if p.seed_batch is not None else '-'} |"
         )
