@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+
 from store_builders import annotation, write_multiscale
 
 StoreFactory = Callable[..., Path]

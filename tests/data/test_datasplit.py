@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from store_builders import SEMANTIC
 
 from cellseg.classes import CLASSES
 from cellseg.cli import main
 from cellseg.data.datasplit import format_datasplit, make_datasplit, read_datasplit, split_crops
 from cellseg.data.store import Crop
 from cellseg.errors import CellsegError
+from store_builders import SEMANTIC
 
 
 def fake_crop(index: int, classes: tuple[str, ...]) -> Crop:

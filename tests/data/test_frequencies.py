@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from store_builders import INSTANCE, SEMANTIC
 
 from cellseg.classes import CLASSES
 from cellseg.cli import main
@@ -12,6 +11,7 @@ from cellseg.data.datasplit import split_crops, write_datasplit
 from cellseg.data.frequencies import class_frequencies
 from cellseg.data.store import discover_crops
 from cellseg.errors import CellsegError
+from store_builders import INSTANCE, SEMANTIC
 
 
 def random_labels(rng, shape, unknown_fraction=0.1):

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
-from store_builders import SEMANTIC
 
 from cellseg.data.dataset import FixedPatches, PatchSpec, SampleRange, TrainPatches, worker_init_fn
 from cellseg.data.patches import (
@@ -15,6 +14,7 @@ from cellseg.data.patches import (
     infer_true_negatives,
 )
 from cellseg.data.store import discover_crops, read_crop_geometry
+from store_builders import SEMANTIC
 
 SHAPE = (16, 48, 48)
 LOW, HIGH = 40, 200
