@@ -40,6 +40,47 @@ def test_split_is_deterministic_and_keeps_every_class_in_train():
     assert annotated <= {c for crop in first if crop.split == "train" for c in crop.classes}
 
 
+def covered(crops: list[Crop], split: str) -> set[str]:
+    return {c for crop in crops if crop.split == split for c in crop.classes}
+
+
+def test_validation_and_test_each_cover_every_class_when_a_few_crops_hold_them():
+    # three crops annotate all 14 classes, seventeen only ecs and pm: a random pick of three
+    # test crops misses the rare classes for most seeds
+    crops = [fake_crop(i, ("ecs", "pm")) for i in range(17)]
+    crops += [fake_crop(17 + i, tuple(CLASSES)) for i in range(3)]
+    full = set()
+    for seed in range(10):
+        split = split_crops(crops, 0.15, 0.15, seed=seed)
+        assert Counter(c.split for c in split) == {"train": 14, "validate": 3, "test": 3}
+        for name in ("train", "validate", "test"):
+            assert covered(split, name) == set(CLASSES), (seed, name)
+        full.add(next(c.crop_group for c in split if c.split == "test" and len(c.classes) == 14))
+    assert len(full) >= 2, "which full crop is held out depends on the seed"
+
+
+def test_classes_spread_over_many_crops_are_covered_by_taking_more_crops():
+    # each crop annotates 2 of the 14 classes, each class 3 crops (21 crops): covering the 14
+    # classes needs 7 crops per held-out split, more than round(0.15 * 21) = 3
+    crops = [fake_crop(3 * k + j, (CLASSES[2 * k], CLASSES[2 * k + 1])) for k in range(7)
+             for j in range(3)]  # fmt: skip
+    for seed in range(5):
+        split = split_crops(crops, 0.15, 0.15, seed=seed)
+        for name in ("train", "validate", "test"):
+            assert covered(split, name) == set(CLASSES), (seed, name)
+        assert Counter(c.split for c in split) == {"train": 7, "validate": 7, "test": 7}
+
+
+def test_with_only_two_crops_of_a_class_test_gets_it_before_validation():
+    crops = [fake_crop(i, ("ecs", "pm")) for i in range(10)]
+    crops += [fake_crop(10, ("ecs", "golgi_lum")), fake_crop(11, ("pm", "golgi_lum"))]
+    for seed in range(5):
+        split = split_crops(crops, 0.15, 0.15, seed=seed)
+        assert "golgi_lum" in covered(split, "train") and "golgi_lum" in covered(split, "test")
+        assert "golgi_lum" not in covered(split, "validate")
+        assert Counter(c.split for c in split) == {"train": 8, "validate": 2, "test": 2}
+
+
 def test_a_class_in_only_one_crop_keeps_that_crop_in_train():
     crops = [fake_crop(i, ("ecs",)) for i in range(6)] + [fake_crop(6, ("ecs", "mito_ribo"))]
     for seed in range(10):

@@ -30,12 +30,22 @@ def split_crops(
     test_fraction: float = 0.15,
     seed: int = 42,
 ) -> list[Crop]:
-    """Assign each crop to train / validate / test, deterministically for ``seed``.
+    """Assign each crop to train / validate / test, stratified by class, deterministic for ``seed``.
 
-    Held-out crops are drawn in a seeded random order, skipping any crop whose removal would
-    leave one of its classes annotated by no training crop, so every class stays in train
-    wherever possible. With ``n`` crops, ``round(f * n)`` go to a split of fraction ``f > 0``
-    (at least one while at least three crops remain for training).
+    With ``n`` crops a split of fraction ``f > 0`` gets ``round(f * n)`` crops (at least one while
+    at least three crops remain for training). The test split is drawn first, then validation,
+    each from the crops still in train, in two passes:
+
+    1. **Cover the classes.** While some class annotated by a training crop is not yet annotated
+       in the split, take the crop that adds the most such classes, each weighted by
+       ``1 / (crops annotating it)`` so that rare classes are covered first; ties go to a seeded
+       random order. This pass may take crops beyond ``round(f * n)``, but only crops that add a
+       class the split lacks, so the split covers every class whenever the data allows.
+    2. **Fill** the rest of ``round(f * n)`` in the seeded random order.
+
+    Both passes skip a crop whose removal would leave one of its classes annotated by no
+    training crop: every class stays in train. A class annotated by only two crops therefore
+    reaches train and test but not validation, and one annotated by a single crop only train.
 
     Returns:
         The crops with ``split`` set, in their input order.
@@ -53,18 +63,44 @@ def split_crops(
     def wanted(fraction: float) -> int:
         return 0 if fraction == 0 else max(round(fraction * n), 1 if n >= 3 else 0)
 
-    order = np.random.default_rng(seed).permutation(n)
-    train_counts = Counter(name for crop in crops for name in crop.classes)
+    order = [int(i) for i in np.random.default_rng(seed).permutation(n)]
+    annotating = Counter(name for crop in crops for name in set(crop.classes))
+    train_counts = Counter(annotating)
     splits = ["train"] * n
+
+    def removable(index: int) -> bool:
+        return splits[index] == "train" and all(
+            train_counts[c] > 1 for c in set(crops[index].classes)
+        )
+
+    def take(index: int, split: str) -> None:
+        splits[index] = split
+        train_counts.subtract(set(crops[index].classes))
+
     for split, count in (("test", wanted(test_fraction)), ("validate", wanted(validate_fraction))):
-        for index in order:
-            if count == 0:
+        if count == 0:
+            continue
+        covered: set[str] = set()
+        taken = 0
+        while True:
+            best, best_gain = -1, 0.0
+            for index in order:  # the first of equal gains in the seeded order wins
+                if not removable(index):
+                    continue
+                gain = sum(1.0 / annotating[c] for c in set(crops[index].classes) - covered)
+                if gain > best_gain + 1e-12:
+                    best, best_gain = index, gain
+            if best < 0:
                 break
-            if splits[index] != "train" or any(train_counts[c] <= 1 for c in crops[index].classes):
-                continue
-            splits[index] = split
-            train_counts.subtract(crops[index].classes)
-            count -= 1
+            take(best, split)
+            covered.update(crops[best].classes)
+            taken += 1
+        for index in order:
+            if taken >= count:
+                break
+            if removable(index):
+                take(index, split)
+                taken += 1
     return [
         Crop(c.em_store, c.em_group, c.label_store, c.crop_group, c.classes, split)
         for c, split in zip(crops, splits, strict=True)
