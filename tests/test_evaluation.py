@@ -209,6 +209,11 @@ def test_evaluate_checkpoint_and_predictions_zarr(store, tmp_path):
             "settings": settings,
             "architecture": {},
             "logit_shift": torch.zeros(NUM_CLASSES),
+            "data_identity": {
+                "train": ["toy/crop_z"],
+                "validate": ["other/crop_a"],
+                "prior": [0.1] * NUM_CLASSES,
+            },
         },
         checkpoint,
     )
@@ -232,6 +237,48 @@ def test_evaluate_checkpoint_and_predictions_zarr(store, tmp_path):
     # predictions are never written into the data store
     with pytest.raises(CellsegError, match="data store"):
         evaluate_crops(fake_predictor("2d"), crops, EvaluationSettings(), path / "predictions")
+
+
+def test_a_model_is_never_scored_on_a_crop_it_trained_or_validated_on(store, tmp_path):
+    from cellseg.models import build_model
+
+    _, crops = store
+    names = sorted(crop.name for crop in crops)
+    datasplit = tmp_path / "datasplit.csv"
+    write_datasplit(crops, datasplit)
+    checkpoint = tmp_path / "best.pt"
+    state = {
+        "format": "cellseg-model-1",
+        "model": build_model("unet", "2d", preset="demo").state_dict(),
+        "settings": {
+            "model": "unet",
+            "dim": "2d",
+            "preset": "demo",
+            "patch_shape": (32, 32),
+            "resolution_nm": 8.0,
+            "em_range": (0.0, 255.0),
+        },
+        "architecture": {},
+        "logit_shift": torch.zeros(NUM_CLASSES),
+        "data_identity": {
+            "train": [names[0], "toy/crop_z"],
+            "validate": [names[-1]],
+            "prior": [0.1] * NUM_CLASSES,
+        },
+    }
+    torch.save(state, checkpoint)
+    out = tmp_path / "metrics.csv"
+    with pytest.raises(CellsegError) as refused:
+        evaluate_checkpoint(checkpoint, datasplit, out, EvaluationSettings(device="cpu"))
+    message = str(refused.value)
+    assert "\n" not in message and str(checkpoint) in message
+    assert f"{names[0]}, {names[-1]}" in message and "toy/crop_z" not in message
+    assert not out.exists()
+    # a checkpoint that does not say what it was trained on cannot be cleared either
+    del state["data_identity"]
+    torch.save(state, checkpoint)
+    with pytest.raises(CellsegError, match="does not record which crops"):
+        evaluate_checkpoint(checkpoint, datasplit, out, EvaluationSettings(device="cpu"))
 
 
 def test_not_a_checkpoint_is_a_one_line_error(tmp_path):

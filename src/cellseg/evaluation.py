@@ -42,6 +42,7 @@ import zarr
 
 from cellseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
 from cellseg.data.datasplit import read_datasplit
+from cellseg.data.identity import DataIdentity, check_unseen
 from cellseg.data.patches import PatchGrid, normalize_em, sample_linear
 from cellseg.data.store import Crop, CropGeometry, ScaleLevel, read_crop_geometry
 from cellseg.errors import CellsegError
@@ -156,6 +157,7 @@ class Predictor:
         logit_shift: ``(14,)`` added to the logits in mode ``train`` (from the checkpoint).
         default_mode: the adjustment the model was trained to be read with.
         amp: bf16 autocast on CUDA.
+        data_identity: the crops and priors it was trained on (``None``: not recorded).
     """
 
     network: torch.nn.Module
@@ -167,6 +169,7 @@ class Predictor:
     logit_shift: torch.Tensor | None = None
     default_mode: str = "train"
     amp: bool = False
+    data_identity: DataIdentity | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -209,6 +212,11 @@ class Predictor:
             logit_shift=torch.as_tensor(checkpoint["logit_shift"], dtype=torch.float32),
             default_mode=str(s.get("loss", {}).get("inference_logit_adjustment", "train")),
             amp=bool(s.get("amp", False)) and torch.device(device).type == "cuda",
+            data_identity=(
+                DataIdentity.from_dict(checkpoint["data_identity"])
+                if checkpoint.get("data_identity") is not None
+                else None
+            ),
             extra={"summary": checkpoint.get("summary", {}), "epoch": checkpoint.get("epoch")},
         )
 
@@ -639,6 +647,10 @@ def evaluate_checkpoint(
 
     The CSV is written atomically. Both-empty classes score 1 (``empty`` column, SPEC §8).
 
+    Raises:
+        CellsegError: the model was trained or validated on one of the crops to score, or its
+            checkpoint does not record its training crops (:func:`check_unseen`).
+
     Returns:
         the metrics table that was written.
     """
@@ -647,6 +659,7 @@ def evaluate_checkpoint(
     crops = read_datasplit(datasplit, [split])
     device = resolve_device(settings.device)
     predictor = Predictor.from_checkpoint(checkpoint, device)
+    check_unseen(predictor.data_identity, crops, str(checkpoint))
     print(
         f"[{predictor.key}] evaluating {len(crops)} {split} crops at {predictor.resolution_nm} nm "
         f"on {device}, adjustment {', '.join(predictor.modes(settings))}; a class with empty "

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 from functools import partial
@@ -139,9 +140,10 @@ def test_changed_settings_are_refused_naming_the_keys(tiny_config, tiny_data, tm
     changed["training"]["2d"]["lr"] = 0.5
     changed["loss"]["alpha"] = 0.7
     with pytest.raises(
-        CellsegError, match=r"changed: loss\.alpha, lr\); restore them, or pass --restart"
-    ):
+        CellsegError, match=r"changed: loss\.alpha, lr\); to keep that run, set them back"
+    ) as refused:
         make_trainer(changed, tiny_data, tmp_path).run()
+    assert "\n" not in str(refused.value) and "--restart" in str(refused.value)
     assert make_trainer(changed, tiny_data, tmp_path, restart=True).run() == 0
 
 
@@ -201,3 +203,82 @@ def test_two_process_gloo_ddp(tiny_config, tiny_data, tmp_path):
     # only rank 0 writes: one event file, one line per epoch in the log
     assert len(list((run_dir / "tensorboard").glob("events.*"))) == 1
     assert result.stderr.count("epoch 1: train loss") == 1
+
+
+def test_every_attempt_logs_its_resolved_settings_and_data(tiny_config, tiny_data, tmp_path):
+    config = copy.deepcopy(tiny_config)
+    config["models"]["unet_2d"] = {"lr": 0.0123, "patch_shape": [48, 48]}
+    assert make_trainer(config, tiny_data, tmp_path).run() == 0
+    log = (tmp_path / "train.log").read_text()
+    settings = log.split("settings (config hash", 1)[1]
+    assert "lr: 0.0123" in settings and "patch_shape:\n- 48\n- 48" in settings
+    assert "train crops (2): tiny/crop1, tiny/crop2" in settings
+    assert "validate crops (1): tiny/crop3" in settings
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    text = events.Tensors("settings/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "lr: 0.0123" in text and "batch_per_gpu: 2" in text
+    assert make_trainer(config, tiny_data, tmp_path).run() == 0  # a second attempt logs again
+    assert (tmp_path / "train.log").read_text().count("settings (config hash") == 2
+
+
+def write_split(tiny_data, tmp_path, splits: dict[str, str]) -> Path:
+    """The tiny datasplit with some crops moved to other splits."""
+    from cellseg.data.datasplit import read_datasplit, write_datasplit
+    from cellseg.data.store import Crop
+
+    crops = [
+        Crop(
+            c.em_store,
+            c.em_group,
+            c.label_store,
+            c.crop_group,
+            c.classes,
+            splits.get(c.name, c.split),
+        )
+        for c in read_datasplit(tiny_data["datasplit"])
+    ]
+    path = tmp_path / "datasplit.csv"
+    write_datasplit(crops, path)
+    return path
+
+
+def test_other_training_data_never_resumes_a_run(tiny_config, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    assert make_trainer(tiny_config, tiny_data, run).run() == 0
+    first = torch.load(run / "best.pt", weights_only=False)
+    assert first["data_identity"]["train"] == ["tiny/crop1", "tiny/crop2"]
+    assert first["data_identity"]["validate"] == ["tiny/crop3"]
+    old_last = weights(run)
+    # crop2 leaves training for the test split: resuming would reuse weights that saw it
+    moved = write_split(tiny_data, tmp_path, {"tiny/crop2": "test"})
+    other = tiny_data | {"datasplit": moved}
+    assert make_trainer(tiny_config, other, run).run() == 0
+    log = (run / "train.log").read_text()
+    assert "trained on other data (train: -tiny/crop2" in log and "training anew" in log
+    assert "resumed from" not in log
+    superseded = list((run / "checkpoints" / "superseded").glob("*/last.pt"))
+    assert len(superseded) == 1
+    assert all(
+        torch.equal(old_last[k], v) for k, v in load_checkpoint(superseded[0])["model"].items()
+    )
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["epoch"]) == [0, 1]  # trained from scratch, not "finished" at once
+    second = torch.load(run / "best.pt", weights_only=False)
+    assert second["data_identity"]["train"] == ["tiny/crop1"]
+    # an explicit --resume against other data is refused, naming what changed
+    with pytest.raises(CellsegError, match=r"trained on other data \(train: \+tiny/crop2\)"):
+        make_trainer(tiny_config, tiny_data, run, resume=run / "checkpoints" / "last.pt").run()
+
+
+def test_an_early_stopped_run_stays_stopped_when_run_again(tiny_config, tiny_data, tmp_path):
+    config = copy.deepcopy(tiny_config)
+    # only the first epoch can improve by min_delta 1.0: patience 1 stops after the second
+    config["training"]["defaults"].update(
+        max_epochs=4, early_stopping_patience=1, early_stopping_min_delta=1.0
+    )
+    assert make_trainer(config, tiny_data, tmp_path).run() == 0
+    assert json.loads((tmp_path / "train_summary.json").read_text())["stop_reason"] == "early_stop"
+    before = weights(tmp_path)
+    assert make_trainer(config, tiny_data, tmp_path).run() == 0
+    assert len(pd.read_csv(tmp_path / "history.csv")) == 2
+    assert all(torch.equal(before[k], v) for k, v in weights(tmp_path).items())

@@ -98,7 +98,7 @@ class TrainSettings:
 
     def result_dict(self) -> dict[str, Any]:
         """The settings that determine the trained weights (hashed into checkpoints)."""
-        return {k: v for k, v in _jsonable(asdict(self)).items() if k not in EXECUTION_KEYS}
+        return {k: v for k, v in jsonable(asdict(self)).items() if k not in EXECUTION_KEYS}
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.result_dict(), sort_keys=True).encode()).hexdigest()[
@@ -106,11 +106,12 @@ class TrainSettings:
         ]
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` with tuples as lists and mapping keys as strings (YAML- and JSON-safe)."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 

@@ -11,6 +11,8 @@ Run directory layout (``results/models/{model}_{dim}/``)::
     best.pt, history.csv, train_summary.json   declared outputs, written when training ends
     config.yaml                                the resolved settings of this run
     checkpoints/last.pt, best.pt, epoch_XXXX.pt  resumable state (not Snakemake outputs)
+    checkpoints/superseded/<time>/             checkpoints of a run on other data, set aside
+    train.log                                  every attempt's log, starting with its settings
     tensorboard/                               TensorBoard event files
 """
 
@@ -39,6 +41,7 @@ from torch.utils.data import DataLoader
 from cellseg.classes import CLASSES, NUM_CLASSES
 from cellseg.data.dataset import FixedPatches, PatchSpec, SampleRange, TrainPatches, worker_init_fn
 from cellseg.data.datasplit import read_datasplit
+from cellseg.data.identity import DataIdentity
 from cellseg.data.patches import Augmentation
 from cellseg.errors import CellsegError
 from cellseg.io import atomic_path, write_json_atomic, write_text_atomic
@@ -56,7 +59,7 @@ from cellseg.training.checkpoint import (
     set_rng_state,
     unwrap,
 )
-from cellseg.training.settings import TrainSettings, changed_keys
+from cellseg.training.settings import TrainSettings, changed_keys, jsonable
 
 EXIT_TIME_BUDGET = 75
 """Exit status of a run that stopped itself to resume later (sysexits' EX_TEMPFAIL)."""
@@ -73,6 +76,7 @@ PROGRESS_KEYS: tuple[str, ...] = (
     "nonfinite_total",
     "epoch_loss_sum",
     "epoch_loss_count",
+    "stop_reason",
 )
 """Trainer attributes a checkpoint saves and a resume restores as they are (with
 ``train_seconds``, which is saved with the current run's time added)."""
@@ -204,6 +208,9 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.loss = self.build_loss().to(self.device)
+        self.data_identity = DataIdentity.from_crops(
+            train_crops, validate_crops, self.loss.prior.cpu().tolist()
+        )
         self.online_frequency = OnlineClassFrequency(
             NUM_CLASSES, update_every=int(s.loss.get("online_frequency_every", 50))
         )
@@ -274,15 +281,45 @@ class Trainer:
             "rng": rng_state(),
             "config_hash": self.settings.config_hash(),
             "settings": self.settings.result_dict(),
+            "data_identity": self.data_identity.to_dict(),
         }
 
+    def check_settings(self, state: dict[str, Any], source: Path) -> None:
+        """Refuse a checkpoint made with other settings, saying how to get the run back.
+
+        Nothing is lost by the refusal: the checkpoints stay, and with the old settings
+        restored the run resumes from them and writes its outputs again (even when Snakemake
+        deleted ``best.pt``, ``history.csv`` and ``train_summary.json`` before this job).
+        """
+        if state.get("config_hash") == self.settings.config_hash():
+            return
+        keys = changed_keys(state.get("settings", {}), self.settings.result_dict())
+        raise CellsegError(
+            f"{source}: checkpoint was made with other settings (changed: "
+            f"{', '.join(keys) or 'unknown'}); to keep that run, set them back and run again (it "
+            "resumes from its checkpoints and rewrites best.pt, history.csv and "
+            f"train_summary.json); to train anew with the new settings, delete {self.checkpoint_dir} "
+            "(or pass --restart)"
+        )
+
+    def data_differences(self, state: dict[str, Any]) -> list[str]:
+        """How the checkpoint's training data differs from this run's (empty: the same)."""
+        recorded = state.get("data_identity")
+        if recorded is None:
+            return ["the checkpoint does not record its training data"]
+        return DataIdentity.from_dict(recorded).differences(self.data_identity)
+
+    def set_aside_checkpoints(self) -> Path:
+        """Move every checkpoint to ``checkpoints/superseded/<UTC time>/`` (rank 0)."""
+        target = self.checkpoint_dir / "superseded" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        if self.is_main:
+            target.mkdir(parents=True, exist_ok=True)
+            for path in self.checkpoint_dir.glob("*.pt"):
+                path.rename(target / path.name)
+        return target
+
     def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
-        if state.get("config_hash") != self.settings.config_hash():
-            keys = changed_keys(state.get("settings", {}), self.settings.result_dict())
-            raise CellsegError(
-                f"{source}: checkpoint was made with other settings (changed: "
-                f"{', '.join(keys) or 'unknown'}); restore them, or pass --restart to discard it"
-            )
+        self.check_settings(state, source)
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -309,15 +346,54 @@ class Trainer:
                     sort_keys=False,
                 ),
             )
+        self.log_settings()
         self.barrier()
         source = self.resume_path or self.checkpoint_dir / "last.pt"
         if self.resume_path or (not self.restart and source.is_file()):
-            self.load_state_dict(load_checkpoint(source), source)
-            self.log(f"resumed from {source} at epoch {self.epoch}, step {self.global_step}")
+            state = load_checkpoint(source)
+            self.check_settings(state, source)
+            differences = self.data_differences(state)
+            if differences and self.resume_path:
+                raise CellsegError(
+                    f"{source}: checkpoint was trained on other data ({'; '.join(differences)}); "
+                    "resume it with the datasplit and class frequencies it was trained with"
+                )
+            if differences:
+                self.barrier()  # every rank has read it before it moves
+                moved = self.set_aside_checkpoints()
+                self.barrier()
+                self.log(
+                    f"{source} was trained on other data ({'; '.join(differences)}): training "
+                    f"anew; its checkpoints were moved to {moved} (move them back and restore "
+                    "that datasplit to resume it)"
+                )
+            else:
+                self.load_state_dict(state, source)
+                self.log(f"resumed from {source} at epoch {self.epoch}, step {self.global_step}")
         self.train_seconds_at_start = self.train_seconds
         self.steps_at_start = self.global_step
         self.epochs_at_start = len(self.history)
         self.started = time.monotonic()
+
+    def log_settings(self) -> None:
+        """Write what this attempt runs with to ``train.log`` and TensorBoard (text ``settings``):
+        every resolved setting and the data it trains on."""
+        if not self.is_main:
+            return
+        settings = yaml.safe_dump(jsonable(asdict(self.settings)), sort_keys=False)
+        identity = self.data_identity
+        data = (
+            f"train crops ({len(identity.train)}): {', '.join(identity.train)}\n"
+            f"validate crops ({len(identity.validate)}): {', '.join(identity.validate)}\n"
+            f"datasplit: {self.datasplit}\nclass frequencies: {self.class_frequencies}"
+        )
+        self.log(
+            f"settings (config hash {self.settings.config_hash()}, {self.world_size} process(es) "
+            f"on {self.device.type}):\n{settings}{data}"
+        )
+        if self.writer is not None:
+            self.writer.add_text("settings", f"```yaml\n{settings}```", self.global_step)
+            self.writer.add_text("data", data.replace("\n", "  \n"), self.global_step)
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> int:
@@ -652,6 +728,7 @@ class Trainer:
                 "architecture": self.architecture(),
                 "classes": list(CLASSES),
                 "logit_shift": self.loss.shift().cpu(),
+                "data_identity": self.data_identity.to_dict(),
                 "epoch": self.best_epoch,
                 "summary": summary,
             },
