@@ -25,6 +25,7 @@ localrules:
     demo_data,
     datasplit,
     summary,
+    resolved_config,
 
 
 rule all:

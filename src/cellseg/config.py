@@ -1,7 +1,15 @@
-"""Workflow config checks that end in one line naming the file, the key and the fix."""
+"""The workflow config: how its layers combine, and checks that end in one line naming the
+file, the key and the fix.
+
+Layers, later winning: ``config/config.yaml`` (the base), each ``--configfile`` in the order
+given, then ``--config`` overrides. Mappings merge key by key, except ``models``: a layer that
+names ``models`` replaces the whole list, so a preset chooses exactly which models run and no
+per-model entry of an earlier layer survives into it.
+"""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +18,57 @@ import jsonschema
 import yaml
 
 from cellseg.errors import CellsegError
+
+REPLACED_KEYS: frozenset[str] = frozenset({"models"})
+"""Top-level keys a layer replaces instead of merging into."""
+
+
+def merge_layer(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``layer``: nested mappings merge key by key, other values (lists
+    included) replace, and a top-level key in :data:`REPLACED_KEYS` replaces as a whole."""
+
+    def merge(into: dict[str, Any], update: Mapping[str, Any], top: bool) -> dict[str, Any]:
+        for key, value in update.items():
+            current = into.get(key)
+            replace = top and key in REPLACED_KEYS
+            if isinstance(value, Mapping) and isinstance(current, Mapping) and not replace:
+                into[key] = merge(dict(current), value, top=False)
+            else:
+                into[key] = copy.deepcopy(value)
+        return into
+
+    return merge(copy.deepcopy(dict(base)), layer, top=True)
+
+
+def layered_config(
+    base: Mapping[str, Any],
+    presets: Sequence[Mapping[str, Any]] = (),
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The workflow config from its layers: ``base``, then each preset, then ``overrides``
+    (Snakemake's ``--config``), each through :func:`merge_layer`."""
+    config = copy.deepcopy(dict(base))
+    for layer in (*presets, overrides or {}):
+        config = merge_layer(config, layer or {})
+    return config
+
+
+def read_layer(path: Path | str) -> dict[str, Any]:
+    """One config file as a mapping (empty file: empty mapping).
+
+    Raises:
+        CellsegError: unreadable YAML or a top level that is not a mapping, naming the file.
+    """
+    path = Path(path)
+    try:
+        layer = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise CellsegError(
+            f"{path}: cannot read this config file ({str(error).splitlines()[0]})"
+        ) from None
+    if not isinstance(layer, Mapping):
+        raise CellsegError(f"{path}: a config file must hold a mapping at the top level")
+    return dict(layer)
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:
@@ -60,3 +119,32 @@ def check_config(
         for root in data.get("roots", []):
             if not Path(root).is_dir():
                 raise CellsegError(f"{where}: data.roots entry {root} does not exist; fix the path")
+
+
+def resolved_config_document(
+    config: Mapping[str, Any], layers: Sequence[Path | str]
+) -> dict[str, Any]:
+    """What a run resolves to: the config files in the order they were layered, every model's
+    complete training settings (``training.defaults``, then ``training.{dim}``, then its
+    ``models`` entry), and the whole layered config."""
+    from dataclasses import asdict
+
+    from cellseg.training.settings import jsonable, resolve_settings
+
+    return {
+        "config_files": [str(path) for path in layers],
+        "models": {
+            key: jsonable(asdict(resolve_settings(config, key))) for key in config.get("models", {})
+        },
+        "config": jsonable(dict(config)),
+    }
+
+
+def write_resolved_config(
+    config: Mapping[str, Any], layers: Sequence[Path | str], path: Path | str
+) -> None:
+    """Write :func:`resolved_config_document` as YAML, atomically."""
+    from cellseg.io import write_text_atomic
+
+    document = resolved_config_document(config, layers)
+    write_text_atomic(Path(path), yaml.safe_dump(document, sort_keys=False))

@@ -2,12 +2,10 @@
 
 from pathlib import Path
 
-import copy
 import os
 import sys
 
-import yaml
-from snakemake.utils import update_config, validate
+from snakemake.utils import validate
 
 # The workflow runs the package next to it (src/), installed or not: this process imports it
 # below, and jobs find it through PYTHONPATH, which local jobs and SLURM jobs (sbatch exports
@@ -21,27 +19,37 @@ if Path(CELLSEG_SRC, "cellseg").is_dir():
             PYTHONPATH=os.pathsep.join(filter(None, [CELLSEG_SRC, *_pythonpath]))
         )
 
-from cellseg.config import check_config
+from cellseg.config import check_config, layered_config, read_layer
 from cellseg.errors import CellsegError
 from cellseg.training.settings import resolve_settings
 
-# config/config.yaml is always the base; a --configfile (an experiment preset) overlays it, so
-# a preset holds only what differs. Its `models`, when given, replaces the base list: that is
-# how a preset chooses which models to compare.
-_base = yaml.safe_load(open(workflow.source_path("../../config/config.yaml")))
-_overlay = copy.deepcopy(dict(config))
+# Snakemake has already merged every --configfile and --config into `config` on top of
+# config/config.yaml, key by key, so the base's per-model entries would survive into every
+# preset. Rebuild it from the layers instead (cellseg.config): the base, each --configfile in
+# order, then --config; a layer's `models` replaces the list. Jobs are started with the same
+# --configfiles and --config, so they rebuild the same config.
+BASE_CONFIG = Path(workflow.basedir) / "config" / "config.yaml"
+CONFIG_LAYERS = [
+    *([] if workflow.config_settings.replace_workflow_config else [BASE_CONFIG]),
+    *map(Path, workflow.config_settings.configfiles),
+]
+try:
+    _resolved = layered_config(
+        read_layer(CONFIG_LAYERS[0]) if CONFIG_LAYERS else {},
+        [read_layer(path) for path in CONFIG_LAYERS[1:]],
+        dict(workflow.config_settings.config),
+    )
+except CellsegError as error:
+    sys.exit(f"cellseg: config error: {error}")
 config.clear()
-update_config(_base, _overlay)
-if "models" in _overlay:
-    _base["models"] = _overlay["models"]
-config.update(_base)
+config.update(_resolved)
 
 # one line naming the file and the key, before any job; then snakemake's validate fills defaults
 try:
     check_config(
         config,
         workflow.source_path("../schemas/config.schema.yaml"),
-        workflow.configfiles,
+        [str(path) for path in CONFIG_LAYERS],
     )
 except CellsegError as error:
     sys.exit(f"cellseg: config error: {error}")
@@ -81,6 +89,7 @@ def get_final_output():
     """The comparison (summary table, report and figures) and every model's figures."""
     model, dim = zip(*(key.rsplit("_", 1) for key in MODELS))
     return [
+        *rules.resolved_config.output,
         *rules.summary.output,
         *expand(rules.visualize.output, zip, model=model, dim=dim),
     ]

@@ -86,3 +86,20 @@ rule summary:
         evaluation=config["evaluation"],
     script:
         "../scripts/summary.py"
+
+
+rule resolved_config:
+    input:
+        # the config files themselves, so that editing a preset refreshes this record even
+        # under `rerun-triggers: mtime`
+        layers=CONFIG_LAYERS,
+    output:
+        "results/config.resolved.yaml",
+    log:
+        "logs/resolved_config.log",
+    conda:
+        "../envs/cellseg.yaml"
+    params:
+        config=config,
+    script:
+        "../scripts/resolved_config.py"
