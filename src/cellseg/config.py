@@ -46,11 +46,36 @@ def layered_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The workflow config from its layers: ``base``, then each preset, then ``overrides``
-    (Snakemake's ``--config``), each through :func:`merge_layer`."""
+    (Snakemake's ``--config``, see :func:`typed_overrides`), each through :func:`merge_layer`."""
     config = copy.deepcopy(dict(base))
-    for layer in (*presets, overrides or {}):
+    for layer in (*presets, typed_overrides(overrides or {})):
         config = merge_layer(config, layer or {})
     return config
+
+
+def typed_overrides(value: Any) -> Any:
+    """``--config`` values with their nested scalars typed as in a config file.
+
+    Snakemake reads a nested ``--config`` value such as ``training={'3d': {'batch_per_gpu': 7}}``
+    with YAML's base loader, so every nested scalar arrives as a string (``'7'``). Each string
+    is read again as a YAML scalar, and ``1e-3``-style numbers (strings to YAML 1.1) as floats.
+    """
+    if isinstance(value, Mapping):
+        return {key: typed_overrides(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [typed_overrides(item) for item in value]
+    if not isinstance(value, str):
+        return value
+    try:
+        typed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    if isinstance(typed, str):
+        try:
+            return float(typed)
+        except ValueError:
+            return value
+    return typed if typed is None or isinstance(typed, bool | int | float) else value
 
 
 def read_layer(path: Path | str) -> dict[str, Any]:

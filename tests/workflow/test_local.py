@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -25,10 +24,9 @@ def test_data_rules_from_clean_results_then_nothing_to_do(tmp_path):
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-def test_experiment_dry_run_lists_every_job_quickly(tmp_path):
+def test_experiment_dry_run_lists_every_job(tmp_path):
     data_root = tmp_path / "cellmap"
     data_root.mkdir()
-    started = time.monotonic()
     result = snakemake(
         tmp_path,
         "-n",
@@ -37,13 +35,11 @@ def test_experiment_dry_run_lists_every_job_quickly(tmp_path):
         "--config",
         f"data={{'roots': ['{data_root}']}}",
     )
-    elapsed = time.monotonic() - started
     counts = job_counts(result.stdout)
     assert counts["train"] == 8
     for rule in ("evaluate", "visualize"):
         assert counts.get(rule, 8) == 8
     assert counts.get("summary", 1) == 1
-    assert elapsed < 5.0, f"dry run took {elapsed:.1f} s"
 
 
 def test_unknown_key_and_missing_path_fail_in_one_line(tmp_path):

@@ -48,3 +48,40 @@ def copy_workflow(destination: Path) -> Path:
         else:
             shutil.copy2(source, destination / name)
     return destination / "Snakefile"
+
+
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+
+
+def make_clone(root: Path) -> Path:
+    """This repository's working tree (tracked and untracked, not ignored files) copied to
+    ``root``, as a fresh clone holds it: no results/, no .snakemake/."""
+    listing = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listing.split("\0")):
+        source = REPO / name
+        if source.is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    return root
+
+
+def run_in_clone(clone: Path, *arguments: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``snakemake ARGUMENTS…`` in the clone's root, the way the README runs it."""
+    environment = os.environ | {"PYTHONPATH": str(clone / "src")}
+    environment["PATH"] = f"{SNAKEMAKE.parent}:{environment['PATH']}"
+    result = subprocess.run(
+        [str(SNAKEMAKE), *arguments],
+        cwd=clone,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(arguments)} failed:\n{result.stderr[-4000:]}")
+    return result
