@@ -1,0 +1,295 @@
+"""Tests of cellseg.statistics: coverage on synthetic crops of known truth, exact tests, Holm.
+
+The coverage study (:class:`Synthetic`, :func:`coverage_study`) is also what
+``bench/coverage.py`` runs at full size, with the crop bootstrap the intervals replaced.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from scipy import special, stats
+
+from cellseg.metrics import aggregate_crops
+from cellseg.statistics import (
+    class_mean_interval,
+    class_values,
+    holm,
+    mean_dice_interval,
+    mean_over_classes,
+    paired_comparison,
+    sign_flip_p_value,
+    smallest_p_value,
+)
+
+# ------------------------------------------------------------------------------ coverage study
+
+
+@dataclass(frozen=True)
+class Synthetic:
+    """Per-crop Dice of known expectation, annotated unevenly like CellMap's test crops.
+
+    Class ``c`` is annotated by ``class_crops[c]`` crops (capped at ``n_crops``), nested: the
+    crops annotating a rare class also annotate every commoner one, as CellMap's few fully
+    annotated crops carry its rare classes. A crop's Dice of class ``c`` is
+    ``expit(logit_c + u_n + e_nc)`` with a crop effect ``u_n ~ N(0, crop_sd²)`` shared by its
+    classes and ``e_nc ~ N(0, noise_sd²)``; classes annotated by fewer than 8 crops are hard
+    (logit ``hard_logit``, and Dice 0 with probability ``hard_zero``: a missed organelle).
+
+    The **true value** is ``θ = (1/K) Σ_c μ_c`` with ``μ_c`` the expected Dice of class ``c`` on a
+    crop annotating it (:meth:`truth`, by Gauss-Hermite quadrature): the mean over the classes of
+    each class's expected Dice, the quantity ``θ̂`` estimates with the class set held fixed.
+    """
+
+    n_crops: int = 20
+    class_crops: tuple[int, ...] = (20, 19, 18, 17, 16, 15, 14, 12, 10, 4, 3, 3, 2, 2)
+    crop_sd: float = 0.5
+    noise_sd: float = 1.0
+    easy_logit: float = 2.5
+    hard_logit: float = -3.0
+    hard_zero: float = 0.6
+    design_seed: int = 123
+
+    def _hard(self) -> np.ndarray:
+        return np.asarray(self.class_crops) < 8
+
+    def annotation(self) -> np.ndarray:
+        """``(N, K)`` bool: the fixed annotation pattern (nested, seeded crop order)."""
+        order = np.random.default_rng(self.design_seed).permutation(self.n_crops)
+        annotated = np.zeros((self.n_crops, len(self.class_crops)), dtype=bool)
+        for c, k in enumerate(np.minimum(self.class_crops, self.n_crops)):
+            annotated[order[:k], c] = True
+        return annotated
+
+    def truth(self) -> float:
+        """``θ``: the mean over classes of each class's expected Dice."""
+        nodes, weights = np.polynomial.hermite_e.hermegauss(101)
+        sd = np.hypot(self.crop_sd, self.noise_sd)
+        hard = self._hard()
+        logit = np.where(hard, self.hard_logit, self.easy_logit)
+        mu = (weights * special.expit(logit[:, None] + sd * nodes)).sum(axis=1) / weights.sum()
+        return float(np.mean(np.where(hard, 1 - self.hard_zero, 1.0) * mu))
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """One test set: ``(N, K)`` per-crop Dice, NaN where not annotated."""
+        shape = (self.n_crops, len(self.class_crops))
+        hard = self._hard()
+        logit = np.where(hard, self.hard_logit, self.easy_logit)
+        crop = rng.normal(0.0, self.crop_sd, size=(self.n_crops, 1))
+        dice = special.expit(logit + crop + rng.normal(0.0, self.noise_sd, size=shape))
+        dice = np.where(hard & (rng.random(shape) < self.hard_zero), 0.0, dice)
+        return np.where(self.annotation(), dice, np.nan)
+
+
+Method = Callable[[np.ndarray, int], tuple[float, float, float]]
+"""``(values (N, K), repetition) → (estimate, low, high)``."""
+
+
+def new_interval(values: np.ndarray, repetition: int) -> tuple[float, float, float]:
+    result = class_mean_interval(values, 0.95)
+    return result.estimate, result.low, result.high
+
+
+def coverage_study(
+    method: Method, synthetic: Synthetic, repetitions: int, seed: int = 7
+) -> dict[str, float]:
+    """Fractions of repetitions where the truth is inside / below / above the interval, and where
+    the estimate is inside its own interval."""
+    rng = np.random.default_rng(seed)
+    truth = synthetic.truth()
+    counts = dict.fromkeys(("coverage", "truth_below", "truth_above", "estimate_inside"), 0)
+    for repetition in range(repetitions):
+        estimate, low, high = method(synthetic.draw(rng), repetition)
+        counts["coverage"] += low <= truth <= high
+        counts["truth_below"] += truth < low
+        counts["truth_above"] += truth > high
+        counts["estimate_inside"] += low <= estimate <= high
+    return {name: value / repetitions for name, value in counts.items()}
+
+
+COVERAGE_SETTINGS = {
+    "20 crops": Synthetic(),
+    "10 crops, strong crop effect": Synthetic(n_crops=10, crop_sd=1.0, noise_sd=0.7),
+}
+
+
+@pytest.mark.parametrize("name", COVERAGE_SETTINGS)
+def test_interval_covers_the_true_mean_dice(name: str) -> None:
+    """95 % intervals cover θ in 93-97 % of 3000 seeded repetitions; neither tail misses more than
+    4.5 % (2.5 % each is nominal); the estimate is always inside. The crop bootstrap this replaced
+    fails it (see ``bench/coverage.py``)."""
+    result = coverage_study(new_interval, COVERAGE_SETTINGS[name], repetitions=3000)
+    assert 0.93 <= result["coverage"] <= 0.97, result
+    assert result["truth_below"] <= 0.045 and result["truth_above"] <= 0.045, result
+    assert result["estimate_inside"] == 1.0, result
+
+
+def test_synthetic_truth_matches_a_large_sample() -> None:
+    synthetic = Synthetic()
+    rng = np.random.default_rng(0)
+    means = [mean_over_classes(synthetic.draw(rng)) for _ in range(4000)]
+    assert np.mean(means) == pytest.approx(synthetic.truth(), abs=0.003)
+
+
+# ------------------------------------------------------------------------------ the interval
+
+
+def test_one_class_is_the_one_sample_t_interval() -> None:
+    x = np.random.default_rng(1).uniform(size=(9, 1))
+    result = class_mean_interval(x, 0.9)
+    reference = stats.ttest_1samp(x[:, 0], 0.0).confidence_interval(0.9)
+    assert (result.low, result.high) == pytest.approx((reference.low, reference.high), rel=1e-12)
+    assert result.df == pytest.approx(8) and result.estimate == pytest.approx(x.mean())
+
+
+def test_crops_annotating_every_class_is_the_t_interval_of_crop_means() -> None:
+    # strongly correlated classes: the N crop means are the independent units (df N - 1)
+    rng = np.random.default_rng(2)
+    x = rng.uniform(size=(7, 1)) + 0.1 * rng.uniform(size=(7, 5))
+    result = class_mean_interval(x)
+    reference = stats.ttest_1samp(x.mean(axis=1), 0.0).confidence_interval(0.95)
+    assert (result.low, result.high) == pytest.approx((reference.low, reference.high), rel=1e-12)
+
+
+def test_disjoint_crops_give_welch_satterthwaite() -> None:
+    # each crop annotates one class: classes are independent, the variance is Σ s_c² / (K² n_c)
+    rng = np.random.default_rng(3)
+    sizes = (6, 3, 2)
+    x = np.full((sum(sizes), 3), np.nan)
+    start = 0
+    for c, size in enumerate(sizes):
+        x[start : start + size, c] = rng.uniform(size=size)
+        start += size
+    columns = [x[~np.isnan(x[:, c]), c] for c in range(3)]
+    v = np.array([col.var(ddof=1) / col.size / 9 for col in columns])
+    df = v.sum() ** 2 / np.sum(v**2 / (np.array(sizes) - 1))
+    half = stats.t.ppf(0.975, df) * np.sqrt(v.sum())
+    estimate = np.mean([col.mean() for col in columns])
+    result = class_mean_interval(x)
+    assert result.df == pytest.approx(df, rel=1e-10)
+    assert (result.low, result.high) == pytest.approx((estimate - half, estimate + half))
+
+
+def test_shared_crops_variance_is_unbiased() -> None:
+    """The variance estimate averages to the true variance of θ̂ over many draws (correlated
+    classes, uneven annotation), where ignoring the shared crops underestimates it."""
+    synthetic = Synthetic(n_crops=12, crop_sd=1.0, noise_sd=0.5, hard_zero=0.0)
+    rng = np.random.default_rng(4)
+    draws = [synthetic.draw(rng) for _ in range(3000)]
+    estimates = np.array([mean_over_classes(d) for d in draws])
+    variances = np.array([class_mean_interval(d).se ** 2 for d in draws])
+    assert variances.mean() == pytest.approx(estimates.var(ddof=1), rel=0.08)
+
+
+def test_class_of_one_crop_uses_the_bound_and_classes_never_annotated_are_left_out() -> None:
+    x = np.array([[0.5, 0.2, np.nan], [0.7, np.nan, np.nan], [0.6, np.nan, np.nan]])
+    result = class_mean_interval(x)
+    assert result.estimate == pytest.approx((0.6 + 0.2) / 2)
+    assert result.se**2 == pytest.approx(0.01 / 3 / 4 + 0.25 / 4)
+    assert np.isnan(class_mean_interval(x[:1]).low)
+    with pytest.raises(ValueError, match="confidence"):
+        class_mean_interval(x, 1.0)
+
+
+def test_mean_and_pooled_values_reproduce_the_aggregates() -> None:
+    rng = np.random.default_rng(5)
+    counts = rng.integers(0, 50, size=(12, 3, 4)).astype(float)
+    counts[0, 2] = 0  # crop 0 does not annotate class 2
+    counts[:, 1, :3] = 0  # class 1 empty everywhere: pooled Dice 1
+    agg = aggregate_crops(counts)
+    for statistic, expected in (("mean", agg.mean.dice), ("pooled", agg.pooled.dice)):
+        values = class_values(counts, statistic)
+        assert np.isnan(values[0, 2])
+        np.testing.assert_allclose(np.nanmean(values, axis=0), expected)
+        result = mean_dice_interval(counts, statistic)
+        assert result.estimate == pytest.approx(np.mean(expected))
+        assert result.low < result.estimate < result.high
+    with pytest.raises(ValueError, match="pooled"):
+        class_values(rng.random((5, 3)), "pooled")
+
+
+# ------------------------------------------------------------------------------ paired tests
+
+
+def naive_sign_flip(a: np.ndarray, b: np.ndarray, statistic: str) -> float:
+    """Every one of the 2^N swaps of A and B on the crops, statistic from aggregate_crops."""
+
+    def theta(counts: np.ndarray) -> float:
+        agg = aggregate_crops(counts)
+        dice = agg.mean.dice if statistic == "mean" else agg.pooled.dice
+        return float(np.mean(dice[agg.n_crops > 0]))
+
+    observed = abs(theta(a) - theta(b))
+    extreme = 0
+    flips = list(itertools.product((False, True), repeat=a.shape[0]))
+    for flip in flips:
+        swap = np.array(flip)[:, None, None]
+        flipped = theta(np.where(swap, b, a)) - theta(np.where(swap, a, b))
+        extreme += abs(flipped) >= observed - 1e-12
+    return extreme / len(flips)
+
+
+@pytest.mark.parametrize("statistic", ["mean", "pooled"])
+def test_exact_sign_flip_equals_the_naive_enumeration(statistic: str) -> None:
+    rng = np.random.default_rng(6)
+    a = rng.integers(0, 30, size=(8, 4, 4)).astype(float)
+    b = a.copy()
+    b[..., 0] = np.maximum(a[..., 0] - rng.integers(0, 6, size=a.shape[:2]), 0)  # B finds less
+    b[..., 2] = a[..., 2] + (a[..., 0] - b[..., 0])  # same ground truth: TP + FN kept
+    missing = rng.random((8, 4)) < 0.25
+    a[missing], b[missing] = 0, 0
+    p, exact = sign_flip_p_value(a, b, statistic)
+    assert exact
+    assert p == pytest.approx(naive_sign_flip(a, b, statistic), abs=1e-12)
+    assert p >= smallest_p_value(8) - 1e-15
+
+
+def test_monte_carlo_flips_are_seeded_and_close_to_exact() -> None:
+    rng = np.random.default_rng(7)
+    a = rng.uniform(0.3, 0.9, size=(14, 3))
+    b = a - 0.03 + rng.normal(0, 0.08, size=a.shape)
+    exact, is_exact = sign_flip_p_value(a, b)
+    mc, mc_exact = sign_flip_p_value(a, b, n_resamples=4000, seed=1)
+    assert is_exact and not mc_exact
+    assert mc == sign_flip_p_value(a, b, n_resamples=4000, seed=1)[0]
+    assert mc == pytest.approx(exact, abs=0.02)
+
+
+def test_smallest_p_value_of_two_crops_is_one_half() -> None:
+    # the old paired bootstrap reported p = 0.004 from 2 crops; no test can go below 2 / 2^N
+    rng = np.random.default_rng(8)
+    a = rng.uniform(0.6, 0.9, size=(2, 5))
+    p, _ = sign_flip_p_value(a, a - 0.3)
+    assert p == 0.5 == smallest_p_value(2)
+    assert smallest_p_value(5) > 0.05 > smallest_p_value(6)
+
+
+def test_paired_comparison_interval_and_test() -> None:
+    rng = np.random.default_rng(0)
+    base = 0.6 + rng.normal(0, 0.15, size=(40, 1)) + rng.normal(0, 0.05, size=(40, 5))
+    a = base + 0.05 + rng.normal(0.0, 0.03, size=base.shape)
+    unannotated = rng.random(base.shape) < 0.3
+    a[unannotated], base[unannotated] = np.nan, np.nan
+    result = paired_comparison(a, base, n_resamples=20000, seed=1)
+    assert result.low < 0.05 < result.high and result.low > 0
+    assert result.p_value < 0.001 and not result.exact and result.n_crops == 40
+    assert result.estimate == pytest.approx(result.estimate_a - result.estimate_b)
+    # the crop effect cancels: the paired interval is much narrower than either model's
+    single = class_mean_interval(a)
+    assert (single.high - single.low) > 2 * (result.high - result.low)
+    same = paired_comparison(a, a, n_resamples=500)
+    assert same.estimate == 0.0 and same.p_value == 1.0
+    with pytest.raises(ValueError, match="same crop x class"):
+        paired_comparison(a, np.nan_to_num(base))
+
+
+def test_holm_against_a_hand_computed_case() -> None:
+    # sorted 0.01, 0.02, 0.04 of m = 3: 0.03, max(0.03, 0.04), max(0.04, 0.04)
+    assert holm([0.04, 0.01, np.nan, 0.02]) == pytest.approx(
+        [0.04, 0.03, np.nan, 0.04], nan_ok=True
+    )
+    assert holm([0.5, 0.6]) == [1.0, 1.0]
