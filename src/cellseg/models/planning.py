@@ -16,8 +16,9 @@ GPU is computed from a memory model and measurements:
 
 So ``batch = floor((0.9 * M - 1.5 GB - 16 P) / A)``. On a CPU-only machine big 3D inputs
 (32x256x256) are measured at a smaller spatial size and scaled linearly in voxels (exact for
-convolutions and windowed attention; slightly low for UNETR's global attention, whose
-attention weights are not saved by the fused kernel anyway). FLOPs come from
+convolutions and windowed attention; slightly low for global attention, e.g. UNETR's over 512
+tokens, whose attention weights the fused kernel does not save anyway; the seed 3D ViT,
+ViT-V-Net, attends over only 64 tokens). FLOPs come from
 ``torch.utils.flop_counter.FlopCounterMode`` for forward + backward, scaled the same way.
 ``--probe`` (CUDA only) instead finds the batch by trying: bf16 autocast, forward, backward and
 an AdamW step, doubling then bisecting until out of memory.

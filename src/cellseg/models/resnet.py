@@ -3,9 +3,12 @@ downsamplings by 2, six residual blocks at 256 channels) rebuilt from library bl
 
 2D: a timm ``ResNet`` trimmed to that shape (7x7 stem conv stride 2 with 64 filters, the
 max-pool replaced by a stride-2 conv, then one stage of six ``BasicBlock`` at 256 channels)
-under the shared UNet decoder, which adds skip connections the generator did not have.
+under the shared UNet decoder with the widths of the generator's up path (128, 64), which
+adds skip connections the generator did not have.
 3D: MONAI ``DynUNet`` with residual blocks (``res_block=True``), 64-128-256 filters at
-strides 1-2-2 and four more residual levels at 256 channels and stride 1.
+strides 1-2-2 and two more residual levels at 256 channels and stride 1 (five residual blocks
+at 256 channels and 1/4 resolution, three in the encoder and two in the decoder).
+Both stay within 10 % of the generator's parameter count (``tests/models/test_seed_sizes.py``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ def _rule_2d(config: Mapping[str, Any]) -> InputRule:
                 "drop_path_rate": 0.0,
             },
             "out_indices": (0, 1),
-            "decoder_channels": None,
+            # the generator's two transposed convolutions go 256 -> 128 -> 64
+            "decoder_channels": (128, 64),
             "decoder_dropout": 0.0,
             "pretrained": False,
             "input_shape": (256, 256),
@@ -84,8 +88,8 @@ def _rule_3d(config: Mapping[str, Any]) -> InputRule:
     "3d",
     presets={
         "seed": {
-            "filters": (64, 128, 256, 256, 256, 256),
-            "strides": (1, 2, 2, 1, 1, 1),
+            "filters": (64, 128, 256, 256, 256),
+            "strides": (1, 2, 2, 1, 1),
             "kernel_size": 3,
             "norm": "instance",
             "dropout": 0.0,
@@ -104,7 +108,7 @@ def _rule_3d(config: Mapping[str, Any]) -> InputRule:
     library="monai.networks.nets.DynUNet(res_block=True)",
 )
 def resnet_3d(in_channels: int, out_channels: int, **config: Any) -> nn.Module:
-    """3D ResNet: MONAI residual DynUNet, 64-128-256 filters, 2 downsamplings, 256-wide tail."""
+    """3D ResNet: MONAI residual DynUNet, 64-128-256-256-256 filters, 2 downsamplings."""
     from monai.networks.nets import DynUNet
 
     filters = tuple(config["filters"])

@@ -1,4 +1,10 @@
-"""UNet, 2D and 3D: MONAI ``BasicUNet`` (instance norm, dropout 0.2, as in the seed)."""
+"""UNet, 2D and 3D: MONAI ``BasicUNet`` (instance norm, dropout 0.2, as in the seed).
+
+The seed preset is the seed's classic UNet (the CellMap challenge toolbox's ``UNet_2D`` /
+``UNet_3D`` with ``trilinear=False``): 64-128-256-512-1024 channels, two 3x3 convolutions per
+level, max-pool down, transposed-convolution up (MONAI's ``upsample="deconv"``, halving the
+channels as the classic layout does), last decoder level 64 wide.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from cellseg.models._registry import InputRule, register_model
 # (MONAI pads odd sizes in the decoder, but a padded border is not what was trained).
 _STRIDE = 16
 
-_SEED = {"features": (32, 32, 64, 128, 256, 32), "dropout": 0.2, "norm": "instance"}
+_SEED = {"features": (64, 128, 256, 512, 1024, 64), "dropout": 0.2, "norm": "instance"}
 _DEMO = {"features": (8, 8, 16, 32, 64, 8), "dropout": 0.2, "norm": "instance"}
 
 

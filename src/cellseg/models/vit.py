@@ -4,8 +4,11 @@
 the shared decoder with the seed's widths 256-128-64-16 (a progressive-upsampling decoder,
 since every ViT feature has the same reduction). The learned position embedding is built for
 ``input_shape``, which is therefore the only accepted shape.
-3D: MONAI ``UNETR`` (ViT-B/16 encoder, patch 16, skips from blocks 3, 6, 9, 12) stands in for
-the seed's ViT-V-Net (no ViT-V-Net in MONAI/timm); also fixed to ``input_shape``.
+3D (``network: vitvnet``, the seed preset): the seed's ViT-V-Net (Chen et al. 2021, as in the
+CellMap challenge toolbox) rebuilt from MONAI blocks (:class:`ViTVNet3d`): a small CNN encoder,
+MONAI's ``ViT`` on its 1/4-resolution features, a UNet decoder with trilinear upsampling.
+``network: unetr`` (the demo preset) is MONAI's ``UNETR`` (ViT-B/16 on 16x16x16 patches).
+Both have a learned position embedding for ``input_shape``, the only accepted shape.
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cellseg.errors import CellsegError
+from cellseg.models._blocks3d import UpConcatConv, norm_spec
 from cellseg.models._registry import InputRule, register_model
 from cellseg.models._timm import timm_unet_from_config
 
@@ -81,20 +87,133 @@ def vit_2d(in_channels: int, out_channels: int, **config: Any) -> nn.Module:
     return timm_unet_from_config("vit 2d", in_channels, out_channels, config, fixed_size=True)
 
 
+NETWORKS_3D = ("vitvnet", "unetr")
+"""Values of the 3D ``network`` key: ViT-V-Net (seed) or MONAI's UNETR (demo)."""
+
+VITVNET_DOWNSAMPLINGS = 2
+"""ViT-V-Net's CNN encoder halves the input twice before the patch embedding."""
+VITVNET_PATCH = 8
+"""ViT-V-Net's patch size on the 1/4-resolution CNN features: one token per 32^3 voxels."""
+VITVNET_LAYERS = 12
+
+
+def _rule_3d(config: Mapping[str, Any]) -> InputRule:
+    network = config["network"]
+    if network not in NETWORKS_3D:
+        raise CellsegError(
+            f"model vit 3d: unknown network {network!r}; valid: {', '.join(NETWORKS_3D)}"
+        )
+    patch = 16 if network == "unetr" else VITVNET_PATCH * 2**VITVNET_DOWNSAMPLINGS
+    return _fixed_rule("vit 3d", patch, config)
+
+
+class ViTVNet3d(nn.Module):
+    """ViT-V-Net (Chen et al. 2021) for segmentation, from MONAI blocks.
+
+    With ``f = feature_size`` (16 in ViT-V-Net, whose widths are all multiples of it):
+
+    * CNN encoder: MONAI ``TwoConv`` to ``f`` channels at full resolution, then two MONAI
+      ``Down`` (max-pool + ``TwoConv``) to ``2f`` at 1/2 and ``2f`` at 1/4;
+    * MONAI ``ViT`` (``hidden_size``, 12 layers, ``num_heads``, ``mlp_dim``, q/k/v biases) on
+      the 1/4 features with 8x8x8 patches: one token per 32^3 input voxels, learned position
+      embedding for the fixed ``img_size``;
+    * decoder: a 3x3x3 convolution from ``hidden_size`` to ``32f`` channels, then five
+      :class:`UpConcatConv` steps (x2 trilinear, skip, two conv-norm-ReLU) of widths
+      6f, 3f, 2f, 2f, f with skips: the 1/4 features max-pooled to 1/16 and 1/8, the 1/4, 1/2
+      and full-resolution encoder features; a 3x3x3 convolution to the logits.
+
+    Shapes: ``(B, in_channels, *img_size)`` -> ``(B, out_channels, *img_size)``; every size of
+    ``img_size`` a multiple of 32.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        img_size: tuple[int, int, int],
+        hidden_size: int,
+        mlp_dim: int,
+        num_heads: int,
+        feature_size: int = 16,
+        dropout_rate: float = 0.0,
+        norm: str = "instance",
+    ) -> None:
+        super().__init__()
+        from monai.networks.blocks import Convolution
+        from monai.networks.nets import ViT
+        from monai.networks.nets.basic_unet import Down, TwoConv
+
+        f = int(feature_size)
+        act = ("relu", {"inplace": True})
+        norm_arg = norm_spec(norm)
+        down = 2**VITVNET_DOWNSAMPLINGS
+        self.grid = tuple(s // (down * VITVNET_PATCH) for s in img_size)
+        self.inc = TwoConv(3, in_channels, f, act, norm_arg, bias=False)
+        self.down1 = Down(3, f, 2 * f, act, norm_arg, bias=False)
+        self.down2 = Down(3, 2 * f, 2 * f, act, norm_arg, bias=False)
+        self.vit = ViT(
+            in_channels=2 * f,
+            img_size=tuple(s // down for s in img_size),
+            patch_size=VITVNET_PATCH,
+            hidden_size=hidden_size,
+            mlp_dim=mlp_dim,
+            num_layers=VITVNET_LAYERS,
+            num_heads=num_heads,
+            dropout_rate=dropout_rate,
+            spatial_dims=3,
+            qkv_bias=True,
+        )
+        for block in self.vit.blocks:
+            # MONAI builds a cross-attention norm even without cross-attention: unused
+            # parameters (no gradient) would stop DDP, which expects every parameter to get one
+            if not block.with_cross_attention:
+                block.norm_cross_attn = nn.Identity()
+        self.conv_more = Convolution(
+            3, hidden_size, 32 * f, kernel_size=3, act=act, norm=norm_arg, bias=False
+        )
+        widths = (6 * f, 3 * f, 2 * f, 2 * f, f)
+        skips = (2 * f, 2 * f, 2 * f, 2 * f, f)
+        inputs = (32 * f, *widths[:-1])
+        self.up = nn.ModuleList(
+            [
+                UpConcatConv(i, s, w, norm=norm)
+                for i, s, w in zip(inputs, skips, widths, strict=True)
+            ]
+        )
+        self.head = nn.Conv3d(f, out_channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, D, H, W)`` -> logits ``(B, C_out, D, H, W)``."""
+        f1 = self.inc(x)
+        f2 = self.down1(f1)
+        f3 = self.down2(f2)
+        tokens, _ = self.vit(f3)  # (B, tokens, hidden)
+        y = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *self.grid)
+        y = self.conv_more(y)
+        f8 = F.max_pool3d(f3, 2)
+        skips = (F.max_pool3d(f8, 2), f8, f3, f2, f1)
+        for block, skip in zip(self.up, skips, strict=True):
+            y = block(y, skip)
+        return self.head(y)
+
+
 @register_model(
     "vit",
     "3d",
     presets={
         "seed": {
-            "hidden_size": 768,
+            "network": "vitvnet",
+            "hidden_size": 252,
             "mlp_dim": 3072,
             "num_heads": 12,
             "feature_size": 16,
-            "dropout_rate": 0.0,
+            "dropout_rate": 0.1,
             "norm": "instance",
             "input_shape": (32, 256, 256),
         },
         "demo": {
+            "network": "unetr",
             "hidden_size": 64,
             "mlp_dim": 256,
             "num_heads": 4,
@@ -104,11 +223,24 @@ def vit_2d(in_channels: int, out_channels: int, **config: Any) -> nn.Module:
             "input_shape": (16, 64, 64),
         },
     },
-    input_rule=lambda config: _fixed_rule("vit 3d", 16, config),
-    library="monai.networks.nets.UNETR",
+    input_rule=_rule_3d,
+    library="ViT-V-Net from monai ViT + TwoConv/Down blocks (seed); monai UNETR (demo)",
 )
 def vit_3d(in_channels: int, out_channels: int, **config: Any) -> nn.Module:
-    """3D ViT: MONAI UNETR (ViT-B/16, 12 layers fixed by MONAI), fixed input size."""
+    """3D ViT: ViT-V-Net (CNN encoder, MONAI ViT on 1/4 features, UNet decoder), fixed size."""
+    _rule_3d(config)  # validates network and input_shape
+    if config["network"] == "vitvnet":
+        return ViTVNet3d(
+            in_channels,
+            out_channels,
+            img_size=tuple(config["input_shape"]),
+            hidden_size=int(config["hidden_size"]),
+            mlp_dim=int(config["mlp_dim"]),
+            num_heads=int(config["num_heads"]),
+            feature_size=int(config["feature_size"]),
+            dropout_rate=float(config["dropout_rate"]),
+            norm=config["norm"],
+        )
     from monai.networks.nets import UNETR
 
     return UNETR(
@@ -119,7 +251,7 @@ def vit_3d(in_channels: int, out_channels: int, **config: Any) -> nn.Module:
         hidden_size=int(config["hidden_size"]),
         mlp_dim=int(config["mlp_dim"]),
         num_heads=int(config["num_heads"]),
-        norm_name=(config["norm"], {"affine": True}),
+        norm_name=norm_spec(config["norm"]),
         dropout_rate=float(config["dropout_rate"]),
         spatial_dims=3,
     )
