@@ -1,4 +1,5 @@
-"""Tests of cellseg.metrics against sklearn, hand-computed cases and a simulated bootstrap."""
+"""Tests of cellseg.metrics against sklearn and hand-computed cases (intervals and paired tests:
+tests/test_statistics.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,9 @@ from cellseg.classes import CLASSES, NUM_CLASSES
 from cellseg.metrics import (
     ConfusionMetric,
     aggregate_crops,
-    bootstrap_ci,
     class_summary_table,
     confusion_counts,
     crop_class_table,
-    paired_bootstrap,
     scores_from_counts,
 )
 
@@ -181,52 +180,6 @@ def test_cumulative_metric_equals_functional() -> None:
         np.testing.assert_array_equal(a, b)
     metric.reset()
     assert np.isnan(metric.aggregate().mean.dice).all()
-
-
-def test_paired_bootstrap_covers_true_difference() -> None:
-    rng = np.random.default_rng(0)
-    n_crops, n_classes, true_diff = 40, 5, 0.05
-    base = (
-        0.6
-        + rng.normal(0.0, 0.15, size=(n_crops, 1))
-        + rng.normal(0.0, 0.05, size=(n_crops, n_classes))
-    )
-    a = base + true_diff + rng.normal(0.0, 0.03, size=base.shape)
-    b = base.copy()
-    unannotated = rng.random(base.shape) < 0.3
-    a[unannotated] = np.nan
-    b[unannotated] = np.nan
-    res = paired_bootstrap(a, b, n_resamples=4000, seed=1)
-    assert res.low < true_diff < res.high
-    assert res.low > 0  # the shared crop effect cancels: a clear difference
-    assert res.p_value < 0.01
-    assert res.estimate == pytest.approx(res.estimate_a - res.estimate_b)
-    # the same model against itself: no difference at all
-    same = paired_bootstrap(a, a, n_resamples=500, seed=1)
-    assert same.estimate == 0.0 and same.p_value == 1.0
-    # unpaired CIs are much wider than the paired one (the crop effect does not cancel)
-    ci_a = bootstrap_ci(a, n_resamples=4000, seed=1)
-    assert ci_a.low < ci_a.estimate < ci_a.high
-    assert (ci_a.high - ci_a.low) > 2 * (res.high - res.low)
-    # seeded: same seed, same result
-    assert paired_bootstrap(a, b, n_resamples=4000, seed=1) == res
-
-
-def test_bootstrap_on_counts_pooled_and_mean() -> None:
-    rng = np.random.default_rng(5)
-    counts = rng.integers(0, 50, size=(12, 3, 4))
-    counts[0, 2] = 0  # crop 0 does not annotate class 2
-    for statistic, expected in (
-        ("mean", np.nanmean(aggregate_crops(counts).mean.dice)),
-        ("pooled", np.mean(aggregate_crops(counts).pooled.dice)),
-    ):
-        res = bootstrap_ci(counts, statistic=statistic, n_resamples=2000, seed=0)
-        assert res.estimate == pytest.approx(expected)
-        assert res.low <= res.estimate <= res.high
-    with pytest.raises(ValueError, match="pooled"):
-        bootstrap_ci(rng.random((5, 3)), statistic="pooled")
-    with pytest.raises(ValueError, match="2 crops"):
-        bootstrap_ci(counts[:1])
 
 
 def test_crop_table_defaults_to_the_14_classes() -> None:

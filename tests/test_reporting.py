@@ -1,4 +1,4 @@
-"""The model comparison on synthetic metric tables: ranking, CIs, baseline, missing models."""
+"""The model comparison on synthetic metric tables: ranking, CIs, tests, baseline, missing models."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from cellseg.classes import CLASSES
 from cellseg.errors import CellsegError
-from cellseg.metrics import paired_bootstrap
+from cellseg.figures import sample_slices
 from cellseg.reporting import (
     BASELINE,
     SUMMARY_FIGURES,
@@ -19,11 +19,12 @@ from cellseg.reporting import (
     make_summary,
     metric_counts,
     prior_baseline_counts,
-    sample_slices,
     summarize,
     summary_markdown,
 )
+from cellseg.statistics import mean_dice_interval, paired_comparison
 from cellseg.visualization import crop_panels_figure, training_curves_figure
+from test_statistics import naive_sign_flip
 
 CLASSES3 = ("ecs", "mito_lum", "nuc")
 
@@ -112,13 +113,13 @@ def test_paired_ci_contains_the_true_difference_in_simulation():
         counts = [
             metric_counts(metrics_table(k, q))[1] for k, q in (("a", a), ("b", np.clip(b, 0, 1)))
         ]
-        result = paired_bootstrap(counts[0], counts[1], "mean", n_resamples=500, seed=seed)
+        result = paired_comparison(counts[0], counts[1], "mean", n_resamples=500, seed=seed)
         covered += result.low <= 0.1 <= result.high
     assert covered >= 16
 
 
 def test_baseline_row_is_the_expected_score_of_the_prior(tmp_path, frequencies):
-    metrics, train = three_models(tmp_path, n=5)
+    metrics, train = three_models(tmp_path, n=8)
     summary = summarize(metrics, train, frequencies, expected=list(metrics))
     baseline = summary.table.set_index("model").loc[BASELINE]
     # every crop: P = 100 positives of N = 1200 - TP... computed from the ground truth only
@@ -132,6 +133,65 @@ def test_baseline_row_is_the_expected_score_of_the_prior(tmp_path, frequencies):
     assert baseline["status"] == "baseline" and pd.isna(baseline["rank"])
     assert baseline["mean_dice"] < summary.table.set_index("model").loc["vit_2d", "mean_dice"]
     assert summary.table.set_index("model").loc["vit_2d", "above_baseline"]
+
+
+def test_too_few_crops_give_no_interval_and_no_p_value(tmp_path, frequencies):
+    """Two crops, a large difference: the old paired bootstrap called it "significantly worse,
+    p = 0.004"; an exact test over 2 crops cannot go below p = 0.5, so nothing is reported."""
+    metrics, train = three_models(tmp_path, n=2)
+    summary = summarize(metrics, train, frequencies, expected=list(metrics))
+    table = summary.table.set_index("model")
+    assert table.loc["vit_2d", "diff_to_best"] == pytest.approx(-0.3, abs=0.02)
+    for column in ("mean_dice_ci_low", "mean_dice_ci_high", "diff_ci_low", "p_value", "p_holm"):
+        assert table[column].isna().all(), column
+    assert table["significant"].isna().all() and table["above_baseline"].isna().all()
+    assert table.loc["vit_2d", "compared_crops"] == 2
+    assert set(summary.winners["winner"]) == {"tie", ""}  # "": no crop annotates the class
+    text = summary_markdown(summary)
+    assert "**No confidence intervals and no p-values**: 2 test crop(s)" in text
+    assert "2/2^2 = 0.5" in text and "significantly" not in text
+    assert "vit_2d: Δ -0.29" in text and "not tested (fewer than 6)" in text
+
+
+def test_comparison_p_value_is_the_exact_sign_flip_test(tmp_path, frequencies):
+    metrics, train = three_models(tmp_path, n=8)
+    summary = summarize(metrics, train, frequencies, expected=list(metrics))
+    table = summary.table.set_index("model")
+    counts = {k: metric_counts(pd.read_csv(path))[1] for k, path in metrics.items()}
+    # an independent reference: every one of the 2^8 swaps, statistic from aggregate_crops
+    p = naive_sign_flip(counts["unet_2d"], counts["unet_3d"], "mean")
+    assert table.loc["unet_2d", "p_value"] == pytest.approx(p, abs=1e-12)
+    assert p == pytest.approx(2 / 2**8)  # every crop worse: only the 2 extreme flips
+    assert table.loc["vit_2d", "p_holm"] == pytest.approx(min(1.0, 3 * 2 / 2**8))  # + baseline
+    interval = mean_dice_interval(counts["unet_3d"])
+    low, high = table.loc["unet_3d", ["mean_dice_ci_low", "mean_dice_ci_high"]]
+    assert (low, high) == pytest.approx((interval.low, interval.high))
+
+
+def test_class_winner_is_only_named_beyond_noise(tmp_path):
+    """ecs: unet_3d better on every crop (a winner); mito_lum: the two models differ by noise
+    only (a tie, whichever leads); nuc: annotated by 4 crops only (too few to test: a tie)."""
+    rng = np.random.default_rng(3)
+    n = 12
+    base = rng.uniform(0.4, 0.8, size=(n, 3))
+    better = base.copy()
+    better[:, 0] += 0.1
+    better[:, 1] += rng.normal(0, 0.03, size=n)
+    better[:, 2] += 0.1
+    metrics = {}
+    for key, quality in (("unet_3d", better), ("unet_2d", base)):
+        table = metrics_table(key, np.clip(quality, 0, 1))
+        table = table[~((table["class"] == "nuc") & (table["crop"] >= "d/crop004"))]
+        metrics[key] = tmp_path / f"{key}.csv"
+        table.to_csv(metrics[key], index=False)
+    winners = summarize(metrics, None, None, expected=[]).winners.set_index("class")
+    assert winners.loc["ecs", "winner"] == "unet_3d" and winners.loc["ecs", "crops"] == n
+    assert winners.loc["ecs", "p_holm"] < 0.05
+    assert winners.loc["mito_lum", "winner"] == "tie" and winners.loc["mito_lum", "p_holm"] > 0.05
+    assert winners.loc["mito_lum", "leader"] in ("unet_3d", "unet_2d")
+    assert winners.loc["nuc", "winner"] == "tie" and winners.loc["nuc", "crops"] == 4
+    assert winners.loc["nuc", "leader"] == "unet_3d" and pd.isna(winners.loc["nuc", "p_value"])
+    assert winners.loc["er_mem", "winner"] == ""  # no crop annotates it
 
 
 def test_hand_computed_baseline_dice():

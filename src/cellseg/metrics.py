@@ -1,4 +1,4 @@
-"""Masked per-class segmentation metrics, their aggregation over crops, and a paired bootstrap.
+"""Masked per-class segmentation metrics and their aggregation over crops.
 
 Counts come first: :func:`confusion_counts` turns binarised predictions and NaN-masked targets
 into per-class ``(TP, FP, FN, TN)`` voxel counts (torch tensors during training, numpy arrays,
@@ -7,6 +7,7 @@ from counts (:func:`scores_from_counts`). Following SPEC §8 and the CellMap cha
 whose prediction and ground truth are both empty (``TP + FP + FN = 0``) scores 1 on every metric
 and is flagged ``empty``; otherwise a ratio with a zero denominator is 0 (precision when nothing
 is predicted, recall when nothing is present), as ``sklearn`` does with ``zero_division=0``.
+Intervals and paired tests over crops are in :mod:`cellseg.statistics`.
 """
 
 from __future__ import annotations
@@ -24,18 +25,14 @@ from cellseg.classes import CLASSES, NUM_CLASSES
 __all__ = [
     "COUNT_NAMES",
     "SCORE_NAMES",
-    "BootstrapResult",
     "ConfusionMetric",
     "CropAggregate",
-    "PairedBootstrapResult",
     "Scores",
     "Statistic",
     "aggregate_crops",
-    "bootstrap_ci",
     "class_summary_table",
     "confusion_counts",
     "crop_class_table",
-    "paired_bootstrap",
     "scores_from_counts",
 ]
 
@@ -367,154 +364,3 @@ def class_summary_table(
     for i, name in enumerate(COUNT_NAMES):
         table[name] = agg.counts[:, i]
     return pd.DataFrame(table)
-
-
-# ----------------------------------------------------------------------------------- bootstrap
-
-
-class BootstrapResult(NamedTuple):
-    """A statistic and its percentile bootstrap confidence interval."""
-
-    estimate: float
-    low: float
-    high: float
-
-
-class PairedBootstrapResult(NamedTuple):
-    """Difference ``A - B`` of a statistic on shared crops, its CI and two-sided p-value."""
-
-    estimate: float
-    low: float
-    high: float
-    p_value: float
-    estimate_a: float
-    estimate_b: float
-
-
-def _resample_weights(n: int, n_resamples: int, seed: int) -> np.ndarray:
-    """``(R, N)`` multiplicities of each crop in each resample (with replacement)."""
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)
-
-
-def _statistic(data: np.ndarray, weights: np.ndarray, statistic: Statistic) -> np.ndarray:
-    """The model's mean Dice under each row of ``weights`` ``(R, N)``: returns ``(R,)``.
-
-    ``data`` is counts ``(N, C, 4)`` or per-crop Dice ``(N, C)`` with NaN where not annotated.
-    Classes that no crop of a resample annotates are left out of its mean over classes.
-    """
-    if data.ndim == 3:
-        ann = _annotated(data)
-        if statistic is Statistic.POOLED:
-            pooled = np.einsum("rn,nck->rck", weights, np.where(ann[..., None], data, 0))
-            dice = scores_from_counts(pooled).dice
-            present = weights @ ann.astype(np.float64) > 0
-            dice = np.where(present, dice, np.nan)
-            with np.errstate(invalid="ignore"):
-                return np.nanmean(dice, axis=1)
-        dice_per_crop = np.where(ann, scores_from_counts(data).dice, np.nan)
-    else:
-        if statistic is Statistic.POOLED:
-            raise ValueError("the pooled statistic needs counts (N, C, 4), not per-crop scores")
-        dice_per_crop = data
-    ann = ~np.isnan(dice_per_crop)
-    sums = weights @ np.where(ann, dice_per_crop, 0.0)
-    n = weights @ ann.astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_class = np.where(n > 0, sums / np.maximum(n, 1e-300), np.nan)
-        return np.nanmean(per_class, axis=1)
-
-
-def _as_data(x: np.ndarray | torch.Tensor) -> np.ndarray:
-    arr = _to_numpy(x).astype(np.float64)
-    if not (arr.ndim == 3 and arr.shape[-1] == 4) and arr.ndim != 2:
-        raise ValueError(f"expected counts (N, C, 4) or per-crop Dice (N, C), got {arr.shape}")
-    if arr.shape[0] < 2:
-        raise ValueError(f"a bootstrap over crops needs at least 2 crops, got {arr.shape[0]}")
-    return arr
-
-
-def bootstrap_ci(
-    data: np.ndarray | torch.Tensor,
-    statistic: Statistic | str = Statistic.MEAN,
-    n_resamples: int = 10000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> BootstrapResult:
-    """Percentile bootstrap CI of a model's mean Dice, resampling crops with replacement.
-
-    Args:
-        data: per-crop counts ``(N, C, 4)``, or per-crop Dice ``(N, C)`` with NaN where the crop
-            does not annotate the class (``mean`` statistic only).
-        statistic: :class:`Statistic`.
-        n_resamples: bootstrap resamples ``R`` (memory ``R x N x C`` float64 for ``pooled``).
-        confidence: e.g. 0.95.
-        seed: seed of the resampling (same seed, same crops: same result).
-
-    Raises:
-        ValueError: bad shapes, fewer than 2 crops, or ``confidence`` outside (0, 1).
-
-    Returns:
-        :class:`BootstrapResult` (the estimate is the statistic on all crops).
-    """
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    statistic = Statistic(statistic)
-    arr = _as_data(data)
-    estimate = float(_statistic(arr, np.ones((1, arr.shape[0])), statistic)[0])
-    boot = _statistic(arr, _resample_weights(arr.shape[0], n_resamples, seed), statistic)
-    q = (1 - confidence) / 2
-    low, high = np.nanquantile(boot, [q, 1 - q])
-    return BootstrapResult(estimate, float(low), float(high))
-
-
-def paired_bootstrap(
-    data_a: np.ndarray | torch.Tensor,
-    data_b: np.ndarray | torch.Tensor,
-    statistic: Statistic | str = Statistic.MEAN,
-    n_resamples: int = 10000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> PairedBootstrapResult:
-    """Paired bootstrap of the difference of mean Dice between two models on the same crops.
-
-    Each resample draws crops with replacement and evaluates both models on the same draw, so the
-    between-crop variation common to both cancels. The p-value is two-sided, from the bootstrap
-    distribution shifted to the null (difference 0): ``(1 + #{|d* - d| >= |d|}) / (1 + R)``.
-
-    Args:
-        data_a: model A, as in :func:`bootstrap_ci`; row ``n`` is the same crop in both.
-        data_b: model B, same shape.
-        statistic: :class:`Statistic`.
-        n_resamples: ``R``.
-        confidence: CI level.
-        seed: resampling seed.
-
-    Raises:
-        ValueError: the shapes differ, or as :func:`bootstrap_ci`.
-
-    Returns:
-        :class:`PairedBootstrapResult` of ``A - B``.
-    """
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    statistic = Statistic(statistic)
-    a, b = _as_data(data_a), _as_data(data_b)
-    if a.shape != b.shape:
-        raise ValueError(
-            f"paired data must have the same crops and classes: {a.shape} vs {b.shape}"
-        )
-    ones = np.ones((1, a.shape[0]))
-    est_a = float(_statistic(a, ones, statistic)[0])
-    est_b = float(_statistic(b, ones, statistic)[0])
-    diff = est_a - est_b
-    w = _resample_weights(a.shape[0], n_resamples, seed)
-    boot = _statistic(a, w, statistic) - _statistic(b, w, statistic)
-    boot = boot[~np.isnan(boot)]
-    q = (1 - confidence) / 2
-    low, high = np.quantile(boot, [q, 1 - q])
-    extreme = np.count_nonzero(np.abs(boot - diff) >= abs(diff) - 1e-15)
-    p_value = (1 + extreme) / (1 + boot.size)
-    return PairedBootstrapResult(
-        diff, float(low), float(high), float(min(p_value, 1.0)), est_a, est_b
-    )

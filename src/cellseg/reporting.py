@@ -1,19 +1,25 @@
-"""The comparison of the trained models: ``summary.csv``, ``summary.md`` and the figures.
+"""The comparison of the trained models: ``summary.csv`` and ``summary.md``.
 
 Inputs are the per-model metrics CSVs of :mod:`cellseg.evaluation` (one row per crop × annotated
 class), the trainers' ``train_summary.json`` and the training prior (``class_frequencies.json``).
+The statistics are :mod:`cellseg.statistics`; the figures :mod:`cellseg.figures`.
 
-Statistics (all over the held-out crops, one adjustment mode):
+What is compared (all over the held-out crops, one adjustment mode):
 
 * **mean Dice**: per class, the mean of per-crop Dice over the crops annotating it; then the mean
-  over classes. Its 95 % CI is a percentile bootstrap resampling crops
-  (:func:`cellseg.metrics.bootstrap_ci`).
+  over the classes any crop annotates. Its CI is a t-interval over crops with the class set held
+  fixed (:func:`cellseg.statistics.mean_dice_interval`; coverage checked on synthetic data).
 * **pooled Dice**: per class, the Dice of ``ΣTP, ΣFP, ΣFN`` over those crops (as the CellMap
   challenge scores); ``dice_<class>`` columns hold it per class, ``pooled_dice`` its mean over
   classes.
 * **difference to the best**: the model's statistic minus the best model's on the crops both were
-  evaluated on, with a paired bootstrap CI and two-sided p-value
-  (:func:`cellseg.metrics.paired_bootstrap`), Holm-adjusted over the comparisons.
+  evaluated on, with a t-interval and an exact sign-flip permutation p-value over crops
+  (:func:`cellseg.statistics.paired_comparison`), Holm-adjusted over the comparisons.
+* **winner per class**: the model with the best pooled Dice of the class is named the winner only
+  when a sign-flip test over the crops annotating the class (against the runner-up, Holm-adjusted
+  over the classes) is significant; otherwise the class is a tie.
+* **too few crops**: with fewer test crops than ``min_crops_for_statistics`` there is no CI and no
+  p-value (an exact test over ``N`` crops cannot go below ``p = 2/2^N``), and ``summary.md`` says so.
 * **baseline (prior)**: a predictor that ignores the image and marks each voxel of class ``c``
   positive independently with probability ``f_c``, the class's training prior. Its row holds the
   *expected* counts on each crop: with ``P`` positive of ``N`` annotated voxels,
@@ -39,39 +45,35 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from cellseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
 from cellseg.errors import CellsegError
 from cellseg.io import atomic_path, write_text_atomic
-from cellseg.metrics import (
-    COUNT_NAMES,
-    Statistic,
-    aggregate_crops,
-    bootstrap_ci,
-    paired_bootstrap,
+from cellseg.metrics import COUNT_NAMES, Statistic, aggregate_crops
+from cellseg.statistics import (
+    DEFAULT_PERMUTATIONS,
+    PairedComparison,
+    holm,
+    mean_dice_interval,
+    paired_comparison,
+    sign_flip_p_value,
+    smallest_p_value,
 )
 
 __all__ = [
     "BASELINE",
     "SUMMARY_FIGURES",
-    "ModelFigureSettings",
     "Summary",
     "SummarySettings",
     "expected_models",
     "load_metrics",
-    "make_model_figures",
     "make_summary",
     "metric_counts",
     "prior_baseline_counts",
     "summarize",
+    "summary_markdown",
     "write_summary",
 ]
 
@@ -84,7 +86,7 @@ SUMMARY_FIGURES: tuple[str, ...] = (
     "pareto.png",
     "dim_comparison.png",
 )
-"""File names of the summary figures, in ``results/figures/summary/``."""
+"""File names of the summary figures, in ``results/figures/summary/`` (:mod:`cellseg.figures`)."""
 
 
 def expected_models() -> list[str]:
@@ -102,24 +104,31 @@ class SummarySettings:
         adjustment: the metrics' adjustment mode to compare (``train`` / ``none``); ``None``:
             the first mode of each metrics CSV (the evaluation's primary one).
         rank_by: ``mean`` (mean over crops) or ``pooled`` Dice: the statistic models are ranked,
-            bootstrapped and compared by.
-        bootstrap_resamples: bootstrap resamples of the CIs and paired tests.
-        bootstrap_seed: their seed.
+            given a CI and compared by.
         confidence: CI level.
         significance: Holm-adjusted p-value below which a difference is called significant.
+        min_crops_for_statistics: fewest crops (shared crops for a comparison, crops annotating
+            the class for a winner) with which a CI or a p-value is reported. Default 6: the
+            smallest ``N`` whose exact sign-flip test can reach ``p < 0.05`` (``2/2^6 = 0.031``).
+        permutation_resamples: sign flips of the paired tests: all ``2^N`` when that is at most
+            this many (``2^16``: exact up to 16 crops), else a Monte Carlo sample of this many.
+        permutation_seed: seed of the Monte Carlo flips.
     """
 
     adjustment: str | None = None
     rank_by: str = "mean"
-    bootstrap_resamples: int = 2000
-    bootstrap_seed: int = 0
     confidence: float = 0.95
     significance: float = 0.05
+    min_crops_for_statistics: int = 6
+    permutation_resamples: int = DEFAULT_PERMUTATIONS
+    permutation_seed: int = 0
 
     def __post_init__(self) -> None:
         Statistic(self.rank_by)
-        if self.bootstrap_resamples < 1:
-            raise CellsegError("evaluation.bootstrap_resamples must be >= 1")
+        if self.permutation_resamples < 1:
+            raise CellsegError("evaluation.permutation_resamples must be >= 1")
+        if self.min_crops_for_statistics < 2:
+            raise CellsegError("evaluation.min_crops_for_statistics must be >= 2")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> SummarySettings:
@@ -224,13 +233,15 @@ class Summary:
 
     Attributes:
         table: one row per model, ranked, plus the baseline row last.
-        winners: one row per class: best model by pooled Dice, its Dice, the baseline's.
+        winners: one row per class: the leader by pooled Dice, the runner-up, the paired test
+            between them and the ``winner`` (the leader when significant, else ``tie``).
         notes: one line per failed, not converged or missing model.
         missing: expected models with no results.
         adjustment: the adjustment mode compared.
         settings: the settings used.
         n_crops: crops evaluated (union over models).
         empty_score: mean Dice of a predictor that predicts nothing (``rank_by`` statistic).
+        counts: ``{model}_{dim}`` → ``(crops, (N, 14, 4) counts)`` of each evaluated model.
     """
 
     table: pd.DataFrame
@@ -244,6 +255,17 @@ class Summary:
     counts: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)
 
 
+@dataclass
+class _Model:
+    """One configured model while summarising: its row and, when evaluated, its counts."""
+
+    row: dict[str, Any]
+    crops: list[str] = field(default_factory=list)
+    counts: np.ndarray | None = None
+    metrics: pd.DataFrame | None = None
+    note: str = ""
+
+
 def _statistic_estimate(counts: np.ndarray, statistic: Statistic) -> float:
     agg = aggregate_crops(counts)
     scores = agg.mean.dice if statistic is Statistic.MEAN else agg.pooled.dice
@@ -252,11 +274,10 @@ def _statistic_estimate(counts: np.ndarray, statistic: Statistic) -> float:
 
 
 def _ci(counts: np.ndarray, statistic: Statistic, s: SummarySettings) -> tuple[float, float]:
-    if counts.shape[0] < 2:
+    """The interval of the statistic, or NaN with fewer than ``min_crops_for_statistics`` crops."""
+    if counts.shape[0] < s.min_crops_for_statistics:
         return float("nan"), float("nan")
-    result = bootstrap_ci(
-        counts, statistic, s.bootstrap_resamples, s.confidence, seed=s.bootstrap_seed
-    )
+    result = mean_dice_interval(counts, statistic, s.confidence)
     return result.low, result.high
 
 
@@ -279,38 +300,196 @@ def _dice_columns(counts: np.ndarray, statistic: Statistic, s: SummarySettings) 
     return columns
 
 
-def _holm(p_values: Sequence[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (NaN stays NaN)."""
-    p = np.asarray(p_values, dtype=float)
-    finite = np.flatnonzero(np.isfinite(p))
-    adjusted = np.full_like(p, np.nan)
-    order = finite[np.argsort(p[finite])]
-    m, running = len(order), 0.0
-    for k, i in enumerate(order):
-        running = max(running, min(1.0, (m - k) * p[i]))
-        adjusted[i] = running
-    return adjusted.tolist()
+def _train_columns(train: Mapping[str, Any]) -> dict[str, Any]:
+    gpus = int(train.get("gpus", 0) or 0)
+    return {
+        "preset": train.get("preset"),
+        "parameters": train.get("parameters"),
+        "epochs_run": train.get("epochs_run"),
+        "best_epoch": train.get("best_epoch"),
+        "stop_reason": train.get("stop_reason") or "unfinished",
+        "train_hours": float(train.get("train_seconds", np.nan)) / 3600,
+        "gpus": gpus,
+        "gpu_hours": train.get("gpu_hours"),
+        "cpu_hours": train.get("cpu_hours"),
+        "compute_hours": train.get("gpu_hours") if gpus else train.get("cpu_hours"),
+        "compute_unit": "GPU" if gpus else "CPU",
+    }
 
 
-def _status(train: Mapping[str, Any] | None, score: float) -> tuple[str, str]:
-    """``(status, why)``: ok, not converged, failed."""
-    if train is None:
-        return "failed", "no train_summary.json"
-    stop = train.get("stop_reason") or ""
-    best = train.get("best_val_mean_dice")
-    if not stop:
-        return "failed", "training did not finish (no stop reason)"
-    if best is None or (isinstance(best, float) and math.isnan(best)):
-        return "failed", "no finite validation Dice during training"
-    if not math.isfinite(score):
-        return "failed", "no finite test Dice"
-    if stop == "max_epochs" and int(train.get("best_epoch", -1)) >= int(train["epochs_run"]) - 1:
-        return (
-            "not converged",
-            f"validation Dice still improving at the last of {train['epochs_run']} epochs "
-            "(max_epochs reached)",
+def _load_model(
+    key: str,
+    path: Path | str | None,
+    train_summaries: Mapping[str, Path | str | None] | None,
+    s: SummarySettings,
+) -> _Model:
+    """A model's row of ``summary.csv`` (and its counts) from its metrics and train summary."""
+    architecture, _, dim = key.rpartition("_")
+    row: dict[str, Any] = {"model": key, "architecture": architecture, "dim": dim}
+    if path is None or not Path(path).is_file():
+        row["status"] = "missing"
+        return _Model(row, note=f"{key}: missing: no metrics ({path or 'not evaluated'})")
+    table, mode = load_metrics(path, s.adjustment)
+    crops, counts = metric_counts(table)
+    seconds = (
+        float(table.groupby("crop")["inference_seconds"].first().sum())
+        if "inference_seconds" in table
+        else np.nan
+    )
+    statistic = Statistic(s.rank_by)
+    row.update(
+        n_crops=len(crops),
+        **_dice_columns(counts, statistic, s),
+        inference_seconds=seconds,
+        adjustment=mode,
+    )
+    train = None
+    if train_summaries is not None:
+        train = _read_json(train_summaries.get(key))
+    if train is not None:
+        row.update(_train_columns(train))
+    score = row["mean_dice"] if statistic is Statistic.MEAN else row["pooled_dice"]
+    if train_summaries is not None:
+        row["status"], why = _status(train, score)
+    else:
+        row["status"], why = ("ok", "") if math.isfinite(score) else ("failed", "no Dice")
+    note = f"{key}: {row['status']}: {why}" if why else ""
+    return _Model(row, crops, counts, table, note)
+
+
+def _check_evaluated(evaluated: Mapping[str, _Model]) -> str:
+    """The one adjustment mode of the evaluated models; raises when there is none or several."""
+    if not evaluated:
+        raise CellsegError(
+            "no model has a metrics CSV; run the evaluate rule for at least one model"
         )
-    return "ok", ""
+    modes = {m.row["adjustment"] for m in evaluated.values()}
+    if len(modes) > 1:
+        raise CellsegError(
+            f"metrics CSVs have different primary adjustment modes {sorted(modes)}; "
+            "set evaluation.adjustment_modes so that they share the first"
+        )
+    return modes.pop()
+
+
+def _baseline(
+    gt_crops: list[str], gt_counts: np.ndarray, class_frequencies: Path | str, s: SummarySettings
+) -> _Model:
+    """The prior baseline's row and expected counts on the ground truth of every crop."""
+    from cellseg.losses import read_class_frequencies
+
+    prior = read_class_frequencies(class_frequencies)["prior"]
+    expected = prior_baseline_counts(gt_counts, prior)
+    row = {
+        "model": BASELINE,
+        "architecture": "prior",
+        "dim": "",
+        "status": "baseline",
+        "n_crops": len(gt_crops),
+        **_dice_columns(expected, Statistic(s.rank_by), s),
+        "adjustment": "",
+    }
+    return _Model(row, gt_crops, expected)
+
+
+def _nothing_score(gt_counts: np.ndarray, statistic: Statistic) -> float:
+    """The statistic of predicting nothing: TP = FP = 0, FN = P (empty crops score 1)."""
+    nothing = gt_counts.copy()
+    nothing[..., 3] += nothing[..., 1]
+    nothing[..., 2] += nothing[..., 0]
+    nothing[..., 0] = nothing[..., 1] = 0
+    return _statistic_estimate(nothing, statistic)
+
+
+def _score_column(s: SummarySettings) -> str:
+    return "mean_dice" if Statistic(s.rank_by) is Statistic.MEAN else "pooled_dice"
+
+
+def _rank(table: pd.DataFrame, s: SummarySettings) -> tuple[pd.DataFrame, str | None]:
+    """Rank the finished models by the statistic; ``(table with rank, best model)``."""
+    column = _score_column(s)
+    ranked = table[table["status"].isin(["ok", "not converged"]) & table[column].notna()]
+    ranked = ranked.sort_values(column, ascending=False, kind="stable")
+    table["rank"] = np.nan
+    table.loc[ranked.index, "rank"] = np.arange(1, len(ranked) + 1)
+    return table, (str(ranked.iloc[0]["model"]) if len(ranked) else None)
+
+
+def _shared(a: _Model, b: _Model, classes: slice | list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of ``a`` and ``b`` on their shared crops, zero where either does not annotate."""
+    assert a.counts is not None and b.counts is not None
+    shared = sorted(set(a.crops) & set(b.crops))
+    counts_a = a.counts[[a.crops.index(c) for c in shared]][:, classes]
+    counts_b = b.counts[[b.crops.index(c) for c in shared]][:, classes]
+    both = (counts_a.sum(axis=-1) > 0) & (counts_b.sum(axis=-1) > 0)
+    counts_a, counts_b = (np.where(both[..., None], x, 0.0) for x in (counts_a, counts_b))
+    keep = both.any(axis=1)
+    return counts_a[keep], counts_b[keep]
+
+
+@dataclass
+class _Comparison:
+    """A model against the best on their shared crops (``result`` None: too few crops)."""
+
+    difference: float
+    n_crops: int
+    result: PairedComparison | None
+
+
+def _compare(model: _Model, best: _Model, s: SummarySettings) -> _Comparison:
+    statistic = Statistic(s.rank_by)
+    a, b = _shared(model, best, slice(None))
+    if a.shape[0] == 0:
+        return _Comparison(float("nan"), 0, None)
+    difference = _statistic_estimate(a, statistic) - _statistic_estimate(b, statistic)
+    if a.shape[0] < s.min_crops_for_statistics:
+        return _Comparison(difference, a.shape[0], None)
+    result = paired_comparison(
+        a, b, statistic, s.confidence, s.permutation_resamples, s.permutation_seed
+    )
+    return _Comparison(result.estimate, a.shape[0], result)
+
+
+_COMPARISON_COLUMNS = ("diff_to_best", "diff_ci_low", "diff_ci_high", "p_value", "compared_crops")
+
+
+def _add_comparisons(
+    table: pd.DataFrame,
+    best: str | None,
+    comparisons: Mapping[str, _Comparison],
+    s: SummarySettings,
+) -> pd.DataFrame:
+    """The columns of each model's difference to the best, its CI and (Holm-adjusted) p-value."""
+    table["best_model"] = best
+    for column in _COMPARISON_COLUMNS:
+        table[column] = np.nan
+    for key, comparison in comparisons.items():
+        r = comparison.result
+        i = table.index[table["model"] == key][0]
+        table.loc[i, list(_COMPARISON_COLUMNS)] = [
+            comparison.difference,
+            r.low if r else np.nan,
+            r.high if r else np.nan,
+            r.p_value if r else np.nan,
+            comparison.n_crops,
+        ]
+    if best is not None:
+        table.loc[table["model"] == best, "diff_to_best"] = 0.0
+    table["p_holm"] = holm(table["p_value"].tolist())
+    significant = pd.array(table["p_holm"] < s.significance, dtype="boolean")
+    significant[table["p_holm"].isna().to_numpy()] = pd.NA
+    table["significant"] = significant
+    return table
+
+
+def _add_above_baseline(table: pd.DataFrame, baseline: _Model, s: SummarySettings) -> pd.DataFrame:
+    """``above_baseline``: the CI's lower end above the baseline's estimate (NA without a CI)."""
+    column = _score_column(s)
+    low = table.get(f"{column}_ci_low", table["mean_dice_ci_low"])
+    above = pd.array(low > baseline.row[column], dtype="boolean")
+    above[(low.isna() | (table["model"] == BASELINE)).to_numpy()] = pd.NA
+    table["above_baseline"] = above
+    return table
 
 
 def summarize(
@@ -339,166 +518,67 @@ def summarize(
         :class:`Summary`.
     """
     s = settings or SummarySettings()
-    statistic = Statistic(s.rank_by)
     expected = list(expected) if expected is not None else expected_models()
-    rows: list[dict[str, Any]] = []
-    counts_by_model: dict[str, tuple[list[str], np.ndarray]] = {}
-    notes: list[str] = []
-    modes: set[str] = set()
-    gt_rows: list[pd.DataFrame] = []
-    for key, path in metrics.items():
-        model, _, dim = key.rpartition("_")
-        row: dict[str, Any] = {"model": key, "architecture": model, "dim": dim}
-        train = (
-            _read_json((train_summaries or {}).get(key)) if train_summaries is not None else None
-        )
-        if path is None or not Path(path).is_file():
-            row["status"] = "missing"
-            notes.append(f"{key}: missing: no metrics ({path or 'not evaluated'})")
-            rows.append(row)
-            continue
-        table, mode = load_metrics(path, s.adjustment)
-        modes.add(mode)
-        gt_rows.append(table)
-        crops, counts = metric_counts(table)
-        counts_by_model[key] = (crops, counts)
-        row.update(
-            n_crops=len(crops),
-            **_dice_columns(counts, statistic, s),
-            inference_seconds=float(table.groupby("crop")["inference_seconds"].first().sum())
-            if "inference_seconds" in table
-            else np.nan,
-            adjustment=mode,
-        )
-        if train is not None:
-            gpus = int(train.get("gpus", 0) or 0)
-            row.update(
-                preset=train.get("preset"),
-                parameters=train.get("parameters"),
-                epochs_run=train.get("epochs_run"),
-                best_epoch=train.get("best_epoch"),
-                stop_reason=train.get("stop_reason") or "unfinished",
-                train_hours=float(train.get("train_seconds", np.nan)) / 3600,
-                gpus=gpus,
-                gpu_hours=train.get("gpu_hours"),
-                cpu_hours=train.get("cpu_hours"),
-                compute_hours=train.get("gpu_hours") if gpus else train.get("cpu_hours"),
-                compute_unit="GPU" if gpus else "CPU",
-            )
-        score = row["mean_dice"] if statistic is Statistic.MEAN else row["pooled_dice"]
-        if train_summaries is not None:
-            row["status"], why = _status(train, score)
-        else:
-            row["status"], why = ("ok", "") if math.isfinite(score) else ("failed", "no Dice")
-        if why:
-            notes.append(f"{key}: {row['status']}: {why}")
-        rows.append(row)
-    if not counts_by_model:
-        raise CellsegError(
-            "no model has a metrics CSV; run the evaluate rule for at least one model"
-        )
-    if len(modes) > 1:
-        raise CellsegError(
-            f"metrics CSVs have different primary adjustment modes {sorted(modes)}; "
-            "set evaluation.adjustment_modes so that they share the first"
-        )
-    score_column = "mean_dice" if statistic is Statistic.MEAN else "pooled_dice"
+    models = {key: _load_model(key, path, train_summaries, s) for key, path in metrics.items()}
+    evaluated = {key: m for key, m in models.items() if m.counts is not None}
+    adjustment = _check_evaluated(evaluated)
+    ground_truth = pd.concat([m.metrics for m in evaluated.values()])
+    gt_crops, gt_counts = metric_counts(ground_truth.drop_duplicates(["crop", "class"]))
+    baseline = (
+        None if class_frequencies is None else _baseline(gt_crops, gt_counts, class_frequencies, s)
+    )
 
-    # baseline: ground truth of every crop × class seen by any model
-    baseline_row: dict[str, Any] | None = None
-    baseline_counts: tuple[list[str], np.ndarray] | None = None
-    all_gt = pd.concat(gt_rows).drop_duplicates(["crop", "class"])
-    gt_crops, gt_counts = metric_counts(all_gt)
-    if class_frequencies is not None:
-        from cellseg.losses import read_class_frequencies
-
-        prior = read_class_frequencies(class_frequencies)["prior"]
-        expected_counts = prior_baseline_counts(gt_counts, prior)
-        baseline_counts = (gt_crops, expected_counts)
-        baseline_row = {
-            "model": BASELINE,
-            "architecture": "prior",
-            "dim": "",
-            "status": "baseline",
-            "n_crops": len(gt_crops),
-            **_dice_columns(expected_counts, statistic, s),
-            "adjustment": "",
-        }
-    # an image-blind predictor of nothing: TP = FP = 0, FN = P (empty crops score 1)
-    nothing = gt_counts.copy()
-    nothing[..., 3] += nothing[..., 1]
-    nothing[..., 2] += nothing[..., 0]
-    nothing[..., 0] = nothing[..., 1] = 0
-    empty_score = _statistic_estimate(nothing, statistic)
-
-    # rank and compare with the best
-    table = pd.DataFrame(rows)
-    ranked = table[table["status"].isin(["ok", "not converged"]) & table[score_column].notna()]
-    ranked = ranked.sort_values(score_column, ascending=False, kind="stable")
-    table["rank"] = np.nan
-    table.loc[ranked.index, "rank"] = np.arange(1, len(ranked) + 1)
-    best = str(ranked.iloc[0]["model"]) if len(ranked) else None
-    comparisons: dict[str, Any] = {}
-    if best is not None:
-        best_crops, best_counts = counts_by_model[best]
-        others = {k: v for k, v in counts_by_model.items() if k != best}
-        if baseline_counts is not None:
-            others[BASELINE] = baseline_counts
-        for key, (crops, counts) in others.items():
-            shared = sorted(set(crops) & set(best_crops))
-            if len(shared) < 2:
-                continue
-            a = counts[[crops.index(c) for c in shared]]
-            b = best_counts[[best_crops.index(c) for c in shared]]
-            comparisons[key] = paired_bootstrap(
-                a, b, statistic, s.bootstrap_resamples, s.confidence, seed=s.bootstrap_seed
-            )
-    if baseline_row is not None:
-        table = pd.concat([table, pd.DataFrame([baseline_row])], ignore_index=True)
-    table["best_model"] = best
-    for column in ("diff_to_best", "diff_ci_low", "diff_ci_high", "p_value"):
-        table[column] = np.nan
-    for key, result in comparisons.items():
-        i = table.index[table["model"] == key][0]
-        table.loc[i, ["diff_to_best", "diff_ci_low", "diff_ci_high", "p_value"]] = [
-            result.estimate,
-            result.low,
-            result.high,
-            result.p_value,
-        ]
-    if best is not None:
-        table.loc[table["model"] == best, "diff_to_best"] = 0.0
-    table["p_holm"] = _holm(table["p_value"].tolist())
-    table["significant"] = table["p_holm"] < s.significance
-    if baseline_row is not None:
-        base = baseline_row[score_column]
-        low_column = f"{score_column}_ci_low"
-        table["above_baseline"] = np.where(
-            table["model"] == BASELINE,
-            np.nan,
-            (table[low_column] > base) if low_column in table else table[score_column] > base,
-        )
+    table, best = _rank(pd.DataFrame([m.row for m in models.values()]), s)
+    others = {k: m for k, m in evaluated.items() if k != best}
+    if baseline is not None:
+        others[BASELINE] = baseline
+        table = pd.concat([table, pd.DataFrame([baseline.row])], ignore_index=True)
+    comparisons = (
+        {} if best is None else {k: _compare(m, evaluated[best], s) for k, m in others.items()}
+    )
+    table = _add_comparisons(table, best, comparisons, s)
+    if baseline is not None:
+        table = _add_above_baseline(table, baseline, s)
     table = _order_columns(table.sort_values(["rank"], na_position="last", kind="stable"))
-    for column in ("rank", "parameters", "epochs_run", "best_epoch", "gpus", "n_crops"):
-        table[column] = pd.array(table[column], dtype="Float64").round().astype("Int64")
 
-    winners = _winners(table)
-    configured = set(metrics)
-    missing = [k for k in expected if k not in configured or k not in counts_by_model]
-    for key in expected:
-        if key not in configured:
-            notes.append(f"{key}: missing: expected but not in the config's models")
+    notes = [m.note for m in models.values() if m.note]
+    notes += [
+        f"{k}: missing: expected but not in the config's models"
+        for k in expected
+        if k not in metrics
+    ]
     return Summary(
         table=table.reset_index(drop=True),
-        winners=winners,
+        winners=_winners(table, evaluated, s),
         notes=notes,
-        missing=missing,
-        adjustment=modes.pop(),
+        missing=[k for k in expected if k not in evaluated],
+        adjustment=adjustment,
         settings=s,
         n_crops=len(gt_crops),
-        empty_score=empty_score,
-        counts=counts_by_model,
+        empty_score=_nothing_score(gt_counts, Statistic(s.rank_by)),
+        counts={k: (m.crops, m.counts) for k, m in evaluated.items() if m.counts is not None},
     )
+
+
+def _status(train: Mapping[str, Any] | None, score: float) -> tuple[str, str]:
+    """``(status, why)``: ok, not converged, failed."""
+    if train is None:
+        return "failed", "no train_summary.json"
+    stop = train.get("stop_reason") or ""
+    best = train.get("best_val_mean_dice")
+    if not stop:
+        return "failed", "training did not finish (no stop reason)"
+    if best is None or (isinstance(best, float) and math.isnan(best)):
+        return "failed", "no finite validation Dice during training"
+    if not math.isfinite(score):
+        return "failed", "no finite test Dice"
+    if stop == "max_epochs" and int(train.get("best_epoch", -1)) >= int(train["epochs_run"]) - 1:
+        return (
+            "not converged",
+            f"validation Dice still improving at the last of {train['epochs_run']} epochs "
+            "(max_epochs reached)",
+        )
+    return "ok", ""
 
 
 _LEADING = [
@@ -532,6 +612,7 @@ _LEADING = [
     "diff_to_best",
     "diff_ci_low",
     "diff_ci_high",
+    "compared_crops",
     "p_value",
     "p_holm",
     "significant",
@@ -545,37 +626,73 @@ def _order_columns(table: pd.DataFrame) -> pd.DataFrame:
     leading = [c for c in _LEADING if c in table]
     per_class = [f"dice_{name}" for name in CLASSES if f"dice_{name}" in table]
     rest = [c for c in table if c not in leading and c not in per_class]
-    return table[leading + per_class + rest]
+    table = table[leading + per_class + rest]
+    counts = ("rank", "parameters", "epochs_run", "best_epoch", "gpus", "n_crops", "compared_crops")
+    for column in counts:
+        table[column] = pd.array(table[column], dtype="Float64").round().astype("Int64")
+    return table
 
 
-def _winners(table: pd.DataFrame) -> pd.DataFrame:
-    models = table[table["rank"].notna()]
-    baseline = table[table["model"] == BASELINE]
-    rows = []
-    for name in CLASSES:
-        column = f"dice_{name}"
-        scores = models[["model", column]].dropna()
-        if scores.empty:
-            rows.append(
-                {"class": name, "winner": "", "dice": np.nan, "runner_up": "", "margin": np.nan}
-            )
-            continue
-        scores = scores.sort_values(column, ascending=False, kind="stable")
-        top_score = scores[column].iloc[0]
-        tied = scores[scores[column] >= top_score - 1e-12]
-        rest = scores[scores[column] < top_score - 1e-12]
-        rows.append(
-            {
-                "class": name,
-                # ties (e.g. every model at 0) name every tied model rather than a random one
-                "winner": ", ".join(tied["model"]),
-                "dice": top_score,
-                "runner_up": "" if rest.empty else rest["model"].iloc[0],
-                "margin": np.nan if rest.empty else top_score - rest[column].iloc[0],
-                "baseline": baseline[column].iloc[0] if len(baseline) else np.nan,
-            }
-        )
-    return pd.DataFrame(rows)
+def _class_test(c: int, leader: _Model, runner_up: _Model, s: SummarySettings) -> tuple[int, float]:
+    """``(crops, p)`` of the leader against the runner-up on the crops annotating class ``c``
+    (pooled Dice of the class, sign-flip test; p NaN with too few crops)."""
+    a, b = _shared(leader, runner_up, [c])
+    if a.shape[0] < s.min_crops_for_statistics:
+        return a.shape[0], float("nan")
+    p_value, _ = sign_flip_p_value(
+        a, b, Statistic.POOLED, s.permutation_resamples, s.permutation_seed
+    )
+    return a.shape[0], p_value
+
+
+def _class_leaders(
+    table: pd.DataFrame, evaluated: Mapping[str, _Model], c: int, s: SummarySettings
+) -> dict[str, Any]:
+    """One row of the winners table before the Holm adjustment over classes."""
+    name = CLASSES[c]
+    column = f"dice_{name}"
+    scores = table[table["rank"].notna()][["model", column]].dropna()
+    scores = scores.sort_values(column, ascending=False, kind="stable")
+    baseline = table.loc[table["model"] == BASELINE, column]
+    row: dict[str, Any] = {"class": name, "crops": 0, "leader": "", "dice": np.nan,
+                           "runner_up": "", "margin": np.nan, "p_value": np.nan,
+                           "baseline": baseline.iloc[0] if len(baseline) else np.nan}  # fmt: skip
+    if scores.empty:
+        return row
+    top = scores[column].iloc[0]
+    tied = scores[scores[column] >= top - 1e-12]
+    rest = scores[scores[column] < top - 1e-12]
+    # exact ties (e.g. every model at 0) name every tied model rather than a random one
+    row.update(leader=", ".join(tied["model"]), dice=top)
+    leader = evaluated[str(tied["model"].iloc[0])]
+    assert leader.counts is not None
+    row["crops"] = int(np.count_nonzero(leader.counts[:, c].sum(axis=-1) > 0))
+    if not rest.empty and len(tied) == 1:
+        runner_up = str(rest["model"].iloc[0])
+        row["crops"], row["p_value"] = _class_test(c, leader, evaluated[runner_up], s)
+        row.update(runner_up=runner_up, margin=top - rest[column].iloc[0])
+    row["single"] = len(scores) == 1
+    return row
+
+
+def _winners(
+    table: pd.DataFrame, evaluated: Mapping[str, _Model], s: SummarySettings
+) -> pd.DataFrame:
+    """Per class: leader by pooled Dice, runner-up, sign-flip p (Holm over classes), winner.
+
+    The winner is the leader when it beats the runner-up significantly, the only model scored
+    on the class when there is one, ``tie`` otherwise (also with too few crops to test), and empty
+    when no model is scored on the class.
+    """
+    rows = pd.DataFrame([_class_leaders(table, evaluated, c, s) for c in range(NUM_CLASSES)])
+    rows["p_holm"] = holm(rows["p_value"].tolist())
+    significant = (rows["p_holm"] < s.significance).to_numpy()
+    single = rows["single"].fillna(False).astype(bool).to_numpy()
+    rows["winner"] = np.where(
+        significant | single, rows["leader"], np.where(rows["leader"] == "", "", "tie")
+    )
+    columns = ["class", "crops", "leader", "dice", "runner_up", "margin", "p_value", "p_holm"]
+    return rows[[*columns, "winner", "baseline"]]
 
 
 # ------------------------------------------------------------------------------ writing
@@ -589,48 +706,82 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _p(value: Any) -> str:
+    """A p-value: 3 decimals, small ones in scientific notation (never "0.000")."""
+    if isinstance(value, float) and math.isfinite(value) and 0 < value < 0.001:
+        return f"{value:.1e}"
+    return _fmt(value)
+
+
 def _hours(value: Any) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     return f"{value:.3g}"
 
 
-def summary_markdown(summary: Summary) -> str:
-    """``summary.md``: the ranked table, winners per class, significance, problems."""
+def _statistics_sentence(summary: Summary) -> str:
+    """How the CIs and p-values are made, or why there are none."""
+    s = summary.settings
+    n, floor = summary.n_crops, s.min_crops_for_statistics
+    if n < floor:
+        return (
+            f"**No confidence intervals and no p-values**: {n} test crop(s), fewer than "
+            f"`evaluation.min_crops_for_statistics` = {floor}. With {n} crop(s) an exact paired "
+            f"test cannot give a p-value below 2/2^{n} = {smallest_p_value(n):.3g}, so no "
+            f"difference could be significant at {s.significance}, and a spread estimated from "
+            f"so few crops does not support an interval. Differences below are point estimates "
+            "only; evaluate on more crops to test them."
+        )
+    return (
+        f"CIs ({s.confidence:.0%}) are t-intervals over crops with the class set held fixed "
+        "(an unbiased crop-level variance, Satterthwaite degrees of freedom; coverage checked on "
+        "synthetic crops of known truth, `bench/coverage.py`). Paired differences are tested by "
+        f"exact sign-flip permutation over crops (all 2^N flips up to {s.permutation_resamples} "
+        f"flips, else {s.permutation_resamples} seeded random flips); with N crops the smallest "
+        "possible p-value is 2/2^N. Nothing is reported from fewer than "
+        f"{floor} crops (`evaluation.min_crops_for_statistics`)."
+    )
+
+
+def _markdown_intro(summary: Summary) -> list[str]:
     s = summary.settings
     stat = "mean Dice over crops" if s.rank_by == "mean" else "pooled Dice"
-    table = summary.table
-    lines = [
+    return [
         "# cellseg model comparison",
         "",
         f"{summary.n_crops} held-out crops, logit adjustment `{summary.adjustment}`, ranked by "
         f"{stat}. **Mean Dice**: per class the mean of per-crop Dice over the crops annotating "
-        "it, then the mean over classes, with a "
-        f"{s.confidence:.0%} percentile bootstrap CI over crops ({s.bootstrap_resamples} "
-        f"resamples, seed {s.bootstrap_seed}). **Pooled Dice**: per class the Dice of ΣTP, ΣFP, "
-        "ΣFN over crops (the CellMap challenge's scoring), then the mean over classes. "
+        "it, then the mean over classes. **Pooled Dice**: per class the Dice of ΣTP, ΣFP, ΣFN "
+        "over crops (the CellMap challenge's scoring), then the mean over classes. "
         "**A class whose prediction and ground truth are both empty in a crop scores 1** "
         "(column `empty` of the metrics CSVs).",
         "",
+        _statistics_sentence(summary),
+        "",
+    ]
+
+
+def _diff_cell(r: pd.Series) -> str:
+    if pd.isna(r.get("diff_to_best")):
+        return "–"
+    if r["model"] == r["best_model"]:
+        return "best"
+    if pd.isna(r.get("diff_ci_low")):
+        return f"{r['diff_to_best']:+.3f}"
+    return f"{r['diff_to_best']:+.3f} [{_fmt(r['diff_ci_low'])}, {_fmt(r['diff_ci_high'])}]"
+
+
+def _markdown_table(table: pd.DataFrame) -> list[str]:
+    lines = [
         "| rank | model | status | mean Dice [CI] | pooled Dice | Δ to best [CI] | p (Holm) "
         "| GPU/CPU-h | parameters | epochs (best) | stop |",
         "|---:|---|---|---|---:|---|---:|---:|---:|---|---|",
     ]
     for _, r in table.iterrows():
         rank = "–" if pd.isna(r["rank"]) else str(int(r["rank"]))
-        ci = (
-            f"{_fmt(r.get('mean_dice'))} [{_fmt(r.get('mean_dice_ci_low'))}, "
-            f"{_fmt(r.get('mean_dice_ci_high'))}]"
-        )
-        diff = (
-            "–"
-            if pd.isna(r.get("diff_to_best"))
-            else (
-                "best"
-                if r["model"] == r["best_model"]
-                else f"{r['diff_to_best']:+.3f} [{_fmt(r['diff_ci_low'])}, {_fmt(r['diff_ci_high'])}]"
-            )
-        )
+        ci = _fmt(r.get("mean_dice"))
+        if pd.notna(r.get("mean_dice_ci_low")):
+            ci += f" [{_fmt(r['mean_dice_ci_low'])}, {_fmt(r['mean_dice_ci_high'])}]"
         unit = r.get("compute_unit")
         hours = "–" if pd.isna(r.get("compute_hours")) else f"{_hours(r['compute_hours'])} {unit}"
         params = "–" if pd.isna(r.get("parameters")) else f"{int(r['parameters']):,}"
@@ -641,10 +792,16 @@ def summary_markdown(summary: Summary) -> str:
         )
         lines.append(
             f"| {rank} | {r['model']} | {r['status']} | {ci} | {_fmt(r.get('pooled_dice'))} | "
-            f"{diff} | {_fmt(r.get('p_holm'))} | {hours} | {params} | {epochs} | "
+            f"{_diff_cell(r)} | {_p(r.get('p_holm'))} | {hours} | {params} | {epochs} | "
             f"{_fmt(r.get('stop_reason'))} |"
         )
-    lines += [
+    return lines
+
+
+def _markdown_baseline(summary: Summary) -> list[str]:
+    stat = "mean Dice over crops" if summary.settings.rank_by == "mean" else "pooled Dice"
+    table = summary.table
+    lines = [
         "",
         f"**Baseline (prior)**: an image-blind predictor marking each voxel of class c positive "
         "with probability f_c (the training prior), scored by its expected counts on each crop "
@@ -653,45 +810,100 @@ def summary_markdown(summary: Summary) -> str:
         f"({stat}), only from empty crop × class pairs scoring 1.",
     ]
     if "above_baseline" in table:
-        models = table[table["model"] != BASELINE]
-        below = models[(models["above_baseline"] != True) & models["mean_dice"].notna()]  # noqa: E712
-        lines.append(
-            "All evaluated models are above the baseline."
-            if below.empty
-            else f"Not clearly above the baseline: {', '.join(below['model'])}."
-        )
-    lines += ["", "## Winner per class (pooled Dice)", ""]
-    lines += [
-        "| class | winner | Dice | runner-up | margin | baseline |",
-        "|---|---|---:|---|---:|---:|",
+        models = table[(table["model"] != BASELINE) & table["mean_dice"].notna()]
+        if models["above_baseline"].isna().all():
+            lines.append("Without CIs, no model can be called above the baseline.")
+        else:
+            below = models[models["above_baseline"].fillna(False) == False]  # noqa: E712
+            lines.append(
+                "All evaluated models are above the baseline."
+                if below.empty
+                else f"Not clearly above the baseline: {', '.join(below['model'])}."
+            )
+    return lines
+
+
+def _markdown_winners(summary: Summary) -> list[str]:
+    s = summary.settings
+    lines = [
+        "",
+        "## Winner per class (pooled Dice)",
+        "",
+        "The leader is named the winner only when a sign-flip test over the crops annotating the "
+        f"class beats the runner-up (Holm-adjusted over classes, at {s.significance}); otherwise "
+        f"the class is a tie (also with fewer than {s.min_crops_for_statistics} crops to test).",
+        "",
+        "| class | crops | winner | leader | Dice | runner-up | margin | p (Holm) | baseline |",
+        "|---|---:|---|---|---:|---|---:|---:|---:|",
     ]
     for _, w in summary.winners.iterrows():
         lines.append(
-            f"| {w['class']} | {w['winner'] or '–'} | {_fmt(w['dice'])} | {w['runner_up'] or '–'} "
-            f"| {_fmt(w['margin'])} | {_fmt(w.get('baseline'))} |"
+            f"| {w['class']} | {w['crops']} | {w['winner'] or '–'} | {w['leader'] or '–'} "
+            f"| {_fmt(w['dice'])} | {w['runner_up'] or '–'} | {_fmt(w['margin'])} "
+            f"| {_p(w['p_holm'])} | {_fmt(w.get('baseline'))} |"
         )
-    lines += ["", "## Differences to the best model", ""]
+    return lines
+
+
+def _comparison_line(r: pd.Series, s: SummarySettings) -> str:
+    crops = int(r["compared_crops"])
+    if pd.isna(r["p_holm"]):
+        return (
+            f"- {r['model']}: Δ {r['diff_to_best']:+.3f} on {crops} shared crop(s); not tested "
+            f"(fewer than {s.min_crops_for_statistics})"
+        )
+    verdict = "significantly worse" if r["significant"] else "not significantly different"
+    return (
+        f"- {r['model']}: {verdict} (Δ {r['diff_to_best']:+.3f}, CI [{_fmt(r['diff_ci_low'])}, "
+        f"{_fmt(r['diff_ci_high'])}], p = {_p(r['p_holm'])}, {crops} crops)"
+    )
+
+
+def _markdown_differences(summary: Summary) -> list[str]:
+    s, table = summary.settings, summary.table
+    lines = ["", "## Differences to the best model", ""]
     best = table["best_model"].iloc[0] if len(table) else None
-    compared = table[table["p_value"].notna()]
-    if best is None or compared.empty:
-        lines.append("No paired comparison (fewer than two models or two shared crops).")
-    else:
+    compared = table[table["compared_crops"].notna() & (table["model"] != best)]
+    if best is None or pd.isna(best) or compared.empty:
+        return [*lines, "No paired comparison (fewer than two models or no shared crops)."]
+    tested = int(compared["p_holm"].notna().sum())
+    if not tested:
+        lines += [f"No comparison shares {s.min_crops_for_statistics} crops with **{best}**: "
+                  "the differences are point estimates, untested.", ""]  # fmt: skip
+        return lines + [_comparison_line(r, s) for _, r in compared.iterrows()]
+    lines.append(
+        f"Sign-flip permutation test over the crops shared with the best model, **{best}**; "
+        f"Holm-adjusted over {tested} tested comparison(s), significant at {s.significance}."
+    )
+    n = int(compared["compared_crops"].max())
+    if tested and tested * smallest_p_value(n) >= s.significance:
         lines.append(
-            f"Paired bootstrap over the crops shared with the best model, **{best}**; "
-            f"Holm-adjusted over {len(compared)} comparisons, significant at "
-            f"{s.significance}."
+            f"With at most {n} shared crops and {tested} comparisons the smallest possible "
+            f"Holm-adjusted p-value is {tested} × 2/2^{n} = "
+            f"{tested * smallest_p_value(n):.3g}: no difference can be significant."
         )
-        lines.append("")
-        for _, r in compared.iterrows():
-            verdict = "significantly worse" if r["significant"] else "not significantly different"
-            lines.append(
-                f"- {r['model']}: {verdict} (Δ {r['diff_to_best']:+.3f}, CI "
-                f"[{_fmt(r['diff_ci_low'])}, {_fmt(r['diff_ci_high'])}], p = {_fmt(r['p_holm'])})"
-            )
-    lines += ["", "## Failed, not converged or missing models", ""]
+    lines.append("")
+    return lines + [_comparison_line(r, s) for _, r in compared.iterrows()]
+
+
+def _markdown_problems(summary: Summary) -> list[str]:
+    lines = ["", "## Failed, not converged or missing models", ""]
     lines += [f"- {note}" for note in summary.notes] or ["None: every expected model finished."]
     if summary.missing:
         lines += ["", f"Missing from this comparison: {', '.join(summary.missing)}."]
+    return lines
+
+
+def summary_markdown(summary: Summary) -> str:
+    """``summary.md``: the ranked table, winners per class, significance, problems."""
+    lines = [
+        *_markdown_intro(summary),
+        *_markdown_table(summary.table),
+        *_markdown_baseline(summary),
+        *_markdown_winners(summary),
+        *_markdown_differences(summary),
+        *_markdown_problems(summary),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -699,14 +911,12 @@ def write_summary(
     summary: Summary, csv_path: Path | str, md_path: Path | str, figures_dir: Path | str
 ) -> None:
     """Write ``summary.csv``, ``summary.md`` and :data:`SUMMARY_FIGURES` (atomically)."""
+    from cellseg.figures import write_summary_figures  # matplotlib only when drawing
+
     with atomic_path(csv_path) as temporary:
         summary.table.to_csv(temporary, index=False)
     write_text_atomic(md_path, summary_markdown(summary))
-    figures_dir = Path(figures_dir)
-    for name, draw in zip(
-        SUMMARY_FIGURES, (heatmap_figure, mean_dice_figure, pareto_figure, dim_figure), strict=True
-    ):
-        _save(draw(summary.table), figures_dir / name)
+    write_summary_figures(summary.table, figures_dir)
 
 
 def make_summary(
@@ -723,232 +933,6 @@ def make_summary(
     summary = summarize(metrics, train_summaries, class_frequencies, expected, settings)
     write_summary(summary, csv_path, md_path, figures_dir)
     return summary
-
-
-# ------------------------------------------------------------------------------ figures
-
-
-def _save(figure: Figure, path: Path) -> None:
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=110)
-    plt.close(figure)
-
-
-def _models(table: pd.DataFrame) -> pd.DataFrame:
-    return table[table["mean_dice"].notna()]
-
-
-def heatmap_figure(table: pd.DataFrame) -> Figure:
-    """Per-class pooled Dice, models (ranked, baseline last) × classes; unannotated grey."""
-    rows = _models(table)
-    values = rows[[f"dice_{name}" for name in CLASSES]].to_numpy(dtype=float)
-    figure, ax = plt.subplots(figsize=(11, 1.2 + 0.45 * max(len(rows), 1)))
-    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
-    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=1, aspect="auto")
-    for (i, j), v in np.ndenumerate(values):
-        if np.isfinite(v):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                    color="k" if v > 0.6 else "w")  # fmt: skip
-    ax.set_xticks(range(NUM_CLASSES), CLASSES, rotation=60, ha="right")
-    ax.set_yticks(range(len(rows)), rows["model"])
-    ax.set_title("pooled Dice per class (grey: no test crop annotates it)")
-    figure.colorbar(image, ax=ax, label="Dice")
-    figure.tight_layout()
-    return figure
-
-
-def mean_dice_figure(table: pd.DataFrame) -> Figure:
-    """Mean Dice over crops with CI bars, ranked; the baseline as a dashed line."""
-    rows = _models(table)
-    models = rows[rows["model"] != BASELINE]
-    baseline = rows[rows["model"] == BASELINE]
-    figure, ax = plt.subplots(figsize=(max(5, 0.8 * len(models) + 2), 4))
-    x = np.arange(len(models))
-    low = (models["mean_dice"] - models["mean_dice_ci_low"]).clip(lower=0).fillna(0)
-    high = (models["mean_dice_ci_high"] - models["mean_dice"]).clip(lower=0).fillna(0)
-    colours = ["tab:blue" if d == "2d" else "tab:orange" for d in models["dim"]]
-    ax.bar(x, models["mean_dice"], color=colours, yerr=[low, high], capsize=4, edgecolor="k")
-    ax.plot(x, models["pooled_dice"], "kD", label="pooled Dice", markersize=5)
-    if len(baseline):
-        ax.axhline(baseline["mean_dice"].iloc[0], ls="--", color="0.3", label=BASELINE)
-    ax.set_xticks(x, models["model"], rotation=30, ha="right")
-    ax.set(ylabel="mean Dice over crops", ylim=(0, 1), title="mean Dice with 95 % bootstrap CI")
-    ax.legend(fontsize="small")
-    figure.tight_layout()
-    return figure
-
-
-def pareto_figure(table: pd.DataFrame) -> Figure:
-    """Mean Dice against training cost (GPU-hours; CPU-hours for CPU runs), Pareto front."""
-    rows = _models(table)
-    models = rows[(rows["model"] != BASELINE) & rows["compute_hours"].notna()]
-    figure, ax = plt.subplots(figsize=(6.5, 4.5))
-    if len(models):
-        cost = models["compute_hours"].astype(float).clip(lower=1e-6).to_numpy()
-        dice = models["mean_dice"].astype(float).to_numpy()
-        for unit, marker in (("GPU", "o"), ("CPU", "s")):
-            mask = (models["compute_unit"] == unit).to_numpy()
-            if mask.any():
-                ax.scatter(cost[mask], dice[mask], marker=marker, s=50, label=f"{unit}-hours",
-                           edgecolor="k")  # fmt: skip
-        for c, d, name in zip(cost, dice, models["model"], strict=True):
-            ax.annotate(name, (c, d), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        order = np.argsort(cost)
-        front, best = [], -np.inf
-        for i in order:
-            if dice[i] > best:
-                front.append(i)
-                best = dice[i]
-        ax.step(cost[front], dice[front], where="post", color="0.4", ls=":", label="Pareto front")
-        ax.set_xscale("log")
-        ax.legend(fontsize="small")
-    baseline = rows[rows["model"] == BASELINE]
-    if len(baseline):
-        ax.axhline(baseline["mean_dice"].iloc[0], ls="--", color="0.3")
-    ax.set(xlabel="training cost (GPU-hours, or CPU-hours without GPU)", ylabel="mean Dice",
-           title="quality vs cost")  # fmt: skip
-    figure.tight_layout()
-    return figure
-
-
-def dim_figure(table: pd.DataFrame) -> Figure:
-    """2D against 3D per architecture: mean Dice with CI bars side by side."""
-    rows = _models(table)
-    models = rows[rows["model"] != BASELINE]
-    architectures = list(dict.fromkeys(models["architecture"]))
-    figure, ax = plt.subplots(figsize=(max(5, 1.4 * len(architectures) + 2), 4))
-    x = np.arange(len(architectures))
-    for k, (dim, colour) in enumerate((("2d", "tab:blue"), ("3d", "tab:orange"))):
-        values, low, high = [], [], []
-        for arch in architectures:
-            match = models[(models["architecture"] == arch) & (models["dim"] == dim)]
-            if len(match):
-                r = match.iloc[0]
-                values.append(r["mean_dice"])
-                low.append(
-                    max(0.0, r["mean_dice"] - r["mean_dice_ci_low"])
-                    if pd.notna(r["mean_dice_ci_low"])
-                    else 0
-                )
-                high.append(
-                    max(0.0, r["mean_dice_ci_high"] - r["mean_dice"])
-                    if pd.notna(r["mean_dice_ci_high"])
-                    else 0
-                )
-            else:
-                values.append(np.nan)
-                low.append(0)
-                high.append(0)
-        ax.bar(x + (k - 0.5) * 0.38, np.nan_to_num(values), width=0.38, yerr=[low, high],
-               capsize=3, color=colour, edgecolor="k", label=dim.upper())  # fmt: skip
-        for xi, v in zip(x, values, strict=True):
-            if np.isnan(v):
-                ax.text(xi + (k - 0.5) * 0.38, 0.02, "n/a", ha="center", fontsize=7, rotation=90)
-    ax.set_xticks(x, architectures)
-    ax.set(ylabel="mean Dice over crops", ylim=(0, 1), title="2D vs 3D per architecture")
-    ax.legend()
-    figure.tight_layout()
-    return figure
-
-
-# ------------------------------------------------------------------------------ model figures
-
-
-@dataclass(frozen=True)
-class ModelFigureSettings:
-    """Per-model figures (the ``visualize`` rule).
-
-    Attributes:
-        samples: input / ground truth / prediction rows (the seed's 3).
-        seed: which crops and slices (the seed's 42).
-    """
-
-    samples: int = 3
-    seed: int = 42
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None) -> ModelFigureSettings:
-        section = section or {}
-        return cls(
-            samples=int(section.get("figure_samples", cls.samples)),
-            seed=int(section.get("figure_seed", cls.seed)),
-        )
-
-
-def sample_slices(
-    n_crops: int, depths: Sequence[int], samples: int, seed: int
-) -> list[tuple[int, int]]:
-    """Which ``(crop, z slice)`` to show: distinct crops in a seeded order (middle slice first),
-    cycling through them again with random slices when there are fewer crops than samples."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n_crops)
-    picks = []
-    for k in range(samples if n_crops else 0):
-        crop = int(order[k % n_crops])
-        depth = depths[crop]
-        z = depth // 2 if k < n_crops else int(rng.integers(depth))
-        picks.append((crop, z))
-    return picks
-
-
-def make_model_figures(
-    checkpoint: Path | str,
-    history: Path | str,
-    datasplit: Path | str,
-    samples_path: Path | str,
-    curves_path: Path | str,
-    figure_settings: ModelFigureSettings | None = None,
-    evaluation_settings: Any = None,
-    split: str = "test",
-) -> None:
-    """The ``visualize`` rule: sample panels of test crops and training curves of one model.
-
-    Samples are z slices of the prediction grid (the model's resolution) of seeded test crops;
-    the ground truth is shown on that grid (nearest label voxel) and unannotated voxels are grey
-    and hatched. Probabilities use the evaluation's first adjustment mode.
-    """
-    from cellseg.data.datasplit import read_datasplit
-    from cellseg.data.patches import CropReader, PatchGrid
-    from cellseg.data.store import read_crop_geometry
-    from cellseg.evaluation import (
-        EvaluationSettings,
-        PredictionGrid,
-        Predictor,
-        predict_slab,
-        resolve_device,
-    )
-    from cellseg.losses import adjusted_probabilities
-    from cellseg.visualization import crop_panels_figure, training_curves_figure
-
-    fs = figure_settings or ModelFigureSettings()
-    es = evaluation_settings or EvaluationSettings()
-    device = resolve_device(es.device)
-    predictor = Predictor.from_checkpoint(checkpoint, device)
-    mode = predictor.modes(es)[0]
-    crops = read_datasplit(datasplit, [split])
-    geometries = [read_crop_geometry(crop, predictor.resolution_nm) for crop in crops]
-    grids = [PredictionGrid.for_crop(g, predictor.resolution_nm) for g in geometries]
-    panels = []
-    for index, z in sample_slices(len(crops), [g.shape[0] for g in grids], fs.samples, fs.seed):
-        geometry, grid = geometries[index], grids[index]
-        em, logits = predict_slab(predictor, geometry, (z, z + 1), es, device)
-        probabilities = adjusted_probabilities(logits[None], predictor.logit_shift, mode)[0]
-        r = grid.resolution_nm
-        yy, xx = np.meshgrid(
-            grid.origin_nm[1] + np.arange(grid.shape[1]) * r,
-            grid.origin_nm[2] + np.arange(grid.shape[2]) * r,
-            indexing="ij",
-        )
-        z_nm = np.array([grid.origin_nm[0] + z * r])
-        reader = CropReader(geometry, r, predictor.em_range, infer_true_negatives=False)
-        _, target = reader.read(PatchGrid(z_nm, np.stack([yy, xx], axis=-1)))
-        panels.append(
-            (em[0], target[:, 0], probabilities[:, 0].numpy(), f"{crops[index].name}, z={z}")
-        )
-    figure = crop_panels_figure(panels, f"{predictor.key}: test crops (adjustment {mode})")
-    _save(figure, Path(samples_path))
-    table = pd.read_csv(history)
-    _save(training_curves_figure(table, title=predictor.key), Path(curves_path))
 
 
 # ------------------------------------------------------------------------------ command line
@@ -973,7 +957,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--figures", type=Path, default=Path("results/figures/summary"))
     parser.add_argument("--adjustment", default=None, choices=["train", "none"])
     parser.add_argument("--rank-by", default="mean", choices=["mean", "pooled"])
-    parser.add_argument("--bootstrap-resamples", type=int, default=2000)
+    parser.add_argument(
+        "--permutation-resamples", type=int, default=DEFAULT_PERMUTATIONS,
+        help="sign flips of the paired tests (exact when 2^N is at most this)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--min-crops", type=int, default=SummarySettings.min_crops_for_statistics,
+        help="fewest crops with which a CI or p-value is reported",
+    )  # fmt: skip
     parser.set_defaults(func=_run_summary)
 
 
@@ -983,7 +974,8 @@ def _run_summary(args: argparse.Namespace) -> int:
     settings = SummarySettings(
         adjustment=args.adjustment,
         rank_by=args.rank_by,
-        bootstrap_resamples=args.bootstrap_resamples,
+        permutation_resamples=args.permutation_resamples,
+        min_crops_for_statistics=args.min_crops,
     )
     summary = make_summary(
         metrics, train, args.class_frequencies, args.out_csv, args.out_md, args.figures,

@@ -3,7 +3,7 @@
 import sys
 
 from cellseg.evaluation import EvaluationSettings
-from cellseg.reporting import ModelFigureSettings, make_model_figures
+from cellseg.figures import ModelFigureSettings, make_model_figures
 
 with open(snakemake.log[0], "a") as log:  # noqa: F821
     sys.stderr = log

@@ -1,0 +1,275 @@
+"""Figures of the model comparison (``results/figures/summary/``) and of each model.
+
+The summary figures draw ``summary.csv`` (:func:`cellseg.reporting.summarize`'s table):
+:func:`write_summary_figures` writes :data:`cellseg.reporting.SUMMARY_FIGURES`. The per-model
+figures (the ``visualize`` rule) are :func:`make_model_figures`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from cellseg.classes import CLASSES, NUM_CLASSES
+from cellseg.io import atomic_path
+from cellseg.reporting import BASELINE, SUMMARY_FIGURES
+
+__all__ = [
+    "ModelFigureSettings",
+    "dim_figure",
+    "heatmap_figure",
+    "make_model_figures",
+    "mean_dice_figure",
+    "pareto_figure",
+    "sample_slices",
+    "save_figure",
+    "write_summary_figures",
+]
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    """Write ``figure`` as PNG (atomically) and close it."""
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=110)
+    plt.close(figure)
+
+
+def _models(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["mean_dice"].notna()]
+
+
+def heatmap_figure(table: pd.DataFrame) -> Figure:
+    """Per-class pooled Dice, models (ranked, baseline last) × classes; unannotated grey."""
+    rows = _models(table)
+    values = rows[[f"dice_{name}" for name in CLASSES]].to_numpy(dtype=float)
+    figure, ax = plt.subplots(figsize=(11, 1.2 + 0.45 * max(len(rows), 1)))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                    color="k" if v > 0.6 else "w")  # fmt: skip
+    ax.set_xticks(range(NUM_CLASSES), CLASSES, rotation=60, ha="right")
+    ax.set_yticks(range(len(rows)), rows["model"])
+    ax.set_title("pooled Dice per class (grey: no test crop annotates it)")
+    figure.colorbar(image, ax=ax, label="Dice")
+    figure.tight_layout()
+    return figure
+
+
+def mean_dice_figure(table: pd.DataFrame) -> Figure:
+    """Mean Dice over crops with CI bars, ranked; the baseline as a dashed line."""
+    rows = _models(table)
+    models = rows[rows["model"] != BASELINE]
+    baseline = rows[rows["model"] == BASELINE]
+    figure, ax = plt.subplots(figsize=(max(5, 0.8 * len(models) + 2), 4))
+    x = np.arange(len(models))
+    low = (models["mean_dice"] - models["mean_dice_ci_low"]).clip(lower=0).fillna(0)
+    high = (models["mean_dice_ci_high"] - models["mean_dice"]).clip(lower=0).fillna(0)
+    colours = ["tab:blue" if d == "2d" else "tab:orange" for d in models["dim"]]
+    ax.bar(x, models["mean_dice"], color=colours, yerr=[low, high], capsize=4, edgecolor="k")
+    ax.plot(x, models["pooled_dice"], "kD", label="pooled Dice", markersize=5)
+    if len(baseline):
+        ax.axhline(baseline["mean_dice"].iloc[0], ls="--", color="0.3", label=BASELINE)
+    ax.set_xticks(x, models["model"], rotation=30, ha="right")
+    ax.set(ylabel="mean Dice over crops", ylim=(0, 1), title="mean Dice with its CI over crops")
+    ax.legend(fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def pareto_figure(table: pd.DataFrame) -> Figure:
+    """Mean Dice against training cost (GPU-hours; CPU-hours for CPU runs), Pareto front."""
+    rows = _models(table)
+    models = rows[(rows["model"] != BASELINE) & rows["compute_hours"].notna()]
+    figure, ax = plt.subplots(figsize=(6.5, 4.5))
+    if len(models):
+        cost = models["compute_hours"].astype(float).clip(lower=1e-6).to_numpy()
+        dice = models["mean_dice"].astype(float).to_numpy()
+        for unit, marker in (("GPU", "o"), ("CPU", "s")):
+            mask = (models["compute_unit"] == unit).to_numpy()
+            if mask.any():
+                ax.scatter(cost[mask], dice[mask], marker=marker, s=50, label=f"{unit}-hours",
+                           edgecolor="k")  # fmt: skip
+        for c, d, name in zip(cost, dice, models["model"], strict=True):
+            ax.annotate(name, (c, d), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        order = np.argsort(cost)
+        front, best = [], -np.inf
+        for i in order:
+            if dice[i] > best:
+                front.append(i)
+                best = dice[i]
+        ax.step(cost[front], dice[front], where="post", color="0.4", ls=":", label="Pareto front")
+        ax.set_xscale("log")
+        ax.legend(fontsize="small")
+    baseline = rows[rows["model"] == BASELINE]
+    if len(baseline):
+        ax.axhline(baseline["mean_dice"].iloc[0], ls="--", color="0.3")
+    ax.set(xlabel="training cost (GPU-hours, or CPU-hours without GPU)", ylabel="mean Dice",
+           title="quality vs cost")  # fmt: skip
+    figure.tight_layout()
+    return figure
+
+
+def dim_figure(table: pd.DataFrame) -> Figure:
+    """2D against 3D per architecture: mean Dice with CI bars side by side."""
+    rows = _models(table)
+    models = rows[rows["model"] != BASELINE]
+    architectures = list(dict.fromkeys(models["architecture"]))
+    figure, ax = plt.subplots(figsize=(max(5, 1.4 * len(architectures) + 2), 4))
+    x = np.arange(len(architectures))
+    for k, (dim, colour) in enumerate((("2d", "tab:blue"), ("3d", "tab:orange"))):
+        values, low, high = [], [], []
+        for arch in architectures:
+            match = models[(models["architecture"] == arch) & (models["dim"] == dim)]
+            if len(match):
+                r = match.iloc[0]
+                values.append(r["mean_dice"])
+                low.append(
+                    max(0.0, r["mean_dice"] - r["mean_dice_ci_low"])
+                    if pd.notna(r["mean_dice_ci_low"])
+                    else 0
+                )
+                high.append(
+                    max(0.0, r["mean_dice_ci_high"] - r["mean_dice"])
+                    if pd.notna(r["mean_dice_ci_high"])
+                    else 0
+                )
+            else:
+                values.append(np.nan)
+                low.append(0)
+                high.append(0)
+        ax.bar(x + (k - 0.5) * 0.38, np.nan_to_num(values), width=0.38, yerr=[low, high],
+               capsize=3, color=colour, edgecolor="k", label=dim.upper())  # fmt: skip
+        for xi, v in zip(x, values, strict=True):
+            if np.isnan(v):
+                ax.text(xi + (k - 0.5) * 0.38, 0.02, "n/a", ha="center", fontsize=7, rotation=90)
+    ax.set_xticks(x, architectures)
+    ax.set(ylabel="mean Dice over crops", ylim=(0, 1), title="2D vs 3D per architecture")
+    ax.legend()
+    figure.tight_layout()
+    return figure
+
+
+def write_summary_figures(table: pd.DataFrame, figures_dir: Path | str) -> None:
+    """Draw ``summary.csv``'s table into :data:`~cellseg.reporting.SUMMARY_FIGURES`.
+
+    Args:
+        table: :attr:`cellseg.reporting.Summary.table` (one row per model, baseline last).
+        figures_dir: where the PNGs go (created).
+    """
+    figures_dir = Path(figures_dir)
+    draws = (heatmap_figure, mean_dice_figure, pareto_figure, dim_figure)
+    for name, draw in zip(SUMMARY_FIGURES, draws, strict=True):
+        save_figure(draw(table), figures_dir / name)
+
+
+# ------------------------------------------------------------------------------ model figures
+
+
+@dataclass(frozen=True)
+class ModelFigureSettings:
+    """Per-model figures (the ``visualize`` rule).
+
+    Attributes:
+        samples: input / ground truth / prediction rows (the seed's 3).
+        seed: which crops and slices (the seed's 42).
+    """
+
+    samples: int = 3
+    seed: int = 42
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any] | None) -> ModelFigureSettings:
+        section = section or {}
+        return cls(
+            samples=int(section.get("figure_samples", cls.samples)),
+            seed=int(section.get("figure_seed", cls.seed)),
+        )
+
+
+def sample_slices(
+    n_crops: int, depths: Sequence[int], samples: int, seed: int
+) -> list[tuple[int, int]]:
+    """Which ``(crop, z slice)`` to show: distinct crops in a seeded order (middle slice first),
+    cycling through them again with random slices when there are fewer crops than samples."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n_crops)
+    picks = []
+    for k in range(samples if n_crops else 0):
+        crop = int(order[k % n_crops])
+        depth = depths[crop]
+        z = depth // 2 if k < n_crops else int(rng.integers(depth))
+        picks.append((crop, z))
+    return picks
+
+
+def make_model_figures(
+    checkpoint: Path | str,
+    history: Path | str,
+    datasplit: Path | str,
+    samples_path: Path | str,
+    curves_path: Path | str,
+    figure_settings: ModelFigureSettings | None = None,
+    evaluation_settings: Any = None,
+    split: str = "test",
+) -> None:
+    """The ``visualize`` rule: sample panels of test crops and training curves of one model.
+
+    Samples are z slices of the prediction grid (the model's resolution) of seeded test crops;
+    the ground truth is shown on that grid (nearest label voxel) and unannotated voxels are grey
+    and hatched. Probabilities use the evaluation's first adjustment mode.
+    """
+    from cellseg.data.datasplit import read_datasplit
+    from cellseg.data.patches import CropReader, PatchGrid
+    from cellseg.data.store import read_crop_geometry
+    from cellseg.evaluation import (
+        EvaluationSettings,
+        PredictionGrid,
+        Predictor,
+        predict_slab,
+        resolve_device,
+    )
+    from cellseg.losses import adjusted_probabilities
+    from cellseg.visualization import crop_panels_figure, training_curves_figure
+
+    fs = figure_settings or ModelFigureSettings()
+    es = evaluation_settings or EvaluationSettings()
+    device = resolve_device(es.device)
+    predictor = Predictor.from_checkpoint(checkpoint, device)
+    mode = predictor.modes(es)[0]
+    crops = read_datasplit(datasplit, [split])
+    geometries = [read_crop_geometry(crop, predictor.resolution_nm) for crop in crops]
+    grids = [PredictionGrid.for_crop(g, predictor.resolution_nm) for g in geometries]
+    panels = []
+    for index, z in sample_slices(len(crops), [g.shape[0] for g in grids], fs.samples, fs.seed):
+        geometry, grid = geometries[index], grids[index]
+        em, logits = predict_slab(predictor, geometry, (z, z + 1), es, device)
+        probabilities = adjusted_probabilities(logits[None], predictor.logit_shift, mode)[0]
+        r = grid.resolution_nm
+        yy, xx = np.meshgrid(
+            grid.origin_nm[1] + np.arange(grid.shape[1]) * r,
+            grid.origin_nm[2] + np.arange(grid.shape[2]) * r,
+            indexing="ij",
+        )
+        z_nm = np.array([grid.origin_nm[0] + z * r])
+        reader = CropReader(geometry, r, predictor.em_range, infer_true_negatives=False)
+        _, target = reader.read(PatchGrid(z_nm, np.stack([yy, xx], axis=-1)))
+        panels.append(
+            (em[0], target[:, 0], probabilities[:, 0].numpy(), f"{crops[index].name}, z={z}")
+        )
+    figure = crop_panels_figure(panels, f"{predictor.key}: test crops (adjustment {mode})")
+    save_figure(figure, Path(samples_path))
+    table = pd.read_csv(history)
+    save_figure(training_curves_figure(table, title=predictor.key), Path(curves_path))
