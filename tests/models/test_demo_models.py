@@ -56,3 +56,6 @@ def test_demo_forward_backward(name: str, dim: str, autocast: bool) -> None:
         n for n, p in model.named_parameters() if p.grad is not None and not p.grad.isfinite().all()
     ]
     assert not bad, f"non-finite gradients in {bad}"
+    # DDP (find_unused_parameters off) waits for a gradient of every trainable parameter
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"trainable parameters without a gradient: {missing}"

@@ -150,3 +150,5 @@ def test_seed_swin_3d_patch_and_shapes() -> None:
         check_input_shape("swin", "3d", (16, 48, 64), preset="seed")
     with pytest.raises(CellsegError, match=r"unknown network 'mamba'"):
         input_rule("vit", "3d", "seed", network="mamba")
+    with pytest.raises(CellsegError, match=r"32x32x32 is a single ViT-V-Net token"):
+        build_model("vit", "3d", preset="seed", input_shape=(32, 32, 32))

@@ -13,6 +13,7 @@ Both have a learned position embedding for ``input_shape``, the only accepted sh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +23,7 @@ from torch import nn
 
 from cellseg.errors import CellsegError
 from cellseg.models._blocks3d import UpConcatConv, norm_spec
-from cellseg.models._registry import InputRule, register_model
+from cellseg.models._registry import InputRule, format_shape, register_model
 from cellseg.models._timm import timm_unet_from_config
 
 
@@ -104,7 +105,14 @@ def _rule_3d(config: Mapping[str, Any]) -> InputRule:
             f"model vit 3d: unknown network {network!r}; valid: {', '.join(NETWORKS_3D)}"
         )
     patch = 16 if network == "unetr" else VITVNET_PATCH * 2**VITVNET_DOWNSAMPLINGS
-    return _fixed_rule("vit 3d", patch, config)
+    rule = _fixed_rule("vit 3d", patch, config)
+    if network == "vitvnet" and math.prod(s // patch for s in rule.default) < 2:
+        # the token grid is instance-normalised (conv_more): one token cannot be
+        raise CellsegError(
+            f"model vit 3d: input_shape {format_shape(rule.default)} is a single ViT-V-Net token "
+            f"({patch}^3 voxels each); use at least two, e.g. 32x32x64"
+        )
+    return rule
 
 
 class ViTVNet3d(nn.Module):
@@ -243,7 +251,7 @@ def vit_3d(in_channels: int, out_channels: int, **config: Any) -> nn.Module:
         )
     from monai.networks.nets import UNETR
 
-    return UNETR(
+    net = UNETR(
         in_channels=in_channels,
         out_channels=out_channels,
         img_size=tuple(config["input_shape"]),
@@ -255,3 +263,14 @@ def vit_3d(in_channels: int, out_channels: int, **config: Any) -> nn.Module:
         dropout_rate=float(config["dropout_rate"]),
         spatial_dims=3,
     )
+    # MONAI's blocks hold a cross-attention norm they never use: frozen, so that DDP (which
+    # waits for a gradient of every trainable parameter) works; kept, so the model and its
+    # parameter count stay what they were
+    _freeze_unused_cross_attention_norms(net.vit)
+    return net
+
+
+def _freeze_unused_cross_attention_norms(vit: nn.Module) -> None:
+    for block in vit.blocks:
+        if not block.with_cross_attention:
+            block.norm_cross_attn.requires_grad_(False)
