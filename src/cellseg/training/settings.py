@@ -39,6 +39,12 @@ EXECUTION_KEYS: frozenset[str] = frozenset(
     }
 )
 
+# Loss keys outside the hash: how validation reads the logits (it changes which epoch counts as
+# best from then on, not a step's gradient) and how often the logged online estimate updates.
+EXECUTION_LOSS_KEYS: frozenset[str] = frozenset(
+    {"inference_logit_adjustment", "online_frequency_every"}
+)
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -98,7 +104,11 @@ class TrainSettings:
 
     def result_dict(self) -> dict[str, Any]:
         """The settings that determine the trained weights (hashed into checkpoints)."""
-        return {k: v for k, v in jsonable(asdict(self)).items() if k not in EXECUTION_KEYS}
+        result = {k: v for k, v in jsonable(asdict(self)).items() if k not in EXECUTION_KEYS}
+        result["loss"] = {
+            k: v for k, v in result.get("loss", {}).items() if k not in EXECUTION_LOSS_KEYS
+        }
+        return result
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.result_dict(), sort_keys=True).encode()).hexdigest()[

@@ -215,11 +215,7 @@ class Trainer:
             NUM_CLASSES, update_every=int(s.loss.get("online_frequency_every", 50))
         )
         self.optimizer, self.scheduler = self.configure_optimizers()
-        self.writer = None
-        if self.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self.writer = None  # opened by on_train_start, once it knows the step it resumes at
 
     def architecture(self) -> dict[str, Any]:
         """Architecture overrides; a fixed-input model is built for the configured patch."""
@@ -268,7 +264,9 @@ class Trainer:
         return self.steps_per_epoch * self.settings.max_epochs
 
     # ----------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, rng_per_rank: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The resumable state; ``rng_per_rank``: every rank's RNG state (:meth:`gather_rng`),
+        so that each rank resumes with its own (dropout masks differ between ranks)."""
         return {
             "format": "cellseg-checkpoint-1",
             "model": unwrap(self.model).state_dict(),
@@ -279,6 +277,7 @@ class Trainer:
             "train_seconds": self.train_seconds + self.elapsed(),
             "online_frequency": self.online_frequency.state_dict(),
             "rng": rng_state(),
+            "rng_per_rank": rng_per_rank or [rng_state()],
             "config_hash": self.settings.config_hash(),
             "settings": self.settings.result_dict(),
             "data_identity": self.data_identity.to_dict(),
@@ -326,12 +325,22 @@ class Trainer:
         for key in (*PROGRESS_KEYS, "train_seconds"):
             setattr(self, key, state[key])
         self.online_frequency.load_state_dict(state["online_frequency"])
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank") or []
+        set_rng_state(per_rank[self.rank] if len(per_rank) == self.world_size else state["rng"])
+
+    def gather_rng(self) -> list[dict[str, Any]]:
+        """Every rank's RNG state, in rank order (a collective: all ranks call it)."""
+        if not is_distributed():
+            return [rng_state()]
+        states: list[Any] = [None] * self.world_size
+        dist.all_gather_object(states, rng_state())
+        return states
 
     def save(self, name: str) -> None:
-        """Write ``checkpoints/{name}`` (rank 0 only)."""
+        """Write ``checkpoints/{name}``: every rank takes part (RNG states), rank 0 writes."""
+        rng_per_rank = self.gather_rng()
         if self.is_main:
-            save_checkpoint(self.state_dict(), self.checkpoint_dir / name)
+            save_checkpoint(self.state_dict(rng_per_rank), self.checkpoint_dir / name)
 
     def on_train_start(self) -> None:
         if self.restart and self.is_main and self.checkpoint_dir.exists():
@@ -370,6 +379,16 @@ class Trainer:
             else:
                 self.load_state_dict(state, source)
                 self.log(f"resumed from {source} at epoch {self.epoch}, step {self.global_step}")
+        if self.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # events a killed attempt logged after this checkpoint would be duplicated: purge
+            # them (every tag is logged against the optimizer step, so one step bounds them all)
+            self.writer = SummaryWriter(
+                str(self.run_dir / "tensorboard"),
+                purge_step=self.global_step + 1 if self.global_step else None,
+            )
+            self.log_settings_to_tensorboard()
         self.train_seconds_at_start = self.train_seconds
         self.steps_at_start = self.global_step
         self.epochs_at_start = len(self.history)
@@ -391,7 +410,12 @@ class Trainer:
             f"settings (config hash {self.settings.config_hash()}, {self.world_size} process(es) "
             f"on {self.device.type}):\n{settings}{data}"
         )
+        self.settings_text = (settings, data)
+
+    def log_settings_to_tensorboard(self) -> None:
+        """The text of :meth:`log_settings` as TensorBoard text ``settings`` and ``data``."""
         if self.writer is not None:
+            settings, data = self.settings_text
             self.writer.add_text("settings", f"```yaml\n{settings}```", self.global_step)
             self.writer.add_text("data", data.replace("\n", "  \n"), self.global_step)
 
@@ -412,12 +436,20 @@ class Trainer:
             self.log(
                 f"{stop}; checkpoint {self.checkpoint_dir / 'last.pt'} saved: run the same command again to resume"
             )
+            self.close_writer()
+            # torchrun ends every rank as soon as one exits non-zero: no rank leaves before
+            # rank 0 has written the checkpoint the next attempt resumes from, and its events
+            self.barrier()
             return EXIT_TIME_BUDGET
         finally:
             signal.signal(signal.SIGTERM, previous)
             self.train_loader = None  # its persistent workers exit with it
-            if self.writer is not None:
-                self.writer.close()
+            self.close_writer()
+
+    def close_writer(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
@@ -505,9 +537,13 @@ class Trainer:
                     f"class_frequency_exact/{name}", float(exact[c]), self.global_step
                 )
         if step:
-            norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), s.grad_clip)
-            if torch.isfinite(norm):
-                self.optimizer.step()
+            # Under DDP the last micro-batch's backward is the only one that all-reduces the
+            # gradients; without it each rank holds its own no_sync sums, and stepping on them
+            # would make the ranks diverge. Every rank agrees on `finite`, so all skip together.
+            if finite.item() > 0:
+                norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), s.grad_clip)
+                if torch.isfinite(norm):
+                    self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             self.global_step += 1
@@ -671,7 +707,8 @@ class Trainer:
         )
         if self.writer is None:
             return
-        w, step = self.writer, self.epoch
+        w, step = self.writer, self.global_step
+        w.add_scalar("epoch", row["epoch"], step)
         w.add_scalar("val/mean_dice", row["val_mean_dice"], step)
         w.add_scalar("val/loss", row["val_loss"], step)
         for name in CLASSES:
