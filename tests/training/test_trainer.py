@@ -282,3 +282,25 @@ def test_an_early_stopped_run_stays_stopped_when_run_again(tiny_config, tiny_dat
     assert make_trainer(config, tiny_data, tmp_path).run() == 0
     assert len(pd.read_csv(tmp_path / "history.csv")) == 2
     assert all(torch.equal(before[k], v) for k, v in weights(tmp_path).items())
+
+
+def test_a_resumed_run_leaves_no_duplicate_tensorboard_points(tiny_config, tiny_data, tmp_path):
+    class Killed(Exception):
+        pass
+
+    class KilledAfterStep3(Trainer):
+        def after_optimizer_step(self, samples_per_s: float) -> None:
+            super().after_optimizer_step(samples_per_s)  # logs step 3, checkpoint is at step 2
+            if self.global_step == 3:
+                raise Killed
+
+    config = copy.deepcopy(tiny_config)
+    config["training"]["defaults"].update(checkpoint_every_steps=2)
+    settings = resolve_settings(config, "unet_2d")
+    files = (tiny_data["datasplit"], tiny_data["class_frequencies"])
+    with pytest.raises(Killed):
+        KilledAfterStep3(settings, tmp_path, *files).run()
+    assert Trainer(settings, tmp_path, *files).run() == 0
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    steps = [event.step for event in events.Scalars("train/loss")]
+    assert steps == sorted(set(steps)) and 3 in steps
