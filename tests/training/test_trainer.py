@@ -144,6 +144,8 @@ def test_changed_settings_are_refused_naming_the_keys(tiny_config, tiny_data, tm
     ) as refused:
         make_trainer(changed, tiny_data, tmp_path).run()
     assert "\n" not in str(refused.value) and "--restart" in str(refused.value)
+    # every attempt's log says how it ended, the refusal included
+    assert f"failed: CellsegError: {refused.value}" in (tmp_path / "train.log").read_text()
     assert make_trainer(changed, tiny_data, tmp_path, restart=True).run() == 0
 
 

@@ -142,6 +142,7 @@ class Trainer:
         self.restart = restart
         self.started = time.monotonic()
         self.stop_requested = False
+        self.is_main = int(os.environ.get("RANK", "0")) == 0  # until initialize() knows
         # progress, all saved in checkpoints
         self.epoch = 0
         self.iteration = 0  # micro-batches done in the current epoch
@@ -421,7 +422,18 @@ class Trainer:
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> int:
-        """Train to the end (or to a resumable stop). Returns the process exit status."""
+        """Train to the end (or to a resumable stop). Returns the process exit status.
+
+        An error ends the run as it is raised, and is written to ``train.log`` first, so the log
+        of every attempt says how it ended.
+        """
+        try:
+            return self._run()
+        except Exception as error:
+            self.log(f"failed: {type(error).__name__}: {error}")
+            raise
+
+    def _run(self) -> int:
         self.initialize()
         self.on_train_start()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
