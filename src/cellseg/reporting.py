@@ -655,7 +655,7 @@ def _class_leaders(
     scores = scores.sort_values(column, ascending=False, kind="stable")
     baseline = table.loc[table["model"] == BASELINE, column]
     row: dict[str, Any] = {"class": name, "crops": 0, "leader": "", "dice": np.nan,
-                           "runner_up": "", "margin": np.nan, "p_value": np.nan,
+                           "runner_up": "", "margin": np.nan, "p_value": np.nan, "single": False,
                            "baseline": baseline.iloc[0] if len(baseline) else np.nan}  # fmt: skip
     if scores.empty:
         return row
@@ -687,7 +687,7 @@ def _winners(
     rows = pd.DataFrame([_class_leaders(table, evaluated, c, s) for c in range(NUM_CLASSES)])
     rows["p_holm"] = holm(rows["p_value"].tolist())
     significant = (rows["p_holm"] < s.significance).to_numpy()
-    single = rows["single"].fillna(False).astype(bool).to_numpy()
+    single = rows["single"].to_numpy(dtype=bool)
     rows["winner"] = np.where(
         significant | single, rows["leader"], np.where(rows["leader"] == "", "", "tie")
     )

@@ -88,7 +88,7 @@ class Interval(NamedTuple):
         estimate: ``θ̂``.
         low, high: the interval (``θ̂ ± t_ν s``).
         se: standard error ``s``.
-        df: Satterthwaite degrees of freedom ``ν`` (``inf``: normal quantile).
+        df: Satterthwaite degrees of freedom ``ν`` (at most ``N - 1``).
         n_crops: crops with at least one annotated class.
     """
 
@@ -266,9 +266,7 @@ def class_mean_interval(
         return Interval(estimate, nan, nan, nan, nan, arr.shape[0])
     variance, df = _variance_and_df(arr, bound)
     se = float(np.sqrt(variance))
-    quantile = stats.t.ppf(0.5 + confidence / 2, df) if np.isfinite(df) else None
-    if quantile is None:
-        quantile = stats.norm.ppf(0.5 + confidence / 2)
+    quantile = float(stats.t.ppf(0.5 + confidence / 2, df))
     return Interval(
         estimate, estimate - quantile * se, estimate + quantile * se, se, df, arr.shape[0]
     )
