@@ -642,8 +642,13 @@ def evaluate_checkpoint(
     predictions_path: Path | str | None = None,
     split: str = "test",
     log: Any = None,
+    threads: int | None = None,
 ) -> pd.DataFrame:
     """Load ``best.pt``, evaluate it on the ``split`` crops of ``datasplit`` and write ``out``.
+
+    ``threads``: CPU threads torch may use (the job's ``threads``; ``None``: torch's default, one
+    per core). Float sums on the CPU depend on it, so a fixed count gives the same scores on
+    every run whatever else runs beside the job.
 
     The CSV is written atomically. Both-empty classes score 1 (``empty`` column, SPEC §8).
 
@@ -656,6 +661,8 @@ def evaluate_checkpoint(
     """
     settings = settings or EvaluationSettings()
     log = log or sys.stderr
+    if threads is not None:
+        torch.set_num_threads(max(int(threads), 1))
     crops = read_datasplit(datasplit, [split])
     device = resolve_device(settings.device)
     predictor = Predictor.from_checkpoint(checkpoint, device)

@@ -907,14 +907,37 @@ def summary_markdown(summary: Summary) -> str:
     return "\n".join(lines) + "\n"
 
 
+MEASURED_COLUMNS: tuple[str, ...] = (
+    "train_hours",
+    "gpu_hours",
+    "cpu_hours",
+    "compute_hours",
+    "inference_seconds",
+)
+"""Wall-clock measurements: written to ``costs.csv``, not ``summary.csv``, so that the same
+config on the same machine gives the same ``summary.csv`` bit for bit."""
+
+
 def write_summary(
-    summary: Summary, csv_path: Path | str, md_path: Path | str, figures_dir: Path | str
+    summary: Summary,
+    csv_path: Path | str,
+    md_path: Path | str,
+    figures_dir: Path | str,
+    costs_path: Path | str | None = None,
 ) -> None:
-    """Write ``summary.csv``, ``summary.md`` and :data:`SUMMARY_FIGURES` (atomically)."""
+    """Write ``summary.csv`` (results only), ``summary.md``, :data:`SUMMARY_FIGURES` and, when
+    ``costs_path`` is given, the :data:`MEASURED_COLUMNS` per model (all atomically)."""
     from cellseg.figures import write_summary_figures  # matplotlib only when drawing
 
+    measured = [c for c in MEASURED_COLUMNS if c in summary.table]
     with atomic_path(csv_path) as temporary:
-        summary.table.to_csv(temporary, index=False)
+        summary.table.drop(columns=measured).to_csv(temporary, index=False)
+    if costs_path is not None:
+        costs = summary.table[summary.table["model"] != BASELINE]
+        with atomic_path(costs_path) as temporary:
+            costs[["model", "dim", "gpus", "compute_unit", *measured]].to_csv(
+                temporary, index=False
+            )
     write_text_atomic(md_path, summary_markdown(summary))
     write_summary_figures(summary.table, figures_dir)
 
@@ -928,10 +951,11 @@ def make_summary(
     figures_dir: Path | str,
     expected: Sequence[str] | None = None,
     settings: SummarySettings | None = None,
+    costs_path: Path | str | None = None,
 ) -> Summary:
     """:func:`summarize` then :func:`write_summary` (what the ``summary`` rule runs)."""
     summary = summarize(metrics, train_summaries, class_frequencies, expected, settings)
-    write_summary(summary, csv_path, md_path, figures_dir)
+    write_summary(summary, csv_path, md_path, figures_dir, costs_path)
     return summary
 
 
@@ -954,6 +978,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--class-frequencies", type=Path, default=None)
     parser.add_argument("--out-csv", type=Path, default=Path("results/summary.csv"))
     parser.add_argument("--out-md", type=Path, default=Path("results/summary.md"))
+    parser.add_argument("--out-costs", type=Path, default=Path("results/costs.csv"))
     parser.add_argument("--figures", type=Path, default=Path("results/figures/summary"))
     parser.add_argument("--adjustment", default=None, choices=["train", "none"])
     parser.add_argument("--rank-by", default="mean", choices=["mean", "pooled"])
@@ -979,7 +1004,7 @@ def _run_summary(args: argparse.Namespace) -> int:
     )
     summary = make_summary(
         metrics, train, args.class_frequencies, args.out_csv, args.out_md, args.figures,
-        settings=settings,
+        settings=settings, costs_path=args.out_costs,
     )  # fmt: skip
     print(f"{args.out_csv}: {len(summary.table)} rows; best {summary.table['best_model'].iloc[0]}",
           file=sys.stderr)  # fmt: skip

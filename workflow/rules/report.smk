@@ -45,6 +45,12 @@ rule summary:
             category="Summary",
             labels={"table": "summary.csv"},
         ),
+        costs=report(
+            "results/costs.csv",
+            caption="../report/costs_csv.rst",
+            category="Summary",
+            labels={"table": "costs.csv"},
+        ),
         md=report(
             "results/summary.md",
             caption="../report/summary_md.rst",

@@ -13,4 +13,5 @@ with open(snakemake.log[0], "a") as log:  # noqa: F821
         EvaluationSettings.from_config(snakemake.params.evaluation),  # noqa: F821
         predictions_path=snakemake.output.get("predictions"),  # noqa: F821
         log=log,
+        threads=snakemake.threads,  # noqa: F821
     )

@@ -16,4 +16,5 @@ with open(snakemake.log[0], "a") as log:  # noqa: F821
         snakemake.output.md,  # noqa: F821
         Path(snakemake.output.heatmap).parent,  # noqa: F821
         settings=SummarySettings.from_config(snakemake.params.evaluation),  # noqa: F821
+        costs_path=snakemake.output.costs,  # noqa: F821
     )
