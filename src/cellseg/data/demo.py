@@ -1,7 +1,7 @@
 """Embedded synthetic FIB-SEM demo data in the exact CellMap layout (SPEC §3).
 
 ``cellseg make-demo-data --out DIR --seed N [--size small|default|large] [--force]`` writes
-three datasets ``DIR/{name}/{name}.zarr`` (zarr format 2, written with zarr 3.x):
+four datasets ``DIR/{name}/{name}.zarr`` (zarr format 2, written with zarr 3.x):
 
 * EM: ``recon-1/em/fibsem-uint8/s0, s1, s2`` (uint8; 8, 16, 32 nm isotropic; first-voxel centre
   of s0 at 0 nm, level k shifted by half the voxel-size growth, i.e. +4 nm and +12 nm);
@@ -91,25 +91,30 @@ CODE: dict[str, int] = {name: i + 1 for i, name in enumerate(CLASSES) if name !=
 NUC_BASE = 1000
 UNKNOWN_CODE = 65535
 
-# EM appearance per class: (mean grey value, texture amplitude). Membranes dark, lumens of
-# vesicles / Golgi light, mitochondrial matrix darker than cytoplasm, ECS brightest: the contrast
-# polarity of CellMap's (inverted) FIB-SEM uint8 volumes. Index = class index 0..14 (0 = cyto).
+# EM appearance per class: (mean grey value, texture amplitude), the contrast polarity of
+# CellMap's (inverted) FIB-SEM uint8 volumes: stained membranes dark; ECS brightest (it saturates
+# at the top of data.em_range, 194); lumens of vesicles and Golgi cisternae light and smooth, the
+# Golgi's a little darker; granular cytoplasm in between; ER lumen denser than the cytoplasm
+# (smooth, where the cytoplasm is grainy); mitochondrial matrix dark with darker ribosome specks;
+# mottled endosome content; nucleoplasm with chromatin clumps. The lumens and the cytoplasm sit
+# about 16 grey levels apart within [10.6, 194.1] (the range the models see), so a membrane is
+# told apart by what it encloses, as in real EM. Index = class index 0..14 (0 = cyto).
 _EM_LOOK: dict[str, tuple[float, float]] = {
-    "cyto": (150.0, 9.0),
-    "ecs": (202.0, 3.0),
-    "pm": (68.0, 5.0),
-    "mito_mem": (58.0, 5.0),
-    "mito_lum": (104.0, 7.0),
-    "mito_ribo": (30.0, 3.0),
-    "golgi_mem": (76.0, 5.0),
-    "golgi_lum": (172.0, 5.0),
-    "ves_mem": (66.0, 5.0),
-    "ves_lum": (184.0, 4.0),
-    "endo_mem": (62.0, 5.0),
-    "endo_lum": (126.0, 14.0),
-    "er_mem": (82.0, 5.0),
-    "er_lum": (162.0, 5.0),
-    "nuc": (120.0, 10.0),
+    "cyto": (150.0, 8.0),
+    "ecs": (215.0, 3.0),
+    "pm": (50.0, 4.0),
+    "mito_mem": (45.0, 4.0),
+    "mito_lum": (84.0, 6.0),
+    "mito_ribo": (22.0, 3.0),
+    "golgi_mem": (55.0, 4.0),
+    "golgi_lum": (167.0, 3.0),
+    "ves_mem": (50.0, 4.0),
+    "ves_lum": (183.0, 3.0),
+    "endo_mem": (48.0, 4.0),
+    "endo_lum": (133.0, 16.0),
+    "er_mem": (55.0, 4.0),
+    "er_lum": (116.0, 3.0),
+    "nuc": (100.0, 9.0),
 }
 _EM_MEAN = np.array([_EM_LOOK[n][0] for n in ("cyto", *CLASSES)], dtype=np.float32)
 _EM_TEXTURE = np.array([_EM_LOOK[n][1] for n in ("cyto", *CLASSES)], dtype=np.float32)
@@ -127,11 +132,12 @@ _EM_HALO = 10
 
 # Geometry (nm). Membranes at least one EM voxel thick along any axis so that 8 nm point
 # sampling never leaves holes in them.
-_ECS_GAP = 20.0  # half-width of the extracellular gap between touching cells
-_PM_NM = 14.0
-_MITO_MEM_NM = 14.0
-_ORGANELLE_MEM_NM = 10.0
-_ENDO_MEM_NM = 12.0
+# Stained membranes image about two 8 nm voxels thick in FIB-SEM; so are the demo's.
+_ECS_GAP = 24.0  # half-width of the extracellular gap between touching cells
+_PM_NM = 16.0
+_MITO_MEM_NM = 16.0
+_ORGANELLE_MEM_NM = 13.0
+_ENDO_MEM_NM = 14.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -536,10 +542,10 @@ def _build_scene(rng: np.random.Generator, em_shape: Sequence[int]) -> _Scene:
 
     Cells sit on a jittered grid in y-x (at least two across x, plus a ring of neighbours outside
     the volume), each a Voronoi cell capped by a sphere (ECS lakes at the corners). Organelle
-    counts follow fixed densities per µm³ of visible cytoplasm. The first cell ("A") gets a
-    Golgi stack beside its nucleus with vesicles, mitochondria, an endosome and ER around it;
-    the "golgi" anchor lies between that stack and the A|B boundary, so a crop centred there
-    sees every class.
+    counts follow fixed densities per µm³ of visible cytoplasm. The first two cells ("A", "B")
+    each get a Golgi stack beside the nucleus with vesicles, mitochondria, an endosome and ER
+    around it; the "golgi" (A) and "golgi_b" (B) anchors lie between the stack and the A|B
+    boundary, so a crop centred there sees every class.
     """
     extent = np.array(em_shape, dtype=np.float64) * EM_VOXEL_NM
     n_y = max(1, round(extent[1] / 1800.0))
@@ -606,7 +612,7 @@ def _build_scene(rng: np.random.Generator, em_shape: Sequence[int]) -> _Scene:
             )  # fmt: skip
 
     def add_vesicle(k: int, centre: np.ndarray) -> None:
-        radius = rng.uniform(24.0, 45.0)
+        radius = rng.uniform(32.0, 50.0)
         shapes.append(
             _Shape("sphere", k, centre, (radius,), CODE["ves_mem"], CODE["ves_lum"],
                    _ORGANELLE_MEM_NM, cyto_er, radius)
@@ -621,7 +627,7 @@ def _build_scene(rng: np.random.Generator, em_shape: Sequence[int]) -> _Scene:
 
     def add_er_tube(k: int, start: np.ndarray) -> None:
         p, direction = start, _unit(rng)
-        radius = rng.uniform(24.0, 34.0)
+        radius = rng.uniform(30.0, 40.0)
         for _ in range(rng.integers(3, 7)):
             q = p + direction * rng.uniform(120.0, 280.0)
             half = (q - p) / 2
@@ -635,7 +641,7 @@ def _build_scene(rng: np.random.Generator, em_shape: Sequence[int]) -> _Scene:
 
     def add_er_sheet(k: int, centre: np.ndarray) -> None:
         semi = np.array(
-            [rng.uniform(24.0, 32.0), rng.uniform(220.0, 450.0), rng.uniform(150.0, 300.0)]
+            [rng.uniform(30.0, 38.0), rng.uniform(220.0, 450.0), rng.uniform(150.0, 300.0)]
         )
         shapes.append(
             _Shape("ellipsoid", k, centre, (_frame(_unit(rng), rng), semi, rng.uniform(-0.0012, 0.0012)),
@@ -646,10 +652,10 @@ def _build_scene(rng: np.random.Generator, em_shape: Sequence[int]) -> _Scene:
         frame = _frame(normal, rng)
         bend = rng.choice([-1.0, 1.0]) * rng.uniform(0.0006, 0.0012)
         n = int(rng.integers(4, 7))
-        spacing = rng.uniform(58.0, 70.0)
+        spacing = rng.uniform(72.0, 84.0)
         for i in range(n):
             semi = np.array(
-                [rng.uniform(18.0, 23.0), rng.uniform(230.0, 380.0), rng.uniform(160.0, 260.0)]
+                [rng.uniform(24.0, 28.0), rng.uniform(230.0, 380.0), rng.uniform(160.0, 260.0)]
             )
             shapes.append(
                 _Shape("ellipsoid", k, centre + (i - (n - 1) / 2) * spacing * normal,
@@ -671,10 +677,10 @@ def _build_scene(rng: np.random.Generator, em_shape: Sequence[int]) -> _Scene:
             add_er_sheet(k, random_point(k))
 
         golgi_centre = None
-        if k == 0 or rng.uniform() < 0.6:
-            # perinuclear, stacked along y; cell A's faces the volume's centre in y
+        if k <= 1 or rng.uniform() < 0.6:
+            # perinuclear, stacked along y; cells A's and B's face the volume's centre in y
             side = 1.0 if cell.nucleus_centre[1] < extent[1] / 2 else -1.0
-            if k != 0:
+            if k > 1:
                 side = rng.choice([-1.0, 1.0])
             normal = np.array([0.0, side, 0.25 * rng.normal()])
             normal /= np.linalg.norm(normal)
@@ -683,9 +689,9 @@ def _build_scene(rng: np.random.Generator, em_shape: Sequence[int]) -> _Scene:
             )
             golgi_centre[0] = np.clip(golgi_centre[0], 0.3 * extent[0], 0.7 * extent[0])
             add_golgi(k, golgi_centre, normal)
-            if k == 0:
+            if k <= 1:
                 towards_b = np.sign(boundary[2] - golgi_centre[2])
-                anchors["golgi"] = np.array(
+                anchors["golgi" if k == 0 else "golgi_b"] = np.array(
                     [golgi_centre[0], golgi_centre[1], (golgi_centre[2] + boundary[2]) / 2]
                 )
                 # around the stack, on the boundary side: what a crop there must also see
@@ -830,6 +836,7 @@ class CropSpec:
 
 
 ALL = tuple(CLASSES)
+NO_GOLGI = tuple(c for c in CLASSES if not c.startswith("golgi"))
 DATASETS: tuple[tuple[str, tuple[CropSpec, ...]], ...] = (
     (
         "jrc_demo-1",
@@ -841,35 +848,73 @@ DATASETS: tuple[tuple[str, tuple[CropSpec, ...]], ...] = (
             CropSpec(3, 16.0, (32, 96, 96), "nucleus_edge", "odd", ("ecs", "mito_lum", "endo_lum", "nuc")),
             CropSpec(4, 8.0, (16, 32, 32), "nucleus", "em", ("nuc", "ecs", "pm", "er_mem", "er_lum"),
                      homogeneous=True),
+            CropSpec(5, 4.0, (24, 96, 96), "golgi_b", "half", ALL),
+            CropSpec(6, 8.0, (24, 96, 128), "random", "em", NO_GOLGI),
+            CropSpec(7, 8.0, (24, 96, 96), "random", "odd",
+                     ("pm", "golgi_mem", "golgi_lum", "ves_mem", "ves_lum", "er_mem", "er_lum")),
         ),
     ),
     (
         "jrc_demo-2",
         (
-            CropSpec(5, 4.0, (24, 96, 96), "boundary", "half",
+            CropSpec(8, 4.0, (24, 96, 96), "boundary", "half",
                      ("ecs", "pm", "mito_mem", "mito_lum", "ves_mem", "ves_lum", "endo_mem",
                       "endo_lum", "er_mem", "er_lum", "nuc"),
                      unknown=((0.0, 1.0), (0.6, 1.0), (0.0, 0.4))),
-            CropSpec(6, 8.0, (32, 96, 160), "nucleus_edge", "odd",
+            CropSpec(9, 8.0, (32, 96, 160), "nucleus_edge", "odd",
                      ("ecs", "pm", "mito_mem", "mito_lum", "ves_mem", "ves_lum", "er_mem",
                       "er_lum", "nuc")),
-            CropSpec(7, 4.0, (24, 96, 96), "golgi", "em", ALL),
+            CropSpec(10, 4.0, (24, 96, 96), "golgi", "em", ALL),
+            CropSpec(11, 8.0, (32, 128, 128), "golgi_b", "odd", ALL),
+            CropSpec(12, 16.0, (24, 96, 96), "random", "em", ("ecs", "pm", "mito_mem", "mito_lum", "nuc")),
+            CropSpec(13, 8.0, (24, 96, 96), "random", "em",
+                     ("mito_mem", "mito_lum", "mito_ribo", "ves_mem", "ves_lum", "er_mem", "er_lum")),
+            CropSpec(14, 4.0, (24, 80, 80), "random", "half",
+                     ("ecs", "pm", "endo_mem", "endo_lum", "golgi_mem", "golgi_lum")),
         ),
     ),
     (
         "jrc_demo-3",
         (
-            CropSpec(8, 8.0, (40, 128, 160), "boundary", "em",
+            CropSpec(15, 8.0, (40, 128, 160), "boundary", "em",
                      ("ecs", "pm", "mito_mem", "mito_lum", "mito_ribo", "endo_mem", "endo_lum",
                       "ves_mem", "ves_lum", "nuc"),
                      unknown=((0.5, 1.0), (0.0, 0.3), (0.0, 1.0))),
-            CropSpec(9, 4.0, (24, 80, 80), "random", "half",
+            CropSpec(16, 4.0, (24, 80, 80), "random", "half",
                      ("ecs", "pm", "er_mem", "er_lum", "ves_mem", "ves_lum")),
-            CropSpec(10, 16.0, (24, 80, 80), "random", "em", ("ecs", "nuc", "mito_lum", "er_lum")),
+            CropSpec(17, 16.0, (24, 80, 80), "random", "em", ("ecs", "nuc", "mito_lum", "er_lum")),
+            CropSpec(18, 8.0, (32, 128, 128), "golgi", "em", ALL),
+            CropSpec(19, 8.0, (24, 96, 96), "golgi_b", "odd", ALL),
+            CropSpec(20, 8.0, (24, 96, 96), "nucleus_edge", "em",
+                     ("ecs", "pm", "mito_mem", "mito_lum", "mito_ribo", "endo_mem", "endo_lum", "nuc")),
+            CropSpec(21, 4.0, (24, 96, 96), "random", "em",
+                     ("er_mem", "er_lum", "ves_mem", "ves_lum", "golgi_mem", "golgi_lum")),
+        ),
+    ),
+    (
+        "jrc_demo-4",
+        (
+            CropSpec(22, 8.0, (32, 128, 128), "golgi", "odd", ALL),
+            CropSpec(23, 4.0, (24, 96, 96), "golgi_b", "em", ALL),
+            CropSpec(24, 8.0, (24, 128, 128), "boundary", "em",
+                     ("ecs", "pm", "mito_mem", "mito_lum", "mito_ribo", "er_mem", "er_lum", "nuc"),
+                     unknown=((0.0, 1.0), (0.0, 0.35), (0.0, 0.35))),
+            CropSpec(25, 16.0, (32, 96, 96), "centre", "odd",
+                     ("ecs", "pm", "mito_lum", "endo_lum", "ves_lum", "nuc")),
+            CropSpec(26, 8.0, (24, 96, 128), "random", "em",
+                     tuple(c for c in NO_GOLGI if c != "mito_ribo")),
+            CropSpec(27, 4.0, (24, 80, 80), "random", "half",
+                     ("mito_mem", "mito_lum", "mito_ribo", "er_mem", "er_lum")),
+            CropSpec(28, 8.0, (24, 96, 96), "nucleus_edge", "em",
+                     ("ecs", "pm", "ves_mem", "ves_lum", "er_mem", "er_lum", "nuc")),
         ),
     ),
 )  # fmt: skip
-"""The demo layout: (dataset name, crops). Golgi is annotated in crops 1 and 7 only."""
+"""The demo layout: (dataset name, crops). Two crops per dataset annotate all 14 classes (centred
+on a Golgi stack next to a cell boundary); the others annotate subsets, as real crops do."""
+
+BIG_CROP_NUMBER = 1 + max(spec.number for _, specs in DATASETS for spec in specs)
+"""Number of the ``--size large`` crop added to the first dataset."""
 
 
 @dataclass(frozen=True)
@@ -1083,7 +1128,7 @@ def make_demo_data(
     """Write the synthetic CellMap-layout demo under ``out``; return the ``.zarr`` store paths.
 
     ``size``: "small" (tests: EM 48×192×192, crops halved), "default" (EM 96×320×320 voxels at
-    8 nm per dataset, < 100 MB) or "large" (adds crop 11, 112×1024×1024 voxels at 8 nm with all
+    8 nm per dataset, < 100 MB) or "large" (adds crop 29, 112×1024×1024 voxels at 8 nm with all
     14 classes, ≥ 2 GB of uncompressed labels, to the first dataset). Deterministic for
     (``seed``, ``size``). Writes ``out/cellseg_demo.json`` (the marker and a manifest of every
     crop) first as "incomplete" and finally as "complete". ``datasets`` restricts the output to
@@ -1122,7 +1167,9 @@ def make_demo_data(
         if preset.big_crop_extent is not None and index == 0:
             assert preset.big_em_shape is not None
             em_shape = preset.big_em_shape
-            crops.append(CropSpec(11, 8.0, preset.big_crop_extent, "centre", "em", ALL))
+            crops.append(
+                CropSpec(BIG_CROP_NUMBER, 8.0, preset.big_crop_extent, "centre", "em", ALL)
+            )
         scene = _build_scene(rng, em_shape)
         store = out / name / f"{name}.zarr"
         root = zarr.open_group(store, mode="w", zarr_format=2)
@@ -1131,7 +1178,7 @@ def make_demo_data(
         placement_rng = np.random.default_rng([*key, 1])
         entries = []
         for spec in crops:
-            scale = 1.0 if spec.number == 11 else preset.crop_scale
+            scale = 1.0 if spec.number == BIG_CROP_NUMBER else preset.crop_scale
             placed = _place_crop(spec, scene, em_shape, scale, placement_rng)
             entries.append(_write_crop(labels, scene, placed, preset.slab))
         manifest["datasets"][name] = {
