@@ -845,14 +845,21 @@ def _markdown_winners(summary: Summary) -> list[str]:
     return lines
 
 
-def _comparison_line(r: pd.Series, s: SummarySettings) -> str:
+def _comparison_line(r: pd.Series, s: SummarySettings, tested: int = 1) -> str:
+    """One model's line of "Differences to the best model"; ``tested``: comparisons in the
+    Holm family (a difference no test at this N could call significant is not "no difference")."""
     crops = int(r["compared_crops"])
     if pd.isna(r["p_holm"]):
         return (
             f"- {r['model']}: Δ {r['diff_to_best']:+.3f} on {crops} shared crop(s); not tested "
             f"(fewer than {s.min_crops_for_statistics})"
         )
-    verdict = "significantly worse" if r["significant"] else "not significantly different"
+    if r["significant"]:
+        verdict = "significantly worse"
+    elif tested * smallest_p_value(crops) >= s.significance:
+        verdict = f"untestable at {crops} crops (no p-value could reach {s.significance})"
+    else:
+        verdict = "not significantly different"
     return (
         f"- {r['model']}: {verdict} (Δ {r['diff_to_best']:+.3f}, CI [{_fmt(r['diff_ci_low'])}, "
         f"{_fmt(r['diff_ci_high'])}], p = {_p(r['p_holm'])}, {crops} crops)"
@@ -883,7 +890,7 @@ def _markdown_differences(summary: Summary) -> list[str]:
             f"{tested * smallest_p_value(n):.3g}: no difference can be significant."
         )
     lines.append("")
-    return lines + [_comparison_line(r, s) for _, r in compared.iterrows()]
+    return lines + [_comparison_line(r, s, tested) for _, r in compared.iterrows()]
 
 
 def _markdown_problems(summary: Summary) -> list[str]:

@@ -59,3 +59,18 @@ def test_demo_forward_backward(name: str, dim: str, autocast: bool) -> None:
     # DDP (find_unused_parameters off) waits for a gradient of every trainable parameter
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"trainable parameters without a gradient: {missing}"
+
+
+@pytest.mark.parametrize(
+    ("name", "dim"), [(n, d) for n in ("unet", "resnet", "swin", "vit") for d in ("2d", "3d")]
+)
+def test_the_output_layer_bias_shifts_the_logits_exactly(name, dim):
+    model = build_model(name, dim, preset="demo").eval()
+    x = torch.rand(1, 1, *model.input_rule.default)
+    shift = torch.linspace(-3.0, 3.0, NUM_CLASSES)
+    with torch.no_grad():
+        before = model(x)
+        model.init_output_bias(model.output_layer().bias + shift)
+        after = model(x)
+    expected = shift.view(1, -1, *[1] * (before.ndim - 2))
+    torch.testing.assert_close(after - before, expected.expand_as(before), atol=1e-4, rtol=0)

@@ -306,3 +306,17 @@ def test_a_resumed_run_leaves_no_duplicate_tensorboard_points(tiny_config, tiny_
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0}).Reload()
     steps = [event.step for event in events.Scalars("train/loss")]
     assert steps == sorted(set(steps)) and 3 in steps
+
+
+def test_the_untrained_model_predicts_each_class_prior(tiny_config, tiny_data, tmp_path):
+    trainer = make_trainer(tiny_config, tiny_data, tmp_path)
+    trainer.initialize()
+    bias = trainer.network.output_layer().bias.detach()
+    prior = trainer.loss.prior.clamp(1e-6, 1 - 1e-6)
+    # what the loss sees of a zero-centred output: sigmoid(z + shift), here sigmoid(bias + shift)
+    torch.testing.assert_close(torch.sigmoid(bias + trainer.loss.shift()), prior, rtol=1e-4, atol=0)
+    config = copy.deepcopy(tiny_config)
+    config["training"]["defaults"]["output_bias_init"] = "zero"
+    library = make_trainer(config, tiny_data, tmp_path / "zero")
+    library.initialize()
+    assert not torch.allclose(library.network.output_layer().bias.detach(), bias)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from cellseg.classes import NUM_CLASSES
+from cellseg.errors import CellsegError
 from cellseg.models._registry import InputRule, get_entry, model_config, shape_error
 
 
@@ -21,6 +22,7 @@ class SegmentationModel(nn.Module):
         name, dim, preset: the registry key and preset it was built from.
         config: the resolved architecture options (preset + overrides).
         input_rule: the accepted spatial shapes (:class:`InputRule`).
+        out_channels: the logits' channels (``None``: not known, any output layer width).
     """
 
     def __init__(
@@ -32,15 +34,58 @@ class SegmentationModel(nn.Module):
         preset: str,
         config: Mapping[str, Any],
         input_rule: InputRule,
+        out_channels: int | None = None,
     ) -> None:
         super().__init__()
         self.net = net
+        self.out_channels = out_channels
         self.name = name
         self.dim = dim
         self.preset = preset
         self.config = dict(config)
         self.input_rule = input_rule
         self._checked: tuple[int, ...] | None = None
+
+    def output_layer(self) -> nn.Module:
+        """The layer that produces the logits: the last convolution (or linear layer) of the
+        network, in registration order, whose output width is the logits' and that has a bias.
+
+        Raises:
+            CellsegError: no such layer (a network whose logits come out of something else).
+        """
+        width = self.out_channels
+        layers = (
+            nn.Conv2d,
+            nn.Conv3d,
+            nn.ConvTranspose2d,
+            nn.ConvTranspose3d,
+            nn.Linear,
+        )
+        candidates = [
+            m
+            for m in self.net.modules()
+            if isinstance(m, layers)
+            and m.bias is not None
+            and (width is None or m.bias.numel() == width)
+        ]
+        if not candidates:
+            raise CellsegError(
+                f"{self.name}_{self.dim}: no output layer with a bias found; "
+                "set training output_bias_init: zero for this model"
+            )
+        return candidates[-1]
+
+    @torch.no_grad()
+    def init_output_bias(self, bias: torch.Tensor) -> None:
+        """Set the output layer's bias, ``(C_out,)`` logits (e.g. so that the untrained model
+        predicts each class's prior; see the trainer's ``output_bias_init``)."""
+        layer = self.output_layer()
+        if layer.bias.shape != bias.shape:
+            raise CellsegError(
+                f"{self.name}_{self.dim}: output bias of shape {tuple(bias.shape)} for a layer "
+                f"of {tuple(layer.bias.shape)}"
+            )
+        layer.bias.copy_(bias.to(layer.bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, H, W)`` or ``(B, C_in, D, H, W)`` -> logits ``(B, C_out, same spatial)``.
@@ -88,7 +133,15 @@ def build_model(
     config = model_config(name, dim, preset, **overrides)
     rule = entry.input_rule(config)
     net = entry.builder(int(in_channels), int(out_channels), **dict(config))
-    return SegmentationModel(net, name=name, dim=dim, preset=preset, config=config, input_rule=rule)
+    return SegmentationModel(
+        net,
+        name=name,
+        dim=dim,
+        preset=preset,
+        config=config,
+        input_rule=rule,
+        out_channels=int(out_channels),
+    )
 
 
 create_model = build_model

@@ -81,6 +81,7 @@ class TrainSettings:
     log_every_steps: int = 10
     max_nonfinite_steps: int = 10
     rare_class_boost: float = 0.0
+    output_bias_init: str = "prior"
     augmentation: Mapping[str, float] = field(default_factory=dict)
     tensorboard_images: int = 2
     mem_mb: int = 4000

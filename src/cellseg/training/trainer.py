@@ -200,6 +200,9 @@ class Trainer:
             infer_true_negatives=s.infer_true_negatives,
         )
         self.network = self.build_network().to(self.device)
+        self.loss = self.build_loss().to(self.device)
+        if s.output_bias_init == "prior":
+            self.network.init_output_bias(self.prior_output_bias())
         self.parameters = sum(p.numel() for p in self.network.parameters())
         self.model: torch.nn.Module = self.network
         if s.compile and self.device.type == "cuda":
@@ -208,7 +211,6 @@ class Trainer:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self.loss = self.build_loss().to(self.device)
         self.data_identity = DataIdentity.from_crops(
             train_crops, validate_crops, self.loss.prior.cpu().tolist()
         )
@@ -229,6 +231,17 @@ class Trainer:
     def build_network(self) -> torch.nn.Module:
         s = self.settings
         return build_model(s.model, s.dim, preset=s.preset, **self.architecture())
+
+    def prior_output_bias(self) -> torch.Tensor:
+        """``(C,)`` logits bias with which ``sigmoid(bias + shift)`` is each class's prior: what
+        the loss (and inference with the ``train`` adjustment) sees of a zero-centred output.
+
+        Without it every class starts at ``sigmoid(shift)``: about 0.98 for the rarest class
+        under the seed's sign, predicted everywhere, and the Tversky loss has almost no gradient
+        against false positives while a class has no true positive.
+        """
+        prior = self.loss.prior.double().clamp(1e-6, 1 - 1e-6)
+        return (torch.logit(prior) - self.loss.shift().double()).float().cpu()
 
     def build_loss(self) -> BalancedSoftmaxPartialTverskyLoss:
         options = {
