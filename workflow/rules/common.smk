@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import os
+import shlex
 import sys
 
 from snakemake.utils import validate

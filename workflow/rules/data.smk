@@ -12,7 +12,7 @@ rule demo_data:
         seed=config["data"]["demo"]["seed"],
         size=config["data"]["demo"]["size"],
     shell:
-        "python -m cellseg make-demo-data --out {output} --seed {params.seed} --size {params.size} > {log} 2>&1"
+        "python -m cellseg make-demo-data --out {output:q} --seed {params.seed} --size {params.size} > {log:q} 2>&1"
 
 
 rule datasplit:
@@ -25,18 +25,19 @@ rule datasplit:
     conda:
         "../envs/cellseg.yaml"
     params:
+        # quoted here: a path may hold spaces or shell characters
         source=(
-            f"--from-csv {config['data']['datasplit_csv']}"
+            f"--from-csv {shlex.quote(str(config['data']['datasplit_csv']))}"
             if config["data"]["datasplit_csv"]
-            else " ".join(f"--root {root}" for root in data_roots())
+            else " ".join(f"--root {shlex.quote(str(root))}" for root in data_roots())
         ),
         validate=config["data"]["validate_fraction"],
         test=config["data"]["test_fraction"],
         seed=config["data"]["split_seed"],
     shell:
-        "python -m cellseg datasplit {params.source} --out {output}"
+        "python -m cellseg datasplit {params.source} --out {output:q}"
         " --validate-fraction {params.validate} --test-fraction {params.test}"
-        " --seed {params.seed} > {log} 2>&1"
+        " --seed {params.seed} > {log:q} 2>&1"
 
 
 rule class_frequencies:
@@ -58,5 +59,5 @@ rule class_frequencies:
             else ""
         ),
     shell:
-        "python -m cellseg class-frequencies --datasplit {input.datasplit} --out {output}"
-        " --resolution-nm {params.resolution} {params.allow_missing} > {log} 2>&1"
+        "python -m cellseg class-frequencies --datasplit {input.datasplit:q} --out {output:q}"
+        " --resolution-nm {params.resolution} {params.allow_missing} > {log:q} 2>&1"
