@@ -176,3 +176,23 @@ def test_store_is_opened_read_only(store):
         patches[item]
     assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+
+
+def test_zero_size_levels_are_never_read_and_an_empty_group_is_one_line(make_store):
+    labels = np.ones((4, 4, 4), dtype=np.uint8)
+    empty = np.zeros((0, 4, 4), dtype=np.uint8)
+    scales = [(4.0,) * 3, (8.0,) * 3]
+    translations = [S0_TRANSLATION, S1_TRANSLATION]
+    store = make_store(
+        "zero", EM, {"crop5": {"ecs": ([labels, empty], scales, translations, SEMANTIC)}}
+    )
+    geometry = read_crop_geometry(crop_of(store), 8.0)  # the 8 nm level is empty: 4 nm serves
+    levels = geometry.labels["ecs"].levels
+    assert [level.shape for level in levels] == [(4, 4, 4)]
+    assert geometry.labels["ecs"].level_for(8.0) == levels[0]
+    root = zarr.open_group(str(store), mode="a", zarr_format=2)
+    root["recon-1/labels/groundtruth/crop5/ecs/s0"].resize((0, 4, 4))
+    with pytest.raises(CellsegError) as error:
+        read_crop_geometry(crop_of(store), 8.0)
+    message = str(error.value)
+    assert "\n" not in message and "crop5/ecs: every level" in message and "zero size" in message

@@ -206,7 +206,11 @@ def _parse_levels(attributes: Mapping[str, Any], location: str) -> list[tuple[st
 
 
 def read_multiscale(root: zarr.Group, store: Path, group: str) -> Multiscale:
-    """Parse the multiscale group ``group`` of an open store; checks every level exists."""
+    """Parse the multiscale group ``group`` of an open store; checks every level exists.
+
+    A zero-size level (a pyramid level coarser than the crop) is left out; a group with no
+    other level is an error, as reading it would be.
+    """
     location = f"{store}/{group}"
     try:
         node = root[group]
@@ -225,7 +229,14 @@ def read_multiscale(root: zarr.Group, store: Path, group: str) -> Multiscale:
             raise CellsegError(
                 f"{location}/{path}: expected a 3D (z, y, x) array, got {array.ndim}D"
             )
+        if 0 in array.shape:
+            continue  # holds no voxel, so it cannot serve any resolution: the others must
         levels.append(ScaleLevel(path, scale, translation, tuple(int(n) for n in array.shape)))
+    if not levels:
+        raise CellsegError(
+            f"{location}: every level listed in 'multiscales' has zero size; rewrite the array "
+            "or leave this crop out of the datasplit"
+        )
     return Multiscale(store, group, tuple(levels), attributes)
 
 
