@@ -44,7 +44,13 @@ from cellseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
 from cellseg.data.datasplit import read_datasplit
 from cellseg.data.identity import DataIdentity, check_unseen
 from cellseg.data.patches import PatchGrid, normalize_em, sample_linear
-from cellseg.data.store import Crop, CropGeometry, ScaleLevel, read_crop_geometry
+from cellseg.data.store import (
+    Crop,
+    CropGeometry,
+    ScaleLevel,
+    check_outside_stores,
+    read_crop_geometry,
+)
 from cellseg.errors import CellsegError
 from cellseg.io import atomic_path
 from cellseg.losses import InferenceLogitAdjustment, adjusted_probabilities
@@ -567,19 +573,6 @@ def evaluate_crop(
     return pd.concat(tables, ignore_index=True)[list(METRIC_COLUMNS)]
 
 
-def _check_outside(path: Path, crops: Sequence[Crop]) -> None:
-    """Refuse to write predictions into a data store (SPEC §3: never write into the user's data)."""
-    resolved = path.resolve()
-    for crop in crops:
-        for store in {crop.em_store, crop.label_store}:
-            store = Path(store).resolve()
-            if resolved == store or store in resolved.parents or resolved in store.parents:
-                raise CellsegError(
-                    f"{path}: predictions would be written inside or over the data store {store}; "
-                    "choose a path under results/"
-                )
-
-
 def evaluate_crops(
     predictor: Predictor,
     crops: Sequence[Crop],
@@ -606,7 +599,7 @@ def evaluate_crops(
     root = temporary = None
     if predictions_path is not None:
         predictions_path = Path(predictions_path)
-        _check_outside(predictions_path, crops)
+        check_outside_stores(predictions_path, crops)
         temporary = predictions_path.with_name(f".{predictions_path.name}.tmp")
         shutil.rmtree(temporary, ignore_errors=True)
         root = zarr.open_group(str(temporary), mode="w", zarr_format=2)

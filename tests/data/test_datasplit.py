@@ -155,3 +155,15 @@ def test_cli_reports_errors_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "data root does not exist" in err
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_an_output_inside_a_data_store_is_refused(make_store, tmp_path, capsys):
+    labels = np.zeros((4, 4, 4), dtype=np.uint8)
+    level = ([labels], [(8.0,) * 3], [(4.0,) * 3], SEMANTIC)
+    store = make_store("a", np.zeros((8, 8, 8), np.uint8), {"crop1": {"ecs": level}})
+    for out in (store / "split.csv", tmp_path / "elsewhere.zarr" / "split.csv"):
+        out.parent.mkdir(exist_ok=True)
+        assert main(["datasplit", "--root", str(tmp_path / "data"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "inside or over the data store" in err
+        assert str(out.parent) in err and not out.exists()

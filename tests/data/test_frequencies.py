@@ -96,3 +96,13 @@ def test_cli_counts_only_training_crops(store_and_arrays, tmp_path):
     data = json.loads(out.read_text())
     assert data["per_class"]["nuc"]["crops"] == 0 and data["per_class"]["ecs"]["crops"] == 2
     assert len(data["crops"]) == 2
+
+
+def test_an_output_inside_a_data_store_is_refused(store_and_arrays, tmp_path, capsys):
+    store = store_and_arrays[0]
+    write_datasplit(split_crops(discover_crops(store.parent.parent), 0.0, 0.0), tmp_path / "s.csv")
+    out = store / "class_frequencies.json"
+    arguments = ["class-frequencies", "--datasplit", str(tmp_path / "s.csv"), "--out", str(out)]
+    assert main([*arguments, "--allow-missing-classes"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"data store {store}" in err and not out.exists()

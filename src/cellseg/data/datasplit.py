@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cellseg.data.store import Crop, discover_crops, parse_label_path
+from cellseg.data.store import Crop, check_outside_stores, discover_crops, parse_label_path
 from cellseg.errors import CellsegError
 from cellseg.io import write_text_atomic
 
@@ -192,6 +192,7 @@ def _run(args: argparse.Namespace) -> int:
         crops = read_datasplit(args.from_csv)
     else:
         crops = make_datasplit(args.root, args.validate_fraction, args.test_fraction, args.seed)
+    check_outside_stores(args.out, crops)
     write_datasplit(crops, args.out)
     counts = Counter(crop.split for crop in crops)
     print(f"{args.out}: " + ", ".join(f"{counts[s]} {s}" for s in SPLITS))

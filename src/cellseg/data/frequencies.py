@@ -20,7 +20,7 @@ import zarr
 
 from cellseg.classes import CLASSES
 from cellseg.data.datasplit import read_datasplit
-from cellseg.data.store import Crop, read_crop_geometry
+from cellseg.data.store import Crop, check_outside_stores, read_crop_geometry
 from cellseg.errors import CellsegError
 from cellseg.io import write_json_atomic
 
@@ -105,6 +105,7 @@ def class_frequencies(
 
 def _run(args: argparse.Namespace) -> int:
     crops = read_datasplit(args.datasplit, splits=["train"])
+    check_outside_stores(args.out, crops)
     frequencies = class_frequencies(crops, args.resolution_nm, args.allow_missing_classes)
     write_json_atomic(args.out, frequencies)
     print(f"{args.out}: {len(crops)} training crops at {args.resolution_nm} nm")

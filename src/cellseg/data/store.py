@@ -9,7 +9,7 @@ Stores are always opened read-only: nothing here writes into the user's data.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -366,3 +366,26 @@ def read_crop_geometry(crop: Crop, resolution_nm: float | None = None) -> CropGe
                     "the data has, or drop this crop from the datasplit"
                 )
     return geometry
+
+
+def check_outside_stores(path: Path | str, crops: Sequence[Crop] = ()) -> None:
+    """Refuse an output path inside (or over) a zarr store: SPEC §3, cellseg never writes into
+    the user's data.
+
+    Args:
+        path: the file or directory about to be written.
+        crops: crops whose EM and label stores must not contain ``path``; any directory named
+            ``*.zarr`` on the path is refused too.
+
+    Raises:
+        CellsegError: one line naming the store and asking for a path under results/.
+    """
+    resolved = Path(path).resolve()
+    stores = {Path(s).resolve() for crop in crops for s in (crop.em_store, crop.label_store)}
+    stores |= {p for p in (resolved, *resolved.parents) if p.suffix == ".zarr" and p.is_dir()}
+    for store in sorted(stores):
+        if resolved == store or store in resolved.parents or resolved in store.parents:
+            raise CellsegError(
+                f"{path}: would be written inside or over the data store {store}; "
+                "choose a path under results/"
+            )
