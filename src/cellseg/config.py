@@ -23,21 +23,24 @@ REPLACED_KEYS: frozenset[str] = frozenset({"models"})
 """Top-level keys a layer replaces instead of merging into."""
 
 
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` updated by ``update``: nested mappings merge key by key, every other
+    value (lists included) replaces."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
 def merge_layer(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``layer``: nested mappings merge key by key, other values (lists
-    included) replace, and a top-level key in :data:`REPLACED_KEYS` replaces as a whole."""
-
-    def merge(into: dict[str, Any], update: Mapping[str, Any], top: bool) -> dict[str, Any]:
-        for key, value in update.items():
-            current = into.get(key)
-            replace = top and key in REPLACED_KEYS
-            if isinstance(value, Mapping) and isinstance(current, Mapping) and not replace:
-                into[key] = merge(dict(current), value, top=False)
-            else:
-                into[key] = copy.deepcopy(value)
-        return into
-
-    return merge(copy.deepcopy(dict(base)), layer, top=True)
+    """``base`` updated by ``layer`` (:func:`deep_merge`), except that a top-level key in
+    :data:`REPLACED_KEYS` replaces as a whole."""
+    merged = deep_merge(base, {k: v for k, v in layer.items() if k not in REPLACED_KEYS})
+    merged.update({k: copy.deepcopy(v) for k, v in layer.items() if k in REPLACED_KEYS})
+    return merged
 
 
 def layered_config(

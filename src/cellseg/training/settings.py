@@ -7,7 +7,6 @@ run's size (batch, GPUs, epochs, patch, learning rate) is a code constant.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from cellseg.config import deep_merge
 from cellseg.errors import CellsegError
 
 # Keys that change how a run is executed or logged but not what it computes: editing them keeps
@@ -126,16 +126,6 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(dict(merged[key]), value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
 def resolve_settings(
     config: Mapping[str, Any], model_key: str, source: str = "config"
 ) -> TrainSettings:
@@ -153,7 +143,7 @@ def resolve_settings(
     training = config.get("training", {})
     merged: dict[str, Any] = {}
     for layer in (training.get("defaults", {}), training.get(dim, {}), models[model_key] or {}):
-        merged = _merge(merged, layer)
+        merged = deep_merge(merged, layer)
     known = {f.name for f in fields(TrainSettings)}
     unknown = sorted(set(merged) - known)
     if unknown:

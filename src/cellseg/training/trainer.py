@@ -281,6 +281,7 @@ class Trainer:
     def state_dict(self, rng_per_rank: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """The resumable state; ``rng_per_rank``: every rank's RNG state (:meth:`gather_rng`),
         so that each rank resumes with its own (dropout masks differ between ranks)."""
+        rngs = rng_per_rank or [rng_state()]
         return {
             "format": "cellseg-checkpoint-1",
             "model": unwrap(self.model).state_dict(),
@@ -290,8 +291,8 @@ class Trainer:
             **{key: getattr(self, key) for key in PROGRESS_KEYS},
             "train_seconds": self.train_seconds + self.elapsed(),
             "online_frequency": self.online_frequency.state_dict(),
-            "rng": rng_state(),
-            "rng_per_rank": rng_per_rank or [rng_state()],
+            "rng": rngs[0],  # rank 0's, for a resume with another number of ranks
+            "rng_per_rank": rngs,
             "config_hash": self.settings.config_hash(),
             "settings": self.settings.result_dict(),
             "data_identity": self.data_identity.to_dict(),
@@ -331,8 +332,9 @@ class Trainer:
                 path.rename(target / path.name)
         return target
 
-    def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
-        self.check_settings(state, source)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint that :meth:`check_settings` and :meth:`data_differences` have
+        cleared (``on_train_start`` checks before it decides to resume)."""
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -391,7 +393,7 @@ class Trainer:
                     "that datasplit to resume it)"
                 )
             else:
-                self.load_state_dict(state, source)
+                self.load_state_dict(state)
                 self.log(f"resumed from {source} at epoch {self.epoch}, step {self.global_step}")
         if self.is_main:
             from torch.utils.tensorboard import SummaryWriter
