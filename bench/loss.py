@@ -4,6 +4,7 @@
     bash scripts/env.sh python bench/loss.py --quick    # small shapes, a few seconds
     bash scripts/env.sh python bench/loss.py --device cuda --dtype bfloat16
     bash scripts/env.sh python bench/loss.py --threads 1   # steadier on a shared machine
+    bash scripts/env.sh python bench/loss.py --memory-only  # just the bf16 memory table
 
 Forward + backward of each implementation, timed as the median of interleaved runs (every
 repetition runs each implementation once, in turn, so that load from other processes hits all
@@ -12,14 +13,30 @@ held by tensors allocated during one forward + backward, above what was allocate
 (inputs excluded, the gradient of the logits included), read from the allocator events of
 ``torch.profiler.profile(profile_memory=True)`` on CPU and from ``torch.cuda.max_memory_allocated``
 on CUDA; "held" is what stays allocated between forward and backward (what autograd saved).
+
+bf16 memory (last table; ``--memory-only`` prints just it): bf16 logits of a seed-like shape
+((2, 14, 32, 256, 256); ``--quick``: (2, 14, 8, 64, 64)) through the loss as the trainer called it
+before (``loss(logits.float(), target)``: a float32 copy that autograd keeps until backward),
+as it calls it now (``loss(logits, target)``: chunks converted inside the loop) and through the
+autograd reference. Every figure is a ratio against the bf16 logits' own bytes: bytes of the
+tensors saved for backward (``torch.autograd.graph.saved_tensors_hooks``, each storage once), of
+those not the caller's logits or target (new memory), the profiler peak and held figures above,
+and the peak resident set of a fresh subprocess during one forward + backward above its resident
+set just before (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``). The gradient is
+compared with the autograd reference in float64 on the same bf16-rounded logits.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -188,6 +205,121 @@ def bench_shape(
         )
 
 
+def memory_variants(
+    prior: torch.Tensor,
+) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """The calls the bf16 memory table compares (name: function of logits and target)."""
+    options = {"alpha": ALPHA, "beta": BETA, "smooth": SMOOTH, "min_annotated_voxels": MIN_VOXELS}
+    function = BalancedSoftmaxPartialTverskyLoss(prior, **options)
+    autograd = BalancedSoftmaxPartialTverskyLoss(prior, implementation="autograd", **options)
+    return {
+        "function(z.float())": lambda z, t: function(z.float(), t),
+        "function(z)": lambda z, t: function(z, t),
+        "autograd(z)": lambda z, t: autograd(z, t),
+    }
+
+
+def saved_bytes(
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    logits: torch.Tensor,
+    target: torch.Tensor,
+) -> tuple[int, int, torch.Tensor]:
+    """(Bytes saved for backward, those not in the caller's logits or target, the gradient)."""
+    z = logits.detach().requires_grad_()
+    inputs = {z.untyped_storage().data_ptr(), target.untyped_storage().data_ptr()}
+    storages: dict[int, int] = {}  # a storage saved twice (or through views) counts once
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = fn(z, target)
+    loss.backward()
+    assert z.grad is not None
+    new = sum(n for ptr, n in storages.items() if ptr not in inputs)
+    return sum(storages.values()), new, z.grad
+
+
+def _vm_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def rss_child(variant: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """In a fresh process: print the peak resident bytes of one forward + backward above the
+    resident bytes just before it (inputs made, one small warm-up run done)."""
+    small_logits, small_target, prior = make_inputs(
+        (1, shape[1], 4, 8, 8), torch.device("cpu"), dtype
+    )
+    fn = memory_variants(prior)[variant]
+    run_once(fn, small_logits, small_target)  # loads kernels, starts the thread pool
+    logits, target, _ = make_inputs(shape, torch.device("cpu"), dtype)
+    z = logits.detach().requires_grad_()
+    del logits
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
+    base = _vm_kib("VmRSS")
+    fn(z, target).backward()
+    print(json.dumps({"peak_bytes": (_vm_kib("VmHWM") - base) * 1024}))
+
+
+def child_peak_rss(variant: str, shape: tuple[int, ...], dtype: torch.dtype, threads: int) -> float:
+    command = [
+        sys.executable,
+        __file__,
+        "--rss-child",
+        variant,
+        "--memory-shape",
+        ",".join(map(str, shape)),
+        "--dtype",
+        str(dtype).removeprefix("torch."),
+        "--threads",
+        str(threads),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"]
+
+
+def bench_bf16_memory(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    device = torch.device("cpu")
+    logits, target, prior = make_inputs(shape, device, dtype)
+    own = logits.numel() * logits.element_size()
+    reference = BalancedSoftmaxPartialTverskyLoss(
+        prior,
+        alpha=ALPHA,
+        beta=BETA,
+        smooth=SMOOTH,
+        min_annotated_voxels=MIN_VOXELS,
+        implementation="autograd",
+    )
+    _, ref_grad = run_once(lambda z, t: reference(z, t), logits.double(), target.double())
+    scale = ref_grad.abs().max().item()
+    print(
+        f"\n{dtype} logits {shape} on cpu, {torch.get_num_threads()} threads: ratios against the "
+        f"logits' own {own / 2**20:.0f} MiB (a float32 copy is 2.00 for bf16); target "
+        f"{target.dtype} (the caller's, saved by reference)"
+    )
+    print(
+        f"  {'call':20s} {'saved':>6s} {'saved new':>9s} {'peak':>6s} {'held':>6s} "
+        f"{'RSS peak':>8s} {'grad dtype':>14s} {'max|dgrad|/max|grad|':>20s}"
+    )
+    for name, fn in memory_variants(prior).items():
+        saved, new, grad = saved_bytes(fn, logits, target)
+        peak, held = peak_memory(fn, logits, target)
+        rss = child_peak_rss(name, shape, dtype, torch.get_num_threads())
+        error = (grad.double() - ref_grad).abs().max().item() / scale
+        print(
+            f"  {name:20s} {saved / own:6.2f} {new / own:9.2f} {peak * 2**20 / own:6.2f} "
+            f"{held * 2**20 / own:6.2f} {rss / own:8.2f} {grad.dtype!s:>14s} {error:20.1e}"
+        )
+        del grad
+        gc.collect()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes (seconds)")
@@ -198,11 +330,24 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
     )
+    parser.add_argument("--memory-only", action="store_true", help="only the bf16 memory table")
+    parser.add_argument(
+        "--memory-shape", default=None, help="shape of the bf16 memory table, e.g. 2,14,32,256,256"
+    )
+    parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
+    if args.memory_shape:
+        memory_shape = tuple(int(n) for n in args.memory_shape.split(","))
+    else:
+        memory_shape = (2, NUM_CLASSES, 8, 64, 64) if args.quick else (2, NUM_CLASSES, 32, 256, 256)
+    if args.rss_child:
+        rss_child(args.rss_child, memory_shape, dtype)
+        return
+    memory_dtype = torch.bfloat16 if dtype == torch.float32 else dtype
     if args.quick:
         shapes = [(2, NUM_CLASSES, 8, 32, 32), (4, NUM_CLASSES, 64, 64)]
     else:
@@ -217,8 +362,10 @@ def main() -> None:
         "seed-loop indexes logits[:, c]; seed-loop(unbind) is the same loop over logits.unbind(1), "
         "a stronger baseline."
     )
-    for shape in shapes:
-        bench_shape(shape, device, dtype, repeats, impls)
+    if not args.memory_only:
+        for shape in shapes:
+            bench_shape(shape, device, dtype, repeats, impls)
+    bench_bf16_memory(memory_shape, memory_dtype)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@
 On the default demo data (``make_demo_data(size="default")``, the demo config
 ``config/config.yaml``; CPU), for unet_2d and unet_3d:
 
-* trainer: ``Trainer.train_epoch()`` (autocast switch, loss, finite check, backward, online
-  class frequency, gradient clipping, optimizer and scheduler step, TensorBoard scalars and the
+* trainer: ``Trainer.train_epoch()`` (autocast switch, loss, backward, online class
+  frequency, on the step the window's one read of its losses and finite flags, gradient
+  clipping, optimizer and scheduler step, TensorBoard scalars and the
   progress log every ``log_every_steps``, ``checkpoints/last.pt`` every ``checkpoint_every_steps``);
 * bare: ``model(image)``, ``loss(logits, target)``, ``backward``, ``clip_grad_norm_``,
   ``optimizer.step()``, ``zero_grad``, ``scheduler.step()`` on the very model, loss, optimizer and
@@ -25,6 +26,14 @@ Then one demo epoch of each configured model (``--quick``: unet_2d and unet_3d) 
 (``train_epoch``), ``validation`` and ``on_epoch_end`` (TensorBoard figures, checkpoints),
 projected to ``max_epochs``: this plans the demo's time budget. Trainer progress lines go to
 stderr; the tables go to stdout.
+
+Host syncs: on a GPU, ``Tensor.item``/``tolist``/``__bool__``/``__float__``/``__int__``/``cpu``/
+``numpy`` of a device tensor blocks the host until the device has caught up. On CPU nothing
+blocks, so the bench counts those calls instead (a ``TorchFunctionMode`` sees every one) during
+one in-memory ``train_epoch`` per ``grad_accum`` of ``--sync-accum``, and prints them per
+micro-batch, split into calls from cellseg's code (what the trainer and the loss do) and calls
+inside torch or other libraries (e.g. the optimizer's ``.item()`` of its CPU step counters, which
+do not block on a GPU either). ``--syncs-only`` prints just that table.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import copy
 import gc
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from torch.overrides import TorchFunctionMode
 
 from cellseg.data.datasplit import make_datasplit, write_datasplit
 from cellseg.data.demo import make_demo_data
@@ -84,6 +95,67 @@ class BenchTrainer(Trainer):
     def save(self, name: str) -> None:
         self.saves += 1
         super().save(name)
+
+
+SYNC_METHODS = frozenset(
+    ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
+)
+"""Tensor methods that copy a device tensor's value to the host (a host sync on a GPU)."""
+TORCH_DIR = str(Path(torch.__file__).resolve().parent)
+
+
+class SyncCounter(TorchFunctionMode):
+    """Counts :data:`SYNC_METHODS` calls, keyed by (method, caller, whether torch made the call).
+
+    The caller is the first frame outside torch, so a call inside ``optimizer.step()`` is
+    attributed to the line that called ``step``, and flagged as made by torch.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[tuple[str, str, bool], int] = {}
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = getattr(func, "__name__", "")
+        if name in SYNC_METHODS:
+            frame = sys._getframe(1)
+            by_torch = frame.f_code.co_filename.startswith(TORCH_DIR)
+            while frame is not None and frame.f_code.co_filename.startswith(TORCH_DIR):
+                frame = frame.f_back
+            where = (
+                "?" if frame is None else f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno}"
+            )
+            key = (name, where, by_torch)
+            self.calls[key] = self.calls.get(key, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_syncs(
+    config: dict[str, Any], key: str, scratch: Path, data: tuple[Path, Path], threads: int
+) -> None:
+    """Print host-sync calls per micro-batch of one in-memory epoch, per ``grad_accum``."""
+    for accum in (1, 4):
+        config = copy.deepcopy(config)
+        config["training"]["defaults"]["grad_accum"] = accum
+        trainer = build_trainer(config, key, scratch / f"syncs_{key}_{accum}", data, threads)
+        trainer.batches = None
+        trainer.batches = list(trainer.loader())
+        trainer.iteration = 0
+        with SyncCounter() as counter:
+            trainer.train_epoch()
+        micro = trainer.settings.iterations_per_epoch
+        ours = {k: n for k, n in counter.calls.items() if not k[2]}
+        in_torch = {k: n for k, n in counter.calls.items() if k[2]}
+        sites = ", ".join(
+            f"{name}@{where} x{n}"
+            for (name, where, _), n in sorted(ours.items(), key=lambda item: -item[1])
+        )
+        print(
+            f"{key:>8} {accum:>5} {micro:>5} {sum(ours.values()) / micro:>8.2f} "
+            f"{sum(in_torch.values()) / micro:>8.2f}   {sites or '-'}"
+        )
+        if trainer.writer is not None:
+            trainer.writer.close()
 
 
 def make_data(root: Path) -> tuple[Path, Path]:
@@ -142,7 +214,7 @@ def bare_epoch(
         # same precision as the trainer (autocast is on only on CUDA with amp)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trainer.amp):
             logits = model(image)
-        loss = loss_fn(logits.float(), target)
+        loss = loss_fn(logits, target)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, clip)
         optimizer.step()
@@ -249,6 +321,9 @@ def main() -> None:
     parser.add_argument(
         "--epochs-only", action="store_true", help="skip the comparison; every model's epoch"
     )
+    parser.add_argument(
+        "--syncs-only", action="store_true", help="only the host-sync table (seconds)"
+    )
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 5)
     iterations = 6 if args.quick else None
@@ -265,6 +340,22 @@ def main() -> None:
             f"torch threads: {torch.get_num_threads()}; cpus: {os.cpu_count()}; "
             f"load average: {os.getloadavg()[0]:.2f}; torch {torch.__version__}, device cpu"
         )
+        print(
+            f"\nhost-sync calls per micro-batch of one in-memory train_epoch "
+            f"({'6' if args.quick else 'demo'} micro-batches; {', '.join(sorted(SYNC_METHODS))}); "
+            "direct: called by cellseg's code (sites: method@file:line x calls per epoch); "
+            "in torch: made inside torch (the optimizer's .item() of its CPU step counters)"
+        )
+        print(f"{'model':>8} {'accum':>5} {'micro':>5} {'direct':>8} {'in torch':>8}   sites")
+        for key in ("unet_2d", "unet_3d"):
+            count_config = copy.deepcopy(config)
+            if iterations is not None:
+                count_config["training"][key.rpartition("_")[2]]["iterations_per_epoch"] = (
+                    iterations
+                )
+            count_syncs(count_config, key, scratch, data, args.threads)
+        if args.syncs_only:
+            return
         if not args.epochs_only:
             print(
                 f"\ntrainer vs bare loop, {repeats} interleaved timed epochs each after a warm-up; "

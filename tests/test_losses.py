@@ -254,6 +254,97 @@ def test_bf16_autocast_reduces_in_float32(impl: str) -> None:
     assert value.item() == pytest.approx(ref.item(), abs=1e-6)
 
 
+def naive_torch_loss(
+    logits: torch.Tensor, target: torch.Tensor, prior: list[float], tau: float = 1.0
+) -> torch.Tensor:
+    """SPEC §4 per class with float64 torch ops (seed sign, default options): for gradients."""
+    log_f = torch.tensor(prior, dtype=torch.float64).clamp(1e-8, 1 - 1e-8).log()
+    a = tau * (log_f - log_f.mean())
+    terms = []
+    for c in range(logits.shape[1]):
+        t = target[:, c].double()
+        valid = ~torch.isnan(t)
+        if int(valid.sum()) < 10:
+            continue
+        p = torch.sigmoid(logits[:, c].double() - a[c])[valid]
+        t = t[valid]
+        tp, fp, fn = (p * t).sum(), (p * (1 - t)).sum(), ((1 - p) * t).sum()
+        terms.append(1 - (tp + 1e-6) / (tp + 0.6 * fp + 0.4 * fn + 1e-6))
+    return torch.stack(terms).mean()
+
+
+def test_bf16_gradient_matches_float64_references() -> None:
+    logits, target = random_case((2, NUM_CLASSES, 6, 7, 8), seed=21)
+    z16 = logits.to(torch.bfloat16)
+    # several chunks per sample, so that backward's chunk-by-chunk recomputation is exercised
+    loss = BalancedSoftmaxPartialTverskyLoss(PRIORS["skewed"], chunk_size=14 * 50)
+    value, grad = _value_and_grad(loss, z16, target.float())
+    assert grad.dtype == torch.bfloat16
+    # the same bf16-rounded logits in float64: through the autograd path, and a naive loop
+    exact = z16.double()
+    _, ref_grad = _value_and_grad(
+        BalancedSoftmaxPartialTverskyLoss(PRIORS["skewed"], implementation="autograd"),
+        exact,
+        target,
+    )
+    z = exact.clone().requires_grad_()
+    naive = naive_torch_loss(z, target, PRIORS["skewed"])
+    naive.backward()
+    assert z.grad is not None
+    # the loss keeps its adjustment a_c in float32, the naive loop in float64
+    torch.testing.assert_close(ref_grad, z.grad, rtol=1e-5, atol=1e-12)
+    assert value.item() == pytest.approx(naive.item(), abs=1e-6)
+    # one bf16 rounding (unit roundoff 2**-8) of a float32 gradient, nothing coarser
+    scale = float(ref_grad.abs().max())
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1.01 * 2**-8, atol=1e-6 * scale)
+    assert float(ref_grad.abs().sum()) > 0
+
+
+def _saved_for_backward(
+    loss: BalancedSoftmaxPartialTverskyLoss,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    convert: bool = False,
+) -> list[torch.Tensor]:
+    """Every tensor autograd saves in a forward of ``loss`` (``convert``: on ``logits.float()``)."""
+    saved: list[torch.Tensor] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor)
+        return tensor
+
+    z = logits.detach().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        value = loss(z.float() if convert else z, target)
+    value.backward()
+    return saved
+
+
+def test_bf16_logits_are_saved_for_backward_as_they_are() -> None:
+    logits, target = random_case((2, NUM_CLASSES, 6, 7, 8), seed=22)
+    z16, target = logits.to(torch.bfloat16), target.float()
+    loss = BalancedSoftmaxPartialTverskyLoss(PRIORS["skewed"], chunk_size=14 * 50)
+    target_storage = target.untyped_storage().data_ptr()
+
+    def bytes_beside_target(saved: list[torch.Tensor]) -> int:
+        storages = {
+            t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+            for t in saved
+            if t.untyped_storage().data_ptr() != target_storage
+        }
+        return sum(storages.values())
+
+    saved = _saved_for_backward(loss, z16, target)
+    # the bf16 logits (2 bytes a voxel) and per-class sums: no float32 copy (4 bytes a voxel)
+    assert z16.numel() * 2 <= bytes_beside_target(saved) < z16.numel() * 4
+    full = [t for t in saved if t.numel() == z16.numel()]
+    assert {t.dtype for t in full} == {torch.bfloat16, torch.float32}  # logits, the target
+    # what a caller's logits.float() costs: the check above sees that copy
+    assert bytes_beside_target(_saved_for_backward(loss, z16, target, convert=True)) >= (
+        z16.numel() * 4
+    )
+
+
 def test_reductions_and_logging() -> None:
     logits, target = random_case((2, NUM_CLASSES, 5, 6), seed=8)
     per_class = BalancedSoftmaxPartialTverskyLoss(PRIORS["skewed"], reduction="none")(

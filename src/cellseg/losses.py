@@ -501,7 +501,10 @@ class BalancedSoftmaxPartialTverskyLoss(_Loss):
         """Compute the loss.
 
         Args:
-            input: logits ``(B, C, H, W)`` or ``(B, C, D, H, W)``, any float dtype.
+            input: logits ``(B, C, H, W)`` or ``(B, C, D, H, W)``, any float dtype; pass bf16
+                logits as they are: the ``function`` implementation converts them to float32
+                chunk by chunk and saves only them and per-class sums for backward (its gradient
+                is bf16), whereas a caller's ``.float()`` keeps a float32 copy alive until backward.
             target: same shape; 0/1 (or soft values in [0, 1]) where annotated, NaN elsewhere.
 
         Raises:

@@ -4,6 +4,7 @@ import copy
 import json
 import os
 import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.overrides import TorchFunctionMode
 
 from cellseg.classes import CLASSES
 from cellseg.data.dataset import worker_init_fn
@@ -320,3 +322,77 @@ def test_the_untrained_model_predicts_each_class_prior(tiny_config, tiny_data, t
     library = make_trainer(config, tiny_data, tmp_path / "zero")
     library.initialize()
     assert not torch.allclose(library.network.output_layer().bias.detach(), bias)
+
+
+class HostReads(TorchFunctionMode):
+    """Records the tensor-to-host reads (host syncs on a GPU) that the trainer's own code makes
+    (reads inside torch, such as the optimizer's of its CPU step counters, are not the trainer's)."""
+
+    METHODS = frozenset(("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        name = getattr(func, "__name__", "")
+        caller = sys._getframe(1).f_code.co_filename
+        if name in self.METHODS and caller.startswith(str(REPO / "src" / "cellseg")):
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def started_trainer(config: dict, tiny_data, run_dir: Path, **defaults) -> tuple[Trainer, dict]:
+    """An initialized trainer (``defaults``: training settings) and one of its training batches."""
+    config = copy.deepcopy(config)
+    config["training"]["defaults"].update(defaults)
+    config["loss"]["online_frequency_every"] = 1000  # its own read of the window: not in these
+    trainer = make_trainer(config, tiny_data, run_dir)
+    trainer.initialize()
+    batch = next(trainer.loader())
+    return trainer, batch
+
+
+def test_micro_batches_read_nothing_back_until_the_optimizer_step(tiny_config, tiny_data, tmp_path):
+    trainer, batch = started_trainer(tiny_config, tiny_data, tmp_path, grad_accum=3)
+    image, target = batch["image"], batch["target"]
+    losses: list[torch.Tensor] = []
+    trainer.loss.register_forward_hook(lambda module, args, out: losses.append(out.detach()))
+    with HostReads() as reads:
+        trainer.train_step(image, target, step=False)
+        trainer.train_step(image, target, step=False)
+    assert reads.calls == [] and trainer.epoch_loss_count == 0
+    with HostReads() as reads:
+        trainer.train_step(image, target, step=True)
+    assert reads.calls == ["tolist"]  # the window's losses and flags, at once
+    assert trainer.global_step == 1 and trainer.epoch_loss_count == 3
+    # the very sum of reading each float32 loss on its own, in order
+    assert len(losses) == 3 and trainer.epoch_loss_sum == sum(float(x) for x in losses)
+    assert trainer.window_losses == []
+
+
+def test_a_nonfinite_micro_batch_skips_its_whole_window(tiny_config, tiny_data, tmp_path):
+    trainer, batch = started_trainer(tiny_config, tiny_data, tmp_path, grad_accum=2)
+    image, target = batch["image"], batch["target"]
+    before = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+    trainer.train_step(image * float("nan"), target, step=False)
+    trainer.train_step(image, target, step=True)
+    # its NaN gradient was summed with the finite one's: no update, one non-finite loss counted
+    assert all(torch.equal(before[k], v) for k, v in trainer.network.state_dict().items())
+    assert (trainer.nonfinite_total, trainer.nonfinite_in_a_row) == (1, 0)
+    assert (trainer.global_step, trainer.epoch_loss_count) == (1, 1)
+    trainer.train_step(image, target, step=False)
+    trainer.train_step(image, target, step=True)
+    assert not all(torch.equal(before[k], v) for k, v in trainer.network.state_dict().items())
+    assert (trainer.global_step, trainer.epoch_loss_count, trainer.nonfinite_total) == (2, 3, 1)
+
+
+def test_amp_logits_reach_the_loss_in_bf16(tiny_config, tiny_data, tmp_path):
+    trainer, batch = started_trainer(tiny_config, tiny_data, tmp_path)
+    trainer.amp = True  # CPU autocast stands in for CUDA's: the trainer turns it on only there
+    seen: list[torch.dtype] = []
+    trainer.loss.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    trainer.train_step(batch["image"], batch["target"], step=True)
+    # no float32 copy of the logits: the loss converts them chunk by chunk
+    assert seen == [torch.bfloat16]
+    assert trainer.global_step == 1 and trainer.epoch_loss_count == 1

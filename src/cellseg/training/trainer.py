@@ -155,6 +155,9 @@ class Trainer:
         self.nonfinite_total = 0
         self.epoch_loss_sum = 0.0
         self.epoch_loss_count = 0
+        self.window_losses: list[torch.Tensor] = []
+        """Detached losses (device scalars) of the accumulation window so far; empty at every
+        optimizer step, hence at every checkpoint."""
         self.train_seconds = 0.0
         self.stop_reason = ""
 
@@ -529,7 +532,13 @@ class Trainer:
         self.epoch_samples_per_s = samples / max(time.monotonic() - epoch_started, 1e-9)
 
     def train_step(self, image: torch.Tensor, target: torch.Tensor, step: bool) -> None:
-        """Forward and backward one micro-batch; on the last of ``grad_accum``, step."""
+        """Forward and backward one micro-batch; on the last of ``grad_accum``, step.
+
+        No micro-batch waits for the device: every one is backpropagated, finite or not, and
+        its loss stays a device tensor in :attr:`window_losses` until :meth:`optimizer_step`
+        reads the window's losses once. A non-finite loss anywhere in the window therefore
+        skips the window's whole update (its NaN/Inf gradient is already in the sum).
+        """
         s = self.settings
         sync = contextlib.nullcontext()
         if not step and isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
@@ -537,24 +546,11 @@ class Trainer:
         with sync:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 logits = self.model(image)
-            loss = self.loss(logits.float(), target)
-            finite = torch.isfinite(loss.detach()).to(torch.float32)
-            if is_distributed():
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips together
-            if finite.item() > 0:
-                (loss / s.grad_accum).backward()
-                self.epoch_loss_sum += float(loss.detach())
-                self.epoch_loss_count += 1
-                self.nonfinite_in_a_row = 0
-            else:
-                self.nonfinite_in_a_row += 1
-                self.nonfinite_total += 1
-                if self.nonfinite_in_a_row > s.max_nonfinite_steps:
-                    raise CellsegError(
-                        f"loss was NaN/Inf for {self.nonfinite_in_a_row} micro-batches in a row (epoch "
-                        f"{self.epoch}, step {self.global_step}); last good checkpoint kept in "
-                        f"{self.checkpoint_dir}; lower training lr or check the data"
-                    )
+            # bf16 logits go in as they are: the loss converts them chunk by chunk, whereas a
+            # .float() here would keep a full float32 copy alive until backward
+            loss = self.loss(logits, target)
+            (loss / s.grad_accum).backward()
+        self.window_losses.append(loss.detach())
         if self.online_frequency.update(target) and self.writer is not None:
             exact = self.loss.prior.cpu()
             for c, name in enumerate(CLASSES):
@@ -564,16 +560,53 @@ class Trainer:
                     f"class_frequency_exact/{name}", float(exact[c]), self.global_step
                 )
         if step:
-            # Under DDP the last micro-batch's backward is the only one that all-reduces the
-            # gradients; without it each rank holds its own no_sync sums, and stepping on them
-            # would make the ranks diverge. Every rank agrees on `finite`, so all skip together.
-            if finite.item() > 0:
-                norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), s.grad_clip)
-                if torch.isfinite(norm):
-                    self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            self.global_step += 1
+            self.optimizer_step()
+
+    def optimizer_step(self) -> None:
+        """End the accumulation window: count its losses, then step unless one was NaN/Inf.
+
+        One host sync per window: the window's losses, their finite flags (under DDP the
+        minimum over ranks, so that every rank skips together: the last micro-batch's backward
+        has all-reduced a NaN gradient from any rank) and whether the gradient norm is finite
+        come to the host in one read. Losses are summed on the host in micro-batch order,
+        as when each was read on its own (the same float64 sums, for bit-identical resumes).
+
+        Raises:
+            CellsegError: more than ``max_nonfinite_steps`` non-finite losses in a row.
+        """
+        s = self.settings
+        losses = torch.stack(self.window_losses).double()
+        self.window_losses = []
+        finite = torch.isfinite(losses).double()
+        if is_distributed():
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        # clipped before it is known whether the update happens: on a skipped update it only
+        # scales a gradient that is zeroed below
+        norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), s.grad_clip)
+        norm_finite = torch.isfinite(norm).double().reshape(1).to(losses.device)
+        values = torch.cat((losses, finite, norm_finite)).tolist()  # the window's one sync
+        count = len(losses)
+        update = values[-1] > 0
+        for value, good in zip(values[:count], values[count : 2 * count], strict=True):
+            if good > 0:
+                self.epoch_loss_sum += value
+                self.epoch_loss_count += 1
+                self.nonfinite_in_a_row = 0
+                continue
+            update = False
+            self.nonfinite_in_a_row += 1
+            self.nonfinite_total += 1
+            if self.nonfinite_in_a_row > s.max_nonfinite_steps:
+                raise CellsegError(
+                    f"loss was NaN/Inf for {self.nonfinite_in_a_row} micro-batches in a row (epoch "
+                    f"{self.epoch}, step {self.global_step}); last good checkpoint kept in "
+                    f"{self.checkpoint_dir}; lower training lr or check the data"
+                )
+        if update:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.global_step += 1
 
     def after_optimizer_step(self, samples_per_s: float) -> None:
         s = self.settings
