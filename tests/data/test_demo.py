@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -12,11 +13,21 @@ import yaml
 import zarr
 
 from cellseg.classes import CLASSES
+from cellseg.cli import build_parser
 from cellseg.data.datasplit import SPLITS, make_datasplit
-from cellseg.data.demo import MARKER_NAME, make_demo_data
+from cellseg.data.demo import (
+    MARKER_NAME,
+    SIZES,
+    code_to_class_index,
+    make_demo_data,
+    plan_layout,
+)
+from cellseg.data.store import discover_crops, read_crop_geometry
 from cellseg.errors import CellsegError
 
-CONFIG = Path(__file__).resolve().parents[2] / "config" / "config.yaml"
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "config" / "config.yaml"
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 EM = "recon-1/em/fibsem-uint8"
 GT = "recon-1/labels/groundtruth"
@@ -305,7 +316,7 @@ def test_default_size_is_small_and_fast(tmp_path):
     # crops are big enough for 3D demo patches of 16×64×64 at 8 nm
     manifest = json.loads((tmp_path / "default" / MARKER_NAME).read_text())
     extents = [
-        [n * c["voxel_size_nm"] / 8 for n in c["shape"]]
+        [n * v / 8 for n, v in zip(c["shape"], c["voxel_size_nm"], strict=True)]
         for d in manifest["datasets"].values()
         for c in d["crops"]
     ]
@@ -319,3 +330,187 @@ def test_default_size_is_small_and_fast(tmp_path):
     }
     for split, members in default_split(tmp_path / "default").items():
         assert set().union(*(positives[m] for m in members)) == set(CLASSES), split
+
+
+# ------------------------------------------------------------------------ --size realistic
+# The full size (5 crops, 4 of them 400³ voxels) takes minutes to write, so CI checks its plan
+# (shapes, scales, placement: no voxel is written) and writes a reduced variant
+# (extent_scale=0.25) through the same code. The full write is opt-in: set
+# CELLSEG_TEST_REALISTIC=1 (or run `python -m cellseg make-demo-data --size realistic --out DIR`).
+
+REDUCED = 0.25
+
+
+def crop_box_nm(voxel, translation, shape) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) corner of a crop in nm, from its s0 voxel size, translation and shape."""
+    lower = np.asarray(translation) - np.asarray(voxel) / 2
+    return lower, lower + np.asarray(shape) * np.asarray(voxel)
+
+
+def test_realistic_plan_has_the_real_crops_geometry():
+    plans = plan_layout(seed=0, size="realistic")
+    assert len(plans) == 2
+    crops = [(plan, c) for plan in plans for c in plan.crops]
+    by_voxel: dict[tuple[float, ...], list] = {}
+    for _, c in crops:
+        by_voxel.setdefault(c.spec.voxel_size_nm, []).append(c)
+    cubes = by_voxel[(4.0, 4.0, 4.0)]
+    assert len(cubes) >= 3 and all(c.shape == (400, 400, 400) for c in cubes)
+    (anisotropic,) = by_voxel[(2.6, 2.0, 2.0)]
+    assert anisotropic.shape == (400, 400, 400)
+    (coarse,) = by_voxel[(32.0, 32.0, 32.0)]
+    assert min(coarse.shape) >= 4 and all(n % 4 == 0 for n in coarse.shape)
+    # classes: all 14 across the crops, and most crops annotate all 14
+    assert set().union(*(c.spec.classes for _, c in crops)) == set(CLASSES)
+    assert sum(set(c.spec.classes) == set(CLASSES) for _, c in crops) > len(crops) / 2
+    for plan in plans:
+        em_lower = np.full(3, -4.0)  # EM s0 at 8 nm, first voxel centred at 0 nm
+        em_upper = em_lower + np.asarray(plan.em_shape) * 8.0
+        boxes = []
+        for c in plan.crops:
+            lower, upper = crop_box_nm(c.spec.voxel_size_nm, c.translation_nm, c.shape)
+            # crops land on whole EM voxels and lie inside the EM volume
+            np.testing.assert_allclose((lower - em_lower) / 8, np.round((lower - em_lower) / 8))
+            np.testing.assert_allclose((upper - em_lower) / 8, np.round((upper - em_lower) / 8))
+            assert (lower >= em_lower).all() and (upper <= em_upper).all(), c.spec.name
+            # EM reaches half a 32×256×256 patch (8 nm) beyond the crop centre on every side
+            centre = (lower + upper) / 2
+            half_patch = np.array([16, 128, 128]) * 8.0
+            assert (centre - half_patch >= em_lower - 1e-6).all(), c.spec.name
+            assert (centre + half_patch <= em_upper + 1e-6).all(), c.spec.name
+            boxes.append((lower, upper))
+        # no two crops of a dataset share a voxel (a split never puts one voxel in two splits)
+        for i in range(len(boxes)):
+            for j in range(i):
+                overlap = np.minimum(boxes[i][1], boxes[j][1]) - np.maximum(
+                    boxes[i][0], boxes[j][0]
+                )
+                assert (overlap <= 1e-6).any(), (plan.name, i, j)
+
+
+def test_realistic_crops_hold_every_class_they_annotate():
+    """Each planned crop's box, sampled from the scene at 8 nm, shows every class it annotates
+    (a crop annotating all 14 classes then really has positives of all 14 for training)."""
+    for plan in plan_layout(seed=0, size="realistic"):
+        for c in plan.crops:
+            lower, _ = crop_box_nm(c.spec.voxel_size_nm, c.translation_nm, c.shape)
+            grid_shape = [
+                round(n * v / 8) for n, v in zip(c.shape, c.spec.voxel_size_nm, strict=True)
+            ]
+            codes = plan.scene.render(lower + 4.0, 8.0, grid_shape)
+            present = set(np.unique(code_to_class_index(codes)).tolist())
+            missing = [n for n in c.spec.classes if CLASSES.index(n) + 1 not in present]
+            assert not missing, (plan.name, c.spec.name, missing)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_realistic_plan_places_disjoint_crops_for_other_seeds(seed):
+    for plan in plan_layout(seed=seed, size="realistic"):
+        assert len(plan.crops) >= 2
+        for i, a in enumerate(plan.crops):
+            assert not any(a.overlaps(b) for b in plan.crops[:i]), (seed, plan.name)
+
+
+@pytest.fixture(scope="module")
+def reduced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    out = tmp_path_factory.mktemp("realistic")
+    started = time.perf_counter()
+    stores = make_demo_data(out, seed=0, size="realistic", extent_scale=REDUCED)
+    print(f"\nrealistic demo ×{REDUCED} generated in {time.perf_counter() - started:.1f} s")
+    return out, stores
+
+
+def test_reduced_realistic_writes_what_its_plan_says(reduced):
+    _, stores = reduced
+    plans = {p.name: p for p in plan_layout(seed=0, size="realistic", extent_scale=REDUCED)}
+    assert sorted(s.parent.name for s in stores) == sorted(plans)
+    seen_scales = set()
+    for store in stores:
+        plan = plans[store.parent.name]
+        levels = transforms(store / EM)
+        assert [s for s, _ in levels] == [[8.0] * 3, [16.0] * 3, [32.0] * 3]
+        assert [t for _, t in levels] == [[0.0] * 3, [4.0] * 3, [12.0] * 3]
+        assert read(store / EM / "s0").shape == plan.em_shape
+        assert read(store / EM / "s2").shape == tuple(n // 4 for n in plan.em_shape)
+        for c in plan.crops:
+            group = store / GT / c.spec.name
+            assert annotated(group) == sorted(c.spec.classes)
+            for name in ("all", *c.spec.classes):
+                pyramid = transforms(group / name)
+                assert len(pyramid) == 3
+                s0_scale, s0_translation = pyramid[0]
+                assert s0_scale == pytest.approx(list(c.spec.voxel_size_nm))
+                assert s0_translation == pytest.approx(list(c.translation_nm))
+                for k, (scale, translation) in enumerate(pyramid):
+                    # level k: voxel ×2^k, first-voxel centre moved by half the growth
+                    assert scale == pytest.approx([v * 2**k for v in s0_scale])
+                    expected = [
+                        t + (v * 2**k - v) / 2
+                        for t, v in zip(s0_translation, s0_scale, strict=True)
+                    ]
+                    assert translation == pytest.approx(expected)
+                    shape = read(group / name / f"s{k}").shape
+                    assert shape == tuple(n // 2**k for n in c.shape)
+            seen_scales.add(tuple(s0_scale))
+    assert {(4.0, 4.0, 4.0), (32.0, 32.0, 32.0)} <= seen_scales
+    assert any(s == pytest.approx((2.6, 2.0, 2.0)) for s in seen_scales)
+
+
+def test_reduced_realistic_anisotropic_crop_reads_at_8nm(reduced):
+    """The package opens the (2.6, 2, 2) nm crop at 8 nm through its (10.4, 8, 8) nm level."""
+    out, _ = reduced
+    crops = {c.name: c for c in discover_crops(out)}
+    crop = crops["jrc_realistic-2/crop4"]
+    geometry = read_crop_geometry(crop, 8.0)
+    level = geometry.labels["mito_lum"].level_for(8.0)
+    assert level.voxel_size_nm == pytest.approx((10.4, 8.0, 8.0))
+    # the class arrays and `all` agree at s0 (the anisotropic grid is one grid for all arrays)
+    group = out / "jrc_realistic-2" / "jrc_realistic-2.zarr" / GT / "crop4"
+    everything = read(group / "all" / "s0")
+    class_ids = attrs(group / "all")["cellseg"]["class_ids"]
+    for name in ("mito_lum", "er_mem", "golgi_lum"):
+        data = read(group / name / "s0")
+        np.testing.assert_array_equal(data == 1, everything == class_ids[name])
+
+
+def test_reduced_realistic_same_seed_same_bytes(reduced, tmp_path):
+    _, stores = reduced
+    first = next(s for s in stores if s.parent.name == "jrc_realistic-2")
+    (again,) = make_demo_data(tmp_path / "again", seed=0, size="realistic",
+                              datasets=["jrc_realistic-2"], extent_scale=REDUCED)  # fmt: skip
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert len(files) > 50
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    for relative in files:
+        assert (first / relative).read_bytes() == (again / relative).read_bytes(), relative
+    (other,) = make_demo_data(tmp_path / "other", seed=1, size="realistic",
+                              datasets=["jrc_realistic-2"], extent_scale=REDUCED)  # fmt: skip
+    assert not np.array_equal(read(first / EM / "s0"), read(other / EM / "s0"))
+
+
+def test_every_size_is_a_cli_choice_and_a_config_choice():
+    args = build_parser("make-demo-data").parse_args(
+        ["make-demo-data", "--size", "realistic", "--out", "somewhere"]
+    )
+    assert args.size == "realistic"
+    schema = yaml.safe_load(SCHEMA.read_text())
+    size = schema["properties"]["data"]["properties"]["demo"]["properties"]["size"]
+    assert size["enum"] == list(SIZES)
+    with pytest.raises(CellsegError, match="realistic"):
+        make_demo_data(Path("unused"), size="huge")
+
+
+@pytest.mark.skipif(
+    not os.environ.get("CELLSEG_TEST_REALISTIC"),
+    reason="writes ~200 MB in 1.5-3 min; set CELLSEG_TEST_REALISTIC=1 to run",
+)
+def test_full_realistic_write(tmp_path):
+    stores = make_demo_data(tmp_path / "realistic", seed=0, size="realistic")
+    manifest = json.loads((tmp_path / "realistic" / MARKER_NAME).read_text())
+    entries = [c for d in manifest["datasets"].values() for c in d["crops"]]
+    assert sum(c["shape"] == [400] * 3 and c["voxel_size_nm"] == [4.0] * 3 for c in entries) >= 3
+    for c in entries:
+        if set(c["classes"]) == set(CLASSES):
+            assert min(c["positive_voxels_s0"].values()) > 0, c["name"]
+    size = sum(f.stat().st_size for s in stores for f in s.rglob("*") if f.is_file())
+    print(f"\nrealistic demo: {size / 1e6:.1f} MB in {manifest['seconds']} s")

@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -404,17 +406,19 @@ class _Scene:
             self._lo = self._hi = np.zeros((0, 3))
 
     def render(
-        self, origin_nm: Sequence[float], voxel_nm: float, shape: Sequence[int]
+        self, origin_nm: Sequence[float], voxel_nm: float | Sequence[float], shape: Sequence[int]
     ) -> np.ndarray:
         """Label codes (uint16, ``shape`` voxels z y x) sampled at voxel centres.
 
         ``origin_nm`` is the centre of the first voxel; voxel ``i`` is at ``origin + i*voxel``.
+        ``voxel_nm``: one size for all axes or ``(z, y, x)`` sizes (anisotropic grids), nm.
         """
         origin = np.asarray(origin_nm, dtype=np.float64)
         shape = tuple(int(n) for n in shape)
-        axes = [(origin[i] + voxel_nm * np.arange(shape[i])).astype(np.float32) for i in range(3)]
+        voxel = np.broadcast_to(np.asarray(voxel_nm, dtype=np.float64), (3,))
+        axes = [(origin[i] + voxel[i] * np.arange(shape[i])).astype(np.float32) for i in range(3)]
         z, y, x = axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
-        lo, hi = origin, origin + voxel_nm * (np.array(shape) - 1)
+        lo, hi = origin, origin + voxel * (np.array(shape) - 1)
 
         # Seeds farther than 3 max radii from the box cannot change any voxel (see module doc).
         # Cell k is the part of its sphere cap (radius R_k around the seed) on its side of every
@@ -427,9 +431,7 @@ class _Scene:
         owner = np.full(shape, -1, dtype=np.int16)
         present: list[int] = []  # cells whose cap reaches the grid
         for k, cell in enumerate(self.cells):
-            sl = _box_slices(
-                cell.seed - cell.radius, cell.seed + cell.radius, origin, voxel_nm, shape
-            )
+            sl = _box_slices(cell.seed - cell.radius, cell.seed + cell.radius, origin, voxel, shape)
             if sl is None:
                 continue
             present.append(k)
@@ -469,7 +471,7 @@ class _Scene:
                 cell.nucleus_centre - cell.nucleus_semi,
                 cell.nucleus_centre + cell.nucleus_semi,
                 origin,
-                voxel_nm,
+                voxel,
                 shape,
             )
             if sl is None:
@@ -492,7 +494,7 @@ class _Scene:
             if part.cell not in near_set:
                 continue
             sl = _box_slices(
-                part.centre - part.reach, part.centre + part.reach, origin, voxel_nm, shape
+                part.centre - part.reach, part.centre + part.reach, origin, voxel, shape
             )
             if sl is None:
                 continue
@@ -514,9 +516,15 @@ def _bshape(axis: int) -> tuple[int, int, int]:
 
 
 def _box_slices(
-    lo: np.ndarray, hi: np.ndarray, origin: np.ndarray, voxel_nm: float, shape: Sequence[int]
+    lo: np.ndarray,
+    hi: np.ndarray,
+    origin: np.ndarray,
+    voxel_nm: float | np.ndarray,
+    shape: Sequence[int],
 ) -> tuple[slice, slice, slice] | None:
-    """Voxel slices of the grid whose centres fall in [lo, hi] (nm), or None if empty."""
+    """Voxel slices of the grid whose centres fall in [lo, hi] (nm), or None if empty.
+
+    ``voxel_nm``: scalar or per-axis ``(z, y, x)`` voxel size, nm."""
     start = np.maximum(np.ceil((lo - origin) / voxel_nm), 0).astype(int)
     stop = np.minimum(np.floor((hi - origin) / voxel_nm) + 1, shape).astype(int)
     if (stop <= start).any():
@@ -537,19 +545,28 @@ def _frame(normal: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.stack([normal, u, np.cross(normal, u)])
 
 
-def _build_scene(rng: np.random.Generator, em_shape: Sequence[int]) -> _Scene:
+def _build_scene(
+    rng: np.random.Generator, em_shape: Sequence[int], cell_nm: float = 1800.0
+) -> _Scene:
     """Random phantom tissue filling an EM volume of ``em_shape`` voxels at 8 nm.
+
+    ``cell_nm``: target spacing of the cell grid in y-x (nm); cells, their nuclei (in y-x) and
+    the organelle counts grow with it, organelles keep their size.
 
     Cells sit on a jittered grid in y-x (at least two across x, plus a ring of neighbours outside
     the volume), each a Voronoi cell capped by a sphere (ECS lakes at the corners). Organelle
     counts follow fixed densities per µm³ of visible cytoplasm. The first two cells ("A", "B")
     each get a Golgi stack beside the nucleus with vesicles, mitochondria, an endosome and ER
     around it; the "golgi" (A) and "golgi_b" (B) anchors lie between the stack and the A|B
-    boundary, so a crop centred there sees every class.
+    boundary, so a crop centred there sees every class. "golgi_stack" and "golgi_b_stack" are the
+    stacks' centres (a crop of about one cell's size centred there also reaches the nucleus and,
+    with two rows of cells, the cell boundary the stack faces), "golgi_front" / "golgi_b_front"
+    lie 200 nm in front of them (away from the nucleus); "boundary_bc" is midway between the
+    seeds of B and the third cell.
     """
     extent = np.array(em_shape, dtype=np.float64) * EM_VOXEL_NM
-    n_y = max(1, round(extent[1] / 1800.0))
-    n_x = max(2, round(extent[2] / 1800.0))
+    n_y = max(1, round(extent[1] / cell_nm))
+    n_x = max(2, round(extent[2] / cell_nm))
     step_y, step_x = extent[1] / n_y, extent[2] / n_x
     cells: list[_Cell] = []
     positions = [(iy, ix) for iy in range(-1, n_y + 1) for ix in range(-1, n_x + 1)]
@@ -690,6 +707,10 @@ def _build_scene(rng: np.random.Generator, em_shape: Sequence[int]) -> _Scene:
             golgi_centre[0] = np.clip(golgi_centre[0], 0.3 * extent[0], 0.7 * extent[0])
             add_golgi(k, golgi_centre, normal)
             if k <= 1:
+                anchors["golgi_stack" if k == 0 else "golgi_b_stack"] = golgi_centre.copy()
+                # 200 nm in front of the stack: an 800 nm crop there still holds the tip of
+                # the nucleus behind the stack and mostly reaches the boundary it faces
+                anchors["golgi_front" if k == 0 else "golgi_b_front"] = golgi_centre + 200 * normal
                 towards_b = np.sign(boundary[2] - golgi_centre[2])
                 anchors["golgi" if k == 0 else "golgi_b"] = np.array(
                     [golgi_centre[0], golgi_centre[1], (golgi_centre[2] + boundary[2]) / 2]
@@ -717,6 +738,7 @@ def _build_scene(rng: np.random.Generator, em_shape: Sequence[int]) -> _Scene:
                 add_vesicle(k, random_point(k))
 
     anchors["boundary"] = boundary
+    anchors["boundary_bc"] = (b.seed + cells[2].seed) / 2
     anchors["nucleus"] = b.nucleus_centre.copy()  # nucleus id 2: the homogeneous crop
     anchors["nucleus_edge"] = a.nucleus_centre - np.array([0.0, 0.0, a.nucleus_semi[2]])
     anchors["centre"] = extent / 2
@@ -819,10 +841,11 @@ class CropSpec:
     centre (4 nm crops only; translation ≡ 2 mod 8); "odd": like "em" with an odd EM start
     index, so the crop is off the EM s1 / s2 grids. ``unknown``: a box, in fractions of the crop
     extent (z, y, x) as ``((lo, hi), (lo, hi), (lo, hi))``, encoded 255 in every array.
+    ``voxel_nm`` is one size or ``(z, y, x)`` sizes (anisotropic crops; each at most the EM's).
     """
 
     number: int
-    voxel_nm: float
+    voxel_nm: float | tuple[float, float, float]
     extent_em: tuple[int, int, int]
     anchor: str
     phase: str
@@ -833,6 +856,13 @@ class CropSpec:
     @property
     def name(self) -> str:
         return f"crop{self.number}"
+
+    @property
+    def voxel_size_nm(self) -> tuple[float, float, float]:
+        """s0 voxel size ``(z, y, x)``, nm."""
+        if isinstance(self.voxel_nm, tuple):
+            return tuple(float(v) for v in self.voxel_nm)  # type: ignore[return-value]
+        return (float(self.voxel_nm),) * 3
 
 
 ALL = tuple(CLASSES)
@@ -917,15 +947,79 @@ BIG_CROP_NUMBER = 1 + max(spec.number for _, specs in DATASETS for spec in specs
 """Number of the ``--size large`` crop added to the first dataset."""
 
 
+REALISTIC_DATASETS: tuple[tuple[str, tuple[CropSpec, ...]], ...] = (
+    (
+        "jrc_realistic-1",
+        (
+            CropSpec(1, 4.0, (200, 200, 200), "golgi_stack", "em", ALL),
+            CropSpec(2, 4.0, (200, 200, 200), "golgi_b_stack", "odd", ALL),
+        ),
+    ),
+    (
+        "jrc_realistic-2",
+        (
+            CropSpec(3, 4.0, (200, 200, 200), "golgi_stack", "odd", ALL),
+            # 400³ voxels at (2.6, 2, 2) nm: 1040 × 800 × 800 nm, on whole EM voxels
+            CropSpec(4, (2.6, 2.0, 2.0), (130, 100, 100), "golgi_b_front", "em", ALL),
+            # coarse annotation: membranes thinner than a voxel are not annotated at 32 nm
+            CropSpec(5, 32.0, (192, 256, 256), "boundary_bc", "em",
+                     ("ecs", "pm", "mito_lum", "endo_lum", "nuc")),
+        ),
+    ),
+)  # fmt: skip
+"""The ``--size realistic`` layout: crops of the real training crops' geometry (400³ voxels at
+4 nm, one at (2.6, 2, 2) nm, one at 32 nm), four of five annotating all 14 classes."""
+
+
 @dataclass(frozen=True)
 class SizePreset:
-    """EM volume and crop scaling of a ``--size`` choice."""
+    """EM volume and crop scaling of a ``--size`` choice.
+
+    ``layout`` and ``em_shapes`` replace :data:`DATASETS` and ``em_shape`` (one EM shape per
+    dataset) when set. ``context_em``: the least EM (s0 voxels, z y x) between a crop's centre
+    and the volume's edges, so that training patches centred anywhere in the crop read real EM.
+    ``disjoint``: crops of a dataset are moved apart (in x, then y) until none overlaps, so no
+    voxel is in two splits.
+    """
 
     em_shape: tuple[int, int, int]  # EM s0 voxels (z, y, x) at 8 nm
     crop_scale: float  # multiplies every CropSpec.extent_em
     slab: int  # s0 z-slab (voxels) for EM and label writing; a multiple of 4
     big_crop_extent: tuple[int, int, int] | None = None  # extra 8 nm crop in the first dataset
     big_em_shape: tuple[int, int, int] | None = None  # first dataset's EM when big_crop is set
+    layout: tuple[tuple[str, tuple[CropSpec, ...]], ...] | None = None
+    em_shapes: tuple[tuple[int, int, int], ...] | None = None
+    cell_nm: float = 1800.0  # spacing of the phantom cells in y-x, nm
+    context_em: tuple[int, int, int] = (0, 0, 0)
+    disjoint: bool = False
+
+    @property
+    def datasets(self) -> tuple[tuple[str, tuple[CropSpec, ...]], ...]:
+        """(dataset name, crops) of this size."""
+        return self.layout if self.layout is not None else DATASETS
+
+    def scaled(self, factor: float) -> SizePreset:
+        """The same layout with every length times ``factor`` (EM, crops, cells, context).
+
+        For tests: a reduced variant runs the same code at a fraction of the cost. EM shapes stay
+        multiples of 4 (the EM pyramid's block means); crop extents are rounded as usual.
+        """
+
+        def em(shape: tuple[int, int, int]) -> tuple[int, int, int]:
+            return tuple(max(4, round(n * factor / 4) * 4) for n in shape)  # type: ignore[return-value]
+
+        return SizePreset(
+            em(self.em_shape),
+            self.crop_scale * factor,
+            self.slab,
+            None if self.big_crop_extent is None else em(self.big_crop_extent),
+            None if self.big_em_shape is None else em(self.big_em_shape),
+            self.layout,
+            None if self.em_shapes is None else tuple(em(e) for e in self.em_shapes),
+            self.cell_nm * factor,
+            tuple(math.ceil(n * factor) for n in self.context_em),  # type: ignore[arg-type]
+            self.disjoint,
+        )
 
 
 SIZES: dict[str, SizePreset] = {
@@ -934,56 +1028,180 @@ SIZES: dict[str, SizePreset] = {
     # ≥ 2 GB of (uncompressed) labels for the streaming benchmarks: one 112×1024×1024 crop
     # at 8 nm with all 14 classes + `all` in the first dataset.
     "large": SizePreset((96, 320, 320), 1.0, 64, (112, 1024, 1024), (128, 1088, 1088)),
-}
+    # The real training crops' geometry (REALISTIC_DATASETS). Cells of 2.4 µm in two rows, so a
+    # 1.6 µm crop centred on a Golgi stack reaches the nucleus and a cell boundary; EM reaches
+    # 128 voxels (half a 256² patch) beyond every crop centre in y-x and 16 (half of 32) in z.
+    "realistic": SizePreset(
+        (232, 600, 600), 1.0, 128,
+        layout=REALISTIC_DATASETS, em_shapes=((232, 600, 600), (232, 600, 900)),
+        cell_nm=2400.0, context_em=(16, 128, 128), disjoint=True,
+    ),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class PlacedCrop:
-    """A crop placed in its dataset: s0 shape (voxels) and translation (nm, first voxel centre)."""
+    """A crop placed in its dataset: s0 shape (voxels) and translation (nm, first voxel centre).
+
+    ``start_em`` / ``extent_em``: the EM s0 voxels (8 nm, z y x) the crop starts at and spans.
+    """
 
     spec: CropSpec
     shape: tuple[int, int, int]
     translation_nm: tuple[float, float, float]
+    start_em: tuple[int, int, int] = (0, 0, 0)
+    extent_em: tuple[int, int, int] = (0, 0, 0)
+
+    @property
+    def footprint_em(self) -> tuple[int, int, int]:
+        """EM s0 voxels the crop touches per axis (a "half"-phase crop ends inside one more)."""
+        extra = 1 if self.spec.phase == "half" else 0
+        return tuple(e + extra for e in self.extent_em)  # type: ignore[return-value]
+
+    def overlaps(self, other: PlacedCrop) -> bool:
+        """Whether the two crops' EM footprints share a voxel."""
+        return all(
+            a < b + m and b < a + n
+            for a, n, b, m in zip(
+                self.start_em, self.footprint_em, other.start_em, other.footprint_em, strict=True
+            )
+        )
+
+
+def _extent_multiple(voxel_nm: float) -> int:
+    """Smallest EM-voxel count m such that m EM voxels are a whole number of label voxels
+    divisible by 4 (a 3-level label pyramid halves it twice): 2 at 4 nm, 13 at 2.6 nm."""
+    ratio = Fraction(EM_VOXEL_NM / voxel_nm).limit_denominator(1000)  # label voxels per EM voxel
+    return ratio.denominator * 4 // math.gcd(ratio.numerator, 4)
+
+
+def _start_ranges(
+    spec: CropSpec, extent: Sequence[int], em_shape: Sequence[int], context: Sequence[int]
+) -> list[tuple[int, int]]:
+    """Allowed EM start index (lo, hi) per axis: inside the volume with one voxel to spare, the
+    crop centre ``context[i]`` voxels or more from either edge; odd starts for the "odd" phase."""
+    extra = 1 if spec.phase == "half" else 0
+    ranges = []
+    for n, e, c in zip(em_shape, extent, context, strict=True):
+        lo = max(1, math.ceil(c - e / 2))
+        hi = int(n) - e - extra - 1
+        if c:
+            hi = min(hi, math.floor(int(n) - c - e / 2))
+        if spec.phase == "odd":
+            lo, hi = lo + (lo % 2 == 0), hi - (hi % 2 == 0)
+        ranges.append((lo, hi))
+    return ranges
+
+
+def _placed(spec: CropSpec, start: Sequence[int], extent: Sequence[int]) -> PlacedCrop:
+    """The crop starting at EM voxel ``start`` and spanning ``extent`` EM voxels."""
+    voxel = spec.voxel_size_nm
+    if spec.phase == "half":
+        translation = [EM_VOXEL_NM * i0 + v / 2 for i0, v in zip(start, voxel, strict=True)]
+    else:
+        translation = [
+            EM_VOXEL_NM * i0 - EM_VOXEL_NM / 2 + v / 2 for i0, v in zip(start, voxel, strict=True)
+        ]
+    shape = tuple(round(e * EM_VOXEL_NM / v) for e, v in zip(extent, voxel, strict=True))
+    return PlacedCrop(
+        spec,
+        shape,  # type: ignore[arg-type]
+        tuple(float(t) for t in translation),  # type: ignore[arg-type]
+        tuple(int(i) for i in start),  # type: ignore[arg-type]
+        tuple(int(e) for e in extent),  # type: ignore[arg-type]
+    )
 
 
 def _place_crop(
-    spec: CropSpec, scene: _Scene, em_shape: Sequence[int], scale: float, rng: np.random.Generator
+    spec: CropSpec,
+    scene: _Scene,
+    em_shape: Sequence[int],
+    scale: float,
+    rng: np.random.Generator,
+    context: Sequence[int] = (0, 0, 0),
 ) -> PlacedCrop:
-    multiple = max(1, round(4 * spec.voxel_nm / EM_VOXEL_NM))  # s0 shape divisible by 4
-    extent = [max(multiple, round(e * scale / multiple) * multiple) for e in spec.extent_em]
+    multiples = [_extent_multiple(v) for v in spec.voxel_size_nm]  # s0 shape divisible by 4
+    extent = [
+        max(m, round(e * scale / m) * m) for e, m in zip(spec.extent_em, multiples, strict=True)
+    ]
     if spec.anchor == "random":
         centre = rng.uniform(0.25, 0.75, size=3) * scene.extent_nm
     else:
         centre = scene.anchors[spec.anchor]
-    extra = 1 if spec.phase == "half" else 0  # a half-phase crop ends inside the next EM voxel
     start = []
-    for i in range(3):
-        i0 = round(centre[i] / EM_VOXEL_NM - extent[i] / 2)
-        i0 = min(max(i0, 1), int(em_shape[i]) - extent[i] - extra - 1)
-        if spec.phase == "odd" and i0 % 2 == 0:
-            i0 += 1 if i0 + 1 <= int(em_shape[i]) - extent[i] - 1 else -1
-        if i0 < 0:
+    for i, (lo, hi) in enumerate(_start_ranges(spec, extent, em_shape, context)):
+        i0 = min(max(round(centre[i] / EM_VOXEL_NM - extent[i] / 2), lo), hi)
+        if spec.phase == "odd" and i0 % 2 == 0:  # only when lo > hi: the error below
+            i0 += 1 if i0 + 1 <= hi else -1
+        if i0 < 0 or (any(context) and not lo <= i0 <= hi):
             raise ValueError(f"{spec.name} does not fit the EM volume {tuple(em_shape)}")
         start.append(i0)
-    if spec.phase == "half":
-        translation = [EM_VOXEL_NM * i0 + spec.voxel_nm / 2 for i0 in start]
-    else:
-        translation = [EM_VOXEL_NM * i0 - EM_VOXEL_NM / 2 + spec.voxel_nm / 2 for i0 in start]
-    shape = tuple(round(e * EM_VOXEL_NM / spec.voxel_nm) for e in extent)
-    return PlacedCrop(spec, shape, tuple(float(t) for t in translation))  # type: ignore[arg-type]
+    return _placed(spec, start, extent)
+
+
+def _separate(
+    crops: Sequence[PlacedCrop], em_shape: Sequence[int], context: Sequence[int]
+) -> list[PlacedCrop]:
+    """Move overlapping crops of one dataset apart: the later one first (x, then y), the earlier
+    one for what the later cannot take, each within its allowed starts; even steps keep the
+    "odd" phase. Raises ValueError when some pair still overlaps."""
+    crops = list(crops)
+    for j in range(len(crops)):
+        for i in range(j):
+            for axis in (2, 1):
+                a, b = crops[i], crops[j]
+                if not a.overlaps(b):
+                    break
+                ranges = [_start_ranges(c.spec, c.extent_em, em_shape, context) for c in (a, b)]
+                # b moves up (a down) when b's centre is not below a's, else the other way
+                up = (
+                    b.start_em[axis] * 2 + b.extent_em[axis]
+                    >= a.start_em[axis] * 2 + a.extent_em[axis]
+                )
+                if up:
+                    need = a.start_em[axis] + a.footprint_em[axis] - b.start_em[axis]
+                else:
+                    need = b.start_em[axis] + b.footprint_em[axis] - a.start_em[axis]
+                need += need % 2
+                sign = 1 if up else -1
+                for k, c in ((j, b), (i, a)):
+                    lo, hi = ranges[0 if k == i else 1][axis]
+                    step = min(max(c.start_em[axis] + sign * need, lo), hi) - c.start_em[axis]
+                    step = int(np.sign(step)) * (abs(step) // 2 * 2)  # even, within the range
+                    need -= abs(step)
+                    start = list(c.start_em)
+                    start[axis] += step
+                    crops[k] = _placed(c.spec, start, c.extent_em)
+                    sign = -sign
+                    if need <= 0:
+                        break
+    for j in range(len(crops)):
+        for i in range(j):
+            if crops[i].overlaps(crops[j]):
+                raise ValueError(
+                    f"{crops[i].spec.name} and {crops[j].spec.name} overlap in an EM volume of "
+                    f"{tuple(em_shape)} voxels; enlarge it"
+                )
+    return crops
 
 
 def _render_crop_slab(scene: _Scene, crop: PlacedCrop, z0: int, z1: int) -> np.ndarray:
     """Label codes of s0 voxels ``z0:z1`` of a crop, with its unknown box applied.
 
     Crops coarser than the EM are rendered at 8 nm and reduced by block mode: point samples
-    16 nm apart would cut thin structures at random, which no annotator does.
+    16 nm apart would cut thin structures at random, which no annotator does. Finer crops,
+    anisotropic ones included, are sampled on their own grid.
     """
-    voxel = crop.spec.voxel_nm
-    base = min(voxel, EM_VOXEL_NM)
-    factor = round(voxel / base)
+    voxel = np.array(crop.spec.voxel_size_nm)
+    if (voxel > EM_VOXEL_NM).any():
+        if not (voxel == voxel[0]).all():
+            raise ValueError(f"{crop.spec.name}: anisotropic crops must be finer than the EM")
+        base: float | np.ndarray = EM_VOXEL_NM
+        factor = round(float(voxel[0]) / EM_VOXEL_NM)
+    else:
+        base, factor = voxel, 1
     t = np.array(crop.translation_nm)
-    origin = t - (voxel - base) / 2 + np.array([z0 * voxel, 0.0, 0.0])
+    origin = t - (voxel - base) / 2 + np.array([z0 * voxel[0], 0.0, 0.0])
     shape = (z1 - z0, crop.shape[1], crop.shape[2])
     codes = scene.render(origin, base, tuple(n * factor for n in shape))
     while factor > 1:
@@ -1026,7 +1244,7 @@ def _arrays_from_codes(
 def _write_crop(labels: Any, scene: _Scene, crop: PlacedCrop, slab: int) -> dict[str, Any]:
     """Write one crop slab by slab; return its manifest entry (positives counted at s0)."""
     spec = crop.spec
-    voxel = [spec.voxel_nm] * 3
+    voxel = list(spec.voxel_size_nm)
     group = labels.require_group(spec.name)
     all_attrs = {
         "cellmap": {
@@ -1079,7 +1297,7 @@ def _write_crop(labels: Any, scene: _Scene, crop: PlacedCrop, slab: int) -> dict
         )
     return {
         "name": spec.name,
-        "voxel_size_nm": spec.voxel_nm,
+        "voxel_size_nm": voxel,
         "translation_nm": list(crop.translation_nm),
         "shape": list(crop.shape),
         "classes": list(spec.classes),
@@ -1118,33 +1336,93 @@ def _prepare_out(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+@dataclass(frozen=True)
+class DatasetPlan:
+    """What one dataset of the demo will hold: its scene, EM shape and placed crops."""
+
+    name: str
+    index: int
+    em_shape: tuple[int, int, int]  # EM s0 voxels (z, y, x) at 8 nm
+    crops: tuple[PlacedCrop, ...]
+    scene: _Scene
+
+
+def _preset(size: str, extent_scale: float) -> SizePreset:
+    if size not in SIZES:
+        raise CellsegError(f"--size {size!r}: unknown; choose one of {', '.join(SIZES)}")
+    if not extent_scale > 0:
+        raise CellsegError(f"extent_scale = {extent_scale}: must be > 0")
+    return SIZES[size] if extent_scale == 1.0 else SIZES[size].scaled(extent_scale)
+
+
+def plan_dataset(seed: int, preset: SizePreset, index: int) -> DatasetPlan:
+    """Build dataset ``index``'s scene and place its crops, without writing anything.
+
+    Depends only on (seed, preset, index); this is exactly what :func:`make_demo_data` writes.
+    """
+    name, specs = preset.datasets[index]
+    key = (int(seed), index)
+    rng = np.random.default_rng([*key, 0])
+    em_shape = preset.em_shape if preset.em_shapes is None else preset.em_shapes[index]
+    crops = list(specs)
+    if preset.big_crop_extent is not None and index == 0:
+        assert preset.big_em_shape is not None
+        em_shape = preset.big_em_shape
+        crops.append(CropSpec(BIG_CROP_NUMBER, 8.0, preset.big_crop_extent, "centre", "em", ALL))
+    scene = _build_scene(rng, em_shape, preset.cell_nm)
+    placement_rng = np.random.default_rng([*key, 1])
+    placed = [
+        _place_crop(
+            spec, scene, em_shape,
+            1.0 if spec.number == BIG_CROP_NUMBER else preset.crop_scale,
+            placement_rng, preset.context_em,
+        )
+        for spec in crops
+    ]  # fmt: skip
+    if preset.disjoint:
+        placed = _separate(placed, em_shape, preset.context_em)
+    return DatasetPlan(name, index, tuple(em_shape), tuple(placed), scene)  # type: ignore[arg-type]
+
+
+def plan_layout(
+    seed: int = 0, size: str = "default", extent_scale: float = 1.0
+) -> list[DatasetPlan]:
+    """Every dataset's :class:`DatasetPlan` for (seed, size), without writing (fast: no voxels)."""
+    preset = _preset(size, extent_scale)
+    return [plan_dataset(seed, preset, index) for index in range(len(preset.datasets))]
+
+
 def make_demo_data(
     out: Path | str,
     seed: int = 0,
     size: str = "default",
     force: bool = False,
     datasets: Sequence[str] | None = None,
+    extent_scale: float = 1.0,
 ) -> list[Path]:
     """Write the synthetic CellMap-layout demo under ``out``; return the ``.zarr`` store paths.
 
     ``size``: "small" (tests: EM 48×192×192, crops halved), "default" (EM 96×320×320 voxels at
-    8 nm per dataset, < 100 MB) or "large" (adds crop 29, 112×1024×1024 voxels at 8 nm with all
-    14 classes, ≥ 2 GB of uncompressed labels, to the first dataset). Deterministic for
-    (``seed``, ``size``). Writes ``out/cellseg_demo.json`` (the marker and a manifest of every
-    crop) first as "incomplete" and finally as "complete". ``datasets`` restricts the output to
-    those dataset names (for quick tests); each dataset depends only on (seed, size, its index).
+    8 nm per dataset, < 100 MB), "large" (adds crop 29, 112×1024×1024 voxels at 8 nm with all
+    14 classes, ≥ 2 GB of uncompressed labels, to the first dataset) or "realistic" (two
+    datasets with the real training crops' geometry: three crops of 400³ voxels at 4 nm and one
+    of 400³ at (2.6, 2, 2) nm, all 14 classes each, and a 48×64×64 crop at 32 nm; EM of
+    232×600×600 and 232×600×900 voxels at 8 nm). Deterministic for (``seed``, ``size``,
+    ``extent_scale``). Writes ``out/cellseg_demo.json`` (the marker and a manifest of every crop)
+    first as "incomplete" and finally as "complete". ``datasets`` restricts the output to those
+    dataset names (for quick tests); each dataset depends only on (seed, size, its index).
+    ``extent_scale`` multiplies every length of the size (:meth:`SizePreset.scaled`): a reduced
+    variant for tests, the same code at a fraction of the cost.
     """
     import zarr
 
-    if size not in SIZES:
-        raise CellsegError(f"--size {size!r}: unknown; choose one of {', '.join(SIZES)}")
-    names = [name for name, _ in DATASETS]
+    preset = _preset(size, extent_scale)
+    names = [name for name, _ in preset.datasets]
     unknown_names = sorted(set(datasets or ()) - set(names))
     if unknown_names:
         raise CellsegError(f"datasets {unknown_names}: unknown; choose from {names}")
     out = Path(out)
     _prepare_out(out, force)
-    preset = SIZES[size]
     started = time.perf_counter()
     manifest: dict[str, Any] = {
         "generator": "cellseg make-demo-data",
@@ -1154,36 +1432,23 @@ def make_demo_data(
         "class_ids": CELLMAP_LABEL_IDS,
         "datasets": {},
     }
+    if extent_scale != 1.0:
+        manifest["extent_scale"] = extent_scale
     marker = out / MARKER_NAME
     marker.write_text(json.dumps(manifest, indent=1))
     stores: list[Path] = []
-    for index, (name, specs) in enumerate(DATASETS):
+    for index, name in enumerate(names):
         if datasets is not None and name not in datasets:
             continue
-        key = (int(seed), index)
-        rng = np.random.default_rng([*key, 0])
-        em_shape = preset.em_shape
-        crops = list(specs)
-        if preset.big_crop_extent is not None and index == 0:
-            assert preset.big_em_shape is not None
-            em_shape = preset.big_em_shape
-            crops.append(
-                CropSpec(BIG_CROP_NUMBER, 8.0, preset.big_crop_extent, "centre", "em", ALL)
-            )
-        scene = _build_scene(rng, em_shape)
+        plan = plan_dataset(seed, preset, index)
         store = out / name / f"{name}.zarr"
         root = zarr.open_group(store, mode="w", zarr_format=2)
-        _write_em(root, scene, key, em_shape, preset.slab)
+        _write_em(root, plan.scene, (int(seed), index), plan.em_shape, preset.slab)
         labels = root.require_group(LABELS_PATH)
-        placement_rng = np.random.default_rng([*key, 1])
-        entries = []
-        for spec in crops:
-            scale = 1.0 if spec.number == BIG_CROP_NUMBER else preset.crop_scale
-            placed = _place_crop(spec, scene, em_shape, scale, placement_rng)
-            entries.append(_write_crop(labels, scene, placed, preset.slab))
+        entries = [_write_crop(labels, plan.scene, placed, preset.slab) for placed in plan.crops]
         manifest["datasets"][name] = {
             "store": str(store.relative_to(out)),
-            "em_shape": list(em_shape),
+            "em_shape": list(plan.em_shape),
             "em_voxel_size_nm": EM_VOXEL_NM,
             "crops": entries,
         }
@@ -1205,7 +1470,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
         "--size", choices=tuple(SIZES), default="default",
-        help="small (tests), default (< 100 MB) or large (≥ 2 GB of labels, for benchmarks)",
+        help="small (tests), default (< 100 MB), large (≥ 2 GB of labels, for benchmarks) or "
+        "realistic (the real crops' geometry: 400³ voxels at 4 nm, 2.6×2×2 nm and 32 nm crops)",
     )  # fmt: skip
     parser.add_argument(
         "--force",
