@@ -1,12 +1,14 @@
 """Embedded synthetic FIB-SEM demo data in the exact CellMap layout (SPEC §3).
 
-``cellseg make-demo-data --out DIR --seed N [--size small|default|large] [--force]`` writes
-four datasets ``DIR/{name}/{name}.zarr`` (zarr format 2, written with zarr 3.x):
+``cellseg make-demo-data --out DIR --seed N [--size small|default|large|realistic] [--force]``
+writes four datasets ``DIR/{name}/{name}.zarr`` (zarr format 2, written with zarr 3.x; two for
+``realistic``, whose crops have the real training crops' geometry: see :data:`SIZES`):
 
 * EM: ``recon-1/em/fibsem-uint8/s0, s1, s2`` (uint8; 8, 16, 32 nm isotropic; first-voxel centre
   of s0 at 0 nm, level k shifted by half the voxel-size growth, i.e. +4 nm and +12 nm);
 * labels: ``recon-1/labels/groundtruth/cropN/{class}/s0, s1, s2`` for each annotated class and
-  ``cropN/all`` (class ids), at 4, 8 or 16 nm per crop, placed by their translation only.
+  ``cropN/all`` (class ids), at 4, 8 or 16 nm per crop (``realistic``: 4 nm, (2.6, 2, 2) nm and
+  32 nm), placed by their translation only.
 
 How it works. Each dataset is a *scene*: an analytic description in nanometres of phantom cells
 (a Voronoi tessellation of cell seeds capped by spheres, thin extracellular gaps, plasma
