@@ -18,9 +18,29 @@ from cellseg.io import atomic_path
 
 
 def save_checkpoint(state: dict[str, Any], path: Path | str) -> None:
-    """``torch.save`` ``state`` to ``path`` atomically."""
-    with atomic_path(path) as temporary:
-        torch.save(state, temporary)
+    """``torch.save`` ``state`` to ``path`` atomically.
+
+    Raises:
+        CellsegError: the file could not be written (a full disk, a file-size limit, an I/O
+            error). The temporary file is removed and the previous checkpoint at ``path`` is
+            left as it was, so the run resumes from it once the cause is fixed.
+    """
+    try:
+        with atomic_path(path) as temporary:
+            torch.save(state, temporary)
+    except (OSError, RuntimeError) as error:
+        # torch reports a failed write as a multi-line RuntimeError ("enforce fail at
+        # inline_container.cc … unexpected pos …") that names neither the file nor the cause
+        detail = " ".join(f"{type(error).__name__}: {error}".split())
+        kept = (
+            "the previous checkpoint is intact: free space and rerun to resume from it"
+            if Path(path).is_file()
+            else "no earlier checkpoint was there: free space and rerun"
+        )
+        raise CellsegError(
+            f"{path}: could not write the checkpoint (disk full or a file-size limit?) "
+            f"({detail}); {kept}"
+        ) from None
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
