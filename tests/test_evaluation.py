@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 import numpy as np
@@ -283,3 +284,16 @@ def test_command_line_parser():
          "--adjustment", "train", "--adjustment", "none"]
     )  # fmt: skip
     assert args.adjustment == ["train", "none"] and args.out == Path("m.csv")
+
+
+@pytest.mark.parametrize(
+    "array", [EM_GROUP + "/s0", f"{LABELS_ROOT}/crop_b/ecs/s0"], ids=["em", "labels"]
+)
+def test_a_corrupt_chunk_names_the_array(store, array):
+    path, crops = store
+    (path / array / "0.0.0").write_bytes(b"truncated")  # a broken copy: no codec decodes it
+    with pytest.raises(CellsegError) as error:
+        evaluate_crops(fake_predictor("3d"), crops[1:], EvaluationSettings(), log=io.StringIO())
+    message = str(error.value)
+    assert message.startswith(f"{path}/{array}: chunk (0, 0, 0)") and "\n" not in message
+    assert "copy the array again" in message

@@ -48,6 +48,7 @@ from cellseg.data.store import (
     Crop,
     CropGeometry,
     ScaleLevel,
+    StoredArray,
     check_outside_stores,
     read_crop_geometry,
 )
@@ -286,7 +287,7 @@ def _context(patch: int, extent: int) -> int:
 
 
 def read_em_slab(
-    em_array: zarr.Array,
+    em_array: StoredArray,
     em_level: ScaleLevel,
     grid: PredictionGrid,
     z_range: tuple[int, int],
@@ -351,7 +352,7 @@ def sliding_window_logits(
     return logits.float()
 
 
-def _open_em(geometry: CropGeometry, resolution_nm: float) -> tuple[zarr.Array, ScaleLevel]:
+def _open_em(geometry: CropGeometry, resolution_nm: float) -> tuple[StoredArray, ScaleLevel]:
     level = geometry.em.level_for(resolution_nm)
     return geometry.em.open_level(level), level
 
@@ -362,7 +363,7 @@ def predict_slab(
     z_range: tuple[int, int],
     settings: EvaluationSettings,
     device: torch.device | str = "cpu",
-    em: tuple[zarr.Array, ScaleLevel] | None = None,
+    em: tuple[StoredArray, ScaleLevel] | None = None,
 ) -> tuple[np.ndarray, torch.Tensor]:
     """EM and logits of prediction-grid slices ``[z0, z1)`` of a crop, with context around them.
 

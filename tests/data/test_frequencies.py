@@ -106,3 +106,15 @@ def test_an_output_inside_a_data_store_is_refused(store_and_arrays, tmp_path, ca
     assert main([*arguments, "--allow-missing-classes"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"data store {store}" in err and not out.exists()
+
+
+def test_a_corrupt_chunk_names_the_array_and_chunk(store_and_arrays):
+    store, *_ = store_and_arrays
+    chunk = store / "recon-1/labels/groundtruth/crop3/nuc/s0/0.0.0"
+    chunk.write_bytes(b"truncated")  # a broken copy: no codec can decode it
+    with pytest.raises(CellsegError) as error:
+        class_frequencies(discover_crops(store.parent.parent), 8.0, allow_missing_classes=True)
+    message = str(error.value)
+    assert message.startswith(f"{store}/recon-1/labels/groundtruth/crop3/nuc/s0: chunk (0, 0, 0)")
+    assert "cannot be decoded" in message and "copy the array again" in message
+    assert "\n" not in message

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import zarr
 
+from cellseg.classes import CLASS_INDEX
 from cellseg.data.dataset import FixedPatches, PatchSpec
 from cellseg.data.patches import CropReader, PatchGrid
 from cellseg.data.store import Crop, LabelEncoding, discover_crops, read_crop_geometry
@@ -149,15 +152,6 @@ def test_missing_multiscales_is_a_one_line_error(store):
         read_crop_geometry(crop_of(store))
 
 
-def test_crop_outside_em_volume(make_store):
-    labels = np.zeros((4, 4, 4), dtype=np.uint8)
-    store = make_store(
-        "far", EM, {"crop9": {"ecs": ([labels], [(8.0,) * 3], [(4.0, 4.0, 300.0)], SEMANTIC)}}
-    )
-    with pytest.raises(CellsegError, match="outside the EM volume"):
-        read_crop_geometry(crop_of(store))
-
-
 def test_resolution_no_level_can_serve(make_store):
     labels = np.zeros((2, 2, 2), dtype=np.uint8)
     store = make_store(
@@ -196,3 +190,138 @@ def test_zero_size_levels_are_never_read_and_an_empty_group_is_one_line(make_sto
         read_crop_geometry(crop_of(store), 8.0)
     message = str(error.value)
     assert "\n" not in message and "crop5/ecs: every level" in message and "zero size" in message
+
+
+# ------------------------------------------------------------------ damaged or inconsistent data
+
+
+def corrupt(array_dir, key: str) -> None:
+    """Overwrite one stored chunk with bytes no codec can decode (a broken copy)."""
+    chunk = array_dir / key
+    assert chunk.is_file(), chunk
+    chunk.write_bytes(b"not a blosc frame" * 4)
+
+
+@pytest.mark.parametrize("cache_bytes", [None, 1 << 20])
+def test_corrupt_chunk_names_the_array_and_chunk(store, cache_bytes):
+    from cellseg.data.patches import ArrayCache
+
+    corrupt(store / "recon-1/labels/groundtruth/crop1/mito_mem/s1", "0.0.0")
+    cache = None if cache_bytes is None else ArrayCache(cache_bytes)
+    reader = CropReader(read_crop_geometry(crop_of(store), 8.0), 8.0, cache=cache)
+    centre = np.array(S1_TRANSLATION) + 8.0
+    with pytest.raises(CellsegError) as error:
+        reader.read(PatchGrid.build(centre, (1, 2, 2), 8.0))
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"{store}/recon-1/labels/groundtruth/crop1/mito_mem/s1: chunk (0, 0, 0)"
+    )
+    assert "crop1/mito_mem/s1/0.0.0" in message and "cannot be decoded" in message
+    assert "download or copy the array again" in message
+
+
+def test_corrupt_chunk_is_found_among_the_chunks_of_the_region(store):
+    geometry = read_crop_geometry(crop_of(store), 8.0)
+    corrupt(store / "recon-1/em/fibsem-uint8/s0", "0.2.1")  # voxels y 16:24, x 8:16
+    array = geometry.em.open_level(geometry.em.finest)
+    np.testing.assert_array_equal(array[:, :16, :], EM[:, :16, :])  # other chunks still read
+    with pytest.raises(CellsegError) as error:
+        array[2:5, 10:30, 0:20]
+    message = str(error.value)
+    assert "fibsem-uint8/s0: chunk (0, 2, 1) (file " in message
+    assert "reading voxels [2:5, 10:30, 0:20]" in message and "\n" not in message
+    with pytest.raises(CellsegError, match=r"reading voxels \[0:8, 0:32, 0:32\]"):
+        array[...]
+
+
+def test_missing_label_chunk_reads_as_the_fill_value_which_is_absent(make_store):
+    # zarr skips chunks holding only the fill value (zarr-python 3's write_empty_chunks=False, as
+    # cellseg's demo writes); zarr's spec reads a chunk that is not stored as the fill value, 0
+    labels = np.zeros((8, 16, 16), dtype=np.uint8)
+    labels[:, 8:, 8:] = 1  # one chunk of four holds the object; three hold only absent (0)
+    store = make_store(
+        "sparse", EM, {"crop1": {"ecs": ([labels], [(8.0,) * 3], [(4.0,) * 3], SEMANTIC)}}
+    )
+    array_dir = store / "recon-1/labels/groundtruth/crop1/ecs/s0"
+    assert sorted(p.name for p in array_dir.iterdir() if not p.name.startswith(".")) == ["0.1.1"]
+    reader = CropReader(read_crop_geometry(crop_of(store), 8.0), 8.0)
+    centre = np.array([4.0 + 3.5 * 8, 4.0 + 7.5 * 8, 4.0 + 7.5 * 8])  # the crop's centre
+    _, target = reader.read(PatchGrid.build(centre, (8, 16, 16), 8.0))
+    ecs = target[CLASS_INDEX["ecs"]]
+    np.testing.assert_array_equal(ecs, labels.astype(np.float32))  # absent (0), not unknown
+
+
+def test_missing_chunk_of_a_label_array_without_fill_value_is_refused(make_store):
+    labels = np.ones((8, 16, 16), dtype=np.uint8)
+    store = make_store(
+        "nofill", EM, {"crop1": {"ecs": ([labels], [(8.0,) * 3], [(4.0,) * 3], SEMANTIC)}}
+    )
+    array_dir = store / "recon-1/labels/groundtruth/crop1/ecs/s0"
+    crop = crop_of(store)
+    read_crop_geometry(crop, 8.0)  # a null fill value with every chunk stored is fine
+    metadata = json.loads((array_dir / ".zarray").read_text())
+    (array_dir / ".zarray").write_text(json.dumps({**metadata, "fill_value": None}))
+    read_crop_geometry(crop, 8.0)
+    (array_dir / "0.1.0").unlink()
+    with pytest.raises(CellsegError) as error:
+        read_crop_geometry(crop, 8.0)
+    message = str(error.value)
+    assert message.startswith(f"{array_dir}: 1 of 4 chunks are missing") and "\n" not in message
+    assert "fill_value is null" in message and "copy the array again" in message
+
+
+def test_a_level_whose_scale_disagrees_with_its_shape_is_named(make_store):
+    mito0, mito1 = mito_levels()
+    # s1 holds 8 nm voxels, but its scale says 4 nm: it would cover half the crop
+    scales = [(4.0, 4.0, 4.0), (4.0, 4.0, 4.0)]
+    store = make_store(
+        "badscale",
+        EM,
+        {"crop1": {"mito_mem": ([mito0, mito1], scales, [S0_TRANSLATION] * 2, SEMANTIC)}},
+    )
+    with pytest.raises(CellsegError) as error:
+        read_crop_geometry(crop_of(store), 8.0)
+    message = str(error.value)
+    assert message.startswith(
+        f"{store}/recon-1/labels/groundtruth/crop1/mito_mem/s1: scale [4, 4, 4] nm"
+    )
+    assert "s1 needs voxels of [8, 8, 8] nm" in message
+    assert "multiscales[0].datasets[1].coordinateTransformations" in message
+    assert "\n" not in message
+
+
+def test_a_crop_outside_the_em_because_of_its_scale_names_the_scale_that_fits(make_store):
+    # 4 × 8 × 8 voxels of 8 nm from the EM's corner fit the 64 × 256 × 256 nm EM; written as
+    # 32 nm voxels they reach 128 nm in z and 256 nm in y and x, beyond it
+    labels = np.zeros((4, 8, 8), dtype=np.uint8)
+    store = make_store(
+        "wrongscale", EM, {"crop1": {"ecs": ([labels], [(32.0,) * 3], [(20.0,) * 3], SEMANTIC)}}
+    )
+    with pytest.raises(CellsegError) as error:
+        read_crop_geometry(crop_of(store))
+    message = str(error.value)
+    assert message.startswith(
+        f"{store}/recon-1/labels/groundtruth/crop1/ecs/s0: scale [32, 32, 32] nm"
+    )
+    assert "outside the EM volume [0, 0, 0]–[64, 256, 256] nm" in message
+    # z: min(2 * 20, (64 - 20) / 3.5) = 12.57…; y, x: min(40, (256 - 20) / 7.5) = 31.47…
+    assert (
+        "only voxel sizes up to [12.5714, 31.4667, 31.4667] nm fit (e.g. the EM's [8, 8, 8] nm)"
+        in message
+    )
+    assert "fix the scale in multiscales[0].datasets[0].coordinateTransformations" in message
+    assert "\n" not in message
+
+
+def test_crop_outside_em_volume_by_its_translation(make_store):
+    labels = np.zeros((4, 4, 4), dtype=np.uint8)
+    store = make_store(
+        "far", EM, {"crop9": {"ecs": ([labels], [(8.0,) * 3], [(4.0, 4.0, 300.0)], SEMANTIC)}}
+    )
+    with pytest.raises(CellsegError) as error:
+        read_crop_geometry(crop_of(store))
+    message = str(error.value)
+    assert "outside the EM volume" in message and "\n" not in message
+    assert "its first voxel already lies outside, so no voxel size fits" in message
+    assert "fix the translation in multiscales[0].datasets[0].coordinateTransformations" in message

@@ -20,7 +20,7 @@ import zarr
 
 from cellseg.classes import CLASSES
 from cellseg.data.datasplit import read_datasplit
-from cellseg.data.store import Crop, check_outside_stores, read_crop_geometry
+from cellseg.data.store import Crop, StoredArray, check_outside_stores, read_crop_geometry
 from cellseg.errors import CellsegError
 from cellseg.io import write_json_atomic
 
@@ -30,11 +30,14 @@ COUNTED_AT = (
 )
 
 
-def count_array(array: zarr.Array, encoding: Any, slab_depth: int | None = None) -> tuple[int, int]:
+def count_array(
+    array: StoredArray | zarr.Array, encoding: Any, slab_depth: int | None = None
+) -> tuple[int, int]:
     """``(annotated, positive)`` stored voxels of one label array, streamed in z slabs.
 
     Args:
-        array: a ``(z, y, x)`` label array.
+        array: a ``(z, y, x)`` label array (from :meth:`Multiscale.open_level`, whose reads
+            name the array and chunk when a chunk is corrupt).
         encoding: its :class:`cellseg.data.store.LabelEncoding`.
         slab_depth: z voxels per read; defaults to the array's chunk depth.
     """

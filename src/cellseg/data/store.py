@@ -8,6 +8,7 @@ Stores are always opened read-only: nothing here writes into the user's data.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,6 +59,122 @@ class ScaleLevel:
         return (world_nm - np.asarray(self.translation_nm)) / np.asarray(self.voxel_size_nm)
 
 
+# What zarr and numcodecs raise for a chunk they cannot decode: blosc/zstd report corrupt or
+# truncated bytes as RuntimeError, a chunk of the wrong size fails its reshape with ValueError,
+# and an unreadable file is an OSError. IndexError and TypeError (a bad selection: a bug) pass.
+_UNREADABLE_CHUNK = (RuntimeError, ValueError, OSError)
+
+
+class StoredArray:
+    """A read-only level array that turns an undecodable chunk into a one-line error.
+
+    Behaves like the ``zarr.Array`` for what cellseg reads (``shape``, ``chunks``, ``dtype``,
+    ``array[z0:z1, y0:y1, x0:x1]``). A corrupt chunk (a broken download or copy) otherwise raises
+    a blosc/numcodecs error that names neither the array nor the chunk; here the message names
+    the array's path, the chunk file and the region read, and asks for the array to be copied
+    again. The happy path costs one ``try``.
+
+    Attributes:
+        array: the zarr array.
+        location: ``{store}/{group}/{level}``, as messages name it.
+    """
+
+    __slots__ = ("array", "location")
+
+    def __init__(self, array: zarr.Array, location: str) -> None:
+        self.array = array
+        self.location = location
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(self.array.chunks)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.array.ndim
+
+    @property
+    def fill_value(self) -> Any:
+        return self.array.fill_value
+
+    def __getitem__(self, selection: Any) -> np.ndarray:
+        try:
+            return self.array[selection]
+        except _UNREADABLE_CHUNK as error:
+            raise self._unreadable(selection, error) from None
+
+    def _unreadable(self, selection: Any, error: Exception) -> CellsegError:
+        """The one-line error of a failed read; finds the first undecodable chunk by reading the
+        selection's chunks one at a time (only on this error path)."""
+        region = _as_slices(selection, self.shape)
+        where = "" if region is None else " reading voxels " + _format_region(region)
+        bad = None if region is None else self._first_bad_chunk(region)
+        if bad is not None:
+            key, error = bad
+            separator = getattr(self.array.metadata, "dimension_separator", ".") or "."
+            what = f"chunk {key} (file {self.location}/{separator.join(map(str, key))})"
+        else:
+            what = "a chunk"
+        detail = " ".join(f"{type(error).__name__}: {error}".split())
+        return CellsegError(
+            f"{self.location}: {what} cannot be decoded ({detail}){where}; the copy of this "
+            "array is corrupt or incomplete: download or copy the array again"
+        )
+
+    def _first_bad_chunk(
+        self, region: tuple[slice, ...]
+    ) -> tuple[tuple[int, ...], Exception] | None:
+        ranges = [
+            range(s.start // c, -(-s.stop // c)) for s, c in zip(region, self.chunks, strict=True)
+        ]
+        for key in itertools.product(*ranges):
+            box = tuple(
+                slice(i * c, min((i + 1) * c, n))
+                for i, c, n in zip(key, self.chunks, self.shape, strict=True)
+            )
+            try:
+                self.array[box]
+            except _UNREADABLE_CHUNK as error:
+                return key, error
+        return None
+
+
+def _as_slices(selection: Any, shape: tuple[int, ...]) -> tuple[slice, ...] | None:
+    """``selection`` as one step-1 slice per axis (clipped to ``shape``), or None when it is not
+    made of slices and integers."""
+    items = selection if isinstance(selection, tuple) else (selection,)
+    if Ellipsis in items:
+        position = items.index(Ellipsis)
+        fill = (slice(None),) * (len(shape) - len(items) + 1)
+        items = items[:position] + fill + items[position + 1 :]
+    items = items + (slice(None),) * (len(shape) - len(items))
+    if len(items) != len(shape):
+        return None
+    region = []
+    for item, n in zip(items, shape, strict=True):
+        if isinstance(item, slice):
+            start, stop, _ = item.indices(n)
+            region.append(slice(start, max(start, stop)))
+        elif isinstance(item, int | np.integer):
+            index = int(item) % n if n else 0
+            region.append(slice(index, index + 1))
+        else:
+            return None
+    return tuple(region)
+
+
+def _format_region(region: tuple[slice, ...]) -> str:
+    return "[" + ", ".join(f"{s.start}:{s.stop}" for s in region) + "]"
+
+
 @dataclass(frozen=True)
 class Multiscale:
     """A multiscale group (EM or one label class) of a zarr store."""
@@ -81,9 +198,11 @@ class Multiscale:
 
         return min(self.levels, key=distance)
 
-    def open_level(self, level: ScaleLevel) -> zarr.Array:
-        """The array of one of this group's levels, read-only (zarr format 2)."""
-        return zarr.open_array(f"{self.location}/{level.path}", mode="r", zarr_format=2)
+    def open_level(self, level: ScaleLevel) -> StoredArray:
+        """The array of one of this group's levels, read-only (zarr format 2), whose reads name
+        the array and chunk when a chunk cannot be decoded."""
+        location = f"{self.location}/{level.path}"
+        return StoredArray(zarr.open_array(location, mode="r", zarr_format=2), location)
 
     @property
     def finest(self) -> ScaleLevel:
@@ -237,7 +356,48 @@ def read_multiscale(root: zarr.Group, store: Path, group: str) -> Multiscale:
             f"{location}: every level listed in 'multiscales' has zero size; rewrite the array "
             "or leave this crop out of the datasplit"
         )
-    return Multiscale(store, group, tuple(levels), attributes)
+    multiscale = Multiscale(store, group, tuple(levels), attributes)
+    _check_levels_agree(multiscale)
+    return multiscale
+
+
+def transform_key(multiscale: Multiscale, level: ScaleLevel) -> str:
+    """The attribute key holding ``level``'s scale and translation, for messages."""
+    paths = [str(d.get("path")) for d in multiscale.attributes["multiscales"][0]["datasets"]]
+    return f"multiscales[0].datasets[{paths.index(level.path)}].coordinateTransformations"
+
+
+def _nm(values: Any) -> str:
+    return "[" + ", ".join(f"{float(v):g}" for v in np.asarray(values).ravel()) + "]"
+
+
+def _check_levels_agree(multiscale: Multiscale) -> None:
+    """Every level must cover the finest level's box, to within one of its own voxels (pyramids
+    round shapes up or down). A level whose ``scale`` disagrees with its shape (say 4 nm written
+    where 8 nm was meant) would otherwise be read at the wrong place, silently.
+
+    Raises:
+        CellsegError: naming the level, its scale and extent, the voxel size its shape implies,
+            and the attribute key to fix.
+    """
+    finest = multiscale.finest
+    extent = finest.stop_nm - finest.start_nm
+    for level in multiscale.levels:
+        tolerance = np.asarray(level.voxel_size_nm) + 1e-3
+        if np.all(np.abs(level.start_nm - finest.start_nm) <= tolerance) and np.all(
+            np.abs(level.stop_nm - finest.stop_nm) <= tolerance
+        ):
+            continue
+        implied = extent / np.asarray(level.shape)
+        raise CellsegError(
+            f"{multiscale.location}/{level.path}: scale {_nm(level.voxel_size_nm)} nm × shape "
+            f"{list(level.shape)} covers {_nm(level.start_nm)}–{_nm(level.stop_nm)} nm, but level "
+            f"{finest.path} (scale {_nm(finest.voxel_size_nm)} nm) covers "
+            f"{_nm(finest.start_nm)}–{_nm(finest.stop_nm)} nm; for that box {level.path} needs "
+            f"voxels of {_nm(implied)} nm: fix the scale (or translation) in "
+            f"{transform_key(multiscale, level)}, or in {transform_key(multiscale, finest)} "
+            f"if {finest.path}'s is the wrong one"
+        )
 
 
 def parse_label_path(label_path: str) -> tuple[str, tuple[str, ...] | None]:
@@ -346,15 +506,10 @@ def read_crop_geometry(crop: Crop, resolution_nm: float | None = None) -> CropGe
         multiscale = read_multiscale(label_root, crop.label_store, f"{crop.crop_group}/{name}")
         labels[name] = multiscale
         encodings[name] = LabelEncoding.from_attributes(multiscale.attributes, multiscale.location)
+        _check_missing_chunks(label_root, multiscale)
     geometry = CropGeometry(em, labels, encodings)
-    em_start, em_stop = em.bounds_nm
-    start, stop = geometry.bounds_nm
-    tolerance = 1e-3
-    if np.any(start < em_start - tolerance) or np.any(stop > em_stop + tolerance):
-        raise CellsegError(
-            f"{crop.label_store}/{crop.crop_group}: crop box {start.tolist()}–{stop.tolist()} nm lies "
-            f"outside the EM volume {em_start.tolist()}–{em_stop.tolist()} nm; check its translation"
-        )
+    for multiscale in labels.values():
+        _check_inside_em(multiscale, em)
     if resolution_nm is not None:
         for multiscale in (em, *labels.values()):
             level = multiscale.level_for(resolution_nm)
@@ -362,10 +517,79 @@ def read_crop_geometry(crop: Crop, resolution_nm: float | None = None) -> CropGe
             if worst > 1.0 + 1e-6:
                 raise CellsegError(
                     f"{multiscale.location}: no scale level near {resolution_nm} nm (nearest "
-                    f"{level.path} at {list(level.voxel_size_nm)} nm); choose a resolution_nm "
-                    "the data has, or drop this crop from the datasplit"
+                    f"{level.path} at {_nm(level.voxel_size_nm)} nm); choose a resolution_nm "
+                    "the data has, or drop this crop from the datasplit (if that scale is wrong, "
+                    f"fix it in {transform_key(multiscale, level)})"
                 )
     return geometry
+
+
+def _check_inside_em(labels: Multiscale, em: Multiscale) -> None:
+    """The label array's box must lie inside the EM volume; when it does not, say whether its
+    scale or its translation is to blame.
+
+    With translation ``t`` (centre of voxel 0) inside the EM box, a voxel size ``s`` fits while
+    ``t - s/2 >= em_start`` and ``t + (n - 1/2) s <= em_stop``; a box that only a smaller ``s``
+    fits points at the scale, a ``t`` outside the EM box at the translation.
+
+    Raises:
+        CellsegError: naming the array, the scale found, the voxel sizes that would fit and the
+            attribute key to fix.
+    """
+    em_start, em_stop = em.bounds_nm
+    level = labels.finest
+    start, stop = level.start_nm, level.stop_nm
+    tolerance = 1e-3
+    if np.all(start >= em_start - tolerance) and np.all(stop <= em_stop + tolerance):
+        return
+    key = transform_key(labels, level)
+    where = (
+        f"{labels.location}/{level.path}: scale {_nm(level.voxel_size_nm)} nm × shape "
+        f"{list(level.shape)} from translation {_nm(level.translation_nm)} nm covers "
+        f"{_nm(start)}–{_nm(stop)} nm, outside the EM volume {_nm(em_start)}–{_nm(em_stop)} nm"
+    )
+    t = np.asarray(level.translation_nm)
+    if np.any(t < em_start - tolerance) or np.any(t > em_stop + tolerance):
+        raise CellsegError(
+            f"{where}; its first voxel already lies outside, so no voxel size fits: fix the "
+            f"translation in {key} (the centre of voxel 0, nm)"
+        )
+    n = np.asarray(level.shape, dtype=float)
+    fits = np.minimum(2 * (t - em_start), (em_stop - t) / (n - 0.5))
+    em_sizes = sorted(
+        {lv.voxel_size_nm for lv in em.levels if np.all(np.asarray(lv.voxel_size_nm) <= fits)},
+        key=lambda size: -float(np.prod(size)),
+    )
+    hint = f" (e.g. the EM's {_nm(em_sizes[0])} nm)" if em_sizes else ""
+    raise CellsegError(
+        f"{where}; from that translation only voxel sizes up to {_nm(fits)} nm fit{hint}: fix "
+        f"the scale in {key}, or its translation if the scale is right"
+    )
+
+
+def _check_missing_chunks(root: zarr.Group, labels: Multiscale) -> None:
+    """A label array with no ``fill_value`` must store every chunk.
+
+    zarr reads a chunk that is not stored as the array's ``fill_value`` (the zarr v2 spec), and
+    writers skip chunks that hold only that value (zarr-python 3's default
+    ``write_empty_chunks=False``; cellseg's demo writes label arrays that way), so with a fill
+    value of 0 (CellMap's ``absent``) a missing chunk is background by construction. With a
+    ``null`` fill value the spec leaves a missing chunk undefined (zarr-python returns zeros),
+    so it is refused rather than read as background. Listing the chunks costs one directory
+    listing per level, and only for such arrays.
+    """
+    for level in labels.levels:
+        array = root[f"{labels.group}/{level.path}"]
+        if array.fill_value is not None:
+            continue
+        stored, expected = array.nchunks_initialized, array.nchunks
+        if stored < expected:
+            raise CellsegError(
+                f"{labels.location}/{level.path}: {expected - stored} of {expected} chunks are "
+                "missing and the array's fill_value is null, so what they hold is undefined; "
+                'copy the array again, or set "fill_value" in its .zarray to the value a '
+                "missing chunk means (the encoding's absent, usually 0)"
+            )
 
 
 def check_outside_stores(path: Path | str, crops: Sequence[Crop] = ()) -> None:
