@@ -167,3 +167,55 @@ def test_an_output_inside_a_data_store_is_refused(make_store, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "inside or over the data store" in err
         assert str(out.parent) in err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("label_path", "em_group", "message"),
+    [
+        (
+            "recon-1/labels/groundtruth/crop1/[ecs,mitochondria]",
+            "recon-1/em/fibsem-uint8",
+            r"column 5 \(crop/\[classes\]\) names unknown class\(es\) mitochondria; use",
+        ),
+        (
+            "recon-1/labels/groundtruth/crop1/[ecs,pm]",
+            "recon-1/em/fibsem-uint8",
+            r"column 5 .* lists pm, but .*a\.zarr/recon-1/labels/groundtruth/crop1 has no such",
+        ),
+        (
+            "recon-1/labels/groundtruth/crop7/[ecs]",
+            "recon-1/em/fibsem-uint8",
+            r"crop group 'recon-1/labels/groundtruth/crop7' is not a group of .*a\.zarr; fix",
+        ),
+        (
+            "recon-1/labels/groundtruth/crop1/[ecs]",
+            "recon-1/em/fibsem-uint16",
+            r"column 3 \(EM group\) 'recon-1/em/fibsem-uint16' is not a group of",
+        ),
+    ],
+)
+def test_rows_naming_missing_groups_or_unknown_classes_fail_at_their_row(
+    make_store, tmp_path, label_path, em_group, message
+):
+    labels = np.zeros((4, 4, 4), dtype=np.uint8)
+    level = ([labels], [(8.0,) * 3], [(4.0,) * 3], SEMANTIC)
+    store = make_store("a", np.zeros((8, 8, 8), np.uint8), {"crop1": {"ecs": level}})
+    good = f'"train","{store}","recon-1/em/fibsem-uint8","{store}","recon-1/labels/groundtruth/crop1/[ecs]"'
+    bad = f'"validate","{store}","{em_group}","{store}","{label_path}"'
+    path = tmp_path / "user.csv"
+    path.write_text(f"{good}\n{bad}\n")
+    with pytest.raises(CellsegError, match=message) as error:
+        read_datasplit(path, ["train"])  # a bad row is caught even outside the splits kept
+    assert str(error.value).startswith(f"{path}:2: ") and "\n" not in str(error.value)
+    path.write_text(f"{good}\n")
+    assert [c.classes for c in read_datasplit(path)] == [("ecs",)]
+
+
+def test_a_row_whose_store_is_no_zarr_store_names_the_row(tmp_path):
+    store = tmp_path / "x.zarr"
+    store.mkdir()
+    path = tmp_path / "bad.csv"
+    path.write_text(f'"train","{store}","recon-1/em/fibsem-uint8","{store}","g/crop1/[ecs]"\n')
+    with pytest.raises(CellsegError, match=r":1: .*x\.zarr: not a readable zarr") as error:
+        read_datasplit(path)
+    assert "\n" not in str(error.value)

@@ -16,8 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import zarr
 
-from cellseg.data.store import Crop, check_outside_stores, discover_crops, parse_label_path
+from cellseg.classes import CLASSES
+from cellseg.data.store import (
+    Crop,
+    check_outside_stores,
+    discover_crops,
+    open_group,
+    parse_label_path,
+)
 from cellseg.errors import CellsegError
 from cellseg.io import write_text_atomic
 
@@ -133,8 +141,10 @@ def read_datasplit(path: Path | str, splits: Sequence[str] | None = None) -> lis
     """Read and validate a datasplit CSV; optionally keep only some splits.
 
     Raises:
-        CellsegError: naming the file and row for a wrong column count, an unknown split, a
-            label path without a ``[class,…]`` list, or a store path that does not exist.
+        CellsegError: naming the file, row and column for a wrong column count, an unknown
+            split, a label path without a ``[class,…]`` list, an unknown class name, a store
+            path that does not exist or is no zarr store, or an EM, crop or class group missing
+            from its store: every row is checked here, so a bad one is reported where it is.
     """
     path = Path(path)
     if not path.is_file():
@@ -142,6 +152,7 @@ def read_datasplit(path: Path | str, splits: Sequence[str] | None = None) -> lis
             f"{path}: datasplit CSV not found; run `cellseg datasplit` or fix the path"
         )
     crops = []
+    roots: dict[str, zarr.Group] = {}
     with open(path, newline="") as handle:
         for row_number, row in enumerate(csv.reader(handle), start=1):
             if not row or all(not field.strip() for field in row):
@@ -165,6 +176,7 @@ def read_datasplit(path: Path | str, splits: Sequence[str] | None = None) -> lis
                     raise CellsegError(
                         f"{where}: store {store} does not exist; fix the path in the CSV"
                     )
+            _check_row(where, em_store, em_group, label_store, crop_group, classes, roots)
             crop = Crop(Path(em_store), em_group, Path(label_store), crop_group, classes, split)
             if splits is None or split in splits:
                 crops.append(crop)
@@ -172,6 +184,54 @@ def read_datasplit(path: Path | str, splits: Sequence[str] | None = None) -> lis
         wanted = ", ".join(splits) if splits else "any split"
         raise CellsegError(f"{path}: no rows for {wanted}")
     return crops
+
+
+def _check_row(
+    where: str,
+    em_store: str,
+    em_group: str,
+    label_store: str,
+    crop_group: str,
+    classes: Sequence[str],
+    roots: dict[str, zarr.Group],
+) -> None:
+    """One datasplit row's class names and groups (``where`` is ``file:row``); stores opened
+    once each (``roots`` caches them, read-only)."""
+    unknown = [name for name in classes if name not in CLASSES]
+    if unknown:
+        raise CellsegError(
+            f"{where}: column 5 (crop/[classes]) names unknown class(es) {', '.join(unknown)}; "
+            f"use the CellMap names: {', '.join(CLASSES)}"
+        )
+
+    def has_group(store: str, group: str) -> bool:
+        if store not in roots:
+            try:
+                roots[store] = open_group(store)
+            except CellsegError as error:
+                raise CellsegError(f"{where}: {error}") from None
+        try:
+            return isinstance(roots[store][group], zarr.Group)
+        except KeyError:
+            return False
+
+    if not has_group(em_store, em_group):
+        raise CellsegError(
+            f"{where}: column 3 (EM group) {em_group!r} is not a group of {em_store}; fix the "
+            "EM group (CellMap's is recon-1/em/fibsem-uint8)"
+        )
+    if not has_group(label_store, crop_group):
+        raise CellsegError(
+            f"{where}: column 5 (crop/[classes]) crop group {crop_group!r} is not a group of "
+            f"{label_store}; fix the crop path or the label store in column 4"
+        )
+    missing = [name for name in classes if not has_group(label_store, f"{crop_group}/{name}")]
+    if missing:
+        raise CellsegError(
+            f"{where}: column 5 (crop/[classes]) lists {', '.join(missing)}, but "
+            f"{label_store}/{crop_group} has no such group; list only the classes the crop "
+            "annotates"
+        )
 
 
 def make_datasplit(
