@@ -5,27 +5,14 @@ and the presets really are layered by Snakemake and then by ``common.smk``)."""
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 
 import yaml
-from workflow_runner import REPO
+from workflow_runner import REPO, planned_jobs
 from workflow_runner import run_in_clone as run
 
 LONGLEAF = "config/profiles/longleaf"
 SEED_PRESET = REPO / "config" / "experiments" / "l40s_comparison.yaml"
-
-
-def planned_jobs(output: str, rule: str) -> dict[str, dict[str, str]]:
-    """``{wildcards: resources}`` of every planned job of ``rule`` in a dry run's output."""
-    jobs = {}
-    for block in re.split(r"\n(?=\[|rule |localrule )", output):
-        if not re.match(rf"(local)?rule {rule}:", block.lstrip("\n")):
-            continue
-        wildcards = re.search(r"wildcards: (.*)", block).group(1)
-        resources = re.search(r"resources: (.*)", block).group(1)
-        jobs[wildcards] = dict(item.split("=", 1) for item in resources.split(", "))
-    return jobs
 
 
 def resolved(clone: Path, *arguments: str) -> dict:

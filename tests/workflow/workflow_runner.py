@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,3 +86,17 @@ def run_in_clone(clone: Path, *arguments: str, check: bool = True) -> subprocess
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(arguments)} failed:\n{result.stderr[-4000:]}")
     return result
+
+
+def planned_jobs(output: str, rule: str) -> dict[str, dict[str, str]]:
+    """``{wildcards: resources}`` of every planned job of ``rule`` in a dry run's output
+    (wildcards ``""`` for a rule without any)."""
+    jobs = {}
+    for block in re.split(r"\n(?=\[|rule |localrule )", output):
+        if not re.match(rf"(local)?rule {rule}:", block.lstrip("\n")):
+            continue
+        wildcards = re.search(r"wildcards: (.*)", block)
+        wildcards = wildcards.group(1) if wildcards else ""
+        resources = re.search(r"resources: (.*)", block).group(1)
+        jobs[wildcards] = dict(item.split("=", 1) for item in resources.split(", "))
+    return jobs

@@ -22,6 +22,13 @@ if Path(CELLSEG_SRC, "cellseg").is_dir():
 
 from cellseg.config import check_config, layered_config, read_layer
 from cellseg.errors import CellsegError
+from cellseg.resources import (
+    class_frequency_resources,
+    count_test_crops,
+    evaluation_resources,
+    figure_resources,
+    training_resources,
+)
 from cellseg.training.settings import resolve_settings
 
 # Snakemake has already merged every --configfile and --config into `config` on top of
@@ -84,6 +91,28 @@ wildcard_constraints:
 def model_settings(wildcards):
     """The resolved training settings of model {model}_{dim}."""
     return resolve_settings(config, f"{wildcards.model}_{wildcards.dim}")
+
+
+def train_job(wildcards):
+    """What a train job asks for (cellseg.resources)."""
+    return training_resources(config, model_settings(wildcards))
+
+
+def evaluate_job(wildcards, attempt, datasplit=None):
+    """What an evaluate job asks for; its runtime grows with the datasplit's test crops (a dry
+    run before the datasplit exists shows that one as <TBD>)."""
+    test_crops = 0 if datasplit is None else count_test_crops(datasplit)
+    return evaluation_resources(config, model_settings(wildcards), test_crops, attempt)
+
+
+def visualize_job(wildcards, attempt):
+    """What a visualize job asks for."""
+    return figure_resources(config, model_settings(wildcards), attempt)
+
+
+def class_frequencies_job(wildcards, attempt):
+    """What the class_frequencies job asks for."""
+    return class_frequency_resources(config, attempt)
 
 
 def get_final_output():

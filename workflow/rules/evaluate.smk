@@ -24,15 +24,22 @@ rule evaluate:
         "benchmarks/evaluate/{model}_{dim}.tsv"
     conda:
         "../envs/cellseg.yaml"
-    threads: lambda wildcards: model_settings(wildcards).cpus_per_task
+    threads: lambda wildcards: config["resources"]["evaluate"]["cpus_per_task"]
     resources:
-        # inference of one model on one GPU (0: CPU, as the demo trains)
-        gpu=lambda wildcards: min(model_settings(wildcards).gpus, 1),
-        mem_mb=lambda wildcards: model_settings(wildcards).mem_mb,
-        # a tenth of the training budget, between 1 h and 1 day
-        runtime=lambda wildcards: min(
-            max(60, model_settings(wildcards).runtime_min // 10), 1440
-        ),
+        # resources.evaluate (cellseg.resources): one GPU for a model trained on GPUs, memory
+        # from a measured per-crop peak, runtime from a measured per-crop time x test crops
+        gpu=lambda wildcards, attempt: evaluate_job(wildcards, attempt).gpus,
+        mem_mb=lambda wildcards, attempt: evaluate_job(wildcards, attempt).mem_mb,
+        runtime=lambda wildcards, input, attempt: evaluate_job(
+            wildcards, attempt, input.datasplit
+        ).runtime_min,
+        cpus_per_task=lambda wildcards, attempt: evaluate_job(
+            wildcards, attempt
+        ).cpus_per_task,
+        slurm_partition=lambda wildcards, attempt: evaluate_job(
+            wildcards, attempt
+        ).partition,
+        qos=lambda wildcards, attempt: evaluate_job(wildcards, attempt).qos,
     params:
         evaluation=config["evaluation"],
     script:

@@ -15,12 +15,16 @@ rule train:
         "benchmarks/train/{model}_{dim}.tsv"
     conda:
         "../envs/cellseg.yaml"
-    threads: lambda wildcards: model_settings(wildcards).cpus_per_task
+    threads: lambda wildcards: train_job(wildcards).cpus_per_task
     resources:
-        gpu=lambda wildcards: model_settings(wildcards).gpus,
-        mem_mb=lambda wildcards: model_settings(wildcards).mem_mb,
-        runtime=lambda wildcards: model_settings(wildcards).runtime_min,
-        cpus_per_task=lambda wildcards: model_settings(wildcards).cpus_per_task,
+        # from the model's settings (cellseg.resources): a 0-GPU model is queued on the CPU
+        # partition
+        gpu=lambda wildcards: train_job(wildcards).gpus,
+        mem_mb=lambda wildcards: train_job(wildcards).mem_mb,
+        runtime=lambda wildcards: train_job(wildcards).runtime_min,
+        cpus_per_task=lambda wildcards: train_job(wildcards).cpus_per_task,
+        slurm_partition=lambda wildcards: train_job(wildcards).partition,
+        qos=lambda wildcards: train_job(wildcards).qos,
     params:
         run_dir="results/models/{model}_{dim}",
         # the resolved settings: editing one model's entry reruns only that model

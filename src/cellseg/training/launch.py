@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from cellseg.io import write_text_atomic
+from cellseg.resources import check_training_fits
 from cellseg.training.settings import resolve_settings
 
 
@@ -75,12 +76,18 @@ def launch_training(
 
     The time budget handed to the trainer is the job's ``runtime_min`` minus the model's
     ``time_budget_margin_min``, so the job checkpoints and exits (status 75) before SLURM kills it.
+    Before anything starts, the job's estimated host memory and process count are checked
+    against its request (:func:`cellseg.resources.check_training_fits`).
+
+    Raises:
+        CellsegError: the job would not fit its memory or CPUs.
 
     Returns:
         the job's exit status.
     """
     run_dir = Path(run_dir)
     settings = resolve_settings(config, model_key)
+    check_training_fits(config, settings)
     config_path = run_dir / "workflow_config.yaml"
     write_text_atomic(config_path, yaml.safe_dump(dict(config), sort_keys=False))
     budget = (

@@ -1,0 +1,226 @@
+"""What each workflow job asks its executor for, and whether a training job fits its memory.
+
+Every job's resources come from the config (``resources`` section and each model's training
+settings), so that a cluster run is a config edit, never a profile or rule edit:
+
+* ``train``: the model's ``gpus``, ``cpus_per_task``, ``mem_mb`` and ``runtime_min``.
+* ``evaluate``: ``resources.evaluate.gpus`` GPUs (none for a model trained on 0 GPUs), memory
+  from the measured peak of one crop, runtime from a measured per-crop time times the number of
+  test crops in the datasplit.
+* ``visualize``, ``class_frequencies``: fixed requests from their ``resources`` entries.
+
+A job asking for a GPU goes to ``resources.gpu_partition``; every other job to
+``resources.cpu_partition``, so a CPU job never holds a GPU node. Retries (``attempt`` > 1) of
+evaluation and figure jobs ask for proportionally more memory and time: the usual reason such
+a job fails on a cluster is an out-of-memory kill or a time limit. A training retry resumes from
+its checkpoint with the same request.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cellseg.classes import NUM_CLASSES
+from cellseg.errors import CellsegError
+from cellseg.training.settings import TrainSettings
+
+PREFETCH_FACTOR = 2
+"""Batches each loader worker keeps ready (torch's ``DataLoader`` default, which training uses)."""
+
+
+@dataclass(frozen=True)
+class JobResources:
+    """One job's request.
+
+    Attributes:
+        gpus: GPUs (``--gpus``); 0 for a CPU job.
+        cpus_per_task: CPUs (``--cpus-per-task``), also the job's threads.
+        mem_mb: memory of the whole job, MB (``--mem``).
+        runtime_min: wall-time limit, minutes (``-t``).
+        partition, qos: where the job is queued (``-p``, ``--qos``).
+    """
+
+    gpus: int
+    cpus_per_task: int
+    mem_mb: int
+    runtime_min: int
+    partition: str
+    qos: str
+
+
+def _placement(section: Mapping[str, Any], gpus: int) -> tuple[str, str]:
+    kind = "gpu" if gpus > 0 else "cpu"
+    return str(section[f"{kind}_partition"]), str(section[f"{kind}_qos"])
+
+
+def _job(
+    section: Mapping[str, Any], gpus: int, cpus: int, mem_mb: float, runtime_min: float
+) -> JobResources:
+    partition, qos = _placement(section, gpus)
+    return JobResources(gpus, int(cpus), math.ceil(mem_mb), math.ceil(runtime_min), partition, qos)
+
+
+def training_resources(config: Mapping[str, Any], settings: TrainSettings) -> JobResources:
+    """A ``train`` job: the model's own request (its ``gpus`` decide the partition)."""
+    return _job(
+        config["resources"],
+        settings.gpus,
+        settings.cpus_per_task,
+        settings.mem_mb,
+        settings.runtime_min,
+    )
+
+
+def count_test_crops(datasplit: Path | str) -> int:
+    """Rows of the ``test`` split in a datasplit CSV (its first column is the split)."""
+    with open(datasplit, newline="") as handle:
+        return sum(1 for row in csv.reader(handle) if row and row[0].strip() == "test")
+
+
+def evaluation_resources(
+    config: Mapping[str, Any], settings: TrainSettings, test_crops: int, attempt: int = 1
+) -> JobResources:
+    """An ``evaluate`` job of one model over ``test_crops`` crops.
+
+    Runtime (minutes) = (``startup_min`` + ``minutes_per_crop`` × ``test_crops``) × ``attempt``;
+    memory (MB) = ``mem_mb`` × ``attempt``. A model trained on 0 GPUs is evaluated on the CPU
+    partition whatever ``resources.evaluate.gpus`` says.
+    """
+    section = config["resources"]
+    rule = section["evaluate"]
+    gpus = min(int(rule["gpus"]), 1) if settings.gpus > 0 else 0
+    runtime = (rule["startup_min"] + rule["minutes_per_crop"] * test_crops) * attempt
+    return _job(section, gpus, rule["cpus_per_task"], rule["mem_mb"] * attempt, runtime)
+
+
+def figure_resources(
+    config: Mapping[str, Any], settings: TrainSettings, attempt: int = 1
+) -> JobResources:
+    """A ``visualize`` job: ``resources.visualize`` (its GPU only for a model trained on GPUs);
+    memory and runtime × ``attempt``."""
+    section = config["resources"]
+    rule = section["visualize"]
+    gpus = min(int(rule["gpus"]), 1) if settings.gpus > 0 else 0
+    return _job(
+        section,
+        gpus,
+        rule["cpus_per_task"],
+        rule["mem_mb"] * attempt,
+        rule["runtime_min"] * attempt,
+    )
+
+
+def class_frequency_resources(config: Mapping[str, Any], attempt: int = 1) -> JobResources:
+    """The ``class_frequencies`` job (CPU: it streams every training crop's labels once)."""
+    section = config["resources"]
+    rule = section["class_frequencies"]
+    return _job(
+        section, 0, rule["cpus_per_task"], rule["mem_mb"] * attempt, rule["runtime_min"] * attempt
+    )
+
+
+# --- does a training job fit its memory? ------------------------------------------------------
+
+
+def batch_mb(settings: TrainSettings) -> float:
+    """Host memory of one training batch, MB: ``batch_per_gpu`` × (1 image + 14 target
+    channels) × patch voxels × 4 bytes (float32)."""
+    voxels = math.prod(settings.patch_shape)
+    return settings.batch_per_gpu * (1 + NUM_CLASSES) * voxels * 4 / 2**20
+
+
+def training_host_memory_mb(
+    config: Mapping[str, Any], settings: TrainSettings, uses_cuda: bool = False
+) -> float:
+    """Estimated peak host memory (MB) of a training job.
+
+    Every rank (``max(gpus, 1)`` processes) runs ``num_workers`` loader workers; the rank and
+    each worker hold their own array cache of up to ``cache_mb`` (the cache is per process), and
+    each worker keeps ``PREFETCH_FACTOR`` batches ready (in shared memory) while the rank holds
+    the batch it trains on and its pinned copy, so
+
+        ranks × ((num_workers + 1) × cache_mb + rank_mb (+ cuda_mb) + num_workers × worker_mb
+                 + (PREFETCH_FACTOR × num_workers + 2) × batch_mb)
+
+    where ``resources.host_memory.rank_mb`` (a rank without its cache and batches: Python,
+    torch, the model's host copy) and ``worker_mb`` (a loader worker without its cache) are
+    measured by ``bench/memory.py``, and ``cuda_mb`` (the CUDA context and allocator on the
+    host) counts when the ranks drive GPUs.
+    """
+    host = config["resources"]["host_memory"]
+    ranks = max(settings.gpus, 1)
+    workers = settings.num_workers
+    rank_mb = host["rank_mb"] + (host["cuda_mb"] if uses_cuda else 0)
+    batches = (PREFETCH_FACTOR * workers + 2) if workers else 2
+    return ranks * (
+        (workers + 1) * settings.cache_mb
+        + rank_mb
+        + workers * host["worker_mb"]
+        + batches * batch_mb(settings)
+    )
+
+
+def job_memory_limit_mb(environ: Mapping[str, str] | None = None) -> int | None:
+    """The memory SLURM gives this job (MB), or None outside SLURM.
+
+    ``SLURM_MEM_PER_NODE`` (``--mem``) or ``SLURM_MEM_PER_CPU`` × ``SLURM_CPUS_ON_NODE``.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("SLURM_MEM_PER_NODE"):
+        return int(environ["SLURM_MEM_PER_NODE"])
+    if environ.get("SLURM_MEM_PER_CPU") and environ.get("SLURM_CPUS_ON_NODE"):
+        return int(environ["SLURM_MEM_PER_CPU"]) * int(environ["SLURM_CPUS_ON_NODE"])
+    return None
+
+
+def check_training_fits(
+    config: Mapping[str, Any],
+    settings: TrainSettings,
+    environ: Mapping[str, str] | None = None,
+    uses_cuda: bool | None = None,
+) -> None:
+    """Refuse a training job whose estimated memory or processes exceed its request.
+
+    The limit is SLURM's when the job runs under SLURM, else the model's ``mem_mb``; the CPU
+    check compares ranks × (workers + 1) processes with ``cpus_per_task``. Off with
+    ``resources.host_memory.check: false``. ``uses_cuda`` (default: the model asks for GPUs and
+    CUDA is available here) adds ``cuda_mb`` per rank.
+
+    Raises:
+        CellsegError: one line naming the model, the figures and the keys to change.
+    """
+    host = config["resources"]["host_memory"]
+    if not host.get("check", True):
+        return
+    key = settings.key
+    limit = job_memory_limit_mb(environ)
+    where = "SLURM's --mem" if limit is not None else f"models.{key}.mem_mb"
+    limit = settings.mem_mb if limit is None else limit
+    if uses_cuda is None:
+        uses_cuda = settings.gpus > 0 and torch.cuda.is_available()
+    needed = training_host_memory_mb(config, settings, uses_cuda)
+    ranks = max(settings.gpus, 1)
+    if needed > limit:
+        raise CellsegError(
+            f"models.{key}: an estimated {needed:.0f} MB of host memory (ranks {ranks} × "
+            f"((num_workers {settings.num_workers} + 1) × cache_mb {settings.cache_mb:g} + "
+            f"rank_mb {host['rank_mb']} + num_workers × worker_mb {host['worker_mb']})) exceeds "
+            f"{where} = {limit} MB; lower cache_mb or num_workers, or raise mem_mb "
+            f"(resources.host_memory.check: false to skip)"
+        )
+    processes = ranks * (settings.num_workers + 1)
+    if processes > settings.cpus_per_task:
+        raise CellsegError(
+            f"models.{key}: {processes} processes (ranks {ranks} × (num_workers "
+            f"{settings.num_workers} + 1)) on cpus_per_task = {settings.cpus_per_task} CPUs; "
+            f"lower num_workers or raise cpus_per_task (resources.host_memory.check: false to "
+            f"skip)"
+        )
