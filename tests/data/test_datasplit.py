@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
 from pathlib import Path
 
@@ -219,3 +220,19 @@ def test_a_row_whose_store_is_no_zarr_store_names_the_row(tmp_path):
     with pytest.raises(CellsegError, match=r":1: .*x\.zarr: not a readable zarr") as error:
         read_datasplit(path)
     assert "\n" not in str(error.value)
+
+
+def test_crops_with_no_label_level_near_the_resolution_are_left_out(make_store, tmp_path):
+    em = np.zeros((16, 16, 16), dtype=np.uint8)
+    fine = ([np.zeros((4, 4, 4), dtype=np.uint8)], [(8.0,) * 3], [(4.0,) * 3], SEMANTIC)
+    # one 32 nm voxel centred 16 nm in from the EM's corner: inside the EM, 4x the resolution
+    coarse = ([np.zeros((2, 2, 2), dtype=np.uint8)], [(32.0,) * 3], [(16.0,) * 3], SEMANTIC)
+    crops = {f"crop{i}": {"ecs": fine} for i in range(4)} | {"crop9": {"ecs": coarse}}
+    make_store("a", em, crops)
+    log = io.StringIO()
+    kept = make_datasplit([tmp_path / "data"], 0.25, 0.25, seed=0, resolution_nm=8.0, log=log)
+    assert sorted(c.crop_group.rsplit("/", 1)[1] for c in kept) == [f"crop{i}" for i in range(4)]
+    (line,) = log.getvalue().splitlines()
+    assert "crop9" in line and "no scale level near 8.0 nm" in line
+    # without a resolution every crop is split (a 32 nm model could use it)
+    assert len(make_datasplit([tmp_path / "data"], 0.25, 0.25, seed=0)) == 5

@@ -34,10 +34,12 @@ rule datasplit:
         validate=config["data"]["validate_fraction"],
         test=config["data"]["test_fraction"],
         seed=config["data"]["split_seed"],
+        # crops with no label level near the models' resolution are left out (logged)
+        resolution=config["data"]["resolution_nm"],
     shell:
         "python -m cellseg datasplit {params.source} --out {output:q}"
         " --validate-fraction {params.validate} --test-fraction {params.test}"
-        " --seed {params.seed} > {log:q} 2>&1"
+        " --seed {params.seed} --resolution-nm {params.resolution} > {log:q} 2>&1"
 
 
 rule class_frequencies:

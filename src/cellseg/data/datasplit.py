@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import zarr
@@ -22,6 +24,7 @@ from cellseg.classes import CLASSES
 from cellseg.data.store import (
     Crop,
     check_outside_stores,
+    crop_resolution_problem,
     discover_crops,
     open_group,
     parse_label_path,
@@ -239,11 +242,27 @@ def make_datasplit(
     validate_fraction: float = 0.15,
     test_fraction: float = 0.15,
     seed: int = 42,
+    resolution_nm: float | None = None,
+    log: TextIO | None = None,
 ) -> list[Crop]:
-    """Discover every crop under the data roots (CellMap layout) and split them."""
+    """Discover every crop under the data roots (CellMap layout) and split them.
+
+    With ``resolution_nm``, a crop whose labels have no level within a factor of 2 of it (a
+    32 nm crop for an 8 nm model) is left out, one line each on ``log`` (stderr by default), as
+    the CellMap challenge's ``make-datasplit --scale`` leaves out crops coarser than its scale.
+    """
     crops = [crop for root in roots for crop in discover_crops(root)]
+    if resolution_nm is not None:
+        kept = []
+        for crop in crops:
+            problem = crop_resolution_problem(crop, resolution_nm)
+            if problem:
+                print(f"left out {crop.name}: {problem}", file=log or sys.stderr)
+            else:
+                kept.append(crop)
+        crops = kept
     if not crops:
-        raise CellsegError(f"no annotated crops under {', '.join(map(str, roots))}")
+        raise CellsegError(f"no usable annotated crops under {', '.join(map(str, roots))}")
     return split_crops(crops, validate_fraction, test_fraction, seed)
 
 
@@ -251,7 +270,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.from_csv:
         crops = read_datasplit(args.from_csv)
     else:
-        crops = make_datasplit(args.root, args.validate_fraction, args.test_fraction, args.seed)
+        crops = make_datasplit(
+            args.root, args.validate_fraction, args.test_fraction, args.seed, args.resolution_nm
+        )
     check_outside_stores(args.out, crops)
     write_datasplit(crops, args.out)
     counts = Counter(crop.split for crop in crops)
@@ -270,4 +291,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--validate-fraction", type=float, default=0.15)
     parser.add_argument("--test-fraction", type=float, default=0.15)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--resolution-nm",
+        type=float,
+        help="leave out crops whose labels have no level within 2x of this voxel size (nm)",
+    )
     parser.set_defaults(func=_run)

@@ -512,16 +512,38 @@ def read_crop_geometry(crop: Crop, resolution_nm: float | None = None) -> CropGe
         _check_inside_em(multiscale, em)
     if resolution_nm is not None:
         for multiscale in (em, *labels.values()):
-            level = multiscale.level_for(resolution_nm)
-            worst = max(abs(math.log2(s / resolution_nm)) for s in level.voxel_size_nm)
-            if worst > 1.0 + 1e-6:
+            problem = resolution_problem(multiscale, resolution_nm)
+            if problem:
                 raise CellsegError(
-                    f"{multiscale.location}: no scale level near {resolution_nm} nm (nearest "
-                    f"{level.path} at {_nm(level.voxel_size_nm)} nm); choose a resolution_nm "
-                    "the data has, or drop this crop from the datasplit (if that scale is wrong, "
-                    f"fix it in {transform_key(multiscale, level)})"
+                    f"{problem}; choose a resolution_nm the data has, or drop this crop from the "
+                    "datasplit (if that scale is wrong, fix it in "
+                    f"{transform_key(multiscale, multiscale.level_for(resolution_nm))})"
                 )
     return geometry
+
+
+def resolution_problem(multiscale: Multiscale, resolution_nm: float) -> str | None:
+    """Why no level of ``multiscale`` can serve ``resolution_nm`` (none within a factor of 2 on
+    every axis: a 32 nm crop cannot train an 8 nm model without inventing detail), or None."""
+    level = multiscale.level_for(resolution_nm)
+    worst = max(abs(math.log2(s / resolution_nm)) for s in level.voxel_size_nm)
+    if worst <= 1.0 + 1e-6:
+        return None
+    return (
+        f"{multiscale.location}: no scale level near {resolution_nm} nm (nearest {level.path} at "
+        f"{_nm(level.voxel_size_nm)} nm)"
+    )
+
+
+def crop_resolution_problem(crop: Crop, resolution_nm: float) -> str | None:
+    """Why a crop's labels cannot be read at ``resolution_nm`` (see
+    :func:`resolution_problem`), or None when every class has a level near it."""
+    geometry = read_crop_geometry(crop)
+    for multiscale in geometry.labels.values():
+        problem = resolution_problem(multiscale, resolution_nm)
+        if problem:
+            return problem
+    return None
 
 
 def _check_inside_em(labels: Multiscale, em: Multiscale) -> None:
