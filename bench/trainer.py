@@ -241,6 +241,8 @@ def compare(
         config["training"][dim]["iterations_per_epoch"] = iterations
     # every timed epoch steps the one scheduler; OneCycleLR refuses steps past total_steps
     config["training"]["defaults"]["max_epochs"] = 1000
+    if isinstance(config["models"].get(key), dict):
+        config["models"][key]["max_epochs"] = 1000  # a model's own budget overrides the default
     trainer = build_trainer(config, key, scratch / f"compare_{key}", data, threads)
     s = trainer.settings
     trainer.batches = None
