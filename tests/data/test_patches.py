@@ -12,8 +12,10 @@ from cellseg.data.patches import (
     PatchGrid,
     PatchTransform,
     infer_true_negatives,
+    sample_linear,
 )
 from cellseg.data.store import discover_crops, read_crop_geometry
+from cellseg.errors import CellsegError
 from store_builders import SEMANTIC
 
 SHAPE = (16, 48, 48)
@@ -169,3 +171,125 @@ def test_array_cache_gives_identical_patches_and_stays_bounded(blob_crop):
     tiny = TrainPatches([crop], spec, seed=5, cache_mb=0.001)
     torch.testing.assert_close(tiny[3]["target"], plain[3]["target"], equal_nan=True)
     assert tiny.readers[0].cache.bytes <= tiny.readers[0].cache.max_bytes
+
+
+def test_sample_linear_matches_scipy_map_coordinates(make_store):
+    """Trilinear EM on a rotated, off-centre grid partly outside the volume, against scipy's
+    order-1 interpolation with edge values beyond the box (``mode="nearest"``)."""
+    em = np.random.default_rng(2).integers(0, 256, size=(12, 20, 24)).astype(np.uint8)
+    store = make_store(
+        "lin",
+        em,
+        {
+            "crop1": {
+                "er_lum": (
+                    [blob_labels()[:12, :20, :24].copy()],
+                    [(8.0,) * 3],
+                    [(4.0,) * 3],
+                    SEMANTIC,
+                )
+            }
+        },
+    )
+    (crop,) = discover_crops(store.parent.parent)
+    geometry = read_crop_geometry(crop, 8.0)
+    level = geometry.em.level_for(8.0)
+    transform = PatchTransform.draw(np.random.default_rng(5), Augmentation(rotate_xy=1.0), True)
+    grid = PatchGrid.build(np.array([41.3, 77.9, 150.2]), (5, 30, 30), 8.0, transform)
+    got = sample_linear(geometry.em.open_level(level), level, grid)
+    # voxel i is centred at 4 + 8 i nm
+    z = np.broadcast_to(((grid.z_nm - 4) / 8)[:, None, None], got.shape)
+    yx = np.broadcast_to((grid.yx_nm - 4) / 8, (*got.shape, 2))
+    reference = ndimage.map_coordinates(
+        em.astype(np.float64), [z, yx[..., 0], yx[..., 1]], order=1, mode="nearest"
+    )
+    assert got.dtype == np.float32
+    assert (yx < 0).any() or (yx[..., 1] > em.shape[2] - 1).any(), "part of the grid is outside"
+    np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("centre", [(64.0, 192.0, 192.0), (20.0, 30.0, 370.0)])
+def test_labels_match_a_point_by_point_nearest_reference(blob_crop, centre):
+    """Labels of a rotated grid (inside, and partly outside the crop in z, y and x): each point
+    takes the label voxel whose cell holds it, NaN outside the crop or where unknown."""
+    crop, labels = blob_crop
+    transform = PatchTransform.draw(np.random.default_rng(9), Augmentation(rotate_xy=1.0), True)
+    grid = PatchGrid.build(np.asarray(centre), (6, 20, 20), 8.0, transform)
+    reader = CropReader(read_crop_geometry(crop, 8.0), 8.0, em_range=(LOW, HIGH))
+    _, target = reader.read(grid)
+    expected = np.full((6, 20, 20), np.nan, dtype=np.float32)
+    for k, z_nm in enumerate(grid.z_nm):
+        for i in range(20):
+            for j in range(20):
+                index = [int(np.floor((v - 4.0) / 8.0 + 0.5)) for v in (z_nm, *grid.yx_nm[i, j])]
+                if all(0 <= n < size for n, size in zip(index, labels.shape, strict=True)):
+                    value = labels[tuple(index)]
+                    expected[k, i, j] = {0: 0.0, 1: 1.0}.get(int(value), np.nan)
+    np.testing.assert_array_equal(target[12], expected)
+    assert np.isnan(target[np.arange(14) != 12]).all(), "classes the crop lacks are NaN"
+
+
+def two_crop_store(make_store, em: np.ndarray):
+    """One EM volume, two crops of er_lum at different places: ``(16, 24, 24)`` voxels each."""
+    labels = blob_labels()[:, :24, :24]
+    crops = {
+        "crop1": {"er_lum": ([labels], [(8.0,) * 3], [(4.0,) * 3], SEMANTIC)},
+        "crop2": {
+            "er_lum": ([labels[:, ::-1].copy()], [(8.0,) * 3], [(4.0, 196.0, 196.0)], SEMANTIC)
+        },
+    }
+    store = make_store("two", em, crops)
+    return discover_crops(store.parent.parent)
+
+
+def test_em_cache_holds_each_crops_box_and_reads_identically(make_store):
+    """Crops sharing one EM array each get their own cached EM box (not the first crop's)."""
+    em = np.random.default_rng(4).integers(0, 256, size=SHAPE).astype(np.uint8)
+    crops = two_crop_store(make_store, em)
+    spec = PatchSpec((4, 16, 16), 8.0)
+    plain = TrainPatches(crops, spec, seed=2)
+    cached = TrainPatches(crops, spec, seed=2, cache_mb=4.0)
+    seen = set()
+    for index in range(12):
+        a, b = plain[index], cached[index]
+        seen.add(a["crop"])
+        torch.testing.assert_close(a["image"], b["image"], rtol=0, atol=0)
+        torch.testing.assert_close(a["target"], b["target"], equal_nan=True, rtol=0, atol=0)
+    assert seen == {0, 1}
+    em_boxes = [key for key in cached.readers[0].cache._entries if "/em/" in key]
+    assert len(em_boxes) == 2
+
+
+def test_finite_float_em_reads_like_the_same_uint8_em(make_store):
+    em = np.random.default_rng(4).integers(0, 256, size=SHAPE).astype(np.uint8)
+    spec = PatchSpec((4, 16, 16), 8.0)
+    as_uint8 = TrainPatches(two_crop_store(make_store, em), spec, seed=3)
+    crops = two_crop_store(make_store, em.astype(np.float32))
+    as_float = TrainPatches(crops, spec, seed=3)
+    for index in range(4):
+        torch.testing.assert_close(as_float[index]["image"], as_uint8[index]["image"])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_em_is_refused_in_training_validation_and_evaluation(make_store, bad):
+    from cellseg.evaluation import PredictionGrid, read_em_slab
+
+    em = np.full(SHAPE, 120.0, dtype=np.float32)
+    em[:, 20:28, 20:28] = bad  # every patch and slab below reads this column
+    crops = two_crop_store(make_store, em)
+    location = f"{crops[0].em_store}/recon-1/em/fibsem-uint8/s0"
+    spec = PatchSpec((16, 48, 48), 8.0)
+    for read in (
+        lambda: TrainPatches(crops, spec, seed=0)[0],
+        lambda: TrainPatches(crops, spec, seed=0, cache_mb=8.0)[0],
+        lambda: FixedPatches(crops, spec, patches_per_crop=1)[0],
+    ):
+        with pytest.raises(CellsegError, match="NaN or infinite") as error:
+            read()
+        assert location in str(error.value) and "\n" not in str(error.value)
+    geometry = read_crop_geometry(crops[0], 8.0)
+    level = geometry.em.level_for(8.0)
+    grid = PredictionGrid.for_crop(geometry, 8.0)
+    with pytest.raises(CellsegError, match="NaN or infinite") as error:
+        read_em_slab(geometry.em.open_level(level), level, grid, (0, 4), (2, 8, 8), (LOW, HIGH))
+    assert location in str(error.value)

@@ -18,7 +18,8 @@ import numpy as np
 import zarr
 
 from cellseg.classes import CLASS_INDEX, NUM_CLASSES
-from cellseg.data.store import CropGeometry, ScaleLevel
+from cellseg.data.store import CropGeometry, LabelEncoding, ScaleLevel
+from cellseg.errors import CellsegError
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,141 @@ def _index_box(indices: list[np.ndarray], shape: tuple[int, ...]) -> list[slice]
     ]
 
 
+def _read_region(
+    array: zarr.Array | CachedBox, box: list[slice]
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The stored voxels of ``box``, or of a larger in-memory box holding it (no copy).
+
+    Returns:
+        ``(region, origin)``: a C-contiguous ``(z, y, x)`` array and the level index of its
+        first voxel.
+    """
+    if isinstance(array, CachedBox):
+        return array.region(tuple(box))
+    return np.ascontiguousarray(array[tuple(box)]), tuple(b.start for b in box)
+
+
+def _location(array: zarr.Array | CachedBox) -> str:
+    """Store path + group + level of an array, for error messages."""
+    array = array.array if isinstance(array, CachedBox) else array
+    location = getattr(array, "location", None)  # a store.StoredArray names itself
+    if location is None:  # a plain zarr array: its store URL
+        location = str(getattr(array, "store_path", "the EM array")).removeprefix("file://")
+    return str(location)
+
+
+def _as_slice(positions: np.ndarray) -> slice | np.ndarray:
+    """``positions`` as a slice when they step by ±1 (a view instead of a copy), else as is."""
+    if len(positions) > 1 and np.all(np.diff(positions) == positions[1] - positions[0]):
+        step = int(positions[1] - positions[0])
+        if step in (1, -1):
+            stop = int(positions[-1]) + step
+            return slice(int(positions[0]), None if stop < 0 else stop, step)
+    if len(positions) == 1:
+        return slice(int(positions[0]), int(positions[0]) + 1)
+    return positions
+
+
+class NearestIndex:
+    """The stored voxel nearest each point of a grid in one scale level (clamped at the border).
+
+    Every label class of a crop stored on the same level shares one index: the grid arithmetic
+    is done once per patch, and each class costs one gather and one table lookup.
+
+    Attributes:
+        shape: ``(D, H, W)`` grid shape.
+        inside_z: ``(D,)`` whether each slice lies inside the level's box.
+        inside_yx: ``(H * W,)`` whether each in-slice point lies inside the level's box.
+        box: the index box of stored voxels the grid touches.
+    """
+
+    def __init__(self, level: ScaleLevel, grid: PatchGrid) -> None:
+        iz = np.floor(_z_index(level, grid.z_nm) + 0.5).astype(np.int64)
+        yx = (grid.yx_nm - np.asarray(level.translation_nm[1:])) / np.asarray(
+            level.voxel_size_nm[1:]
+        )
+        iy = np.floor(yx[..., 0] + 0.5).astype(np.int64)
+        ix = np.floor(yx[..., 1] + 0.5).astype(np.int64)
+        self.shape = (len(iz), *iy.shape)
+        self.inside_z = (iz >= 0) & (iz < level.shape[0])
+        self.inside_yx = (
+            (iy >= 0) & (iy < level.shape[1]) & (ix >= 0) & (ix < level.shape[2])
+        ).ravel()
+        self.box = _index_box([iz, iy, ix], level.shape)
+        self._iz, self._iy, self._ix = iz, iy.ravel(), ix.ravel()
+        # inside slices form one run (z is linear in the slice index); so do the points kept
+        z_inside = np.flatnonzero(self.inside_z)
+        self._z_run = (int(z_inside[0]), int(z_inside[-1]) + 1) if len(z_inside) else (0, 0)
+        self._yx_all = bool(self.inside_yx.all())
+        self._yx_kept = None if self._yx_all else np.flatnonzero(self.inside_yx)
+        self._sources: dict[tuple, np.ndarray] = {}
+        self._destination: np.ndarray | None = None
+
+    @property
+    def inside(self) -> np.ndarray:
+        """``(D, H, W)`` whether each point lies inside the level's box."""
+        return (self.inside_z[:, None] & self.inside_yx[None]).reshape(self.shape)
+
+    def _source(self, region: np.ndarray, origin: tuple[int, ...], every_point: bool) -> np.ndarray:
+        """Flat indices into ``region`` of the points read: ``(D, H * W)`` for every point, else
+        ``(z run, points inside)``."""
+        key = (origin, region.shape, every_point)
+        source = self._sources.get(key)
+        if source is None:
+            rz, ry, rx = region.shape
+            lz = np.clip(self._iz - origin[0], 0, rz - 1)
+            lyx = np.clip(self._iy - origin[1], 0, ry - 1) * rx + np.clip(
+                self._ix - origin[2], 0, rx - 1
+            )
+            if not every_point:
+                lz = lz[self._z_run[0] : self._z_run[1]]
+                lyx = lyx if self._yx_kept is None else lyx[self._yx_kept]
+            source = lz[:, None] * (ry * rx) + lyx[None, :]
+            self._sources[key] = source
+        return source
+
+    def gather(self, array: zarr.Array | CachedBox) -> np.ndarray:
+        """``(D, H, W)`` stored values at every point (clamped at the border), stored dtype."""
+        region, origin = _read_region(array, self.box)
+        return np.take(region.ravel(), self._source(region, origin, True)).reshape(self.shape)
+
+    def fill(
+        self,
+        out: np.ndarray,
+        array: zarr.Array | CachedBox,
+        encoding: LabelEncoding,
+        table: np.ndarray | None = None,
+    ) -> None:
+        """``out`` (``(D, H, W)`` float32) ← decoded labels inside the level's box, NaN outside.
+
+        ``table``: ``encoding`` as a 256-entry lookup for uint8 arrays (one gather a voxel).
+        """
+        rows = out.reshape(self.shape[0], -1)
+        z0, z1 = self._z_run
+        if z0 == z1 or not self.inside_yx.any():
+            rows.fill(np.nan)
+            return
+        region, origin = _read_region(array, self.box)
+        values = np.take(region.ravel(), self._source(region, origin, False))
+        lookup = table is not None and values.dtype == np.uint8
+        if self._yx_kept is None:  # whole slices inside: decode straight into them
+            rows[:z0] = np.nan
+            rows[z1:] = np.nan
+            if lookup:
+                np.take(table, values, out=rows[z0:z1])
+            else:
+                rows[z0:z1] = encoding.to_target(values)
+            return
+        # part of each slice inside: NaN everywhere, then the points inside (a flat scatter is
+        # several times faster than masked 2D assignment)
+        if self._destination is None:
+            kept = self._yx_kept
+            self._destination = (np.arange(z0, z1)[:, None] * rows.shape[1] + kept).ravel()
+        rows.fill(np.nan)
+        decoded = np.take(table, values) if lookup else encoding.to_target(values)
+        out.reshape(-1)[self._destination] = decoded.ravel()
+
+
 def sample_nearest(
     array: zarr.Array, level: ScaleLevel, grid: PatchGrid
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -116,59 +252,105 @@ def sample_nearest(
         ``(values, inside)``, both ``(D, H, W)``: the stored values (clamped at the border) and
         whether each point lies inside the array's box.
     """
-    iz = np.floor(_z_index(level, grid.z_nm) + 0.5).astype(np.int64)
-    yx = (grid.yx_nm - np.asarray(level.translation_nm[1:])) / np.asarray(level.voxel_size_nm[1:])
-    iy = np.floor(yx[..., 0] + 0.5).astype(np.int64)
-    ix = np.floor(yx[..., 1] + 0.5).astype(np.int64)
-    inside = ((iz >= 0) & (iz < level.shape[0]))[:, None, None] & (
-        (iy >= 0) & (iy < level.shape[1]) & (ix >= 0) & (ix < level.shape[2])
-    )[None]
-    box = _index_box([iz, iy, ix], level.shape)
-    region = np.asarray(array[tuple(box)])
-    lz = np.clip(iz - box[0].start, 0, region.shape[0] - 1)
-    ly = np.clip(iy - box[1].start, 0, region.shape[1] - 1)
-    lx = np.clip(ix - box[2].start, 0, region.shape[2] - 1)
-    flat = (ly * region.shape[2] + lx).ravel()
-    values = region.reshape(region.shape[0], -1)[lz][:, flat]
-    return values.reshape(len(iz), *iy.shape), inside
+    index = NearestIndex(level, grid)
+    return index.gather(array), index.inside
 
 
-def sample_linear(array: zarr.Array, level: ScaleLevel, grid: PatchGrid) -> np.ndarray:
+# dtypes whose products with float32 weights are float32, exactly as if converted first
+_EXACT_IN_FLOAT32 = {np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.float32)}
+
+
+def sample_linear(
+    array: zarr.Array | CachedBox,
+    level: ScaleLevel,
+    grid: PatchGrid,
+    location: str | None = None,
+) -> np.ndarray:
     """Trilinear interpolation of ``array`` at the grid's points, edge values beyond the box.
+
+    Bilinear in each stored z plane the grid needs (each plane once, shared by the slices either
+    side of it), then linear in z; weights and arithmetic in float32.
+
+    Args:
+        location: the array's store path, group and level for the error message (derived from
+            the array when None).
 
     Returns:
         ``(D, H, W)`` float32.
+
+    Raises:
+        CellsegError: a floating-point array holds NaN or ±inf where the grid reads it (integer
+            EM cannot, and is not checked).
     """
     fz = _z_index(level, grid.z_nm)
     yx = (grid.yx_nm - np.asarray(level.translation_nm[1:])) / np.asarray(level.voxel_size_nm[1:])
     fy, fx = yx[..., 0], yx[..., 1]
     z0, y0, x0 = (np.floor(f).astype(np.int64) for f in (fz, fy, fx))
-    box = _index_box(
-        [np.concatenate([z0, z0 + 1]), np.stack([y0, y0 + 1]), np.stack([x0, x0 + 1])], level.shape
-    )
-    region = np.asarray(array[tuple(box)], dtype=np.float32)
-    dz, dy, dx = region.shape
-
-    def local(i: np.ndarray, axis_start: int, n: int) -> np.ndarray:
-        return np.clip(i - axis_start, 0, n - 1)
+    # the box of the points' lower and upper neighbours (their extremes, without stacking them)
+    box = _index_box([np.array([i.min(), i.max() + 1]) for i in (z0, y0, x0)], level.shape)
+    region, origin = _read_region(array, box)
+    is_float = region.dtype.kind == "f"
+    if region.dtype not in _EXACT_IN_FLOAT32:
+        region = region.astype(np.float32)
+    rz, ry, rx = region.shape
 
     wz = (fz - z0).astype(np.float32)[:, None]
     wy = (fy - y0).astype(np.float32).ravel()
     wx = (fx - x0).astype(np.float32).ravel()
-    flat_region = region.reshape(dz, dy * dx)
-    ly0, ly1 = local(y0, box[1].start, dy).ravel(), local(y0 + 1, box[1].start, dy).ravel()
-    lx0, lx1 = local(x0, box[2].start, dx).ravel(), local(x0 + 1, box[2].start, dx).ravel()
+    ly0 = np.clip(y0 - origin[1], 0, ry - 1).ravel()
+    ly1 = np.clip(y0 + 1 - origin[1], 0, ry - 1).ravel()
+    lx0 = np.clip(x0 - origin[2], 0, rx - 1).ravel()
+    lx1 = np.clip(x0 + 1 - origin[2], 0, rx - 1).ravel()
+    corners = (ly0 * rx + lx0, ly0 * rx + lx1, ly1 * rx + lx0, ly1 * rx + lx1)
+    lower = np.clip(z0 - origin[0], 0, rz - 1)
+    upper = np.clip(z0 + 1 - origin[0], 0, rz - 1)
+    needs_upper = bool(np.any(wz > 0))
+    planes, positions = np.unique(
+        np.concatenate([lower, upper]) if needs_upper else lower, return_inverse=True
+    )
+    # the four corner values of every point in each plane, in the stored dtype
+    gathered = np.empty((4, len(planes), len(wx)), dtype=region.dtype)
+    for row, plane in enumerate(planes):
+        flat_plane = region[plane].ravel()
+        for corner, index in enumerate(corners):
+            np.take(flat_plane, index, out=gathered[corner, row])
+    # non-finite float EM is refused below, not warned about on the way
+    with np.errstate(invalid="ignore", over="ignore"):
+        planes_yx = _bilinear(gathered, wx, wy)
+        result = planes_yx[_as_slice(positions[: len(z0)])]
+        if needs_upper:
+            result = result * (1 - wz) + planes_yx[_as_slice(positions[len(z0) :])] * wz
+    result = result.reshape(len(fz), *fy.shape)
+    if is_float and not np.isfinite(result).all():
+        where = location or _location(array)
+        raise CellsegError(
+            f"{where}: EM holds NaN or infinite values ({region.dtype}); replace them with "
+            "finite intensities (e.g. the background value) in the store, or leave the crops "
+            "on this EM out of the datasplit"
+        )
+    return result
 
-    def bilinear(slices: np.ndarray) -> np.ndarray:
-        top = slices[:, ly0 * dx + lx0] * (1 - wx) + slices[:, ly0 * dx + lx1] * wx
-        bottom = slices[:, ly1 * dx + lx0] * (1 - wx) + slices[:, ly1 * dx + lx1] * wx
-        return top * (1 - wy) + bottom * wy
 
-    lower = bilinear(flat_region[local(z0, box[0].start, dz)])
-    if np.any(wz > 0):
-        upper = bilinear(flat_region[local(z0 + 1, box[0].start, dz)])
-        lower = lower * (1 - wz) + upper * wz
-    return lower.reshape(len(fz), *fy.shape)
+def _bilinear(gathered: np.ndarray, wx: np.ndarray, wy: np.ndarray) -> np.ndarray:
+    """``(planes, P)`` float32 bilinear values from the ``(4, planes, P)`` corner values
+    (y0x0, y0x1, y1x0, y1x1) and ``(P,)`` float32 weights of x1 and y1.
+
+    The same operations in the same order as on corners converted to float32 first (the
+    products of small integers and float32 are float32), so the result is bit-identical to
+    ``top = a (1 - wx) + b wx; bottom = c (1 - wx) + d wx; top (1 - wy) + bottom wy``; in place
+    to save temporaries.
+    """
+    one_minus_wx, one_minus_wy = 1 - wx, 1 - wy
+    top = np.multiply(gathered[0], one_minus_wx, dtype=np.float32)
+    scratch = np.multiply(gathered[1], wx, dtype=np.float32)
+    top += scratch
+    bottom = np.multiply(gathered[2], one_minus_wx, dtype=np.float32)
+    np.multiply(gathered[3], wx, out=scratch, dtype=np.float32)
+    bottom += scratch
+    top *= one_minus_wy
+    bottom *= wy
+    top += bottom
+    return top
 
 
 def _z_index(level: ScaleLevel, z_nm: np.ndarray) -> np.ndarray:
@@ -193,9 +375,22 @@ class CachedBox:
 
     def __getitem__(self, box: tuple[slice, ...]) -> np.ndarray:
         local = tuple(slice(b.start - o, b.stop - o) for b, o in zip(box, self.origin, strict=True))
-        if all(s.start >= 0 and s.stop <= n for s, n in zip(local, self.data.shape, strict=True)):
+        if self._holds(local):
             return self.data[local]
         return np.asarray(self.array[box])
+
+    def _holds(self, local: tuple[slice, ...]) -> bool:
+        return all(
+            s.start >= 0 and s.stop <= n for s, n in zip(local, self.data.shape, strict=True)
+        )
+
+    def region(self, box: tuple[slice, ...]) -> tuple[np.ndarray, tuple[int, ...]]:
+        """``(region, origin)`` holding ``box``: the whole cached box when it holds ``box`` (no
+        copy; the samplers index into it), else ``box`` read from the array."""
+        local = tuple(slice(b.start - o, b.stop - o) for b, o in zip(box, self.origin, strict=True))
+        if self._holds(local):
+            return self.data, self.origin
+        return np.ascontiguousarray(self.array[box]), tuple(b.start for b in box)
 
 
 class ArrayCache:
@@ -272,6 +467,13 @@ class CropReader:
         self.cache = cache
         self.context_nm = context_nm
         self._arrays: dict[str, zarr.Array] | None = None
+        # classes this crop does not annotate: NaN in every patch
+        self._unannotated = [i for name, i in CLASS_INDEX.items() if name not in geometry.labels]
+        # uint8 labels decode through a 256-entry table (LabelEncoding.decode's own rule)
+        self._tables = {
+            name: encoding.to_target(np.arange(256, dtype=np.int64))
+            for name, encoding in geometry.encodings.items()
+        }
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -302,7 +504,10 @@ class CropReader:
         else:
             box = tuple(slice(0, n) for n in level.shape)
         group = self.geometry.em if name == "__em__" else self.geometry.labels[name]
-        return self.cache.get(f"{group.location}/{level.path}", array, box)  # type: ignore[union-attr]
+        # the EM box is this crop's (crops of a dataset share the EM array): keyed by the box,
+        # or every crop after the first would miss and read the store on each patch
+        key = f"{group.location}/{level.path}" + (str(box) if name == "__em__" else "")
+        return self.cache.get(key, array, box)  # type: ignore[union-attr]
 
     def read(self, grid: PatchGrid) -> tuple[np.ndarray, np.ndarray]:
         """EM and targets at the grid's points.
@@ -313,13 +518,25 @@ class CropReader:
             outside the crop's box, or encoded unknown).
         """
         arrays = self._open()
-        em = normalize_em(sample_linear(arrays["__em__"], self._em_level, grid), self.em_range)
-        target = np.full((NUM_CLASSES, *em.shape), np.nan, dtype=np.float32)
+        em_location = f"{self.geometry.em.location}/{self._em_level.path}"
+        em = normalize_em(
+            sample_linear(arrays["__em__"], self._em_level, grid, em_location), self.em_range
+        )
+        target = np.empty((NUM_CLASSES, *em.shape), dtype=np.float32)
+        target[self._unannotated] = np.nan
+        # classes stored on the same grid (the usual case) share one nearest-voxel index
+        indices: dict[tuple, NearestIndex] = {}
         for name, level in self._label_levels.items():
-            values, inside = sample_nearest(arrays[name], level, grid)
-            channel = self.geometry.encodings[name].decode(values)
-            channel[~inside] = np.nan
-            target[CLASS_INDEX[name]] = channel
+            key = (level.voxel_size_nm, level.translation_nm, level.shape)
+            index = indices.get(key)
+            if index is None:
+                index = indices[key] = NearestIndex(level, grid)
+            index.fill(
+                target[CLASS_INDEX[name]],
+                arrays[name],
+                self.geometry.encodings[name],
+                self._tables[name],
+            )
         if self.infer_true_negatives:
             infer_true_negatives(target)
         return em, target
