@@ -46,6 +46,9 @@ REPO = Path(__file__).resolve().parents[2]
 LONGLEAF_PROFILE = REPO / "config" / "profiles" / "longleaf" / "config.v8+.yaml"
 TEST_PROFILE_OVERRIDES = Path(__file__).resolve().parent / "profile" / "config.v8+.yaml"
 PARTITION = "l40-gpu"
+# Longleaf's CPU partition, where every job without a GPU goes (resources.cpu_partition); on
+# this one node both partitions share the CPUs and memory
+CPU_PARTITION = "general"
 GPUS_PER_NODE = 4
 # The executor plugin polls with squeue; finished jobs must stay visible for at least three
 # status intervals (SPEC §7), and SLURM's own default of 300 s is far above that.
@@ -295,6 +298,7 @@ KillWait=5
 Waittime=0
 NodeName={nodename} NodeAddr=127.0.0.1 CPUs={hw["CPUs"]} Boards={hw["Boards"]} SocketsPerBoard={hw["SocketsPerBoard"]} CoresPerSocket={hw["CoresPerSocket"]} ThreadsPerCore={hw["ThreadsPerCore"]} RealMemory={real_memory} Gres=gpu:{GPUS_PER_NODE} State=UNKNOWN
 PartitionName={PARTITION} Nodes={nodename} Default=YES MaxTime=INFINITE State=UP
+PartitionName={CPU_PARTITION} Nodes={nodename} MaxTime=INFINITE State=UP
 """
 
 
@@ -384,7 +388,7 @@ def stop_cluster(root: Path, remove: bool = True) -> None:
         if record["pids"].get("slurmctld") and _pid_alive(record["pids"]["slurmctld"]):
             # running jobs' slurmstepd processes would outlive slurmd otherwise
             subprocess.run(
-                ["scancel", "--full", "--partition", PARTITION],
+                ["scancel", "--full", "--partition", f"{PARTITION},{CPU_PARTITION}"],
                 env={**os.environ, "SLURM_CONF": str(conf)},
                 capture_output=True,
                 timeout=30,
@@ -511,7 +515,9 @@ def start_cluster(root: Path, owner_pid: int | None, timeout: float = 60) -> Slu
 
 def _node_state(cluster: SlurmCluster) -> str:
     out = cluster.run("sinfo", "--noheader", "--Node", "--format=%t", check=False, timeout=10)
-    return out.stdout.strip().rstrip("*~#!%$@^-")
+    # one line per partition the node is in (l40-gpu and general): the same state on each
+    states = {line.strip().rstrip("*~#!%$@^-") for line in out.stdout.splitlines() if line.strip()}
+    return states.pop() if len(states) == 1 else ",".join(sorted(states))
 
 
 def _wait_for(predicate: Any, timeout: float, what: str, cluster: SlurmCluster) -> None:

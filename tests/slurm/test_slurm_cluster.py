@@ -73,6 +73,8 @@ SNAKEFILE = textwrap.dedent(
             gpu=2,
             mem_mb=100,
             runtime=5,
+            slurm_partition="l40-gpu",
+            qos="gpu_access",
         shell:
             "scontrol show job --details $SLURM_JOB_ID > {output}; "
             "echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES >> {output}"
@@ -89,7 +91,8 @@ def test_longleaf_profile_submits_through_the_plugin(slurm_cluster, tmp_path: Pa
     )
     merged = yaml.safe_load((profile / "config.v8+.yaml").read_text())
     assert merged["executor"] == "slurm"
-    assert merged["default-resources"]["slurm_partition"] == "l40-gpu"
+    # a rule that sets nothing is a small CPU job, never a GPU node for days
+    assert merged["default-resources"]["slurm_partition"] == "general"
 
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--profile", str(profile), "--verbose"],
@@ -105,7 +108,7 @@ def test_longleaf_profile_submits_through_the_plugin(slurm_cluster, tmp_path: Pa
     calls = sbatch_calls(log)
     assert set(calls) == {"gpu_job", "cpu_job"}, log[-4000:]
     gpu_call, cpu_call = calls["gpu_job"], calls["cpu_job"]
-    # the rule's resources win over the profile's defaults; partition and QoS come from the profile
+    # the rule's resources (as cellseg's rules set them from the config) win over the defaults
     assert option(gpu_call, "-p") == "l40-gpu"
     assert option(gpu_call, "--qos") == "gpu_access"
     assert option(gpu_call, "--gpus") == "2"
@@ -114,8 +117,9 @@ def test_longleaf_profile_submits_through_the_plugin(slurm_cluster, tmp_path: Pa
     assert option(gpu_call, "--cpus-per-task") == "1"
     # no --signal (it would kill the job step) and no task count (one-node multi-GPU job)
     assert not any(t.startswith(("--signal", "--ntasks")) for t in gpu_call)
-    # a CPU rule gets the (test) defaults and no GPU
-    assert option(cpu_call, "-p") == "l40-gpu"
+    # a CPU rule gets the (test) defaults and no GPU, on the CPU partition
+    assert option(cpu_call, "-p") == "general"
+    assert option(cpu_call, "--qos") == "normal"
     assert option(cpu_call, "-t") == "10"
     assert option(cpu_call, "--mem") == "200"
     assert option(cpu_call, "--gpus") is None
