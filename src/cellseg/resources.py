@@ -186,20 +186,25 @@ def check_training_fits(
     settings: TrainSettings,
     environ: Mapping[str, str] | None = None,
     uses_cuda: bool | None = None,
-) -> None:
-    """Refuse a training job whose estimated memory or processes exceed its request.
+) -> str | None:
+    """Refuse a training job whose estimated memory exceeds its request; warn when it runs more
+    processes than it has CPUs.
 
-    The limit is SLURM's when the job runs under SLURM, else the model's ``mem_mb``; the CPU
-    check compares ranks × (workers + 1) processes with ``cpus_per_task``. Off with
+    The memory limit is SLURM's when the job runs under SLURM, else the model's ``mem_mb``; a
+    job over it would be killed, possibly days in. More processes (ranks × (workers + 1)) than
+    ``cpus_per_task`` only slow the loader down, so that is a warning. Both off with
     ``resources.host_memory.check: false``. ``uses_cuda`` (default: the model asks for GPUs and
     CUDA is available here) adds ``cuda_mb`` per rank.
+
+    Returns:
+        a one-line warning about the processes, or None.
 
     Raises:
         CellsegError: one line naming the model, the figures and the keys to change.
     """
     host = config["resources"]["host_memory"]
     if not host.get("check", True):
-        return
+        return None
     key = settings.key
     limit = job_memory_limit_mb(environ)
     where = "SLURM's --mem" if limit is not None else f"models.{key}.mem_mb"
@@ -218,9 +223,9 @@ def check_training_fits(
         )
     processes = ranks * (settings.num_workers + 1)
     if processes > settings.cpus_per_task:
-        raise CellsegError(
-            f"models.{key}: {processes} processes (ranks {ranks} × (num_workers "
-            f"{settings.num_workers} + 1)) on cpus_per_task = {settings.cpus_per_task} CPUs; "
-            f"lower num_workers or raise cpus_per_task (resources.host_memory.check: false to "
-            f"skip)"
+        return (
+            f"warning: models.{key}: {processes} processes (ranks {ranks} × (num_workers "
+            f"{settings.num_workers} + 1)) share cpus_per_task = {settings.cpus_per_task} CPUs, "
+            "so the loader slows down; lower num_workers or raise cpus_per_task"
         )
+    return None

@@ -76,18 +76,21 @@ def launch_training(
 
     The time budget handed to the trainer is the job's ``runtime_min`` minus the model's
     ``time_budget_margin_min``, so the job checkpoints and exits (status 75) before SLURM kills it.
-    Before anything starts, the job's estimated host memory and process count are checked
-    against its request (:func:`cellseg.resources.check_training_fits`).
+    Before anything starts, the job's estimated host memory is checked against its request
+    (:func:`cellseg.resources.check_training_fits`; more processes than CPUs is a warning in
+    the log).
 
     Raises:
-        CellsegError: the job would not fit its memory or CPUs.
+        CellsegError: the job would not fit its memory.
 
     Returns:
         the job's exit status.
     """
     run_dir = Path(run_dir)
     settings = resolve_settings(config, model_key)
-    check_training_fits(config, settings)
+    warning = check_training_fits(config, settings)
+    if warning:
+        print(warning, file=log or sys.stderr, flush=True)
     config_path = run_dir / "workflow_config.yaml"
     write_text_atomic(config_path, yaml.safe_dump(dict(config), sort_keys=False))
     budget = (
