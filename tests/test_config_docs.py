@@ -18,12 +18,14 @@ def schema_keys() -> set[str]:
 
     def walk(node: dict, prefix: str) -> None:
         for key, sub in node.get("properties", {}).items():
+            if "$ref" in sub:  # '#/$defs/name'
+                sub = schema["$defs"][sub["$ref"].rsplit("/", 1)[1]]
             if "properties" in sub and key != "augmentation":
                 walk(sub, f"{prefix}{key}.")
             else:
                 keys.add(f"{prefix}{key}")
 
-    for section in ("data", "loss", "evaluation"):
+    for section in ("data", "loss", "evaluation", "resources"):
         walk(schema["properties"][section], f"{section}.")
     keys |= set(schema["$defs"]["settings"]["properties"])
     return keys
