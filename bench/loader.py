@@ -6,7 +6,7 @@
    4, every augmentation, rotation always on) at 8 nm for the seed's 2D (1, 256, 256) and 3D
    (1, 32, 256, 256) patches and for (1, 32, 128, 128): read in the main process without the
    per-process array cache (``cache_mb`` 0: every patch decodes its chunks), and in one
-   persistent worker with the seed's 2048 MB cache once warm (the second of two passes; the
+   persistent worker with the seed's cache_mb once warm (the second of two passes; the
    steady state of a long run, batches through shared memory as in training). Each rate is
    also printed as a ratio against the naive baseline measured in the same process (open the
    crop, read every class array whole, slice a patch, no rotation: what a loader without
@@ -16,7 +16,8 @@
    patch shape (``torch.utils.flop_counter.FlopCounterMode``, batch 1; meta device, or real CPU
    tensors where the model cannot run on meta), training FLOPs = 3 x forward, GPU demand =
    sustained throughput / training FLOPs (samples/s per GPU = per rank), against the supply of
-   one rank = num_workers x the measured per-process rate (warm cache) at that patch shape.
+   one rank = num_workers (the model's own, else the default) x the measured per-process rate
+   (warm cache) at that patch shape.
    ASSUMPTION: L40S dense bf16 tensor peak 362 TFLOPS, 35 % sustained = 126.7 TFLOPS
    (--sustained-tflops). A model whose supply is under 1.5 x its demand is flagged.
 3. RSS of the loader's processes (main plus 4 workers) after 10 % and 100 % of a 3D
@@ -206,25 +207,26 @@ def main() -> None:
             f"\nGPU demand vs loader supply per rank (one rank per GPU): ASSUMED sustained "
             f"{args.sustained_tflops:.1f} TFLOPS per L40S (dense bf16 peak {PEAK_TFLOPS:.0f} "
             f"TFLOPS x {args.sustained_tflops / PEAK_TFLOPS:.0%}); training FLOPs = 3 x forward; "
-            f"supply = {workers_per_rank} workers x warm per-process rate"
+            f"supply = num_workers (default {workers_per_rank}) x warm per-process rate"
         )
         print(
-            f"{'model':>10} {'batch/GPU':>9} {'fwd GFLOP':>10} {'counted':>7} {'demand/s':>9} "
-            f"{'supply/s':>9} {'margin':>7}"
+            f"{'model':>10} {'batch/GPU':>9} {'workers':>7} {'fwd GFLOP':>10} {'counted':>7} "
+            f"{'demand/s':>9} {'supply/s':>9} {'margin':>7}"
         )
         for key, model in seed["models"].items():
             name, dim = key.rsplit("_", 1)
             shape = seed_shapes[dim]
             flops, device = forward_flops(name, dim, shape)
             demand = sustained / (3 * flops)
-            supply = workers_per_rank * warm[shape]
+            workers = int(model.get("num_workers", workers_per_rank))  # a model's own override
+            supply = workers * warm[shape]
             margin = supply / demand
             flag = "  <-- supply < 1.5 x demand" if margin < 1.5 else ""
             print(
-                f"{key:>10} {model['batch_per_gpu']:>9} {flops / 1e9:>10.1f} {device:>7} "
+                f"{key:>10} {model['batch_per_gpu']:>9} {workers:>7} {flops / 1e9:>10.1f} {device:>7} "
                 f"{demand:>9.1f} {supply:>9.1f} {margin:>6.2f}x{flag}"
             )
-        n_rss = 100 if args.quick else 2000
+        n_rss = 60 if args.quick else 2000
         dataset = TrainPatches(
             crops, PatchSpec((32, 128, 128), 8.0), Augmentation(rotate_xy=1.0), cache_mb=256
         )
