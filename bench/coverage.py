@@ -30,7 +30,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from test_statistics import COVERAGE_SETTINGS, Method, Synthetic, coverage_study, new_interval
+from cellseg.statistics import class_mean_interval, replicate_mean_interval
+from test_statistics import (
+    COVERAGE_SETTINGS,
+    CROSSED_SETTINGS,
+    Crossed,
+    Method,
+    Synthetic,
+    coverage_study,
+    new_interval,
+)
 
 RESAMPLES = 2000
 
@@ -90,14 +99,45 @@ SETTINGS: dict[str, Synthetic] = {
 }
 
 
+REPLICATE_SETTINGS: dict[str, Crossed] = {
+    **CROSSED_SETTINGS,
+    "2 seeds, 20 crops": Crossed(seeds=2, n_crops=20),
+    "2 seeds, 20 crops, strong seed effect": Crossed(seeds=2, n_crops=20, seed_sd=0.1),
+    "3 seeds, 12 crops, strong seed effect": Crossed(seeds=3, seed_sd=0.1),
+}
+
+
+def replicate_coverage(repetitions: int) -> None:
+    """Coverage of :func:`replicate_mean_interval` and, as the baseline, of the crops-only
+    interval of the seed-averaged scores (which ignores the seeds)."""
+    print(f"{'replicates setting':40} {'seeds + crops':>13} {'crops only':>10}")
+    for name, crossed in REPLICATE_SETTINGS.items():
+        rng = np.random.default_rng(11)
+        truth = float(crossed.means().mean())
+        both = crops = 0
+        for _ in range(repetitions):
+            draw = crossed.draw(rng)
+            r = replicate_mean_interval(draw)
+            both += r.low <= truth <= r.high
+            c = class_mean_interval(draw.mean(axis=0))
+            crops += c.low <= truth <= c.high
+        print(f"{name:40} {both / repetitions:13.3f} {crops / repetitions:10.3f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repetitions", type=int, default=4000)
     parser.add_argument("--quick", action="store_true", help="500 repetitions")
+    parser.add_argument(
+        "--replicates", action="store_true", help="only the intervals over seeds and crops"
+    )
     args = parser.parse_args(argv)
     repetitions = 500 if args.quick else args.repetitions
     se = np.sqrt(0.95 * 0.05 / repetitions)
     print(f"{repetitions} repetitions per cell (Monte Carlo SE of a 0.95 coverage: {se:.3f})")
+    if args.replicates:
+        replicate_coverage(repetitions)
+        return 0
     print(f"{'setting':32} {'method':28} {'coverage':>8} {'below':>6} {'above':>6} {'est in':>6}")
     for name, synthetic in SETTINGS.items():
         for method_name, method in METHODS.items():

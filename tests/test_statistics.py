@@ -22,6 +22,7 @@ from cellseg.statistics import (
     mean_dice_interval,
     mean_over_classes,
     paired_comparison,
+    replicate_mean_interval,
     sign_flip_p_value,
     smallest_p_value,
 )
@@ -293,3 +294,83 @@ def test_holm_against_a_hand_computed_case() -> None:
         [0.04, 0.03, np.nan, 0.04], nan_ok=True
     )
     assert holm([0.5, 0.6]) == [1.0, 1.0]
+
+
+# ------------------------------------------------------------------------------ replicates
+
+
+@dataclass(frozen=True)
+class Crossed:
+    """Per-crop scores of a model trained with ``seeds`` seeds on the same crops: crossed random
+    effects of known variance, ``x_snc = μ_c + b_n + β_nc + a_s + g_sn + e_snc``, annotated as
+    :class:`Synthetic`. The truth is the mean of the ``μ_c``."""
+
+    seeds: int = 3
+    n_crops: int = 12
+    crop_sd: float = 0.08  # b_n, shared by a crop's classes
+    crop_class_sd: float = 0.05  # β_nc
+    seed_sd: float = 0.04  # a_s: one training run better than another everywhere
+    seed_crop_sd: float = 0.05  # g_sn: a run better on some crops
+    noise_sd: float = 0.03  # e_snc
+
+    def annotation(self) -> np.ndarray:
+        return Synthetic(n_crops=self.n_crops).annotation()
+
+    def means(self) -> np.ndarray:
+        return np.linspace(0.2, 0.9, self.annotation().shape[1])
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        n, k = self.annotation().shape
+        s = self.seeds
+        x = (
+            self.means()[None, None, :]
+            + rng.normal(0, self.crop_sd, (1, n, 1))
+            + rng.normal(0, self.crop_class_sd, (1, n, k))
+            + rng.normal(0, self.seed_sd, (s, 1, 1))
+            + rng.normal(0, self.seed_crop_sd, (s, n, 1))
+            + rng.normal(0, self.noise_sd, (s, n, k))
+        )
+        return np.where(self.annotation()[None], x, np.nan)
+
+
+CROSSED_SETTINGS = {
+    "3 seeds, 12 crops": Crossed(),
+    "2 seeds, 20 crops, no seed effect": Crossed(seeds=2, n_crops=20, seed_sd=0.0),
+    "5 seeds, 12 crops, strong seed effect": Crossed(seeds=5, seed_sd=0.1),
+}
+
+
+@pytest.mark.parametrize("name", CROSSED_SETTINGS)
+def test_replicate_interval_covers_the_truth_over_seeds_and_crops(name: str) -> None:
+    crossed = CROSSED_SETTINGS[name]
+    truth = float(crossed.means().mean())
+    rng = np.random.default_rng(11)
+    repetitions = 2000
+    covered = 0
+    for _ in range(repetitions):
+        result = replicate_mean_interval(crossed.draw(rng))
+        covered += result.low <= truth <= result.high
+    assert 0.93 <= covered / repetitions <= 0.97, covered / repetitions
+
+
+def test_replicate_variance_is_unbiased_and_seeds_matter() -> None:
+    crossed = Crossed(seeds=3, n_crops=12, seed_sd=0.08)
+    rng = np.random.default_rng(5)
+    draws = [crossed.draw(rng) for _ in range(3000)]
+    results = [replicate_mean_interval(d) for d in draws]
+    empirical = np.var([r.estimate for r in results], ddof=1)
+    assert np.mean([r.se**2 for r in results]) == pytest.approx(empirical, rel=0.08)
+    # the crops-only interval of the seed-averaged scores ignores the seed effect: too narrow
+    crops_only = np.mean([class_mean_interval(d.mean(axis=0)).se ** 2 for d in draws])
+    assert crops_only < 0.8 * empirical
+
+
+def test_one_seed_is_the_crop_interval_and_the_estimate_is_the_mean_of_seeds() -> None:
+    draw = Crossed().draw(np.random.default_rng(0))
+    assert replicate_mean_interval(draw[:1]) == class_mean_interval(draw[0])
+    result = replicate_mean_interval(draw)
+    assert result.estimate == pytest.approx(np.mean([mean_over_classes(d) for d in draw]))
+    with pytest.raises(ValueError, match="same crop x class"):
+        replicate_mean_interval(
+            np.stack([draw[0], np.where(np.eye(*draw[0].shape) > 0, np.nan, draw[1])])
+        )
