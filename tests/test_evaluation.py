@@ -18,6 +18,7 @@ from cellseg.data.datasplit import write_datasplit
 from cellseg.data.store import EM_GROUP, LABELS_ROOT, Crop, read_crop_geometry
 from cellseg.errors import CellsegError
 from cellseg.evaluation import (
+    INSTANCE_COLUMNS,
     METRIC_COLUMNS,
     EvaluationSettings,
     PredictionGrid,
@@ -28,7 +29,7 @@ from cellseg.evaluation import (
     predict_crop,
     sliding_window_logits,
 )
-from store_builders import write_multiscale
+from store_builders import INSTANCE, annotation, write_multiscale
 
 ECS, NUC = CLASS_INDEX["ecs"], CLASS_INDEX["nuc"]
 
@@ -149,6 +150,46 @@ def test_metrics_csv_matches_hand_computed_counts(store, tmp_path, dim):
     assert row.dice == pytest.approx(2 * 192 / (2 * 192 + 32))
     assert row.voxel_size_x_nm == 4.0 and row.prediction_voxel_size_nm == 8.0
     assert not read["empty"].any()
+
+
+def test_nuc_gets_challenge_style_instance_columns(store):
+    """crop_a's nuc is stored as semantic 0/1: its ground truth is one connected instance (label
+    x 4..5) and the prediction one component (x 3..5): matched, Hausdorff 1 voxel = 8 nm (the
+    crop's cap, half its 16 nm z extent, is also 8 nm). Semantic classes get no instance values."""
+    _, crops = store
+    table = evaluate_crops(fake_predictor("3d"), crops, EvaluationSettings(slab_voxels=1))
+    nuc = table[table["class"] == "nuc"].iloc[0]
+    assert (nuc.instance_tp, nuc.instance_fp, nuc.instance_fn) == (1, 0, 0)
+    assert nuc.hausdorff_count == 1 and nuc.hausdorff_mean_nm == pytest.approx(8.0)
+    assert nuc.hausdorff_norm_sum == pytest.approx(1.01 ** (-8 / np.sqrt(3 * 8.0**2)))
+    assert nuc.instance_status == "scored"
+    others = table[table["class"] != "nuc"]
+    assert others[list(INSTANCE_COLUMNS)].isna().all().all()
+
+
+def test_instance_ids_are_matched_and_unannotated_voxels_ignored(store, tmp_path):
+    """An instance-encoded nuc at 4 nm, shape (6, 8, 12): id 7 at y < 6, x >= 6 and id 300 at
+    y >= 6, x >= 8; unknown (255) along z = 0, y = 7. The fake model predicts nuc at label
+    x >= 6 (nearest prediction k = x // 2 >= 3): one component over all y, which overlaps id 7
+    most (IoU 216/282 against 44/282) and matches it. Its farthest voxels (y = 7) are 2 voxels
+    (8 nm) from id 7; id 300 is unmatched (the cap: half the 24 nm z extent)."""
+    path, _ = store
+    root = zarr.open_group(str(path), mode="a", zarr_format=2)
+    nuc = np.zeros((6, 8, 12), dtype=np.uint16)
+    nuc[:, :6, 6:] = 7
+    nuc[:, 6:, 8:] = 300
+    nuc[0, 7, :] = 255
+    write_multiscale(
+        root, f"{LABELS_ROOT}/crop_n/nuc", [nuc], [(4.0,) * 3], [(10.0,) * 3],
+        attributes=annotation("nuc", INSTANCE), chunks=(3, 8, 12),
+    )  # fmt: skip
+    crop = Crop(path, EM_GROUP, path, f"{LABELS_ROOT}/crop_n", ("nuc",), "test")
+    settings = EvaluationSettings(slab_voxels=1, label_chunk_voxels=96)  # chunks of one slice
+    row = evaluate_crops(fake_predictor("2d"), [crop], settings).iloc[0]
+    assert (row.instance_tp, row.instance_fp, row.instance_fn) == (1, 0, 1)
+    assert row.hausdorff_count == 2 and row.hausdorff_mean_nm == pytest.approx((8 + 12) / 2)
+    scale = np.sqrt(3 * 4.0**2)
+    assert row.hausdorff_norm_sum == pytest.approx(1.01 ** (-8 / scale) + 1.01 ** (-12 / scale))
 
 
 def test_adjustment_modes_train_applies_the_shift_and_none_ignores_it(store):

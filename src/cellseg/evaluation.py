@@ -20,6 +20,15 @@ For every test crop the model predicts the crop's whole box at its own resolutio
 
 Following SPEC §8 and the CellMap challenge, a class with an empty prediction and an empty ground
 truth in a crop scores 1 (flagged in the ``empty`` column); see :mod:`cellseg.metrics`.
+
+Instance classes (of our 14 only ``nuc``, :data:`cellseg.challenge.INSTANCE_CLASSES`) are also
+scored as the CellMap challenge scores them (:func:`cellseg.challenge.score_instances`): connected
+components of the binarised prediction on the label grid, one-to-one matching to the ground-truth
+instances, F1 counts and normalised Hausdorff distances (columns ``instance_*`` and
+``hausdorff_*``; empty for other classes). Unannotated voxels are background in both. This needs
+the whole crop at once: the class's ground-truth ids (uint32) and one bool prediction per
+adjustment mode are kept while the crop is predicted, and the Hausdorff step adds about 13 bytes
+per voxel of an instance's bounding box: about 25 bytes per label voxel of the class in all.
 """
 
 from __future__ import annotations
@@ -40,6 +49,13 @@ import pandas as pd
 import torch
 import zarr
 
+from cellseg.challenge import (
+    INSTANCE_CLASSES,
+    InstanceScore,
+    SequentialIds,
+    connected_components,
+    score_instances,
+)
 from cellseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
 from cellseg.data.datasplit import read_datasplit
 from cellseg.data.identity import DataIdentity, check_unseen
@@ -47,6 +63,7 @@ from cellseg.data.patches import PatchGrid, normalize_em, sample_linear
 from cellseg.data.store import (
     Crop,
     CropGeometry,
+    LabelEncoding,
     ScaleLevel,
     StoredArray,
     check_outside_stores,
@@ -58,6 +75,7 @@ from cellseg.losses import InferenceLogitAdjustment, adjusted_probabilities
 from cellseg.metrics import confusion_counts, crop_class_table
 
 __all__ = [
+    "INSTANCE_COLUMNS",
     "METRIC_COLUMNS",
     "EvaluationSettings",
     "PredictionGrid",
@@ -91,8 +109,21 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "prediction_voxel_size_nm",
     "threshold",
     "inference_seconds",
+    "instance_tp",
+    "instance_fp",
+    "instance_fn",
+    "hausdorff_norm_sum",
+    "hausdorff_count",
+    "hausdorff_mean_nm",
+    "instance_status",
 )
 """Columns of the metrics CSV, one row per (adjustment mode, crop, annotated class)."""
+
+INSTANCE_COLUMNS: tuple[str, ...] = METRIC_COLUMNS[-7:]
+"""The challenge-style instance columns (:mod:`cellseg.challenge`), empty for semantic classes:
+matched pairs, unmatched predicted components, unmatched ground-truth instances, the sum and number
+of normalised Hausdorff distances (pooled per class by the summary), their mean in nm, and
+``scored`` or ``skipped_too_many_instances``."""
 
 BLEND_MODES: tuple[str, ...] = ("gaussian", "constant")
 
@@ -433,11 +464,18 @@ class _ClassScorer:
     """Counts of one annotated class of a crop, fed with binarised prediction slabs.
 
     The label grid is the class's finest level; each label voxel takes the prediction of the
-    prediction voxel nearest its centre (precomputed index maps per axis).
+    prediction voxel nearest its centre (precomputed index maps per axis). For an instance class
+    (``modes`` given) the whole crop's ground truth and resampled predictions are also kept
+    (:class:`_InstanceCollector`).
     """
 
     def __init__(
-        self, geometry: CropGeometry, name: str, grid: PredictionGrid, chunk_voxels: int
+        self,
+        geometry: CropGeometry,
+        name: str,
+        grid: PredictionGrid,
+        chunk_voxels: int,
+        modes: Sequence[str] = (),
     ) -> None:
         multiscale = geometry.labels[name]
         self.level = multiscale.finest
@@ -446,6 +484,9 @@ class _ClassScorer:
         self.index = [grid.nearest_index(a, _level_centres(self.level, a)) for a in range(3)]
         self.slice_voxels = self.level.shape[1] * self.level.shape[2]
         self.chunk_slices = max(1, chunk_voxels // max(self.slice_voxels, 1))
+        self.instances = (
+            _InstanceCollector(self.level.shape, self.encoding, modes) if modes else None
+        )
 
     def label_range(self, z0: int, z1: int) -> tuple[int, int]:
         """Label z slices whose nearest prediction slice lies in ``[z0, z1)`` (a contiguous run:
@@ -465,12 +506,70 @@ class _ClassScorer:
         lo, hi = self.label_range(z0, z1)
         for c0 in range(lo, hi, self.chunk_slices):
             c1 = min(hi, c0 + self.chunk_slices)
-            target = self.encoding.decode(np.asarray(self.array[c0:c1]))
+            raw = np.asarray(self.array[c0:c1])
+            target = self.encoding.decode(raw)
+            if self.instances is not None:
+                self.instances.add_truth(c0, c1, raw, target)
             iz = self.index[0][c0:c1] - z0
             for mode, slab in predicted.items():
                 resampled = slab[np.ix_(iz, self.index[1], self.index[2])]
                 out[mode] += confusion_counts(resampled[None, None], target[None, None])[0, 0]
+                if self.instances is not None:
+                    self.instances.add_prediction(mode, c0, c1, resampled, target)
         return out
+
+
+class _InstanceCollector:
+    """One instance class of a crop, whole, on its label grid: ground-truth ids and the binarised
+    prediction of each mode, for :func:`cellseg.challenge.score_instances`.
+
+    Unannotated voxels are background in both (the challenge multiplies both by its mask). Ids
+    become ``1..n`` (uint32) chunk by chunk; a class stored as semantic 0/1 is split into
+    instances by connected components when scored.
+    """
+
+    def __init__(
+        self, shape: tuple[int, int, int], encoding: LabelEncoding, modes: Sequence[str]
+    ) -> None:
+        self.truth = np.zeros(shape, dtype=np.uint32)
+        self.predicted = {mode: np.zeros(shape, dtype=bool) for mode in modes}
+        self.ids = (
+            SequentialIds(background=(encoding.absent, encoding.unknown))
+            if encoding.instance
+            else None
+        )
+
+    def add_truth(self, c0: int, c1: int, raw: np.ndarray, target: np.ndarray) -> None:
+        if self.ids is not None:
+            self.truth[c0:c1] = self.ids(raw)
+        else:
+            self.truth[c0:c1] = target == 1.0  # NaN (unannotated) compares False
+
+    def add_prediction(
+        self, mode: str, c0: int, c1: int, resampled: np.ndarray, target: np.ndarray
+    ) -> None:
+        self.predicted[mode][c0:c1] = resampled & ~np.isnan(target)
+
+    def score(self, voxel_size_nm: Sequence[float]) -> dict[str, InstanceScore]:
+        truth = self.truth if self.ids is not None else connected_components(self.truth > 0)[0]
+        return {
+            mode: score_instances(truth, predicted, voxel_size_nm)
+            for mode, predicted in self.predicted.items()
+        }
+
+
+def _instance_columns(score: InstanceScore) -> dict[str, Any]:
+    """The :data:`INSTANCE_COLUMNS` of one crop × instance class."""
+    count = score.hausdorff_count
+    return {
+        "instance_tp": score.tp,
+        "instance_fp": score.fp,
+        "instance_fn": score.fn,
+        "hausdorff_norm_sum": score.hausdorff_norm_sum,
+        "hausdorff_count": count,
+        "hausdorff_mean_nm": score.hausdorff_sum_nm / count if count else np.nan,
+        "instance_status": score.status,
+    }
 
 
 class _PredictionWriter:
@@ -527,7 +626,13 @@ def evaluate_crop(
     grid = PredictionGrid.for_crop(geometry, predictor.resolution_nm)
     modes = predictor.modes(settings)
     scorers = {
-        name: _ClassScorer(geometry, name, grid, settings.label_chunk_voxels)
+        name: _ClassScorer(
+            geometry,
+            name,
+            grid,
+            settings.label_chunk_voxels,
+            modes if name in INSTANCE_CLASSES else (),
+        )
         for name in geometry.labels
     }
     writer = (
@@ -553,6 +658,11 @@ def evaluate_crop(
             for mode in modes:
                 counts[mode][0, c] += slab_counts[mode]
         started = time.perf_counter()
+    instance_scores = {}
+    for name, scorer in scorers.items():
+        if scorer.instances is not None:
+            instance_scores[name] = scorer.instances.score(scorer.level.voxel_size_nm)
+            scorer.instances = None  # the crop-sized arrays are no longer needed
     tables = []
     for mode in modes:
         table = crop_class_table(counts[mode], [crop.name], CLASSES)
@@ -570,8 +680,27 @@ def evaluate_crop(
             threshold=settings.threshold,
             inference_seconds=inference_seconds,
         )
+        table = _with_instance_columns(table, {k: v[mode] for k, v in instance_scores.items()})
         tables.append(table)
     return pd.concat(tables, ignore_index=True)[list(METRIC_COLUMNS)]
+
+
+def _with_instance_columns(
+    table: pd.DataFrame, scores: Mapping[str, InstanceScore]
+) -> pd.DataFrame:
+    """Add :data:`INSTANCE_COLUMNS` to one mode's crop table: filled for the instance classes
+    scored, missing (NA) for the others."""
+    integers = ("instance_tp", "instance_fp", "instance_fn", "hausdorff_count")
+    columns: dict[str, Any] = {
+        name: pd.array([pd.NA] * len(table), dtype="Int64" if name in integers else "Float64")
+        for name in INSTANCE_COLUMNS
+    }
+    columns["instance_status"] = pd.array([pd.NA] * len(table), dtype="string")
+    for i, name in enumerate(table["class"]):
+        if name in scores:
+            for column, value in _instance_columns(scores[name]).items():
+                columns[column][i] = value
+    return table.assign(**columns)
 
 
 def evaluate_crops(
