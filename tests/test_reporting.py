@@ -287,3 +287,64 @@ def test_model_figures_draw(tmp_path):
     curves = training_curves_figure(history, "unet_2d")
     labels = [line.get_label() for line in curves.axes[3].get_lines()]
     assert labels == ["ecs"]
+
+
+def challenge_metrics(with_instances: bool = True) -> pd.DataFrame:
+    """Two crops of hand-picked counts; nuc with challenge-style instance columns."""
+    rows = [  # crop, class, tp, fp, fn, instance tp, fp, fn, Σ normalised Hausdorff, count
+        ("d/crop0", "ecs", 30, 10, 10, None),
+        ("d/crop0", "mito_lum", 0, 0, 0, None),
+        ("d/crop0", "nuc", 50, 5, 5, (1, 1, 0, 1.5, 2)),
+        ("d/crop1", "ecs", 20, 0, 20, None),
+        ("d/crop1", "mito_lum", 5, 5, 0, None),
+        ("d/crop1", "nuc", 40, 0, 9, (2, 0, 1, 2.0, 3)),
+    ]
+    table = []
+    for crop, name, tp, fp, fn, instance in rows:
+        row = {"model": "unet", "dim": "3d", "adjustment": "train", "crop": crop,
+               "class": name, "tp": tp, "fp": fp, "fn": fn, "tn": 100, "inference_seconds": 1.0}  # fmt: skip
+        if with_instances:
+            keys = ("instance_tp", "instance_fp", "instance_fn", "hausdorff_norm_sum",
+                    "hausdorff_count")  # fmt: skip
+            row |= dict(zip(keys, instance or (None,) * 5, strict=True))
+            row["instance_status"] = "scored" if instance else None
+        table.append(row)
+    return pd.DataFrame(table)
+
+
+def test_pooled_iou_and_challenge_style_score_by_hand(tmp_path, frequencies):
+    metrics, train = write_model(tmp_path, "unet_3d", challenge_metrics())
+    out = tmp_path / "out"
+    summary = make_summary(
+        {"unet_3d": metrics}, {"unet_3d": train}, frequencies, out / "summary.csv",
+        out / "summary.md", out / "figures", expected=["unet_3d"],
+    )  # fmt: skip
+    row = summary.table.set_index("model").loc["unet_3d"]
+    iou_ecs, iou_mito = 50 / (50 + 10 + 30), 5 / 10  # crop0 has no mito_lum at all
+    assert row["iou_ecs"] == pytest.approx(iou_ecs)
+    assert row["iou_mito_lum"] == pytest.approx(iou_mito)
+    assert row["iou_nuc"] == pytest.approx(90 / (90 + 5 + 14))
+    assert np.isnan(row["iou_er_lum"])  # no crop annotates it
+    assert row["pooled_iou"] == pytest.approx(np.mean([iou_ecs, iou_mito, 90 / 109]))
+    # nuc: F1 = 2 * 3 / (2 * 3 + 1 + 1), mean normalised Hausdorff 3.5 / 5
+    assert row["challenge_f1_nuc"] == pytest.approx(0.75)
+    assert row["challenge_hausdorff_nuc"] == pytest.approx(0.7)
+    assert row["challenge_combined_nuc"] == pytest.approx(np.sqrt(0.75 * 0.7))
+    semantic = (iou_ecs + iou_mito) / 2  # nuc is scored as an instance class only
+    assert row["challenge_style_semantic"] == pytest.approx(semantic)
+    assert row["challenge_style_score"] == pytest.approx(np.sqrt(np.sqrt(0.75 * 0.7) * semantic))
+    assert np.isnan(summary.table.set_index("model").loc[BASELINE, "challenge_style_score"])
+    written = pd.read_csv(out / "summary.csv")
+    per_class = [c for c in written if c.startswith(("dice_", "iou_"))]
+    assert per_class == [f"dice_{c}" for c in CLASSES] + [f"iou_{c}" for c in CLASSES]
+    markdown = (out / "summary.md").read_text()
+    assert "## Challenge-style scores on our test crops (not a leaderboard number)" in markdown
+    assert f"| unet_3d | {row['challenge_style_score']:.3f} | {semantic:.3f} | 0.750 |" in markdown
+    assert f"| ecs | {iou_ecs:.3f} |" in markdown
+
+
+def test_metrics_without_instance_columns_leave_the_challenge_score_undefined(tmp_path):
+    metrics, _ = write_model(tmp_path, "unet_3d", challenge_metrics(with_instances=False))
+    row = summarize({"unet_3d": metrics}, expected=["unet_3d"]).table.iloc[0]
+    assert np.isnan(row["challenge_style_score"]) and np.isnan(row["challenge_f1_nuc"])
+    assert row["challenge_style_semantic"] == pytest.approx((50 / 90 + 0.5) / 2)

@@ -50,20 +50,27 @@ def _models(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def heatmap_figure(table: pd.DataFrame) -> Figure:
-    """Per-class pooled Dice, models (ranked, baseline last) × classes; unannotated grey."""
+    """Per-class pooled Dice and, beside it, pooled IoU (the challenge's semantic metric): models
+    (ranked, baseline last) × classes; unannotated grey. IoU is left out for a table without
+    ``iou_<class>`` columns."""
     rows = _models(table)
-    values = rows[[f"dice_{name}" for name in CLASSES]].to_numpy(dtype=float)
-    figure, ax = plt.subplots(figsize=(11, 1.2 + 0.45 * max(len(rows), 1)))
+    metrics = [("Dice", "dice")]
+    if all(f"iou_{name}" in rows for name in CLASSES):
+        metrics.append(("IoU", "iou"))
+    height = 1.2 + 0.45 * max(len(rows), 1)
+    figure, axes = plt.subplots(len(metrics), 1, figsize=(11, height * len(metrics)), squeeze=False)
     cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
-    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=1, aspect="auto")
-    for (i, j), v in np.ndenumerate(values):
-        if np.isfinite(v):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                    color="k" if v > 0.6 else "w")  # fmt: skip
-    ax.set_xticks(range(NUM_CLASSES), CLASSES, rotation=60, ha="right")
-    ax.set_yticks(range(len(rows)), rows["model"])
-    ax.set_title("pooled Dice per class (grey: no test crop annotates it)")
-    figure.colorbar(image, ax=ax, label="Dice")
+    for ax, (label, prefix) in zip(axes[:, 0], metrics, strict=True):
+        values = rows[[f"{prefix}_{name}" for name in CLASSES]].to_numpy(dtype=float)
+        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+        for (i, j), v in np.ndenumerate(values):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="k" if v > 0.6 else "w")  # fmt: skip
+        ax.set_xticks(range(NUM_CLASSES), CLASSES, rotation=60, ha="right")
+        ax.set_yticks(range(len(rows)), rows["model"])
+        ax.set_title(f"pooled {label} per class (grey: no test crop annotates it)")
+        figure.colorbar(image, ax=ax, label=label)
     figure.tight_layout()
     return figure
 

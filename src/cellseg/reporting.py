@@ -12,6 +12,13 @@ What is compared (all over the held-out crops, one adjustment mode):
 * **pooled Dice**: per class, the Dice of ``ΣTP, ΣFP, ΣFN`` over those crops (as the CellMap
   challenge scores); ``dice_<class>`` columns hold it per class, ``pooled_dice`` its mean over
   classes.
+* **pooled IoU**: per class, the IoU of ``ΣTP, ΣFP, ΣFN`` over crops (``iou_<class>``), and its
+  mean over classes (``pooled_iou``); the challenge reports IoU.
+* **challenge-style score on our test crops** (``challenge_style_*`` columns; not a leaderboard
+  number): the CellMap challenge's arithmetic (:mod:`cellseg.challenge`) applied to our crops and
+  classes: pooled IoU per semantic class; for the instance class ``nuc``, F1 of one-to-one
+  matched instances and the mean normalised Hausdorff distance pooled over crops, combined as
+  ``sqrt(F1 × Hausdorff)``; overall ``sqrt(mean instance × mean semantic)``.
 * **difference to the best**: the model's statistic minus the best model's on the crops both were
   evaluated on, with a t-interval and an exact sign-flip permutation p-value over crops
   (:func:`cellseg.statistics.paired_comparison`), Holm-adjusted over the comparisons.
@@ -48,6 +55,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cellseg.challenge import (
+    CHALLENGE_SOURCE,
+    INSTANCE_CLASSES,
+    instance_class_scores,
+    overall_scores,
+)
 from cellseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
 from cellseg.errors import CellsegError
 from cellseg.io import atomic_path, write_text_atomic
@@ -300,6 +313,75 @@ def _dice_columns(counts: np.ndarray, statistic: Statistic, s: SummarySettings) 
     return columns
 
 
+def _iou_columns(counts: np.ndarray) -> dict[str, float]:
+    """Pooled IoU per class (``iou_<class>``, NaN for classes no crop annotates) and its mean over
+    the annotated classes (``pooled_iou``), from ``(N, 14, 4)`` per-crop counts."""
+    agg = aggregate_crops(counts)
+    pooled = np.where(agg.n_crops > 0, agg.pooled.iou, np.nan)
+    return {
+        "pooled_iou": float(np.nanmean(pooled)) if np.isfinite(pooled).any() else np.nan,
+        **{f"iou_{name}": pooled[c] for c, name in enumerate(CLASSES)},
+    }
+
+
+_INSTANCE_SUMS = (
+    "instance_tp",
+    "instance_fp",
+    "instance_fn",
+    "hausdorff_norm_sum",
+    "hausdorff_count",
+)
+
+
+def _challenge_columns(table: pd.DataFrame | None, counts: np.ndarray) -> dict[str, Any]:
+    """The ``challenge_*`` columns of a model (:mod:`cellseg.challenge`): per instance class F1,
+    mean normalised Hausdorff, combined score and skipped crops, from the metrics' instance columns
+    summed over crops (NaN without them: an old CSV, or the baseline); the semantic part (mean
+    pooled IoU over the non-instance classes annotated), the instance part and the overall score.
+    """
+    iou = _iou_columns(counts)
+    semantic = [iou[f"iou_{n}"] for n in CLASSES if n not in INSTANCE_CLASSES]
+    columns: dict[str, Any] = {}
+    combined = []
+    for name in INSTANCE_CLASSES:
+        rows = None if table is None else table[table["class"] == name]
+        usable = (
+            rows is not None
+            and not rows.empty
+            and set(_INSTANCE_SUMS) <= set(rows.columns)
+            and rows[list(_INSTANCE_SUMS)].notna().all().all()
+        )
+        if usable:
+            assert rows is not None
+            scores = instance_class_scores(*(float(rows[c].sum()) for c in _INSTANCE_SUMS))
+            status = (
+                rows["instance_status"] if "instance_status" in rows else pd.Series([], dtype=str)
+            )
+            skipped = int((status == "skipped_too_many_instances").sum())
+        else:
+            scores, skipped = (np.nan, np.nan, np.nan), np.nan
+        columns[f"challenge_f1_{name}"] = scores[0]
+        columns[f"challenge_hausdorff_{name}"] = scores[1]
+        columns[f"challenge_combined_{name}"] = scores[2]
+        columns[f"challenge_skipped_crops_{name}"] = skipped
+        annotated = rows is not None and not rows.empty
+        # a class no crop annotates is left out, as the challenge leaves out absent labels; one
+        # annotated but without instance columns makes the instance part unknown (NaN)
+        if annotated:
+            combined.append(scores[2] if usable else np.nan)
+    overall = overall_scores([], semantic)
+    if combined:
+        overall = overall_scores(combined, semantic)
+        if any(not math.isfinite(v) for v in combined):
+            overall = overall._replace(instance=np.nan, overall=np.nan)
+    return {
+        "challenge_style_score": overall.overall,
+        "challenge_style_semantic": overall.semantic,
+        "challenge_style_instance": overall.instance,
+        **columns,
+    }
+
+
 def _train_columns(train: Mapping[str, Any]) -> dict[str, Any]:
     gpus = int(train.get("gpus", 0) or 0)
     return {
@@ -340,6 +422,8 @@ def _load_model(
     row.update(
         n_crops=len(crops),
         **_dice_columns(counts, statistic, s),
+        **_iou_columns(counts),
+        **_challenge_columns(table, counts),
         inference_seconds=seconds,
         adjustment=mode,
     )
@@ -387,6 +471,8 @@ def _baseline(
         "status": "baseline",
         "n_crops": len(gt_crops),
         **_dice_columns(expected, Statistic(s.rank_by), s),
+        **_iou_columns(expected),
+        **_challenge_columns(None, expected),
         "adjustment": "",
     }
     return _Model(row, gt_crops, expected)
@@ -607,6 +693,10 @@ _LEADING = [
     "pooled_dice",
     "pooled_dice_ci_low",
     "pooled_dice_ci_high",
+    "pooled_iou",
+    "challenge_style_score",
+    "challenge_style_semantic",
+    "challenge_style_instance",
     "above_baseline",
     "best_model",
     "diff_to_best",
@@ -624,7 +714,9 @@ def _order_columns(table: pd.DataFrame) -> pd.DataFrame:
         if column not in table:
             table[column] = np.nan
     leading = [c for c in _LEADING if c in table]
-    per_class = [f"dice_{name}" for name in CLASSES if f"dice_{name}" in table]
+    per_class = [
+        f"{m}_{name}" for m in ("dice", "iou") for name in CLASSES if f"{m}_{name}" in table
+    ]
     rest = [c for c in table if c not in leading and c not in per_class]
     table = table[leading + per_class + rest]
     counts = ("rank", "parameters", "epochs_run", "best_epoch", "gpus", "n_crops", "compared_crops")
@@ -845,6 +937,64 @@ def _markdown_winners(summary: Summary) -> list[str]:
     return lines
 
 
+def _markdown_challenge(summary: Summary) -> list[str]:
+    """The challenge-style scores and the pooled IoU per class, labelled as ours, not the
+    leaderboard's."""
+    table = summary.table[summary.table["mean_dice"].notna()]
+    instance = ", ".join(f"`{n}`" for n in INSTANCE_CLASSES)
+    lines = [
+        "",
+        "## Challenge-style scores on our test crops (not a leaderboard number)",
+        "",
+        "Computed as the CellMap Segmentation Challenge's scoring code computes its scores "
+        f"(`cellseg.challenge`, read from {CHALLENGE_SOURCE}), but on our held-out crops and our "
+        "14 classes, so it is **not comparable to the challenge leaderboard**. Semantic classes: "
+        "pooled IoU (ΣTP / (ΣTP + ΣFP + ΣFN) over crops). Instance class(es) "
+        f"{instance}: connected components (26-connectivity) of the thresholded prediction "
+        "matched one-to-one to the ground-truth instances (maximum summed IoU, any overlap), "
+        "F1 = 2ΣTP / (2ΣTP + ΣFP + ΣFN) over crops, Hausdorff distance per instance (nm, capped "
+        "at half the crop's smallest extent; unmatched instances and predictions get the cap) "
+        "normalised as 1.01^(−d / ‖voxel size‖) and averaged over all instances of all crops, "
+        "combined = √(F1 × normalised Hausdorff). Score = √(mean combined over instance classes "
+        "× mean IoU over semantic classes). The challenge's documentation describes "
+        "voxel-weighted means over crops instead; its code, followed here, pools over crops.",
+        "",
+        "| model | challenge-style score | semantic (mean IoU) | "
+        + " | ".join(f"{n} F1 | {n} Hausdorff | {n} combined" for n in INSTANCE_CLASSES)
+        + " |",
+        "|---|---:|---:|" + "---:|---:|---:|" * len(INSTANCE_CLASSES),
+    ]
+    for _, r in table.iterrows():
+        cells = [_fmt(r.get("challenge_style_score")), _fmt(r.get("challenge_style_semantic"))]
+        for n in INSTANCE_CLASSES:
+            cells += [_fmt(r.get(f"challenge_{k}_{n}")) for k in ("f1", "hausdorff", "combined")]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    skipped = {
+        r["model"]: int(r[f"challenge_skipped_crops_{n}"])
+        for _, r in table.iterrows()
+        for n in INSTANCE_CLASSES
+        if pd.notna(r.get(f"challenge_skipped_crops_{n}")) and r[f"challenge_skipped_crops_{n}"]
+    }
+    if skipped:
+        lines += ["", "Crops skipped for too many predicted instances (> 10 + 50·e^(−n/5) per "
+                  "ground-truth instance; they count nowhere, as in the challenge): "
+                  + ", ".join(f"{m} {k}" for m, k in skipped.items()) + "."]  # fmt: skip
+    lines += [
+        "",
+        "A score is – where it cannot be computed: the baseline has no instances, and a class "
+        "part is undefined when no crop annotates such a class.",
+        "",
+        "### Pooled IoU per class",
+        "",
+        "| class | " + " | ".join(str(m) for m in table["model"]) + " |",
+        "|---|" + "---:|" * len(table),
+    ]
+    for name in CLASSES:
+        cells = [_fmt(v) for v in table[f"iou_{name}"]] if f"iou_{name}" in table else []
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _comparison_line(r: pd.Series, s: SummarySettings, tested: int = 1) -> str:
     """One model's line of "Differences to the best model"; ``tested``: comparisons in the
     Holm family (a difference no test at this N could call significant is not "no difference")."""
@@ -908,6 +1058,7 @@ def summary_markdown(summary: Summary) -> str:
         *_markdown_table(summary.table),
         *_markdown_baseline(summary),
         *_markdown_winners(summary),
+        *_markdown_challenge(summary),
         *_markdown_differences(summary),
         *_markdown_problems(summary),
     ]
