@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan-batch": ("cellseg.models.planning", "estimate the largest batch that fits a GPU"),
     "evaluate": ("cellseg.evaluation", "evaluate a trained model on held-out crops"),
     "summary": ("cellseg.reporting", "compare evaluated models: summary table and figures"),
+    "predict": ("cellseg.prediction", "predict a whole EM volume into an OME-Zarr store"),
 }
 """Sub-command → (module defining it, one-line help)."""
 

@@ -1,0 +1,1018 @@
+"""Whole-dataset prediction to OME-Zarr: blockwise, resumable, parallel over jobs.
+
+``cellseg predict`` runs a trained model over an EM volume (or a region of it) and writes, per
+class, a probability array and a thresholded mask as OME-NGFF 0.4 multiscale images (zarr
+format 2), at the model's resolution, in the EM's world coordinates (nm).
+
+Geometry. The prediction grid has the model's voxel size ``r`` and starts at the EM volume's
+lower corner (voxel ``i`` centred at ``start + (i + 1/2) r``; with an EM level at ``r`` it *is*
+that level's grid and the EM is read without interpolation). An optional ROI (nm) keeps the grid
+voxels that overlap it. As in evaluation, the network sees the ROI plus a margin of half a window
+per axis (EM beyond the volume repeats its edge); 2D models see z slices (window depth 1, no z
+margin).
+
+Blending across block borders. The windows are MONAI's ``sliding_window_inference`` grid over
+the whole (ROI + margin) image, fixed by its size, the window and the overlap; each output voxel
+is ``sum_w g_w z_w / sum_w g_w`` over the windows covering it (``g``: MONAI's importance map).
+A block computes every window of that global grid that intersects its core, so each voxel gets
+exactly the windows and weights of a whole-volume run: a blockwise run equals a whole-volume run
+(to float rounding). Blocks are ``block_voxels`` tiles of the output (multiples of its chunks, so
+jobs write disjoint chunks). Within one run, consecutive blocks of a column (same y-x tile, next
+z) share their windows: a window spanning the z border is computed once and its contribution to
+the next block is carried over, so a run pays duplicated windows only at y-x tile borders and at
+its first block. Memory: one block's accumulator, ``(bz + window_z) × by × bx × 15 × 4`` bytes,
+plus its EM, independent of the volume's size.
+
+Resumability and parallelism. A block's chunks are written, then a small JSON marker
+``OUT/.cellseg/blocks/{index}.json`` (atomically); a rerun skips blocks with a marker. Blocks are
+numbered column by column (z fastest); ``--part I --parts N`` takes the I-th of N contiguous
+ranges, so N SLURM jobs write disjoint regions of one store. ``--stage init`` creates the store,
+``--stage pyramid`` writes the downsampled levels and the final metadata once every block is
+done; the default runs all three.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from cellseg.classes import CLASSES, NUM_CLASSES
+from cellseg.data.patches import PatchGrid, normalize_em, sample_linear
+from cellseg.data.store import Multiscale, ScaleLevel, StoredArray, open_group, read_multiscale
+from cellseg.errors import CellsegError
+from cellseg.evaluation import BLEND_MODES, Predictor, resolve_device
+from cellseg.io import write_json_atomic
+from cellseg.losses import InferenceLogitAdjustment, adjusted_probabilities
+
+__all__ = [
+    "DTYPES",
+    "PredictionPlan",
+    "PredictionSettings",
+    "block_logits",
+    "parse_roi",
+    "plan_prediction",
+    "predict_volume",
+    "split_store_path",
+    "window_starts",
+]
+
+DTYPES: dict[str, float] = {"uint8": 255.0, "uint16": 65535.0, "float32": 1.0}
+"""Probability dtypes → the factor a probability in [0, 1] is scaled by before rounding."""
+
+FORMAT = "cellseg-prediction-1"
+STATE_DIR = ".cellseg"
+KILL_AFTER_ENV = "CELLSEG_PREDICT_KILL_AFTER_BLOCKS"
+"""Test-only fault injection: the process SIGKILLs itself after this many blocks written."""
+
+SIGMA_SCALE = 0.125  # MONAI's default Gaussian width, as sliding_window_inference uses it
+
+
+# ------------------------------------------------------------------------------ settings
+
+
+@dataclass(frozen=True)
+class PredictionSettings:
+    """How a volume is predicted (the ``predict`` section of the config, or the CLI options).
+
+    Attributes:
+        overlap: fraction of a window shared with its neighbours, in [0, 1).
+        blend_mode: ``gaussian`` or ``constant`` (MONAI's importance maps).
+        sw_batch_size: windows per forward pass.
+        adjustment: ``train`` / ``none``; ``None``: the model's own (as evaluation).
+        threshold: probability above which the mask is 1: one number, or class → number
+            (classes not named: 0.5).
+        dtype: probability arrays' dtype: ``uint8`` (round(p × 255)), ``uint16`` or ``float32``.
+        chunk_voxels: output chunks, voxels per axis (a cube; smaller where the volume is).
+        block_voxels: ``(bz, by, bx)`` output voxels per block, multiples of ``chunk_voxels``;
+            bounds memory (see the module docstring).
+        pyramid_levels: levels in all (s0 included); ``None``: halve until every axis fits one
+            chunk.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+    """
+
+    overlap: float = 0.25
+    blend_mode: str = "gaussian"
+    sw_batch_size: int = 4
+    adjustment: str | None = None
+    threshold: float | Mapping[str, float] = 0.5
+    dtype: str = "uint8"
+    chunk_voxels: int = 64
+    block_voxels: tuple[int, int, int] = (64, 1024, 1024)
+    pyramid_levels: int | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.overlap < 1.0:
+            raise CellsegError(f"predict.overlap = {self.overlap}: must be in [0, 1)")
+        if self.blend_mode not in BLEND_MODES:
+            raise CellsegError(f"predict.blend_mode = {self.blend_mode!r}: use gaussian/constant")
+        if self.adjustment is not None and self.adjustment not in {
+            m.value for m in InferenceLogitAdjustment
+        }:
+            raise CellsegError(f"predict.adjustment = {self.adjustment!r}: use train or none")
+        if self.dtype not in DTYPES:
+            raise CellsegError(f"predict.dtype = {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.sw_batch_size < 1 or self.chunk_voxels < 1:
+            raise CellsegError("predict: sw_batch_size and chunk_voxels must be >= 1")
+        if len(self.block_voxels) != 3 or any(
+            b < 1 or b % self.chunk_voxels for b in self.block_voxels
+        ):
+            raise CellsegError(
+                f"predict.block_voxels = {list(self.block_voxels)}: need 3 positive multiples of "
+                f"chunk_voxels = {self.chunk_voxels} (blocks must write whole chunks)"
+            )
+        if self.pyramid_levels is not None and self.pyramid_levels < 1:
+            raise CellsegError("predict.pyramid_levels must be >= 1 (or null for automatic)")
+        thresholds = self.threshold if isinstance(self.threshold, Mapping) else {}
+        unknown = set(thresholds) - set(CLASSES)
+        if unknown:
+            raise CellsegError(
+                f"predict.threshold: unknown class {sorted(unknown)[0]!r}; classes are "
+                f"{', '.join(CLASSES)}"
+            )
+
+    def thresholds(self) -> np.ndarray:
+        """``(14,)`` per-class thresholds."""
+        if isinstance(self.threshold, Mapping):
+            return np.array([float(self.threshold.get(c, 0.5)) for c in CLASSES])
+        return np.full(NUM_CLASSES, float(self.threshold))
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any] | None) -> PredictionSettings:
+        """From the config's ``predict`` section (keys that are not settings are ignored)."""
+        names = set(cls.__dataclass_fields__)
+        values = {k: v for k, v in (section or {}).items() if k in names}
+        if "block_voxels" in values:
+            values["block_voxels"] = tuple(int(b) for b in values["block_voxels"])
+        return cls(**values)
+
+
+# ------------------------------------------------------------------------------ geometry
+
+
+def parse_roi(text: str | None) -> tuple[tuple[float, float], ...] | None:
+    """``"z0:z1,y0:y1,x0:x1"`` (nm, world coordinates) → ``((z0, z1), (y0, y1), (x0, x1))``.
+
+    Raises:
+        CellsegError: not three ``a:b`` ranges with ``a < b``.
+    """
+    if text is None or str(text).strip() == "":
+        return None
+    parts = str(text).split(",")
+    try:
+        ranges = tuple(tuple(float(v) for v in part.split(":")) for part in parts)
+    except ValueError:
+        ranges = ()
+    if len(ranges) != 3 or any(len(r) != 2 or not r[0] < r[1] for r in ranges):
+        raise CellsegError(
+            f"--roi {text!r}: expected z0:z1,y0:y1,x0:x1 in nm with each start below its stop"
+        )
+    return ranges  # type: ignore[return-value]
+
+
+def split_store_path(path: Path | str) -> tuple[Path, str]:
+    """``STORE.zarr/recon-1/em/fibsem-uint8`` → ``(STORE.zarr, "recon-1/em/fibsem-uint8")``
+    (the last path component ending in ``.zarr`` is the store).
+
+    Raises:
+        CellsegError: no component ends in ``.zarr``.
+    """
+    parts = Path(path).parts
+    stores = [i for i, p in enumerate(parts) if p.endswith(".zarr")]
+    if not stores:
+        raise CellsegError(
+            f"--em {path}: expected STORE.zarr/GROUP, e.g. "
+            "data/jrc_x/jrc_x.zarr/recon-1/em/fibsem-uint8"
+        )
+    i = stores[-1]
+    return Path(*parts[: i + 1]), "/".join(parts[i + 1 :])
+
+
+def _context(window: int, extent: int) -> int:
+    """Margin (voxels) on each side: half a window, and enough that one window fits (as in
+    evaluation)."""
+    return max(window // 2, math.ceil(max(window - extent, 0) / 2))
+
+
+def window_starts(size: int, window: int, overlap: float) -> list[int]:
+    """Window starts along one axis of an image of ``size`` voxels, as MONAI's
+    ``sliding_window_inference`` places them (``_get_scan_interval`` + ``dense_patch_slices``):
+    stride ``int(window × (1 - overlap))`` (at least 1; the whole axis when the window equals
+    it), the last window moved back to end at the edge. Needs ``size >= window``."""
+    if window == size:
+        return [0]
+    stride = max(int(window * (1 - overlap)), 1)
+    count = next(d for d in range(size) if d * stride + window >= size) + 1
+    return [i * stride - max(i * stride + window - size, 0) for i in range(count)]
+
+
+@dataclass(frozen=True)
+class PredictionPlan:
+    """Where a volume is predicted and how it is cut into windows and blocks.
+
+    Coordinates: *grid* indices over the whole EM volume at ``resolution_nm``; *output* indices
+    over the ROI (``grid = output + roi_start``); *image* indices over the ROI plus ``margin``
+    (``image = output + margin``), the array the windows slide over.
+
+    Attributes:
+        em_store, em_group: the EM multiscale group.
+        level: the EM level read (nearest the model's resolution).
+        resolution_nm: ``r``, the model's voxel size.
+        grid_origin_nm: ``(z, y, x)`` centre of grid voxel 0, nm.
+        grid_shape: grid voxels over the EM volume.
+        roi_start, shape: output voxel 0 in grid indices, and the output's shape.
+        window: ``(wz, wy, wx)`` voxels (``wz = 1`` for a 2D model).
+        margin: image voxels before output voxel 0, per axis.
+        starts: window starts per axis, image indices.
+        block: ``(bz, by, bx)`` output voxels per block.
+        chunk: output chunk edge, voxels.
+    """
+
+    em_store: Path
+    em_group: str
+    level: ScaleLevel
+    resolution_nm: float
+    grid_origin_nm: tuple[float, float, float]
+    grid_shape: tuple[int, int, int]
+    roi_start: tuple[int, int, int]
+    shape: tuple[int, int, int]
+    window: tuple[int, int, int]
+    margin: tuple[int, int, int]
+    starts: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+    block: tuple[int, int, int]
+    chunk: int
+
+    @property
+    def translation_nm(self) -> tuple[float, float, float]:
+        """Centre of output voxel 0, nm (the OME-NGFF translation of level s0)."""
+        return tuple(
+            o + s * self.resolution_nm
+            for o, s in zip(self.grid_origin_nm, self.roi_start, strict=True)
+        )  # type: ignore[return-value]
+
+    @property
+    def block_counts(self) -> tuple[int, int, int]:
+        return tuple(-(-n // b) for n, b in zip(self.shape, self.block, strict=True))  # type: ignore[return-value]
+
+    @property
+    def n_blocks(self) -> int:
+        return math.prod(self.block_counts)
+
+    def block_box(self, index: int) -> tuple[slice, slice, slice]:
+        """Output box of block ``index``; blocks run column by column (z fastest)."""
+        nz, _, nx = self.block_counts
+        kz = index % nz
+        ty, tx = divmod(index // nz, nx)
+        return tuple(
+            slice(k * b, min((k + 1) * b, n))
+            for k, b, n in zip((kz, ty, tx), self.block, self.shape, strict=True)
+        )  # type: ignore[return-value]
+
+    def part_blocks(self, part: int, parts: int) -> range:
+        """Blocks of the ``part``-th of ``parts`` contiguous ranges (the jobs of one dataset)."""
+        if not 0 <= part < parts:
+            raise CellsegError(f"--part {part}: must be in [0, --parts {parts})")
+        n = self.n_blocks
+        return range(part * n // parts, (part + 1) * n // parts)
+
+    def describe(self) -> dict[str, Any]:
+        """What the blocks depend on (stored in the output; a mismatch refuses to resume)."""
+        return {
+            "em": f"{self.em_store.resolve()}/{self.em_group}",
+            "level": self.level.path,
+            "resolution_nm": self.resolution_nm,
+            "roi_start": list(self.roi_start),
+            "shape": list(self.shape),
+            "translation_nm": list(self.translation_nm),
+            "window": list(self.window),
+            "margin": list(self.margin),
+            "block": list(self.block),
+            "chunk": self.chunk,
+        }
+
+
+def plan_prediction(
+    em: Multiscale,
+    predictor: Predictor,
+    settings: PredictionSettings,
+    roi: Sequence[tuple[float, float]] | None = None,
+) -> PredictionPlan:
+    """The grid, ROI, windows and blocks of predicting ``em`` with ``predictor``.
+
+    Raises:
+        CellsegError: the ROI misses the volume, or the patch does not match the model's dim.
+    """
+    r = float(predictor.resolution_nm)
+    start, stop = em.bounds_nm
+    grid_shape = tuple(
+        max(1, math.ceil((b - a) / r - 1e-6)) for a, b in zip(start, stop, strict=True)
+    )
+    if roi is None:
+        lo, hi = (0, 0, 0), grid_shape
+    else:
+        lo = tuple(
+            max(0, math.floor((a - s) / r + 1e-6)) for (a, _), s in zip(roi, start, strict=True)
+        )
+        hi = tuple(
+            min(n, math.ceil((b - s) / r - 1e-6))
+            for (_, b), s, n in zip(roi, start, grid_shape, strict=True)
+        )
+        if any(b <= a for a, b in zip(lo, hi, strict=True)):
+            raise CellsegError(
+                f"--roi {roi}: does not overlap the EM volume {em.location}, which spans "
+                f"{[round(float(v), 3) for v in start]}–{[round(float(v), 3) for v in stop]} nm"
+            )
+    shape = tuple(b - a for a, b in zip(lo, hi, strict=True))
+    patch = tuple(int(n) for n in predictor.patch_shape)
+    if len(patch) != (3 if predictor.dim == "3d" else 2):
+        raise CellsegError(f"{predictor.key}: patch {patch} does not match dim {predictor.dim}")
+    window = patch if predictor.dim == "3d" else (1, *patch)
+    margin = tuple(0 if w == 1 else _context(w, n) for w, n in zip(window, shape, strict=True))
+    starts = tuple(
+        tuple(window_starts(n + 2 * m, w, settings.overlap))
+        for n, m, w in zip(shape, margin, window, strict=True)
+    )
+    return PredictionPlan(
+        em_store=em.store,
+        em_group=em.group,
+        level=em.level_for(r),
+        resolution_nm=r,
+        grid_origin_nm=tuple(float(a) + r / 2 for a in start),  # type: ignore[arg-type]
+        grid_shape=grid_shape,  # type: ignore[arg-type]
+        roi_start=lo,  # type: ignore[arg-type]
+        shape=shape,  # type: ignore[arg-type]
+        window=window,  # type: ignore[arg-type]
+        margin=margin,  # type: ignore[arg-type]
+        starts=starts,  # type: ignore[arg-type]
+        block=settings.block_voxels,
+        chunk=settings.chunk_voxels,
+    )
+
+
+class EMReader:
+    """Reads normalised EM on image-index boxes of a plan (edge values beyond the volume).
+
+    When the EM level's grid is the prediction grid (same voxel size, voxel centres on each
+    other) the box is read directly; otherwise it is interpolated trilinearly
+    (:func:`~cellseg.data.patches.sample_linear`, as evaluation reads EM).
+    """
+
+    def __init__(self, plan: PredictionPlan, em: Multiscale, em_range: tuple[float, float]):
+        self.plan = plan
+        self.array: StoredArray = em.open_level(plan.level)
+        self.em_range = em_range
+        level, r = plan.level, plan.resolution_nm
+        offset = (np.asarray(plan.grid_origin_nm) - np.asarray(level.translation_nm)) / r
+        self.offset: tuple[int, int, int] | None = None
+        if np.allclose(level.voxel_size_nm, r, rtol=0, atol=1e-6) and np.allclose(
+            offset, np.round(offset), atol=1e-6
+        ):
+            self.offset = tuple(int(np.round(o)) for o in offset)  # type: ignore[assignment]
+        # image index → grid index
+        self.shift = tuple(s - m for s, m in zip(plan.roi_start, plan.margin, strict=True))
+
+    def read(self, box: Sequence[tuple[int, int]]) -> np.ndarray:
+        """``(D, H, W)`` float32 EM in [0, 1] on image indices ``[a, b)`` per axis."""
+        grid = [np.arange(a, b) + s for (a, b), s in zip(box, self.shift, strict=True)]
+        if self.offset is not None:
+            index = [
+                np.clip(g + o, 0, n - 1)
+                for g, o, n in zip(grid, self.offset, self.plan.level.shape, strict=True)
+            ]
+            lo = [int(i.min()) for i in index]
+            hi = [int(i.max()) + 1 for i in index]
+            raw = self.array[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+            raw = raw[np.ix_(*(i - a for i, a in zip(index, lo, strict=True)))]
+        else:
+            r = self.plan.resolution_nm
+            z, y, x = (o + g * r for o, g in zip(self.plan.grid_origin_nm, grid, strict=True))
+            yy, xx = np.meshgrid(y, x, indexing="ij")
+            raw = sample_linear(self.array, self.plan.level, PatchGrid(z, np.stack([yy, xx], -1)))
+        return normalize_em(raw, self.em_range)
+
+
+# ------------------------------------------------------------------------------ blockwise logits
+
+
+def _importance(window: tuple[int, int, int], mode: str, device: torch.device) -> torch.Tensor:
+    """MONAI's importance map of a window, ``(wz, wy, wx)`` float32 (2D: over y-x)."""
+    from monai.data.utils import compute_importance_map
+
+    spatial = window if window[0] > 1 else window[1:]
+    weights = compute_importance_map(
+        spatial, mode=mode, sigma_scale=SIGMA_SCALE, device=device, dtype=torch.float32
+    )
+    return weights.reshape(window).float()
+
+
+@dataclass
+class _Carry:
+    """A column's windows computed so far and their sums for the next block's z range."""
+
+    column: tuple[int, int]
+    next_kz: int
+    next_window: int  # index into plan.starts[0] of the first window not yet computed
+    sums: torch.Tensor  # (14, D, by, bx)
+    weights: torch.Tensor  # (D, by, bx)
+
+
+@torch.no_grad()
+def block_logits(
+    predictor: Predictor,
+    plan: PredictionPlan,
+    reader: EMReader,
+    blocks: Sequence[int],
+    settings: PredictionSettings,
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Blended logits of each block, over the global window grid (see the module docstring).
+
+    Args:
+        predictor: the model; its network already on ``device``.
+        plan: the geometry.
+        reader: the plan's EM.
+        blocks: block indices, in the order to compute them (consecutive z blocks of a column
+            share their windows).
+        settings: blending and windows per forward pass.
+        device: where the network runs and the sums accumulate.
+
+    Yields:
+        ``(index, logits)``: ``(14, bz, by, bx)`` float32 CPU logits of the block's output box.
+    """
+    device = torch.device(device)
+    importance = _importance(plan.window, settings.blend_mode, device)
+    wz, wy, wx = plan.window
+    mz, my, mx = plan.margin
+    is_3d = predictor.dim == "3d"
+    carry: _Carry | None = None
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=predictor.amp):
+            if is_3d:
+                return predictor.network(batch).float()
+            return predictor.network(batch[:, :, 0]).float()[:, :, None]
+
+    nz = plan.block_counts[0]
+    for index in blocks:
+        box = plan.block_box(index)
+        kz, column = index % nz, divmod(index // nz, plan.block_counts[2])
+        z0, z1 = box[0].start + mz, box[0].stop + mz  # image indices of the core
+        y0, y1 = box[1].start + my, box[1].stop + my
+        x0, x1 = box[2].start + mx, box[2].stop + mx
+        depth = (z1 - z0) + wz
+        sums = torch.zeros((NUM_CLASSES, depth, y1 - y0, x1 - x0), device=device)
+        weights = torch.zeros((depth, y1 - y0, x1 - x0), device=device)
+        zs = plan.starts[0]
+        if carry is not None and carry.column == column and carry.next_kz == kz:
+            first = carry.next_window
+            kept = min(carry.sums.shape[1], depth)
+            sums[:, :kept] = carry.sums[:, :kept]
+            weights[:kept] = carry.weights[:kept]
+        else:  # a fresh column: every window reaching into the core
+            first = next(i for i, s in enumerate(zs) if s + wz > z0)
+        last = next((i for i, s in enumerate(zs) if s >= z1), len(zs))
+        ys = [s for s in plan.starts[1] if s < y1 and s + wy > y0]
+        xs = [s for s in plan.starts[2] if s < x1 and s + wx > x0]
+        if first < last:
+            em_box = (
+                (zs[first], zs[last - 1] + wz),
+                (ys[0], ys[-1] + wy),
+                (xs[0], xs[-1] + wx),
+            )
+            em = torch.from_numpy(reader.read(em_box)).to(device)
+            origin = [a for a, _ in em_box]
+            corners = [(z, y, x) for z in zs[first:last] for y in ys for x in xs]
+            for b in range(0, len(corners), settings.sw_batch_size):
+                batch_corners = corners[b : b + settings.sw_batch_size]
+                batch = torch.stack(
+                    [
+                        em[
+                            z - origin[0] : z - origin[0] + wz,
+                            y - origin[1] : y - origin[1] + wy,
+                            x - origin[2] : x - origin[2] + wx,
+                        ]
+                        for z, y, x in batch_corners
+                    ]
+                )[:, None]
+                logits = forward(batch) * importance
+                for (z, y, x), window_logits in zip(batch_corners, logits, strict=True):
+                    # the window ∩ the accumulator (core in y-x, [z0, z0 + depth) in z)
+                    a = (max(z, z0), min(z + wz, z0 + depth))
+                    c = (max(y, y0), min(y + wy, y1))
+                    e = (max(x, x0), min(x + wx, x1))
+                    if a[0] >= a[1]:
+                        continue
+                    target = (
+                        slice(a[0] - z0, a[1] - z0),
+                        slice(c[0] - y0, c[1] - y0),
+                        slice(e[0] - x0, e[1] - x0),
+                    )
+                    source = (
+                        slice(a[0] - z, a[1] - z),
+                        slice(c[0] - y, c[1] - y),
+                        slice(e[0] - x, e[1] - x),
+                    )
+                    sums[(slice(None), *target)] += window_logits[(slice(None), *source)]
+                    weights[target] += importance[source]
+        core = z1 - z0
+        yield index, (sums[:, :core] / weights[:core]).cpu()
+        carry = _Carry(column, kz + 1, max(first, last), sums[:, core:], weights[core:])
+
+
+# ------------------------------------------------------------------------------ the output store
+
+
+def _quantize(probabilities: torch.Tensor, dtype: str) -> np.ndarray:
+    if dtype == "float32":
+        return probabilities.numpy().astype(np.float32, copy=False)
+    scaled = (probabilities.clamp(0, 1) * DTYPES[dtype]).round()
+    return scaled.numpy().astype(dtype)
+
+
+def _dequantize(values: np.ndarray, dtype: str) -> np.ndarray:
+    return values.astype(np.float32) / np.float32(DTYPES[dtype])
+
+
+def _pyramid_levels(shape: Sequence[int], chunk: int, requested: int | None) -> int:
+    if requested is not None:
+        return requested
+    levels = 1
+    while max(-(-n // 2 ** (levels - 1)) for n in shape) > chunk:
+        levels += 1
+    return levels
+
+
+def _group_attrs(name: str, plan: PredictionPlan, levels: int, kind: str) -> dict[str, Any]:
+    from cellseg.data.demo import multiscales_attrs
+
+    r = plan.resolution_nm
+    attrs = multiscales_attrs(name, (r, r, r), plan.translation_nm, levels)
+    attrs["cellseg"] = {"kind": kind}
+    return attrs
+
+
+def _spec(
+    predictor: Predictor, plan: PredictionPlan, settings: PredictionSettings, checkpoint: str
+) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "model": predictor.key,
+        "checkpoint": checkpoint,
+        "adjustment": settings.adjustment or predictor.default_mode,
+        "overlap": settings.overlap,
+        "blend_mode": settings.blend_mode,
+        "thresholds": {c: float(t) for c, t in zip(CLASSES, settings.thresholds(), strict=True)},
+        "dtype": settings.dtype,
+        "em_range": list(predictor.em_range),
+        **plan.describe(),
+    }
+
+
+def file_digest(path: Path | str) -> str:
+    """sha256 of a file (the checkpoint's identity in the output's provenance), hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_outside_em(out: Path, em_store: Path) -> None:
+    out, store = out.resolve(), em_store.resolve()
+    if out == store or store in out.parents or out in store.parents:
+        raise CellsegError(
+            f"{out}: would be written inside or over the EM store {store}; choose a path "
+            "under results/"
+        )
+
+
+def init_store(out: Path, spec: Mapping[str, Any], plan: PredictionPlan, overwrite: bool) -> str:
+    """Create the output store (s0 of every class, empty), or keep one made with ``spec``.
+
+    Returns:
+        ``"created"``, ``"resumed"`` or ``"complete"``.
+
+    Raises:
+        CellsegError: ``out`` holds a prediction with other settings and not ``overwrite``.
+    """
+    if out.exists():
+        try:
+            held = dict(zarr.open_group(str(out), mode="r", zarr_format=2).attrs)["cellseg"]
+        except Exception:  # not a store of ours (or a half-made one): never resumed
+            held = {}
+        old = held.get("prediction")
+        if old == dict(spec):
+            return "complete" if held.get("complete") else "resumed"
+        if not overwrite:
+            differs = (
+                next((k for k in spec if old.get(k) != spec[k]), "format")
+                if isinstance(old, dict)
+                else "format"
+            )
+            raise CellsegError(
+                f"{out}: holds a prediction made with other settings ({differs} differs); "
+                "delete it, choose another --out, or pass --overwrite"
+            )
+        shutil.rmtree(out)
+    root = zarr.open_group(str(out), mode="w", zarr_format=2)
+    for kind, dtype in (("probabilities", spec["dtype"]), ("masks", "uint8")):
+        parent = root.create_group(kind)
+        for name in CLASSES:
+            group = parent.create_group(name, attributes=_group_attrs(name, plan, 1, kind))
+            group.create_array(
+                "s0",
+                shape=plan.shape,
+                chunks=tuple(min(plan.chunk, n) for n in plan.shape),
+                dtype=dtype,
+                compressors=_compressor(),
+                fill_value=0,
+            )
+    (out / STATE_DIR / "blocks").mkdir(parents=True, exist_ok=True)
+    # the spec last: a store killed while being created is recognised as unfinished
+    root.attrs["cellseg"] = {
+        "prediction": dict(spec),
+        "complete": False,
+        "layout": "probabilities/{class}/s{k}: probability (uint8: x 255); "
+        "masks/{class}/s{k}: probability > threshold (0/1)",
+    }
+    return "created"
+
+
+def _compressor() -> Any:
+    from cellseg.data.demo import blosc_zstd
+
+    return blosc_zstd()
+
+
+def _marker(out: Path, index: int) -> Path:
+    return out / STATE_DIR / "blocks" / f"{index}.json"
+
+
+def _open_arrays(out: Path) -> tuple[dict[str, zarr.Array], dict[str, zarr.Array]]:
+    root = zarr.open_group(str(out), mode="r+", zarr_format=2)
+    return (
+        {c: root[f"probabilities/{c}/s0"] for c in CLASSES},
+        {c: root[f"masks/{c}/s0"] for c in CLASSES},
+    )
+
+
+def _write_block(
+    out: Path,
+    arrays: tuple[dict[str, zarr.Array], dict[str, zarr.Array]],
+    index: int,
+    box: tuple[slice, slice, slice],
+    probabilities: torch.Tensor,
+    thresholds: np.ndarray,
+    dtype: str,
+    seconds: float,
+) -> None:
+    """Write one block's chunks, then its marker (so a kill in between redoes the block)."""
+    values = _quantize(probabilities, dtype)
+    positive = probabilities.numpy() > thresholds[:, None, None, None]
+    for c, name in enumerate(CLASSES):
+        arrays[0][name][box] = values[c]
+        arrays[1][name][box] = positive[c].astype(np.uint8)
+    write_json_atomic(
+        _marker(out, index),
+        {"block": index, "box": [[s.start, s.stop] for s in box], "seconds": round(seconds, 3)},
+    )
+
+
+def predict_blocks(
+    out: Path,
+    predictor: Predictor,
+    plan: PredictionPlan,
+    em: Multiscale,
+    settings: PredictionSettings,
+    blocks: Sequence[int],
+    device: torch.device,
+    log: Any,
+) -> tuple[int, int]:
+    """Predict the blocks of ``blocks`` that have no marker yet; returns ``(done, skipped)``.
+
+    Writing runs on a background thread (one block at a time) while the next block computes.
+    """
+    todo = [b for b in blocks if not _marker(out, b).exists()]
+    skipped = len(blocks) - len(todo)
+    if not todo:
+        return 0, skipped
+    arrays = _open_arrays(out)
+    reader = EMReader(plan, em, predictor.em_range)
+    mode = settings.adjustment or predictor.default_mode
+    thresholds = settings.thresholds()
+    kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
+    done = 0
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
+        pending: concurrent.futures.Future | None = None
+        for index, logits in block_logits(predictor, plan, reader, todo, settings, device):
+            probabilities = adjusted_probabilities(logits[None], predictor.logit_shift, mode)[0]
+            seconds = time.perf_counter() - started
+            if pending is not None:
+                pending.result()  # at most one block waits to be written: bounded memory
+                done += 1
+                _maybe_kill(kill_after, done)
+            box = plan.block_box(index)
+            pending = writer.submit(
+                _write_block, out, arrays, index, box, probabilities, thresholds,
+                settings.dtype, seconds,
+            )  # fmt: skip
+            print(
+                f"[{predictor.key}] block {index} {[(s.start, s.stop) for s in box]} "
+                f"predicted ({seconds:.1f} s)",
+                file=log,
+                flush=True,
+            )
+            started = time.perf_counter()
+        if pending is not None:
+            pending.result()
+            done += 1
+            _maybe_kill(kill_after, done)
+    return done, skipped
+
+
+def _maybe_kill(kill_after: int, done: int) -> None:
+    if kill_after and done >= kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)  # a test's stand-in for a preempted job
+
+
+def _downsample(values: np.ndarray, dtype: str) -> np.ndarray:
+    """2×2×2 means of a dequantised ``(D, H, W)`` block (odd edges repeat their last voxel)."""
+    p = _dequantize(values, dtype)
+    pad = [(0, n % 2) for n in p.shape]
+    if any(b for _, b in pad):
+        p = np.pad(p, pad, mode="edge")
+    d, h, w = (n // 2 for n in p.shape)
+    return p.reshape(d, 2, h, 2, w, 2).mean(axis=(1, 3, 5))
+
+
+def write_pyramid(out: Path, plan: PredictionPlan, settings: PredictionSettings, log: Any) -> int:
+    """Downsampled levels s1… of every class (probabilities: 2×2×2 means; masks: those means
+    above the threshold), the final ``multiscales``, and the store marked complete.
+
+    Raises:
+        CellsegError: some block has no marker yet (a job of the dataset has not finished).
+
+    Returns:
+        the number of levels.
+    """
+    missing = [b for b in range(plan.n_blocks) if not _marker(out, b).exists()]
+    if missing:
+        raise CellsegError(
+            f"{out}: {len(missing)} of {plan.n_blocks} blocks are not predicted yet (first: "
+            f"{missing[0]}); run the block jobs (or cellseg predict without --stage) first"
+        )
+    levels = _pyramid_levels(plan.shape, plan.chunk, settings.pyramid_levels)
+    root = zarr.open_group(str(out), mode="r+", zarr_format=2)
+    thresholds = settings.thresholds()
+    for c, name in enumerate(CLASSES):
+        probabilities, masks = root[f"probabilities/{name}"], root[f"masks/{name}"]
+        for k in range(1, levels):
+            source = probabilities[f"s{k - 1}"]
+            shape = tuple(-(-n // 2) for n in source.shape)
+            chunks = tuple(min(plan.chunk, n) for n in shape)
+            kwargs = dict(shape=shape, chunks=chunks, compressors=_compressor(), fill_value=0)
+            target = probabilities.create_array(
+                f"s{k}", dtype=settings.dtype, overwrite=True, **kwargs
+            )
+            mask = masks.create_array(f"s{k}", dtype="uint8", overwrite=True, **kwargs)
+            # level k+1 voxels per step: reads (2 chunk, 8 chunk, 8 chunk) of level k at once
+            step = (plan.chunk, 4 * plan.chunk, 4 * plan.chunk)
+            for z in range(0, shape[0], step[0]):
+                for y in range(0, shape[1], step[1]):
+                    for x in range(0, shape[2], step[2]):
+                        box = (slice(z, z + step[0]), slice(y, y + step[1]), slice(x, x + step[2]))
+                        read = tuple(slice(2 * s.start, 2 * s.stop) for s in box)
+                        mean = _downsample(np.asarray(source[read]), settings.dtype)
+                        box = tuple(
+                            slice(s.start, s.start + n)
+                            for s, n in zip(box, mean.shape, strict=True)
+                        )
+                        target[box] = _quantize(torch.from_numpy(mean), settings.dtype)
+                        mask[box] = (mean > thresholds[c]).astype(np.uint8)
+        for kind, group in (("probabilities", probabilities), ("masks", masks)):
+            group.attrs.update(_group_attrs(name, plan, levels, kind))
+        print(f"pyramid: {name} ({levels} levels)", file=log, flush=True)
+    attrs = dict(root.attrs["cellseg"])
+    attrs["complete"] = True
+    root.attrs["cellseg"] = attrs
+    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    return levels
+
+
+# ------------------------------------------------------------------------------ the whole run
+
+
+@dataclass
+class PredictionRun:
+    """What :func:`predict_volume` did (for logs and tests)."""
+
+    plan: PredictionPlan
+    state: str
+    blocks_done: int = 0
+    blocks_skipped: int = 0
+    levels: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def predict_volume(
+    checkpoint: Path | str | None,
+    em_path: Path | str,
+    out: Path | str,
+    settings: PredictionSettings | None = None,
+    roi: Sequence[tuple[float, float]] | None = None,
+    stage: str = "all",
+    part: int = 0,
+    parts: int = 1,
+    overwrite: bool = False,
+    predictor: Predictor | None = None,
+    threads: int | None = None,
+    log: Any = None,
+) -> PredictionRun:
+    """Predict an EM multiscale group into an OME-Zarr store (see the module docstring).
+
+    Args:
+        checkpoint: a ``best.pt`` of the train rule (or ``None`` with ``predictor``).
+        em_path: ``STORE.zarr/GROUP`` of the EM multiscale group.
+        out: the output store.
+        settings: prediction settings.
+        roi: ``((z0, z1), (y0, y1), (x0, x1))`` nm, or ``None`` for the whole volume.
+        stage: ``all`` (init, every block of ``part``/``parts``, pyramid when every block is
+            done), ``init``, ``blocks`` (init must have run) or ``pyramid``.
+        part, parts: this job's share of the blocks.
+        overwrite: replace a store made with other settings (else that is an error).
+        predictor: a loaded model (tests, benchmarks); ``checkpoint`` then only names it.
+        threads: CPU threads for torch (``None``: torch's default).
+        log: text stream for progress (default stderr).
+    """
+    settings = settings or PredictionSettings()
+    log = log or sys.stderr
+    if stage not in ("all", "init", "blocks", "pyramid"):
+        raise CellsegError(f"--stage {stage!r}: use all, init, blocks or pyramid")
+    if threads is not None:
+        torch.set_num_threads(max(int(threads), 1))
+    out = Path(out)
+    store, group = split_store_path(em_path)
+    em = read_multiscale(open_group(store), store, group)
+    _check_outside_em(out, store)
+    device = resolve_device(settings.device)
+    if predictor is None:
+        if checkpoint is None:
+            raise CellsegError("cellseg predict: --checkpoint is required")
+        predictor = Predictor.from_checkpoint(checkpoint, device)
+    predictor.network.to(device).eval()
+    identity = (
+        f"{Path(checkpoint).resolve()} sha256:{file_digest(checkpoint)[:16]}"
+        if checkpoint is not None and Path(checkpoint).is_file()
+        else str(checkpoint)
+    )
+    plan = plan_prediction(em, predictor, settings, roi)
+    spec = _spec(predictor, plan, settings, identity)
+    if stage in ("all", "init"):
+        state = init_store(out, spec, plan, overwrite or stage == "init")
+    else:
+        state = init_store(out, spec, plan, overwrite=False) if out.exists() else "missing"
+        if state in ("missing", "created"):
+            raise CellsegError(f"{out}: no prediction store yet; run --stage init first")
+    run = PredictionRun(plan, state)
+    print(
+        f"[{predictor.key}] {em.location} at {plan.resolution_nm:g} nm: output {plan.shape} "
+        f"voxels from {list(plan.translation_nm)} nm, {plan.n_blocks} blocks of {plan.block}, "
+        f"windows {plan.window}, adjustment {spec['adjustment']}, on {device} ({state})",
+        file=log,
+        flush=True,
+    )
+    if state == "complete" or stage == "init":
+        return run
+    if stage in ("all", "blocks"):
+        blocks = plan.part_blocks(part, parts)
+        run.blocks_done, run.blocks_skipped = predict_blocks(
+            out, predictor, plan, em, settings, blocks, device, log
+        )
+        print(
+            f"[{predictor.key}] part {part}/{parts}: {run.blocks_done} blocks predicted, "
+            f"{run.blocks_skipped} already done",
+            file=log,
+            flush=True,
+        )
+    if stage == "pyramid" or (stage == "all" and parts == 1):
+        run.levels = write_pyramid(out, plan, settings, log)
+        run.state = "complete"
+    return run
+
+
+def finish_to(work: Path | str, final: Path | str) -> None:
+    """Move a complete work store to its final path (the workflow's last step): a reader of
+    ``final`` sees a whole prediction or none."""
+    work, final = Path(work), Path(final)
+    attrs = dict(zarr.open_group(str(work), mode="r", zarr_format=2).attrs).get("cellseg", {})
+    if not attrs.get("complete"):
+        raise CellsegError(f"{work}: prediction not complete; run its pyramid stage first")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(work, final)
+
+
+def settings_dict(settings: PredictionSettings) -> dict[str, Any]:
+    """The settings as plain data (logs)."""
+    return asdict(settings)
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="predict a whole EM volume (or a ROI) into an OME-Zarr store",
+        description=(
+            "Sliding-window prediction of an EM multiscale group with a best.pt: per class a "
+            "probability array and a thresholded mask (OME-NGFF 0.4, zarr v2, with a pyramid), "
+            "at the model's resolution in the EM's world coordinates. Resumable: a rerun skips "
+            "finished blocks."
+        ),
+    )
+    defaults = PredictionSettings()
+    parser.add_argument("--checkpoint", type=Path, required=True, help="best.pt of the train rule")
+    parser.add_argument(
+        "--em", required=True, help="EM multiscale group: STORE.zarr/recon-1/em/fibsem-uint8"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output .zarr store")
+    parser.add_argument("--roi", default=None, help="z0:z1,y0:y1,x0:x1 in nm (world coordinates)")
+    parser.add_argument(
+        "--adjustment",
+        choices=[m.value for m in InferenceLogitAdjustment],
+        default=None,
+        help="logit adjustment (default: the model's own, as evaluation)",
+    )
+    parser.add_argument("--threshold", type=float, default=0.5, help="mask threshold")
+    parser.add_argument("--dtype", choices=list(DTYPES), default=defaults.dtype)
+    parser.add_argument("--overlap", type=float, default=defaults.overlap)
+    parser.add_argument("--blend-mode", choices=BLEND_MODES, default=defaults.blend_mode)
+    parser.add_argument("--sw-batch-size", type=int, default=defaults.sw_batch_size)
+    parser.add_argument("--chunk-voxels", type=int, default=defaults.chunk_voxels)
+    parser.add_argument(
+        "--block-voxels",
+        type=int,
+        nargs=3,
+        default=list(defaults.block_voxels),
+        metavar=("BZ", "BY", "BX"),
+    )
+    parser.add_argument("--pyramid-levels", type=int, default=None, help="default: automatic")
+    parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument(
+        "--stage",
+        choices=["all", "init", "blocks", "pyramid"],
+        default="all",
+        help="all (default), or one step of a parallel run: init, blocks, pyramid",
+    )
+    parser.add_argument("--part", type=int, default=0, help="this job's range of blocks")
+    parser.add_argument("--parts", type=int, default=1, help="number of block ranges (jobs)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a store made with other settings"
+    )
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = PredictionSettings(
+        overlap=args.overlap,
+        blend_mode=args.blend_mode,
+        sw_batch_size=args.sw_batch_size,
+        adjustment=args.adjustment,
+        threshold=args.threshold,
+        dtype=args.dtype,
+        chunk_voxels=args.chunk_voxels,
+        block_voxels=tuple(args.block_voxels),
+        pyramid_levels=args.pyramid_levels,
+        device=args.device,
+    )
+    run = predict_volume(
+        args.checkpoint,
+        args.em,
+        args.out,
+        settings,
+        parse_roi(args.roi),
+        stage=args.stage,
+        part=args.part,
+        parts=args.parts,
+        overwrite=args.overwrite,
+        threads=args.threads,
+    )
+    print(f"{args.out}: {run.state}", file=sys.stderr)
+    return 0

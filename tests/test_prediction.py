@@ -1,0 +1,308 @@
+"""Whole-dataset prediction: blockwise equals whole-volume, OME-NGFF metadata, resumability."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from torch import nn
+
+from cellseg.classes import CLASSES, NUM_CLASSES
+from cellseg.data.store import EM_GROUP, open_group, read_multiscale
+from cellseg.errors import CellsegError
+from cellseg.evaluation import EvaluationSettings, Predictor, sliding_window_logits
+from cellseg.prediction import (
+    KILL_AFTER_ENV,
+    EMReader,
+    PredictionSettings,
+    block_logits,
+    parse_roi,
+    plan_prediction,
+    predict_volume,
+    split_store_path,
+    window_starts,
+)
+from store_builders import write_multiscale
+
+REPO = Path(__file__).resolve().parents[1]
+EM_SHAPE = (20, 44, 52)
+TRANSLATION = (100.0, 36.0, 4.0)  # centre of EM voxel 0, nm (8 nm voxels)
+
+
+class ConvNet(nn.Module):
+    """3x3(x3) convolutions: a receptive field wider than one voxel, so window borders matter
+    and blending is exercised (a window's border voxels differ from the same voxels inside
+    another window)."""
+
+    def __init__(self, dims: int) -> None:
+        super().__init__()
+        conv = nn.Conv3d if dims == 3 else nn.Conv2d
+        torch.manual_seed(0)
+        self.net = nn.Sequential(
+            conv(1, 6, 3, padding=1), nn.Tanh(), conv(6, NUM_CLASSES, 3, padding=1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 4 * self.net(x)
+
+
+def predictor(dim: str) -> Predictor:
+    return Predictor(
+        network=ConvNet(3 if dim == "3d" else 2).eval(),
+        model="conv",
+        dim=dim,
+        patch_shape=(8, 16, 16) if dim == "3d" else (16, 16),
+        resolution_nm=8.0,
+        em_range=(0.0, 255.0),
+        logit_shift=torch.linspace(-1, 1, NUM_CLASSES),
+    )
+
+
+@pytest.fixture(scope="module")
+def em_path(tmp_path_factory) -> Path:
+    """EM at 8 nm with a second level at 16 nm; voxel 0 centred at TRANSLATION."""
+    store = tmp_path_factory.mktemp("em") / "vol" / "vol.zarr"
+    root = zarr.open_group(str(store), mode="w", zarr_format=2)
+    rng = np.random.default_rng(0)
+    em = rng.integers(0, 256, EM_SHAPE, dtype=np.uint8)
+    coarse = em[::2, ::2, ::2]
+    write_multiscale(
+        root,
+        EM_GROUP,
+        [em, coarse],
+        [(8.0,) * 3, (16.0,) * 3],
+        [TRANSLATION, tuple(t + 4 for t in TRANSLATION)],
+        chunks=(8, 16, 16),
+    )
+    return store / EM_GROUP
+
+
+def multiscale(em_path: Path):
+    store, group = split_store_path(em_path)
+    return read_multiscale(open_group(store), store, group)
+
+
+def logits_of(model: Predictor, em_path: Path, settings: PredictionSettings, roi=None):
+    """Every block's logits pasted into one ``(14, D, H, W)`` array."""
+    em = multiscale(em_path)
+    plan = plan_prediction(em, model, settings, roi)
+    out = torch.full((NUM_CLASSES, *plan.shape), float("nan"))
+    reader = EMReader(plan, em, model.em_range)
+    for index, logits in block_logits(model, plan, reader, range(plan.n_blocks), settings):
+        out[(slice(None), *plan.block_box(index))] = logits
+    return plan, out
+
+
+def test_window_starts_are_monai_s():
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    for size, window, overlap in [(40, 16, 0.25), (16, 16, 0.5), (37, 8, 0.6), (9, 1, 0.25)]:
+        interval = _get_scan_interval((size,), (window,), 1, (overlap,))
+        expected = [s[0].start for s in dense_patch_slices((size,), (window,), interval)]
+        assert window_starts(size, window, overlap) == expected
+
+
+@pytest.mark.parametrize(("dim", "block"), [("3d", (4, 16, 8)), ("2d", (8, 24, 16))])
+def test_blockwise_equals_whole_volume_and_monai(em_path, dim, block):
+    model = predictor(dim)
+    whole = PredictionSettings(chunk_voxels=4, block_voxels=(32, 64, 64), sw_batch_size=3)
+    plan, reference = logits_of(model, em_path, whole)
+    assert plan.n_blocks == 1 and plan.shape == EM_SHAPE
+    # the independent reference: MONAI's sliding_window_inference on the image held in memory
+    em = multiscale(em_path)
+    box = [(0, n + 2 * m) for n, m in zip(plan.shape, plan.margin, strict=True)]
+    image = torch.from_numpy(EMReader(plan, em, model.em_range).read(box))
+    settings = EvaluationSettings(overlap=0.25, sw_batch_size=3)
+    if dim == "3d":
+        monai = sliding_window_logits(model.network, image[None, None], model.patch_shape, settings)
+        monai = monai[0]
+    else:
+        monai = sliding_window_logits(model.network, image[:, None], model.patch_shape, settings)
+        monai = monai.transpose(0, 1)
+    inner = tuple(slice(m, m + n) for n, m in zip(plan.shape, plan.margin, strict=True))
+    torch.testing.assert_close(reference, monai[(slice(None), *inner)], rtol=1e-5, atol=1e-5)
+    # blocks smaller than the windows: windows span every kind of border
+    blocked = PredictionSettings(chunk_voxels=4, block_voxels=block, sw_batch_size=2)
+    plan, blockwise = logits_of(model, em_path, blocked)
+    assert plan.n_blocks == math.prod(-(-n // b) for n, b in zip(EM_SHAPE, block, strict=True))
+    torch.testing.assert_close(blockwise, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_roi_in_world_coordinates(em_path):
+    model = predictor("3d")
+    settings = PredictionSettings(chunk_voxels=4, block_voxels=(8, 8, 8))
+    # EM voxel k spans TRANSLATION - 4 + 8k ... + 8 nm; this ROI covers z voxels 2..5 (partly
+    # 2 and 5), y voxels 1..2, x voxels 3..9
+    roi = parse_roi("116:140,40:56,28:76")
+    plan, _ = logits_of(model, em_path, settings, roi)
+    assert plan.roi_start == (2, 1, 3) and plan.shape == (4, 2, 7)
+    assert plan.translation_nm == (116.0, 44.0, 28.0)
+    with pytest.raises(CellsegError, match="does not overlap"):
+        plan_prediction(multiscale(em_path), model, settings, parse_roi("0:10,0:10,0:10"))
+    with pytest.raises(CellsegError, match="z0:z1"):
+        parse_roi("1:2,3:4")
+
+
+def run_dir(out: Path) -> dict[str, np.ndarray]:
+    root = zarr.open_group(str(out), mode="r", zarr_format=2)
+    return {
+        f"{kind}/{c}/{level}": np.asarray(root[f"{kind}/{c}/{level}"])
+        for kind in ("probabilities", "masks")
+        for c in CLASSES
+        for level in ("s0", "s1")
+    }
+
+
+def test_ome_ngff_store_metadata_pyramid_and_values(em_path, tmp_path):
+    model = predictor("3d")
+    settings = PredictionSettings(
+        chunk_voxels=16, block_voxels=(16, 32, 32), dtype="float32", threshold={"mito_mem": 0.9}
+    )
+    out = tmp_path / "pred.zarr"
+    run = predict_volume(None, em_path, out, settings, predictor=model)
+    assert run.state == "complete" and run.levels == 3  # 20x44x52 -> 10x22x26 -> 5x11x13
+    root = zarr.open_group(str(out), mode="r", zarr_format=2)
+    assert root.attrs["cellseg"]["complete"] and not (out / ".cellseg").exists()
+    group = root["probabilities/mito_mem"]
+    multiscales = group.attrs["multiscales"][0]
+    assert multiscales["version"] == "0.4"
+    assert [a["name"] for a in multiscales["axes"]] == ["z", "y", "x"]
+    for k, dataset in enumerate(multiscales["datasets"]):
+        scale, translation = (t[t["type"]] for t in dataset["coordinateTransformations"])
+        assert scale == [8.0 * 2**k] * 3
+        # voxel centres of level k: the EM's voxel 0 centre plus half the voxel growth
+        assert translation == pytest.approx([t + (8.0 * 2**k - 8.0) / 2 for t in TRANSLATION])
+        assert group[dataset["path"]].shape == tuple(-(-n // 2**k) for n in EM_SHAPE)
+    # read back by cellseg's own reader: it lands exactly on the EM's s0 grid
+    parsed = read_multiscale(root, out, "masks/mito_mem")
+    assert parsed.finest.translation_nm == TRANSLATION and parsed.finest.shape == EM_SHAPE
+    # values: adjusted probabilities of the blended logits; masks from per-class thresholds
+    _, logits = logits_of(model, em_path, settings)
+    probabilities = torch.sigmoid(logits + model.logit_shift[:, None, None, None]).numpy()
+    mito = CLASSES.index("mito_mem")
+    np.testing.assert_allclose(group["s0"][:], probabilities[mito], atol=1e-6)
+    np.testing.assert_array_equal(root["masks/mito_mem/s0"][:], probabilities[mito] > 0.9)
+    np.testing.assert_array_equal(root["masks/ecs/s0"][:], probabilities[0] > 0.5)
+    s1 = probabilities[mito][:20, :44, :52].reshape(10, 2, 22, 2, 26, 2).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(group["s1"][:], s1, atol=1e-6)
+    # a rerun finds the store complete; other settings are refused without --overwrite
+    assert predict_volume(None, em_path, out, settings, predictor=model).state == "complete"
+    with pytest.raises(CellsegError, match="other settings"):
+        predict_volume(None, em_path, out, PredictionSettings(chunk_voxels=16), predictor=model)
+    with pytest.raises(CellsegError, match="inside or over the EM store"):
+        predict_volume(None, em_path, em_path.parent / "p", settings, predictor=model)
+
+
+def test_uint8_output_and_2d_model_slice_by_slice(em_path, tmp_path):
+    model = predictor("2d")
+    settings = PredictionSettings(chunk_voxels=8, block_voxels=(16, 32, 32), pyramid_levels=2)
+    out = tmp_path / "pred2d.zarr"
+    predict_volume(None, em_path, out, settings, predictor=model)
+    root = zarr.open_group(str(out), mode="r", zarr_format=2)
+    assert root["probabilities/ecs/s0"].dtype == np.uint8
+    assert len(root["probabilities/ecs"].attrs["multiscales"][0]["datasets"]) == 2
+    # slice by slice: z slice 7 is MONAI's 2D sliding window over that slice alone
+    em = multiscale(em_path)
+    plan = plan_prediction(em, model, settings)
+    assert plan.window == (1, 16, 16) and plan.margin[0] == 0
+    image = EMReader(plan, em, model.em_range).read(
+        [(7, 8), (0, EM_SHAPE[1] + 2 * plan.margin[1]), (0, EM_SHAPE[2] + 2 * plan.margin[2])]
+    )
+    logits = sliding_window_logits(
+        model.network, torch.from_numpy(image)[:, None], (16, 16), EvaluationSettings()
+    )[0]
+    inner = logits[:, plan.margin[1] : -plan.margin[1], plan.margin[2] : -plan.margin[2]]
+    expected = torch.sigmoid(inner + model.logit_shift[:, None, None])
+    got = root["probabilities/ecs/s0"][7].astype(np.float32) / 255
+    np.testing.assert_allclose(got, expected[0].numpy(), atol=0.5 / 255 + 1e-6)
+
+
+def save_checkpoint(path: Path) -> None:
+    """A ``best.pt`` as the trainer writes it, of a demo 2D UNet."""
+    from cellseg.models import build_model
+
+    torch.manual_seed(0)
+    torch.save(
+        {
+            "model": build_model("unet", "2d", preset="demo").state_dict(),
+            "settings": {
+                "model": "unet",
+                "dim": "2d",
+                "preset": "demo",
+                "patch_shape": (32, 32),
+                "resolution_nm": 8.0,
+                "em_range": (0.0, 255.0),
+                "loss": {"inference_logit_adjustment": "train"},
+            },
+            "architecture": {},
+            "logit_shift": torch.zeros(NUM_CLASSES),
+        },
+        path,
+    )
+
+
+def cli(*arguments: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = os.environ | {"PYTHONPATH": str(REPO / "src")} | (env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "cellseg", "predict", *arguments],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_killed_run_resumes_skipping_finished_blocks(em_path, tmp_path, capsys):
+    checkpoint = tmp_path / "best.pt"
+    save_checkpoint(checkpoint)
+    common = ["--checkpoint", str(checkpoint), "--em", str(em_path), "--device", "cpu"]
+    common += ["--chunk-voxels", "8", "--block-voxels", "8", "32", "32", "--threads", "1"]
+    common += ["--dtype", "float32", "--pyramid-levels", "2"]
+    # 3 x 2 x 2 = 12 blocks; the first run is killed (SIGKILL) after writing 5 of them
+    out = tmp_path / "killed.zarr"
+    killed = cli(*common, "--out", str(out), env={KILL_AFTER_ENV: "5"})
+    assert killed.returncode == -9, killed.stderr
+    markers = sorted(int(p.stem) for p in (out / ".cellseg" / "blocks").glob("*.json"))
+    assert markers == [0, 1, 2, 3, 4]
+    resumed = cli(*common, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "7 blocks predicted, 5 already done" in resumed.stderr
+    # the same store as an uninterrupted run, and as two parallel parts then a pyramid
+    settings = PredictionSettings(
+        chunk_voxels=8, block_voxels=(8, 32, 32), dtype="float32", pyramid_levels=2, device="cpu"
+    )
+    model = Predictor.from_checkpoint(checkpoint)
+    whole, parted = tmp_path / "whole.zarr", tmp_path / "parted.zarr"
+    predict_volume(checkpoint, em_path, whole, settings, predictor=model)
+    predict_volume(checkpoint, em_path, parted, settings, stage="init", predictor=model)
+    for part in (1, 0):
+        run = predict_volume(
+            checkpoint, em_path, parted, settings, stage="blocks", part=part, parts=2,
+            predictor=model,
+        )  # fmt: skip
+        assert run.blocks_done == 6
+    predict_volume(checkpoint, em_path, parted, settings, stage="pyramid", predictor=model)
+    # equal to float rounding: a resumed column sums its first windows in other batches
+    expected = run_dir(whole)
+    for store in (out, parted):
+        got = run_dir(store)
+        for c in CLASSES:
+            for level in ("s0", "s1"):
+                p, mask = (f"{kind}/{c}/{level}" for kind in ("probabilities", "masks"))
+                np.testing.assert_allclose(got[p], expected[p], atol=1e-5, err_msg=store.name)
+                clear = np.abs(expected[p] - 0.5) > 1e-4
+                np.testing.assert_array_equal(got[mask][clear], expected[mask][clear])
+    # bad input: one line, no traceback
+    from cellseg.cli import main
+
+    capsys.readouterr()
+    assert main(["predict", *common, "--out", str(tmp_path / "x.zarr"), "--roi", "1:2"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
