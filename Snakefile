@@ -17,6 +17,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/predict.smk"
 
 
 # bookkeeping that takes seconds runs where Snakemake runs, never on a GPU node
@@ -26,6 +27,8 @@ localrules:
     datasplit,
     summary,
     resolved_config,
+    predict_all,
+    predict_init,
 
 
 rule all:

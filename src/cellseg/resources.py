@@ -131,10 +131,10 @@ def class_frequency_resources(config: Mapping[str, Any], attempt: int = 1) -> Jo
 
 
 def batch_mb(settings: TrainSettings) -> float:
-    """Host memory of one training batch, MB: ``batch_per_gpu`` × (1 image + 14 target
-    channels) × patch voxels × 4 bytes (float32)."""
+    """Host memory of one training batch, MB: ``batch_per_gpu`` × patch voxels × (4 bytes of
+    float32 image + 14 bytes of the compact uint8 target)."""
     voxels = math.prod(settings.patch_shape)
-    return settings.batch_per_gpu * (1 + NUM_CLASSES) * voxels * 4 / 2**20
+    return settings.batch_per_gpu * voxels * (4 + NUM_CLASSES) / 2**20
 
 
 def training_host_memory_mb(
@@ -229,3 +229,29 @@ def check_training_fits(
             "so the loader slows down; lower num_workers or raise cpus_per_task"
         )
     return None
+
+
+# --- whole-dataset prediction -----------------------------------------------------------------
+
+
+def prediction_resources(
+    config: Mapping[str, Any], settings: TrainSettings, attempt: int = 1, pyramid: bool = False
+) -> JobResources:
+    """A ``predict_blocks`` job (one range of a dataset's blocks) or, with ``pyramid``, the
+    dataset's ``predict_pyramid`` job.
+
+    Block jobs ask for ``predict.resources``: its GPU only for a model trained on GPUs (a 0-GPU
+    model predicts on the CPU partition, as it is evaluated); the pyramid job asks for
+    ``predict.pyramid_resources`` on the CPU partition (it only reads and averages the output).
+    Memory and runtime × ``attempt``.
+    """
+    section = config["resources"]
+    rule = config["predict"]["pyramid_resources" if pyramid else "resources"]
+    gpus = 0 if pyramid or settings.gpus == 0 else min(int(rule["gpus"]), 1)
+    return _job(
+        section,
+        gpus,
+        rule["cpus_per_task"],
+        rule["mem_mb"] * attempt,
+        rule["runtime_min"] * attempt,
+    )
