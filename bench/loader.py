@@ -196,6 +196,21 @@ def main() -> None:
                 f"{label:>16} {cache_mb:>8.0f} {'1 (p)':>7} {warm[shape]:>10.1f} {naive:>8.1f} "
                 f"{warm[shape] / naive:>5.1f}x  (one persistent worker, warm cache)"
             )
+            if shape == seed_shapes["3d"]:
+                # the target a worker hands over: compact uint8 (now) vs float32 (before),
+                # interleaved so that both see the same load
+                rates: dict[bool, list[float]] = {True: [], False: []}
+                for _ in range(2):
+                    for compact in (True, False):
+                        dataset = TrainPatches(
+                            crops, spec, rotate, cache_mb=cache_mb, compact_target=compact
+                        )
+                        rates[compact].append(worker_rate(dataset, count))
+                compact_rate, float_rate = (max(rates[k]) for k in (True, False))
+                print(
+                    f"{label:>16} target uint8 {compact_rate:.1f}/s vs float32 "
+                    f"{float_rate:.1f}/s: {compact_rate / float_rate:.2f}x (one persistent worker)"
+                )
             if not args.quick:
                 rate = loader_patches(cached, 2, count, batch=4)
                 print(

@@ -5,8 +5,16 @@ import pytest
 import torch
 from scipy import ndimage
 
-from cellseg.data.dataset import FixedPatches, PatchSpec, SampleRange, TrainPatches, worker_init_fn
+from cellseg.data.dataset import (
+    FixedPatches,
+    PatchSpec,
+    SampleRange,
+    TrainPatches,
+    decode_target,
+    worker_init_fn,
+)
 from cellseg.data.patches import (
+    TARGET_UNKNOWN,
     Augmentation,
     CropReader,
     PatchGrid,
@@ -101,6 +109,25 @@ def test_infer_true_negatives():
     assert np.all(target[1:, 0] == 0)  # positive ecs → all others absent
     assert np.isnan(target[1:, 1]).all()  # ecs absent says nothing about the others
     assert np.isnan(target[:, 2]).all()
+
+
+def test_compact_target_decodes_to_the_float_target(blob_crop):
+    crop, _ = blob_crop
+    spec = PatchSpec((4, 16, 16), 8.0)
+    rotate = Augmentation(rotate_xy=1.0)
+    for infer in (False, True):
+        compact = TrainPatches([crop], spec, rotate, seed=3, infer_true_negatives=infer)
+        full = TrainPatches(
+            [crop], spec, rotate, seed=3, infer_true_negatives=infer, compact_target=False
+        )
+        for index in range(6):
+            small, reference = compact[index]["target"], full[index]["target"]
+            assert small.dtype == torch.uint8 and reference.dtype == torch.float32
+            assert set(small.unique().tolist()) <= {0, 1, TARGET_UNKNOWN}
+            assert torch.isnan(reference).any() and (reference == 1).any()
+            torch.testing.assert_close(decode_target(small), reference, equal_nan=True)
+    # a float target passes through
+    assert decode_target(reference) is reference
 
 
 def test_train_patches_shapes_and_determinism(blob_crop):

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from cellseg.data.patches import (
+    TARGET_UNKNOWN,
     ArrayCache,
     Augmentation,
     CropReader,
@@ -66,6 +67,15 @@ def _to_sample(em: np.ndarray, target: np.ndarray, spec: PatchSpec, crop_index: 
     }
 
 
+def decode_target(target: torch.Tensor) -> torch.Tensor:
+    """A compact ``uint8`` target (0 absent, 1 present, 255 unknown) → float32 with NaN
+    unknown, on its device; a float target is returned as it is."""
+    if target.dtype != torch.uint8:
+        return target
+    decoded = target.to(torch.float32)
+    return decoded.masked_fill_(target == TARGET_UNKNOWN, float("nan"))
+
+
 def open_crops(crops: Sequence[Crop], resolution_nm: float) -> list[CropGeometry]:
     """Validate and parse every crop up front, so a broken dataset fails before training starts."""
     if not crops:
@@ -93,10 +103,14 @@ class TrainPatches(Dataset):
         em_range, infer_true_negatives: see :class:`cellseg.data.patches.CropReader`.
         cache_mb: per-process memory for crops' arrays (:class:`ArrayCache`); 0 reads every
             patch from the store.
+        compact_target: the compact ``uint8`` target (default); False gives float32 with NaN
+            (``bench/loader.py`` compares the two).
 
     Items:
-        ``{"image": (1, *shape) float32 in [0, 1], "target": (14, *shape) float32 with NaN,
-        "crop": int}``; any non-negative index is valid (the dataset is unbounded).
+        ``{"image": (1, *shape) float32 in [0, 1], "target": (14, *shape) uint8, "crop": int}``
+        with the compact target (0 absent, 1 present, 255 unknown: a quarter of float32's bytes
+        through shared memory and pinned copies; :func:`decode_target` on the device restores
+        float32 with NaN); any non-negative index is valid (the dataset is unbounded).
     """
 
     def __init__(
@@ -110,9 +124,11 @@ class TrainPatches(Dataset):
         em_range: tuple[float, float] = (10.6, 194.1),
         infer_true_negatives: bool = False,
         cache_mb: float = 0.0,
+        compact_target: bool = True,
     ) -> None:
         super().__init__()
         self.crops = list(crops)
+        self.compact_target = compact_target
         self.spec = spec
         self.augmentation = augmentation if augmentation is not None else Augmentation()
         self.seed = seed
@@ -149,7 +165,7 @@ class TrainPatches(Dataset):
         centre = rng.uniform(start, stop)
         transform = PatchTransform.draw(rng, self.augmentation, self.spec.is_3d)
         grid = PatchGrid.build(centre, self.spec.grid_shape, self.spec.resolution_nm, transform)
-        em, target = reader.read(grid)
+        em, target = reader.read(grid, compact=self.compact_target)
         return _to_sample(em, target, self.spec, index)
 
 

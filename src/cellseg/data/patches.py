@@ -143,6 +143,20 @@ def _as_slice(positions: np.ndarray) -> slice | np.ndarray:
     return positions
 
 
+TARGET_UNKNOWN = 255
+"""Unknown (unannotated) in the compact ``uint8`` target: 0 absent, 1 present, 255 unknown."""
+
+
+def compact_target(target: np.ndarray) -> np.ndarray:
+    """float32 target (1 present, 0 absent, NaN unknown) → the compact ``uint8`` one."""
+    compact = np.nan_to_num(target, nan=TARGET_UNKNOWN).astype(np.uint8)
+    return compact
+
+
+def _as_target(decoded: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    return decoded if dtype.kind == "f" else compact_target(decoded)
+
+
 class NearestIndex:
     """The stored voxel nearest each point of a grid in one scale level (clamped at the border).
 
@@ -213,33 +227,39 @@ class NearestIndex:
         encoding: LabelEncoding,
         table: np.ndarray | None = None,
     ) -> None:
-        """``out`` (``(D, H, W)`` float32) ← decoded labels inside the level's box, NaN outside.
+        """``out`` (``(D, H, W)``) ← decoded labels inside the level's box, unknown outside.
 
-        ``table``: ``encoding`` as a 256-entry lookup for uint8 arrays (one gather a voxel).
+        ``out`` is float32 (unknown: NaN) or uint8 (the compact target, unknown:
+        :data:`TARGET_UNKNOWN`); ``table``: ``encoding`` as a 256-entry lookup of ``out``'s dtype
+        for uint8 arrays (one gather a voxel).
         """
+        unknown = np.nan if out.dtype.kind == "f" else TARGET_UNKNOWN
         rows = out.reshape(self.shape[0], -1)
         z0, z1 = self._z_run
         if z0 == z1 or not self.inside_yx.any():
-            rows.fill(np.nan)
+            rows.fill(unknown)
             return
         region, origin = _read_region(array, self.box)
         values = np.take(region.ravel(), self._source(region, origin, False))
         lookup = table is not None and values.dtype == np.uint8
         if self._yx_kept is None:  # whole slices inside: decode straight into them
-            rows[:z0] = np.nan
-            rows[z1:] = np.nan
+            rows[:z0] = unknown
+            rows[z1:] = unknown
             if lookup:
                 np.take(table, values, out=rows[z0:z1])
             else:
-                rows[z0:z1] = encoding.to_target(values)
+                rows[z0:z1] = _as_target(encoding.to_target(values), out.dtype)
             return
         # part of each slice inside: NaN everywhere, then the points inside (a flat scatter is
         # several times faster than masked 2D assignment)
         if self._destination is None:
             kept = self._yx_kept
             self._destination = (np.arange(z0, z1)[:, None] * rows.shape[1] + kept).ravel()
-        rows.fill(np.nan)
-        decoded = np.take(table, values) if lookup else encoding.to_target(values)
+        rows.fill(unknown)
+        if lookup:
+            decoded = np.take(table, values)
+        else:
+            decoded = _as_target(encoding.to_target(values), out.dtype)
         out.reshape(-1)[self._destination] = decoded.ravel()
 
 
@@ -474,6 +494,7 @@ class CropReader:
             name: encoding.to_target(np.arange(256, dtype=np.int64))
             for name, encoding in geometry.encodings.items()
         }
+        self._compact_tables = {name: compact_target(t) for name, t in self._tables.items()}
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -509,21 +530,27 @@ class CropReader:
         key = f"{group.location}/{level.path}" + (str(box) if name == "__em__" else "")
         return self.cache.get(key, array, box)  # type: ignore[union-attr]
 
-    def read(self, grid: PatchGrid) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, grid: PatchGrid, compact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """EM and targets at the grid's points.
+
+        Args:
+            grid: the patch's points.
+            compact: the target as ``uint8`` (0 absent, 1 present, :data:`TARGET_UNKNOWN`
+                unknown): a quarter of the bytes a loader worker hands to the trainer.
 
         Returns:
             ``(em, target)``: ``(D, H, W)`` float32 in [0, 1] and ``(14, D, H, W)`` float32 with
             1 present, 0 absent and NaN where unannotated (class not annotated by this crop,
-            outside the crop's box, or encoded unknown).
+            outside the crop's box, or encoded unknown), or its compact ``uint8`` form.
         """
         arrays = self._open()
         em_location = f"{self.geometry.em.location}/{self._em_level.path}"
         em = normalize_em(
             sample_linear(arrays["__em__"], self._em_level, grid, em_location), self.em_range
         )
-        target = np.empty((NUM_CLASSES, *em.shape), dtype=np.float32)
-        target[self._unannotated] = np.nan
+        target = np.empty((NUM_CLASSES, *em.shape), dtype=np.uint8 if compact else np.float32)
+        target[self._unannotated] = TARGET_UNKNOWN if compact else np.nan
+        tables = self._compact_tables if compact else self._tables
         # classes stored on the same grid (the usual case) share one nearest-voxel index
         indices: dict[tuple, NearestIndex] = {}
         for name, level in self._label_levels.items():
@@ -535,7 +562,7 @@ class CropReader:
                 target[CLASS_INDEX[name]],
                 arrays[name],
                 self.geometry.encodings[name],
-                self._tables[name],
+                tables[name],
             )
         if self.infer_true_negatives:
             infer_true_negatives(target)
@@ -550,10 +577,15 @@ def normalize_em(raw: np.ndarray, em_range: tuple[float, float]) -> np.ndarray:
 
 
 def infer_true_negatives(target: np.ndarray) -> np.ndarray:
-    """In place: where any class is 1, every NaN class becomes 0. ``target`` is ``(C, ...)``."""
-    positive_somewhere = np.nan_to_num(target, nan=0.0).max(axis=0) > 0
-    unknown = np.isnan(target)
-    target[unknown & positive_somewhere[None]] = 0.0
+    """In place: where any class is 1, every unknown class becomes 0. ``target`` is
+    ``(C, ...)``, float32 (unknown NaN) or compact uint8 (unknown :data:`TARGET_UNKNOWN`)."""
+    if target.dtype.kind == "f":
+        positive_somewhere = np.nan_to_num(target, nan=0.0).max(axis=0) > 0
+        unknown = np.isnan(target)
+    else:
+        positive_somewhere = (target == 1).any(axis=0)
+        unknown = target == TARGET_UNKNOWN
+    target[unknown & positive_somewhere[None]] = 0
     return target
 
 
