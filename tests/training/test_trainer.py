@@ -119,6 +119,17 @@ def test_time_budget_stops_with_checkpoint_then_resumes(tiny_config, tiny_data, 
     assert len(pd.read_csv(tmp_path / "history.csv")) == 2
 
 
+def test_a_run_that_fits_its_budget_does_not_stop_for_a_distant_checkpoint(
+    tiny_config, tiny_data, tmp_path
+):
+    # 10 minutes are plenty for the tiny run, but not for 10^7 steps to the next checkpoint:
+    # the budget check looks ahead only to the end of training
+    config = copy.deepcopy(tiny_config)
+    config["training"]["defaults"]["checkpoint_every_steps"] = 10**7
+    assert make_trainer(config, tiny_data, tmp_path, time_budget_min=10).run() == 0
+    assert len(pd.read_csv(tmp_path / "history.csv")) == 2
+
+
 def test_early_stopping_on_plateau(tiny_config, tiny_data, tmp_path):
     config = copy.deepcopy(tiny_config)
     config["training"]["defaults"].update(

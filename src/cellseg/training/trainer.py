@@ -39,7 +39,14 @@ import yaml
 from torch.utils.data import DataLoader
 
 from cellseg.classes import CLASSES, NUM_CLASSES
-from cellseg.data.dataset import FixedPatches, PatchSpec, SampleRange, TrainPatches, worker_init_fn
+from cellseg.data.dataset import (
+    FixedPatches,
+    PatchSpec,
+    SampleRange,
+    TrainPatches,
+    decode_target,
+    worker_init_fn,
+)
 from cellseg.data.datasplit import read_datasplit
 from cellseg.data.identity import DataIdentity
 from cellseg.data.patches import Augmentation
@@ -540,6 +547,7 @@ class Trainer:
         skips the window's whole update (its NaN/Inf gradient is already in the sum).
         """
         s = self.settings
+        target = decode_target(target)  # the loader's compact uint8 target, decoded on the device
         sync = contextlib.nullcontext()
         if not step and isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
             sync = self.model.no_sync()  # no all-reduce on accumulation-only micro-batches
@@ -634,7 +642,10 @@ class Trainer:
             raise RuntimeError(f"fault injection: fail_after_steps={s.fail_after_steps} reached")
         if self.global_step % max(s.checkpoint_every_steps, 1) == 0:
             self.save("last.pt")
-        self.check_time(self.step_seconds() * s.checkpoint_every_steps)
+        # the next checkpoint, or the end of training when that comes first: a run whose
+        # remaining steps fit the budget must not stop to resume for a checkpoint it never needs
+        steps_ahead = min(s.checkpoint_every_steps, max(self.total_steps - self.global_step, 0))
+        self.check_time(self.step_seconds() * steps_ahead)
 
     def step_seconds(self) -> float:
         """Mean wall time of an optimizer step in this process so far (validation included)."""
