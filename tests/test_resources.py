@@ -89,10 +89,10 @@ def seed_like(**overrides) -> tuple[dict, object]:
 def test_host_memory_estimate_counts_every_process_cache_and_batch():
     config, settings = seed_like(patch_shape=[32, 256, 256], batch_per_gpu=2)
     host = config["resources"]["host_memory"]
-    # one batch: 2 patches x (1 image + 14 targets) x 32*256*256 voxels x 4 bytes = 240 MiB
-    assert batch_mb(settings) == 240
+    # one batch: 2 patches x 32*256*256 voxels x (4 bytes of image + 14 of uint8 targets) = 72 MiB
+    assert batch_mb(settings) == 72
     # 4 ranks, each: 9 caches, its base and CUDA's, 8 workers' bases, 8 x 2 prefetched + 2 batches
-    by_hand = 4 * (9 * 2048 + host["rank_mb"] + host["cuda_mb"] + 8 * host["worker_mb"] + 18 * 240)
+    by_hand = 4 * (9 * 2048 + host["rank_mb"] + host["cuda_mb"] + 8 * host["worker_mb"] + 18 * 72)
     assert training_host_memory_mb(config, settings, uses_cuda=True) == pytest.approx(by_hand)
     without_cuda = by_hand - 4 * host["cuda_mb"]
     assert training_host_memory_mb(config, settings) == pytest.approx(without_cuda)
