@@ -6,7 +6,8 @@
 FAULT: ``none``; ``nan`` (rank 1's input is NaN on the last micro-batch of the accumulation
 window that ends at step 2, so that window's only synchronising backward is skipped);
 ``stop`` (every rank is asked to stop for a resume after step 2, as SIGTERM would, and rank 0
-takes 3 s to write the checkpoint). Every rank of a finished run writes its final weights
+takes 3 s to write the checkpoint); ``diskfull`` (rank 0 cannot write the checkpoint at step 2,
+as on a full disk). Every rank of a finished run writes its final weights
 to ``RUN_DIR/rank{r}.pt``.
 """
 
@@ -14,11 +15,14 @@ from __future__ import annotations
 
 import sys
 import time
+from unittest import mock
 
 import torch
 import yaml
 
+from cellseg.errors import CellsegError
 from cellseg.training import Trainer, resolve_settings
+from cellseg.training import trainer as trainer_module
 
 
 class FaultyTrainer(Trainer):
@@ -37,7 +41,14 @@ class FaultyTrainer(Trainer):
     def save(self, name: str) -> None:
         if self.fault == "stop" and self.stop_requested and self.is_main:
             time.sleep(3)  # a multi-GB checkpoint on a shared file system
-        super().save(name)
+        if self.fault == "diskfull" and self.global_step == 2:
+            with mock.patch.object(trainer_module, "save_checkpoint", full_disk):
+                return super().save(name)
+        return super().save(name)
+
+
+def full_disk(state: dict, path) -> None:
+    raise CellsegError(f"{path}: could not write the checkpoint (No space left on device)")
 
 
 def main() -> int:

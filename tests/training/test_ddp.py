@@ -85,3 +85,18 @@ def test_a_stopped_run_resumes_from_the_checkpoint_written_at_the_stop(
     reference = rank_weights(tmp_path / "straight")[0]
     for weights in rank_weights(tmp_path / "run"):
         assert same(weights, reference)
+
+
+def test_a_checkpoint_rank_0_cannot_write_stops_every_rank(tiny_config, tiny_data, tmp_path):
+    config = copy.deepcopy(tiny_config)
+    config["training"]["defaults"].update(checkpoint_every_steps=1)
+    # without the shared outcome rank 1 would wait at the next collective for gloo's 30-minute
+    # timeout, and torchrun would outlive this subprocess's 600 s limit
+    failed = torchrun(config, tiny_data, tmp_path / "run", "diskfull")
+    assert failed.returncode != 0
+    assert "No space left on device" in failed.stderr
+    # (rank 1's own line may be cut short: torchrun ends it as soon as rank 0 has failed)
+    # the checkpoint of step 1 is intact and resumes
+    resumed = torchrun(config, tiny_data, tmp_path / "run", "none")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in (tmp_path / "run" / "train.log").read_text()

@@ -363,10 +363,33 @@ class Trainer:
         return states
 
     def save(self, name: str) -> None:
-        """Write ``checkpoints/{name}``: every rank takes part (RNG states), rank 0 writes."""
+        """Write ``checkpoints/{name}``: every rank takes part (RNG states), rank 0 writes.
+
+        Under DDP every rank learns whether the write succeeded: when rank 0 cannot write (a
+        full disk), the others stop with it instead of waiting at the next collective until
+        the process group times out.
+        """
         rng_per_rank = self.gather_rng()
+        error: CellsegError | None = None
         if self.is_main:
-            save_checkpoint(self.state_dict(rng_per_rank), self.checkpoint_dir / name)
+            try:
+                save_checkpoint(self.state_dict(rng_per_rank), self.checkpoint_dir / name)
+            except CellsegError as failure:
+                error = failure
+        if is_distributed():
+            failed = torch.tensor(
+                float(error is not None),
+                device=self.device if self.device.type == "cuda" else "cpu",
+            )
+            dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+            if failed.item() and error is None:
+                error = CellsegError(
+                    f"{self.checkpoint_dir / name}: rank 0 could not write this checkpoint (its "
+                    "error is in the log); stopping rank "
+                    f"{self.rank} with it"
+                )
+        if error is not None:
+            raise error
 
     def on_train_start(self) -> None:
         if self.restart and self.is_main and self.checkpoint_dir.exists():
