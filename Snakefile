@@ -26,6 +26,7 @@ localrules:
     demo_data,
     datasplit,
     summary,
+    study,
     resolved_config,
     predict_all,
     predict_init,

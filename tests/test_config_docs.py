@@ -28,6 +28,7 @@ def schema_keys() -> set[str]:
     for section in ("data", "loss", "evaluation", "resources"):
         walk(schema["properties"][section], f"{section}.")
     keys |= set(schema["$defs"]["settings"]["properties"])
+    keys |= {"select_models", "replicates", "variants"}  # the study keys, documented by name
     return keys
 
 

@@ -14,15 +14,18 @@ from cellseg.errors import CellsegError
 from cellseg.figures import sample_slices
 from cellseg.reporting import (
     BASELINE,
+    STUDY_FIGURES,
     SUMMARY_FIGURES,
     SummarySettings,
+    make_study,
     make_summary,
     metric_counts,
     prior_baseline_counts,
     summarize,
+    summarize_study,
     summary_markdown,
 )
-from cellseg.statistics import mean_dice_interval, paired_comparison
+from cellseg.statistics import mean_dice_interval, paired_comparison, replicate_mean_interval
 from cellseg.visualization import crop_panels_figure, training_curves_figure
 from test_statistics import naive_sign_flip
 
@@ -348,3 +351,113 @@ def test_metrics_without_instance_columns_leave_the_challenge_score_undefined(tm
     row = summarize({"unet_3d": metrics}, expected=["unet_3d"]).table.iloc[0]
     assert np.isnan(row["challenge_style_score"]) and np.isnan(row["challenge_f1_nuc"])
     assert row["challenge_style_semantic"] == pytest.approx((50 / 90 + 0.5) / 2)
+
+
+# ------------------------------------------------------------------------------ studies
+
+
+def study_runs(tmp_path: Path, n: int = 12, seeds: int = 3) -> tuple[dict, dict]:
+    """Metrics of 2 models x 2 variants x ``seeds`` seeds on the same ``n`` crops, each run's
+    per-crop Dice exact (``metrics_table``); returns (run -> CSV, run -> (n, 3) Dice)."""
+    rng = np.random.default_rng(1)
+    crops = rng.uniform(0.4, 0.8, size=(n, 3))
+    shifts = {"unet_2d~a": 0.0, "unet_2d~b": -0.1, "resnet_2d~a": 0.1, "resnet_2d~b": 0.05}
+    metrics, quality = {}, {}
+    for group, shift in shifts.items():
+        for k in range(seeds):
+            name = group + (f"~r{k}" if k else "")
+            q = np.clip(
+                crops + shift + rng.normal(0, 0.03) + rng.normal(0, 0.02, crops.shape), 0, 1
+            )
+            quality[name] = np.round(q * 100) / 100  # what the integer counts hold
+            metrics[name], _ = write_model(tmp_path, name, metrics_table(name, q))
+    return metrics, quality
+
+
+def test_study_aggregates_seeds_and_ranks_variants(tmp_path):
+    metrics, quality = study_runs(tmp_path)
+    variants = {"a": {"loss": {"tau": 0.5}}, "b": {"loss": {"alpha": 0.7, "beta": 0.3}}}
+    loss = {"tau": 1.0, "alpha": 0.6, "beta": 0.4, "sign": "seed"}
+    study = summarize_study(metrics, variants, loss)
+    table = study.table.set_index("group")
+    assert list(study.table["group"]) == ["resnet_2d~a", "resnet_2d~b", "unet_2d~a", "unet_2d~b"]
+    assert list(study.table["rank"]) == [1, 2, 3, 4]
+    assert (
+        table.loc["unet_2d~a", "rank_in_model"] == 1
+        and table.loc["resnet_2d~b", "rank_in_model"] == 2
+    )
+    # independent reference: per-seed score = mean over the 3 classes of the mean over crops
+    for group in table.index:
+        names = [group] + [f"{group}~r{k}" for k in (1, 2)]
+        per_seed = [quality[name].mean(axis=0).mean() for name in names]
+        assert table.loc[group, "n_seeds"] == 3 and table.loc[group, "n_crops"] == 12
+        assert table.loc[group, "score"] == pytest.approx(np.mean(per_seed), abs=1e-9)
+        assert table.loc[group, "sd_seeds"] == pytest.approx(np.std(per_seed, ddof=1), abs=1e-9)
+        values = np.full((3, 12, len(CLASSES)), np.nan)
+        for s, name in enumerate(names):
+            values[s][:, [CLASSES.index(c) for c in CLASSES3]] = quality[name]
+        interval = replicate_mean_interval(values)
+        assert table.loc[group, "ci_low"] == pytest.approx(interval.low, abs=1e-9)
+        assert table.loc[group, "ci_high"] == pytest.approx(interval.high, abs=1e-9)
+    # the variant's resolved loss: its overrides over the config's loss
+    assert table.loc["unet_2d~a", "tau"] == 0.5 and table.loc["unet_2d~a", "alpha"] == 0.6
+    assert table.loc["unet_2d~b", "tau"] == 1.0 and table.loc["unet_2d~b", "alpha"] == 0.7
+    assert table.loc["resnet_2d~a", "p_vs_best"] != table.loc["resnet_2d~a", "p_vs_best"]  # NaN
+    assert table.loc["unet_2d~b", "diff_vs_best"] < table.loc["unet_2d~a", "diff_vs_best"] < 0
+    assert table.loc["unet_2d~b", "diff_vs_model_best"] == pytest.approx(
+        table.loc["unet_2d~b", "score"] - table.loc["unet_2d~a", "score"], abs=1e-9
+    )
+    assert set(study.seeds["group"]) == set(table.index) and len(study.seeds) == 12
+
+
+def test_study_comparison_is_the_replicate_interval_of_paired_differences(tmp_path):
+    from scipy import stats
+
+    metrics, quality = study_runs(tmp_path)
+    study = summarize_study(metrics)
+    row = study.table.set_index("group").loc["unet_2d~b"]
+    columns = [CLASSES.index(c) for c in CLASSES3]
+    diffs = np.full((3, 12, len(CLASSES)), np.nan)
+    for s, suffix in enumerate(["", "~r1", "~r2"]):
+        diffs[s][:, columns] = quality[f"unet_2d~b{suffix}"] - quality[f"unet_2d~a{suffix}"]
+    interval = replicate_mean_interval(diffs, bound=1.0)
+    assert row["diff_vs_model_best"] == pytest.approx(interval.estimate, abs=1e-9)
+    p = 2 * stats.t.sf(abs(interval.estimate / interval.se), interval.df)
+    assert row["p_vs_model_best"] == pytest.approx(p, rel=1e-9)  # one comparison: Holm = raw
+    # against the best overall the two other groups are compared: Holm over two p-values
+    assert 0 <= row["p_vs_best"] <= 1
+
+
+def test_study_without_enough_crops_has_no_ci_and_writes_its_outputs(tmp_path):
+    metrics, _ = study_runs(tmp_path, n=4, seeds=2)
+    out = tmp_path / "out"
+    study = make_study(
+        metrics, {"a": {"loss": {"tau": 0.5}}, "b": {"loss": {"tau": 2.0}}}, {"tau": 1.0},
+        out / "study.csv", out / "study.md", out / "figures",
+    )  # fmt: skip
+    assert study.table["ci_low"].isna().all() and study.table["p_vs_best"].isna().all()
+    assert pd.read_csv(out / "study.csv")["group"].tolist() == study.table["group"].tolist()
+    text = (out / "study.md").read_text()
+    assert "## Ranking within each model" in text and "### unet_2d" in text
+    for name in STUDY_FIGURES:
+        assert (out / "figures" / name).stat().st_size > 0
+
+
+def test_study_left_out_run_is_noted(tmp_path):
+    metrics, _ = study_runs(tmp_path, seeds=1)
+    metrics["unet_2d~c"] = tmp_path / "nothing.csv"
+    study = summarize_study(metrics)
+    assert study.notes == [f"unet_2d~c: missing: no metrics ({tmp_path / 'nothing.csv'})"]
+    assert study.table["sd_seeds"].isna().all()  # one seed: no SD
+
+
+def test_one_factor_rows_keep_variants_moving_only_that_key():
+    from cellseg.figures import one_factor_rows
+
+    table = pd.DataFrame(
+        {"tau": [0.0, 1.0, 1.0, 2.0], "sign": ["seed", "seed", "additive", "seed"],
+         "alpha": [0.6] * 4, "beta": [0.4] * 4, "inference_logit_adjustment": ["train"] * 4}
+    )  # fmt: skip
+    loss = {"tau": 1.0, "sign": "seed", "alpha": 0.6, "beta": 0.4}
+    assert list(one_factor_rows(table, loss, ["tau"]).index) == [0, 1, 3]
+    assert list(one_factor_rows(table, loss, ["alpha", "beta"]).index) == [1]

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from cellseg.classes import CLASSES, NUM_CLASSES
 from cellseg.io import atomic_path
-from cellseg.reporting import BASELINE, SUMMARY_FIGURES
+from cellseg.reporting import BASELINE, STUDY_FIGURES, SUMMARY_FIGURES, Study
 
 __all__ = [
     "ModelFigureSettings",
@@ -180,6 +180,91 @@ def write_summary_figures(table: pd.DataFrame, figures_dir: Path | str) -> None:
     draws = (heatmap_figure, mean_dice_figure, pareto_figure, dim_figure)
     for name, draw in zip(SUMMARY_FIGURES, draws, strict=True):
         save_figure(draw(table), figures_dir / name)
+
+
+# ------------------------------------------------------------------------------ study figures
+
+
+def seeds_figure(study: Study) -> Figure:
+    """Per-seed score of every (model, variant) group (dots), its mean over seeds (bar) and its
+    crops-and-seeds CI, ranked overall."""
+    table = study.table
+    figure, ax = plt.subplots(figsize=(max(5, 0.6 * len(table) + 2), 4.5))
+    x = np.arange(len(table))
+    low = (table["score"] - table["ci_low"]).clip(lower=0).fillna(0)
+    high = (table["ci_high"] - table["score"]).clip(lower=0).fillna(0)
+    ax.bar(x, table["score"], color="0.8", edgecolor="k", yerr=[low, high], capsize=4)
+    for i, group in enumerate(table["group"]):
+        scores = study.seeds.loc[study.seeds["group"] == group, "score"].to_numpy()
+        offsets = np.linspace(-0.2, 0.2, len(scores)) if len(scores) > 1 else np.zeros(1)
+        ax.plot(i + offsets, scores, "o", color="tab:blue", markersize=5)
+    ax.set_xticks(x, table["group"], rotation=45, ha="right")
+    ax.set(
+        ylabel="score per seed (dots), mean and CI",
+        ylim=(0, 1),
+        title="per-seed scores; CI over crops and seeds",
+    )
+    figure.tight_layout()
+    return figure
+
+
+def one_factor_rows(
+    table: pd.DataFrame, loss: Mapping[str, Any], keys: Sequence[str]
+) -> pd.DataFrame:
+    """The study rows whose loss agrees with ``loss`` on every reported key but ``keys``: the
+    variants that move only those keys (a sign or an adjustment changed along with tau would
+    confound a line against tau)."""
+    from cellseg.reporting import STUDY_LOSS_KEYS
+
+    mask = pd.Series(True, index=table.index)
+    for key in STUDY_LOSS_KEYS:
+        if key not in keys and key in loss:
+            mask &= table[key].astype(object) == loss[key]
+    return table[mask]
+
+
+def factor_figure(
+    table: pd.DataFrame, loss: Mapping[str, Any], key: str, also: Sequence[str] = ()
+) -> Figure:
+    """Per-class Dice (mean over seeds) against the loss key ``key``, one panel per model, over
+    the variants that move only ``key`` (and ``also``, e.g. beta with alpha)."""
+    rows = one_factor_rows(table, loss, (key, *also)).dropna(subset=[key])
+    models = sorted(set(rows["model"]))
+    if not models or rows.groupby("model")[key].nunique().max() < 2:
+        figure, ax = plt.subplots(figsize=(6, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"no two variants differ only in loss.{key}", ha="center", va="center")
+        return figure
+    figure, axes = plt.subplots(
+        1, len(models), figsize=(5 * len(models) + 2, 4.5), squeeze=False, sharey=True
+    )
+    colours = plt.get_cmap("tab20")(np.linspace(0, 1, NUM_CLASSES))
+    for ax, model in zip(axes[0], models, strict=True):
+        part = rows[rows["model"] == model].sort_values(key)
+        x = part[key].astype(float).to_numpy()
+        for c, name in enumerate(CLASSES):
+            y = part[f"dice_{name}"].to_numpy(dtype=float)
+            if np.isfinite(y).any():
+                ax.plot(x, y, "o-", color=colours[c], label=name, markersize=4)
+        ax.plot(x, part["score"], "k--", linewidth=2, label="score")
+        ax.set(xlabel=f"loss.{key}", title=model, ylim=(0, 1))
+    axes[0, 0].set_ylabel("Dice per class (mean over seeds)")
+    axes[0, -1].legend(fontsize="x-small", bbox_to_anchor=(1.02, 1), loc="upper left")
+    figure.tight_layout()
+    return figure
+
+
+def write_study_figures(study: Study, loss: Mapping[str, Any], figures_dir: Path | str) -> None:
+    """Draw :data:`~cellseg.reporting.STUDY_FIGURES`: per-seed scores, Dice against tau and
+    against alpha (beta moving with it)."""
+    figures_dir = Path(figures_dir)
+    figures = (
+        seeds_figure(study),
+        factor_figure(study.table, loss, "tau"),
+        factor_figure(study.table, loss, "alpha", also=("beta",)),
+    )
+    for name, figure in zip(STUDY_FIGURES, figures, strict=True):
+        save_figure(figure, figures_dir / name)
 
 
 # ------------------------------------------------------------------------------ model figures

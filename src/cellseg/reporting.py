@@ -47,6 +47,7 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -68,12 +69,16 @@ from cellseg.metrics import COUNT_NAMES, Statistic, aggregate_crops
 from cellseg.statistics import (
     DEFAULT_PERMUTATIONS,
     PairedComparison,
+    class_values,
     holm,
     mean_dice_interval,
+    mean_over_classes,
     paired_comparison,
+    replicate_mean_interval,
     sign_flip_p_value,
     smallest_p_value,
 )
+from cellseg.training.settings import Run
 
 __all__ = [
     "BASELINE",
@@ -406,7 +411,8 @@ def _load_model(
     s: SummarySettings,
 ) -> _Model:
     """A model's row of ``summary.csv`` (and its counts) from its metrics and train summary."""
-    architecture, _, dim = key.rpartition("_")
+    # a run name (``{model}_{dim}~{variant}~r{k}``) has the architecture and dim of its model
+    architecture, _, dim = Run.parse(key).model_key.rpartition("_")
     row: dict[str, Any] = {"model": key, "architecture": architecture, "dim": dim}
     if path is None or not Path(path).is_file():
         row["status"] = "missing"
@@ -631,13 +637,13 @@ def summarize(
     notes += [
         f"{k}: missing: expected but not in the config's models"
         for k in expected
-        if k not in metrics
+        if k not in {Run.parse(run).model_key for run in metrics}
     ]
     return Summary(
         table=table.reset_index(drop=True),
         winners=_winners(table, evaluated, s),
         notes=notes,
-        missing=[k for k in expected if k not in evaluated],
+        missing=[k for k in expected if k not in {Run.parse(r).model_key for r in evaluated}],
         adjustment=adjustment,
         settings=s,
         n_crops=len(gt_crops),
@@ -1167,3 +1173,278 @@ def _run_summary(args: argparse.Namespace) -> int:
     print(f"{args.out_csv}: {len(summary.table)} rows; best {summary.table['best_model'].iloc[0]}",
           file=sys.stderr)  # fmt: skip
     return 0
+
+
+# ------------------------------------------------------------------------------ studies
+
+STUDY_FIGURES: tuple[str, ...] = ("seeds.png", "dice_vs_tau.png", "dice_vs_alpha.png")
+"""File names of the study figures, in ``results/figures/study/`` (:mod:`cellseg.figures`)."""
+
+STUDY_LOSS_KEYS: tuple[str, ...] = ("tau", "sign", "alpha", "beta", "inference_logit_adjustment")
+"""Loss keys reported per variant in ``study.csv`` (the variant's resolved loss)."""
+
+
+@dataclass
+class Study:
+    """A study: runs grouped by (model, variant) over seeds.
+
+    Attributes:
+        table: ``study.csv``: one row per group, ranked overall (``rank``) and within its model
+            (``rank_in_model``), with mean Dice over seeds, its SD over seeds, its crops-and-seeds
+            CI, the comparison with the best group overall and with the best of its model, the
+            variant's loss keys and per-class Dice (mean over seeds of the mean over crops).
+        seeds: one row per run: ``group``, ``model``, ``variant``, ``replicate``, ``score``.
+        settings: the settings used.
+        adjustment: the adjustment mode compared.
+        n_crops: test crops shared by every run.
+        notes: runs left out and why.
+    """
+
+    table: pd.DataFrame
+    seeds: pd.DataFrame
+    settings: SummarySettings
+    adjustment: str
+    n_crops: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _t_p_value(estimate: float, se: float, df: float) -> float:
+    """Two-sided p of the t statistic ``estimate / se`` with ``df`` degrees of freedom."""
+    from scipy import stats
+
+    if not (np.isfinite(se) and se > 0 and np.isfinite(df) and df > 0):
+        return float("nan")
+    return float(2 * stats.t.sf(abs(estimate) / se, df))
+
+
+def _group_comparison(
+    a: np.ndarray, b: np.ndarray, s: SummarySettings
+) -> tuple[float, float, float, float]:
+    """``(difference, low, high, p)`` of group ``a`` minus group ``b``, each ``(S, N, C)``.
+
+    Seeds are paired by index: two groups' seed effects are independent, so any pairing is
+    valid, and pairing keeps the crop effects common to both groups out of the difference. The
+    interval is :func:`replicate_mean_interval` of the paired differences (variance bound 1: a
+    difference of Dice lies in [-1, 1]); the p-value is the two-sided t test of its estimate
+    with the interval's degrees of freedom (a sign-flip test over crops alone would ignore the
+    seeds). NaN CI and p with fewer than ``min_crops_for_statistics`` crops or unequal seeds.
+    """
+    difference = mean_over_classes(a.mean(axis=0)) - mean_over_classes(b.mean(axis=0))
+    if a.shape != b.shape or a.shape[1] < s.min_crops_for_statistics:
+        return difference, float("nan"), float("nan"), float("nan")
+    interval = replicate_mean_interval(a - b, s.confidence, bound=1.0)
+    return (
+        interval.estimate,
+        interval.low,
+        interval.high,
+        _t_p_value(interval.estimate, interval.se, interval.df),
+    )
+
+
+def summarize_study(
+    metrics: Mapping[str, Path | str | None],
+    variants: Mapping[str, Any] | None = None,
+    loss: Mapping[str, Any] | None = None,
+    settings: SummarySettings | None = None,
+) -> Study:
+    """Rank (model, variant) groups of runs over their seeds.
+
+    Per group the ``(S, N, C)`` per-crop values (:func:`class_values` of the ``rank_by``
+    statistic) of its ``S`` seeds on the ``N`` test crops every run shares give the mean over
+    seeds of the per-seed score, the SD of the per-seed scores, and the interval of
+    :func:`replicate_mean_interval` (crops and seeds as crossed random effects). Groups are
+    ranked overall and within each model and compared with the best (:func:`_group_comparison`,
+    Holm-adjusted over the groups compared with the same best).
+
+    Args:
+        metrics: run name (``{model}_{dim}[~{variant}][~r{k}]``) → metrics CSV; a missing file
+            leaves the run out (noted).
+        variants: the config's ``variants`` (each variant's ``loss`` overrides).
+        loss: the config's ``loss`` (what a variant's overrides apply to).
+        settings: :class:`SummarySettings`.
+
+    Raises:
+        CellsegError: no run has metrics, or a metrics file is malformed.
+    """
+    s = settings or SummarySettings()
+    statistic = Statistic(s.rank_by)
+    variants, loss = dict(variants or {}), dict(loss or {})
+    notes: list[str] = []
+    loaded: dict[str, tuple[Run, dict[str, np.ndarray], str]] = {}
+    for name, path in metrics.items():
+        if path is None or not Path(path).is_file():
+            notes.append(f"{name}: missing: no metrics ({path or 'not evaluated'})")
+            continue
+        table, mode = load_metrics(path, s.adjustment)
+        crops, counts = metric_counts(table)
+        values = class_values(counts, statistic)
+        loaded[name] = (Run.parse(name), dict(zip(crops, values, strict=True)), mode)
+    if not loaded:
+        raise CellsegError("no run has a metrics CSV; run the evaluate rule for at least one run")
+    modes = {mode for _, _, mode in loaded.values()}
+    if len(modes) > 1:
+        raise CellsegError(
+            f"metrics CSVs have different primary adjustment modes {sorted(modes)}; "
+            "set evaluation.adjustment_modes so that they share the first"
+        )
+    shared = sorted(set.intersection(*(set(v) for _, v, _ in loaded.values())))
+    groups: dict[str, list[tuple[Run, np.ndarray]]] = {}
+    for run, values, _ in loaded.values():
+        stacked = np.stack([values[c] for c in shared]) if shared else np.empty((0, NUM_CLASSES))
+        groups.setdefault(run.group, []).append((run, stacked))
+    arrays: dict[str, np.ndarray] = {}
+    rows, seed_rows = [], []
+    for group, members in groups.items():
+        members.sort(key=lambda item: item[0].replicate)
+        arr = np.stack([values for _, values in members])  # (S, N, C)
+        arrays[group] = arr
+        run = members[0][0]
+        per_seed = [mean_over_classes(values) for _, values in members]
+        seed_rows += [
+            {"group": group, "model": r.model_key, "variant": r.variant or "-",
+             "replicate": r.replicate, "score": score}
+            for (r, _), score in zip(members, per_seed, strict=True)
+        ]  # fmt: skip
+        enough = len(shared) >= s.min_crops_for_statistics
+        interval = replicate_mean_interval(arr, s.confidence) if enough else None
+        variant_loss = {**loss, **((variants.get(run.variant) or {}).get("loss") or {})}
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            per_class = np.nanmean(arr, axis=(0, 1))
+        rows.append(
+            {
+                "group": group,
+                "model": run.model_key,
+                "variant": run.variant or "-",
+                "n_seeds": len(members),
+                "n_crops": len(shared),
+                "score": float(np.mean(per_seed)),
+                "sd_seeds": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else np.nan,
+                "ci_low": interval.low if interval else np.nan,
+                "ci_high": interval.high if interval else np.nan,
+                **{key: variant_loss.get(key) for key in STUDY_LOSS_KEYS},
+                **{f"dice_{name}": float(v) for name, v in zip(CLASSES, per_class, strict=True)},
+            }
+        )
+    table = pd.DataFrame(rows)
+    table["rank"] = table["score"].rank(ascending=False, method="min").astype(int)
+    table["rank_in_model"] = (
+        table.groupby("model")["score"].rank(ascending=False, method="min").astype(int)
+    )
+    table = _add_group_comparisons(table, arrays, s)
+    table = table.sort_values(["rank", "group"], kind="stable").reset_index(drop=True)
+    mode = modes.pop()
+    return Study(table, pd.DataFrame(seed_rows), s, mode, len(shared), notes)
+
+
+def _add_group_comparisons(
+    table: pd.DataFrame, arrays: Mapping[str, np.ndarray], s: SummarySettings
+) -> pd.DataFrame:
+    """``diff_vs_best`` (+ CI, Holm-adjusted ``p_vs_best``) against the best group overall and
+    ``diff_vs_model_best`` (+ Holm-adjusted ``p_vs_model_best``) against the best of its model."""
+    table = table.copy()
+    for suffix, scopes in (
+        ("best", [table.index]),
+        ("model_best", [idx for _, idx in table.groupby("model").groups.items()]),
+    ):
+        columns = {f"diff_vs_{suffix}": np.nan, f"p_vs_{suffix}": np.nan}
+        if suffix == "best":
+            columns.update(diff_low=np.nan, diff_high=np.nan)
+        for column, value in columns.items():
+            table[column] = value
+        for index in scopes:
+            scope = table.loc[index]
+            best = scope.sort_values(["score", "group"], ascending=[False, True]).iloc[0]["group"]
+            tested, p_values = [], []
+            for i, row in scope.iterrows():
+                if row["group"] == best:
+                    continue
+                diff, low, high, p = _group_comparison(arrays[row["group"]], arrays[best], s)
+                table.loc[i, f"diff_vs_{suffix}"] = diff
+                if suffix == "best":
+                    table.loc[i, ["diff_low", "diff_high"]] = [low, high]
+                if np.isfinite(p):
+                    tested.append(i)
+                    p_values.append(p)
+            for i, p in zip(tested, holm(p_values), strict=True):
+                table.loc[i, f"p_vs_{suffix}"] = p
+    return table
+
+
+def study_markdown(study: Study) -> str:
+    """``study.md``: the ranking overall and within each model, and how it was computed."""
+    s = study.settings
+    stat = "mean Dice" if s.rank_by == "mean" else "pooled Dice"
+    seeds = sorted(set(study.table["n_seeds"]))
+    lines = [
+        "# Study: variants and seeds",
+        "",
+        f"{len(study.table)} groups (model × variant) over {'/'.join(map(str, seeds))} seed(s), "
+        f"{study.n_crops} test crops, adjustment `{study.adjustment}`. **Score**: the {stat} of "
+        "each seed's run, averaged over seeds; **SD**: its standard deviation over seeds; "
+        f"**CI** ({s.confidence:.0%}): crops and seeds as crossed random effects "
+        "(method of moments, Satterthwaite df; `cellseg.statistics.replicate_mean_interval`). "
+        "**Δ best**: the difference from the best group by the same interval on seed-paired "
+        "differences; **p**: two-sided t test with that interval's df, Holm-adjusted over the "
+        f"groups compared. No CI or p with fewer than {s.min_crops_for_statistics} crops.",
+        "",
+        "## Ranking overall",
+        "",
+        "| rank | model | variant | seeds | score | SD seeds | CI | Δ best [CI] | p |",
+        "|---:|---|---|---:|---:|---:|---|---|---:|",
+    ]
+    for _, r in study.table.iterrows():
+        ci = f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if np.isfinite(r["ci_low"]) else "–"
+        if np.isfinite(r["diff_vs_best"]):
+            diff = f"{r['diff_vs_best']:+.3f}"
+            if np.isfinite(r["diff_low"]):
+                diff += f" [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}]"
+        else:
+            diff = "best"
+        lines.append(
+            f"| {r['rank']} | {r['model']} | {r['variant']} | {r['n_seeds']} | "
+            f"{_fmt(r['score'])} | {_fmt(r['sd_seeds'])} | {ci} | {diff} | {_p(r['p_vs_best'])} |"
+        )
+    lines += ["", "## Ranking within each model", ""]
+    for model, rows in study.table.groupby("model", sort=True):
+        lines += [
+            f"### {model}",
+            "",
+            "| rank | variant | score | SD seeds | Δ model best | p |",
+            "|---:|---|---:|---:|---:|---:|",
+        ]
+        for _, r in rows.sort_values("rank_in_model", kind="stable").iterrows():
+            diff = (
+                f"{r['diff_vs_model_best']:+.3f}"
+                if np.isfinite(r["diff_vs_model_best"])
+                else "best"
+            )
+            lines.append(
+                f"| {r['rank_in_model']} | {r['variant']} | {_fmt(r['score'])} | "
+                f"{_fmt(r['sd_seeds'])} | {diff} | {_p(r['p_vs_model_best'])} |"
+            )
+        lines.append("")
+    if study.notes:
+        lines += ["## Left out", "", *(f"- {note}" for note in study.notes), ""]
+    return "\n".join(lines) + "\n"
+
+
+def make_study(
+    metrics: Mapping[str, Path | str | None],
+    variants: Mapping[str, Any] | None,
+    loss: Mapping[str, Any] | None,
+    csv_path: Path | str,
+    md_path: Path | str,
+    figures_dir: Path | str,
+    settings: SummarySettings | None = None,
+) -> Study:
+    """:func:`summarize_study`, then ``study.csv``, ``study.md`` and :data:`STUDY_FIGURES`
+    (what the ``study`` rule runs; all written atomically)."""
+    from cellseg.figures import write_study_figures  # matplotlib only when drawing
+
+    study = summarize_study(metrics, variants, loss, settings)
+    with atomic_path(csv_path) as temporary:
+        study.table.to_csv(temporary, index=False)
+    write_text_atomic(md_path, study_markdown(study))
+    write_study_figures(study, loss or {}, figures_dir)
+    return study

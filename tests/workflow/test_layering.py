@@ -43,7 +43,7 @@ def test_longleaf_profile_runs_the_seed_preset_exactly(clone):
     preset = yaml.safe_load(SEED_PRESET.read_text())
     jobs = planned_jobs(dry.stdout, "train")
     assert sorted(jobs) == sorted(
-        f"model={k.rsplit('_', 1)[0]}, dim={k[-2:]}" for k in preset["models"]
+        f"run={k}" for k in preset["models"]
     )
     # the profile has no executor to run this one local rule on here: only where jobs run changes
     settings = resolved(clone, "--profile", LONGLEAF, "--executor", "local", "--config", data)
@@ -55,7 +55,7 @@ def test_longleaf_profile_runs_the_seed_preset_exactly(clone):
     for key, actual in settings["models"].items():
         expected = expected_settings(base, preset, model=key)
         assert {k: actual[k] for k in expected} == expected, key
-        resources = jobs[f"model={key.rsplit('_', 1)[0]}, dim={key[-2:]}"]
+        resources = jobs[f"run={key}"]
         assert int(resources["mem_mb"]) == expected["mem_mb"]
         assert int(resources["runtime"]) == expected["runtime_min"]
         assert int(resources["cpus_per_task"]) == expected["cpus_per_task"]
@@ -75,8 +75,8 @@ def test_a_preset_naming_two_models_trains_exactly_those(clone):
     path.write_text(yaml.safe_dump(preset))
     dry = run(clone, "-n", "--configfile", "config/experiments/two_models.yaml")
     assert sorted(planned_jobs(dry.stdout, "train")) == [
-        "model=resnet, dim=2d",
-        "model=vit, dim=3d",
+        "run=resnet_2d",
+        "run=vit_3d",
     ]
     settings = resolved(clone, "--configfile", "config/experiments/two_models.yaml")
     base = yaml.safe_load((clone / "config" / "config.yaml").read_text())
@@ -105,4 +105,4 @@ def test_later_configfiles_and_config_overrides_win(clone):
     unet = settings["models"]["unet_3d"]
     assert unet["lr"] == 0.3 and unet["max_epochs"] == 9 and unet["batch_per_gpu"] == 7
     dry = run(clone, "-n", "--configfile", "first.yaml", "second.yaml")
-    assert list(planned_jobs(dry.stdout, "train")) == ["model=unet, dim=3d"]
+    assert list(planned_jobs(dry.stdout, "train")) == ["run=unet_3d"]

@@ -84,8 +84,8 @@ def test_rerun_only_the_failed_model_which_resumes(tmp_path):
 
     second = snakemake(tmp_path, "--profile", str(LOCAL_PROFILE), "--configfile", str(TEST_CONFIG))
     log = second.stdout + second.stderr
-    trained = set(re.findall(r"wildcards: model=(\w+), dim=(\w+)", log))
-    assert ("unet", "3d") in trained and ("unet", "2d") not in trained
+    trained = set(re.findall(r"wildcards: run=(\S+)", log))
+    assert "unet_3d" in trained and "unet_2d" not in trained
     assert "resumed from" in (tmp_path / "logs/train/unet_3d.log").read_text()
     assert {p: p.stat().st_mtime_ns for p in (models / "unet_2d").glob("*.*")} == finished
     history = pd.read_csv(models / "unet_3d/history.csv")

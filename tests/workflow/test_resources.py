@@ -75,7 +75,7 @@ def test_seed_experiment_jobs_ask_for_what_their_work_needs(clone):
     assert evaluate["gpus"] == 1 and visualize["gpus"] == 1
     jobs = {rule: planned_jobs(dry, rule) for rule in ("train", "evaluate", "visualize")}
     for key in SEED["models"]:
-        wildcards = f"model={key.rsplit('_', 1)[0]}, dim={key[-2:]}"
+        wildcards = f"run={key}"
         settings = expected_settings(*layers, model=key)
         gpu = placement(1, *layers)
         assert gpu == ("l40-gpu", "gpu_access")

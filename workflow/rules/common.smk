@@ -29,7 +29,7 @@ from cellseg.resources import (
     figure_resources,
     training_resources,
 )
-from cellseg.training.settings import resolve_settings
+from cellseg.training.settings import check_variant_name, resolve_settings, runs
 
 # Snakemake has already merged every --configfile and --config into `config` on top of
 # config/config.yaml, key by key, so the base's per-model entries would survive into every
@@ -82,15 +82,33 @@ def datasplit_inputs(wildcards):
 
 MODELS = list(config["models"])
 
+for _variant in config["variants"]:
+    try:
+        check_variant_name(_variant, ", ".join(map(str, CONFIG_LAYERS)))
+    except CellsegError as error:
+        sys.exit(f"cellseg: config error: {error}")
+
+# Every training job: models x variants x replicates (cellseg.training.settings.Run). A run is
+# named {model}_{dim}[~{variant}][~r{k}]; the variant-free replicate 0 keeps {model}_{dim}, so
+# the default config's paths are today's and adding replicates or variants retrains nothing.
+try:
+    RUNS = [run.name for run in runs(config, ", ".join(map(str, CONFIG_LAYERS)))]
+except CellsegError as error:
+    sys.exit(f"cellseg: config error: {error}")
+# the study summary (variants ranked, seeds aggregated) when there is more than one run per model
+STUDY = bool(config["variants"]) or config["replicates"] > 1
+
 
 wildcard_constraints:
     model="[a-z][a-z0-9]*",
     dim="2d|3d",
+    run="[a-z][a-z0-9]*_(2d|3d)(~[A-Za-z][A-Za-z0-9.+-]*)*",
 
 
 def model_settings(wildcards):
-    """The resolved training settings of model {model}_{dim}."""
-    return resolve_settings(config, f"{wildcards.model}_{wildcards.dim}")
+    """The resolved training settings of run {run} (or model {model}_{dim})."""
+    run = getattr(wildcards, "run", None) or f"{wildcards.model}_{wildcards.dim}"
+    return resolve_settings(config, run)
 
 
 def train_job(wildcards):
@@ -116,10 +134,12 @@ def class_frequencies_job(wildcards, attempt):
 
 
 def get_final_output():
-    """The comparison (summary table, report and figures) and every model's figures."""
-    model, dim = zip(*(key.rsplit("_", 1) for key in MODELS))
+    """The comparison (summary table, report and figures), each model's and variant's figures and, for a
+    study (variants or replicates), the study summary."""
     return [
         *rules.resolved_config.output,
         *rules.summary.output,
-        *expand(rules.visualize.output, zip, model=model, dim=dim),
+        # one set of figures per model and variant (replicate 0); any run's on request
+        *expand(rules.visualize.output, run=[r for r in RUNS if not r.rsplit("~r", 1)[-1].isdigit()]),
+        *(rules.study.output if STUDY else []),
     ]

@@ -7,21 +7,21 @@ rule evaluate:
         datasplit=rules.datasplit.output[0],
     output:
         **(
-            {"predictions": directory("results/metrics/{model}_{dim}.zarr")}
+            {"predictions": directory("results/metrics/{run}.zarr")}
             if config["evaluation"]["save_predictions"]
             else {}
         ),
         metrics=report(
-            "results/metrics/{model}_{dim}.csv",
+            "results/metrics/{run}.csv",
             caption="../report/metrics.rst",
             category="Metrics",
-            labels={"model": "{model}", "dim": "{dim}", "table": "crop × class"},
+            labels={"run": "{run}", "table": "crop × class"},
         ),
         # OME-NGFF probabilities for neuroglancer / napari, only when asked for
     log:
-        "logs/evaluate/{model}_{dim}.log",
+        "logs/evaluate/{run}.log",
     benchmark:
-        "benchmarks/evaluate/{model}_{dim}.tsv"
+        "benchmarks/evaluate/{run}.tsv"
     conda:
         "../envs/cellseg.yaml"
     threads: lambda wildcards: config["resources"]["evaluate"]["cpus_per_task"]

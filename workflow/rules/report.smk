@@ -8,23 +8,23 @@ rule visualize:
         datasplit=rules.datasplit.output[0],
     output:
         samples=report(
-            "results/figures/{model}_{dim}/samples.png",
+            "results/figures/{run}/samples.png",
             caption="../report/samples.rst",
             category="Models",
-            subcategory="{model}_{dim}",
-            labels={"model": "{model}", "dim": "{dim}", "figure": "test crops"},
+            subcategory="{run}",
+            labels={"run": "{run}", "figure": "test crops"},
         ),
         curves=report(
-            "results/figures/{model}_{dim}/training_curves.png",
+            "results/figures/{run}/training_curves.png",
             caption="../report/training_curves.rst",
             category="Models",
-            subcategory="{model}_{dim}",
-            labels={"model": "{model}", "dim": "{dim}", "figure": "training curves"},
+            subcategory="{run}",
+            labels={"run": "{run}", "figure": "training curves"},
         ),
     log:
-        "logs/visualize/{model}_{dim}.log",
+        "logs/visualize/{run}.log",
     benchmark:
-        "benchmarks/visualize/{model}_{dim}.tsv"
+        "benchmarks/visualize/{run}.tsv"
     conda:
         "../envs/cellseg.yaml"
     threads: lambda wildcards: config["resources"]["visualize"]["cpus_per_task"]
@@ -48,8 +48,8 @@ rule visualize:
 
 rule summary:
     input:
-        metrics=expand("results/metrics/{key}.csv", key=MODELS),
-        train_summaries=expand("results/models/{key}/train_summary.json", key=MODELS),
+        metrics=expand("results/metrics/{run}.csv", run=RUNS),
+        train_summaries=expand("results/models/{run}/train_summary.json", run=RUNS),
         class_frequencies=rules.class_frequencies.output[0],
     output:
         csv=report(
@@ -101,10 +101,59 @@ rule summary:
     conda:
         "../envs/cellseg.yaml"
     params:
-        models=MODELS,
+        models=RUNS,
         evaluation=config["evaluation"],
     script:
         "../scripts/summary.py"
+
+
+rule study:
+    input:
+        metrics=expand("results/metrics/{run}.csv", run=RUNS),
+    output:
+        csv=report(
+            "results/study.csv",
+            caption="../report/study.rst",
+            category="Study",
+            labels={"table": "study.csv"},
+        ),
+        md=report(
+            "results/study.md",
+            caption="../report/study.rst",
+            category="Study",
+            labels={"table": "study.md"},
+        ),
+        seeds=report(
+            "results/figures/study/seeds.png",
+            caption="../report/study.rst",
+            category="Study",
+            labels={"figure": "per-seed mean Dice"},
+        ),
+        tau=report(
+            "results/figures/study/dice_vs_tau.png",
+            caption="../report/study.rst",
+            category="Study",
+            labels={"figure": "Dice against tau"},
+        ),
+        alpha=report(
+            "results/figures/study/dice_vs_alpha.png",
+            caption="../report/study.rst",
+            category="Study",
+            labels={"figure": "Dice against alpha"},
+        ),
+    log:
+        "logs/study.log",
+    benchmark:
+        "benchmarks/study.tsv"
+    conda:
+        "../envs/cellseg.yaml"
+    params:
+        runs=RUNS,
+        variants=config["variants"],
+        loss=config["loss"],
+        evaluation=config["evaluation"],
+    script:
+        "../scripts/study.py"
 
 
 rule resolved_config:

@@ -1,4 +1,4 @@
-# Training stage: one job per configured model.
+# Training stage: one job per run, {model}_{dim}[~{variant}][~r{k}] (common.smk RUNS).
 
 
 rule train:
@@ -6,13 +6,13 @@ rule train:
         datasplit=rules.datasplit.output[0],
         class_frequencies=rules.class_frequencies.output[0],
     output:
-        best="results/models/{model}_{dim}/best.pt",
-        history="results/models/{model}_{dim}/history.csv",
-        summary="results/models/{model}_{dim}/train_summary.json",
+        best="results/models/{run}/best.pt",
+        history="results/models/{run}/history.csv",
+        summary="results/models/{run}/train_summary.json",
     log:
-        "logs/train/{model}_{dim}.log",
+        "logs/train/{run}.log",
     benchmark:
-        "benchmarks/train/{model}_{dim}.tsv"
+        "benchmarks/train/{run}.tsv"
     conda:
         "../envs/cellseg.yaml"
     threads: lambda wildcards: train_job(wildcards).cpus_per_task
@@ -26,7 +26,7 @@ rule train:
         slurm_partition=lambda wildcards: train_job(wildcards).partition,
         qos=lambda wildcards: train_job(wildcards).qos,
     params:
-        run_dir="results/models/{model}_{dim}",
+        run_dir="results/models/{run}",
         # the resolved settings: editing one model's entry reruns only that model
         settings=lambda wildcards: model_settings(wildcards).result_dict(),
     script:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -126,14 +127,146 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+RUN_SEPARATOR = "~"
+"""Separates a run name's parts: ``{model}_{dim}[~{variant}][~r{k}]``."""
+
+VARIANT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9.+-]*$")
+"""A variant name: a letter, then letters, digits, ``.``, ``+``, ``-`` (no ``_``, no ``~``), and
+not ``r`` followed by digits only (that is a replicate's suffix)."""
+
+_REPLICATE = re.compile(r"^r([0-9]+)$")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training job of the DAG: a model, a loss/training variant and a replicate.
+
+    Its name is ``{model}_{dim}``, then ``~{variant}`` when the config has ``variants``, then
+    ``~r{k}`` for replicate ``k >= 1``. Replicate 0 of the variant-free run is the plain
+    ``{model}_{dim}``: today's paths stay, and going from 1 to N replicates retrains nothing.
+    """
+
+    model_key: str
+    variant: str = ""
+    replicate: int = 0
+
+    @property
+    def name(self) -> str:
+        parts = [self.model_key]
+        if self.variant:
+            parts.append(self.variant)
+        if self.replicate:
+            parts.append(f"r{self.replicate}")
+        return RUN_SEPARATOR.join(parts)
+
+    @property
+    def group(self) -> str:
+        """``{model}_{dim}[~{variant}]``: the runs the summary aggregates over seeds."""
+        return Run(self.model_key, self.variant).name
+
+    @classmethod
+    def parse(cls, name: str) -> Run:
+        """The run of a name made by :attr:`name`."""
+        model_key, *rest = name.split(RUN_SEPARATOR)
+        variant, replicate = "", 0
+        if rest and (match := _REPLICATE.match(rest[-1])):
+            replicate = int(match.group(1))
+            rest = rest[:-1]
+        if len(rest) > 1:
+            raise CellsegError(f"{name}: not a run name ({{model}}_{{dim}}[~variant][~rK])")
+        if rest:
+            variant = rest[0]
+        return cls(model_key, variant, replicate)
+
+
+def check_variant_name(name: str, source: str = "config") -> None:
+    """Raise a one-line :class:`CellsegError` for a variant name a run name cannot hold."""
+    if not VARIANT_NAME.match(name) or _REPLICATE.match(name):
+        raise CellsegError(
+            f"{source}: variants.{name}: a variant name is a letter then letters, digits, '.', "
+            "'+' or '-' (no '_', not r<digits>); rename it"
+        )
+
+
+def runs(config: Mapping[str, Any], source: str = "config") -> list[Run]:
+    """Every training job of the config: ``models`` (only those in ``select_models`` when it
+    names any) x ``variants`` (or the variant-free run when there are none) x ``replicates``,
+    in that order.
+
+    Raises:
+        CellsegError: ``select_models`` names a model that ``models`` does not configure.
+    """
+    models = list(config.get("models", {}))
+    selected = list(config.get("select_models") or [])
+    unknown = [key for key in selected if key not in models]
+    if unknown:
+        raise CellsegError(
+            f"{source}: select_models names {', '.join(unknown)}, not under models "
+            f"({', '.join(models)}); configure it or remove it"
+        )
+    variants = list(config.get("variants") or {}) or [""]
+    count = int(config.get("replicates", 1) or 1)
+    return [
+        Run(model_key, variant, k)
+        for model_key in (selected or models)
+        for variant in variants
+        for k in range(count)
+    ]
+
+
+def run_config(config: Mapping[str, Any], run: Run | str, source: str = "config") -> dict[str, Any]:
+    """A copy of ``config`` in which model ``run.model_key`` resolves to the run's settings.
+
+    The variant's ``training`` overrides apply after the model's entry and its ``loss`` merges
+    into ``loss``; replicate ``k`` trains with seed ``training seed + k``. The variant-free
+    replicate 0 gets ``config`` unchanged (its settings, hash and resources are today's). The
+    training job reads this copy (``workflow_config.yaml`` in its run directory) under the plain
+    ``{model}_{dim}`` key.
+
+    Raises:
+        CellsegError: the variant is not configured.
+    """
+    run = Run.parse(run) if isinstance(run, str) else run
+    if not run.variant and not run.replicate:
+        return dict(config)
+    variants = config.get("variants") or {}
+    if run.variant and run.variant not in variants:
+        raise CellsegError(
+            f"{source}: variants.{run.variant} is not configured; configured: "
+            f"{', '.join(variants) or 'none'}"
+        )
+    overrides = (variants.get(run.variant) or {}) if run.variant else {}
+    models = config.get("models", {})
+    entry = deep_merge(models.get(run.model_key) or {}, overrides.get("training") or {})
+    if run.replicate:
+        base = _resolve(config, run.model_key, source).seed if run.model_key in models else 0
+        seed = int(entry.get("seed", base))
+        entry["seed"] = seed + run.replicate
+    derived = {
+        k: v for k, v in config.items() if k not in ("variants", "replicates", "select_models")
+    }
+    derived["models"] = {**models, run.model_key: entry} if run.model_key in models else models
+    derived["loss"] = deep_merge(config.get("loss") or {}, overrides.get("loss") or {})
+    return derived
+
+
 def resolve_settings(
     config: Mapping[str, Any], model_key: str, source: str = "config"
 ) -> TrainSettings:
-    """Resolve the settings of model ``{name}_{dim}`` from a workflow config.
+    """Resolve the settings of model ``{name}_{dim}``, or of a run ``{name}_{dim}~{variant}~rK``
+    (:class:`Run`, :func:`run_config`), from a workflow config.
 
     Raises:
-        CellsegError: the model is not listed under ``models`` or a key is unknown.
+        CellsegError: the model is not listed under ``models``, the variant is not configured or
+            a key is unknown.
     """
+    run = Run.parse(model_key)
+    if run.variant or run.replicate:
+        return _resolve(run_config(config, run, source), run.model_key, source)
+    return _resolve(config, model_key, source)
+
+
+def _resolve(config: Mapping[str, Any], model_key: str, source: str) -> TrainSettings:
     models = config.get("models", {})
     if model_key not in models:
         raise CellsegError(

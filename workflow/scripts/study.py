@@ -1,0 +1,19 @@
+"""Snakemake rule study: rank variants and aggregate seeds, write study.csv / .md and figures
+(thin wrapper)."""
+
+import sys
+from pathlib import Path
+
+from cellseg.reporting import SummarySettings, make_study
+
+with open(snakemake.log[0], "a") as log:  # noqa: F821
+    sys.stderr = log
+    make_study(
+        dict(zip(snakemake.params.runs, snakemake.input.metrics, strict=True)),  # noqa: F821
+        snakemake.params.variants,  # noqa: F821
+        snakemake.params.loss,  # noqa: F821
+        snakemake.output.csv,  # noqa: F821
+        snakemake.output.md,  # noqa: F821
+        Path(snakemake.output.seeds).parent,  # noqa: F821
+        settings=SummarySettings.from_config(snakemake.params.evaluation),  # noqa: F821
+    )
