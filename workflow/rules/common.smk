@@ -95,6 +95,8 @@ try:
     RUNS = [run.name for run in runs(config, ", ".join(map(str, CONFIG_LAYERS)))]
 except CellsegError as error:
     sys.exit(f"cellseg: config error: {error}")
+# per-run figures for replicate 0 of each model and variant (any run's on request)
+FIGURE_RUNS = [run.name for run in runs(config) if run.replicate == 0]
 # the study summary (variants ranked, seeds aggregated) when there is more than one run per model
 STUDY = bool(config["variants"]) or config["replicates"] > 1
 
@@ -139,7 +141,6 @@ def get_final_output():
     return [
         *rules.resolved_config.output,
         *rules.summary.output,
-        # one set of figures per model and variant (replicate 0); any run's on request
-        *expand(rules.visualize.output, run=[r for r in RUNS if not r.rsplit("~r", 1)[-1].isdigit()]),
+        *expand(rules.visualize.output, run=FIGURE_RUNS),
         *(rules.study.output if STUDY else []),
     ]
