@@ -495,3 +495,30 @@ def test_online_class_frequency_ema() -> None:
     torch.testing.assert_close(other.frequency, tracker.frequency)
     a = tracker.logit_adjustment()
     assert a[0] > 0 > a[2]
+
+
+def test_bce_term_matches_a_naive_per_class_loop() -> None:
+    logits, target = random_case((2, NUM_CLASSES, 5, 6, 7), seed=33)
+    prior = PRIORS["skewed"]
+    loss = BalancedSoftmaxPartialTverskyLoss(prior, alpha=0.5, beta=0.5, bce_weight=0.7)
+    log_f = torch.tensor(prior, dtype=torch.float64).clamp(1e-8, 1 - 1e-8).log()
+    a = log_f - log_f.mean()
+    terms = []
+    for c in range(NUM_CLASSES):
+        t = target[:, c].double()
+        valid = ~torch.isnan(t)
+        if int(valid.sum()) < 10:
+            continue
+        z = logits[:, c].double()[valid] - a[c]
+        p, t = torch.sigmoid(z), t[valid]
+        tp, fp, fn = (p * t).sum(), (p * (1 - t)).sum(), ((1 - p) * t).sum()
+        dice = 1 - (tp + 1e-6) / (tp + 0.5 * fp + 0.5 * fn + 1e-6)
+        # binary cross-entropy written out: -(t log p + (1 - t) log(1 - p))
+        bce = -(t * torch.log(p) + (1 - t) * torch.log1p(-p)).mean()
+        terms.append(dice + 0.7 * bce)
+    expected = torch.stack(terms).mean()
+    torch.testing.assert_close(loss(logits.double(), target.double()), expected)
+    # weight 0 is the seed's loss
+    plain = BalancedSoftmaxPartialTverskyLoss(prior, alpha=0.5, beta=0.5)
+    zero = BalancedSoftmaxPartialTverskyLoss(prior, alpha=0.5, beta=0.5, bce_weight=0.0)
+    assert torch.equal(zero(logits, target), plain(logits, target))

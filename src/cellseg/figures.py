@@ -214,11 +214,12 @@ def one_factor_rows(
     """The study rows whose loss agrees with ``loss`` on every reported key but ``keys``: the
     variants that move only those keys (a sign or an adjustment changed along with tau would
     confound a line against tau)."""
-    from cellseg.reporting import STUDY_LOSS_KEYS
+    from cellseg.reporting import STUDY_LOSS_DEFAULTS, STUDY_LOSS_KEYS
 
+    loss = {**STUDY_LOSS_DEFAULTS, **loss}
     mask = pd.Series(True, index=table.index)
     for key in STUDY_LOSS_KEYS:
-        if key not in keys and key in loss:
+        if key not in keys and key in loss and key in table:
             mask &= table[key].astype(object) == loss[key]
     return table[mask]
 

@@ -348,6 +348,10 @@ class BalancedSoftmaxPartialTverskyLoss(_Loss):
         reduction: :class:`LossReduction` over classes.
         chunk_size: elements per chunk of the ``function`` implementation (its temporaries are a
             few chunks); ``None``: ``2**20`` on CPU (cache-sized), ``2**25`` on GPUs (few launches).
+        bce_weight: adds ``bce_weight`` × each active class's binary cross-entropy of the
+            adjusted logits, averaged over its annotated voxels, to its ``1 - TI_c``: with
+            ``alpha = beta = 0.5`` the Dice+BCE reference of the seed's loss study (0: none, the
+            seed's loss; the BCE term makes one float32 copy of the logits).
 
     Raises:
         ValueError: a prior is outside [0, 1] or not finite, the prior is not one-dimensional,
@@ -370,6 +374,7 @@ class BalancedSoftmaxPartialTverskyLoss(_Loss):
         implementation: LossImplementation | str = LossImplementation.FUNCTION,
         reduction: LossReduction | str = LossReduction.MEAN,
         chunk_size: int | None = None,
+        bce_weight: float = 0.0,
     ) -> None:
         super().__init__(reduction=LossReduction(reduction).value)
         prior_t = torch.as_tensor(prior, dtype=torch.float64)
@@ -379,7 +384,7 @@ class BalancedSoftmaxPartialTverskyLoss(_Loss):
             )
         if not torch.isfinite(prior_t).all() or (prior_t < 0).any() or (prior_t > 1).any():
             raise ValueError(f"prior must hold fractions in [0, 1], got {prior_t.tolist()}")
-        for name, value in (("tau", tau), ("alpha", alpha), ("beta", beta)):
+        for name, value in (("tau", tau), ("alpha", alpha), ("beta", beta), ("bce", bce_weight)):
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if alpha + beta <= 0:
@@ -393,6 +398,7 @@ class BalancedSoftmaxPartialTverskyLoss(_Loss):
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
         self.chunk_size = chunk_size
+        self.bce_weight = float(bce_weight)
         self.tau = float(tau)
         self.alpha = float(alpha)
         self.beta = float(beta)
@@ -528,12 +534,26 @@ class BalancedSoftmaxPartialTverskyLoss(_Loss):
         self.last_annotated = n.detach()
         # multiply, not index: keeps a (zero) graph even when no class is active
         per_class = (1.0 - ti) * active.to(ti.dtype)
+        if self.bce_weight > 0:
+            per_class = per_class + self.bce_weight * self._bce(input, target, n) * active.to(
+                ti.dtype
+            )
         if self.reduction == LossReduction.NONE:
             return per_class
         total = per_class.sum()
         if self.reduction == LossReduction.SUM:
             return total
         return total / active.sum().clamp_min(1).to(ti.dtype)
+
+    def _bce(self, logits: torch.Tensor, target: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """Per-class binary cross-entropy ``(C,)`` of the adjusted logits over annotated voxels."""
+        adjusted = self.adjust(logits.to(_compute_dtype(logits)))
+        annotated = ~torch.isnan(target)
+        elementwise = torch.nn.functional.binary_cross_entropy_with_logits(
+            adjusted, torch.nan_to_num(target, nan=0.0).to(adjusted.dtype), reduction="none"
+        )
+        total = torch.where(annotated, elementwise, 0.0).sum(_reduce_dims(logits))
+        return total / n.to(total.dtype).clamp_min(1)
 
 
 def adjusted_probabilities(

@@ -1180,7 +1180,16 @@ def _run_summary(args: argparse.Namespace) -> int:
 STUDY_FIGURES: tuple[str, ...] = ("seeds.png", "dice_vs_tau.png", "dice_vs_alpha.png")
 """File names of the study figures, in ``results/figures/study/`` (:mod:`cellseg.figures`)."""
 
-STUDY_LOSS_KEYS: tuple[str, ...] = ("tau", "sign", "alpha", "beta", "inference_logit_adjustment")
+STUDY_LOSS_KEYS: tuple[str, ...] = (
+    "tau",
+    "sign",
+    "alpha",
+    "beta",
+    "bce_weight",
+    "inference_logit_adjustment",
+)
+STUDY_LOSS_DEFAULTS: dict[str, Any] = {"bce_weight": 0.0}
+"""Values of loss keys a config may leave out (no BCE term)."""
 """Loss keys reported per variant in ``study.csv`` (the variant's resolved loss)."""
 
 
@@ -1322,7 +1331,10 @@ def summarize_study(
                 "sd_seeds": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else np.nan,
                 "ci_low": interval.low if interval else np.nan,
                 "ci_high": interval.high if interval else np.nan,
-                **{key: variant_loss.get(key) for key in STUDY_LOSS_KEYS},
+                **{
+                    key: variant_loss.get(key, STUDY_LOSS_DEFAULTS.get(key))
+                    for key in STUDY_LOSS_KEYS
+                },
                 **{f"dice_{name}": float(v) for name, v in zip(CLASSES, per_class, strict=True)},
             }
         )

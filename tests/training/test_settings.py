@@ -87,3 +87,11 @@ def test_bad_variants_are_one_line_errors():
         with pytest.raises(CellsegError, match=f"variants.{name}: a variant name"):
             check_variant_name(name)
     check_variant_name("tau0.5-seed")
+
+
+def test_a_zero_bce_weight_keeps_the_hash_and_a_positive_one_changes_it():
+    plain = resolve_settings(BASE, "unet_2d").config_hash()
+    zero = study(loss={**BASE["loss"], "bce_weight": 0.0})
+    assert resolve_settings(zero, "unet_2d").config_hash() == plain
+    bce = study(loss={**BASE["loss"], "bce_weight": 1.0})
+    assert resolve_settings(bce, "unet_2d").config_hash() != plain

@@ -110,6 +110,9 @@ class TrainSettings:
         result["loss"] = {
             k: v for k, v in result.get("loss", {}).items() if k not in EXECUTION_LOSS_KEYS
         }
+        # no BCE term is the loss runs trained before the key existed: the same hash
+        if not result["loss"].get("bce_weight", 0):
+            result["loss"].pop("bce_weight", None)
         return result
 
     def config_hash(self) -> str:

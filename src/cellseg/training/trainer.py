@@ -257,7 +257,7 @@ class Trainer:
         options = {
             k: v
             for k, v in self.settings.loss.items()
-            if k in ("tau", "alpha", "beta", "smooth", "min_annotated_voxels", "sign")
+            if k in ("tau", "alpha", "beta", "smooth", "min_annotated_voxels", "sign", "bce_weight")
         }
         return BalancedSoftmaxPartialTverskyLoss.from_class_frequencies(
             self.class_frequencies, **options
