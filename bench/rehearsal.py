@@ -145,10 +145,13 @@ def rehearsal_config(data_root: Path) -> tuple[dict, list[str]]:
     return overlay, changes
 
 
-def benchmark(workdir: Path, rule: str, name: str) -> dict:
+def benchmark(workdir: Path, rule: str, name: str) -> dict | None:
+    """Snakemake's benchmark of a finished job (None for a job that did not finish)."""
     path = workdir / "benchmarks" / rule / f"{name}.tsv"
     if not path.is_file():
         path = workdir / "benchmarks" / f"{rule}.tsv"
+    if not path.is_file():
+        return None
     row = pd.read_csv(path, sep="\t").iloc[-1]
     return {
         "s": float(row["s"]),
@@ -161,10 +164,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cellseg-rehearsal"))
     parser.add_argument("--keep-cluster", action="store_true", help="leave the SLURM running")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="only print the report of the run in --workdir (finished or stopped midway)",
+    )
     args = parser.parse_args()
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     global REPO, SEED_PRESET, BASE
+    if args.report_only:
+        REPO = workdir / "cellseg"
+        SEED_PRESET = REPO / "config" / "experiments" / "l40s_comparison.yaml"
+        BASE = REPO / "config" / "config.yaml"
+        load_cluster_module()
+        logs = sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"))
+        overlay = yaml.safe_load((workdir / "rehearsal.yaml").read_text())
+        report(workdir, logs[-1].read_text(), overlay)
+        return 0
     REPO = snapshot(workdir / "cellseg")
     SEED_PRESET = REPO / "config" / "experiments" / "l40s_comparison.yaml"
     BASE = REPO / "config" / "config.yaml"
@@ -251,6 +268,9 @@ def report(workdir: Path, log: str, overlay: dict) -> None:
         rule, _, wildcards = comment.partition("_wildcards_")
         name = wildcards or rule
         figures = benchmark(workdir, rule, name)
+        if figures is None:
+            print(f"| {rule} {name} | – | not finished | | | | |")
+            continue
         if rule == "train":
             request = resolve_settings(seed_config, name).mem_mb
         else:
