@@ -68,6 +68,20 @@ def _job(
     return JobResources(gpus, int(cpus), math.ceil(mem_mb), math.ceil(runtime_min), partition, qos)
 
 
+def _fixed_job(
+    section: Mapping[str, Any], rule: Mapping[str, Any], gpus: int, attempt: int
+) -> JobResources:
+    """A job with a fixed request (``cpus_per_task``, ``mem_mb``, ``runtime_min``), its memory
+    and runtime × ``attempt``."""
+    return _job(
+        section,
+        gpus,
+        rule["cpus_per_task"],
+        rule["mem_mb"] * attempt,
+        rule["runtime_min"] * attempt,
+    )
+
+
 def training_resources(config: Mapping[str, Any], settings: TrainSettings) -> JobResources:
     """A ``train`` job: the model's own request (its ``gpus`` decide the partition)."""
     return _job(
@@ -109,22 +123,13 @@ def figure_resources(
     section = config["resources"]
     rule = section["visualize"]
     gpus = min(int(rule["gpus"]), 1) if settings.gpus > 0 else 0
-    return _job(
-        section,
-        gpus,
-        rule["cpus_per_task"],
-        rule["mem_mb"] * attempt,
-        rule["runtime_min"] * attempt,
-    )
+    return _fixed_job(section, rule, gpus, attempt)
 
 
 def class_frequency_resources(config: Mapping[str, Any], attempt: int = 1) -> JobResources:
     """The ``class_frequencies`` job (CPU: it streams every training crop's labels once)."""
     section = config["resources"]
-    rule = section["class_frequencies"]
-    return _job(
-        section, 0, rule["cpus_per_task"], rule["mem_mb"] * attempt, rule["runtime_min"] * attempt
-    )
+    return _fixed_job(section, section["class_frequencies"], 0, attempt)
 
 
 # --- does a training job fit its memory? ------------------------------------------------------
@@ -248,10 +253,4 @@ def prediction_resources(
     section = config["resources"]
     rule = config["predict"]["pyramid_resources" if pyramid else "resources"]
     gpus = 0 if pyramid or settings.gpus == 0 else min(int(rule["gpus"]), 1)
-    return _job(
-        section,
-        gpus,
-        rule["cpus_per_task"],
-        rule["mem_mb"] * attempt,
-        rule["runtime_min"] * attempt,
-    )
+    return _fixed_job(section, rule, gpus, attempt)

@@ -42,9 +42,7 @@ def test_longleaf_profile_runs_the_seed_preset_exactly(clone):
     base = yaml.safe_load((clone / "config" / "config.yaml").read_text())
     preset = yaml.safe_load(SEED_PRESET.read_text())
     jobs = planned_jobs(dry.stdout, "train")
-    assert sorted(jobs) == sorted(
-        f"run={k}" for k in preset["models"]
-    )
+    assert sorted(jobs) == sorted(f"run={k}" for k in preset["models"])
     # the profile has no executor to run this one local rule on here: only where jobs run changes
     settings = resolved(clone, "--profile", LONGLEAF, "--executor", "local", "--config", data)
     assert settings["config_files"] == [
