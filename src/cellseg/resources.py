@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from cellseg.classes import NUM_CLASSES
 from cellseg.errors import CellsegError
 from cellseg.training.settings import TrainSettings
@@ -215,6 +213,8 @@ def check_training_fits(
     where = "SLURM's --mem" if limit is not None else f"models.{key}.mem_mb"
     limit = settings.mem_mb if limit is None else limit
     if uses_cuda is None:
+        import torch  # here, not at the top: the workflow plans jobs without torch
+
         uses_cuda = settings.gpus > 0 and torch.cuda.is_available()
     needed = training_host_memory_mb(config, settings, uses_cuda)
     ranks = max(settings.gpus, 1)

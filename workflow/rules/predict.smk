@@ -5,9 +5,9 @@
 # chunks, resumable: finished blocks are skipped), then predict_pyramid writes the downsampled
 # levels and moves the store to its final path. The number of blocks is only known from the EM's
 # shape, so the jobs split the blocks among themselves at run time (cellseg.prediction); the
-# helpers are cellseg.prediction.prediction_* (paths from the config).
+# helpers are cellseg.prediction_plan.prediction_* (paths from the config).
 
-from cellseg.prediction import (
+from cellseg.prediction_plan import (
     prediction_em,
     prediction_roi,
     prediction_targets,
