@@ -53,7 +53,14 @@ import zarr
 
 from cellseg.classes import CLASSES, NUM_CLASSES
 from cellseg.data.patches import PatchGrid, normalize_em, sample_linear
-from cellseg.data.store import Multiscale, ScaleLevel, StoredArray, open_group, read_multiscale
+from cellseg.data.store import (
+    Multiscale,
+    ScaleLevel,
+    StoredArray,
+    open_group,
+    read_multiscale,
+    refuse_inside,
+)
 from cellseg.errors import CellsegError
 from cellseg.evaluation import BLEND_MODES, Predictor, resolve_device
 from cellseg.io import write_json_atomic
@@ -592,15 +599,6 @@ def file_digest(path: Path | str) -> str:
     return digest.hexdigest()
 
 
-def _check_outside_em(out: Path, em_store: Path) -> None:
-    out, store = out.resolve(), em_store.resolve()
-    if out == store or store in out.parents or out in store.parents:
-        raise CellsegError(
-            f"{out}: would be written inside or over the EM store {store}; choose a path "
-            "under results/"
-        )
-
-
 def init_store(out: Path, spec: Mapping[str, Any], plan: PredictionPlan, overwrite: bool) -> str:
     """Create the output store (s0 of every class, empty), or keep one made with ``spec``.
 
@@ -869,7 +867,7 @@ def predict_volume(
     out = Path(out)
     store, group = split_store_path(em_path)
     em = read_multiscale(open_group(store), store, group)
-    _check_outside_em(out, store)
+    refuse_inside(out, [store], "EM store")
     device = resolve_device(settings.device)
     if predictor is None:
         if checkpoint is None:

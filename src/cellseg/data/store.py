@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -627,11 +627,22 @@ def check_outside_stores(path: Path | str, crops: Sequence[Crop] = ()) -> None:
         CellsegError: one line naming the store and asking for a path under results/.
     """
     resolved = Path(path).resolve()
-    stores = {Path(s).resolve() for crop in crops for s in (crop.em_store, crop.label_store)}
+    stores = {Path(s) for crop in crops for s in (crop.em_store, crop.label_store)}
     stores |= {p for p in (resolved, *resolved.parents) if p.suffix == ".zarr" and p.is_dir()}
-    for store in sorted(stores):
+    refuse_inside(path, stores)
+
+
+def refuse_inside(path: Path | str, stores: Iterable[Path | str], what: str = "data store") -> None:
+    """Refuse ``path`` when it is one of ``stores``, lies inside one, or contains one.
+
+    Raises:
+        CellsegError: one line naming the store (as ``what``) and asking for a path under
+            results/.
+    """
+    resolved = Path(path).resolve()
+    for store in sorted({Path(s).resolve() for s in stores}):
         if resolved == store or store in resolved.parents or resolved in store.parents:
             raise CellsegError(
-                f"{path}: would be written inside or over the data store {store}; "
+                f"{path}: would be written inside or over the {what} {store}; "
                 "choose a path under results/"
             )
