@@ -29,6 +29,7 @@ from cellseg.evaluation import (
     predict_crop,
     sliding_window_logits,
 )
+from checkpoint_builders import demo_unet_checkpoint
 from store_builders import INSTANCE, annotation, write_multiscale
 
 ECS, NUC = CLASS_INDEX["ecs"], CLASS_INDEX["nuc"]
@@ -229,32 +230,10 @@ def test_prediction_grid_covers_the_crop(store):
 # ------------------------------------------------------------------------------ checkpoints
 
 
-def model_checkpoint(train: list[str], validate: list[str]) -> dict:
-    """A ``best.pt`` as the trainer writes it: a demo 2D UNet trained on ``train`` crops."""
-    from cellseg.models import build_model
-
-    return {
-        "format": "cellseg-model-1",
-        "model": build_model("unet", "2d", preset="demo").state_dict(),
-        "settings": {
-            "model": "unet",
-            "dim": "2d",
-            "preset": "demo",
-            "patch_shape": (32, 32),
-            "resolution_nm": 8.0,
-            "em_range": (0.0, 255.0),
-            "loss": {"inference_logit_adjustment": "train"},
-        },
-        "architecture": {},
-        "logit_shift": torch.zeros(NUM_CLASSES),
-        "data_identity": {"train": train, "validate": validate, "prior": [0.1] * NUM_CLASSES},
-    }
-
-
 def test_evaluate_checkpoint_and_predictions_zarr(store, tmp_path):
     path, crops = store
     checkpoint = tmp_path / "best.pt"
-    torch.save(model_checkpoint(["toy/crop_z"], ["other/crop_a"]), checkpoint)
+    torch.save(demo_unet_checkpoint(["toy/crop_z"], ["other/crop_a"]), checkpoint)
     datasplit = tmp_path / "datasplit.csv"
     write_datasplit(crops, datasplit)
     out = tmp_path / "metrics" / "unet_2d.csv"
@@ -283,7 +262,7 @@ def test_a_model_is_never_scored_on_a_crop_it_trained_or_validated_on(store, tmp
     datasplit = tmp_path / "datasplit.csv"
     write_datasplit(crops, datasplit)
     checkpoint = tmp_path / "best.pt"
-    state = model_checkpoint([names[0], "toy/crop_z"], [names[-1]])
+    state = demo_unet_checkpoint([names[0], "toy/crop_z"], [names[-1]])
     torch.save(state, checkpoint)
     out = tmp_path / "metrics.csv"
     with pytest.raises(CellsegError) as refused:

@@ -29,6 +29,7 @@ from cellseg.prediction import (
     split_store_path,
     window_starts,
 )
+from checkpoint_builders import demo_unet_checkpoint
 from store_builders import write_multiscale
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,27 +227,9 @@ def test_uint8_output_and_2d_model_slice_by_slice(em_path, tmp_path):
 
 
 def save_checkpoint(path: Path) -> None:
-    """A ``best.pt`` as the trainer writes it, of a demo 2D UNet."""
-    from cellseg.models import build_model
-
+    """A ``best.pt`` as the trainer writes it, of a demo 2D UNet (seeded weights)."""
     torch.manual_seed(0)
-    torch.save(
-        {
-            "model": build_model("unet", "2d", preset="demo").state_dict(),
-            "settings": {
-                "model": "unet",
-                "dim": "2d",
-                "preset": "demo",
-                "patch_shape": (32, 32),
-                "resolution_nm": 8.0,
-                "em_range": (0.0, 255.0),
-                "loss": {"inference_logit_adjustment": "train"},
-            },
-            "architecture": {},
-            "logit_shift": torch.zeros(NUM_CLASSES),
-        },
-        path,
-    )
+    torch.save(demo_unet_checkpoint(), path)
 
 
 def cli(*arguments: str, env: dict | None = None) -> subprocess.CompletedProcess:
