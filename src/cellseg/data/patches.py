@@ -149,8 +149,7 @@ TARGET_UNKNOWN = 255
 
 def compact_target(target: np.ndarray) -> np.ndarray:
     """float32 target (1 present, 0 absent, NaN unknown) → the compact ``uint8`` one."""
-    compact = np.nan_to_num(target, nan=TARGET_UNKNOWN).astype(np.uint8)
-    return compact
+    return np.nan_to_num(target, nan=TARGET_UNKNOWN).astype(np.uint8)
 
 
 def _as_target(decoded: np.ndarray, dtype: np.dtype) -> np.ndarray:
