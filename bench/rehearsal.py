@@ -33,11 +33,10 @@ import pandas as pd
 import yaml
 
 SOURCE = Path(__file__).resolve().parents[1]
-# the rehearsal runs a snapshot of the committed tree (set in main), so that editing the working
-# tree while it runs (an hour) cannot change its jobs halfway
-REPO = SOURCE
-SEED_PRESET = REPO / "config" / "experiments" / "l40s_comparison.yaml"
-BASE = REPO / "config" / "config.yaml"
+# the rehearsal runs a snapshot of the committed tree in WORKDIR/cellseg, so that editing the
+# working tree while it runs (an hour) cannot change its jobs halfway
+SEED_PRESET = Path("config/experiments/l40s_comparison.yaml")
+BASE = Path("config/config.yaml")
 
 
 def snapshot(destination: Path) -> Path:
@@ -109,9 +108,9 @@ def load_cluster_module():
     return module
 
 
-def rehearsal_config(data_root: Path) -> tuple[dict, list[str]]:
-    """The overlay on the seed preset, and one line per change."""
-    seed = yaml.safe_load(SEED_PRESET.read_text())
+def rehearsal_config(data_root: Path, repo: Path) -> tuple[dict, list[str]]:
+    """The overlay on ``repo``'s seed preset, and one line per change."""
+    seed = yaml.safe_load((repo / SEED_PRESET).read_text())
     changes = [
         "data.roots: the synthetic realistic-geometry data (make-demo-data --size realistic)"
     ]
@@ -172,20 +171,13 @@ def main() -> int:
     args = parser.parse_args()
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    global REPO, SEED_PRESET, BASE
     if args.report_only:
-        REPO = workdir / "cellseg"
-        SEED_PRESET = REPO / "config" / "experiments" / "l40s_comparison.yaml"
-        BASE = REPO / "config" / "config.yaml"
         load_cluster_module()
         logs = sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"))
-        overlay = yaml.safe_load((workdir / "rehearsal.yaml").read_text())
-        report(workdir, logs[-1].read_text(), overlay)
+        report(workdir, logs[-1].read_text())
         return 0
-    REPO = snapshot(workdir / "cellseg")
-    SEED_PRESET = REPO / "config" / "experiments" / "l40s_comparison.yaml"
-    BASE = REPO / "config" / "config.yaml"
-    print(f"running the committed tree (git HEAD) from {REPO}")
+    repo = snapshot(workdir / "cellseg")
+    print(f"running the committed tree (git HEAD) from {repo}")
     cluster_module = load_cluster_module()
     data_root = workdir / "data"
     if not data_root.is_dir():
@@ -193,11 +185,11 @@ def main() -> int:
         subprocess.run(
             [sys.executable, "-m", "cellseg", "make-demo-data", "--size", "realistic",
              "--out", str(data_root)],
-            check=True, env=os.environ | {"PYTHONPATH": str(REPO / "src")},
+            check=True, env=os.environ | {"PYTHONPATH": str(repo / "src")},
         )  # fmt: skip
         print(f"data written in {time.perf_counter() - started:.0f} s")
 
-    overlay, changes = rehearsal_config(data_root)
+    overlay, changes = rehearsal_config(data_root, repo)
     overlay_path = workdir / "rehearsal.yaml"
     overlay_path.write_text(yaml.safe_dump(overlay, sort_keys=False))
     print(
@@ -213,13 +205,13 @@ def main() -> int:
     try:
         profile = cluster.make_test_profile(
             workdir / "profile",
-            {"configfile": [str(SEED_PRESET), str(overlay_path)], "retries": 0},
+            {"configfile": [str(repo / SEED_PRESET), str(overlay_path)], "retries": 0},
         )
-        environment = cluster.env | {"PYTHONPATH": str(REPO / "src")}
+        environment = cluster.env | {"PYTHONPATH": str(repo / "src")}
         environment["PATH"] = f"{Path(sys.executable).parent}:{environment['PATH']}"
         started = time.perf_counter()
         result = subprocess.run(
-            [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+            [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(workdir),
              "--profile", str(profile)],
             cwd=workdir, env=environment, capture_output=True, text=True,
         )  # fmt: skip
@@ -236,18 +228,20 @@ def main() -> int:
         if not args.keep_cluster:
             cluster_module.stop_cluster(root)
 
-    report(workdir, log, overlay)
+    report(workdir, log)
     return 0
 
 
-def report(workdir: Path, log: str, overlay: dict) -> None:
-    sys.path.insert(0, str(REPO / "src"))
+def report(workdir: Path, log: str) -> None:
+    """Print the settings check and the per-job table of the run in ``workdir``."""
+    repo = workdir / "cellseg"
+    sys.path.insert(0, str(repo / "src"))
     from cellseg.config import layered_config, read_layer
     from cellseg.training.settings import resolve_settings
 
     cluster_module = sys.modules["cluster"]
     calls = cluster_module.sbatch_calls(log)
-    seed_config = layered_config(read_layer(BASE), [read_layer(SEED_PRESET)], {})
+    seed_config = layered_config(read_layer(repo / BASE), [read_layer(repo / SEED_PRESET)], {})
     resolved = yaml.safe_load((workdir / "results" / "config.resolved.yaml").read_text())
     changed = set(TRAINING_CHANGES) | set(DIM_CHANGES) | {"batch_per_gpu"}
     changed_patch = set(PATCH)
