@@ -18,7 +18,7 @@ from cellseg.models import (
     model_config,
 )
 
-DOCS = Path(__file__).resolve().parents[2] / "README.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "models.md"
 ALL = [
     ("unet", "2d"),
     ("resnet", "2d"),

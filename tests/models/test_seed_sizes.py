@@ -29,7 +29,7 @@ from cellseg.models import (
     list_models,
 )
 
-DOCS = Path(__file__).resolve().parents[2] / "README.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "models.md"
 TOLERANCE = 0.10
 
 
