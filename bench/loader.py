@@ -16,8 +16,10 @@
    patch shape (``torch.utils.flop_counter.FlopCounterMode``, batch 1; meta device, or real CPU
    tensors where the model cannot run on meta), training FLOPs = 3 x forward, GPU demand =
    sustained throughput / training FLOPs (samples/s per GPU = per rank), against the supply of
-   one rank = num_workers (the model's own, else the default) x the measured per-process rate
-   (warm cache) at that patch shape.
+   one rank = num_workers (the model's own, else the default) x the measured patches per CPU
+   second of one warm worker at that patch shape (the worker's user + system time, so that the
+   figure does not depend on what else shares this machine's cores; the seed preset gives each
+   worker a core).
    ASSUMPTION: L40S dense bf16 tensor peak 362 TFLOPS, 35 % sustained = 126.7 TFLOPS
    (--sustained-tflops). A model whose supply is under 1.5 x its demand is flagged.
 3. RSS of the loader's processes (main plus 4 workers) after 10 % and 100 % of a 3D
@@ -122,11 +124,31 @@ def forward_flops(name: str, dim: str, shape: tuple[int, ...]) -> tuple[float, s
     raise AssertionError("unreachable")
 
 
-def worker_rate(dataset: TrainPatches, count: int, batch: int = 4) -> float:
-    """Patches/s of one persistent data-loader worker (as training runs it: ``worker_init_fn``,
-    batches through shared memory) once its cache is warm: the second of two passes of
-    ``count`` patches is timed."""
-    sampler = SampleRange(0, count)
+def worker_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's children (the loader's workers, with their
+    zarr decoding threads)."""
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def worker_rate(dataset: TrainPatches, count: int, batch: int = 4) -> tuple[float, float]:
+    """Patches per wall second and per CPU second of one persistent data-loader worker (as
+    training runs it: ``worker_init_fn``, batches through shared memory) once its cache is
+    warm: the second of two passes of ``count`` patches is timed.
+
+    The per-CPU-second rate is what one worker supplies on a core of its own (the seed preset
+    gives every worker and rank one: ``cpus_per_task`` >= ranks x (workers + 1)); unlike the
+    wall rate it does not fall when other processes share the machine's cores.
+    """
+    # the warm-up pass is twice as long as the timed one, so that the timed patches mostly
+    # fall in crops whose chunks are already cached (a long run's steady state)
+    sampler = SampleRange(0, 2 * count)
     loader = DataLoader(
         dataset,
         batch_size=batch,
@@ -137,10 +159,11 @@ def worker_rate(dataset: TrainPatches, count: int, batch: int = 4) -> float:
     )
     for _ in loader:  # first pass: the worker opens its arrays and fills its cache
         pass
-    sampler.set_range(count, 2 * count)
-    started = time.perf_counter()
+    sampler.set_range(2 * count, 3 * count)
+    cpu_started, started = worker_cpu_seconds(), time.perf_counter()
     done = sum(batch_data["image"].shape[0] for batch_data in loader)
-    return done / (time.perf_counter() - started)
+    wall, cpu = time.perf_counter() - started, worker_cpu_seconds() - cpu_started
+    return done / wall, done / cpu
 
 
 def main() -> None:
@@ -191,10 +214,11 @@ def main() -> None:
                     f"{rate / naive:>5.1f}x"
                 )
             cached = TrainPatches(crops, spec, rotate, cache_mb=cache_mb)
-            warm[shape] = worker_rate(cached, count)
+            wall_rate, warm[shape] = worker_rate(cached, count)
             print(
-                f"{label:>16} {cache_mb:>8.0f} {'1 (p)':>7} {warm[shape]:>10.1f} {naive:>8.1f} "
-                f"{warm[shape] / naive:>5.1f}x  (one persistent worker, warm cache)"
+                f"{label:>16} {cache_mb:>8.0f} {'1 (p)':>7} {wall_rate:>10.1f} {naive:>8.1f} "
+                f"{wall_rate / naive:>5.1f}x  (one persistent worker, warm cache; "
+                f"{warm[shape]:.1f} per CPU second)"
             )
             if shape == seed_shapes["3d"]:
                 # the target a worker hands over: compact uint8 (now) vs float32 (before),
@@ -205,11 +229,12 @@ def main() -> None:
                         dataset = TrainPatches(
                             crops, spec, rotate, cache_mb=cache_mb, compact_target=compact
                         )
-                        rates[compact].append(worker_rate(dataset, count))
+                        rates[compact].append(worker_rate(dataset, count)[1])
                 compact_rate, float_rate = (max(rates[k]) for k in (True, False))
                 print(
                     f"{label:>16} target uint8 {compact_rate:.1f}/s vs float32 "
-                    f"{float_rate:.1f}/s: {compact_rate / float_rate:.2f}x (one persistent worker)"
+                    f"{float_rate:.1f}/s: {compact_rate / float_rate:.2f}x (one persistent worker, "
+                    "per CPU second)"
                 )
             if not args.quick:
                 rate = loader_patches(cached, 2, count, batch=4)
@@ -222,7 +247,8 @@ def main() -> None:
             f"\nGPU demand vs loader supply per rank (one rank per GPU): ASSUMED sustained "
             f"{args.sustained_tflops:.1f} TFLOPS per L40S (dense bf16 peak {PEAK_TFLOPS:.0f} "
             f"TFLOPS x {args.sustained_tflops / PEAK_TFLOPS:.0%}); training FLOPs = 3 x forward; "
-            f"supply = num_workers (default {workers_per_rank}) x warm per-process rate"
+            f"supply = num_workers (default {workers_per_rank}) x one warm worker's patches per "
+            f"CPU second (each worker on a core of its own)"
         )
         print(
             f"{'model':>10} {'batch/GPU':>9} {'workers':>7} {'fwd GFLOP':>10} {'counted':>7} "
