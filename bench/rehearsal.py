@@ -70,12 +70,12 @@ DIM_CHANGES = {
 BATCH = (
     1,
     "batch 1 per rank: the seed's batches do not fit 24 GB of host memory in float32 for the 3D "
-    "models (README, plan-batch: 1-7 GB of activations per sample in bf16) and would take "
+    "models (docs/models.md, plan-batch: 1-7 GB of activations per sample in bf16) and would take "
     "minutes per micro-batch on 2 cores for the 2D ones",
 )
 # Three 3D models do not fit the node at the seed's patch even at batch 1: on CPU (float32, no
 # bf16 autocast) a unet_3d rank needs ~15 GB of activations, resnet_3d ~9 GB (measured: a first
-# rehearsal was killed by the kernel's OOM killer) and swin_3d ~6.5 GB (README, plan-batch: 7.6,
+# rehearsal was killed by the kernel's OOM killer) and swin_3d ~6.5 GB (docs/models.md, plan-batch: 7.6,
 # 4.4 and 3.6 GB per sample in bf16) times 2, 2 and 4 ranks. A quarter of the voxels keeps the
 # rank count, the DDP path and everything else.
 PATCH = {

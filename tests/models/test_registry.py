@@ -32,7 +32,7 @@ ALL = [
 
 
 def _docs_parameter_counts() -> dict[tuple[str, str, str], int]:
-    """Parse the "parameter counts" table of the README: model | dim | seed | demo."""
+    """Parse the "parameter counts" table of docs/models.md: model | dim | seed | demo."""
     text = DOCS.read_text()
     section = text.split("<!-- param-table -->")[1].split("<!-- /param-table -->")[0]
     counts = {}

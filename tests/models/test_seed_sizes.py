@@ -1,5 +1,5 @@
 """The ``seed`` presets have the seed architectures' sizes (within 10 % of an independent
-reference definition, ``seed_reference.py``), and the README's table says so."""
+reference definition, ``seed_reference.py``), and the table of docs/models.md says so."""
 
 from __future__ import annotations
 

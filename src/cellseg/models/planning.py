@@ -269,7 +269,7 @@ def probe_batch(
 def format_table(
     plans: Sequence[BatchPlan], probed: dict[tuple[str, str], int] | None = None
 ) -> str:
-    """A Markdown table of plans (the README's plan-batch table)."""
+    """A Markdown table of plans (the plan-batch table of docs/models.md)."""
     gb = plans[0].gpu_mem_bytes / 2**30 if plans else 45
     head = (
         f"| model | dim | input | params (M) | GFLOPs/sample (fwd+bwd) | activations/sample (MB) "
