@@ -3,17 +3,25 @@
 Usage::
 
     bash scripts/env.sh python bench/predict.py [--quick] [--device cpu|cuda] [--dim 3d|2d]
+        [--threads N] [--repeats K]
 
-For a volume V and 8 V (twice as large on every axis), with the demo UNet, its training window and
-the same overlap and blending:
+For a volume V (``--quick``: 16 x 128 x 128, else 32 x 256 x 256) and 8 V (twice as large on every
+axis), with the demo UNet, its training window and the same overlap and blending:
 
-* **throughput**: voxels/s of :func:`cellseg.prediction.predict_volume` (EM read from zarr,
-  blocks, probabilities and masks of 14 classes written; no pyramid) against
-  ``monai.inferers.sliding_window_inference`` on the whole EM already in memory (logits only).
-  The ratio blockwise / MONAI should be >= 0.9 with the default blocks (one y-x tile per layer).
-* **memory**: peak RSS of a blockwise run in a fresh process, with blocks smaller than the
-  volume's y-x plane (so 8 V has 8 × as many blocks): flat as the volume grows; and the ratio
-  there, which pays for the windows recomputed at y-x block borders.
+* **throughput**, in this process, after a warm-up (imports, first forward passes), the two
+  methods interleaved ``--repeats`` times per size (the median ratio is printed): voxels/s of
+  :func:`cellseg.prediction.predict_volume` with the default blocks (EM read from zarr, the store
+  created, blocks blended, probabilities and masks of 14 classes written, the store finalised;
+  no pyramid levels) against ``monai.inferers.sliding_window_inference`` on the whole EM already
+  in memory (logits only). The ratio blockwise / MONAI should be >= 0.9. What blockwise pays
+  and MONAI does not is then timed on its own: ``init`` (planning, creating the store's 28
+  arrays), the last block's write (not overlapped with any computation) and ``finish`` (final
+  metadata).
+* **memory**: peak RSS of a blockwise run with blocks of V's shape (V: 1 block, 8 V: 8 blocks of
+  the same size), and its ratio 8 V / V, which should be <= 1.1 (flat). One fresh process per
+  run, which reads its own high-water mark (``VmHWM``): a process's peak only grows, and
+  ``ru_maxrss`` of a child is no better, since Linux carries the parent's peak across ``exec``
+  (with the throughput runs before, every child reported this process's 1.4 GB).
 
 Prints one line per measurement and a summary; no assertion (the machine's load changes times).
 """
@@ -24,6 +32,8 @@ import argparse
 import io
 import json
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +47,9 @@ import zarr
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from cellseg import prediction  # noqa: E402
 from cellseg.classes import NUM_CLASSES  # noqa: E402
+from cellseg.data.store import open_group, read_multiscale  # noqa: E402
 from cellseg.evaluation import EvaluationSettings, Predictor, sliding_window_logits  # noqa: E402
 from cellseg.prediction import (  # noqa: E402
     EMReader,
@@ -81,58 +93,156 @@ def demo_predictor(dim: str, device: str) -> Predictor:
     )
 
 
-def blockwise(em_path: Path, out: Path, settings: PredictionSettings, dim: str) -> dict:
-    model = demo_predictor(dim, settings.device)
+def blockwise_seconds(
+    model: Predictor, em_path: Path, out: Path, settings: PredictionSettings
+) -> float:
+    """Seconds of a whole ``predict_volume`` run into a new store (removed afterwards)."""
+    shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
-    run = predict_volume(None, em_path, out, settings, predictor=model, log=io.StringIO())
+    predict_volume(None, em_path, out, settings, predictor=model, log=io.StringIO())
     seconds = time.perf_counter() - started
-    return {
-        "seconds": seconds,
-        "voxels": int(np.prod(run.plan.shape)),
-        "blocks": run.plan.n_blocks,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds
 
 
-def monai_whole(em_path: Path, settings: PredictionSettings, dim: str) -> dict:
-    model = demo_predictor(dim, settings.device)
+def monai_image(model: Predictor, em_path: Path, settings: PredictionSettings) -> torch.Tensor:
+    """The EM image (ROI + margin) the windows slide over, in memory, as MONAI gets it."""
     store, group = split_store_path(em_path)
-    from cellseg.data.store import open_group, read_multiscale
-
     em = read_multiscale(open_group(store), store, group)
     plan = plan_prediction(em, model, settings)
     box = [(0, n + 2 * m) for n, m in zip(plan.shape, plan.margin, strict=True)]
-    image = torch.from_numpy(EMReader(plan, em, model.em_range).read(box))  # not timed
+    image = torch.from_numpy(EMReader(plan, em, model.em_range).read(box))
+    return image[None, None] if model.dim == "3d" else image[:, None]
+
+
+def monai_seconds(model: Predictor, image: torch.Tensor, settings: PredictionSettings) -> float:
     evaluation = EvaluationSettings(
         overlap=settings.overlap,
         blend_mode=settings.blend_mode,
         sw_batch_size=settings.sw_batch_size,
     )
     started = time.perf_counter()
-    if dim == "3d":
-        sliding_window_logits(model.network, image[None, None], model.patch_shape, evaluation,
-                              settings.device)  # fmt: skip
-    else:
-        sliding_window_logits(model.network, image[:, None], model.patch_shape, evaluation,
-                              settings.device)  # fmt: skip
-    return {"seconds": time.perf_counter() - started, "voxels": int(np.prod(plan.shape))}
+    sliding_window_logits(model.network, image, model.patch_shape, evaluation, settings.device)
+    return time.perf_counter() - started
+
+
+def fixed_costs(
+    model: Predictor, em_path: Path, out: Path, settings: PredictionSettings
+) -> dict[str, float]:
+    """Milliseconds of what blockwise pays and MONAI does not, stage by stage: ``init`` (read the
+    EM's metadata, plan, create the store), the last block's write (timed around
+    ``prediction._write_block``: the only write no computation overlaps) and ``finish``."""
+    shutil.rmtree(out, ignore_errors=True)
+    writes: list[float] = []
+    original = prediction._write_block
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        original(*args, **kwargs)
+        writes.append(time.perf_counter() - started)
+
+    log = io.StringIO()
+    stages = {}
+    prediction._write_block = timed
+    try:
+        for stage in ("init", "blocks", "pyramid"):
+            started = time.perf_counter()
+            run = predict_volume(
+                None, em_path, out, settings, stage=stage, predictor=model, log=log
+            )
+            stages[stage] = time.perf_counter() - started
+        # chunk files (one per chunk of each of the 28 arrays): each is a new file to create
+        files = sum(1 for path in out.glob("*/*/s0/*") if path.name[0].isdigit())
+    finally:
+        prediction._write_block = original
+        shutil.rmtree(out, ignore_errors=True)
+    return {
+        "init_ms": 1000 * stages["init"],
+        "last_write_ms": 1000 * writes[-1],
+        "finish_ms": 1000 * stages["pyramid"],
+        "chunk_files": files,
+        "blocks": run.plan.n_blocks,
+    }
+
+
+def throughput(args: argparse.Namespace, shapes: list[tuple[int, int, int]], tmp: Path) -> list:
+    """Interleaved blockwise / MONAI timings per shape, in this process."""
+    torch.set_num_threads(args.threads)
+    settings = PredictionSettings(pyramid_levels=1, device=args.device)
+    model = demo_predictor(args.dim, args.device)
+    ems = [make_em(tmp / f"em{k}.zarr", shape) for k, shape in enumerate(shapes)]
+    images = [monai_image(model, em, settings) for em in ems]
+    # warm-up: imports and first passes (oneDNN primitives, zarr codecs) on both sides
+    blockwise_seconds(model, ems[0], tmp / "out.zarr", settings)
+    monai_seconds(model, images[0], settings)
+    times: dict[int, dict[str, list[float]]] = {k: {"blocks": [], "monai": []} for k in range(2)}
+    for repeat in range(args.repeats):
+        for k in range(len(shapes)):
+            # alternate which method goes first, so a drift in the machine's load hits both
+            order = ("blocks", "monai") if repeat % 2 == 0 else ("monai", "blocks")
+            for what in order:
+                seconds = (
+                    blockwise_seconds(model, ems[k], tmp / "out.zarr", settings)
+                    if what == "blocks"
+                    else monai_seconds(model, images[k], settings)
+                )
+                times[k][what].append(seconds)
+    rows = []
+    for k, shape in enumerate(shapes):
+        voxels = int(np.prod(shape))
+        ratios = [m / b for b, m in zip(times[k]["blocks"], times[k]["monai"], strict=True)]
+        costs = fixed_costs(model, ems[k], tmp / "out.zarr", settings)
+        blocks_s, monai_s = (statistics.median(times[k][w]) for w in ("blocks", "monai"))
+        rows.append((shape, statistics.median(ratios), costs))
+        print(
+            f"{args.dim} {shape}: default blocks {list(settings.block_voxels)}: "
+            f"{voxels / blocks_s:.3g} voxels/s vs MONAI {voxels / monai_s:.3g} -> ratio "
+            f"{statistics.median(ratios):.3f} (median of {args.repeats}: "
+            f"{', '.join(f'{r:.3f}' for r in ratios)}); blockwise - MONAI = "
+            f"{1000 * (blocks_s - monai_s):.0f} ms, of which init {costs['init_ms']:.0f} ms, "
+            f"last block's write {costs['last_write_ms']:.0f} ms ({costs['chunk_files']} chunk "
+            f"files in {costs['blocks']} block(s)), finish {costs['finish_ms']:.0f} ms",
+            flush=True,
+        )
+    return rows
 
 
 def child(args: argparse.Namespace) -> None:
-    """One measurement in this (fresh) process; prints a JSON line."""
+    """One blockwise run in this (fresh) process; prints a JSON line with its peak RSS."""
     settings = PredictionSettings(
-        block_voxels=tuple(args.block), pyramid_levels=1, device=args.device
+        block_voxels=tuple(args.block),
+        chunk_voxels=args.block[0],
+        pyramid_levels=1,
+        device=args.device,
     )
     torch.set_num_threads(args.threads)
-    if args.what == "monai":
-        result = monai_whole(Path(args.em), settings, args.dim)
-    else:
-        result = blockwise(Path(args.em), Path(args.out), settings, args.dim)
-    print(json.dumps(result))
+    model = demo_predictor(args.dim, args.device)
+    started = time.perf_counter()
+    run = predict_volume(None, Path(args.em), Path(args.out), settings, predictor=model,
+                         log=io.StringIO())  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "seconds": time.perf_counter() - started,
+                "blocks": run.plan.n_blocks,
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        )
+    )
 
 
-def measure(what: str, em: Path, out: Path, block, args) -> dict:
-    command = [sys.executable, __file__, "--child", what, "--em", str(em), "--out", str(out)]
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, MB (``VmHWM``; ``ru_maxrss`` off Linux)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_rss(args: argparse.Namespace, em: Path, out: Path, block: list[int]) -> dict:
+    command = [sys.executable, __file__, "--child", "--em", str(em), "--out", str(out)]
     command += ["--block", *map(str, block), "--device", args.device, "--dim", args.dim]
     command += ["--threads", str(args.threads)]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -145,41 +255,34 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dim", default="3d", choices=["2d", "3d"])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timings per size")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--em", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--block", type=int, nargs=3, default=[64, 1024, 1024])
-    parser.add_argument("--what", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--block", type=int, nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        args.what = args.child
         child(args)
         return
     base = (16, 128, 128) if args.quick else (32, 256, 256)
-    small_block = [64, base[1], base[2]]  # V: one block per layer; 8 V: 2 x 2 tiles x 2 layers
-    rows = []
+    shapes = [base, tuple(2 * n for n in base)]
+    block = list(base)  # memory: V is one block, 8 V eight blocks of the same shape
     with tempfile.TemporaryDirectory() as tmp:
-        for factor in (1, 2):
-            shape = tuple(n * factor for n in base)
-            em = make_em(Path(tmp) / f"em{factor}.zarr", shape)
-            monai = measure("monai", em, Path(tmp) / "unused", [64, 1024, 1024], args)
-            default = measure("blocks", em, Path(tmp) / f"a{factor}.zarr", [64, 1024, 1024], args)
-            tiled = measure("blocks", em, Path(tmp) / f"b{factor}.zarr", small_block, args)
-            for name, run in (("default blocks", default), (f"blocks {small_block}", tiled)):
-                ratio = (run["voxels"] / run["seconds"]) / (monai["voxels"] / monai["seconds"])
-                rows.append((shape, name, run, ratio, monai))
-                print(
-                    f"{args.dim} {shape}: {name}: {run['blocks']} blocks, "
-                    f"{run['voxels'] / run['seconds']:.3g} voxels/s vs MONAI "
-                    f"{monai['voxels'] / monai['seconds']:.3g} -> ratio {ratio:.3f}; "
-                    f"peak RSS {run['peak_rss_mb']:.0f} MB",
-                    flush=True,
-                )
-    growth = rows[3][2]["peak_rss_mb"] / rows[1][2]["peak_rss_mb"]
+        rows = throughput(args, shapes, Path(tmp))
+        peaks = []
+        for k, shape in enumerate(shapes):
+            em = Path(tmp) / f"em{k}.zarr" / EM_GROUP
+            run = peak_rss(args, em, Path(tmp) / f"rss{k}.zarr", block)
+            peaks.append(run["peak_rss_mb"])
+            print(
+                f"{args.dim} {shape}: blocks {block}: {run['blocks']} blocks, peak RSS "
+                f"{run['peak_rss_mb']:.0f} MB ({run['seconds']:.1f} s, fresh process)",
+                flush=True,
+            )
     print(
-        f"summary: ratio (default blocks) {rows[0][3]:.3f} at V, {rows[2][3]:.3f} at 8 V; "
-        f"peak RSS with blocks {small_block}: {rows[1][2]['peak_rss_mb']:.0f} MB at V, "
-        f"{rows[3][2]['peak_rss_mb']:.0f} MB at 8 V (x{growth:.2f})"
+        f"summary: throughput ratio blockwise / MONAI {rows[0][1]:.3f} at {shapes[0]}, "
+        f"{rows[1][1]:.3f} at {shapes[1]}; peak RSS with blocks {block}: {peaks[0]:.0f} MB at V, "
+        f"{peaks[1]:.0f} MB at 8 V: ratio {peaks[1] / peaks[0]:.2f}"
     )
 
 
