@@ -1,4 +1,4 @@
-"""The workflow's view of prediction: which models, datasets, EM groups and ROIs ``predict_all``
+"""The workflow's view of prediction: which runs, datasets, EM groups and ROIs ``predict_all``
 covers, from the config (``predict`` section).
 
 Kept apart from :mod:`cellseg.prediction`, which needs torch and zarr: Snakemake plans the DAG in
@@ -13,41 +13,58 @@ from typing import Any
 
 from cellseg.errors import CellsegError
 
-PREDICTION_TARGET = "results/predictions/{model}_{dim}/{dataset}.zarr"
-"""A dataset's prediction, as the ``predict_pyramid`` rule writes it."""
+PREDICTION_TARGET = "results/predictions/{run}/{dataset}.zarr"
+"""A dataset's prediction by a run's ``best.pt``, as the ``predict_pyramid`` rule writes it."""
 
 
-def prediction_models(
-    section: Mapping[str, Any], configured: Sequence[str], summary: Path | str
+def prediction_runs(
+    section: Mapping[str, Any],
+    runs: Sequence[str],
+    models: Sequence[str],
+    summary: Path | str,
+    source: str = "config",
 ) -> list[str]:
-    """``predict.models`` as ``{model}_{dim}`` keys; ``best`` is the top-ranked model of
-    ``summary`` (``results/summary.csv``).
+    """``predict.models`` as run names (``{model}_{dim}[~variant][~rK]``, the directories of
+    ``results/models``).
+
+    A name is one of the config's runs (``runs``: every model x variant x replicate it trains)
+    or a configured model key (``models``), which is the variant-free replicate 0 run of that
+    model (for a study with variants, a run the study itself does not train; its ``best.pt`` is
+    trained on demand). ``best`` is the rank-1 row of ``summary`` (``results/summary.csv``, whose
+    ``model`` column holds run names: for a study, possibly a variant's or a replicate's run).
 
     Raises:
-        CellsegError: a model that is not configured, or ``best`` without a ranked summary.
+        CellsegError: a name that is neither, or ``best`` without a ranked summary.
     """
     import csv
 
-    models = section["models"]
-    if models != "best":
-        unknown = [key for key in models if key not in configured]
+    valid = list(dict.fromkeys([*runs, *models]))
+    names = section["models"]
+    if names != "best":
+        unknown = [name for name in names if name not in valid]
         if unknown:
             raise CellsegError(
-                f"predict.models: {unknown[0]} is not among the configured models "
-                f"({', '.join(configured)}); list trained models or use best"
+                f"{source}: predict.models: {unknown[0]!r} is not a run or model of this config; "
+                f"valid: {', '.join(valid)} (or best)"
             )
-        return list(models)
+        return list(names)
     summary = Path(summary)
     if not summary.is_file():
         raise CellsegError(
-            f"predict.models: best needs {summary}; run the comparison first (snakemake) or "
-            "list the models"
+            f"{source}: predict.models: best needs {summary}; run the comparison first "
+            "(snakemake) or list the runs to predict with"
         )
     with open(summary, newline="") as handle:
         ranked = [r for r in csv.DictReader(handle) if r.get("rank") not in (None, "", "nan")]
     if not ranked:
         raise CellsegError(f"{summary}: no ranked model; list predict.models instead")
-    return [min(ranked, key=lambda r: float(r["rank"]))["model"]]
+    best = min(ranked, key=lambda r: float(r["rank"]))["model"]
+    if best not in valid:
+        raise CellsegError(
+            f"{source}: predict.models: best is {best!r} in {summary}, not a run of this config "
+            f"(valid: {', '.join(valid)}); rerun the comparison or list the runs to predict with"
+        )
+    return [best]
 
 
 def _dataset_stores(root: Path | str) -> list[Path]:
@@ -94,13 +111,16 @@ def prediction_roi(config: Mapping[str, Any], dataset: str) -> str:
 
 
 def prediction_targets(
-    config: Mapping[str, Any], configured: Sequence[str], summary: Path | str, demo_root: str
+    config: Mapping[str, Any],
+    runs: Sequence[str],
+    models: Sequence[str],
+    summary: Path | str,
+    demo_root: str,
+    source: str = "config",
 ) -> list[str]:
-    """Every configured model × dataset prediction path (the ``predict_all`` target)."""
+    """Every run x dataset prediction path of ``predict`` (the ``predict_all`` target)."""
     return [
-        PREDICTION_TARGET.format(model=model, dim=dim, dataset=dataset)
-        for model, dim in (
-            key.rsplit("_", 1) for key in prediction_models(config["predict"], configured, summary)
-        )
+        PREDICTION_TARGET.format(run=run, dataset=dataset)
+        for run in prediction_runs(config["predict"], runs, models, summary, source)
         for dataset in prediction_datasets(config, demo_root)
     ]

@@ -144,3 +144,23 @@ def get_final_output():
         *expand(rules.visualize.output, run=FIGURE_RUNS),
         *(rules.study.output if STUDY else []),
     ]
+
+
+def predict_all_targets(wildcards):
+    """Every run x dataset of `predict` (cellseg.prediction_plan), or one line naming the bad
+    predict.models entry (checked only when predict_all is planned: another target's config
+    may name models this one does not configure, and `best` reads results/summary.csv).
+    """
+    from cellseg.prediction_plan import prediction_targets
+
+    try:
+        return prediction_targets(
+            config,
+            RUNS,
+            MODELS,
+            "results/summary.csv",
+            DEMO_DATA,
+            ", ".join(map(str, CONFIG_LAYERS)),
+        )
+    except CellsegError as error:
+        sys.exit(f"cellseg: config error: {error}")

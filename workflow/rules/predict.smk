@@ -1,35 +1,31 @@
 # Prediction stage: whole datasets to OME-Zarr (not part of the default target: `predict_all`).
 #
-# Per model × dataset: predict_init creates the store (seconds, local), `predict.jobs`
+# Per run × dataset ({run}: a model key, or a study's variant/replicate run, as under
+# results/models): predict_init creates the store (seconds, local), `predict.jobs`
 # predict_blocks jobs each predict one contiguous range of its blocks into that store (disjoint
 # chunks, resumable: finished blocks are skipped), then predict_pyramid writes the downsampled
 # levels and moves the store to its final path. The number of blocks is only known from the EM's
 # shape, so the jobs split the blocks among themselves at run time (cellseg.prediction); the
-# helpers are cellseg.prediction_plan.prediction_* (paths from the config).
+# helpers are cellseg.prediction_plan.prediction_* (paths from the config) and common.smk's
+# predict_all_targets.
 
-from cellseg.prediction_plan import (
-    prediction_em,
-    prediction_roi,
-    prediction_targets,
-)
+from cellseg.prediction_plan import prediction_em, prediction_roi
 from cellseg.resources import prediction_resources
 
 
 rule predict_all:
     input:
-        lambda wildcards: prediction_targets(
-            config, MODELS, "results/summary.csv", DEMO_DATA
-        ),
+        predict_all_targets,
 
 
 rule predict_init:
     input:
-        checkpoint="results/models/{model}_{dim}/best.pt",
+        checkpoint="results/models/{run}/best.pt",
         demo=lambda wildcards: DEMO_DATA if config["data"]["demo"]["enabled"] else [],
     output:
-        "results/predictions/{model}_{dim}/.work/{dataset}.zarr/.cellseg/init.json",
+        "results/predictions/{run}/.work/{dataset}.zarr/.cellseg/init.json",
     log:
-        "logs/predict/{model}_{dim}/{dataset}.init.log",
+        "logs/predict/{run}/{dataset}.init.log",
     wildcard_constraints:
         dataset="[^/]+",
     conda:
@@ -47,15 +43,15 @@ rule predict_init:
 
 rule predict_blocks:
     input:
-        checkpoint="results/models/{model}_{dim}/best.pt",
+        checkpoint="results/models/{run}/best.pt",
         demo=lambda wildcards: DEMO_DATA if config["data"]["demo"]["enabled"] else [],
         init=rules.predict_init.output[0],
     output:
-        "results/predictions/{model}_{dim}/.work/{dataset}.zarr/.cellseg/parts/{part}.json",
+        "results/predictions/{run}/.work/{dataset}.zarr/.cellseg/parts/{part}.json",
     log:
-        "logs/predict/{model}_{dim}/{dataset}.part{part}.log",
+        "logs/predict/{run}/{dataset}.part{part}.log",
     benchmark:
-        "benchmarks/predict/{model}_{dim}/{dataset}.part{part}.tsv"
+        "benchmarks/predict/{run}/{dataset}.part{part}.tsv"
     wildcard_constraints:
         dataset="[^/]+",
         part="[0-9]+",
@@ -94,18 +90,18 @@ rule predict_blocks:
 
 rule predict_pyramid:
     input:
-        checkpoint="results/models/{model}_{dim}/best.pt",
+        checkpoint="results/models/{run}/best.pt",
         demo=lambda wildcards: DEMO_DATA if config["data"]["demo"]["enabled"] else [],
         parts=expand(
-            "results/predictions/{{model}}_{{dim}}/.work/{{dataset}}.zarr/.cellseg/parts/{part}.json",
+            "results/predictions/{{run}}/.work/{{dataset}}.zarr/.cellseg/parts/{part}.json",
             part=range(config["predict"]["jobs"]),
         ),
     output:
-        directory("results/predictions/{model}_{dim}/{dataset}.zarr"),
+        directory("results/predictions/{run}/{dataset}.zarr"),
     log:
-        "logs/predict/{model}_{dim}/{dataset}.pyramid.log",
+        "logs/predict/{run}/{dataset}.pyramid.log",
     benchmark:
-        "benchmarks/predict/{model}_{dim}/{dataset}.pyramid.tsv"
+        "benchmarks/predict/{run}/{dataset}.pyramid.tsv"
     wildcard_constraints:
         dataset="[^/]+",
     conda:
