@@ -3,7 +3,7 @@
 Usage::
 
     bash scripts/env.sh python bench/predict.py [--quick] [--device cpu|cuda] [--dim 3d|2d]
-        [--threads N] [--repeats K]
+        [--threads N] [--repeats K] [--tmp DIR]
 
 For a volume V (``--quick``: 16 x 128 x 128, else 32 x 256 x 256) and 8 V (twice as large on every
 axis), with the demo UNet, its training window and the same overlap and blending:
@@ -17,11 +17,13 @@ axis), with the demo UNet, its training window and the same overlap and blending
   and MONAI does not is then timed on its own: ``init`` (planning, creating the store's 28
   arrays), the last block's write (not overlapped with any computation) and ``finish`` (final
   metadata).
-* **memory**: peak RSS of a blockwise run with blocks of V's shape (V: 1 block, 8 V: 8 blocks of
-  the same size), and its ratio 8 V / V, which should be <= 1.1 (flat). One fresh process per
-  run, which reads its own high-water mark (``VmHWM``): a process's peak only grows, and
-  ``ru_maxrss`` of a child is no better, since Linux carries the parent's peak across ``exec``
-  (with the throughput runs before, every child reported this process's 1.4 GB).
+* **memory**: peak RSS of a blockwise run with blocks of V's depth and half its height and width
+  (V: 4 blocks, 8 V: 32 blocks of the same shape; both have a block being written while the
+  next computes, as every run of more than one block has), and its ratio 8 V / V, which should
+  be <= 1.1 (flat). One fresh process per run, which reads its own high-water mark
+  (``VmHWM``): a process's peak only grows, and ``ru_maxrss`` of a child is no better, since
+  Linux carries the parent's peak across ``exec`` (with the throughput runs before, every child
+  reported this process's 1.4 GB).
 
 Prints one line per measurement and a summary; no assertion (the machine's load changes times).
 """
@@ -256,6 +258,12 @@ def main() -> None:
     parser.add_argument("--dim", default="3d", choices=["2d", "3d"])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timings per size")
+    parser.add_argument(
+        "--tmp",
+        default=None,
+        help="where the EM and output stores go (default: the system's temporary directory); "
+        "creating a store's files costs what the file system charges, e.g. /dev/shm is tmpfs",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--em", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -266,8 +274,10 @@ def main() -> None:
         return
     base = (16, 128, 128) if args.quick else (32, 256, 256)
     shapes = [base, tuple(2 * n for n in base)]
-    block = list(base)  # memory: V is one block, 8 V eight blocks of the same shape
-    with tempfile.TemporaryDirectory() as tmp:
+    # memory: V in 2 x 2 blocks, 8 V in 4 x 4 x 2 blocks of the same shape (V in one block would
+    # never have a block being written while another computes: not the steady state)
+    block = [base[0], base[1] // 2, base[2] // 2]
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         rows = throughput(args, shapes, Path(tmp))
         peaks = []
         for k, shape in enumerate(shapes):

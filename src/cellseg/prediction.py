@@ -22,8 +22,10 @@ z) share their windows: a window spanning the z border is computed once and its 
 the next block is carried over, so a run pays duplicated windows only at y-x tile borders and at
 its first block. Memory: two blocks' accumulators, ``(bz + window_z) × by × bx × 15 × 4`` bytes
 each (the block computing, and the one being written, whose core holds its probabilities in
-place), plus a block's EM and the network's activations, independent of the volume's size; the
-output is written chunk by chunk, one class at a time (:class:`ChunkWriter`).
+place), plus a block's EM and the network's activations, independent of the volume's size (on a
+GPU the accumulator is GPU memory and the host holds two blocks' probabilities,
+``bz × by × bx × 14 × 4`` bytes each); the output is written chunk by chunk, one class at a time
+(:class:`ChunkWriter`).
 
 Resumability and parallelism. A block's chunks are written, then a small JSON marker
 ``OUT/.cellseg/blocks/{index}.json`` (atomically); a rerun skips blocks with a marker. Blocks are
