@@ -671,16 +671,17 @@ def init_store(out: Path, spec: Mapping[str, Any], plan: PredictionPlan, overwri
 
 
 def _array_metadata(shape: Sequence[int], chunks: Sequence[int], dtype: str) -> dict[str, Any]:
-    """The ``.zarray`` document zarr writes for an array of ours (made once in memory)."""
-    root = zarr.open_group(zarr.storage.MemoryStore(), mode="w", zarr_format=2)
-    root.create_array(
-        "a", shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, compressors=_compressor(),
-        fill_value=0,
-    )  # fmt: skip
-    document = zarr.core.sync.sync(
-        root.store.get("a/.zarray", zarr.core.buffer.default_buffer_prototype())
-    )
-    return json.loads(document.to_bytes())
+    """The ``.zarray`` document zarr writes for an array of ours (made once, in a scratch
+    directory, through zarr's public API)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = zarr.open_group(scratch, mode="w", zarr_format=2)
+        root.create_array(
+            "a", shape=tuple(shape), chunks=tuple(chunks), dtype=dtype,
+            compressors=_compressor(), fill_value=0,
+        )  # fmt: skip
+        return json.loads((Path(scratch) / "a" / ".zarray").read_text())
 
 
 def _write_documents(out: Path, documents: Mapping[str, Any]) -> None:
