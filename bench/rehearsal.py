@@ -13,8 +13,8 @@ accumulation, learning rates, workers, caches, early stopping, evaluation and fi
 
 Afterwards it prints, per job: the sbatch line, peak memory (Snakemake's benchmark of the job's
 process tree, RSS and PSS) against the seed's request, and wall time; and it checks that every
-model's resolved settings equal the seed preset's except the printed changes. About 40-60
-minutes on 2 cores; not part of the tests.
+model's resolved settings equal the seed preset's except the printed changes. About 1.5-2
+hours on 2 cores; not part of the tests.
 """
 
 from __future__ import annotations
