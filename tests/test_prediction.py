@@ -335,9 +335,11 @@ def test_chunk_writer_stores_what_zarr_would(em_path, tmp_path):
 @pytest.mark.parametrize("mode", ["train", "none"])
 def test_in_place_probabilities_are_adjusted_probabilities(mode):
     from cellseg.losses import adjusted_probabilities
-    from cellseg.prediction import _probabilities_
 
     logits = torch.randn(NUM_CLASSES, 3, 4, 5)
     shift = torch.linspace(-2, 2, NUM_CLASSES)
     expected = adjusted_probabilities(logits[None].clone(), shift, mode)[0]
-    torch.testing.assert_close(_probabilities_(logits, shift, mode), expected)
+    # the block's own tensor is returned (no copy), holding the same values
+    in_place = adjusted_probabilities(logits[None], shift, mode, in_place=True)[0]
+    assert in_place.data_ptr() == logits.data_ptr()
+    torch.testing.assert_close(in_place, expected)

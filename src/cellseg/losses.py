@@ -183,15 +183,18 @@ def _class_view(a: torch.Tensor, ndim: int) -> torch.Tensor:
     return a.view(1, -1, *([1] * (ndim - 2)))
 
 
-def _add_class_shift(logits: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``logits + shift`` along the class axis: ``(B, C, ...)`` plus ``(C,)``, in ``logits``'s dtype."""
+def _add_class_shift(
+    logits: torch.Tensor, shift: torch.Tensor, in_place: bool = False
+) -> torch.Tensor:
+    """``logits + shift`` along the class axis: ``(B, C, ...)`` plus ``(C,)``, in ``logits``'s dtype
+    (added into ``logits`` itself when ``in_place``)."""
     if logits.ndim < 2 or shift.numel() != logits.shape[1]:
         raise ValueError(
             f"logits {tuple(logits.shape)}: expected (B, {shift.numel()}, ...) for a "
             f"{shift.numel()}-class shift"
         )
-    shift = shift.to(device=logits.device, dtype=logits.dtype)
-    return logits + _class_view(shift, logits.ndim)
+    shift = _class_view(shift.to(device=logits.device, dtype=logits.dtype), logits.ndim)
+    return logits.add_(shift) if in_place else logits + shift
 
 
 def _tversky_from_sums(
@@ -560,6 +563,8 @@ def adjusted_probabilities(
     logits: torch.Tensor,
     adjustment: BalancedSoftmaxPartialTverskyLoss | torch.Tensor | None,
     mode: InferenceLogitAdjustment | str = InferenceLogitAdjustment.TRAIN,
+    *,
+    in_place: bool = False,
 ) -> torch.Tensor:
     """Per-class probabilities for prediction, matching training (SPEC §4 "Inference must match").
 
@@ -569,23 +574,28 @@ def adjusted_probabilities(
             used), or the shift vector ``(C,)`` itself (``-a`` for the seed form, as stored in a
             checkpoint), or ``None`` for no adjustment.
         mode: :class:`InferenceLogitAdjustment`.
+        in_place: compute in float32 ``logits`` itself and return it (whole-volume prediction:
+            a block's logits are GBs and not needed afterwards).
 
     Raises:
-        ValueError: ``mode`` is unknown or the shift does not have ``C`` entries.
+        ValueError: ``mode`` is unknown, the shift does not have ``C`` entries, or ``in_place``
+            with logits that are not float32.
 
     Returns:
         float32 probabilities ``sigmoid(z')`` shaped like ``logits`` (threshold at 0.5).
     """
     mode = InferenceLogitAdjustment(mode)
-    z = logits.float()
-    if mode is InferenceLogitAdjustment.NONE or adjustment is None:
-        return torch.sigmoid(z)
-    shift = (
-        adjustment.shift()
-        if isinstance(adjustment, BalancedSoftmaxPartialTverskyLoss)
-        else adjustment
-    )
-    return torch.sigmoid(_add_class_shift(z, torch.as_tensor(shift, dtype=torch.float32)))
+    if in_place and logits.dtype != torch.float32:
+        raise ValueError(f"in_place needs float32 logits, not {logits.dtype}")
+    z = logits if in_place else logits.float()
+    if mode is not InferenceLogitAdjustment.NONE and adjustment is not None:
+        shift = (
+            adjustment.shift()
+            if isinstance(adjustment, BalancedSoftmaxPartialTverskyLoss)
+            else adjustment
+        )
+        z = _add_class_shift(z, torch.as_tensor(shift, dtype=torch.float32), in_place=in_place)
+    return z.sigmoid_() if in_place else torch.sigmoid(z)
 
 
 class OnlineClassFrequency:

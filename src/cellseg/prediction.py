@@ -71,7 +71,7 @@ from cellseg.data.store import (
 from cellseg.errors import CellsegError
 from cellseg.evaluation import BLEND_MODES, Predictor, resolve_device
 from cellseg.io import write_json_atomic
-from cellseg.losses import InferenceLogitAdjustment
+from cellseg.losses import InferenceLogitAdjustment, adjusted_probabilities
 
 __all__ = [
     "DTYPES",
@@ -278,6 +278,11 @@ class PredictionPlan:
             o + s * self.resolution_nm
             for o, s in zip(self.grid_origin_nm, self.roi_start, strict=True)
         )  # type: ignore[return-value]
+
+    def chunk_shape(self, shape: Sequence[int] | None = None) -> tuple[int, ...]:
+        """Chunks of an output array of ``shape`` (default: s0's): ``chunk`` voxels an edge,
+        or the whole axis when it is shorter."""
+        return tuple(min(self.chunk, n) for n in (self.shape if shape is None else shape))
 
     @property
     def block_counts(self) -> tuple[int, int, int]:
@@ -644,7 +649,7 @@ def init_store(out: Path, spec: Mapping[str, Any], plan: PredictionPlan, overwri
     # creating 30 groups and 28 arrays through zarr's API costs 0.1-0.3 s (one event-loop round
     # trip and several reads per node), a fixed cost that dominated small volumes; the documents
     # are zarr's own (:func:`_array_metadata`), so the store is the same.
-    chunks = tuple(min(plan.chunk, n) for n in plan.shape)
+    chunks = plan.chunk_shape()
     documents: dict[str, Any] = {".zgroup": {"zarr_format": 2}}
     for kind, dtype in (("probabilities", spec["dtype"]), ("masks", "uint8")):
         documents[f"{kind}/.zgroup"] = {"zarr_format": 2}
@@ -717,8 +722,7 @@ class ChunkWriter:
 
     def __init__(self, out: Path, plan: PredictionPlan) -> None:
         self.out = out
-        self.shape = plan.shape
-        self.chunks = tuple(min(plan.chunk, n) for n in plan.shape)
+        self.chunks = plan.chunk_shape()
         self.compressor = _compressor()
 
     def write(self, array: str, box: tuple[slice, slice, slice], values: np.ndarray) -> None:
@@ -743,16 +747,6 @@ class ChunkWriter:
                     piece, [(0, c - n) for c, n in zip(self.chunks, piece.shape, strict=True)]
                 )
             path.write_bytes(self.compressor.encode(np.ascontiguousarray(piece)))
-
-
-def _probabilities_(
-    logits: torch.Tensor, shift: torch.Tensor, mode: InferenceLogitAdjustment | str
-) -> torch.Tensor:
-    """:func:`~cellseg.losses.adjusted_probabilities` of a ``(14, D, H, W)`` block, computed in
-    ``logits`` itself (a block is GBs at the default size: no copies)."""
-    if InferenceLogitAdjustment(mode) is InferenceLogitAdjustment.TRAIN and shift is not None:
-        logits += torch.as_tensor(shift).to(logits).reshape(-1, 1, 1, 1)
-    return logits.sigmoid_()
 
 
 def _write_block(
@@ -805,7 +799,9 @@ def predict_blocks(
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as background:
         pending: concurrent.futures.Future | None = None
         for index, logits in block_logits(predictor, plan, reader, todo, settings, device):
-            probabilities = _probabilities_(logits, predictor.logit_shift, mode)
+            probabilities = adjusted_probabilities(
+                logits[None], predictor.logit_shift, mode, in_place=True
+            )[0]
             del logits  # (the same tensor) not held while the next block computes
             seconds = time.perf_counter() - started
             if pending is not None:
@@ -873,7 +869,7 @@ def _write_levels(
     for k in range(1, levels):
         source = probabilities[f"s{k - 1}"]
         shape = tuple(-(-n // 2) for n in source.shape)
-        chunks = tuple(min(plan.chunk, n) for n in shape)
+        chunks = plan.chunk_shape(shape)
         kwargs = dict(shape=shape, chunks=chunks, compressors=_compressor(), fill_value=0)
         target = probabilities.create_array(f"s{k}", dtype=settings.dtype, overwrite=True, **kwargs)
         mask = masks.create_array(f"s{k}", dtype="uint8", overwrite=True, **kwargs)
