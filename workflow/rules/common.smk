@@ -41,6 +41,8 @@ CONFIG_LAYERS = [
     *([] if workflow.config_settings.replace_workflow_config else [BASE_CONFIG]),
     *map(Path, workflow.config_settings.configfiles),
 ]
+# what a config error names as its source
+CONFIG_SOURCE = ", ".join(map(str, CONFIG_LAYERS))
 try:
     _resolved = layered_config(
         read_layer(CONFIG_LAYERS[0]) if CONFIG_LAYERS else {},
@@ -82,21 +84,18 @@ def datasplit_inputs(wildcards):
 
 MODELS = list(config["models"])
 
-for _variant in config["variants"]:
-    try:
-        check_variant_name(_variant, ", ".join(map(str, CONFIG_LAYERS)))
-    except CellsegError as error:
-        sys.exit(f"cellseg: config error: {error}")
-
 # Every training job: models x variants x replicates (cellseg.training.settings.Run). A run is
 # named {model}_{dim}[~{variant}][~r{k}]; the variant-free replicate 0 keeps {model}_{dim}, so
 # the default config's paths are today's and adding replicates or variants retrains nothing.
 try:
-    RUNS = [run.name for run in runs(config, ", ".join(map(str, CONFIG_LAYERS)))]
+    for _variant in config["variants"]:
+        check_variant_name(_variant, CONFIG_SOURCE)
+    _runs = runs(config, CONFIG_SOURCE)
 except CellsegError as error:
     sys.exit(f"cellseg: config error: {error}")
+RUNS = [run.name for run in _runs]
 # per-run figures for replicate 0 of each model and variant (any run's on request)
-FIGURE_RUNS = [run.name for run in runs(config) if run.replicate == 0]
+FIGURE_RUNS = [run.name for run in _runs if run.replicate == 0]
 # the study summary (variants ranked, seeds aggregated) when there is more than one run per model
 STUDY = bool(config["variants"]) or config["replicates"] > 1
 
@@ -160,7 +159,7 @@ def predict_all_targets(wildcards):
             MODELS,
             "results/summary.csv",
             DEMO_DATA,
-            ", ".join(map(str, CONFIG_LAYERS)),
+            CONFIG_SOURCE,
         )
     except CellsegError as error:
         sys.exit(f"cellseg: config error: {error}")
