@@ -24,18 +24,15 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import resource
 import tempfile
 from pathlib import Path
 
 import psutil
 
+from peak_rss import peak_rss_mb
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_LAYERS = [REPO / "config/config.yaml", REPO / "config/experiments/l40s_comparison.yaml"]
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _dataset(root: str, shape: tuple[int, ...], cache_mb: float):
@@ -63,7 +60,7 @@ def _rank(root: str, name: str, dim: str, shape: tuple[int, ...], batch: int, ou
     del samples
     model = build_model(name, dim, preset="seed")
     parameters = sum(p.numel() for p in model.parameters())
-    out.put((base, _peak_mb(), parameters, batch_bytes / 2**20))
+    out.put((base, peak_rss_mb(), parameters, batch_bytes / 2**20))
 
 
 def _worker_growth(root: str, shape: tuple[int, ...], cache_mb: float, count: int, out) -> None:

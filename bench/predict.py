@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import resource
 import shutil
 import statistics
 import subprocess
@@ -60,6 +59,7 @@ from cellseg.prediction import (  # noqa: E402
     predict_volume,
     split_store_path,
 )
+from peak_rss import peak_rss_mb  # noqa: E402  (bench/, this script's folder)
 
 EM_GROUP = "recon-1/em/fibsem-uint8"
 
@@ -231,16 +231,6 @@ def child(args: argparse.Namespace) -> None:
             }
         )
     )
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory, MB (``VmHWM``; ``ru_maxrss`` off Linux)."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def peak_rss(args: argparse.Namespace, em: Path, out: Path, block: list[int]) -> dict:
