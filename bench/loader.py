@@ -140,7 +140,7 @@ def worker_cpu_seconds() -> float:
 def worker_rate(dataset: TrainPatches, count: int, batch: int = 4) -> tuple[float, float]:
     """Patches per wall second and per CPU second of one persistent data-loader worker (as
     training runs it: ``worker_init_fn``, batches through shared memory) once its cache is
-    warm: the second of two passes of ``count`` patches is timed.
+    warm: ``count`` patches are timed after a warm-up pass of ``2 * count``.
 
     The per-CPU-second rate is what one worker supplies on a core of its own (the seed preset
     gives every worker and rank one: ``cpus_per_task`` >= ranks x (workers + 1)); unlike the

@@ -92,8 +92,8 @@ OTHER_CHANGES = {
     ("resources", "evaluate", "mem_mb"): (20000, "the node's memory; peaks reported"),
     ("resources", "evaluate", "minutes_per_crop"): (
         60,
-        "a 400^3 test crop on 2 CPU cores instead of an L40S (7-30 min; the seed's 2 min per "
-        "crop would time the 3D models out)",
+        "a 400^3 test crop on 2 CPU cores instead of an L40S (3-15 min measured; the seed's 2 "
+        "min per crop leave the 3D models little room)",
     ),
     ("resources", "visualize", "cpus_per_task"): (2, "2 CPUs on the test node"),
     ("resources", "visualize", "mem_mb"): (20000, "the node's memory; peaks reported"),
