@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from cellseg import __version__
-from cellseg.errors import CellsegError
+from cellseg.errors import user_error
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-demo-data": ("cellseg.data.demo", "write synthetic FIB-SEM data in the CellMap layout"),
@@ -56,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except CellsegError as error:
-        print(f"cellseg {args.command}: error: {error}", file=sys.stderr)
+    except Exception as error:
+        # bad input (CellsegError) or a full disk: one line, no traceback; anything else is a
+        # bug whose traceback is wanted
+        message = user_error(error)
+        if message is None:
+            raise
+        print(f"cellseg {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+import errno
+
+DISK_FULL: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""``OSError.errno`` values that mean the file system (or the user's quota) is full."""
+
 
 class CellsegError(Exception):
     """Bad input from the user: a one-line message naming the file, the key and the fix.
 
     The command line prints it without a traceback; everything else lets it propagate.
     """
+
+
+def disk_full_line(path: object) -> str:
+    """The one line for a write to ``path`` that found its file system (or quota) full."""
+    return (
+        f"{path}: no space left on the device (or quota exceeded) while writing it; free some "
+        "space there (or write elsewhere) and run the same command again: what was already "
+        "written is kept"
+    )
+
+
+def user_error(error: BaseException) -> str | None:
+    """The one-line message of an error the user can fix (a :class:`CellsegError`, or an
+    ``OSError`` for a full disk, which names no cellseg setting but must not end in a
+    traceback), or ``None`` for an unexpected error, whose traceback is wanted."""
+    if isinstance(error, CellsegError):
+        return str(error)
+    if isinstance(error, OSError) and error.errno in DISK_FULL:
+        return disk_full_line(error.filename or "a file")
+    return None

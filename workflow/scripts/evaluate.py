@@ -1,11 +1,10 @@
 """Snakemake rule evaluate: score one model on the held-out crops (thin wrapper)."""
 
-import sys
-
 from cellseg.evaluation import EvaluationSettings, evaluate_checkpoint
+from cellseg.joblog import job_log
 
-with open(snakemake.log[0], "a") as log:  # noqa: F821
-    sys.stderr = log
+# stderr goes to the job's log, which ends with the error if the job fails
+with job_log(snakemake.log[0]) as log:  # noqa: F821
     evaluate_checkpoint(
         snakemake.input.checkpoint,  # noqa: F821
         snakemake.input.datasplit,  # noqa: F821

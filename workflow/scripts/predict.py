@@ -1,14 +1,13 @@
 """Snakemake rules predict_init / predict_blocks / predict_pyramid: one stage of a dataset's
 prediction (thin wrapper around cellseg.prediction.predict_volume)."""
 
-import sys
-
 from cellseg.io import write_json_atomic
+from cellseg.joblog import job_log
 from cellseg.prediction import PredictionSettings, finish_to, parse_roi, predict_volume
 
 params = snakemake.params  # noqa: F821
-with open(snakemake.log[0], "a") as log:  # noqa: F821
-    sys.stderr = log
+# stderr goes to the job's log, which ends with the error if the job fails
+with job_log(snakemake.log[0]) as log:  # noqa: F821
     section = dict(params.predict)
     if params.stage != "blocks":
         section["device"] = "cpu"  # init and pyramid never run the network

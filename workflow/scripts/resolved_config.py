@@ -1,12 +1,11 @@
 """Snakemake rule resolved_config: record the layered config and every model's settings (thin
 wrapper)."""
 
-import sys
-
 from cellseg.config import write_resolved_config
+from cellseg.joblog import job_log
 
-with open(snakemake.log[0], "a") as log:  # noqa: F821
-    sys.stderr = log
+# stderr goes to the job's log, which ends with the error if the job fails
+with job_log(snakemake.log[0]):  # noqa: F821
     write_resolved_config(
         snakemake.params.config,  # noqa: F821
         snakemake.input.layers,  # noqa: F821

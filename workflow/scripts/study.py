@@ -1,13 +1,13 @@
 """Snakemake rule study: rank variants and aggregate seeds, write study.csv / .md and figures
 (thin wrapper)."""
 
-import sys
 from pathlib import Path
 
+from cellseg.joblog import job_log
 from cellseg.reporting import SummarySettings, make_study
 
-with open(snakemake.log[0], "a") as log:  # noqa: F821
-    sys.stderr = log
+# stderr goes to the job's log, which ends with the error if the job fails
+with job_log(snakemake.log[0]):  # noqa: F821
     make_study(
         dict(zip(snakemake.params.runs, snakemake.input.metrics, strict=True)),  # noqa: F821
         snakemake.params.variants,  # noqa: F821

@@ -1,12 +1,12 @@
 """Snakemake rule summary: compare the models, write summary.csv / .md and figures (thin wrapper)."""
 
-import sys
 from pathlib import Path
 
+from cellseg.joblog import job_log
 from cellseg.reporting import SummarySettings, make_summary
 
-with open(snakemake.log[0], "a") as log:  # noqa: F821
-    sys.stderr = log
+# stderr goes to the job's log, which ends with the error if the job fails
+with job_log(snakemake.log[0]):  # noqa: F821
     models = snakemake.params.models  # noqa: F821
     make_summary(
         dict(zip(models, snakemake.input.metrics, strict=True)),  # noqa: F821

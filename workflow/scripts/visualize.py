@@ -1,12 +1,11 @@
 """Snakemake rule visualize: one model's test-crop panels and training curves (thin wrapper)."""
 
-import sys
-
 from cellseg.evaluation import EvaluationSettings
 from cellseg.figures import ModelFigureSettings, make_model_figures
+from cellseg.joblog import job_log
 
-with open(snakemake.log[0], "a") as log:  # noqa: F821
-    sys.stderr = log
+# stderr goes to the job's log, which ends with the error if the job fails
+with job_log(snakemake.log[0]):  # noqa: F821
     make_model_figures(
         snakemake.input.checkpoint,  # noqa: F821
         snakemake.input.history,  # noqa: F821
