@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "count per-class annotated/positive voxels over training crops",
     ),
     "train": ("cellseg.training.command", "train one model (resumes automatically)"),
+    "preflight": (
+        "cellseg.training.preflight",
+        "measure one run's memory, speed and loader on this node: go / no-go",
+    ),
     "plan-batch": ("cellseg.models.planning", "estimate the largest batch that fits a GPU"),
     "evaluate": ("cellseg.evaluation", "evaluate a trained model on held-out crops"),
     "summary": ("cellseg.reporting", "compare evaluated models: summary table and figures"),

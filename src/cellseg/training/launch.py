@@ -51,16 +51,24 @@ def training_command(
     ]
     if time_budget_min is not None:
         arguments += ["--time-budget-min", f"{time_budget_min:g}"]
-    if gpus > 1:
+    return module_command(arguments[2:], gpus)
+
+
+def module_command(arguments: list[str], processes: int) -> list[str]:
+    """``python -m cellseg <arguments>``: with ``processes > 1`` under ``torchrun --standalone
+    --nproc_per_node=<processes>`` (one node, inside the SLURM allocation, not ``srun``), as
+    training and its preflight (:mod:`cellseg.training.preflight`) are started."""
+    command = ["-m", "cellseg", *arguments]
+    if processes > 1:
         return [
             sys.executable,
             "-m",
             "torch.distributed.run",
             "--standalone",
-            f"--nproc_per_node={gpus}",
-            *arguments,
+            f"--nproc_per_node={processes}",
+            *command,
         ]
-    return [sys.executable, *arguments]
+    return [sys.executable, *command]
 
 
 def launch_training(

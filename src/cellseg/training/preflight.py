@@ -1,0 +1,778 @@
+"""``cellseg preflight``: a few minutes on the real node decide whether a training run may start.
+
+A training run of the seed experiment holds 2-4 GPUs for up to 11 days. The preflight builds the
+run's model at its resolved settings on the node the run will get (the same partition, GPUs,
+CPUs and memory; minutes of runtime) and runs a handful of optimizer steps exactly as training
+does: :class:`~cellseg.training.trainer.Trainer` itself, with the configured batch per GPU,
+gradient accumulation, bf16 autocast, TF32 and ``torch.compile`` as the settings say, DDP over
+the job's GPUs through ``torchrun`` (gloo CPU ranks when ``run_on_cpu``). It measures, per rank:
+
+* **peak memory**: ``torch.cuda.max_memory_allocated`` against the device's total memory (on
+  CPU there is no device memory: n/a, and the host RSS is reported);
+* **demand**: samples/s per GPU of the optimizer step on a batch already on the device (after
+  ``warmup_steps`` untimed steps, ``timed_steps`` timed ones);
+* **supply**: patches/s the configured loader (``num_workers``, ``cache_mb``) delivers from the
+  real data on this node's cores, every rank's loader reading at once as in training (timed
+  after as many warm-up batches);
+* **data wait**: the fraction of a short real run (the loader feeding the steps) spent waiting
+  for the next batch;
+* **host peak RSS** of each rank with its loader workers (summed over ranks) against ``mem_mb``;
+* **all-reduce bandwidth** between the ranks (bus bandwidth, GB/s; n/a for one rank).
+
+From the optimizer-step time it projects the time per epoch (``ceil(iterations_per_epoch /
+grad_accum)`` steps; validation is not measured), to ``max_epochs``, the resubmissions that
+``runtime_min - time_budget_margin_min`` per attempt imply, and the GPU-hours; then decides
+(:func:`decide`): **no-go** when the peak memory exceeds ``preflight.max_memory_fraction`` of the
+device, when supply < ``preflight.min_supply_ratio`` x demand, or when training needs more
+attempts than the profile's ``retries`` + 1. Each reason names the measurement and the keys to
+change. The result is ``results/preflight/{run}.json`` (:func:`run_preflight`), the table of all
+runs ``results/preflight.md`` (:func:`format_table`), and a ``train`` job refuses a no-go
+(:func:`check_preflight`) unless ``preflight.enforce`` is false.
+
+The verdict and the table need no torch (the workflow's local rules use them); only the
+measurement imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cellseg.errors import CellsegError
+from cellseg.io import write_json_atomic, write_text_atomic
+from cellseg.training.settings import TrainSettings
+
+FORMAT = "cellseg-preflight-1"
+"""``format`` of a preflight JSON."""
+
+DAY_S = 86400.0
+
+
+@dataclass(frozen=True)
+class PreflightConfig:
+    """The config's ``preflight`` section (see config/README.md).
+
+    Attributes:
+        enabled: each ``train`` job waits for its run's preflight.
+        enforce: a no-go stops the run's ``train`` job (false: logged, training proceeds).
+        runtime_min: the preflight job's wall-time limit, minutes.
+        warmup_steps: optimizer steps run before any timing (allocator, cuDNN autotuning,
+            ``torch.compile``).
+        timed_steps: optimizer steps timed on a batch held on the device (demand).
+        loader_batches: batches each rank's loader delivers untimed, then as many timed (supply).
+        real_steps: optimizer steps of the short real run (loader feeding steps: data wait).
+        allreduce_mb: size of the all-reduced tensor, MB.
+        max_memory_fraction: no-go above this peak memory ÷ device memory.
+        min_supply_ratio: no-go when supply < this × demand.
+    """
+
+    enabled: bool = False
+    enforce: bool = True
+    runtime_min: int = 30
+    warmup_steps: int = 3
+    timed_steps: int = 10
+    loader_batches: int = 40
+    real_steps: int = 10
+    allreduce_mb: float = 64.0
+    max_memory_fraction: float = 0.9
+    min_supply_ratio: float = 1.2
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> PreflightConfig:
+        """The ``preflight`` section of a workflow config (defaults for missing keys)."""
+        section = dict(config.get("preflight") or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise CellsegError(
+                f"preflight: unknown key(s) {', '.join(unknown)}; see config/README.md, preflight"
+            )
+        return cls(**section)
+
+
+@dataclass(frozen=True)
+class RankFigures:
+    """What one rank measured.
+
+    Attributes:
+        rank: the rank.
+        device: ``cuda:N`` name of the device (e.g. ``NVIDIA L40S``) or ``cpu``.
+        device_memory_mb: the device's total memory, MB (None on CPU).
+        peak_memory_mb: ``torch.cuda.max_memory_allocated``, MB (None on CPU).
+        peak_reserved_mb: ``torch.cuda.max_memory_reserved``, MB (None on CPU).
+        peak_rss_mb: peak RSS of the rank and its loader workers together, MB (sampled).
+        step_s: seconds per optimizer step (``grad_accum`` micro-batches) on the held batch.
+        demand: samples/s of this rank's training step on the held batch.
+        supply: patches/s this rank's loader delivered.
+        data_wait_fraction: share of the real run's wall time spent waiting for batches.
+        real_step_s: seconds per optimizer step of the real run (data waits included).
+    """
+
+    rank: int
+    device: str
+    device_memory_mb: float | None
+    peak_memory_mb: float | None
+    peak_reserved_mb: float | None
+    peak_rss_mb: float
+    step_s: float
+    demand: float
+    supply: float
+    data_wait_fraction: float
+    real_step_s: float
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Time and cost of the whole training run, projected from one optimizer step.
+
+    Attributes:
+        step_s: seconds per optimizer step used (the slower of the held-batch and real steps).
+        steps_per_epoch: ``ceil(iterations_per_epoch / grad_accum)``.
+        epoch_s: ``steps_per_epoch × step_s`` (validation not included).
+        total_s: ``epoch_s × max_epochs`` (early stopping can end sooner).
+        attempt_s: ``(runtime_min - time_budget_margin_min) × 60``: training time per job.
+        attempts: ``ceil(total_s / attempt_s)`` jobs.
+        resubmissions: ``attempts - 1``.
+        gpu_hours: ``total_s / 3600 × gpus``.
+    """
+
+    step_s: float
+    steps_per_epoch: int
+    epoch_s: float
+    total_s: float
+    attempt_s: float
+    attempts: int
+    resubmissions: int
+    gpu_hours: float
+
+    @property
+    def days(self) -> float:
+        return self.total_s / DAY_S
+
+
+def project(step_s: float, settings: TrainSettings) -> Projection:
+    """Project the run's time from the seconds of one optimizer step (see :class:`Projection`)."""
+    steps_per_epoch = math.ceil(settings.iterations_per_epoch / settings.grad_accum)
+    epoch_s = steps_per_epoch * step_s
+    total_s = epoch_s * settings.max_epochs
+    attempt_s = max(settings.runtime_min - settings.time_budget_margin_min, 0.05) * 60.0
+    attempts = max(math.ceil(total_s / attempt_s), 1)
+    return Projection(
+        step_s=step_s,
+        steps_per_epoch=steps_per_epoch,
+        epoch_s=epoch_s,
+        total_s=total_s,
+        attempt_s=attempt_s,
+        attempts=attempts,
+        resubmissions=attempts - 1,
+        gpu_hours=total_s / 3600.0 * settings.gpus,
+    )
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The job's figures: the worst rank's, or their sum where the job's total counts.
+
+    Attributes:
+        ranks: processes measured.
+        device: e.g. ``2 x NVIDIA L40S`` or ``2 x cpu``.
+        device_memory_mb: the smallest device's memory, MB (None on CPU).
+        peak_memory_mb: the largest rank's peak, MB (None on CPU).
+        host_peak_rss_mb: the sum over ranks of each rank's (with its workers) peak RSS, MB.
+        step_s: the slowest rank's optimizer step on the held batch, s.
+        demand: samples/s per GPU (rank) at that step time.
+        supply: the slowest rank's loader, patches/s.
+        data_wait_fraction: the largest rank's share of waiting.
+        real_step_s: the slowest rank's real-run optimizer step, s.
+        allreduce_gbps: bus bandwidth of an all-reduce, GB/s (None for one rank).
+    """
+
+    ranks: int
+    device: str
+    device_memory_mb: float | None
+    peak_memory_mb: float | None
+    host_peak_rss_mb: float
+    step_s: float
+    demand: float
+    supply: float
+    data_wait_fraction: float
+    real_step_s: float
+    allreduce_gbps: float | None = None
+
+    @classmethod
+    def of(cls, ranks: Sequence[RankFigures], allreduce_gbps: float | None) -> Summary:
+        devices = sorted({r.device for r in ranks})
+        memory = [r.device_memory_mb for r in ranks if r.device_memory_mb is not None]
+        peaks = [r.peak_memory_mb for r in ranks if r.peak_memory_mb is not None]
+        slowest = max(ranks, key=lambda r: r.step_s)
+        return cls(
+            ranks=len(ranks),
+            device=f"{len(ranks)} x {' / '.join(devices)}",
+            device_memory_mb=min(memory) if memory else None,
+            peak_memory_mb=max(peaks) if peaks else None,
+            host_peak_rss_mb=sum(r.peak_rss_mb for r in ranks),
+            step_s=slowest.step_s,
+            demand=slowest.demand,
+            supply=min(r.supply for r in ranks),
+            data_wait_fraction=max(r.data_wait_fraction for r in ranks),
+            real_step_s=max(r.real_step_s for r in ranks),
+            allreduce_gbps=allreduce_gbps,
+        )
+
+    @property
+    def memory_fraction(self) -> float | None:
+        if self.peak_memory_mb is None or not self.device_memory_mb:
+            return None
+        return self.peak_memory_mb / self.device_memory_mb
+
+    @property
+    def supply_ratio(self) -> float:
+        return self.supply / self.demand if self.demand > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """go, or no-go with one reason per failed check (each naming the keys to change)."""
+
+    go: bool
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def text(self) -> str:
+        return "go" if self.go else "no-go: " + "; ".join(self.reasons)
+
+
+def decide(
+    summary: Summary,
+    projection: Projection,
+    settings: TrainSettings,
+    preflight: PreflightConfig,
+    retries: int,
+) -> Verdict:
+    """go / no-go.
+
+    No-go when the peak device memory exceeds ``max_memory_fraction`` of the device (CPU: not
+    checked), when the loader's supply < ``min_supply_ratio`` × the step's demand, or when
+    training needs more attempts (of ``runtime_min - time_budget_margin_min``) than
+    ``retries + 1``.
+    """
+    key, reasons = settings.key, []
+    fraction = summary.memory_fraction
+    if fraction is not None and fraction > preflight.max_memory_fraction:
+        reasons.append(
+            f"peak GPU memory {summary.peak_memory_mb / 1024:.1f} of "
+            f"{summary.device_memory_mb / 1024:.1f} GB ({fraction:.2f} > "
+            f"preflight.max_memory_fraction {preflight.max_memory_fraction:g}): lower "
+            f"models.{key}.batch_per_gpu (now {settings.batch_per_gpu}; `cellseg plan-batch "
+            f"--model {settings.model} --dim {settings.dim} --probe` finds the largest that "
+            "fits) and raise grad_accum to keep the effective batch"
+        )
+    if summary.supply < preflight.min_supply_ratio * summary.demand:
+        reasons.append(
+            f"loader supply {summary.supply:.1f} patches/s per rank < preflight.min_supply_ratio "
+            f"{preflight.min_supply_ratio:g} x demand {summary.demand:.1f} samples/s per GPU "
+            f"(data wait {summary.data_wait_fraction:.0%}): raise models.{key}.num_workers "
+            f"(now {settings.num_workers}) with cpus_per_task (now {settings.cpus_per_task}; "
+            f"ranks x (num_workers + 1) processes) or cache_mb (now {settings.cache_mb:g})"
+        )
+    allowed = retries + 1
+    if projection.attempts > allowed:
+        reasons.append(
+            f"projected {projection.days:.1f} days to max_epochs {settings.max_epochs} "
+            f"({projection.step_s:.3g} s per optimizer step) need {projection.attempts} jobs of "
+            f"runtime_min {settings.runtime_min} - time_budget_margin_min "
+            f"{settings.time_budget_margin_min:g} min, more than the {allowed} that retries "
+            f"{retries} allow: raise models.{key}.runtime_min or the profile's retries, or lower "
+            "max_epochs or iterations_per_epoch"
+        )
+    return Verdict(not reasons, tuple(reasons))
+
+
+def result_document(
+    run: str,
+    settings: TrainSettings,
+    preflight: PreflightConfig,
+    retries: int,
+    ranks: Sequence[RankFigures],
+    allreduce_gbps: float | None,
+) -> dict[str, Any]:
+    """The JSON document of one run's preflight: figures, projection and verdict."""
+    summary = Summary.of(ranks, allreduce_gbps)
+    projection = project(max(summary.step_s, summary.real_step_s), settings)
+    verdict = decide(summary, projection, settings, preflight, retries)
+    return {
+        "format": FORMAT,
+        "run": run,
+        "verdict": "go" if verdict.go else "no-go",
+        "reasons": list(verdict.reasons),
+        "summary": asdict(summary)
+        | {"memory_fraction": summary.memory_fraction, "supply_ratio": summary.supply_ratio},
+        "projection": asdict(projection) | {"days": projection.days},
+        "ranks": [asdict(r) for r in ranks],
+        "settings": {
+            "batch_per_gpu": settings.batch_per_gpu,
+            "grad_accum": settings.grad_accum,
+            "gpus": settings.gpus,
+            "num_workers": settings.num_workers,
+            "cache_mb": settings.cache_mb,
+            "cpus_per_task": settings.cpus_per_task,
+            "mem_mb": settings.mem_mb,
+            "runtime_min": settings.runtime_min,
+            "max_epochs": settings.max_epochs,
+            "iterations_per_epoch": settings.iterations_per_epoch,
+            "patch_shape": list(settings.patch_shape),
+            "amp": settings.amp,
+            "tf32": settings.tf32,
+            "compile": settings.compile,
+        },
+        "preflight": asdict(preflight),
+        "retries": retries,
+        "host": os.uname().nodename,
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def read_result(path: Path | str) -> dict[str, Any]:
+    """A preflight JSON, or one line saying why it cannot be read."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CellsegError(
+            f"{path}: not a preflight result ({error}); run the preflight again"
+        ) from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise CellsegError(f"{path}: not a {FORMAT} document; run the preflight again")
+    return document
+
+
+def check_preflight(path: Path | str, enforce: bool) -> str:
+    """What a ``train`` job does with its run's preflight: a go passes, a no-go stops it.
+
+    Returns:
+        the line the train job logs (go, or a no-go it proceeds past with ``enforce`` false).
+
+    Raises:
+        CellsegError: a no-go with ``enforce`` true: one line with every reason.
+    """
+    document = read_result(path)
+    if document["verdict"] == "go":
+        return f"preflight {path}: go"
+    line = f"preflight no-go for {document['run']} ({path}): {'; '.join(document['reasons'])}"
+    if enforce:
+        raise CellsegError(f"{line}; or set preflight.enforce: false to train anyway")
+    return f"warning: {line}; training anyway (preflight.enforce: false)"
+
+
+# --- the table --------------------------------------------------------------------------------
+
+
+def _number(value: float | None, pattern: str) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else format(value, pattern)
+
+
+def table_row(document: Mapping[str, Any]) -> str:
+    """One row of ``results/preflight.md``."""
+    s, p, settings = document["summary"], document["projection"], document["settings"]
+    if s["memory_fraction"] is None:
+        memory = f"n/a (host RSS {s['host_peak_rss_mb'] / 1024:.1f} of {settings['mem_mb'] / 1024:.1f} GB)"
+    else:
+        memory = (
+            f"{s['memory_fraction']:.2f} ({s['peak_memory_mb'] / 1024:.1f} of "
+            f"{s['device_memory_mb'] / 1024:.1f} GB)"
+        )
+    reason = "; ".join(document["reasons"]) or "-"
+    cells = [
+        document["run"],
+        s["device"],
+        memory,
+        _number(s["step_s"], ".3g"),
+        _number(s["demand"], ".1f"),
+        f"{_number(s['supply_ratio'], '.2f')} ({s['supply']:.1f} / {s['demand']:.1f})",
+        f"{s['data_wait_fraction']:.0%}",
+        f"{p['days']:.2f} ({p['attempts']} job{'s' if p['attempts'] != 1 else ''})",
+        document["verdict"],
+        reason.replace("|", "\\|"),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+TABLE_HEADER = (
+    "| run | device | peak memory ÷ device memory | step time (s) | samples/s per GPU "
+    "| loader supply ÷ demand | data wait | projected days | verdict | reason |\n"
+    "|---|---|---|---:|---:|---|---:|---|---|---|"
+)
+
+
+def format_table(documents: Sequence[Mapping[str, Any]]) -> str:
+    """``results/preflight.md``: one row per run and a line on how to read it."""
+    rows = "\n".join(table_row(d) for d in documents)
+    nogo = [d["run"] for d in documents if d["verdict"] != "go"]
+    verdict = f"no-go: {', '.join(nogo)}" if nogo else "every run: go"
+    return (
+        "# Preflight\n\n"
+        f"{verdict}. Step time: one optimizer step (grad_accum micro-batches) on a batch held on "
+        "the device; samples/s per GPU at that step (the demand); loader supply ÷ demand: "
+        "patches/s each rank's loader delivered ÷ that demand; data wait: share of a short "
+        "real run spent waiting for the loader; projected days to max_epochs (jobs of "
+        "runtime_min - time_budget_margin_min). See docs/longleaf.md.\n\n"
+        f"{TABLE_HEADER}\n{rows}\n"
+    )
+
+
+def write_table(results: Sequence[Path | str], out: Path | str) -> None:
+    """Write ``results/preflight.md`` from the runs' JSONs (atomically)."""
+    write_text_atomic(Path(out), format_table([read_result(p) for p in results]))
+
+
+# --- the measurement (torch from here on) -----------------------------------------------------
+
+
+class PeakRss:
+    """Peak RSS of this process and its children (the loader's workers), sampled in a thread."""
+
+    def __init__(self, interval_s: float = 0.1) -> None:
+        import psutil
+
+        self.process = psutil.Process()
+        self.interval_s = interval_s
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def sample(self) -> float:
+        import psutil
+
+        total = 0
+        for process in [self.process, *self.process.children(recursive=True)]:
+            try:
+                total += process.memory_info().rss
+            except psutil.Error:  # a worker that just exited
+                continue
+        self.peak_mb = max(self.peak_mb, total / 2**20)
+        return self.peak_mb
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def __enter__(self) -> PeakRss:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+def measure(
+    settings: TrainSettings,
+    datasplit: Path | str,
+    class_frequencies: Path | str,
+    preflight: PreflightConfig,
+    scratch: Path | str,
+) -> tuple[list[RankFigures], float | None] | None:
+    """Measure this rank (every rank of a ``torchrun`` job calls it).
+
+    Returns:
+        on rank 0 every rank's figures (rank order) and the all-reduce bus bandwidth (GB/s;
+        None for one rank); None on the other ranks.
+    """
+    import torch
+    import torch.distributed as dist
+
+    from cellseg.training.trainer import Trainer, is_distributed
+
+    trainer = Trainer(settings, scratch, datasplit, class_frequencies)
+    with PeakRss() as rss:
+        trainer.initialize()
+        device, s = trainer.device, settings
+        cuda = device.type == "cuda"
+        warmup, timed, real = preflight.warmup_steps, preflight.timed_steps, preflight.real_steps
+        # the schedule must last the preflight's steps (a short demo config's does not)
+        needed = warmup + timed + real + math.ceil(2 * max(s.num_workers, 1) / s.grad_accum) + 1
+        if trainer.total_steps < needed:
+            trainer.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                trainer.optimizer, max_lr=s.lr, total_steps=needed, pct_start=s.pct_start
+            )
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def sync() -> None:
+            if cuda:
+                torch.cuda.synchronize(device)
+            if is_distributed():
+                dist.barrier()
+
+        # the loader exactly as training builds it (Trainer.loader), over enough samples
+        trainer.loader()
+        micro_batches = 2 * preflight.loader_batches + (needed + real) * s.grad_accum
+        trainer.train_sampler.set_range(0, micro_batches * s.batch_per_gpu)
+        batches: Iterator[dict[str, Any]] = iter(trainer.train_loader)
+
+        # supply: every rank's loader at once, timed after as many warm-up batches
+        for _ in range(preflight.loader_batches):
+            held = next(batches)
+        sync()
+        started = time.perf_counter()
+        for _ in range(preflight.loader_batches):
+            next(batches)
+        supply = preflight.loader_batches * s.batch_per_gpu / (time.perf_counter() - started)
+
+        # demand: optimizer steps on a batch held on the device
+        image = held["image"].to(device)
+        target = held["target"].to(device)
+
+        def optimizer_step() -> None:
+            for micro in range(s.grad_accum):
+                trainer.train_step(image, target, micro == s.grad_accum - 1)
+
+        trainer.model.train()
+        for _ in range(warmup):
+            optimizer_step()
+        sync()
+        started = time.perf_counter()
+        for _ in range(timed):
+            optimizer_step()
+        sync()
+        step_s = (time.perf_counter() - started) / max(timed, 1)
+
+        # the real run: loader feeding steps; first the batches queued during the timing above
+        # (each worker keeps two ready), untimed
+        def real_steps(count: int) -> tuple[float, float]:
+            waited = 0.0
+            started = time.perf_counter()
+            for _ in range(count):
+                for micro in range(s.grad_accum):
+                    before = time.perf_counter()
+                    batch = next(batches)
+                    waited += time.perf_counter() - before
+                    trainer.train_step(
+                        batch["image"].to(device, non_blocking=True),
+                        batch["target"].to(device, non_blocking=True),
+                        micro == s.grad_accum - 1,
+                    )
+            sync()
+            return waited, time.perf_counter() - started
+
+        real_steps(math.ceil(2 * s.num_workers / s.grad_accum))
+        sync()
+        waited, elapsed = real_steps(real)
+        trainer.train_loader = None  # its workers exit
+
+        bandwidth = allreduce_bandwidth(trainer.world_size, device, preflight.allreduce_mb)
+    figures = RankFigures(
+        rank=trainer.rank,
+        device=torch.cuda.get_device_name(device) if cuda else "cpu",
+        device_memory_mb=torch.cuda.get_device_properties(device).total_memory / 2**20
+        if cuda
+        else None,
+        peak_memory_mb=torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
+        peak_reserved_mb=torch.cuda.max_memory_reserved(device) / 2**20 if cuda else None,
+        peak_rss_mb=rss.peak_mb,
+        step_s=step_s,
+        demand=s.batch_per_gpu * s.grad_accum / step_s,
+        supply=supply,
+        data_wait_fraction=waited / elapsed if elapsed > 0 else 0.0,
+        real_step_s=elapsed / max(real, 1),
+    )
+    everyone: list[Any] = [figures]
+    if is_distributed():
+        everyone = [None] * trainer.world_size
+        dist.all_gather_object(everyone, figures)
+    return (everyone, bandwidth) if trainer.rank == 0 else None
+
+
+def allreduce_bandwidth(
+    world_size: int, device: Any, size_mb: float, repeats: int = 5
+) -> float | None:
+    """Bus bandwidth (GB/s, nccl-tests' busbw: ``2 (n - 1) / n × bytes / s``) of an all-reduce of
+    ``size_mb`` MB of float32 between the ranks, after two untimed ones; None for one rank."""
+    import torch
+    import torch.distributed as dist
+
+    if world_size < 2:
+        return None
+    tensor = torch.ones(max(int(size_mb * 2**20 / 4), 1), device=device)
+    for _ in range(2):
+        dist.all_reduce(tensor)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    dist.barrier()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        dist.all_reduce(tensor)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = (time.perf_counter() - started) / repeats
+    return 2 * (world_size - 1) / world_size * tensor.numel() * 4 / seconds / 1e9
+
+
+def run_preflight(
+    config: Mapping[str, Any],
+    run: str,
+    datasplit: Path | str,
+    class_frequencies: Path | str,
+    out: Path | str,
+    retries: int = 0,
+    source: str = "config",
+) -> dict[str, Any] | None:
+    """Measure one run in this process (a rank of ``torchrun``, or the only one) and, on rank 0,
+    write ``out`` (atomically).
+
+    Returns:
+        the document on rank 0, else None.
+    """
+    from cellseg.training.settings import resolve_settings
+
+    settings = resolve_settings(config, run, source)
+    preflight = PreflightConfig.from_config(config)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.") as scratch:
+        measured = measure(settings, datasplit, class_frequencies, preflight, scratch)
+    from cellseg.training.trainer import is_distributed
+
+    if is_distributed():
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if measured is None:
+        return None
+    ranks, bandwidth = measured
+    document = result_document(run, settings, preflight, retries, ranks, bandwidth)
+    write_json_atomic(out, document)
+    return document
+
+
+def preflight_command(
+    config_path: Path | str,
+    run: str,
+    datasplit: Path | str,
+    class_frequencies: Path | str,
+    out: Path | str,
+    retries: int,
+    processes: int,
+) -> list[str]:
+    """``cellseg preflight`` for one run as one process per rank: under ``torchrun`` for more
+    than one (:func:`cellseg.training.launch.module_command`, as training is started)."""
+    from cellseg.training.launch import module_command
+
+    return module_command(
+        [
+            "preflight",
+            "--config", str(config_path),
+            "--run", run,
+            "--datasplit", str(datasplit),
+            "--class-frequencies", str(class_frequencies),
+            "--out", str(out),
+            "--retries", str(retries),
+            "--ranks", "here",
+        ],
+        processes,
+    )  # fmt: skip
+
+
+def launch_preflight(
+    config: Mapping[str, Any],
+    run: str,
+    datasplit: Path | str,
+    class_frequencies: Path | str,
+    out: Path | str,
+    retries: int = 0,
+    log: Any = None,
+    config_path: Path | str | None = None,
+) -> int:
+    """Run one run's preflight as its training job runs: one process per GPU (``torchrun`` for
+    more than one; gloo CPU ranks when ``run_on_cpu``), one for a CPU run.
+
+    ``config`` is written next to ``out`` for the ranks to read unless ``config_path`` already
+    holds it.
+
+    Returns:
+        the exit status.
+    """
+    from cellseg.training.settings import resolve_settings
+
+    settings = resolve_settings(config, run)  # a run name: its variant and seed applied
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.") as scratch:
+        if config_path is None:
+            config_path = Path(scratch) / "workflow_config.yaml"
+            write_text_atomic(config_path, yaml.safe_dump(dict(config), sort_keys=False))
+        command = preflight_command(
+            config_path, run, datasplit, class_frequencies, out, retries, max(settings.gpus, 1)
+        )
+        print("$ " + shlex.join(command), file=log or sys.stderr, flush=True)
+        return subprocess.call(command, stdout=log, stderr=subprocess.STDOUT if log else None)
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    from cellseg.training.settings import load_config
+
+    config = load_config(args.config)
+    out = args.out or Path("results/preflight") / f"{args.run}.json"
+    if args.ranks == "launch":
+        return launch_preflight(
+            config, args.run, args.datasplit, args.class_frequencies, out, args.retries,
+            config_path=args.config,
+        )  # fmt: skip
+    document = run_preflight(
+        config, args.run, args.datasplit, args.class_frequencies, out, args.retries,
+        str(args.config),
+    )  # fmt: skip
+    if document is not None:
+        print(format_table([document]), end="")
+        print(f"wrote {out}")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "preflight",
+        help="measure one run's memory, speed and loader on this node: go / no-go",
+        description=(
+            "Run a handful of optimizer steps of one run exactly as training will (batch, "
+            "accumulation, autocast/TF32/compile, DDP over its GPUs through torchrun), measure "
+            "peak memory, samples/s, loader supply and data wait, project the run's time and "
+            "decide go / no-go (config section preflight)."
+        ),
+    )
+    parser.add_argument("--config", type=Path, required=True, help="workflow config YAML")
+    parser.add_argument("--run", required=True, help="run name, e.g. unet_2d or swin_3d~b~r1")
+    parser.add_argument("--datasplit", type=Path, default=Path("results/datasplit.csv"))
+    parser.add_argument(
+        "--class-frequencies", type=Path, default=Path("results/class_frequencies.json")
+    )
+    parser.add_argument("--out", type=Path, help="default: results/preflight/{run}.json")
+    parser.add_argument(
+        "--retries", type=int, default=0, help="resubmissions the profile allows (its retries)"
+    )
+    parser.add_argument(
+        "--ranks",
+        choices=("launch", "here"),
+        default="launch",
+        help="launch: start one process per GPU (torchrun); here: this process is a rank",
+    )
+    parser.set_defaults(func=_run)
