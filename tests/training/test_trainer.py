@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -111,12 +112,32 @@ def test_workers_persist_across_epochs_and_change_nothing(
 
 
 def test_time_budget_stops_with_checkpoint_then_resumes(tiny_config, tiny_data, tmp_path):
-    status = make_trainer(tiny_config, tiny_data, tmp_path, time_budget_min=1e-4).run()
-    assert status == EXIT_TIME_BUDGET
+    class BudgetEndsAtStep2(Trainer):
+        def after_optimizer_step(self, samples_per_s: float) -> None:
+            if self.global_step == 2:
+                self.deadline = time.monotonic()  # the budget runs out during step 2
+            super().after_optimizer_step(samples_per_s)
+
+    settings = resolve_settings(tiny_config, "unet_2d")
+    files = (tiny_data["datasplit"], tiny_data["class_frequencies"])
+    assert BudgetEndsAtStep2(settings, tmp_path, *files, time_budget_min=10).run() == 75
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    assert state["global_step"] >= 1 and not (tmp_path / "history.csv").exists()
+    assert state["global_step"] == 2 and not (tmp_path / "history.csv").exists()
+    assert "reached at epoch 0, step 2" in (tmp_path / "train.log").read_text()
     assert make_trainer(tiny_config, tiny_data, tmp_path).run() == 0
     assert len(pd.read_csv(tmp_path / "history.csv")) == 2
+
+
+def test_a_budget_used_up_before_training_stops_before_any_step(tiny_config, tiny_data, tmp_path):
+    # the budget counts from the job's start: 2 minutes ago, with a 1-minute budget
+    trainer = make_trainer(
+        tiny_config, tiny_data, tmp_path, time_budget_min=1, job_started=time.time() - 120
+    )
+    assert trainer.run() == EXIT_TIME_BUDGET
+    assert trainer.global_step == 0 and not (tmp_path / "checkpoints" / "last.pt").exists()
+    log = (tmp_path / "train.log").read_text()
+    assert "time budget of 1.0 min from the job's start reached at epoch 0, step 0" in log
+    assert "nothing trained in this attempt" in log
 
 
 def test_a_run_that_fits_its_budget_does_not_stop_for_a_distant_checkpoint(
@@ -230,10 +251,15 @@ def test_every_attempt_logs_its_resolved_settings_and_data(tiny_config, tiny_dat
     assert "train crops (2): tiny/crop1, tiny/crop2" in settings
     assert "validate crops (1): tiny/crop3" in settings
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0}).Reload()
-    text = events.Tensors("settings/text_summary")[0].tensor_proto.string_val[0].decode()
+    text = events.Tensors("settings/attempt_1/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert text.startswith("attempt 1, from step 0")
     assert "lr: 0.0123" in text and "batch_per_gpu: 2" in text
     assert make_trainer(config, tiny_data, tmp_path).run() == 0  # a second attempt logs again
-    assert (tmp_path / "train.log").read_text().count("settings (config hash") == 2
+    log = (tmp_path / "train.log").read_text()
+    assert log.count("settings (config hash") == 2 and "attempt 2: settings" in log
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    text = events.Tensors("settings/attempt_2/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert text.startswith("attempt 2, resumed at epoch 2, step 8")
 
 
 def write_split(tiny_data, tmp_path, splits: dict[str, str]) -> Path:

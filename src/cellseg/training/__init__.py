@@ -12,9 +12,16 @@ from typing import Any
 
 from cellseg.training.settings import TrainSettings, load_config, resolve_settings
 
-__all__ = ["EXIT_TIME_BUDGET", "TrainSettings", "Trainer", "load_config", "resolve_settings"]
+__all__ = [
+    "EXIT_STALLED",
+    "EXIT_TIME_BUDGET",
+    "TrainSettings",
+    "Trainer",
+    "load_config",
+    "resolve_settings",
+]
 
-_FROM_TRAINER = ("EXIT_TIME_BUDGET", "Trainer")
+_FROM_TRAINER = ("EXIT_STALLED", "EXIT_TIME_BUDGET", "Trainer")
 
 
 def __getattr__(name: str) -> Any:

@@ -37,6 +37,10 @@ EXECUTION_KEYS: frozenset[str] = frozenset(
         "time_budget_margin_min",
         "fail_after_steps",
         "tensorboard_images",
+        "run_on_cpu",
+        "max_stalled_steps",
+        "data_wait_warn_fraction",
+        "inject_nonfinite_grad_after_steps",
     }
 )
 
@@ -90,6 +94,16 @@ class TrainSettings:
     cpus_per_task: int = 2
     time_budget_margin_min: float = 10.0
     fail_after_steps: int | None = None
+    # GPU-configured settings (gpus > 0) run as gpus CPU processes (gloo) instead: the rehearsal
+    # and the tests on machines without a GPU; never implied (see trainer.training_device)
+    run_on_cpu: bool = False
+    # optimizer steps in a row with unchanged weights or a bit-identical loss before the run
+    # stops itself (exit status EXIT_STALLED); 0 disables
+    max_stalled_steps: int = 200
+    # share of an epoch's training time spent waiting for the loader above which the log warns
+    data_wait_warn_fraction: float = 0.2
+    # fault injection for tests: NaN gradients (finite losses) from this optimizer step on
+    inject_nonfinite_grad_after_steps: int | None = None
     # data and loss, copied from the config's data and loss sections
     resolution_nm: float = 8.0
     em_range: tuple[float, float] = (10.6, 194.1)

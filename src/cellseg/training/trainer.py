@@ -22,7 +22,9 @@ import contextlib
 import math
 import os
 import random
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -71,6 +73,11 @@ from cellseg.training.settings import TrainSettings, changed_keys, jsonable
 EXIT_TIME_BUDGET = 75
 """Exit status of a run that stopped itself to resume later (sysexits' EX_TEMPFAIL)."""
 
+EXIT_STALLED = 65
+"""Exit status of a run that stopped itself because it went nowhere: ``max_stalled_steps``
+optimizer steps in a row with unchanged weights or a bit-identical loss (sysexits'
+EX_DATAERR: running it again as it is would stall again, so it is not a resume)."""
+
 
 PROGRESS_KEYS: tuple[str, ...] = (
     "epoch",
@@ -93,21 +100,95 @@ class StopForResume(Exception):
     """Raised inside the loop when the time budget or a SIGTERM asks the run to stop."""
 
 
+class TrainingStalled(Exception):
+    """Raised inside the loop when ``max_stalled_steps`` steps in a row changed nothing."""
+
+
+def job_start_time() -> float:
+    """Wall-clock time (epoch seconds) at which this job started: this process's start, or
+    under ``torchrun`` its agent's (the parent of every rank), so that starting torchrun and its
+    ranks counts against the time budget too."""
+    process = psutil.Process()
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        parent = process.parent()
+        if parent is not None:
+            return parent.create_time()
+    return process.create_time()
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def driver_version() -> str:
+    """The NVIDIA driver version as ``nvidia-smi`` reports it, or why it is unknown."""
+    if shutil.which("nvidia-smi") is None:
+        return "nvidia-smi not found"
+    try:
+        result = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"nvidia-smi failed ({type(error).__name__})"
+    versions = sorted(set(result.stdout.split()))
+    if result.returncode != 0 or not versions:
+        first = (result.stderr or result.stdout).strip().splitlines()[:1]
+        return f"nvidia-smi failed ({first[0] if first else f'exit status {result.returncode}'})"
+    return ", ".join(versions)
+
+
+def training_device(settings: TrainSettings, local_rank: int = 0) -> torch.device:
+    """The device this rank trains on: the CPU for ``gpus: 0`` or ``run_on_cpu: true``, else
+    CUDA device ``local_rank``.
+
+    A GPU job never falls back to the CPU on its own: on a node where torch cannot see CUDA (a
+    driver older than the wheel's CUDA, the wrong module, an empty ``CUDA_VISIBLE_DEVICES``) it
+    would hold its GPUs for days while training on the CPU.
+
+    Raises:
+        CellsegError: ``gpus > 0`` without ``run_on_cpu`` and this process cannot use CUDA device
+            ``local_rank``; one line with what decides it (torch and its CUDA build, the driver,
+            ``CUDA_VISIBLE_DEVICES``) and what to do.
+    """
+    if settings.gpus <= 0 or settings.run_on_cpu:
+        return torch.device("cpu")
+    available = torch.cuda.is_available()
+    count = torch.cuda.device_count() if available else 0
+    if available and local_rank < count:
+        return torch.device("cuda", local_rank)
+    seen = (
+        f"{count} CUDA device(s) visible for local rank {local_rank}"
+        if available
+        else "torch.cuda.is_available() is False"
+    )
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    raise CellsegError(
+        f"{settings.key}: gpus: {settings.gpus} configured but this process cannot use CUDA "
+        f"({seen}; torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none (a CPU build)'}; "
+        f"driver {driver_version()}; CUDA_VISIBLE_DEVICES={'unset' if visible is None else repr(visible)}): "
+        "load the CUDA module the job needs, or install a torch build that matches the driver, "
+        "or set run_on_cpu: true to rehearse on CPU processes"
+    )
+
+
 def setup_distributed(settings: TrainSettings) -> tuple[int, int, torch.device]:
-    """Join the process group started by ``torchrun`` (if any) and pick this rank's device.
+    """Join the process group started by ``torchrun`` (if any) and pick this rank's device
+    (:func:`training_device`).
 
     Returns:
         ``(rank, world_size, device)``.
+
+    Raises:
+        CellsegError: a GPU run cannot use CUDA (:func:`training_device`).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = settings.gpus > 0 and torch.cuda.is_available()
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    device = training_device(settings, local_rank)
+    use_cuda = device.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(device)
     if world_size > 1 and not is_distributed():
@@ -123,10 +204,14 @@ class Trainer:
         run_dir: where outputs, checkpoints and TensorBoard logs go.
         datasplit: the datasplit CSV (train and validate rows are used).
         class_frequencies: ``class_frequencies.json`` (the loss prior).
-        time_budget_min: stop (with a checkpoint and exit status 75) before this many minutes.
+        time_budget_min: stop (with a checkpoint and exit status 75) before this many minutes
+            after ``job_started``; under SLURM also ``time_budget_margin_min`` before
+            ``SLURM_JOB_END_TIME`` (whichever comes first).
         resume: an explicit checkpoint to resume from; by default ``checkpoints/last.pt`` is used
             when its config hash matches.
         restart: discard existing checkpoints instead of resuming.
+        job_started: wall-clock time (epoch seconds) the budget counts from; ``cellseg train``
+            passes the process's start (:func:`job_start_time`), default: now.
     """
 
     def __init__(
@@ -138,6 +223,7 @@ class Trainer:
         time_budget_min: float | None = None,
         resume: Path | str | None = None,
         restart: bool = False,
+        job_started: float | None = None,
     ) -> None:
         self.settings = settings
         self.run_dir = Path(run_dir)
@@ -147,6 +233,8 @@ class Trainer:
         self.time_budget_s = None if time_budget_min is None else time_budget_min * 60.0
         self.resume_path = Path(resume) if resume else None
         self.restart = restart
+        self.job_started = time.time() if job_started is None else job_started
+        self.deadline, self.deadline_reason = self.time_limit()
         self.started = time.monotonic()
         self.stop_requested = False
         self.is_main = int(os.environ.get("RANK", "0")) == 0  # until initialize() knows
@@ -167,6 +255,43 @@ class Trainer:
         optimizer step, hence at every checkpoint."""
         self.train_seconds = 0.0
         self.stop_reason = ""
+        # watchdogs of this attempt (not in checkpoints: a resume starts counting anew)
+        self.stalled_in_a_row = 0
+        self.stall_message = ""
+        self.last_window_loss: float | None = None
+        self.last_fingerprint: float | None = None
+        self.frequency_updated = False
+        self.epoch_started = time.monotonic()
+        self.epoch_data_wait_s = 0.0
+        self.epoch_train_s = 0.0
+
+    def time_limit(self) -> tuple[float | None, str]:
+        """The ``time.monotonic()`` by which the run must have stopped, and what sets it: the
+        time budget counted from the job's start, or ``time_budget_margin_min`` before
+        ``SLURM_JOB_END_TIME`` when SLURM provides it, whichever comes first (None: no limit).
+        """
+        limits: list[tuple[float, str]] = []
+        if self.time_budget_s is not None:
+            limits.append(
+                (
+                    self.job_started + self.time_budget_s,
+                    f"time budget of {self.time_budget_s / 60:.1f} min from the job's start",
+                )
+            )
+        try:
+            end = float(os.environ.get("SLURM_JOB_END_TIME", ""))
+        except ValueError:  # unset, or not SLURM's number: no limit from it
+            end = 0.0
+        if end > 0:
+            margin = self.settings.time_budget_margin_min
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(end))
+            limits.append(
+                (end - margin * 60, f"SLURM_JOB_END_TIME ({stamp}) minus {margin:g} min margin")
+            )
+        if not limits:
+            return None, ""
+        wall, reason = min(limits)
+        return time.monotonic() + (wall - time.time()), reason
 
     # ----------------------------------------------------------------- builders
     def initialize(self) -> None:
@@ -174,6 +299,11 @@ class Trainer:
         s = self.settings
         self.rank, self.world_size, self.device = setup_distributed(s)
         self.is_main = self.rank == 0
+        if s.gpus > 0 and s.run_on_cpu:
+            self.log(
+                f"run_on_cpu: gpus: {s.gpus} configured, running {self.world_size} CPU "
+                f"process(es) ({'gloo' if self.world_size > 1 else 'no DDP'}) instead"
+            )
         if self.device.type == "cpu":
             # the job's CPUs shared by its processes (torch would take every core of the node)
             torch.set_num_threads(max(s.cpus_per_task // self.world_size, 1))
@@ -432,10 +562,11 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             # events a killed attempt logged after this checkpoint would be duplicated: purge
-            # them (every tag is logged against the optimizer step, so one step bounds them all)
+            # them (every scalar is logged against the optimizer step it follows, never before
+            # the step's increment, so one step bounds them all; at step 0 too, for an attempt
+            # killed before its first checkpoint)
             self.writer = SummaryWriter(
-                str(self.run_dir / "tensorboard"),
-                purge_step=self.global_step + 1 if self.global_step else None,
+                str(self.run_dir / "tensorboard"), purge_step=self.global_step + 1
             )
             self.log_settings_to_tensorboard()
         self.train_seconds_at_start = self.train_seconds
@@ -444,10 +575,13 @@ class Trainer:
         self.started = time.monotonic()
 
     def log_settings(self) -> None:
-        """Write what this attempt runs with to ``train.log`` and TensorBoard (text ``settings``):
-        every resolved setting and the data it trains on."""
+        """Write what this attempt runs with to ``train.log`` and TensorBoard (texts
+        ``settings/attempt_{n}`` and ``data/attempt_{n}``): every resolved setting and the data
+        it trains on. Attempts are numbered by the ``train.log`` of the run directory."""
         if not self.is_main:
             return
+        log = self.run_dir / "train.log"
+        self.attempt = 1 + (log.read_text().count("settings (config hash") if log.is_file() else 0)
         settings = yaml.safe_dump(jsonable(asdict(self.settings)), sort_keys=False)
         identity = self.data_identity
         data = (
@@ -456,17 +590,30 @@ class Trainer:
             f"datasplit: {self.datasplit}\nclass frequencies: {self.class_frequencies}"
         )
         self.log(
-            f"settings (config hash {self.settings.config_hash()}, {self.world_size} process(es) "
-            f"on {self.device.type}):\n{settings}{data}"
+            f"attempt {self.attempt}: settings (config hash {self.settings.config_hash()}, "
+            f"{self.world_size} process(es) on {self.device.type}):\n{settings}{data}"
         )
         self.settings_text = (settings, data)
 
     def log_settings_to_tensorboard(self) -> None:
-        """The text of :meth:`log_settings` as TensorBoard text ``settings`` and ``data``."""
+        """The text of :meth:`log_settings` as TensorBoard texts ``settings/attempt_{n}`` and
+        ``data/attempt_{n}``, headed by where the attempt started: one tag per attempt, so that
+        no attempt's text replaces (or duplicates) another's."""
         if self.writer is not None:
             settings, data = self.settings_text
-            self.writer.add_text("settings", f"```yaml\n{settings}```", self.global_step)
-            self.writer.add_text("data", data.replace("\n", "  \n"), self.global_step)
+            start = (
+                f"resumed at epoch {self.epoch}, step {self.global_step}"
+                if self.global_step
+                else "from step 0"
+            )
+            head = f"attempt {self.attempt}, {start}"
+            tag = f"attempt_{self.attempt}"
+            self.writer.add_text(
+                f"settings/{tag}", f"{head}\n\n```yaml\n{settings}```", self.global_step
+            )
+            self.writer.add_text(
+                f"data/{tag}", f"{head}  \n" + data.replace("\n", "  \n"), self.global_step
+            )
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> int:
@@ -486,21 +633,36 @@ class Trainer:
         self.on_train_start()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
+            if not self.stop_reason:
+                # opening the crops, loading the checkpoint and starting torchrun count against
+                # the job's limit: a job that has already used it up stops before any step
+                self.check_time(0.0)
             while self.epoch < self.settings.max_epochs and not self.stop_reason:
                 self.train_epoch()
                 self.on_epoch_end(self.validation())
             self.on_train_end()
             return 0
         except StopForResume as stop:
-            self.save("last.pt")
-            self.log(
-                f"{stop}; checkpoint {self.checkpoint_dir / 'last.pt'} saved: run the same command again to resume"
-            )
+            if (
+                self.global_step == self.steps_at_start
+                and len(self.history) == self.epochs_at_start
+            ):
+                saved = "nothing trained in this attempt, no checkpoint written"
+            else:
+                self.save("last.pt")
+                saved = f"checkpoint {self.checkpoint_dir / 'last.pt'} saved"
+            self.log(f"{stop}; {saved}: run the same command again to resume")
             self.close_writer()
             # torchrun ends every rank as soon as one exits non-zero: no rank leaves before
             # rank 0 has written the checkpoint the next attempt resumes from, and its events
             self.barrier()
             return EXIT_TIME_BUDGET
+        except TrainingStalled as stalled:
+            # no checkpoint of the stalled state: the last one was written on schedule
+            self.log(f"stopped (exit status {EXIT_STALLED}): {stalled}")
+            self.close_writer()
+            self.barrier()
+            return EXIT_STALLED
         finally:
             signal.signal(signal.SIGTERM, previous)
             self.train_loader = None  # its persistent workers exit with it
@@ -540,12 +702,22 @@ class Trainer:
         return iter(self.train_loader)
 
     def train_epoch(self) -> None:
+        """One epoch's remaining micro-batches. The time each waits for the loader (from asking
+        its iterator for the batch to getting it) adds up in :attr:`epoch_data_wait_s`, out of
+        :attr:`epoch_train_s` (this attempt's part of the epoch, validation excluded)."""
         s = self.settings
         self.model.train()
-        epoch_started = time.monotonic()
+        epoch_started = self.epoch_started = time.monotonic()
+        self.epoch_data_wait_s = 0.0
         samples = 0
         progress = self.progress_bar()
-        for batch in self.loader():
+        batches = self.loader()
+        while True:
+            asked = time.monotonic()
+            batch = next(batches, None)
+            self.epoch_data_wait_s += time.monotonic() - asked
+            if batch is None:
+                break
             micro = self.iteration % s.grad_accum
             last_micro = micro == s.grad_accum - 1 or self.iteration == s.iterations_per_epoch - 1
             image = batch["image"].to(self.device, non_blocking=True)
@@ -559,7 +731,8 @@ class Trainer:
                 self.after_optimizer_step(samples / max(time.monotonic() - epoch_started, 1e-9))
         if progress is not None:
             progress.close()
-        self.epoch_samples_per_s = samples / max(time.monotonic() - epoch_started, 1e-9)
+        self.epoch_train_s = time.monotonic() - epoch_started
+        self.epoch_samples_per_s = samples / max(self.epoch_train_s, 1e-9)
 
     def train_step(self, image: torch.Tensor, target: torch.Tensor, step: bool) -> None:
         """Forward and backward one micro-batch; on the last of ``grad_accum``, step.
@@ -582,14 +755,11 @@ class Trainer:
             loss = self.loss(logits, target)
             (loss / s.grad_accum).backward()
         self.window_losses.append(loss.detach())
-        if self.online_frequency.update(target) and self.writer is not None:
-            exact = self.loss.prior.cpu()
-            for c, name in enumerate(CLASSES):
-                online = float(self.online_frequency.frequency[c])
-                self.writer.add_scalar(f"class_frequency_online/{name}", online, self.global_step)
-                self.writer.add_scalar(
-                    f"class_frequency_exact/{name}", float(exact[c]), self.global_step
-                )
+        if self.online_frequency.update(target):
+            # logged after the optimizer step, against the step it leads to: a point logged
+            # before the increment would sit at the checkpoint's step, which a resume's
+            # purge_step keeps, and the resumed attempt would log it again
+            self.frequency_updated = True
         if step:
             self.optimizer_step()
 
@@ -611,15 +781,32 @@ class Trainer:
         finite = torch.isfinite(losses).double()
         if is_distributed():
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        injected = s.inject_nonfinite_grad_after_steps
+        if injected is not None and self.global_step >= injected:
+            for parameter in self.network.parameters():
+                if parameter.grad is not None:
+                    parameter.grad.fill_(float("nan"))
         # clipped before it is known whether the update happens: on a skipped update it only
         # scales a gradient that is zeroed below
         norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), s.grad_clip)
-        norm_finite = torch.isfinite(norm).double().reshape(1).to(losses.device)
-        values = torch.cat((losses, finite, norm_finite)).tolist()  # the window's one sync
+        # the weights as the previous step left them (one float64 sum, no copy): the stall
+        # watchdog compares it with the previous step's
+        fingerprint = self.weight_fingerprint().to(losses.device)
+        extra = torch.stack((norm.double().to(losses.device), fingerprint))
+        values = torch.cat((losses, finite, extra)).tolist()  # the window's one sync
         count = len(losses)
-        update = values[-1] > 0
+        norm_value, fingerprint_value = values[-2], values[-1]
+        # a non-finite gradient with finite losses counts as every micro-batch of its window
+        # being non-finite: the update is lost all the same (with a non-finite loss in the
+        # window, the gradient is non-finite because of it, and only that loss counts)
+        bad_gradient = not math.isfinite(norm_value) and all(
+            good > 0 for good in values[count : 2 * count]
+        )
+        update = math.isfinite(norm_value)
+        window_loss = 0.0
         for value, good in zip(values[:count], values[count : 2 * count], strict=True):
-            if good > 0:
+            window_loss += value
+            if good > 0 and not bad_gradient:
                 self.epoch_loss_sum += value
                 self.epoch_loss_count += 1
                 self.nonfinite_in_a_row = 0
@@ -628,19 +815,65 @@ class Trainer:
             self.nonfinite_in_a_row += 1
             self.nonfinite_total += 1
             if self.nonfinite_in_a_row > s.max_nonfinite_steps:
+                what = "gradient norm" if bad_gradient else "loss"
                 raise CellsegError(
-                    f"loss was NaN/Inf for {self.nonfinite_in_a_row} micro-batches in a row (epoch "
-                    f"{self.epoch}, step {self.global_step}); last good checkpoint kept in "
+                    f"{what} was NaN/Inf for {self.nonfinite_in_a_row} micro-batches in a row "
+                    f"(epoch {self.epoch}, step {self.global_step}); last good checkpoint kept in "
                     f"{self.checkpoint_dir}; lower training lr or check the data"
                 )
+        self.watch_stall(window_loss / count, norm_value, fingerprint_value)
         if update:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.global_step += 1
 
+    def weight_fingerprint(self) -> torch.Tensor:
+        """A float64 device scalar that changes whenever the weights do: the sum of the first
+        and the last weight matrices/kernels (float64 accumulation: a change of one element
+        below float32's resolution of the sum still shows)."""
+        if not hasattr(self, "fingerprint_parameters"):
+            weights = [p for p in self.network.parameters() if p.requires_grad and p.ndim > 1]
+            weights = weights or [p for p in self.network.parameters() if p.requires_grad]
+            self.fingerprint_parameters = [weights[0], weights[-1]] if weights else []
+        if not self.fingerprint_parameters:
+            return torch.zeros((), dtype=torch.float64)
+        return sum(p.detach().sum(dtype=torch.float64) for p in self.fingerprint_parameters)
+
+    def watch_stall(self, window_loss: float, norm: float, fingerprint: float) -> None:
+        """Count optimizer steps that change nothing: a gradient norm of exactly 0, weights
+        unchanged by the previous step, or a window loss bit-identical to the previous
+        window's. After ``max_stalled_steps`` in a row, :meth:`check_time` stops the run (every
+        rank at once under DDP)."""
+        limit = self.settings.max_stalled_steps
+        reasons = []
+        if norm == 0.0:
+            reasons.append("gradient norm 0")
+        if fingerprint == self.last_fingerprint:
+            reasons.append("weights unchanged")
+        if window_loss == self.last_window_loss:
+            reasons.append(f"loss constant at {window_loss:.6g}")
+        self.last_fingerprint, self.last_window_loss = fingerprint, window_loss
+        self.stalled_in_a_row = self.stalled_in_a_row + 1 if reasons else 0
+        if limit > 0 and self.stalled_in_a_row >= limit and not self.stall_message:
+            self.stall_message = (
+                f"training stalled: {self.stalled_in_a_row} optimizer steps in a row changed "
+                f"nothing ({', '.join(reasons)}; epoch {self.epoch}, step {self.global_step + 1}); "
+                f"checkpoints kept in {self.checkpoint_dir}; check lr, the labels of the training "
+                "crops and the loss settings, or raise max_stalled_steps (0: off)"
+            )
+
     def after_optimizer_step(self, samples_per_s: float) -> None:
         s = self.settings
+        if self.writer is not None and self.frequency_updated:
+            exact = self.loss.prior.cpu()
+            for c, name in enumerate(CLASSES):
+                online = float(self.online_frequency.frequency[c])
+                self.writer.add_scalar(f"class_frequency_online/{name}", online, self.global_step)
+                self.writer.add_scalar(
+                    f"class_frequency_exact/{name}", float(exact[c]), self.global_step
+                )
+        self.frequency_updated = False
         if self.writer is not None and self.global_step % max(s.log_every_steps, 1) == 0:
             self.writer.add_scalar(
                 "train/loss", self.epoch_loss_sum / max(self.epoch_loss_count, 1), self.global_step
@@ -648,6 +881,12 @@ class Trainer:
             self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.global_step)
             self.writer.add_scalar("train/samples_per_s", samples_per_s, self.global_step)
             self.writer.add_scalar("train/memory_mb", self.peak_memory_mb(), self.global_step)
+            # the epoch so far: the share of its training time spent waiting for the loader
+            self.writer.add_scalar(
+                "train/data_wait_fraction",
+                self.epoch_data_wait_s / max(time.monotonic() - self.epoch_started, 1e-9),
+                self.global_step,
+            )
         if not sys.stderr.isatty() and self.global_step % max(s.log_every_steps, 1) == 0:
             done = self.global_step / max(self.total_steps, 1)
             eta = (
@@ -678,23 +917,39 @@ class Trainer:
         return time.monotonic() - self.started
 
     def check_time(self, next_interval_s: float) -> None:
-        """Stop for a resume when SIGTERM came or the next interval would overrun the budget."""
+        """Stop for a resume when SIGTERM came or the next interval would overrun the job's
+        limit (:meth:`time_limit`); stop for good when the stall watchdog fired on any rank.
+
+        Raises:
+            TrainingStalled: :meth:`watch_stall` fired (on any rank under DDP).
+            StopForResume: SIGTERM, or the limit.
+        """
         stop = self.stop_requested
-        budget = self.time_budget_s
-        if budget is not None and self.elapsed() + next_interval_s > budget:
+        if self.deadline is not None and time.monotonic() + next_interval_s > self.deadline:
             stop = True
+        stalled = bool(self.stall_message)
         if is_distributed():
-            flag = torch.tensor(
-                float(stop), device=self.device if self.device.type == "cuda" else "cpu"
+            # one collective for both: every rank stops together, and the same way
+            flags = torch.tensor(
+                [float(stop), float(stalled)],
+                device=self.device if self.device.type == "cuda" else "cpu",
             )
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = bool(flag.item())
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            stop, stalled_anywhere = (bool(x) for x in flags.tolist())
+            if stalled_anywhere and not stalled:
+                # weights and gradient norm are the same on every rank: only a rank's own
+                # loss can have stalled there alone
+                self.stall_message = (
+                    f"training stalled: another rank's loss stayed constant for "
+                    f"{self.settings.max_stalled_steps} optimizer steps (epoch {self.epoch}, step "
+                    f"{self.global_step}); check the labels of the training crops and the loss "
+                    "settings, or raise max_stalled_steps (0: off)"
+                )
+            stalled = stalled_anywhere
+        if stalled:
+            raise TrainingStalled(self.stall_message)
         if stop:
-            why = (
-                "SIGTERM received"
-                if self.stop_requested
-                else f"time budget of {budget / 60:.1f} min reached"
-            )
+            why = "SIGTERM received" if self.stop_requested else f"{self.deadline_reason} reached"
             raise StopForResume(f"{why} at epoch {self.epoch}, step {self.global_step}")
 
     # ----------------------------------------------------------------- validation
@@ -762,8 +1017,19 @@ class Trainer:
             "samples_per_s": getattr(self, "epoch_samples_per_s", float("nan")),
             "peak_memory_mb": self.peak_memory_mb(),
             "nonfinite_steps": self.nonfinite_total,
+            # this attempt's part of the epoch (a resumed epoch's earlier part is not counted)
+            "data_wait_s": self.epoch_data_wait_s,
+            "data_wait_fraction": self.epoch_data_wait_s / max(self.epoch_train_s, 1e-9),
         }
         self.history.append(row)
+        if row["data_wait_fraction"] > s.data_wait_warn_fraction:
+            self.log(
+                f"data wait: epoch {self.epoch} waited {row['data_wait_fraction']:.0%} of its "
+                f"training time for the loader ({row['data_wait_s']:.1f} of "
+                f"{self.epoch_train_s:.1f} s; data_wait_warn_fraction "
+                f"{s.data_wait_warn_fraction:g}): raise num_workers (now {s.num_workers}) with "
+                f"cpus_per_task (now {s.cpus_per_task}), or cache_mb (now {s.cache_mb:g})"
+            )
         score = validation["mean_dice"]
         improved = math.isfinite(score) and score > self.best_score + s.early_stopping_min_delta
         if improved:
