@@ -21,6 +21,8 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,3 +256,52 @@ def prediction_resources(
     rule = config["predict"]["pyramid_resources" if pyramid else "resources"]
     gpus = 0 if pyramid or settings.gpus == 0 else min(int(rule["gpus"]), 1)
     return _fixed_job(section, rule, gpus, attempt)
+
+
+# --- GPUs of a local run ----------------------------------------------------------------------
+
+
+def visible_gpu_count(environ: Mapping[str, str] | None = None) -> int:
+    """GPUs a job started on this machine can use, without importing torch (the workflow plans
+    jobs without it).
+
+    ``CUDA_VISIBLE_DEVICES`` when set (CUDA stops at the first entry that is not a device:
+    ``""`` and ``"-1"`` hide every GPU), else the GPUs ``nvidia-smi -L`` lists, else 0.
+    """
+    environ = os.environ if environ is None else environ
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        count = 0
+        for entry in visible.split(","):
+            entry = entry.strip()
+            if not entry or entry.startswith("-"):
+                break
+            count += 1
+        return count
+    executable = shutil.which("nvidia-smi", path=environ.get("PATH"))
+    if executable is None:
+        return 0
+    try:
+        listing = subprocess.run(
+            [executable, "-L"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
+
+
+def check_local_gpus(settings: TrainSettings, available: int) -> None:
+    """Refuse, when its job is planned, a local run whose training job asks for more GPUs than this
+    machine has (``available`` > 0; with none visible the job itself says why it cannot use
+    CUDA). A ``run_on_cpu`` run uses no GPU and passes.
+
+    Raises:
+        CellsegError: one line naming ``models.{key}.gpus``.
+    """
+    if available <= 0 or settings.gpus <= available or getattr(settings, "run_on_cpu", False):
+        return
+    raise CellsegError(
+        f"models.{settings.key}.gpus: {settings.gpus} GPUs asked for, but this machine has "
+        f"{available} (CUDA_VISIBLE_DEVICES / nvidia-smi -L); lower gpus to {available} (and "
+        "raise grad_accum to keep the effective batch), or run on the cluster profile"
+    )

@@ -23,11 +23,13 @@ if Path(CELLSEG_SRC, "cellseg").is_dir():
 from cellseg.config import check_config, layered_config, read_layer
 from cellseg.errors import CellsegError
 from cellseg.resources import (
+    check_local_gpus,
     class_frequency_resources,
     count_test_crops,
     evaluation_resources,
     figure_resources,
     training_resources,
+    visible_gpu_count,
 )
 from cellseg.training.settings import check_variant_name, resolve_settings, runs
 
@@ -94,6 +96,19 @@ try:
 except CellsegError as error:
     sys.exit(f"cellseg: config error: {error}")
 RUNS = [run.name for run in _runs]
+# A local run starts no more GPU jobs at once than this machine has GPUs (on a cluster, SLURM
+# does that); `--resources gpu=N` sets another bound. With no GPU visible nothing is bounded:
+# a job asking for one says at its start why it cannot use CUDA (or runs on CPU by run_on_cpu).
+LOCAL_GPUS = 0
+if (
+    workflow.local_exec
+    and workflow.is_main_process
+    and "gpu" not in workflow.global_resources
+):
+    LOCAL_GPUS = visible_gpu_count()
+    if LOCAL_GPUS:
+        workflow.register_resource("gpu", LOCAL_GPUS)
+
 # per-run figures for replicate 0 of each model and variant (any run's on request)
 FIGURE_RUNS = [run.name for run in _runs if run.replicate == 0]
 # the study summary (variants ranked, seeds aggregated) when there is more than one run per model
@@ -115,6 +130,15 @@ def model_settings(wildcards):
 def train_job(wildcards):
     """What a train job asks for (cellseg.resources)."""
     return training_resources(config, model_settings(wildcards))
+
+
+def train_gpus(wildcards):
+    """The GPUs a train job asks for; a local run asking for more than this machine has is
+    refused when the job is planned, with one line naming the key (cellseg.resources).
+    """
+    settings = model_settings(wildcards)
+    check_local_gpus(settings, LOCAL_GPUS)
+    return training_resources(config, settings).gpus
 
 
 def evaluate_job(wildcards, attempt, datasplit=None):

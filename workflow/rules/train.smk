@@ -19,7 +19,7 @@ rule train:
     resources:
         # from the model's settings (cellseg.resources): a 0-GPU model is queued on the CPU
         # partition
-        gpu=lambda wildcards: train_job(wildcards).gpus,
+        gpu=train_gpus,
         mem_mb=lambda wildcards: train_job(wildcards).mem_mb,
         runtime=lambda wildcards: train_job(wildcards).runtime_min,
         cpus_per_task=lambda wildcards: train_job(wildcards).cpus_per_task,
