@@ -679,7 +679,7 @@ def preflight_command(
         [
             "preflight",
             "--config", str(config_path),
-            "--run", run,
+            "--run-name", run,
             "--datasplit", str(datasplit),
             "--class-frequencies", str(class_frequencies),
             "--out", str(out),
@@ -760,7 +760,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--config", type=Path, required=True, help="workflow config YAML")
-    parser.add_argument("--run", required=True, help="run name, e.g. unet_2d or swin_3d~b~r1")
+    # torchrun's parser would take a bare --run for its own --run-path: ranks get --run-name
+    parser.add_argument(
+        "--run",
+        "--run-name",
+        dest="run",
+        required=True,
+        help="run name, e.g. unet_2d or swin_3d~b~r1",
+    )
     parser.add_argument("--datasplit", type=Path, default=Path("results/datasplit.csv"))
     parser.add_argument(
         "--class-frequencies", type=Path, default=Path("results/class_frequencies.json")
