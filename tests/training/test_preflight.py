@@ -187,7 +187,7 @@ def test_a_train_job_refuses_a_no_go_unless_not_enforced(tmp_path):
     line = check_preflight(nogo, enforce=False)
     assert line.startswith("warning: preflight no-go") and "training anyway" in line
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(CellsegError, match="bad.json: not a cellseg-preflight-1 document"):
+    with pytest.raises(CellsegError, match=r"bad\.json: not a cellseg-preflight-1 document"):
         check_preflight(tmp_path / "bad.json", enforce=True)
 
 
@@ -265,9 +265,7 @@ def test_cli_measures_one_cpu_rank(tiny_config, tiny_data, tmp_path, capsys):
 
 def test_cli_launches_two_gloo_ranks_through_torchrun(tiny_config, tiny_data, tmp_path):
     # two "GPUs" run as CPU processes only because the config says so (run_on_cpu)
-    config = preflight_config(
-        tiny_config, unet_2d={"gpus": 2, "grad_accum": 2, "run_on_cpu": True}
-    )
+    config = preflight_config(tiny_config, unet_2d={"gpus": 2, "grad_accum": 2, "run_on_cpu": True})
     config["preflight"]["min_supply_ratio"] = 1.0e9  # no loader can: a no-go, exit 0
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
