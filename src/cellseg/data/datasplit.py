@@ -23,11 +23,13 @@ import zarr
 from cellseg.classes import CLASSES
 from cellseg.data.store import (
     Crop,
+    check_label_data,
     check_outside_stores,
     crop_resolution_problem,
     discover_crops,
     open_group,
     parse_label_path,
+    read_crop_geometry,
 )
 from cellseg.errors import CellsegError
 from cellseg.io import write_text_atomic
@@ -143,50 +145,122 @@ def write_datasplit(crops: Sequence[Crop], path: Path | str) -> None:
 def read_datasplit(path: Path | str, splits: Sequence[str] | None = None) -> list[Crop]:
     """Read and validate a datasplit CSV; optionally keep only some splits.
 
+    Every row is checked, and the split as a whole (:func:`split_problems`: a crop listed twice,
+    in one split or in two, two crops with one name), before anything is returned; all problems
+    are reported at once, one ``file:row`` line each.
+
     Raises:
         CellsegError: naming the file, row and column for a wrong column count, an unknown
             split, a label path without a ``[class,…]`` list, an unknown class name, a store
-            path that does not exist or is no zarr store, or an EM, crop or class group missing
-            from its store: every row is checked here, so a bad one is reported where it is.
+            path that does not exist or is no zarr store, an EM, crop or class group missing
+            from its store, or a whole-split problem; one line per problem.
     """
     path = Path(path)
+    rows, problems = _read_rows(path)
+    problems += split_problems(rows)
+    if problems:
+        raise CellsegError(problem_lines(path, problems))
+    crops = [crop for _, crop in rows if splits is None or crop.split in splits]
+    if not crops:
+        wanted = ", ".join(splits) if splits else "any split"
+        raise CellsegError(f"{path}: no rows for {wanted}")
+    return crops
+
+
+MAX_PROBLEM_LINES = 50
+"""Problems listed in one error; the rest are counted (a CSV of 1000 broken rows is one mistake)."""
+
+
+def problem_lines(path: Path | str, problems: Sequence[str]) -> str:
+    """One problem as its own line; several as a count line, then one line each (capped)."""
+    if len(problems) == 1:
+        return problems[0]
+    shown = list(problems[:MAX_PROBLEM_LINES])
+    if len(problems) > MAX_PROBLEM_LINES:
+        shown.append(f"… and {len(problems) - MAX_PROBLEM_LINES} more")
+    return f"{path}: {len(problems)} problems, one per line:\n" + "\n".join(shown)
+
+
+def _read_rows(path: Path) -> tuple[list[tuple[str, Crop]], list[str]]:
+    """``([(file:row, crop)], problems)`` of every row of a datasplit CSV, each row checked
+    (:func:`_check_row`); a bad row is a problem line, not a crop."""
     if not path.is_file():
         raise CellsegError(
             f"{path}: datasplit CSV not found; run `cellseg datasplit` or fix the path"
         )
-    crops = []
+    rows, problems = [], []
     roots: dict[str, zarr.Group] = {}
     with open(path, newline="") as handle:
         for row_number, row in enumerate(csv.reader(handle), start=1):
             if not row or all(not field.strip() for field in row):
                 continue
             where = f"{path}:{row_number}"
-            if len(row) != 5:
-                raise CellsegError(
-                    f"{where}: expected 5 columns (split, EM store, EM group, label store, "
-                    f"crop/[classes]), got {len(row)}"
+            try:
+                rows.append((where, _parse_row(where, row, roots)))
+            except CellsegError as error:
+                problems.append(str(error))
+    return rows, problems
+
+
+def _parse_row(where: str, row: Sequence[str], roots: dict[str, zarr.Group]) -> Crop:
+    """One datasplit row as a :class:`Crop`, checked (``where`` is ``file:row``)."""
+    if len(row) != 5:
+        raise CellsegError(
+            f"{where}: expected 5 columns (split, EM store, EM group, label store, "
+            f"crop/[classes]), got {len(row)}"
+        )
+    split, em_store, em_group, label_store, label_path = (field.strip() for field in row)
+    if split not in SPLITS:
+        raise CellsegError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+    crop_group, classes = parse_label_path(label_path)
+    if not classes:
+        raise CellsegError(f"{where}: label path {label_path!r} must end in /[class1,class2,…]")
+    for store in (em_store, label_store):
+        if not Path(store).exists():
+            raise CellsegError(f"{where}: store {store} does not exist; fix the path in the CSV")
+    _check_row(where, em_store, em_group, label_store, crop_group, classes, roots)
+    return Crop(Path(em_store), em_group, Path(label_store), crop_group, classes, split)
+
+
+def split_problems(rows: Sequence[tuple[str, Crop]]) -> list[str]:
+    """Problems of a split as a whole, one line each, prefixed by each row's ``where``.
+
+    * a crop (label store and crop group; paths resolved) listed twice in one split would be
+      counted twice (its classes' priors shift, its metrics weigh double);
+    * a crop in two splits would be trained or validated on and then scored;
+    * two different crops with one name (``dataset/cropN``: two stores of one dataset name)
+      would overwrite each other's metrics and predictions, which are keyed by that name.
+    """
+    problems = []
+    first: dict[tuple[Path, str], tuple[str, Crop]] = {}
+    named: dict[str, tuple[str, Crop]] = {}
+    for where, crop in rows:
+        key = (crop.label_store.resolve(), crop.crop_group)
+        if key in first:
+            where_before, before = first[key]
+            if before.split == crop.split:
+                problems.append(
+                    f"{where}: crop {crop.name} is listed again ({crop.split}; first at "
+                    f"{where_before}); it would be counted twice: delete one row"
                 )
-            split, em_store, em_group, label_store, label_path = (field.strip() for field in row)
-            if split not in SPLITS:
-                raise CellsegError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
-            crop_group, classes = parse_label_path(label_path)
-            if not classes:
-                raise CellsegError(
-                    f"{where}: label path {label_path!r} must end in /[class1,class2,…]"
+            else:
+                problems.append(
+                    f"{where}: crop {crop.name} is in {crop.split} here and in {before.split} "
+                    f"at {where_before}; a crop belongs to one split (a model must never be "
+                    "scored on a crop it trained or validated on): keep one row"
                 )
-            for store in (em_store, label_store):
-                if not Path(store).exists():
-                    raise CellsegError(
-                        f"{where}: store {store} does not exist; fix the path in the CSV"
-                    )
-            _check_row(where, em_store, em_group, label_store, crop_group, classes, roots)
-            crop = Crop(Path(em_store), em_group, Path(label_store), crop_group, classes, split)
-            if splits is None or split in splits:
-                crops.append(crop)
-    if not crops:
-        wanted = ", ".join(splits) if splits else "any split"
-        raise CellsegError(f"{path}: no rows for {wanted}")
-    return crops
+            continue
+        first[key] = (where, crop)
+        if crop.name in named:
+            where_before, before = named[crop.name]
+            problems.append(
+                f"{where}: crop name {crop.name} (store {crop.label_store}) is also the name of "
+                f"{where_before}'s crop (store {before.label_store}); metrics and predictions "
+                "are keyed by dataset/crop: give the datasets different names"
+            )
+        else:
+            named[crop.name] = (where, crop)
+    return problems
 
 
 def _check_row(
@@ -251,7 +325,7 @@ def make_datasplit(
     32 nm crop for an 8 nm model) is left out, one line each on ``log`` (stderr by default), as
     the CellMap challenge's ``make-datasplit --scale`` leaves out crops coarser than its scale.
     """
-    crops = [crop for root in roots for crop in discover_crops(root)]
+    crops = [crop for root in roots for crop in discover_crops(root, log)]
     if resolution_nm is not None:
         kept = []
         for crop in crops:
@@ -266,14 +340,86 @@ def make_datasplit(
     return split_crops(crops, validate_fraction, test_fraction, seed)
 
 
+def data_problems(
+    rows: Sequence[tuple[str, Crop]], resolution_nm: float | None = None, log: TextIO | None = None
+) -> list[str]:
+    """Problems of each crop's data that would be trained on or scored wrongly, one line each
+    prefixed by the row's ``where``: its geometry (:func:`read_crop_geometry`: EM dtype, class
+    boxes, levels, placement, a level near ``resolution_nm``) and its label values and chunks
+    (:func:`check_label_data`), at the levels that will be read: the one nearest
+    ``resolution_nm`` (training, validation) and the finest (evaluation); every level without
+    ``resolution_nm``. Notes about a few stray label values go to ``log`` (stderr by default).
+    """
+    problems = []
+    for where, crop in rows:
+        try:
+            geometry = read_crop_geometry(crop, resolution_nm)
+            levels = {
+                name: (
+                    multiscale.levels
+                    if resolution_nm is None
+                    else (multiscale.level_for(resolution_nm), multiscale.finest)
+                )
+                for name, multiscale in geometry.labels.items()
+            }
+            for note in check_label_data(geometry, levels):
+                print(f"{where}: {note}", file=log or sys.stderr)
+        except CellsegError as error:
+            problems.append(f"{where}: {error}")
+    return problems
+
+
+def missing_splits(crops: Sequence[Crop]) -> list[str]:
+    """The splits of :data:`SPLITS` with no crop: the workflow trains on train, stops early on
+    validate and scores test, so each needs at least one."""
+    present = {crop.split for crop in crops}
+    return [split for split in SPLITS if split not in present]
+
+
+def check_datasplit(
+    path: Path | str, resolution_nm: float | None = None, log: TextIO | None = None
+) -> list[Crop]:
+    """A user's datasplit CSV checked as a whole, as the workflow's ``datasplit`` step does:
+    every row (:func:`read_datasplit`'s checks), the split (:func:`split_problems`, and a row
+    for each of train, validate and test), and each crop's data (:func:`data_problems`).
+
+    Raises:
+        CellsegError: every problem found, one ``file:row`` line each.
+    """
+    path = Path(path)
+    rows, problems = _read_rows(path)
+    problems += split_problems(rows)
+    crops = [crop for _, crop in rows]
+    problems += [
+        f"{path}: no {split} rows; the workflow needs train, validate and test crops: mark some "
+        f'rows "{split}"'
+        for split in missing_splits(crops)
+    ]
+    problems += data_problems(rows, resolution_nm, log)
+    if problems:
+        raise CellsegError(problem_lines(path, problems))
+    return crops
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.from_csv:
-        crops = read_datasplit(args.from_csv)
+        crops = check_datasplit(args.from_csv, args.resolution_nm)
+        check_outside_stores(args.out, crops)
     else:
         crops = make_datasplit(
             args.root, args.validate_fraction, args.test_fraction, args.seed, args.resolution_nm
         )
-    check_outside_stores(args.out, crops)
+        check_outside_stores(args.out, crops)
+        rows = [(crop.name, crop) for crop in crops]
+        problems = split_problems(rows) + data_problems(rows, args.resolution_nm)
+        problems += [
+            f"no {split} crops among the {len(crops)} found: raise --{split}-fraction "
+            f"(data.{split}_fraction), or add crops"
+            for split in missing_splits(crops)
+            if split != "train"
+        ]
+        if problems:
+            raise CellsegError(problem_lines(", ".join(map(str, args.root)), problems))
     write_datasplit(crops, args.out)
     counts = Counter(crop.split for crop in crops)
     print(f"{args.out}: " + ", ".join(f"{counts[s]} {s}" for s in SPLITS))

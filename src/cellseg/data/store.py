@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import zarr
@@ -336,7 +338,7 @@ def read_multiscale(root: zarr.Group, store: Path, group: str) -> Multiscale:
     except KeyError:
         raise CellsegError(f"{location}: no such group in the store") from None
     attributes = dict(node.attrs)
-    levels = []
+    levels, empty = [], []
     for path, scale, translation in _parse_levels(attributes, location):
         try:
             array = node[path]
@@ -349,7 +351,9 @@ def read_multiscale(root: zarr.Group, store: Path, group: str) -> Multiscale:
                 f"{location}/{path}: expected a 3D (z, y, x) array, got {array.ndim}D"
             )
         if 0 in array.shape:
-            continue  # holds no voxel, so it cannot serve any resolution: the others must
+            # holds no voxel, so it cannot serve any resolution: the others must
+            empty.append((path, scale, tuple(int(n) for n in array.shape)))
+            continue
         levels.append(ScaleLevel(path, scale, translation, tuple(int(n) for n in array.shape)))
     if not levels:
         raise CellsegError(
@@ -357,8 +361,31 @@ def read_multiscale(root: zarr.Group, store: Path, group: str) -> Multiscale:
             "or leave this crop out of the datasplit"
         )
     multiscale = Multiscale(store, group, tuple(levels), attributes)
+    _check_empty_levels(multiscale, empty)
     _check_levels_agree(multiscale)
     return multiscale
+
+
+def _check_empty_levels(
+    multiscale: Multiscale, empty: Sequence[tuple[str, Vec3, tuple[int, ...]]]
+) -> None:
+    """A zero-size level may only be coarser than the data (a pyramid level beyond a small
+    crop's extent). A zero-size level finer than a level that holds data is a lost or truncated
+    copy: reading would fall back to the coarser level (``s1`` at 16 nm for an 8 nm model),
+    silently.
+
+    Raises:
+        CellsegError: naming the empty level, its shape and the coarser level that holds data.
+    """
+    finest = multiscale.finest
+    for path, scale, shape in empty:
+        if float(np.prod(scale)) < float(np.prod(finest.voxel_size_nm)) - 1e-9:
+            raise CellsegError(
+                f"{multiscale.location}/{path}: zero-size level (shape {list(shape)}, scale "
+                f"{_nm(scale)} nm) finer than {finest.path} ({_nm(finest.voxel_size_nm)} nm), "
+                f"which holds data; it would be read at {finest.path}'s coarser voxels instead: "
+                f"copy the array again, or remove {path!r} from its 'multiscales'"
+            )
 
 
 def transform_key(multiscale: Multiscale, level: ScaleLevel) -> str:
@@ -389,6 +416,20 @@ def _check_levels_agree(multiscale: Multiscale) -> None:
         ):
             continue
         implied = extent / np.asarray(level.shape)
+        if _fits_pyramid(level, finest):
+            # scale and translation are what a pyramid level of the finest has: the array's
+            # shape is what disagrees (a truncated copy or a wrongly downsampled level)
+            needed = [max(1, round(float(n))) for n in extent / np.asarray(level.voxel_size_nm)]
+            raise CellsegError(
+                f"{multiscale.location}/{level.path}: shape {list(level.shape)} is wrong: with "
+                f"scale {_nm(level.voxel_size_nm)} nm it covers {_nm(level.start_nm)}–"
+                f"{_nm(level.stop_nm)} nm, but level {finest.path} (scale "
+                f"{_nm(finest.voxel_size_nm)} nm) covers {_nm(finest.start_nm)}–"
+                f"{_nm(finest.stop_nm)} nm, and the scale and translation of {level.path} fit "
+                f"that pyramid; for that box {level.path} needs shape {needed}: write or copy "
+                f"the array {level.path} again (its attributes are right), or {finest.path} if "
+                "the other levels agree with this one"
+            )
         raise CellsegError(
             f"{multiscale.location}/{level.path}: scale {_nm(level.voxel_size_nm)} nm × shape "
             f"{list(level.shape)} covers {_nm(level.start_nm)}–{_nm(level.stop_nm)} nm, but level "
@@ -398,6 +439,21 @@ def _check_levels_agree(multiscale: Multiscale) -> None:
             f"{transform_key(multiscale, level)}, or in {transform_key(multiscale, finest)} "
             f"if {finest.path}'s is the wrong one"
         )
+
+
+def _fits_pyramid(level: ScaleLevel, finest: ScaleLevel) -> bool:
+    """Whether ``level``'s scale and translation are those of a pyramid level above ``finest``:
+    voxels a power of 2 (> 1 on some axis) times the finest's, the first voxel's centre moved by
+    half the growth (SPEC §3)."""
+    ratio = np.asarray(level.voxel_size_nm) / np.asarray(finest.voxel_size_nm)
+    exponent = np.log2(ratio)
+    if np.any(exponent < -1e-6) or np.all(exponent < 1e-6):
+        return False
+    if np.any(np.abs(exponent - np.round(exponent)) > 1e-6):
+        return False
+    growth = np.asarray(level.voxel_size_nm) - np.asarray(finest.voxel_size_nm)
+    expected = np.asarray(finest.translation_nm) + growth / 2
+    return bool(np.all(np.abs(np.asarray(level.translation_nm) - expected) <= 1e-3))
 
 
 def parse_label_path(label_path: str) -> tuple[str, tuple[str, ...] | None]:
@@ -434,8 +490,11 @@ class Crop:
         return f"{self.crop_group}/[{','.join(self.classes)}]"
 
 
-def discover_crops(root: Path | str) -> list[Crop]:
+def discover_crops(root: Path | str, log: TextIO | None = None) -> list[Crop]:
     """Every crop of every ``{root}/{dataset}/{dataset}.zarr``, with the 14-class subset it annotates.
+
+    A ``{root}/{dir}/{name}.zarr`` whose directory and store names differ is not of the layout
+    and is skipped, with one line on ``log`` (stderr by default) saying so.
 
     Raises:
         CellsegError: the root has no CellMap store, or a store lacks EM or ground truth.
@@ -443,7 +502,17 @@ def discover_crops(root: Path | str) -> list[Crop]:
     root = Path(root)
     if not root.is_dir():
         raise CellsegError(f"{root}: data root does not exist or is not a directory")
-    stores = sorted(p for p in root.glob("*/*.zarr") if p.stem == p.parent.name)
+    stores = []
+    for candidate in sorted(root.glob("*/*.zarr")):
+        if candidate.stem == candidate.parent.name:
+            stores.append(candidate)
+        else:
+            print(
+                f"skipped {candidate}: its directory is named {candidate.parent.name!r}, not "
+                f"{candidate.stem!r}; the CellMap layout is {{dataset}}/{{dataset}}.zarr: "
+                "rename the directory or the store to use it",
+                file=log or sys.stderr,
+            )
     if not stores:
         raise CellsegError(
             f"{root}: no '{{dataset}}/{{dataset}}.zarr' stores found; expected the CellMap layout"
@@ -495,6 +564,7 @@ def read_crop_geometry(crop: Crop, resolution_nm: float | None = None) -> CropGe
     """
     em_root = open_group(crop.em_store)
     em = read_multiscale(em_root, crop.em_store, crop.em_group)
+    check_em_dtype(em_root, em)
     label_root = em_root if crop.label_store == crop.em_store else open_group(crop.label_store)
     labels, encodings = {}, {}
     for name in crop.classes:
@@ -508,6 +578,7 @@ def read_crop_geometry(crop: Crop, resolution_nm: float | None = None) -> CropGe
         encodings[name] = LabelEncoding.from_attributes(multiscale.attributes, multiscale.location)
         _check_missing_chunks(label_root, multiscale)
     geometry = CropGeometry(em, labels, encodings)
+    _check_classes_agree(labels)
     for multiscale in labels.values():
         _check_inside_em(multiscale, em)
     if resolution_nm is not None:
@@ -522,6 +593,68 @@ def read_crop_geometry(crop: Crop, resolution_nm: float | None = None) -> CropGe
     return geometry
 
 
+def check_em_dtype(root: zarr.Group, em: Multiscale) -> None:
+    """EM must be ``uint8``: ``data.em_range`` is a window of 8-bit values, so a ``uint16``
+    array (CellMap's ``fibsem-uint16``) would saturate every voxel at the top of the window
+    and the model would see a constant image. Refused rather than rescaled: a 16-bit volume's
+    useful window is not a fixed map of the 8-bit one, and CellMap stores carry the 8-bit EM.
+
+    Raises:
+        CellsegError: naming the level, its dtype and the fix.
+    """
+    for level in em.levels:
+        dtype = root[f"{em.group}/{level.path}"].dtype
+        if dtype != np.uint8:
+            raise CellsegError(
+                f"{em.location}/{level.path}: EM dtype is {dtype}, but cellseg reads uint8 EM "
+                "(data.em_range is a window of 8-bit values, so this array would saturate); "
+                f"use the store's 8-bit EM group ({EM_GROUP}) or convert this one to uint8"
+            )
+
+
+def _check_classes_agree(labels: Mapping[str, Multiscale]) -> None:
+    """The classes of one crop are annotated on one box: a class array shifted or cut against
+    the others would be scored against the wrong voxels. Each class's box (its finest level, nm)
+    must equal the box most classes share, to within half a voxel of the coarser of the two.
+
+    Raises:
+        CellsegError: naming the array that differs, the one it is compared with, both boxes.
+    """
+    if len(labels) < 2:
+        return
+    boxes = {name: m.bounds_nm for name, m in labels.items()}
+
+    def key(name: str) -> tuple[float, ...]:
+        start, stop = boxes[name]
+        return tuple(round(float(v), 3) for v in (*start, *stop))
+
+    shared = Counter(key(name) for name in labels)
+    reference = next(name for name in labels if shared[key(name)] == max(shared.values()))
+    ref_start, ref_stop = boxes[reference]
+    for name, multiscale in labels.items():
+        start, stop = boxes[name]
+        tolerance = (
+            np.maximum(
+                np.asarray(multiscale.finest.voxel_size_nm),
+                np.asarray(labels[reference].finest.voxel_size_nm),
+            )
+            / 2
+        )
+        if np.all(np.abs(start - ref_start) < tolerance) and np.all(
+            np.abs(stop - ref_stop) < tolerance
+        ):
+            continue
+        raise CellsegError(
+            f"{multiscale.location}: box {_nm(start)}–{_nm(stop)} nm differs from "
+            f"{labels[reference].location}'s {_nm(ref_start)}–{_nm(ref_stop)} nm (offset "
+            f"{_nm(start - ref_start)} nm, size {_nm(stop - start)} vs "
+            f"{_nm(ref_stop - ref_start)} nm); the classes of a crop share one box, or one is "
+            f"scored against the wrong voxels: fix that array's translation or shape "
+            f"({transform_key(multiscale, multiscale.finest)}), or leave the class out of the "
+            "crop's [classes] in the datasplit"
+        )
+
+
 def resolution_problem(multiscale: Multiscale, resolution_nm: float) -> str | None:
     """Why no level of ``multiscale`` can serve ``resolution_nm`` (none within a factor of 2 on
     every axis: a 32 nm crop cannot train an 8 nm model without inventing detail), or None."""
@@ -529,9 +662,16 @@ def resolution_problem(multiscale: Multiscale, resolution_nm: float) -> str | No
     worst = max(abs(math.log2(s / resolution_nm)) for s in level.voxel_size_nm)
     if worst <= 1.0 + 1e-6:
         return None
+    # FIB-SEM voxels are never below 0.1 nm: such a scale was written in µm
+    unit = (
+        "; its scales look like µm, but OME-NGFF scales here are nm: multiply them by 1000 in "
+        f"{transform_key(multiscale, level)}"
+        if max(level.voxel_size_nm) < 0.1
+        else ""
+    )
     return (
         f"{multiscale.location}: no scale level near {resolution_nm} nm (nearest {level.path} at "
-        f"{_nm(level.voxel_size_nm)} nm)"
+        f"{_nm(level.voxel_size_nm)} nm){unit}"
     )
 
 
@@ -612,6 +752,157 @@ def _check_missing_chunks(root: zarr.Group, labels: Multiscale) -> None:
                 'copy the array again, or set "fill_value" in its .zarray to the value a '
                 "missing chunk means (the encoding's absent, usually 0)"
             )
+
+
+FOREIGN_LABEL_LIMIT = 1e-3
+"""Fraction of a semantic label array's voxels that may hold a value outside its encoding (read
+as unknown, and reported) before the array is refused: a handful of stray values is noise, more
+is a wrong encoding or a broken copy that would silently drop annotation."""
+
+
+def check_label_data(
+    geometry: CropGeometry, levels: Mapping[str, Iterable[ScaleLevel]] | None = None
+) -> list[str]:
+    """Read a crop's label arrays once and refuse data that would be scored wrongly.
+
+    Two checks per array (each class's ``levels``; every level when not given):
+
+    * **values outside the encoding**: in a semantic array, a value that is none of absent,
+      present and unknown (a 2 in a 0/1/255 array) is read as unknown; above
+      :data:`FOREIGN_LABEL_LIMIT` of the array's voxels it is refused. Instance arrays hold
+      any id, so they are not checked.
+    * **lost chunks**: a chunk that is not stored reads as the fill value, which is ``absent``
+      in CellMap stores, and writers legitimately skip chunks that hold only it. A missing chunk
+      is refused when a coarser level of the same class holds a present or unknown voxel lying
+      wholly inside the chunk's box: the chunk held annotation that a download or copy lost
+      (a Dice of 0 would become 1 through the empty-class rule). With a single level, a lost
+      chunk cannot be told from an empty one.
+
+    Returns:
+        One line per array with a few foreign values (below the limit), for the log.
+
+    Raises:
+        CellsegError: naming the array, the chunk (and its file), the count and the fix.
+    """
+    notes = []
+    for name, multiscale in geometry.labels.items():
+        encoding = geometry.encodings[name]
+        chosen = multiscale.levels if levels is None else tuple(levels.get(name, ()))
+        for level in dict.fromkeys(chosen):
+            array = multiscale.open_level(level)
+            if not encoding.instance:
+                note = _check_foreign_values(array, encoding)
+                if note:
+                    notes.append(note)
+            if array.fill_value is not None and array.fill_value != encoding.unknown:
+                _check_lost_chunks(multiscale, level, array, encoding)
+    return notes
+
+
+def _chunk_file(array: StoredArray, key: Sequence[int]) -> str:
+    separator = getattr(array.array.metadata, "dimension_separator", ".") or "."
+    return f"{array.location}/{separator.join(map(str, key))}"
+
+
+def _check_foreign_values(array: StoredArray, encoding: LabelEncoding) -> str | None:
+    """Count a semantic array's voxels outside ``encoding``, one z row of chunks at a time."""
+    codes = np.array([encoding.absent, encoding.present, encoding.unknown])
+    chunks = np.asarray(array.chunks)
+    foreign = 0
+    per_chunk: Counter[tuple[int, ...]] = Counter()
+    seen: set[int] = set()
+    for z in range(0, array.shape[0], int(chunks[0])):
+        slab = np.asarray(array[z : z + int(chunks[0])])
+        bad = ~np.isin(slab, codes)
+        count = int(np.count_nonzero(bad))
+        if not count:
+            continue
+        foreign += count
+        where = np.stack(np.nonzero(bad), axis=1)
+        where[:, 0] += z
+        keys, counts = np.unique(where // chunks, axis=0, return_counts=True)
+        for key, n in zip(keys, counts, strict=True):
+            per_chunk[tuple(int(k) for k in key)] += int(n)
+        if len(seen) < 5:
+            seen.update(int(v) for v in np.unique(slab[bad])[:5])
+    if not foreign:
+        return None
+    total = int(np.prod(array.shape))
+    key, in_chunk = per_chunk.most_common(1)[0]
+    values = ", ".join(map(str, sorted(seen)[:5]))
+    what = (
+        f"{array.location}: {foreign} of {total} voxels ({100 * foreign / total:.2g}%) hold "
+        f"values ({values}) outside the encoding (absent {encoding.absent}, present "
+        f"{encoding.present}, unknown {encoding.unknown}), {in_chunk} of them in chunk "
+        f"{list(key)} (file {_chunk_file(array, key)}); they read as unknown"
+    )
+    if foreign > FOREIGN_LABEL_LIMIT * total:
+        raise CellsegError(
+            f"{what}, and more than {100 * FOREIGN_LABEL_LIMIT:g}% is refused: fix the values, "
+            "or the encoding in the group's cellmap.annotation attributes, or copy the array again"
+        )
+    return what
+
+
+def _stored_chunk_keys(array: StoredArray) -> set[tuple[int, ...]] | None:
+    """The chunk keys stored in a local directory store, or None when it cannot be listed."""
+    directory = Path(array.location)
+    if not directory.is_dir():
+        return None
+    separator = getattr(array.array.metadata, "dimension_separator", ".") or "."
+    names = (
+        ["/".join(p.relative_to(directory).parts) for p in directory.rglob("*") if p.is_file()]
+        if separator == "/"
+        else [p.name for p in directory.iterdir() if p.is_file()]
+    )
+    keys = set()
+    for name in names:
+        parts = name.split(separator)
+        if len(parts) == array.ndim and all(part.isdigit() for part in parts):
+            keys.add(tuple(int(part) for part in parts))
+    return keys
+
+
+def _check_lost_chunks(
+    multiscale: Multiscale, level: ScaleLevel, array: StoredArray, encoding: LabelEncoding
+) -> None:
+    """See :func:`check_label_data`: a missing chunk contradicted by a coarser level."""
+    chunks = np.asarray(array.chunks)
+    grid = [range(-(-n // c)) for n, c in zip(array.shape, chunks, strict=True)]
+    expected = int(np.prod([len(r) for r in grid]))
+    if array.array.nchunks_initialized >= expected:
+        return
+    stored = _stored_chunk_keys(array)
+    coarser = [
+        other
+        for other in multiscale.levels
+        if float(np.prod(other.voxel_size_nm)) > float(np.prod(level.voxel_size_nm)) + 1e-9
+    ]
+    if stored is None or not coarser:
+        return
+    voxel = np.asarray(level.voxel_size_nm)
+    for key in itertools.product(*grid):
+        if key in stored:
+            continue
+        low = level.start_nm + np.asarray(key) * chunks * voxel
+        high = level.start_nm + np.minimum((np.asarray(key) + 1) * chunks, level.shape) * voxel
+        for other in coarser:
+            size = np.asarray(other.voxel_size_nm)
+            first = np.ceil((low - other.start_nm) / size - 1e-6).astype(int)
+            stop = np.floor((high - other.start_nm) / size + 1e-6).astype(int)
+            first, stop = np.maximum(first, 0), np.minimum(stop, other.shape)
+            if np.any(stop <= first):
+                continue  # no voxel of this level lies wholly inside the chunk
+            box = tuple(slice(int(a), int(b)) for a, b in zip(first, stop, strict=True))
+            values = np.asarray(multiscale.open_level(other)[box])
+            annotated = int(np.count_nonzero(values != encoding.absent))
+            if annotated:
+                raise CellsegError(
+                    f"{array.location}: chunk {list(key)} (file {_chunk_file(array, key)}) is "
+                    f"not stored, so it reads as {array.fill_value} (absent), but the coarser "
+                    f"level {other.path} holds {annotated} present or unknown voxels inside it: "
+                    "the chunk was lost in a download or copy; copy the array again"
+                )
 
 
 def check_outside_stores(path: Path | str, crops: Sequence[Crop] = ()) -> None:
