@@ -25,7 +25,7 @@ def schema_keys() -> set[str]:
             else:
                 keys.add(f"{prefix}{key}")
 
-    for section in ("data", "loss", "evaluation", "resources", "predict"):
+    for section in ("data", "loss", "evaluation", "resources", "predict", "preflight"):
         walk(schema["properties"][section], f"{section}.")
     keys |= set(schema["$defs"]["settings"]["properties"])
     keys |= {"select_models", "replicates", "variants"}  # the study keys, documented by name
