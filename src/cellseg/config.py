@@ -139,6 +139,14 @@ def check_config(
         raise CellsegError(
             f"{where}: data.datasplit_csv {data['datasplit_csv']} does not exist; fix the path"
         )
+    low, high = data.get("em_range", (10.6, 194.1))
+    # EM is uint8 (store.check_em_dtype refuses any other): a reversed, empty or out-of-range
+    # window makes every input voxel the same value (or NaN), and training would still "finish"
+    if not 0 <= low < high <= 255:
+        raise CellsegError(
+            f"{where}: data.em_range = [{low}, {high}] must be [low, high] with "
+            "0 <= low < high <= 255 (raw uint8 EM values); e.g. the seed's [10.6, 194.1]"
+        )
     if not data["demo"]["enabled"]:
         if not data.get("roots") and not data.get("datasplit_csv"):
             raise CellsegError(
