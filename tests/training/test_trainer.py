@@ -333,18 +333,44 @@ def test_a_resumed_run_leaves_no_duplicate_tensorboard_points(tiny_config, tiny_
         def after_optimizer_step(self, samples_per_s: float) -> None:
             super().after_optimizer_step(samples_per_s)  # logs step 3, checkpoint is at step 2
             if self.global_step == 3:
-                raise Killed
+                raise Killed  # like SIGKILL: nothing saved
 
     config = copy.deepcopy(tiny_config)
-    config["training"]["defaults"].update(checkpoint_every_steps=2)
+    # 2 micro-batches per step and an online class-frequency update every micro-batch: two
+    # updates in every window, logged once, against the step after the window
+    config["training"]["defaults"].update(checkpoint_every_steps=2, grad_accum=2)
+    config["training"]["2d"]["iterations_per_epoch"] = 8  # 4 steps per epoch, 8 in all
+    config["loss"]["online_frequency_every"] = 1
     settings = resolve_settings(config, "unet_2d")
     files = (tiny_data["datasplit"], tiny_data["class_frequencies"])
-    with pytest.raises(Killed):
+    with pytest.raises(Killed):  # attempt 1: killed at step 3, resumes from step 2
         KilledAfterStep3(settings, tmp_path, *files).run()
-    assert Trainer(settings, tmp_path, *files).run() == 0
-    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0}).Reload()
-    steps = [event.step for event in events.Scalars("train/loss")]
-    assert steps == sorted(set(steps)) and 3 in steps
+    failing = copy.deepcopy(config)
+    failing["training"]["defaults"]["fail_after_steps"] = 5
+    with pytest.raises(RuntimeError, match="fail_after_steps=5"):  # attempt 2: from 2 to 5
+        Trainer(resolve_settings(failing, "unet_2d"), tmp_path, *files).run()
+    assert Trainer(settings, tmp_path, *files).run() == 0  # attempt 3: from 5 to the end
+    events = EventAccumulator(
+        str(tmp_path / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0}
+    ).Reload()
+    for tag in events.Tags()["scalars"]:
+        steps = [event.step for event in events.Scalars(tag)]
+        assert steps == sorted(set(steps)), tag  # no (tag, step) twice
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 9))
+    assert [e.step for e in events.Scalars("class_frequency_online/ecs")] == list(range(1, 9))
+    assert [e.step for e in events.Scalars("val/mean_dice")] == [4, 8]
+    texts = {
+        tag: events.Tensors(tag)[0].tensor_proto.string_val[0].decode()
+        for tag in events.Tags()["tensors"]
+        if tag.startswith("settings/")
+    }
+    assert sorted(texts) == [f"settings/attempt_{n}/text_summary" for n in (1, 2, 3)]
+    assert texts["settings/attempt_2/text_summary"].startswith(
+        "attempt 2, resumed at epoch 0, step 2"
+    )
+    assert texts["settings/attempt_3/text_summary"].startswith(
+        "attempt 3, resumed at epoch 1, step 5"
+    )
 
 
 def test_the_untrained_model_predicts_each_class_prior(tiny_config, tiny_data, tmp_path):
