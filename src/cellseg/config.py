@@ -18,21 +18,10 @@ import jsonschema
 import yaml
 
 from cellseg.errors import CellsegError
+from cellseg.mappings import deep_merge
 
 REPLACED_KEYS: frozenset[str] = frozenset({"models"})
 """Top-level keys a layer replaces instead of merging into."""
-
-
-def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``base`` updated by ``update``: nested mappings merge key by key, every other
-    value (lists included) replaces."""
-    merged = copy.deepcopy(dict(base))
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def merge_layer(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:

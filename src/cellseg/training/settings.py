@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from cellseg.config import deep_merge
 from cellseg.errors import CellsegError
+from cellseg.mappings import deep_merge
 
 # Keys that change how a run is executed or logged but not what it computes: editing them keeps
 # the config hash, so a run can be resumed with more workers, another time budget or without the
