@@ -23,6 +23,7 @@ from cellseg.training.preflight import (
     check_preflight,
     decide,
     format_table,
+    out_of_memory_document,
     project,
     result_document,
 )
@@ -213,6 +214,21 @@ def test_table_has_a_row_per_run_with_its_verdict(tmp_path):
     assert cells[8:] == ["go", "-"]
     row = next(line for line in lines if line.startswith("| unet_3d"))
     assert "n/a (host RSS 9.8 of 43.9 GB)" in row and "| no-go |" in row
+
+
+def test_out_of_memory_is_a_no_go_naming_the_batch(tmp_path):
+    doc = out_of_memory_document(
+        "vit_3d", replace(SEED, model="vit", dim="3d"), PreflightConfig(), 2,
+        "CUDA out of memory. Tried to allocate 2.00 GiB",
+    )  # fmt: skip
+    path = tmp_path / "vit_3d.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CellsegError) as error:
+        check_preflight(path, enforce=True)
+    assert "out of GPU memory in the preflight's steps at batch_per_gpu 26" in str(error.value)
+    assert "cellseg plan-batch --model vit --dim 3d --probe" in str(error.value)
+    row = format_table([doc]).splitlines()[-1]
+    assert row.startswith("| vit_3d |") and "| no-go | out of GPU memory" in row
 
 
 def test_unknown_preflight_key_is_one_line():

@@ -36,6 +36,7 @@ measurement imports it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -389,6 +390,9 @@ def _number(value: float | None, pattern: str) -> str:
 def table_row(document: Mapping[str, Any]) -> str:
     """One row of ``results/preflight.md``."""
     s, p, settings = document["summary"], document["projection"], document["settings"]
+    reason = "; ".join(document["reasons"]).replace("|", "\\|") or "-"
+    if s is None or p is None:  # out of GPU memory: nothing measured
+        return f"| {document['run']} | | > 1 | | | | | | {document['verdict']} | {reason} |"
     if s["memory_fraction"] is None:
         memory = f"n/a (host RSS {s['host_peak_rss_mb'] / 1024:.1f} of {settings['mem_mb'] / 1024:.1f} GB)"
     else:
@@ -396,7 +400,6 @@ def table_row(document: Mapping[str, Any]) -> str:
             f"{s['memory_fraction']:.2f} ({s['peak_memory_mb'] / 1024:.1f} of "
             f"{s['device_memory_mb'] / 1024:.1f} GB)"
         )
-    reason = "; ".join(document["reasons"]) or "-"
     cells = [
         document["run"],
         s["device"],
@@ -407,7 +410,7 @@ def table_row(document: Mapping[str, Any]) -> str:
         f"{s['data_wait_fraction']:.0%}",
         f"{p['days']:.2f} ({p['attempts']} job{'s' if p['attempts'] != 1 else ''})",
         document["verdict"],
-        reason.replace("|", "\\|"),
+        reason,
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -633,23 +636,38 @@ def run_preflight(
     out: Path | str,
     retries: int = 0,
     source: str = "config",
+    scratch: Path | str | None = None,
 ) -> dict[str, Any] | None:
     """Measure one run in this process (a rank of ``torchrun``, or the only one) and, on rank 0,
     write ``out`` (atomically).
+
+    ``scratch`` (default: a temporary directory next to ``out``) is the trainer's run directory;
+    a rank that runs out of GPU memory leaves ``out_of_memory.<rank>`` there with the error's
+    first line for :func:`launch_preflight`, then fails.
 
     Returns:
         the document on rank 0, else None.
     """
     from cellseg.training.settings import resolve_settings
+    from cellseg.training.trainer import is_distributed
 
     settings = resolve_settings(config, run, source)
     preflight = PreflightConfig.from_config(config)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.") as scratch:
-        measured = measure(settings, datasplit, class_frequencies, preflight, scratch)
-    from cellseg.training.trainer import is_distributed
-
+    with contextlib.ExitStack() as stack:
+        if scratch is None:
+            scratch = stack.enter_context(
+                tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.")
+            )
+        Path(scratch).mkdir(parents=True, exist_ok=True)
+        try:
+            measured = measure(settings, datasplit, class_frequencies, preflight, scratch)
+        except Exception as error:
+            if is_out_of_memory(error):
+                marker = Path(scratch) / f"out_of_memory.{os.environ.get('RANK', '0')}"
+                marker.write_text(str(error).strip().splitlines()[0] if str(error) else "")
+            raise
     if is_distributed():
         import torch.distributed as dist
 
@@ -662,6 +680,44 @@ def run_preflight(
     return document
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is CUDA running out of memory."""
+    import torch
+
+    return isinstance(error, torch.cuda.OutOfMemoryError)
+
+
+def out_of_memory_document(
+    run: str,
+    settings: TrainSettings,
+    preflight: PreflightConfig,
+    retries: int,
+    message: str,
+) -> dict[str, Any]:
+    """The no-go of a run whose steps ran out of GPU memory (nothing else was measured)."""
+    reason = (
+        f"out of GPU memory in the preflight's steps at batch_per_gpu {settings.batch_per_gpu} "
+        f"({message[:200]}): lower models.{settings.key}.batch_per_gpu (`cellseg plan-batch "
+        f"--model {settings.model} --dim {settings.dim} --probe` finds the largest that fits) "
+        "and raise grad_accum to keep the effective batch"
+    )
+    return {
+        "format": FORMAT,
+        "run": run,
+        "verdict": "no-go",
+        "reasons": [reason],
+        "summary": None,
+        "projection": None,
+        "ranks": [],
+        "settings": {"batch_per_gpu": settings.batch_per_gpu, "mem_mb": settings.mem_mb},
+        "preflight": asdict(preflight),
+        "retries": retries,
+        "host": os.uname().nodename,
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def preflight_command(
     config_path: Path | str,
     run: str,
@@ -670,6 +726,7 @@ def preflight_command(
     out: Path | str,
     retries: int,
     processes: int,
+    scratch: Path | str,
 ) -> list[str]:
     """``cellseg preflight`` for one run as one process per rank: under ``torchrun`` for more
     than one (:func:`cellseg.training.launch.module_command`, as training is started)."""
@@ -685,6 +742,7 @@ def preflight_command(
             "--out", str(out),
             "--retries", str(retries),
             "--ranks", "here",
+            "--scratch", str(scratch),
         ],
         processes,
     )  # fmt: skip
@@ -704,7 +762,8 @@ def launch_preflight(
     more than one; gloo CPU ranks when ``run_on_cpu``), one for a CPU run.
 
     ``config`` is written next to ``out`` for the ranks to read unless ``config_path`` already
-    holds it.
+    holds it. A rank that ran out of GPU memory makes the result a no-go naming the batch (the
+    measurement's exit status is then not the job's: the preflight did its work).
 
     Returns:
         the exit status.
@@ -719,10 +778,27 @@ def launch_preflight(
             config_path = Path(scratch) / "workflow_config.yaml"
             write_text_atomic(config_path, yaml.safe_dump(dict(config), sort_keys=False))
         command = preflight_command(
-            config_path, run, datasplit, class_frequencies, out, retries, max(settings.gpus, 1)
+            config_path,
+            run,
+            datasplit,
+            class_frequencies,
+            out,
+            retries,
+            max(settings.gpus, 1),
+            Path(scratch) / "run",
         )
         print("$ " + shlex.join(command), file=log or sys.stderr, flush=True)
-        return subprocess.call(command, stdout=log, stderr=subprocess.STDOUT if log else None)
+        status = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT if log else None)
+        markers = sorted(Path(scratch, "run").glob("out_of_memory.*"))
+        if status != 0 and markers:
+            preflight = PreflightConfig.from_config(config)
+            message = markers[0].read_text()
+            write_json_atomic(
+                out, out_of_memory_document(run, settings, preflight, retries, message)
+            )
+            print(f"preflight of {run}: out of GPU memory, a no-go ({out})", file=log or sys.stderr)
+            return 0
+        return status
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -740,7 +816,7 @@ def _run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     document = run_preflight(
         config, args.run, args.datasplit, args.class_frequencies, out, args.retries,
-        str(args.config),
+        str(args.config), args.scratch,
     )  # fmt: skip
     if document is not None:
         print(format_table([document]), end="")
@@ -781,5 +857,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=("launch", "here"),
         default="launch",
         help="launch: start one process per GPU (torchrun); here: this process is a rank",
+    )
+    parser.add_argument(
+        "--scratch", type=Path, help="the ranks' working directory (default: a temporary one)"
     )
     parser.set_defaults(func=_run)
