@@ -11,11 +11,8 @@ import pytest
 
 from cellseg.classes import CLASSES
 from cellseg.errors import CellsegError
-from cellseg.figures import sample_slices
 from cellseg.reporting import (
     BASELINE,
-    STUDY_FIGURES,
-    SUMMARY_FIGURES,
     SummarySettings,
     make_study,
     make_summary,
@@ -25,6 +22,7 @@ from cellseg.reporting import (
     summarize_study,
     summary_markdown,
 )
+from cellseg.reporting.figures import STUDY_FIGURES, SUMMARY_FIGURES, sample_slices
 from cellseg.statistics import mean_dice_interval, paired_comparison, replicate_mean_interval
 from cellseg.visualization import crop_panels_figure, training_curves_figure
 from test_statistics import naive_sign_flip
@@ -452,7 +450,7 @@ def test_study_left_out_run_is_noted(tmp_path):
 
 
 def test_one_factor_rows_keep_variants_moving_only_that_key():
-    from cellseg.figures import one_factor_rows
+    from cellseg.reporting.figures import one_factor_rows
 
     table = pd.DataFrame(
         {"tau": [0.0, 1.0, 1.0, 2.0], "sign": ["seed", "seed", "additive", "seed"],

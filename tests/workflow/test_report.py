@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from workflow_runner import TEST_CONFIG, snakemake
 
-from cellseg.reporting import BASELINE, SUMMARY_FIGURES
+from cellseg.reporting import BASELINE
+from cellseg.reporting.figures import SUMMARY_FIGURES
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
 """Snakemake rule visualize: one model's test-crop panels and training curves (thin wrapper)."""
 
 from cellseg.evaluation import EvaluationSettings
-from cellseg.figures import ModelFigureSettings, make_model_figures
 from cellseg.joblog import job_log
+from cellseg.reporting.figures import ModelFigureSettings, make_model_figures
 
 # stderr goes to the job's log, which ends with the error if the job fails
 with job_log(snakemake.log[0]):  # noqa: F821

@@ -1,7 +1,7 @@
 """Figures of the model comparison (``results/figures/summary/``) and of each model.
 
-The summary figures draw ``summary.csv`` (:func:`cellseg.reporting.summarize`'s table):
-:func:`write_summary_figures` writes :data:`cellseg.reporting.SUMMARY_FIGURES`. The per-model
+The summary figures draw ``summary.csv`` (:func:`cellseg.reporting.summary.summarize`'s table):
+:func:`write_summary_figures` writes :data:`SUMMARY_FIGURES`. The per-model
 figures (the ``visualize`` rule) are :func:`make_model_figures`.
 """
 
@@ -23,9 +23,12 @@ from matplotlib.figure import Figure
 
 from cellseg.classes import CLASSES, NUM_CLASSES
 from cellseg.io import atomic_path
-from cellseg.reporting import BASELINE, STUDY_FIGURES, SUMMARY_FIGURES, Study
+from cellseg.reporting.study import STUDY_LOSS_DEFAULTS, STUDY_LOSS_KEYS, Study
+from cellseg.reporting.summary import BASELINE
 
 __all__ = [
+    "STUDY_FIGURES",
+    "SUMMARY_FIGURES",
     "ModelFigureSettings",
     "dim_figure",
     "heatmap_figure",
@@ -36,6 +39,17 @@ __all__ = [
     "save_figure",
     "write_summary_figures",
 ]
+
+SUMMARY_FIGURES: tuple[str, ...] = (
+    "dice_heatmap.png",
+    "mean_dice.png",
+    "pareto.png",
+    "dim_comparison.png",
+)
+"""File names of the summary figures, in ``results/figures/summary/``."""
+
+STUDY_FIGURES: tuple[str, ...] = ("seeds.png", "dice_vs_tau.png", "dice_vs_alpha.png")
+"""File names of the study figures, in ``results/figures/study/``."""
 
 
 def save_figure(figure: Figure, path: Path) -> None:
@@ -170,10 +184,10 @@ def dim_figure(table: pd.DataFrame) -> Figure:
 
 
 def write_summary_figures(table: pd.DataFrame, figures_dir: Path | str) -> None:
-    """Draw ``summary.csv``'s table into :data:`~cellseg.reporting.SUMMARY_FIGURES`.
+    """Draw ``summary.csv``'s table into :data:`SUMMARY_FIGURES`.
 
     Args:
-        table: :attr:`cellseg.reporting.Summary.table` (one row per model, baseline last).
+        table: :attr:`cellseg.reporting.summary.Summary.table` (one row per model, baseline last).
         figures_dir: where the PNGs go (created).
     """
     figures_dir = Path(figures_dir)
@@ -214,8 +228,6 @@ def one_factor_rows(
     """The study rows whose loss agrees with ``loss`` on every reported key but ``keys``: the
     variants that move only those keys (a sign or an adjustment changed along with tau would
     confound a line against tau)."""
-    from cellseg.reporting import STUDY_LOSS_DEFAULTS, STUDY_LOSS_KEYS
-
     loss = {**STUDY_LOSS_DEFAULTS, **loss}
     mask = pd.Series(True, index=table.index)
     for key in STUDY_LOSS_KEYS:
@@ -256,7 +268,7 @@ def factor_figure(
 
 
 def write_study_figures(study: Study, loss: Mapping[str, Any], figures_dir: Path | str) -> None:
-    """Draw :data:`~cellseg.reporting.STUDY_FIGURES`: per-seed scores, Dice against tau and
+    """Draw :data:`STUDY_FIGURES`: per-seed scores, Dice against tau and
     against alpha (beta moving with it)."""
     figures_dir = Path(figures_dir)
     figures = (

@@ -1,0 +1,354 @@
+"""``summary.md`` and ``study.md``: the summary and study tables rendered for reading (nothing
+here computes a number the tables do not hold)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cellseg.challenge import (
+    CHALLENGE_SOURCE,
+    INSTANCE_CLASSES,
+)
+from cellseg.classes import CLASSES
+from cellseg.reporting.study import Study
+from cellseg.reporting.summary import BASELINE, Summary, SummarySettings
+from cellseg.statistics import (
+    smallest_p_value,
+)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _p(value: Any) -> str:
+    """A p-value: 3 decimals, small ones in scientific notation (never "0.000")."""
+    if isinstance(value, float) and math.isfinite(value) and 0 < value < 0.001:
+        return f"{value:.1e}"
+    return _fmt(value)
+
+
+def _hours(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.3g}"
+
+
+def _statistics_sentence(summary: Summary) -> str:
+    """How the CIs and p-values are made, or why there are none."""
+    s = summary.settings
+    n, floor = summary.n_crops, s.min_crops_for_statistics
+    if n < floor:
+        return (
+            f"**No confidence intervals and no p-values**: {n} test crop(s), fewer than "
+            f"`evaluation.min_crops_for_statistics` = {floor}. With {n} crop(s) an exact paired "
+            f"test cannot give a p-value below 2/2^{n} = {smallest_p_value(n):.3g}, so no "
+            f"difference could be significant at {s.significance}, and a spread estimated from "
+            f"so few crops does not support an interval. Differences below are point estimates "
+            "only; evaluate on more crops to test them."
+        )
+    return (
+        f"CIs ({s.confidence:.0%}) are t-intervals over crops with the class set held fixed "
+        "(an unbiased crop-level variance, Satterthwaite degrees of freedom; coverage checked on "
+        "synthetic crops of known truth, `bench/coverage.py`). Paired differences are tested by "
+        f"exact sign-flip permutation over crops (all 2^N flips up to {s.permutation_resamples} "
+        f"flips, else {s.permutation_resamples} seeded random flips); with N crops the smallest "
+        "possible p-value is 2/2^N. Nothing is reported from fewer than "
+        f"{floor} crops (`evaluation.min_crops_for_statistics`)."
+    )
+
+
+def _markdown_intro(summary: Summary) -> list[str]:
+    s = summary.settings
+    stat = "mean Dice over crops" if s.rank_by == "mean" else "pooled Dice"
+    return [
+        "# cellseg model comparison",
+        "",
+        f"{summary.n_crops} held-out crops, logit adjustment `{summary.adjustment}`, ranked by "
+        f"{stat}. **Mean Dice**: per class the mean of per-crop Dice over the crops annotating "
+        "it, then the mean over classes. **Pooled Dice**: per class the Dice of ΣTP, ΣFP, ΣFN "
+        "over crops (the CellMap challenge's scoring), then the mean over classes. "
+        "**A class whose prediction and ground truth are both empty in a crop scores 1** "
+        "(column `empty` of the metrics CSVs).",
+        "",
+        _statistics_sentence(summary),
+        "",
+    ]
+
+
+def _diff_cell(r: pd.Series) -> str:
+    if pd.isna(r.get("diff_to_best")):
+        return "–"
+    if r["model"] == r["best_model"]:
+        return "best"
+    if pd.isna(r.get("diff_ci_low")):
+        return f"{r['diff_to_best']:+.3f}"
+    return f"{r['diff_to_best']:+.3f} [{_fmt(r['diff_ci_low'])}, {_fmt(r['diff_ci_high'])}]"
+
+
+def _markdown_table(table: pd.DataFrame) -> list[str]:
+    lines = [
+        "| rank | model | status | mean Dice [CI] | pooled Dice | Δ to best [CI] | p (Holm) "
+        "| GPU/CPU-h | parameters | epochs (best) | stop |",
+        "|---:|---|---|---|---:|---|---:|---:|---:|---|---|",
+    ]
+    for _, r in table.iterrows():
+        rank = "–" if pd.isna(r["rank"]) else str(int(r["rank"]))
+        ci = _fmt(r.get("mean_dice"))
+        if pd.notna(r.get("mean_dice_ci_low")):
+            ci += f" [{_fmt(r['mean_dice_ci_low'])}, {_fmt(r['mean_dice_ci_high'])}]"
+        unit = r.get("compute_unit")
+        hours = "–" if pd.isna(r.get("compute_hours")) else f"{_hours(r['compute_hours'])} {unit}"
+        params = "–" if pd.isna(r.get("parameters")) else f"{int(r['parameters']):,}"
+        epochs = (
+            "–"
+            if pd.isna(r.get("epochs_run"))
+            else f"{int(r['epochs_run'])} ({int(r['best_epoch'])})"
+        )
+        lines.append(
+            f"| {rank} | {r['model']} | {r['status']} | {ci} | {_fmt(r.get('pooled_dice'))} | "
+            f"{_diff_cell(r)} | {_p(r.get('p_holm'))} | {hours} | {params} | {epochs} | "
+            f"{_fmt(r.get('stop_reason'))} |"
+        )
+    return lines
+
+
+def _markdown_baseline(summary: Summary) -> list[str]:
+    stat = "mean Dice over crops" if summary.settings.rank_by == "mean" else "pooled Dice"
+    table = summary.table
+    lines = [
+        "",
+        f"**Baseline (prior)**: an image-blind predictor marking each voxel of class c positive "
+        "with probability f_c (the training prior), scored by its expected counts on each crop "
+        "(chance level). A model is *above baseline* when its CI's lower bound exceeds the "
+        f"baseline's estimate. Predicting nothing at all would score {_fmt(summary.empty_score)} "
+        f"({stat}), only from empty crop × class pairs scoring 1.",
+    ]
+    if "above_baseline" in table:
+        models = table[(table["model"] != BASELINE) & table["mean_dice"].notna()]
+        if models["above_baseline"].isna().all():
+            lines.append("Without CIs, no model can be called above the baseline.")
+        else:
+            below = models[models["above_baseline"].fillna(False) == False]  # noqa: E712
+            lines.append(
+                "All evaluated models are above the baseline."
+                if below.empty
+                else f"Not clearly above the baseline: {', '.join(below['model'])}."
+            )
+    return lines
+
+
+def _markdown_winners(summary: Summary) -> list[str]:
+    s = summary.settings
+    lines = [
+        "",
+        "## Winner per class (pooled Dice)",
+        "",
+        "The leader is named the winner only when a sign-flip test over the crops annotating the "
+        f"class beats the runner-up (Holm-adjusted over classes, at {s.significance}); otherwise "
+        f"the class is a tie (also with fewer than {s.min_crops_for_statistics} crops to test).",
+        "",
+        "| class | crops | winner | leader | Dice | runner-up | margin | p (Holm) | baseline |",
+        "|---|---:|---|---|---:|---|---:|---:|---:|",
+    ]
+    for _, w in summary.winners.iterrows():
+        lines.append(
+            f"| {w['class']} | {w['crops']} | {w['winner'] or '–'} | {w['leader'] or '–'} "
+            f"| {_fmt(w['dice'])} | {w['runner_up'] or '–'} | {_fmt(w['margin'])} "
+            f"| {_p(w['p_holm'])} | {_fmt(w.get('baseline'))} |"
+        )
+    return lines
+
+
+def _markdown_challenge(summary: Summary) -> list[str]:
+    """The challenge-style scores and the pooled IoU per class, labelled as ours, not the
+    leaderboard's."""
+    table = summary.table[summary.table["mean_dice"].notna()]
+    instance = ", ".join(f"`{n}`" for n in INSTANCE_CLASSES)
+    lines = [
+        "",
+        "## Challenge-style scores on our test crops (not a leaderboard number)",
+        "",
+        "Computed as the CellMap Segmentation Challenge's scoring code computes its scores "
+        f"(`cellseg.challenge`, read from {CHALLENGE_SOURCE}), but on our held-out crops and our "
+        "14 classes, so it is **not comparable to the challenge leaderboard**. Semantic classes: "
+        "pooled IoU (ΣTP / (ΣTP + ΣFP + ΣFN) over crops). Instance class(es) "
+        f"{instance}: connected components (26-connectivity) of the thresholded prediction "
+        "matched one-to-one to the ground-truth instances (maximum summed IoU, any overlap), "
+        "F1 = 2ΣTP / (2ΣTP + ΣFP + ΣFN) over crops, Hausdorff distance per instance (nm, capped "
+        "at half the crop's smallest extent; unmatched instances and predictions get the cap) "
+        "normalised as 1.01^(−d / ‖voxel size‖) and averaged over all instances of all crops, "
+        "combined = √(F1 × normalised Hausdorff). Score = √(mean combined over instance classes "
+        "× mean IoU over semantic classes). The challenge's documentation describes "
+        "voxel-weighted means over crops instead; its code, followed here, pools over crops.",
+        "",
+        "| model | challenge-style score | semantic (mean IoU) | "
+        + " | ".join(f"{n} F1 | {n} Hausdorff | {n} combined" for n in INSTANCE_CLASSES)
+        + " |",
+        "|---|---:|---:|" + "---:|---:|---:|" * len(INSTANCE_CLASSES),
+    ]
+    for _, r in table.iterrows():
+        cells = [_fmt(r.get("challenge_style_score")), _fmt(r.get("challenge_style_semantic"))]
+        for n in INSTANCE_CLASSES:
+            cells += [_fmt(r.get(f"challenge_{k}_{n}")) for k in ("f1", "hausdorff", "combined")]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    skipped = {
+        r["model"]: int(r[f"challenge_skipped_crops_{n}"])
+        for _, r in table.iterrows()
+        for n in INSTANCE_CLASSES
+        if pd.notna(r.get(f"challenge_skipped_crops_{n}")) and r[f"challenge_skipped_crops_{n}"]
+    }
+    if skipped:
+        lines += ["", "Crops skipped for too many predicted instances (> 10 + 50·e^(−n/5) per "
+                  "ground-truth instance; they count nowhere, as in the challenge): "
+                  + ", ".join(f"{m} {k}" for m, k in skipped.items()) + "."]  # fmt: skip
+    lines += [
+        "",
+        "A score is – where it cannot be computed: the baseline has no instances, and a class "
+        "part is undefined when no crop annotates such a class.",
+        "",
+        "### Pooled IoU per class",
+        "",
+        "| class | " + " | ".join(str(m) for m in table["model"]) + " |",
+        "|---|" + "---:|" * len(table),
+    ]
+    for name in CLASSES:
+        cells = [_fmt(v) for v in table[f"iou_{name}"]] if f"iou_{name}" in table else []
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _comparison_line(r: pd.Series, s: SummarySettings, tested: int = 1) -> str:
+    """One model's line of "Differences to the best model"; ``tested``: comparisons in the
+    Holm family (a difference no test at this N could call significant is not "no difference")."""
+    crops = int(r["compared_crops"])
+    if pd.isna(r["p_holm"]):
+        return (
+            f"- {r['model']}: Δ {r['diff_to_best']:+.3f} on {crops} shared crop(s); not tested "
+            f"(fewer than {s.min_crops_for_statistics})"
+        )
+    if r["significant"]:
+        verdict = "significantly worse"
+    elif tested * smallest_p_value(crops) >= s.significance:
+        verdict = f"untestable at {crops} crops (no p-value could reach {s.significance})"
+    else:
+        verdict = "not significantly different"
+    return (
+        f"- {r['model']}: {verdict} (Δ {r['diff_to_best']:+.3f}, CI [{_fmt(r['diff_ci_low'])}, "
+        f"{_fmt(r['diff_ci_high'])}], p = {_p(r['p_holm'])}, {crops} crops)"
+    )
+
+
+def _markdown_differences(summary: Summary) -> list[str]:
+    s, table = summary.settings, summary.table
+    lines = ["", "## Differences to the best model", ""]
+    best = table["best_model"].iloc[0] if len(table) else None
+    compared = table[table["compared_crops"].notna() & (table["model"] != best)]
+    if best is None or pd.isna(best) or compared.empty:
+        return [*lines, "No paired comparison (fewer than two models or no shared crops)."]
+    tested = int(compared["p_holm"].notna().sum())
+    if not tested:
+        lines += [f"No comparison shares {s.min_crops_for_statistics} crops with **{best}**: "
+                  "the differences are point estimates, untested.", ""]  # fmt: skip
+        return lines + [_comparison_line(r, s) for _, r in compared.iterrows()]
+    lines.append(
+        f"Sign-flip permutation test over the crops shared with the best model, **{best}**; "
+        f"Holm-adjusted over {tested} tested comparison(s), significant at {s.significance}."
+    )
+    n = int(compared["compared_crops"].max())
+    if tested and tested * smallest_p_value(n) >= s.significance:
+        lines.append(
+            f"With at most {n} shared crops and {tested} comparisons the smallest possible "
+            f"Holm-adjusted p-value is {tested} × 2/2^{n} = "
+            f"{tested * smallest_p_value(n):.3g}: no difference can be significant."
+        )
+    lines.append("")
+    return lines + [_comparison_line(r, s, tested) for _, r in compared.iterrows()]
+
+
+def _markdown_problems(summary: Summary) -> list[str]:
+    lines = ["", "## Failed, not converged or missing models", ""]
+    lines += [f"- {note}" for note in summary.notes] or ["None: every expected model finished."]
+    if summary.missing:
+        lines += ["", f"Missing from this comparison: {', '.join(summary.missing)}."]
+    return lines
+
+
+def summary_markdown(summary: Summary) -> str:
+    """``summary.md``: the ranked table, winners per class, significance, problems."""
+    lines = [
+        *_markdown_intro(summary),
+        *_markdown_table(summary.table),
+        *_markdown_baseline(summary),
+        *_markdown_winners(summary),
+        *_markdown_challenge(summary),
+        *_markdown_differences(summary),
+        *_markdown_problems(summary),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def study_markdown(study: Study) -> str:
+    """``study.md``: the ranking overall and within each model, and how it was computed."""
+    s = study.settings
+    stat = "mean Dice" if s.rank_by == "mean" else "pooled Dice"
+    seeds = sorted(set(study.table["n_seeds"]))
+    lines = [
+        "# Study: variants and seeds",
+        "",
+        f"{len(study.table)} groups (model × variant) over {'/'.join(map(str, seeds))} seed(s), "
+        f"{study.n_crops} test crops, adjustment `{study.adjustment}`. **Score**: the {stat} of "
+        "each seed's run, averaged over seeds; **SD**: its standard deviation over seeds; "
+        f"**CI** ({s.confidence:.0%}): crops and seeds as crossed random effects "
+        "(method of moments, Satterthwaite df; `cellseg.statistics.replicate_mean_interval`). "
+        "**Δ best**: the difference from the best group by the same interval on seed-paired "
+        "differences; **p**: two-sided t test with that interval's df, Holm-adjusted over the "
+        f"groups compared. No CI or p with fewer than {s.min_crops_for_statistics} crops.",
+        "",
+        "## Ranking overall",
+        "",
+        "| rank | model | variant | seeds | score | SD seeds | CI | Δ best [CI] | p |",
+        "|---:|---|---|---:|---:|---:|---|---|---:|",
+    ]
+    for _, r in study.table.iterrows():
+        ci = f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if np.isfinite(r["ci_low"]) else "–"
+        if np.isfinite(r["diff_vs_best"]):
+            diff = f"{r['diff_vs_best']:+.3f}"
+            if np.isfinite(r["diff_low"]):
+                diff += f" [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}]"
+        else:
+            diff = "best"
+        lines.append(
+            f"| {r['rank']} | {r['model']} | {r['variant']} | {r['n_seeds']} | "
+            f"{_fmt(r['score'])} | {_fmt(r['sd_seeds'])} | {ci} | {diff} | {_p(r['p_vs_best'])} |"
+        )
+    lines += ["", "## Ranking within each model", ""]
+    for model, rows in study.table.groupby("model", sort=True):
+        lines += [
+            f"### {model}",
+            "",
+            "| rank | variant | score | SD seeds | Δ model best | p |",
+            "|---:|---|---:|---:|---:|---:|",
+        ]
+        for _, r in rows.sort_values("rank_in_model", kind="stable").iterrows():
+            diff = (
+                f"{r['diff_vs_model_best']:+.3f}"
+                if np.isfinite(r["diff_vs_model_best"])
+                else "best"
+            )
+            lines.append(
+                f"| {r['rank_in_model']} | {r['variant']} | {_fmt(r['score'])} | "
+                f"{_fmt(r['sd_seeds'])} | {diff} | {_p(r['p_vs_model_best'])} |"
+            )
+        lines.append("")
+    if study.notes:
+        lines += ["## Left out", "", *(f"- {note}" for note in study.notes), ""]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,227 @@
+"""A study: runs grouped by (model, variant) over seeds, ranked with intervals over seeds
+(the table behind ``study.csv`` and ``study.md``)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cellseg.classes import CLASSES, NUM_CLASSES
+from cellseg.errors import CellsegError
+from cellseg.metrics import Statistic
+from cellseg.reporting.summary import SummarySettings, load_metrics, metric_counts
+from cellseg.statistics import (
+    class_values,
+    holm,
+    mean_over_classes,
+    replicate_mean_interval,
+)
+from cellseg.training.settings import Run
+
+STUDY_LOSS_KEYS: tuple[str, ...] = (
+    "tau",
+    "sign",
+    "alpha",
+    "beta",
+    "bce_weight",
+    "inference_logit_adjustment",
+)
+STUDY_LOSS_DEFAULTS: dict[str, Any] = {"bce_weight": 0.0}
+"""Values of loss keys a config may leave out (no BCE term)."""
+"""Loss keys reported per variant in ``study.csv`` (the variant's resolved loss)."""
+
+
+@dataclass
+class Study:
+    """A study: runs grouped by (model, variant) over seeds.
+
+    Attributes:
+        table: ``study.csv``: one row per group, ranked overall (``rank``) and within its model
+            (``rank_in_model``), with mean Dice over seeds, its SD over seeds, its crops-and-seeds
+            CI, the comparison with the best group overall and with the best of its model, the
+            variant's loss keys and per-class Dice (mean over seeds of the mean over crops).
+        seeds: one row per run: ``group``, ``model``, ``variant``, ``replicate``, ``score``.
+        settings: the settings used.
+        adjustment: the adjustment mode compared.
+        n_crops: test crops shared by every run.
+        notes: runs left out and why.
+    """
+
+    table: pd.DataFrame
+    seeds: pd.DataFrame
+    settings: SummarySettings
+    adjustment: str
+    n_crops: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _t_p_value(estimate: float, se: float, df: float) -> float:
+    """Two-sided p of the t statistic ``estimate / se`` with ``df`` degrees of freedom."""
+    from scipy import stats
+
+    if not (np.isfinite(se) and se > 0 and np.isfinite(df) and df > 0):
+        return float("nan")
+    return float(2 * stats.t.sf(abs(estimate) / se, df))
+
+
+def _group_comparison(
+    a: np.ndarray, b: np.ndarray, s: SummarySettings
+) -> tuple[float, float, float, float]:
+    """``(difference, low, high, p)`` of group ``a`` minus group ``b``, each ``(S, N, C)``.
+
+    Seeds are paired by index: two groups' seed effects are independent, so any pairing is
+    valid, and pairing keeps the crop effects common to both groups out of the difference. The
+    interval is :func:`replicate_mean_interval` of the paired differences (variance bound 1: a
+    difference of Dice lies in [-1, 1]); the p-value is the two-sided t test of its estimate
+    with the interval's degrees of freedom (a sign-flip test over crops alone would ignore the
+    seeds). NaN CI and p with fewer than ``min_crops_for_statistics`` crops or unequal seeds.
+    """
+    difference = mean_over_classes(a.mean(axis=0)) - mean_over_classes(b.mean(axis=0))
+    if a.shape != b.shape or a.shape[1] < s.min_crops_for_statistics:
+        return difference, float("nan"), float("nan"), float("nan")
+    interval = replicate_mean_interval(a - b, s.confidence, bound=1.0)
+    return (
+        interval.estimate,
+        interval.low,
+        interval.high,
+        _t_p_value(interval.estimate, interval.se, interval.df),
+    )
+
+
+def summarize_study(
+    metrics: Mapping[str, Path | str | None],
+    variants: Mapping[str, Any] | None = None,
+    loss: Mapping[str, Any] | None = None,
+    settings: SummarySettings | None = None,
+) -> Study:
+    """Rank (model, variant) groups of runs over their seeds.
+
+    Per group the ``(S, N, C)`` per-crop values (:func:`class_values` of the ``rank_by``
+    statistic) of its ``S`` seeds on the ``N`` test crops every run shares give the mean over
+    seeds of the per-seed score, the SD of the per-seed scores, and the interval of
+    :func:`replicate_mean_interval` (crops and seeds as crossed random effects). Groups are
+    ranked overall and within each model and compared with the best (:func:`_group_comparison`,
+    Holm-adjusted over the groups compared with the same best).
+
+    Args:
+        metrics: run name (``{model}_{dim}[~{variant}][~r{k}]``) → metrics CSV; a missing file
+            leaves the run out (noted).
+        variants: the config's ``variants`` (each variant's ``loss`` overrides).
+        loss: the config's ``loss`` (what a variant's overrides apply to).
+        settings: :class:`SummarySettings`.
+
+    Raises:
+        CellsegError: no run has metrics, or a metrics file is malformed.
+    """
+    s = settings or SummarySettings()
+    statistic = Statistic(s.rank_by)
+    variants, loss = dict(variants or {}), dict(loss or {})
+    notes: list[str] = []
+    loaded: dict[str, tuple[Run, dict[str, np.ndarray], str]] = {}
+    for name, path in metrics.items():
+        if path is None or not Path(path).is_file():
+            notes.append(f"{name}: missing: no metrics ({path or 'not evaluated'})")
+            continue
+        table, mode = load_metrics(path, s.adjustment)
+        crops, counts = metric_counts(table)
+        values = class_values(counts, statistic)
+        loaded[name] = (Run.parse(name), dict(zip(crops, values, strict=True)), mode)
+    if not loaded:
+        raise CellsegError("no run has a metrics CSV; run the evaluate rule for at least one run")
+    modes = {mode for _, _, mode in loaded.values()}
+    if len(modes) > 1:
+        raise CellsegError(
+            f"metrics CSVs have different primary adjustment modes {sorted(modes)}; "
+            "set evaluation.adjustment_modes so that they share the first"
+        )
+    shared = sorted(set.intersection(*(set(v) for _, v, _ in loaded.values())))
+    groups: dict[str, list[tuple[Run, np.ndarray]]] = {}
+    for run, values, _ in loaded.values():
+        stacked = np.stack([values[c] for c in shared]) if shared else np.empty((0, NUM_CLASSES))
+        groups.setdefault(run.group, []).append((run, stacked))
+    arrays: dict[str, np.ndarray] = {}
+    rows, seed_rows = [], []
+    for group, members in groups.items():
+        members.sort(key=lambda item: item[0].replicate)
+        arr = np.stack([values for _, values in members])  # (S, N, C)
+        arrays[group] = arr
+        run = members[0][0]
+        per_seed = [mean_over_classes(values) for _, values in members]
+        seed_rows += [
+            {"group": group, "model": r.model_key, "variant": r.variant or "-",
+             "replicate": r.replicate, "score": score}
+            for (r, _), score in zip(members, per_seed, strict=True)
+        ]  # fmt: skip
+        enough = len(shared) >= s.min_crops_for_statistics
+        interval = replicate_mean_interval(arr, s.confidence) if enough else None
+        variant_loss = {**loss, **((variants.get(run.variant) or {}).get("loss") or {})}
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            per_class = np.nanmean(arr, axis=(0, 1))
+        rows.append(
+            {
+                "group": group,
+                "model": run.model_key,
+                "variant": run.variant or "-",
+                "n_seeds": len(members),
+                "n_crops": len(shared),
+                "score": float(np.mean(per_seed)),
+                "sd_seeds": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else np.nan,
+                "ci_low": interval.low if interval else np.nan,
+                "ci_high": interval.high if interval else np.nan,
+                **{
+                    key: variant_loss.get(key, STUDY_LOSS_DEFAULTS.get(key))
+                    for key in STUDY_LOSS_KEYS
+                },
+                **{f"dice_{name}": float(v) for name, v in zip(CLASSES, per_class, strict=True)},
+            }
+        )
+    table = pd.DataFrame(rows)
+    table["rank"] = table["score"].rank(ascending=False, method="min").astype(int)
+    table["rank_in_model"] = (
+        table.groupby("model")["score"].rank(ascending=False, method="min").astype(int)
+    )
+    table = _add_group_comparisons(table, arrays, s)
+    table = table.sort_values(["rank", "group"], kind="stable").reset_index(drop=True)
+    mode = modes.pop()
+    return Study(table, pd.DataFrame(seed_rows), s, mode, len(shared), notes)
+
+
+def _add_group_comparisons(
+    table: pd.DataFrame, arrays: Mapping[str, np.ndarray], s: SummarySettings
+) -> pd.DataFrame:
+    """``diff_vs_best`` (+ CI, Holm-adjusted ``p_vs_best``) against the best group overall and
+    ``diff_vs_model_best`` (+ Holm-adjusted ``p_vs_model_best``) against the best of its model."""
+    table = table.copy()
+    for suffix, scopes in (
+        ("best", [table.index]),
+        ("model_best", [idx for _, idx in table.groupby("model").groups.items()]),
+    ):
+        columns = {f"diff_vs_{suffix}": np.nan, f"p_vs_{suffix}": np.nan}
+        if suffix == "best":
+            columns.update(diff_low=np.nan, diff_high=np.nan)
+        for column, value in columns.items():
+            table[column] = value
+        for index in scopes:
+            scope = table.loc[index]
+            best = scope.sort_values(["score", "group"], ascending=[False, True]).iloc[0]["group"]
+            tested, p_values = [], []
+            for i, row in scope.iterrows():
+                if row["group"] == best:
+                    continue
+                diff, low, high, p = _group_comparison(arrays[row["group"]], arrays[best], s)
+                table.loc[i, f"diff_vs_{suffix}"] = diff
+                if suffix == "best":
+                    table.loc[i, ["diff_low", "diff_high"]] = [low, high]
+                if np.isfinite(p):
+                    tested.append(i)
+                    p_values.append(p)
+            for i, p in zip(tested, holm(p_values), strict=True):
+                table.loc[i, f"p_vs_{suffix}"] = p
+    return table
