@@ -3,6 +3,8 @@
 
 rule train:
     input:
+        # the run's go / no-go when preflight.enabled (preflight.smk)
+        unpack(train_preflight),
         datasplit=rules.datasplit.output[0],
         class_frequencies=rules.class_frequencies.output[0],
     output:

@@ -4,6 +4,7 @@ import sys
 
 from cellseg.joblog import job_log
 from cellseg.training.launch import launch_training
+from cellseg.training.preflight import check_preflight
 from cellseg.training.settings import Run, run_config
 
 # stderr goes to the job's log, which ends with the error if the job fails; the training
@@ -12,6 +13,12 @@ with job_log(snakemake.log[0]) as log:  # noqa: F821
     # the run's variant and seed are folded into the config the job reads (its
     # workflow_config.yaml), under the plain {model}_{dim} key
     run = Run.parse(snakemake.wildcards.run)  # noqa: F821
+    # the run's preflight (an input when preflight.enabled): a no-go stops here with its one
+    # line unless preflight.enforce is false
+    preflight = getattr(snakemake.input, "preflight", None)  # noqa: F821
+    if preflight is not None:
+        enforce = snakemake.config["preflight"]["enforce"]  # noqa: F821
+        print(check_preflight(preflight, enforce), file=log, flush=True)
     status = launch_training(
         run_config(snakemake.config, run),  # noqa: F821
         run.model_key,

@@ -1,0 +1,66 @@
+# Preflight stage: one job per run on its training job's node (the same partition, GPUs, CPUs
+# and memory) for preflight.runtime_min minutes: go / no-go in results/preflight/{run}.json, every
+# run's in results/preflight.md (cellseg.training.preflight). With preflight.enabled each train
+# job waits for its run's preflight and refuses a no-go unless preflight.enforce is false.
+
+# The profile's `retries` (how many jobs a long run may take) as the main Snakemake process knows
+# it once it runs the workflow (not yet while it parses this file): a job's own Snakemake runs
+# with --retries 0, so the number travels in the environment that local and SLURM jobs
+# (sbatch --export=ALL) inherit from the main process.
+RETRIES_VARIABLE = "CELLSEG_WORKFLOW_RETRIES"
+
+
+onstart:
+    os.environ[RETRIES_VARIABLE] = str(workflow.execution_settings.retries)
+
+
+def workflow_retries(wildcards):
+    """The profile's retries (RETRIES_VARIABLE in a job, the main process's own setting else)."""
+    return int(os.environ.get(RETRIES_VARIABLE, workflow.execution_settings.retries))
+
+
+def train_preflight(wildcards):
+    """The train job's preflight input when preflight.enabled: ancient, so that a preflight run
+    again (e.g. `snakemake preflight` after the experiment) never makes a finished model out of
+    date under rerun-triggers mtime."""
+    if not config["preflight"]["enabled"]:
+        return {}
+    return {"preflight": ancient(f"results/preflight/{wildcards.run}.json")}
+
+
+rule preflight_run:
+    input:
+        datasplit=rules.datasplit.output[0],
+        class_frequencies=rules.class_frequencies.output[0],
+    output:
+        "results/preflight/{run}.json",
+    log:
+        "logs/preflight_run/{run}.log",
+    conda:
+        "../envs/cellseg.yaml"
+    threads: lambda wildcards: train_job(wildcards).cpus_per_task
+    resources:
+        # the run's train request (cellseg.resources), for minutes instead of days
+        gpu=lambda wildcards: train_job(wildcards).gpus,
+        mem_mb=lambda wildcards: train_job(wildcards).mem_mb,
+        runtime=config["preflight"]["runtime_min"],
+        cpus_per_task=lambda wildcards: train_job(wildcards).cpus_per_task,
+        slurm_partition=lambda wildcards: train_job(wildcards).partition,
+        qos=lambda wildcards: train_job(wildcards).qos,
+    params:
+        retries=workflow_retries,
+    script:
+        "../scripts/preflight.py"
+
+
+# `snakemake --profile config/profiles/longleaf preflight` runs only the preflights (and the
+# datasplit and class frequencies they read)
+rule preflight:
+    input:
+        expand(rules.preflight_run.output[0], run=RUNS),
+    output:
+        "results/preflight.md",
+    log:
+        "logs/preflight.log",
+    script:
+        "../scripts/preflight_table.py"
