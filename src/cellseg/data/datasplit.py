@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -175,7 +176,13 @@ def problem_lines(path: Path | str, problems: Sequence[str]) -> str:
     """One problem as its own line; several as a count line, then one line each (capped)."""
     if len(problems) == 1:
         return problems[0]
-    shown = list(problems[:MAX_PROBLEM_LINES])
+
+    def row(line: str) -> float:
+        """The row number of a ``file:row: …`` line (others last, in their order)."""
+        number = line.removeprefix(f"{path}:").split(":", 1)[0]
+        return int(number) if line.startswith(f"{path}:") and number.isdigit() else math.inf
+
+    shown = sorted(problems, key=row)[:MAX_PROBLEM_LINES]
     if len(problems) > MAX_PROBLEM_LINES:
         shown.append(f"… and {len(problems) - MAX_PROBLEM_LINES} more")
     return f"{path}: {len(problems)} problems, one per line:\n" + "\n".join(shown)
@@ -327,13 +334,19 @@ def make_datasplit(
     """
     crops = [crop for root in roots for crop in discover_crops(root, log)]
     if resolution_nm is not None:
-        kept = []
+        kept, problems = [], []
         for crop in crops:
-            problem = crop_resolution_problem(crop, resolution_nm)
+            try:
+                problem = crop_resolution_problem(crop, resolution_nm)
+            except CellsegError as error:  # every broken crop is listed, not only the first
+                _add_problem(problems, crop.name, error)
+                continue
             if problem:
                 print(f"left out {crop.name}: {problem}", file=log or sys.stderr)
             else:
                 kept.append(crop)
+        if problems:
+            raise CellsegError(problem_lines(", ".join(map(str, roots)), problems))
         crops = kept
     if not crops:
         raise CellsegError(f"no usable annotated crops under {', '.join(map(str, roots))}")
@@ -365,8 +378,15 @@ def data_problems(
             for note in check_label_data(geometry, levels):
                 print(f"{where}: {note}", file=log or sys.stderr)
         except CellsegError as error:
-            problems.append(f"{where}: {error}")
+            _add_problem(problems, where, error)
     return problems
+
+
+def _add_problem(problems: list[str], where: str, error: CellsegError) -> None:
+    """Append ``where: error`` unless another crop already reported the same line (crops of one
+    store share its EM: a uint16 EM is one problem, not one per crop)."""
+    if not any(line.endswith(f": {error}") for line in problems):
+        problems.append(f"{where}: {error}")
 
 
 def missing_splits(crops: Sequence[Crop]) -> list[str]:
