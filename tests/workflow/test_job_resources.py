@@ -68,12 +68,17 @@ def test_seed_experiment_jobs_ask_for_what_their_work_needs(clone):
     finally:
         datasplit.unlink()
     layers = (BASE, SEED)
-    # the bookkeeping rules are localrules (the SLURM tests check that they are not submitted)
-    assert planned_rules(dry) - set(LOCAL_RULES) == set(SUBMITTED)
+    # the bookkeeping rules are localrules (the SLURM tests check that they are not submitted);
+    # the seed preset runs each training run's preflight first
+    assert planned_rules(dry) - set(LOCAL_RULES) == {*SUBMITTED, "preflight_run"}
     evaluate = merged("resources", "evaluate", *layers)
     visualize = merged("resources", "visualize", *layers)
     assert evaluate["gpus"] == 1 and visualize["gpus"] == 1
-    jobs = {rule: planned_jobs(dry, rule) for rule in ("train", "evaluate", "visualize")}
+    jobs = {
+        rule: planned_jobs(dry, rule)
+        for rule in ("train", "evaluate", "visualize", "preflight_run")
+    }
+    preflight_min = {**BASE["preflight"], **SEED["preflight"]}["runtime_min"]
     for key in SEED["models"]:
         wildcards = f"run={key}"
         settings = expected_settings(*layers, model=key)
@@ -82,6 +87,11 @@ def test_seed_experiment_jobs_ask_for_what_their_work_needs(clone):
         check(
             jobs["train"][wildcards], gpu, settings["gpus"], settings["cpus_per_task"],
             settings["mem_mb"], settings["runtime_min"],
+        )  # fmt: skip
+        # the preflight: the train job's node, for minutes
+        check(
+            jobs["preflight_run"][wildcards], gpu, settings["gpus"], settings["cpus_per_task"],
+            settings["mem_mb"], preflight_min,
         )  # fmt: skip
         check(
             jobs["evaluate"][wildcards], gpu, 1, evaluate["cpus_per_task"], evaluate["mem_mb"],
