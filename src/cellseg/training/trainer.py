@@ -647,7 +647,13 @@ class Trainer:
                 self.global_step == self.steps_at_start
                 and len(self.history) == self.epochs_at_start
             ):
-                saved = "nothing trained in this attempt, no checkpoint written"
+                # every attempt starts up alike: this one will not be the last to stop here
+                saved = (
+                    "nothing trained in this attempt, no checkpoint written (the job had run "
+                    f"{time.time() - self.job_started:.0f} s before its first step: if its start-up "
+                    "takes that long every time, raise runtime_min or lower "
+                    "time_budget_margin_min)"
+                )
             else:
                 self.save("last.pt")
                 saved = f"checkpoint {self.checkpoint_dir / 'last.pt'} saved"
