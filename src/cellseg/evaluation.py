@@ -741,11 +741,27 @@ def evaluate_crops(
     tables = []
     for crop in crops:
         table = evaluate_crop(predictor, crop, settings, device, root)
+        # a class with no annotated voxel (all unknown) has no row: nothing of it can be scored
+        unscored = [name for name in crop.classes if name not in set(table["class"])]
+        if table.empty:
+            # skipped, not fatal: the other crops' metrics are kept
+            print(
+                f"[{predictor.key}] skipped {crop.name}: none of its classes "
+                f"({', '.join(crop.classes)}) has an annotated voxel (all unknown), so there is "
+                "nothing to score; fix its labels or remove it from the datasplit",
+                file=log,
+                flush=True,
+            )
+            continue
         tables.append(table)
-        first = table[table["adjustment"] == table["adjustment"].iloc[0]] if len(table) else table
+        first = table[table["adjustment"] == table["adjustment"].iloc[0]]
+        not_scored = (
+            f"; not scored, no annotated voxel: {', '.join(unscored)}" if unscored else ""
+        )
         print(
             f"[{predictor.key}] {crop.name}: {len(first)} classes, mean Dice "
-            f"{first['dice'].mean():.4f} ({table['inference_seconds'].iloc[0]:.1f} s inference)",
+            f"{first['dice'].mean():.4f} ({table['inference_seconds'].iloc[0]:.1f} s inference)"
+            f"{not_scored}",
             file=log,
             flush=True,
         )
