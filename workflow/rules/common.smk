@@ -79,9 +79,15 @@ def data_roots():
 
 
 def datasplit_inputs(wildcards):
-    """The datasplit rule depends on the demo data when the demo is on, else on nothing it
-    can track (external stores are not Snakemake outputs)."""
-    return {"demo": DEMO_DATA} if config["data"]["demo"]["enabled"] else {}
+    """The datasplit rule's tracked inputs: the user's datasplit CSV when there is one (an edit
+    re-plans the split and all that depends on it), the demo data when the demo is on; data
+    roots are not tracked (external stores are not Snakemake outputs)."""
+    inputs = {}
+    if config["data"]["datasplit_csv"]:
+        inputs["csv"] = str(config["data"]["datasplit_csv"])
+    if config["data"]["demo"]["enabled"]:
+        inputs["demo"] = DEMO_DATA
+    return inputs
 
 
 MODELS = list(config["models"])

@@ -25,7 +25,8 @@ rule datasplit:
     conda:
         "../envs/cellseg.yaml"
     params:
-        # quoted here: a path may hold spaces or shell characters
+        # quoted here: a path may hold spaces or shell characters (the CSV is also an input:
+        # an edit re-plans the split)
         source=(
             f"--from-csv {shlex.quote(str(config['data']['datasplit_csv']))}"
             if config["data"]["datasplit_csv"]
@@ -36,10 +37,11 @@ rule datasplit:
         seed=config["data"]["split_seed"],
         # crops with no label level near the models' resolution are left out (logged)
         resolution=config["data"]["resolution_nm"],
+    # tee: what was left out or skipped, and why, is said on the console as well as in the log
     shell:
         "python -m cellseg datasplit {params.source} --out {output:q}"
         " --validate-fraction {params.validate} --test-fraction {params.test}"
-        " --seed {params.seed} --resolution-nm {params.resolution} > {log:q} 2>&1"
+        " --seed {params.seed} --resolution-nm {params.resolution} 2>&1 | tee {log:q}"
 
 
 rule class_frequencies:
