@@ -73,6 +73,7 @@ from cellseg.errors import CellsegError
 from cellseg.io import atomic_path
 from cellseg.losses import InferenceLogitAdjustment, adjusted_probabilities
 from cellseg.metrics import confusion_counts, crop_class_table
+from cellseg.ownership import check_output_path
 
 __all__ = [
     "INSTANCE_COLUMNS",
@@ -793,13 +794,16 @@ def evaluate_checkpoint(
 
     Raises:
         CellsegError: the model was trained or validated on one of the crops to score, or its
-            checkpoint does not record its training crops (:func:`check_unseen`).
+            checkpoint does not record its training crops (:func:`check_unseen`); ``out`` lies
+            in a data store or is a directory (:func:`cellseg.ownership.check_output_path`).
 
     Returns:
         the metrics table that was written.
     """
     settings = settings or EvaluationSettings()
     log = log or sys.stderr
+    # before any work: the CSV is never written into a data store, nor over a directory
+    check_output_path(out, "--out", "file")
     if threads is not None:
         torch.set_num_threads(max(int(threads), 1))
     crops = read_datasplit(datasplit, [split])

@@ -72,6 +72,8 @@ from cellseg.errors import CellsegError
 from cellseg.evaluation import BLEND_MODES, Predictor, resolve_device
 from cellseg.io import write_json_atomic
 from cellseg.losses import InferenceLogitAdjustment, adjusted_probabilities
+from cellseg.ownership import STATE_DIR as OWNER_STATE_DIR
+from cellseg.ownership import check_output_path
 
 __all__ = [
     "DTYPES",
@@ -89,7 +91,8 @@ DTYPES: dict[str, float] = {"uint8": 255.0, "uint16": 65535.0, "float32": 1.0}
 """Probability dtypes → the factor a probability in [0, 1] is scaled by before rounding."""
 
 FORMAT = "cellseg-prediction-1"
-STATE_DIR = ".cellseg"
+STATE_DIR = OWNER_STATE_DIR
+"""The store's working state (block markers); what makes a half-made store recognisably ours."""
 KILL_AFTER_ENV = "CELLSEG_PREDICT_KILL_AFTER_BLOCKS"
 """Test-only fault injection: the process SIGKILLs itself after this many blocks written."""
 
@@ -624,9 +627,12 @@ def init_store(out: Path, spec: Mapping[str, Any], plan: PredictionPlan, overwri
         ``"created"``, ``"resumed"`` or ``"complete"``.
 
     Raises:
-        CellsegError: ``out`` holds a prediction with other settings and not ``overwrite``.
+        CellsegError: ``out`` holds a prediction with other settings and not ``overwrite``, or
+            is not a prediction store of cellseg's (never deleted, ``overwrite`` or not).
     """
-    if out.exists():
+    # only a store cellseg's own metadata identifies as a prediction is ever deleted below
+    check_output_path(out, "--out", "store")
+    if out.exists() and any(out.iterdir()):  # an empty directory is simply used
         try:
             held = dict(zarr.open_group(str(out), mode="r", zarr_format=2).attrs)["cellseg"]
         except Exception:  # not a store of ours (or a half-made one): never resumed
@@ -645,6 +651,9 @@ def init_store(out: Path, spec: Mapping[str, Any], plan: PredictionPlan, overwri
                 "delete it, choose another --out, or pass --overwrite"
             )
         shutil.rmtree(out)
+    # the state directory first: a store killed while being created is still recognised as
+    # cellseg's (cellseg.ownership.is_prediction_store), so a rerun may replace it
+    (out / STATE_DIR / "blocks").mkdir(parents=True, exist_ok=True)
     # Every array's and group's metadata is written as the zarr v2 JSON documents directly:
     # creating 30 groups and 28 arrays through zarr's API costs 0.1-0.3 s (one event-loop round
     # trip and several reads per node), a fixed cost that dominated small volumes; the documents
@@ -659,7 +668,6 @@ def init_store(out: Path, spec: Mapping[str, Any], plan: PredictionPlan, overwri
             documents[f"{kind}/{name}/.zattrs"] = _group_attrs(name, plan, 1, kind)
             documents[f"{kind}/{name}/s0/.zarray"] = array
     _write_documents(out, documents)
-    (out / STATE_DIR / "blocks").mkdir(parents=True, exist_ok=True)
     # the spec last: a store killed while being created is recognised as unfinished
     write_json_atomic(
         out / ".zattrs",
@@ -983,6 +991,7 @@ def predict_volume(
     store, group = split_store_path(em_path)
     em = read_multiscale(open_group(store), store, group)
     refuse_inside(out, [store], "EM store")
+    check_output_path(out, "--out", "store")
     device = resolve_device(settings.device)
     if predictor is None:
         if checkpoint is None:
