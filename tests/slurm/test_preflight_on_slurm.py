@@ -1,0 +1,110 @@
+"""The preflight end to end: the Longleaf profile on the real single-node SLURM.
+
+``snakemake --profile config/profiles/longleaf preflight`` submits one preflight job per run
+with that run's training request and writes ``results/preflight.md``, and nothing else; then the
+training target lets the go run train and stops the no-go run's train job with its one line,
+while the other run finishes. Only what a 2-CPU node without a GPU forces is overridden: the
+"GPUs" run as gloo CPU ranks (``run_on_cpu``), a short preflight, and no supply margin (two
+cores cannot feed a step on the CPU; the supply check is tested by hand-computed cases in
+tests/training/test_preflight.py). The no-go is injected: 10^5 epochs of unet_3d cannot fit
+one 10-minute job.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from cluster import option, sbatch_calls
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_CONFIG = REPO / ".test" / "config" / "config.yaml"
+
+MODELS = {
+    # two "GPUs": torchrun starts two gloo ranks inside the one job
+    "unet_2d": {"gpus": 2, "mem_mb": 4000, "run_on_cpu": True},
+    # the fault: far more epochs than runtime_min 10 (8 after the margin) x (retries 0 + 1) hold
+    "unet_3d": {"gpus": 1, "mem_mb": 3000, "run_on_cpu": True, "max_epochs": 100000},
+}
+
+
+def config_file(tmp_path: Path) -> Path:
+    config = yaml.safe_load(TEST_CONFIG.read_text())
+    config["models"] = MODELS
+    config["preflight"] = {
+        "enabled": True,
+        "warmup_steps": 1,
+        "timed_steps": 2,
+        "loader_batches": 2,
+        "real_steps": 2,
+        "allreduce_mb": 1,
+        "min_supply_ratio": 0,
+    }
+    path = tmp_path / "preflight.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_workflow(cluster, workdir: Path, config: Path, *targets: str) -> tuple[int, str]:
+    profile = cluster.make_test_profile(workdir / "profile", {"configfile": str(config)})
+    environment = cluster.env | {"PYTHONPATH": str(REPO / "src")}
+    environment["PATH"] = f"{Path(sys.executable).parent}:{environment['PATH']}"
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+         "--profile", str(profile), "--retries", "0", *targets],
+        cwd=workdir, env=environment, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_preflight_decides_which_runs_train(slurm_cluster, tmp_path):
+    config = config_file(tmp_path)
+    status, log = run_workflow(slurm_cluster, tmp_path, config, "preflight")
+    assert status == 0, log[-6000:] + slurm_cluster.log_tail()
+    calls = sbatch_calls(log)
+    # only the preflights (and the class count they read) were submitted; the table is local
+    assert {name.split("_wildcards_")[0] for name in calls} == {
+        "preflight_run", "class_frequencies",
+    }, sorted(calls)  # fmt: skip
+    for key, settings in MODELS.items():
+        argv = calls[f"preflight_run_wildcards_{key}"]
+        # the train job's node: its partition, GPUs and memory; the preflight's minutes
+        assert (option(argv, "-p"), option(argv, "--qos")) == ("l40-gpu", "gpu_access")
+        assert option(argv, "--gpus") == str(settings["gpus"])
+        assert option(argv, "--mem") == str(settings["mem_mb"])
+        assert option(argv, "-t") == "30"
+    results = tmp_path / "results"
+    go = json.loads((results / "preflight/unet_2d.json").read_text())
+    nogo = json.loads((results / "preflight/unet_3d.json").read_text())
+    assert go["verdict"] == "go", go["reasons"]
+    assert [r["rank"] for r in go["ranks"]] == [0, 1] and go["summary"]["allreduce_gbps"] > 0
+    assert go["slurm_job_id"] and go["retries"] == 0
+    assert nogo["verdict"] == "no-go"
+    (reason,) = nogo["reasons"]
+    assert "max_epochs 100000" in reason and "models.unet_3d.runtime_min" in reason
+    table = (results / "preflight.md").read_text()
+    assert "| unet_2d | 2 x cpu | n/a (host RSS" in table
+    assert "| no-go | projected" in table
+    assert not (results / "models").exists(), "`preflight` trains nothing"
+
+    targets = [f"results/models/{key}/best.pt" for key in MODELS]
+    status, log = run_workflow(slurm_cluster, tmp_path, config, *targets, "--keep-going")
+    assert status != 0, "the no-go run's train job fails"
+    calls = sbatch_calls(log)
+    # the preflights are not run again: only the two train jobs are submitted
+    assert {name.split("_wildcards_")[0] for name in calls} == {"train"}, sorted(calls)
+    assert (results / "models/unet_2d/best.pt").is_file(), log[-6000:]
+    assert (
+        "preflight results/preflight/unet_2d.json: go"
+        in (tmp_path / "logs/train/unet_2d.log").read_text()
+    )
+    assert not (results / "models/unet_3d/best.pt").exists()
+    last = (tmp_path / "logs/train/unet_3d.log").read_text().strip().splitlines()[-1]
+    assert last.startswith("cellseg: error: preflight no-go for unet_3d")
+    assert "preflight.enforce: false" in last
