@@ -29,7 +29,7 @@ TEST_CONFIG = REPO / ".test" / "config" / "config.yaml"
 MODELS = {
     # two "GPUs": torchrun starts two gloo ranks inside the one job
     "unet_2d": {"gpus": 2, "mem_mb": 4000, "run_on_cpu": True},
-    # the fault: far more epochs than runtime_min 10 (8 after the margin) x (retries 0 + 1) hold
+    # the fault: far more epochs than runtime_min 10 (8 after the margin) x (retries 1 + 1) hold
     "unet_3d": {"gpus": 1, "mem_mb": 3000, "run_on_cpu": True, "max_epochs": 100000},
 }
 
@@ -51,13 +51,15 @@ def config_file(tmp_path: Path) -> Path:
     return path
 
 
-def run_workflow(cluster, workdir: Path, config: Path, *targets: str) -> tuple[int, str]:
+def run_workflow(
+    cluster, workdir: Path, config: Path, *targets: str, retries: int = 0
+) -> tuple[int, str]:
     profile = cluster.make_test_profile(workdir / "profile", {"configfile": str(config)})
     environment = cluster.env | {"PYTHONPATH": str(REPO / "src")}
     environment["PATH"] = f"{Path(sys.executable).parent}:{environment['PATH']}"
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-         "--profile", str(profile), "--retries", "0", *targets],
+         "--profile", str(profile), "--retries", str(retries), *targets],
         cwd=workdir, env=environment, capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     return result.returncode, result.stdout + result.stderr
@@ -65,7 +67,8 @@ def run_workflow(cluster, workdir: Path, config: Path, *targets: str) -> tuple[i
 
 def test_preflight_decides_which_runs_train(slurm_cluster, tmp_path):
     config = config_file(tmp_path)
-    status, log = run_workflow(slurm_cluster, tmp_path, config, "preflight")
+    # retries 1: the profile's retries reach the preflight jobs (their own Snakemake has 0)
+    status, log = run_workflow(slurm_cluster, tmp_path, config, "preflight", retries=1)
     assert status == 0, log[-6000:] + slurm_cluster.log_tail()
     calls = sbatch_calls(log)
     # only the preflights (and the class count they read) were submitted; the table is local
@@ -84,10 +87,11 @@ def test_preflight_decides_which_runs_train(slurm_cluster, tmp_path):
     nogo = json.loads((results / "preflight/unet_3d.json").read_text())
     assert go["verdict"] == "go", go["reasons"]
     assert [r["rank"] for r in go["ranks"]] == [0, 1] and go["summary"]["allreduce_gbps"] > 0
-    assert go["slurm_job_id"] and go["retries"] == 0
+    assert go["slurm_job_id"] and go["retries"] == 1
     assert nogo["verdict"] == "no-go"
     (reason,) = nogo["reasons"]
     assert "max_epochs 100000" in reason and "models.unet_3d.runtime_min" in reason
+    assert "more than the 2 that retries 1 allow" in reason
     table = (results / "preflight.md").read_text()
     assert "| unet_2d | 2 x cpu | n/a (host RSS" in table
     assert "| no-go | projected" in table

@@ -192,6 +192,20 @@ def test_a_train_job_refuses_a_no_go_unless_not_enforced(tmp_path):
         check_preflight(tmp_path / "bad.json", enforce=True)
 
 
+def test_a_preflight_of_other_settings_says_how_to_measure_again(tmp_path):
+    go = document(tmp_path)
+    assert check_preflight(go, enforce=True, settings=SEED).endswith(": go")
+    smaller = replace(SEED, batch_per_gpu=20, lr=1.0)  # lr is not judged
+    line = check_preflight(go, enforce=True, settings=smaller)
+    assert line.splitlines()[1] == (
+        f"warning: preflight (measured with other settings: batch_per_gpu 26 -> 20; delete {go} "
+        "and run the preflight again to judge these)"
+    )
+    nogo = document(tmp_path, supply=1.0)
+    with pytest.raises(CellsegError, match="batch_per_gpu 26 -> 20; delete"):
+        check_preflight(nogo, enforce=True, settings=smaller)
+
+
 def test_table_has_a_row_per_run_with_its_verdict(tmp_path):
     go = json.loads(document(tmp_path).read_text())
     cpu = result_document(

@@ -5,7 +5,7 @@ import sys
 from cellseg.joblog import job_log
 from cellseg.training.launch import launch_training
 from cellseg.training.preflight import check_preflight
-from cellseg.training.settings import Run, run_config
+from cellseg.training.settings import Run, resolve_settings, run_config
 
 # stderr goes to the job's log, which ends with the error if the job fails; the training
 # process itself writes into the same log (and ends it with its own one line)
@@ -18,7 +18,8 @@ with job_log(snakemake.log[0]) as log:  # noqa: F821
     preflight = getattr(snakemake.input, "preflight", None)  # noqa: F821
     if preflight is not None:
         enforce = snakemake.config["preflight"]["enforce"]  # noqa: F821
-        print(check_preflight(preflight, enforce), file=log, flush=True)
+        settings = resolve_settings(snakemake.config, snakemake.wildcards.run)  # noqa: F821
+        print(check_preflight(preflight, enforce, settings), file=log, flush=True)
     status = launch_training(
         run_config(snakemake.config, run),  # noqa: F821
         run.model_key,

@@ -324,22 +324,7 @@ def result_document(
         | {"memory_fraction": summary.memory_fraction, "supply_ratio": summary.supply_ratio},
         "projection": asdict(projection) | {"days": projection.days},
         "ranks": [asdict(r) for r in ranks],
-        "settings": {
-            "batch_per_gpu": settings.batch_per_gpu,
-            "grad_accum": settings.grad_accum,
-            "gpus": settings.gpus,
-            "num_workers": settings.num_workers,
-            "cache_mb": settings.cache_mb,
-            "cpus_per_task": settings.cpus_per_task,
-            "mem_mb": settings.mem_mb,
-            "runtime_min": settings.runtime_min,
-            "max_epochs": settings.max_epochs,
-            "iterations_per_epoch": settings.iterations_per_epoch,
-            "patch_shape": list(settings.patch_shape),
-            "amp": settings.amp,
-            "tf32": settings.tf32,
-            "compile": settings.compile,
-        },
+        "settings": judged_settings(settings),
         "preflight": asdict(preflight),
         "retries": retries,
         "host": os.uname().nodename,
@@ -362,22 +347,61 @@ def read_result(path: Path | str) -> dict[str, Any]:
     return document
 
 
-def check_preflight(path: Path | str, enforce: bool) -> str:
+def check_preflight(path: Path | str, enforce: bool, settings: TrainSettings | None = None) -> str:
     """What a ``train`` job does with its run's preflight: a go passes, a no-go stops it.
 
+    With ``settings`` (the train job's), a preflight that measured other values of the settings
+    it judges (:func:`judged_settings`) says so and how to measure again: Snakemake does not redo
+    a preflight whose result exists.
+
     Returns:
-        the line the train job logs (go, or a no-go it proceeds past with ``enforce`` false).
+        the line(s) the train job logs (go, or a no-go it proceeds past with ``enforce`` false).
 
     Raises:
         CellsegError: a no-go with ``enforce`` true: one line with every reason.
     """
     document = read_result(path)
+    stale = ""
+    if settings is not None:
+        now = judged_settings(settings)
+        recorded = document.get("settings") or {}
+        changed = [
+            f"{key} {recorded[key]} -> {now[key]}"
+            for key in recorded
+            if key in now and recorded[key] != now[key]
+        ]
+        if changed:
+            stale = (
+                f" (measured with other settings: {', '.join(changed)}; delete {path} and run "
+                "the preflight again to judge these)"
+            )
     if document["verdict"] == "go":
-        return f"preflight {path}: go"
+        return f"preflight {path}: go" + (f"\nwarning: preflight{stale}" if stale else "")
     line = f"preflight no-go for {document['run']} ({path}): {'; '.join(document['reasons'])}"
     if enforce:
-        raise CellsegError(f"{line}; or set preflight.enforce: false to train anyway")
-    return f"warning: {line}; training anyway (preflight.enforce: false)"
+        raise CellsegError(f"{line}{stale}; or set preflight.enforce: false to train anyway")
+    return f"warning: {line}{stale}; training anyway (preflight.enforce: false)"
+
+
+def judged_settings(settings: TrainSettings) -> dict[str, Any]:
+    """The settings a preflight's verdict depends on, as its JSON records them."""
+    return {
+        "batch_per_gpu": settings.batch_per_gpu,
+        "grad_accum": settings.grad_accum,
+        "gpus": settings.gpus,
+        "num_workers": settings.num_workers,
+        "cache_mb": settings.cache_mb,
+        "cpus_per_task": settings.cpus_per_task,
+        "mem_mb": settings.mem_mb,
+        "runtime_min": settings.runtime_min,
+        "time_budget_margin_min": settings.time_budget_margin_min,
+        "max_epochs": settings.max_epochs,
+        "iterations_per_epoch": settings.iterations_per_epoch,
+        "patch_shape": list(settings.patch_shape),
+        "amp": settings.amp,
+        "tf32": settings.tf32,
+        "compile": settings.compile,
+    }
 
 
 # --- the table --------------------------------------------------------------------------------
