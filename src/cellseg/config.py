@@ -70,15 +70,46 @@ def typed_overrides(value: Any) -> Any:
     return typed if typed is None or isinstance(typed, bool | int | float) else value
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping of a YAML document names the same key twice."""
+
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"key {key!r} appears twice (line {line})")
+        self.key, self.line = key, line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping: the safe loader keeps
+    the last silently, so a second ``unet_2d:`` entry would drop the first one's settings."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise DuplicateKeyError(key, key_node.start_mark.line + 1)
+                seen.add(key)
+            except TypeError:  # an unhashable key: the safe loader's own error follows
+                pass
+        return super().construct_mapping(node, deep)
+
+
 def read_layer(path: Path | str) -> dict[str, Any]:
     """One config file as a mapping (empty file: empty mapping).
 
     Raises:
-        CellsegError: unreadable YAML or a top level that is not a mapping, naming the file.
+        CellsegError: unreadable YAML, a key given twice in one mapping, or a top level that is
+            not a mapping, naming the file.
     """
     path = Path(path)
     try:
-        layer = yaml.safe_load(path.read_text()) or {}
+        layer = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
+    except DuplicateKeyError as error:
+        raise CellsegError(
+            f"{path}:{error.line}: key {error.key} appears twice in the same mapping, and only "
+            "the last would count; merge the two into one entry"
+        ) from None
     except (OSError, yaml.YAMLError) as error:
         raise CellsegError(
             f"{path}: cannot read this config file ({str(error).splitlines()[0]})"
@@ -92,6 +123,34 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 
 
+def layer_holding(key_path: Sequence[str | int], sources: Sequence[Path | str]) -> str:
+    """The config file whose value at ``key_path`` the layered config holds (what an error
+    about that key names): the last layer that sets it, where a later layer naming a key of
+    :data:`REPLACED_KEYS` without it hides the earlier ones. ``--config`` when no file sets it
+    (the value came from the command line); every file for the top level or an unreadable one.
+    """
+    if not key_path:
+        return ", ".join(map(str, sources)) or "config"
+    holder: str | None = None
+    for source in sources:
+        try:
+            node: Any = read_layer(source)
+        except CellsegError:
+            return ", ".join(map(str, sources))
+        replaced = key_path[0] in REPLACED_KEYS and key_path[0] in node
+        for part in key_path:
+            in_mapping = isinstance(node, Mapping) and part in node
+            in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+            if in_mapping or in_list:
+                node = node[part]
+            else:
+                holder = None if replaced else holder
+                break
+        else:
+            holder = str(source)
+    return holder or "--config"
+
+
 def schema_error_line(
     config: Mapping[str, Any], schema_path: Path | str, sources: Sequence[str]
 ) -> str | None:
@@ -101,7 +160,7 @@ def schema_error_line(
     error = jsonschema.exceptions.best_match(validator.iter_errors(dict(config)))
     if error is None:
         return None
-    where = ", ".join(map(str, sources)) or "config"
+    path = list(error.absolute_path)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - set(allowed))
@@ -111,8 +170,50 @@ def schema_error_line(
             if allowed
             else f"keys must match {', '.join(patterns)}"
         )
-        return f"{where}: unknown key {_key_path(error)}.{unknown[0] if unknown else '?'}; {hint}"
+        key = ".".join(map(str, [*path, unknown[0] if unknown else "?"]))
+        where = layer_holding([*path, unknown[0]] if unknown else path, sources)
+        return f"{where}: unknown key {key}; {hint}"
+    where = layer_holding(path, sources)
     return f"{where}: {_key_path(error)}: {error.message}; see config/README.md"
+
+
+MODEL_NAMES: tuple[str, ...] = ("unet", "resnet", "swin", "vit")
+"""The registry's model names (``cellseg.models.list_models``), known here without importing
+torch: Snakemake plans the DAG in a process that must not need it. A test keeps the two equal,
+so a 9th model fails it until it is named here too."""
+
+PATCH_FORM: dict[str, str] = {"2d": "[H, W]", "3d": "[D, H, W]"}
+
+
+def check_models(config: Mapping[str, Any], sources: Sequence[Path | str]) -> None:
+    """Refuse, at planning time, a ``models`` key no registered model has and a patch shape
+    whose length does not fit the model's dimension (each would otherwise fail only in its
+    job's log, after the data steps ran).
+
+    Raises:
+        CellsegError: one line naming the file and the key that holds the bad value.
+    """
+    training = config.get("training") or {}
+    for key, entry in (config.get("models") or {}).items():
+        name, _, dim = str(key).rpartition("_")
+        if name not in MODEL_NAMES:
+            raise CellsegError(
+                f"{layer_holding(['models', key], sources)}: models.{key}: no model named "
+                f"{name!r} is registered (registered: {', '.join(MODEL_NAMES)}, each _2d or "
+                "_3d); fix the name, or register the model (docs/models.md)"
+            )
+        for path in (["models", key], ["training", dim], ["training", "defaults"]):
+            section = entry if path[0] == "models" else training.get(path[1])
+            if isinstance(section, Mapping) and "patch_shape" in section:
+                shape = section["patch_shape"]
+                if len(shape) != int(dim[0]):
+                    holder = layer_holding([*path, "patch_shape"], sources)
+                    raise CellsegError(
+                        f"{holder}: {'.'.join(path)}.patch_shape = {list(shape)} has "
+                        f"{len(shape)} values, but {key} is a {dim} model; give "
+                        f"{int(dim[0])}: {PATCH_FORM[dim]} voxels"
+                    )
+                break  # the most specific layer that sets it is the one the model gets
 
 
 def check_config(
@@ -122,18 +223,20 @@ def check_config(
     line = schema_error_line(config, schema_path, sources)
     if line:
         raise CellsegError(line)
+    check_models(config, sources)
     where = ", ".join(map(str, sources)) or "config"
     data = config["data"]
     if data.get("datasplit_csv") and not Path(data["datasplit_csv"]).is_file():
         raise CellsegError(
-            f"{where}: data.datasplit_csv {data['datasplit_csv']} does not exist; fix the path"
+            f"{layer_holding(['data', 'datasplit_csv'], sources)}: data.datasplit_csv "
+            f"{data['datasplit_csv']} does not exist; fix the path"
         )
     low, high = data.get("em_range", (10.6, 194.1))
     # EM is uint8 (store.check_em_dtype refuses any other): a reversed, empty or out-of-range
     # window makes every input voxel the same value (or NaN), and training would still "finish"
     if not 0 <= low < high <= 255:
         raise CellsegError(
-            f"{where}: data.em_range = [{low}, {high}] must be [low, high] with "
+            f"{layer_holding(['data', 'em_range'], sources)}: data.em_range = [{low}, {high}] must be [low, high] with "
             "0 <= low < high <= 255 (raw uint8 EM values); e.g. the seed's [10.6, 194.1]"
         )
     if not data["demo"]["enabled"]:
@@ -143,7 +246,10 @@ def check_config(
             )
         for root in data.get("roots", []):
             if not Path(root).is_dir():
-                raise CellsegError(f"{where}: data.roots entry {root} does not exist; fix the path")
+                raise CellsegError(
+                    f"{layer_holding(['data', 'roots'], sources)}: data.roots entry {root} does "
+                    "not exist; fix the path"
+                )
 
 
 def resolved_config_document(

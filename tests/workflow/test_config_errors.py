@@ -1,0 +1,79 @@
+"""Config mistakes caught when Snakemake plans the DAG (``snakemake -n`` from a clone's root, as
+the README runs it), in one line naming the layer file that holds the bad key (issue 22,
+section 5): a model no registry has, a model key given twice in a YAML file, a 2D patch shape
+with three values, and a bad key in one of several presets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from workflow_runner import run_in_clone as run
+
+from cellseg.config import MODEL_NAMES
+
+
+def config_error(clone: Path, *layers: tuple[str, str]) -> str:
+    """Write each ``(name, text)`` as config/experiments/NAME, plan with all of them as
+    ``--configfile`` in order, and return the one ``cellseg: config error`` line."""
+    arguments = ["--configfile"]  # one option, several files (a repeated option keeps the last)
+    for name, text in layers:
+        (clone / "config" / "experiments" / name).write_text(text)
+        arguments.append(f"config/experiments/{name}")
+    result = run(clone, "-n", *arguments, check=False)
+    assert result.returncode != 0, result.stdout[-2000:]
+    lines = [line for line in result.stderr.splitlines() if "config error" in line]
+    assert len(lines) == 1 and lines[0].startswith("cellseg: config error: "), result.stderr
+    # layer files are named by their absolute paths (as Snakemake hands them over)
+    return lines[0].removeprefix("cellseg: config error: ").replace(f"{clone}/", "")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "models:\n  segformer_2d: {}\n",
+            "models.segformer_2d: no model named 'segformer' is registered",
+        ),
+        (
+            "models:\n  unet_2d: {lr: 0.1}\n  vit_2d: {}\n  unet_2d: {max_epochs: 2}\n",
+            ":4: key unet_2d appears twice in the same mapping",
+        ),
+        (
+            "models:\n  unet_2d: {patch_shape: [8, 32, 32]}\n",
+            "models.unet_2d.patch_shape = [8, 32, 32] has 3 values, but unet_2d is a 2d model",
+        ),
+        (
+            "training:\n  2d: {patch_shape: [16, 32, 32]}\nmodels:\n  resnet_2d: {}\n",
+            "training.2d.patch_shape = [16, 32, 32] has 3 values, but resnet_2d is a 2d model",
+        ),
+    ],
+    ids=["unregistered", "duplicate", "patch-3-values", "patch-from-training-2d"],
+)
+def test_planning_refuses_naming_the_file_and_the_key(clone, text, expected):
+    line = config_error(clone, ("mistake.yaml", text))
+    assert line.startswith("config/experiments/mistake.yaml") and expected in line, line
+
+
+def test_a_config_error_names_the_layer_that_holds_the_bad_key(clone):
+    first = ("first.yaml", "training:\n  defaults: {lr: fast}\n")
+    second = ("second.yaml", "evaluation:\n  overlap: 0.5\n")
+    line = config_error(clone, first, second)
+    assert line.startswith("config/experiments/first.yaml: training.defaults.lr: "), line
+    assert "second.yaml" not in line and "config.yaml," not in line
+    # an unknown key in the second layer names the second file only
+    line = config_error(clone, ("first.yaml", "replicates: 1\n"), ("second.yaml", "modles: {}\n"))
+    assert line.startswith("config/experiments/second.yaml: unknown key modles"), line
+    # a later layer's models list replaces the earlier one: its entry is the one that counts
+    line = config_error(
+        clone,
+        ("first.yaml", "models:\n  unet_2d: {patch_shape: [8, 32, 32]}\n"),
+        ("second.yaml", "models:\n  unet_2d: {batch_per_gpu: -1}\n"),
+    )
+    assert line.startswith("config/experiments/second.yaml: models.unet_2d.batch_per_gpu"), line
+
+
+def test_the_planning_time_model_names_are_the_registry_s():
+    from cellseg.models import list_models
+
+    assert set(MODEL_NAMES) == {name for name, _ in list_models()}
