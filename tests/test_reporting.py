@@ -459,3 +459,61 @@ def test_one_factor_rows_keep_variants_moving_only_that_key():
     loss = {"tau": 1.0, "sign": "seed", "alpha": 0.6, "beta": 0.4}
     assert list(one_factor_rows(table, loss, ["tau"]).index) == [0, 1, 3]
     assert list(one_factor_rows(table, loss, ["alpha", "beta"]).index) == [1]
+
+
+def test_summary_names_the_intervals_on_the_conservative_variance(tmp_path, frequencies):
+    from cellseg.statistics import class_mean_interval
+
+    # a seeded search for 6 crops whose classes' scores move against each other so strongly
+    # that the unbiased variance is not positive (as the integer counts hold them)
+    rng = np.random.default_rng(3)
+    while True:
+        annotated = rng.random((6, 3)) < 0.6
+        quality = np.round(rng.uniform(0.2, 0.9, size=(6, 3)) * 100) / 100
+        values = np.where(annotated, quality, np.nan)
+        designed = (annotated.sum(axis=0) >= 2).all() and annotated.any(axis=1).all()
+        if designed and class_mean_interval(values).conservative:
+            break
+    table = metrics_table("unet_2d", quality)
+    keep = annotated.reshape(-1)  # rows are crop-major, class-minor, as in `annotated`
+    metrics, train = write_model(tmp_path, "unet_2d", table[keep].reset_index(drop=True))
+    summary = summarize({"unet_2d": metrics}, {"unet_2d": train}, frequencies, ["unet_2d"])
+    assert "unet_2d mean Dice" in summary.conservative
+    row = summary.table.set_index("model").loc["unet_2d"]
+    assert row["mean_dice_ci_high"] - row["mean_dice_ci_low"] > 0
+    text = summary_markdown(summary)
+    assert "The unbiased variance came out not positive for unet_2d mean Dice" in text
+    # the usual case says nothing about it
+    (tmp_path / "usual").mkdir()
+    metrics, train = three_models(tmp_path / "usual")
+    usual = summarize(metrics, train, frequencies, expected=list(metrics))
+    assert usual.conservative == [] and "not positive" not in summary_markdown(usual)
+
+
+def test_no_study_comparison_leaves_its_holm_family_silently(tmp_path):
+    rng = np.random.default_rng(2)
+    # scores in 64ths (64 positive voxels): sums and differences are exact in binary
+    crops = rng.integers(26, 52, size=(8, 3)) / 64
+    metrics = {}
+    # unet_2d~b is unet_2d~a minus exactly 0.25 on every crop, class and seed: a standard error
+    # of 0, which used to give a NaN p-value and drop the comparison from the Holm family
+    for group, shift, seeds in (
+        ("unet_2d~a", 0.0, 2),
+        ("unet_2d~b", -0.25, 2),
+        ("unet_2d~c", -0.375, 3),
+    ):
+        for k in range(seeds):
+            name = group + (f"~r{k}" if k else "")
+            quality = crops + shift + (0.125 if group == "unet_2d~c" and k == 1 else 0.0)
+            table = metrics_table(name, quality, positives=64)
+            metrics[name], _ = write_model(tmp_path, name, table)
+    study = summarize_study(metrics)
+    table = study.table.set_index("group")
+    assert table.loc["unet_2d~b", "diff_vs_best"] == -0.25
+    assert table.loc["unet_2d~b", "p_vs_best"] == 0.0
+    # 3 seeds against 2 cannot be paired: no p-value, and a note says so
+    assert np.isnan(table.loc["unet_2d~c", "p_vs_best"])
+    assert any(
+        note.startswith("unet_2d~c vs unet_2d~a: not tested (p_vs_best empty): 3 vs 2 seeds")
+        for note in study.notes
+    ), study.notes

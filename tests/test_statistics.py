@@ -374,3 +374,70 @@ def test_one_seed_is_the_crop_interval_and_the_estimate_is_the_mean_of_seeds() -
         replicate_mean_interval(
             np.stack([draw[0], np.where(np.eye(*draw[0].shape) > 0, np.nan, draw[1])])
         )
+
+
+# ------------------------------------------------------------------------------ never a point
+
+
+def random_small_design(rng: np.random.Generator, n_crops: int) -> np.ndarray:
+    """``(N, K)`` scores in [0, 1] of 2-5 classes, each annotated by a random 2 to N crops
+    (every crop annotating at least one class), NaN where not annotated."""
+    k = int(rng.integers(2, 6))
+    annotated = np.zeros((n_crops, k), dtype=bool)
+    for c in range(k):
+        crops = rng.choice(n_crops, size=int(rng.integers(2, n_crops + 1)), replace=False)
+        annotated[crops, c] = True
+    for n in np.flatnonzero(~annotated.any(axis=1)):
+        annotated[n, rng.integers(k)] = True
+    return np.where(annotated, rng.beta(2, 2, size=(n_crops, k)), np.nan)
+
+
+def test_the_smallest_negative_case_gets_the_conservative_interval_not_a_point() -> None:
+    # class c on crops 1-3, class d on crops 2-4; their residuals cancel within crops 2 and 3,
+    # so the unbiased form is (1/4)(0.01/3 + 0.01/3 - 2 x 0.02/5) < 0: Welch's sum instead
+    nan = np.nan
+    x = np.array([[0.5, nan], [0.6, 0.4], [0.4, 0.6], [nan, 0.5]])
+    result = class_mean_interval(x)
+    assert result.conservative
+    assert result.se**2 == pytest.approx((0.01 / 3 + 0.01 / 3) / 4)
+    assert result.low < 0.5 < result.high
+    # a positive unbiased estimate is kept as it is
+    assert not class_mean_interval(np.array([[0.5, 0.4], [0.6, 0.7], [0.4, 0.5]])).conservative
+
+
+@pytest.mark.parametrize("n_crops", [4, 5, 6, 8])
+def test_no_interval_of_a_small_design_has_zero_width(n_crops: int) -> None:
+    rng = np.random.default_rng(100 + n_crops)
+    fallbacks = 0
+    for _ in range(1000):
+        result = class_mean_interval(random_small_design(rng, n_crops))
+        assert result.high - result.low > 0 and result.se > 0
+        fallbacks += result.conservative
+    # the fallback is exercised here, not just possible
+    assert fallbacks > 0
+
+
+@pytest.mark.parametrize("n_crops", [6, 8])
+def test_no_paired_difference_of_a_small_design_has_zero_width(n_crops: int) -> None:
+    rng = np.random.default_rng(200 + n_crops)
+    fallbacks = 0
+    for _ in range(300):
+        a = random_small_design(rng, n_crops)
+        b = np.where(np.isnan(a), np.nan, rng.beta(2, 2, size=a.shape))
+        result = paired_comparison(a, b, statistic="mean", n_resamples=64)
+        assert result.high - result.low > 0
+        fallbacks += result.conservative
+    assert fallbacks > 0
+
+
+def test_replicate_interval_never_collapses_when_the_interaction_takes_everything() -> None:
+    # every seed scores every crop the same except for an interaction that averages out:
+    # the crop part minus the interaction is not positive and the seeds agree exactly
+    x = np.array(
+        [
+            [[0.5, 0.5], [0.7, 0.7], [0.3, 0.3], [0.5, 0.5]],
+            [[0.7, 0.7], [0.5, 0.5], [0.5, 0.5], [0.3, 0.3]],
+        ]
+    )
+    result = replicate_mean_interval(x)
+    assert result.conservative and result.high - result.low > 0

@@ -90,6 +90,9 @@ class Interval(NamedTuple):
         se: standard error ``s``.
         df: Satterthwaite degrees of freedom ``ν`` (at most ``N - 1``).
         n_crops: crops with at least one annotated class.
+        conservative: the unbiased variance estimate was not positive, so the interval rests on
+            the conservative one that cannot be (:func:`class_mean_interval`): wider, never a
+            point.
     """
 
     estimate: float
@@ -98,6 +101,7 @@ class Interval(NamedTuple):
     se: float
     df: float
     n_crops: int
+    conservative: bool = False
 
 
 class PairedComparison(NamedTuple):
@@ -109,6 +113,7 @@ class PairedComparison(NamedTuple):
         estimate_a, estimate_b: the statistic of each model.
         n_crops: shared crops.
         exact: whether all ``2^N`` flips were enumerated.
+        conservative: the interval rests on the conservative variance (:class:`Interval`).
     """
 
     estimate: float
@@ -119,6 +124,7 @@ class PairedComparison(NamedTuple):
     estimate_b: float
     n_crops: int
     exact: bool
+    conservative: bool = False
 
 
 # ------------------------------------------------------------------------------ per-crop values
@@ -193,15 +199,24 @@ def mean_over_classes(values: np.ndarray) -> float:
 # ------------------------------------------------------------------------------ the interval
 
 
-def _variance_and_df(values: np.ndarray, bound: float) -> tuple[float, float]:
-    """Unbiased variance of ``θ̂`` over independent crops and its Satterthwaite df.
+def _variance_and_df(values: np.ndarray, bound: float) -> tuple[float, float, bool]:
+    """Variance of ``θ̂`` over independent crops, its Satterthwaite df, and whether the variance
+    is the conservative fallback.
+
+    The unbiased estimate weighs every pair of classes by their covariance within crops; in
+    small designs the cross terms can come out so negative that it is not positive. Then the
+    variance is Welch's per-class sum ``(1/K²) Σ_c s_c² / n_c``: the variance if the classes of
+    a crop were uncorrelated, which is never negative, positive unless every class's values are
+    all equal, and larger than the truth when the covariances really are negative, as the
+    failed estimate says. (A crop-level sandwich ``Σ_n u_n²`` is no fallback: when the classes'
+    residuals cancel within each crop it is 0 too.)
 
     Args:
         values: ``(N, K)`` with every column annotated by at least one crop, NaN elsewhere.
         bound: variance used for a class annotated by a single crop.
 
     Returns:
-        ``(variance, df)``.
+        ``(variance, df, conservative)``.
     """
     annotated = ~np.isnan(values)
     n_crops, k = values.shape
@@ -214,7 +229,12 @@ def _variance_and_df(values: np.ndarray, bound: float) -> tuple[float, float]:
     weights = np.where(denominator > 0, 1.0 / np.where(denominator > 0, denominator, 1.0), 0.0)
     weights /= k**2
     known = bound * np.count_nonzero(n < 2) / k**2  # single-crop classes: bounded, no df
-    variance = max(float(np.sum((r.T @ r) * weights)), 0.0) + known
+    products = r.T @ r
+    variance = float(np.sum(products * weights))
+    conservative = variance <= 0
+    if conservative:
+        variance = float(np.sum(np.diag(products) * np.diag(weights)))
+    variance += known
 
     # Satterthwaite: the estimate is y' B y + known over the annotated observations y, with
     # B = M W M (M removes class means, W the crop-block weights); under a working covariance
@@ -230,7 +250,7 @@ def _variance_and_df(values: np.ndarray, bound: float) -> tuple[float, float]:
     df = (trace + known) ** 2 / spread if spread > 0 else float("inf")
     # the working model ignores correlation between the classes of a crop; when they are
     # strongly correlated the N crops are the independent units: never more than N - 1 df
-    return variance, min(df, n_crops - 1.0)
+    return variance, min(df, n_crops - 1.0), conservative
 
 
 def class_mean_interval(
@@ -264,11 +284,17 @@ def class_mean_interval(
     if arr.shape[0] < 2:
         nan = float("nan")
         return Interval(estimate, nan, nan, nan, nan, arr.shape[0])
-    variance, df = _variance_and_df(arr, bound)
+    variance, df, conservative = _variance_and_df(arr, bound)
     se = float(np.sqrt(variance))
     quantile = float(stats.t.ppf(0.5 + confidence / 2, df))
     return Interval(
-        estimate, estimate - quantile * se, estimate + quantile * se, se, df, arr.shape[0]
+        estimate,
+        estimate - quantile * se,
+        estimate + quantile * se,
+        se,
+        df,
+        arr.shape[0],
+        conservative,
     )
 
 
@@ -310,7 +336,8 @@ def replicate_mean_interval(
       estimate, ``N Σ ε̂_sn² / ((S - 1)(N - 1))`` from the two-way residuals ``ε̂`` of the
       per-crop contributions ``u_sn = Σ_c x_snc / (K n_c)`` to ``θ̂_s``. The interaction is
       counted in both parts, so ``σ̂_E² / S`` is taken out of the crop part (clamped at 0),
-      which has the more degrees of freedom, and the seed part keeps its ``S - 1``.
+      which has the more degrees of freedom, and the seed part keeps its ``S - 1``. When that
+      leaves no variance at all, the interaction stays in both parts (``conservative``).
 
     Degrees of freedom combine both parts by Satterthwaite. With ``S = 1`` this is
     :func:`class_mean_interval`. Coverage on synthetic data of known variance components
@@ -358,14 +385,28 @@ def replicate_mean_interval(
     # the per-seed spread carries the interaction too: take it out of the crop part, which
     # has the more degrees of freedom, so the seed part keeps its honest S - 1
     seed_variance = float(per_seed.var(ddof=1)) / seeds
-    crop_variance = max(averaged.se**2 - interaction / seeds, 0.0)
+    crop_variance = averaged.se**2 - interaction / seeds
+    conservative = averaged.conservative
+    if crop_variance + seed_variance <= 0:
+        # the subtraction left nothing: keep the interaction in both parts (conservative)
+        # rather than report a point
+        crop_variance, conservative = averaged.se**2, True
+    crop_variance = max(crop_variance, 0.0)
     variance = crop_variance + seed_variance
     spread = crop_variance**2 / averaged.df + seed_variance**2 / (seeds - 1)
     df = variance**2 / spread if spread > 0 else averaged.df
     se = float(np.sqrt(variance))
     quantile = float(stats.t.ppf(0.5 + confidence / 2, df))
     estimate = averaged.estimate  # θ̂ is linear: the mean of the θ̂_s
-    return Interval(estimate, estimate - quantile * se, estimate + quantile * se, se, df, n_crops)
+    return Interval(
+        estimate,
+        estimate - quantile * se,
+        estimate + quantile * se,
+        se,
+        df,
+        n_crops,
+        conservative,
+    )
 
 
 # ------------------------------------------------------------------------------ paired tests
@@ -528,6 +569,7 @@ def paired_comparison(
         estimate_b,
         interval.n_crops,
         exact,
+        interval.conservative,
     )
 
 

@@ -62,7 +62,19 @@ def _statistics_sentence(summary: Summary) -> str:
         f"exact sign-flip permutation over crops (all 2^N flips up to {s.permutation_resamples} "
         f"flips, else {s.permutation_resamples} seeded random flips); with N crops the smallest "
         "possible p-value is 2/2^N. Nothing is reported from fewer than "
-        f"{floor} crops (`evaluation.min_crops_for_statistics`)."
+        f"{floor} crops (`evaluation.min_crops_for_statistics`)." + _conservative_sentence(summary)
+    )
+
+
+def _conservative_sentence(summary: Summary) -> str:
+    """Which intervals rest on the conservative variance (none: nothing to say)."""
+    if not summary.conservative:
+        return ""
+    return (
+        " The unbiased variance came out not positive for "
+        f"{'; '.join(summary.conservative)} (classes whose scores move against each other "
+        "within a crop, in few crops), so those intervals use the variance they would have if "
+        "the classes of a crop were uncorrelated: wider, never a single point."
     )
 
 

@@ -62,11 +62,18 @@ class Study:
 
 
 def _t_p_value(estimate: float, se: float, df: float) -> float:
-    """Two-sided p of the t statistic ``estimate / se`` with ``df`` degrees of freedom."""
+    """Two-sided p of the t statistic ``estimate / se`` with ``df`` degrees of freedom.
+
+    A standard error of 0 (every seed and crop gave exactly the same difference; the intervals
+    never collapse otherwise) is the limit of the t test: p = 1 for a zero difference, else 0.
+    NaN only when there is no standard error at all (too few crops).
+    """
     from scipy import stats
 
-    if not (np.isfinite(se) and se > 0 and np.isfinite(df) and df > 0):
+    if not (np.isfinite(se) and np.isfinite(df) and df > 0):
         return float("nan")
+    if se <= 0:
+        return 1.0 if estimate == 0 else 0.0
     return float(2 * stats.t.sf(abs(estimate) / se, df))
 
 
@@ -187,7 +194,8 @@ def summarize_study(
     table["rank_in_model"] = (
         table.groupby("model")["score"].rank(ascending=False, method="min").astype(int)
     )
-    table = _add_group_comparisons(table, arrays, s)
+    table, untested = _add_group_comparisons(table, arrays, s)
+    notes += untested
     table = table.sort_values(["rank", "group"], kind="stable").reset_index(drop=True)
     mode = modes.pop()
     return Study(table, pd.DataFrame(seed_rows), s, mode, len(shared), notes)
@@ -195,10 +203,16 @@ def summarize_study(
 
 def _add_group_comparisons(
     table: pd.DataFrame, arrays: Mapping[str, np.ndarray], s: SummarySettings
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, list[str]]:
     """``diff_vs_best`` (+ CI, Holm-adjusted ``p_vs_best``) against the best group overall and
-    ``diff_vs_model_best`` (+ Holm-adjusted ``p_vs_model_best``) against the best of its model."""
+    ``diff_vs_model_best`` (+ Holm-adjusted ``p_vs_model_best``) against the best of its model.
+
+    Returns:
+        the table, and one note per comparison left out of its Holm family (no p-value: too
+        few crops, or seeds that cannot be paired), so none leaves it silently.
+    """
     table = table.copy()
+    untested: list[str] = []
     for suffix, scopes in (
         ("best", [table.index]),
         ("model_best", [idx for _, idx in table.groupby("model").groups.items()]),
@@ -222,6 +236,23 @@ def _add_group_comparisons(
                 if np.isfinite(p):
                     tested.append(i)
                     p_values.append(p)
+                else:
+                    untested.append(
+                        f"{row['group']} vs {best}: not tested (p_vs_{suffix} empty): "
+                        f"{_why_untested(arrays[row['group']], arrays[best], s)}"
+                    )
             for i, p in zip(tested, holm(p_values), strict=True):
                 table.loc[i, f"p_vs_{suffix}"] = p
-    return table
+    return table, untested
+
+
+def _why_untested(a: np.ndarray, b: np.ndarray, s: SummarySettings) -> str:
+    """Why :func:`_group_comparison` gave no p-value for groups ``a`` and ``b`` (S, N, C)."""
+    if a.shape[0] != b.shape[0]:
+        return f"{a.shape[0]} vs {b.shape[0]} seeds cannot be paired; train as many of each"
+    if a.shape[1] < s.min_crops_for_statistics:
+        return (
+            f"{a.shape[1]} crops, fewer than evaluation.min_crops_for_statistics = "
+            f"{s.min_crops_for_statistics}"
+        )
+    return "no standard error"

@@ -229,6 +229,9 @@ class Summary:
         n_crops: crops evaluated (union over models).
         empty_score: mean Dice of a predictor that predicts nothing (``rank_by`` statistic).
         counts: ``{model}_{dim}`` → ``(crops, (N, 14, 4) counts)`` of each evaluated model.
+        conservative: the intervals that rest on the conservative variance because the
+            unbiased estimate was not positive (:class:`cellseg.statistics.Interval`), e.g.
+            ``unet_2d mean Dice``, ``unet_2d − best``.
     """
 
     table: pd.DataFrame
@@ -240,6 +243,7 @@ class Summary:
     n_crops: int
     empty_score: float = float("nan")
     counts: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)
+    conservative: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -602,6 +606,18 @@ def summarize(
         table = _add_above_baseline(table, baseline, s)
     table = _order_columns(table.sort_values(["rank"], na_position="last", kind="stable"))
 
+    conservative = [
+        f"{key} {'mean' if statistic is Statistic.MEAN else 'pooled'} Dice"
+        for key, model in evaluated.items()
+        if model.counts.shape[0] >= s.min_crops_for_statistics
+        for statistic in dict.fromkeys((Statistic.MEAN, Statistic(s.rank_by)))
+        if mean_dice_interval(model.counts, statistic, s.confidence).conservative
+    ]
+    conservative += [
+        f"{key} − best"
+        for key, comparison in comparisons.items()
+        if comparison.result is not None and comparison.result.conservative
+    ]
     notes = [m.note for m in models.values() if m.note]
     notes += [
         f"{k}: missing: expected but not in the config's models"
@@ -618,6 +634,7 @@ def summarize(
         n_crops=len(gt_crops),
         empty_score=_nothing_score(gt_counts, Statistic(s.rank_by)),
         counts={k: (m.crops, m.counts) for k, m in evaluated.items() if m.counts is not None},
+        conservative=conservative,
     )
 
 
