@@ -19,6 +19,7 @@ import yaml
 
 from cellseg.errors import CellsegError
 from cellseg.mappings import deep_merge
+from cellseg.yamlfile import DuplicateKeyError, UniqueKeyLoader
 
 REPLACED_KEYS: frozenset[str] = frozenset({"models"})
 """Top-level keys a layer replaces instead of merging into."""
@@ -68,31 +69,6 @@ def typed_overrides(value: Any) -> Any:
         except ValueError:
             return value
     return typed if typed is None or isinstance(typed, bool | int | float) else value
-
-
-class DuplicateKeyError(yaml.YAMLError):
-    """A mapping of a YAML document names the same key twice."""
-
-    def __init__(self, key: Any, line: int) -> None:
-        super().__init__(f"key {key!r} appears twice (line {line})")
-        self.key, self.line = key, line
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping: the safe loader keeps
-    the last silently, so a second ``unet_2d:`` entry would drop the first one's settings."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                if key in seen:
-                    raise DuplicateKeyError(key, key_node.start_mark.line + 1)
-                seen.add(key)
-            except TypeError:  # an unhashable key: the safe loader's own error follows
-                pass
-        return super().construct_mapping(node, deep)
 
 
 def read_layer(path: Path | str) -> dict[str, Any]:
@@ -250,6 +226,18 @@ def check_config(
                     f"{layer_holding(['data', 'roots'], sources)}: data.roots entry {root} does "
                     "not exist; fix the path"
                 )
+
+
+def config_digest(value: Any) -> str:
+    """A short digest of a config value (a section, the whole config), for a rule's ``params``:
+    Snakemake reruns a job when a param changes and prints the param before and after as the
+    reason, so a digest keeps that reason one short line where the value itself would print
+    kilobytes twice for every job."""
+    import hashlib
+    import json
+
+    text = json.dumps(value, sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def resolved_config_document(

@@ -19,6 +19,7 @@ import yaml
 
 from cellseg.errors import CellsegError
 from cellseg.mappings import deep_merge
+from cellseg.yamlfile import UniqueKeyLoader
 
 # Keys that change how a run is executed or logged but not what it computes: editing them keeps
 # the config hash, so a run can be resumed with more workers, another time budget or without the
@@ -323,7 +324,8 @@ def load_config(path: Path | str) -> dict[str, Any]:
     if not path.is_file():
         raise CellsegError(f"{path}: config file not found")
     try:
-        config = yaml.safe_load(path.read_text()) or {}
+        # a key given twice is refused (yaml.safe_load would keep the last one silently)
+        config = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
     except yaml.YAMLError as error:
         raise CellsegError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(config, dict):
