@@ -594,17 +594,19 @@ def read_crop_geometry(crop: Crop, resolution_nm: float | None = None) -> CropGe
 
 
 def check_em_dtype(root: zarr.Group, em: Multiscale) -> None:
-    """EM must be ``uint8``: ``data.em_range`` is a window of 8-bit values, so a ``uint16``
-    array (CellMap's ``fibsem-uint16``) would saturate every voxel at the top of the window
-    and the model would see a constant image. Refused rather than rescaled: a 16-bit volume's
-    useful window is not a fixed map of the 8-bit one, and CellMap stores carry the 8-bit EM.
+    """EM must be ``uint8`` (or floating point holding values on the same 0-255 scale):
+    ``data.em_range`` is a window of 8-bit values, so a ``uint16`` array (CellMap's
+    ``fibsem-uint16``) would saturate every voxel at the top of the window and the model would
+    see a constant image. Any other integer dtype is refused rather than rescaled: a 16-bit
+    volume's useful window is not a fixed map of the 8-bit one, and CellMap stores carry the
+    8-bit EM.
 
     Raises:
         CellsegError: naming the level, its dtype and the fix.
     """
     for level in em.levels:
-        dtype = root[f"{em.group}/{level.path}"].dtype
-        if dtype != np.uint8:
+        dtype = np.dtype(root[f"{em.group}/{level.path}"].dtype)
+        if dtype != np.uint8 and dtype.kind != "f":
             raise CellsegError(
                 f"{em.location}/{level.path}: EM dtype is {dtype}, but cellseg reads uint8 EM "
                 "(data.em_range is a window of 8-bit values, so this array would saturate); "
@@ -880,29 +882,43 @@ def _check_lost_chunks(
     ]
     if stored is None or not coarser:
         return
-    voxel = np.asarray(level.voxel_size_nm)
-    for key in itertools.product(*grid):
-        if key in stored:
-            continue
-        low = level.start_nm + np.asarray(key) * chunks * voxel
-        high = level.start_nm + np.minimum((np.asarray(key) + 1) * chunks, level.shape) * voxel
-        for other in coarser:
-            size = np.asarray(other.voxel_size_nm)
-            first = np.ceil((low - other.start_nm) / size - 1e-6).astype(int)
-            stop = np.floor((high - other.start_nm) / size + 1e-6).astype(int)
-            first, stop = np.maximum(first, 0), np.minimum(stop, other.shape)
-            if np.any(stop <= first):
-                continue  # no voxel of this level lies wholly inside the chunk
-            box = tuple(slice(int(a), int(b)) for a, b in zip(first, stop, strict=True))
-            values = np.asarray(multiscale.open_level(other)[box])
-            annotated = int(np.count_nonzero(values != encoding.absent))
-            if annotated:
-                raise CellsegError(
-                    f"{array.location}: chunk {list(key)} (file {_chunk_file(array, key)}) is "
-                    f"not stored, so it reads as {array.fill_value} (absent), but the coarser "
-                    f"level {other.path} holds {annotated} present or unknown voxels inside it: "
-                    "the chunk was lost in a download or copy; copy the array again"
-                )
+    missing = {key for key in itertools.product(*grid) if key not in stored}
+    span = chunks * np.asarray(level.voxel_size_nm)  # one chunk's extent per axis, nm
+    for other in coarser:
+        # per axis: the chunk of `level` wholly holding each voxel of `other`, or -1
+        holder = []
+        for axis in range(3):
+            size = other.voxel_size_nm[axis]
+            low = other.start_nm[axis] + np.arange(other.shape[axis]) * size
+            first = np.floor((low - level.start_nm[axis]) / span[axis] + 1e-6).astype(int)
+            last = np.floor((low + size - level.start_nm[axis]) / span[axis] - 1e-6).astype(int)
+            inside = (first == last) & (first >= 0) & (low + size <= level.stop_nm[axis] + 1e-3)
+            holder.append(np.where(inside, first, -1))
+        source = multiscale.open_level(other)
+        depth = int(source.chunks[0])
+        contradicted: Counter[tuple[int, ...]] = Counter()
+        for z in range(0, other.shape[0], depth):  # a z slab at a time: memory stays bounded
+            annotated = np.asarray(source[z : z + depth]) != encoding.absent
+            iz, iy, ix = np.nonzero(annotated)
+            keys = np.stack([holder[0][iz + z], holder[1][iy], holder[2][ix]], axis=1)
+            keys = keys[np.all(keys >= 0, axis=1)]
+            if not len(keys):
+                continue
+            found, counts = np.unique(keys, axis=0, return_counts=True)
+            for key, count in zip(found, counts, strict=True):
+                key = tuple(int(k) for k in key)
+                if key in missing:
+                    contradicted[key] += int(count)
+        if contradicted:
+            key = min(contradicted)
+            more = len(contradicted) - 1
+            others = f" ({more} more missing chunks likewise)" if more else ""
+            raise CellsegError(
+                f"{array.location}: chunk {list(key)} (file {_chunk_file(array, key)}) is not "
+                f"stored, so it reads as {array.fill_value} (absent), but the coarser level "
+                f"{other.path} holds {contradicted[key]} present or unknown voxels inside it"
+                f"{others}: the chunk was lost in a download or copy; copy the array again"
+            )
 
 
 def check_outside_stores(path: Path | str, crops: Sequence[Crop] = ()) -> None:
