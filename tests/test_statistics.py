@@ -441,3 +441,32 @@ def test_replicate_interval_never_collapses_when_the_interaction_takes_everythin
     )
     result = replicate_mean_interval(x)
     assert result.conservative and result.high - result.low > 0
+
+
+def test_replicate_degrees_of_freedom_count_the_subtracted_interaction() -> None:
+    """One class on every crop: the interval is the balanced two-way ANOVA's, computed here from
+    the mean squares by naive loops, with Satterthwaite over all three estimated terms."""
+    rng = np.random.default_rng(8)
+    seeds, n = 3, 9
+    x = 0.5 + rng.normal(0, 0.1, (1, n)) + rng.normal(0, 0.05, (seeds, 1))
+    x = x + rng.normal(0, 0.05, (seeds, n))
+    grand = sum(x[s, i] for s in range(seeds) for i in range(n)) / (seeds * n)
+    seed_means = [sum(x[s]) / n for s in range(seeds)]
+    crop_means = [sum(x[s, i] for s in range(seeds)) / seeds for i in range(n)]
+    ms_crop = seeds * sum((m - grand) ** 2 for m in crop_means) / (n - 1)
+    ms_seed = n * sum((m - grand) ** 2 for m in seed_means) / (seeds - 1)
+    ms_interaction = sum(
+        (x[s, i] - seed_means[s] - crop_means[i] + grand) ** 2
+        for s in range(seeds)
+        for i in range(n)
+    ) / ((seeds - 1) * (n - 1))
+    crop, interaction, seed = (ms / (seeds * n) for ms in (ms_crop, ms_interaction, ms_seed))
+    variance = crop - interaction + seed
+    df = variance**2 / (
+        (crop - interaction) ** 2 / (n - 1)
+        + interaction**2 / ((seeds - 1) * (n - 1))
+        + seed**2 / (seeds - 1)
+    )
+    result = replicate_mean_interval(x[:, :, None])
+    assert result.se**2 == pytest.approx(variance, rel=1e-9)
+    assert result.df == pytest.approx(df, rel=1e-9)
