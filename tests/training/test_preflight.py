@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from cellseg.cli import main
@@ -320,3 +321,19 @@ def test_cli_launches_two_gloo_ranks_through_torchrun(tiny_config, tiny_data, tm
     assert doc["verdict"] == "no-go"
     assert any("preflight.min_supply_ratio 1e+09" in r for r in doc["reasons"])
     assert math.isclose(doc["projection"]["gpu_hours"], doc["projection"]["total_s"] / 3600 * 2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the machine without CUDA")
+def test_cli_on_the_config_layers_stops_a_gpu_run_without_cuda_in_one_line(tmp_path, capsys):
+    # the seed preset over the base, as the workflow layers them; vit_3d asks for 2 GPUs
+    layers = [REPO / "config/config.yaml", REPO / "config/experiments/l40s_comparison.yaml"]
+    out = tmp_path / "vit_3d.json"
+    status = main(
+        ["preflight", "--config", *map(str, layers), "--run", "vit_3d", "--ranks", "here",
+         "--out", str(out)]
+    )  # fmt: skip
+    error = capsys.readouterr().err
+    assert status == 2 and not out.exists()
+    assert error.startswith("cellseg preflight: error: vit_3d: gpus: 2") and error.count("\n") == 1
+    assert "run_on_cpu" in error
+    assert list(tmp_path.iterdir()) == []  # the scratch directory is gone

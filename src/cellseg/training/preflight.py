@@ -829,18 +829,27 @@ def launch_preflight(
 
 
 def _run(args: argparse.Namespace) -> int:
+    from cellseg.config import layered_config, read_layer
     from cellseg.training.settings import load_config
 
-    config = load_config(args.config)
+    # one file: a whole workflow config (a run's workflow_config.yaml); several: the workflow's
+    # layers, e.g. config/config.yaml then config/experiments/l40s_comparison.yaml
+    if len(args.config) == 1:
+        config = load_config(args.config[0])
+    else:
+        config = layered_config(
+            read_layer(args.config[0]), [read_layer(p) for p in args.config[1:]]
+        )
+    source = ", ".join(map(str, args.config))
     out = args.out or Path("results/preflight") / f"{args.run}.json"
     if args.ranks == "launch":
         return launch_preflight(
             config, args.run, args.datasplit, args.class_frequencies, out, args.retries,
-            config_path=args.config,
+            config_path=args.config[0] if len(args.config) == 1 else None,
         )  # fmt: skip
     document = run_preflight(
         config, args.run, args.datasplit, args.class_frequencies, out, args.retries,
-        str(args.config), args.scratch,
+        source, args.scratch,
     )  # fmt: skip
     if document is not None:
         print(format_table([document]), end="")
@@ -859,7 +868,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "decide go / no-go (config section preflight)."
         ),
     )
-    parser.add_argument("--config", type=Path, required=True, help="workflow config YAML")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="workflow config YAML, or its layers in order (config/config.yaml, then a preset)",
+    )
     # torchrun's parser would take a bare --run for its own --run-path: ranks get --run-name
     parser.add_argument(
         "--run",
