@@ -52,6 +52,11 @@ def snapshot(destination: Path) -> Path:
 
 # what a CPU node forces, and why (printed before the run)
 TRAINING_CHANGES = {
+    "run_on_cpu": (
+        True,
+        "the test node has no GPU: each model's GPUs run as that many gloo CPU processes "
+        "(without it a GPU job stops at start)",
+    ),
     "max_epochs": (1, "one epoch: the code path of 200, in minutes"),
     "validation_patches_per_crop": (1, "one validation patch per crop"),
     "runtime_min": (120, "minutes instead of the partition's 11 days"),
