@@ -20,7 +20,7 @@ if Path(CELLSEG_SRC, "cellseg").is_dir():
             PYTHONPATH=os.pathsep.join(filter(None, [CELLSEG_SRC, *_pythonpath]))
         )
 
-from cellseg.config import check_config, layered_config, read_layer
+from cellseg.config import check_config, config_digest, layered_config, read_layer
 from cellseg.errors import CellsegError
 from cellseg.resources import (
     check_local_gpus,

@@ -168,6 +168,7 @@ rule resolved_config:
     conda:
         "../envs/cellseg.yaml"
     params:
-        config=config,
+        # a digest: the script reads the config itself, and a rerun's reason stays short
+        config=config_digest(config),
     script:
         "../scripts/resolved_config.py"

@@ -29,7 +29,9 @@ rule train:
         qos=lambda wildcards: train_job(wildcards).qos,
     params:
         run_dir="results/models/{run}",
-        # the resolved settings: editing one model's entry reruns only that model
-        settings=lambda wildcards: model_settings(wildcards).result_dict(),
+        # the hash of the resolved settings (cellseg.training.settings): editing one model's
+        # entry reruns only that model, and a rerun's reason is one short line, not the
+        # settings printed twice
+        settings=lambda wildcards: model_settings(wildcards).config_hash(),
     script:
         "../scripts/train.py"

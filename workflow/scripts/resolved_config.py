@@ -7,7 +7,7 @@ from cellseg.joblog import job_log
 # stderr goes to the job's log, which ends with the error if the job fails
 with job_log(snakemake.log[0]):  # noqa: F821
     write_resolved_config(
-        snakemake.params.config,  # noqa: F821
+        snakemake.config,  # noqa: F821  (the layered config; params.config is its digest)
         snakemake.input.layers,  # noqa: F821
         snakemake.output[0],  # noqa: F821
     )
