@@ -165,13 +165,15 @@ def class_frequencies_job(wildcards, attempt):
 
 
 def get_final_output():
-    """The comparison (summary table, report and figures), each model's and variant's figures and, for a
-    study (variants or replicates), the study summary."""
+    """The comparison (summary table, report and figures), each model's and variant's figures,
+    for a study (variants or replicates) the study summary and, with preflight.enabled, the
+    preflight table."""
     return [
         *rules.resolved_config.output,
         *rules.summary.output,
         *expand(rules.visualize.output, run=FIGURE_RUNS),
         *(rules.study.output if STUDY else []),
+        *(rules.preflight.output if config["preflight"]["enabled"] else []),
     ]
 
 
