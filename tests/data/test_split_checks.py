@@ -73,17 +73,22 @@ def test_every_problem_of_a_user_split_is_listed_at_once_with_its_row(
         + row("validate", store, "crop1", "ecs")  # row 4: crop1 in train and validate
         + row("validate", store, "crop2")
         + row("train", store, "crop9")  # row 6: no such crop
+        + row("test", store, "crop3", "ecs,pm,ecs")  # row 7: ecs twice
     )
     code, err = datasplit(["--from-csv", str(csv), "--out", str(out)], capsys)
     assert code == 2 and out.read_text() == "earlier\n"
-    assert err.startswith(f"cellseg datasplit: error: {csv}: 4 problems, one per line:")
+    assert err.startswith(f"cellseg datasplit: error: {csv}: 5 problems, one per line:")
     lines = error_lines(err)  # in row order, the split's own problems last
     assert lines[0].startswith(f"{csv}:3: crop ds/crop0 is listed again (train; first at {csv}:1)")
     assert lines[1].startswith(
         f"{csv}:4: crop ds/crop1 is in validate here and in train at {csv}:2"
     )
     assert lines[2].startswith(f"{csv}:6: ") and "crop9" in lines[2]
-    assert lines[3] == (
+    assert (
+        lines[3]
+        == f"{csv}:7: column 5 (crop/[classes]) lists ecs more than once; list each class once"
+    )
+    assert lines[4] == (
         f'{csv}: no test rows; the workflow needs train, validate and test crops: mark some rows "test"'
     )
     # fixed, the same command writes the split

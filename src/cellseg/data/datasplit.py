@@ -287,6 +287,12 @@ def _check_row(
             f"{where}: column 5 (crop/[classes]) names unknown class(es) {', '.join(unknown)}; "
             f"use the CellMap names: {', '.join(CLASSES)}"
         )
+    repeated = sorted(name for name, count in Counter(classes).items() if count > 1)
+    if repeated:  # a class listed twice would be counted twice in the class frequencies
+        raise CellsegError(
+            f"{where}: column 5 (crop/[classes]) lists {', '.join(repeated)} more than once; "
+            "list each class once"
+        )
 
     def has_group(store: str, group: str) -> bool:
         if store not in roots:
