@@ -176,6 +176,13 @@ def test_evaluate_and_train_never_write_into_a_data_store(victims, tmp_path):
         assert not out.exists()
     line = one_line(cellseg(*evaluate, "--out", str(tmp_path)), "evaluate")
     assert "is a directory" in line
+    # --predictions is replaced at the end: never over a directory cellseg did not write
+    results = snapshot(victims["results"])
+    out = tmp_path / "metrics.csv"
+    refused = cellseg(*evaluate, "--out", str(out), "--predictions", str(victims["results"]))
+    line = last_line(refused, "evaluate")
+    assert f"--predictions {victims['results']}: exists and is not a store cellseg" in line
+    assert snapshot(victims["results"]) == results and not out.exists()
     train = ("train", "--config", str(CONFIG), "--model", "unet", "--dim", "2d")
     run_dir = victims["other"] / "recon-1" / "unet_2d"
     line = one_line(cellseg(*train, "--run-dir", str(run_dir)), "train")

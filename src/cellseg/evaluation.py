@@ -819,6 +819,8 @@ def evaluate_checkpoint(
     )
     if predictions_path is None and settings.save_predictions:
         predictions_path = Path(out).with_suffix(".zarr")
+    if predictions_path is not None:  # replaced at the end: only ever a store of cellseg's
+        check_output_path(predictions_path, "--predictions", "cellseg-store")
     table = evaluate_crops(predictor, crops, settings, predictions_path, log)
     with atomic_path(out) as temporary:
         table.to_csv(temporary, index=False)

@@ -67,8 +67,10 @@ def check_output_path(path: Path | str, option: str, kind: str) -> None:
         path: the file or directory about to be written.
         option: how the user gave it (``--out``, ``--run-dir``), for the message.
         kind: ``"file"`` (an existing directory is refused), ``"directory"`` (an existing file
-            is refused) or ``"store"`` (a prediction store: an existing file, or a non-empty
-            directory that is not a prediction store of cellseg's, is refused).
+            is refused), ``"store"`` (a prediction store: an existing file, or a non-empty
+            directory that is not a prediction store of cellseg's, is refused) or
+            ``"cellseg-store"`` (a store that replaces what is there: an existing file, or a
+            non-empty directory without cellseg metadata, is refused).
 
     Raises:
         CellsegError: one line naming the path, the store and the fix.
@@ -84,7 +86,7 @@ def check_output_path(path: Path | str, option: str, kind: str) -> None:
         raise CellsegError(
             f"{option} {path}: is a directory; give the path of the file to write in it"
         )
-    if kind in ("directory", "store") and path.exists() and not path.is_dir():
+    if kind in ("directory", "store", "cellseg-store") and path.exists() and not path.is_dir():
         raise CellsegError(
             f"{option} {path}: is a file, not a directory; choose a directory path (the file "
             "is left as it is)"
@@ -94,4 +96,14 @@ def check_output_path(path: Path | str, option: str, kind: str) -> None:
             f"{option} {path}: exists and is not a prediction store cellseg wrote (no "
             "cellseg metadata in it), so it is left untouched (--overwrite replaces only "
             "cellseg's own prediction stores); choose another path"
+        )
+    if (
+        kind == "cellseg-store"
+        and path.is_dir()
+        and any(path.iterdir())
+        and cellseg_metadata(path) is None
+    ):
+        raise CellsegError(
+            f"{option} {path}: exists and is not a store cellseg wrote (no cellseg metadata in "
+            "it), so it is left untouched (it would be replaced); choose another path"
         )
