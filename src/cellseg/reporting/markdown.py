@@ -108,7 +108,7 @@ def _diff_cell(r: pd.Series) -> str:
 
 def _markdown_table(table: pd.DataFrame) -> list[str]:
     lines = [
-        "| rank | model | status | mean Dice [CI] | pooled Dice | Δ to best [CI] | p (Holm) "
+        "| rank | model | status | mean Dice [CI] | pooled Dice | Δ to best [CI] | p (adjusted) "
         "| GPU/CPU-h | parameters | epochs (best) | stop |",
         "|---:|---|---|---|---:|---|---:|---:|---:|---|---|",
     ]
@@ -127,7 +127,7 @@ def _markdown_table(table: pd.DataFrame) -> list[str]:
         )
         lines.append(
             f"| {rank} | {r['model']} | {r['status']} | {ci} | {_fmt(r.get('pooled_dice'))} | "
-            f"{_diff_cell(r)} | {_p(r.get('p_holm'))} | {hours} | {params} | {epochs} | "
+            f"{_diff_cell(r)} | {_p(r.get('p_adjusted'))} | {hours} | {params} | {epochs} | "
             f"{_fmt(r.get('stop_reason'))} |"
         )
     return lines
@@ -238,24 +238,27 @@ def _markdown_challenge(summary: Summary) -> list[str]:
     return lines
 
 
-def _comparison_line(r: pd.Series, s: SummarySettings, tested: int = 1) -> str:
-    """One model's line of "Differences to the best model"; ``tested``: comparisons in the
-    Holm family (a difference no test at this N could call significant is not "no difference")."""
+def _comparison_line(r: pd.Series, s: SummarySettings) -> str:
+    """One model's line of "Differences to the best model"."""
     crops = int(r["compared_crops"])
-    if pd.isna(r["p_holm"]):
+    difference = f"Δ {r['diff_to_best']:+.3f}"
+    if r["model"] == BASELINE:
+        if pd.isna(r["p_value"]):
+            return f"- {r['model']}: {difference} on {crops} shared crop(s); not tested"
         return (
-            f"- {r['model']}: Δ {r['diff_to_best']:+.3f} on {crops} shared crop(s); not tested "
-            f"(fewer than {s.min_crops_for_statistics})"
+            f"- {r['model']}: {difference}, CI [{_fmt(r['diff_ci_low'])}, "
+            f"{_fmt(r['diff_ci_high'])}], paired sign-flip p = {_p(r['p_value'])} (the chance "
+            "level, not a candidate for best: `above_baseline` compares each model with it)"
         )
-    if r["significant"]:
-        verdict = "significantly worse"
-    elif tested * smallest_p_value(crops) >= s.significance:
-        verdict = f"untestable at {crops} crops (no p-value could reach {s.significance})"
-    else:
-        verdict = "not significantly different"
+    if pd.isna(r["p_adjusted"]):
+        return (
+            f"- {r['model']}: {difference} on {crops} shared crop(s); not tested "
+            f"(fewer than {s.min_crops_for_statistics}, or not on the same crops as the others)"
+        )
+    verdict = "significantly worse" if r["significant"] else "not significantly different"
     return (
-        f"- {r['model']}: {verdict} (Δ {r['diff_to_best']:+.3f}, CI [{_fmt(r['diff_ci_low'])}, "
-        f"{_fmt(r['diff_ci_high'])}], p = {_p(r['p_holm'])}, {crops} crops)"
+        f"- {r['model']}: {verdict} ({difference}, CI [{_fmt(r['diff_ci_low'])}, "
+        f"{_fmt(r['diff_ci_high'])}], adjusted p = {_p(r['p_adjusted'])}, {crops} crops)"
     )
 
 
@@ -266,24 +269,23 @@ def _markdown_differences(summary: Summary) -> list[str]:
     compared = table[table["compared_crops"].notna() & (table["model"] != best)]
     if best is None or pd.isna(best) or compared.empty:
         return [*lines, "No paired comparison (fewer than two models or no shared crops)."]
-    tested = int(compared["p_holm"].notna().sum())
+    tested = int(compared["p_adjusted"].notna().sum())
     if not tested:
-        lines += [f"No comparison shares {s.min_crops_for_statistics} crops with **{best}**: "
-                  "the differences are point estimates, untested.", ""]  # fmt: skip
+        lines += [f"No comparison with **{best}** was tested (fewer than "
+                  f"{s.min_crops_for_statistics} shared crops): the differences are point "
+                  "estimates, untested.", ""]  # fmt: skip
         return lines + [_comparison_line(r, s) for _, r in compared.iterrows()]
-    lines.append(
-        f"Sign-flip permutation test over the crops shared with the best model, **{best}**; "
-        f"Holm-adjusted over {tested} tested comparison(s), significant at {s.significance}."
-    )
-    n = int(compared["compared_crops"].max())
-    if tested and tested * smallest_p_value(n) >= s.significance:
-        lines.append(
-            f"With at most {n} shared crops and {tested} comparisons the smallest possible "
-            f"Holm-adjusted p-value is {tested} × 2/2^{n} = "
-            f"{tested * smallest_p_value(n):.3g}: no difference can be significant."
-        )
-    lines.append("")
-    return lines + [_comparison_line(r, s, tested) for _, r in compared.iterrows()]
+    lines += [
+        "Worse than the best, **" + str(best) + "**? A step-down max-T permutation test over "
+        "the crops the ranked models share: the models' results are exchanged within each "
+        "crop and the best is chosen again in every permutation, so picking the best from "
+        "the same crops is part of the test, and the chance of calling any model worse when "
+        f"none is stays at most {s.significance} over the {tested} comparison(s) "
+        "(`cellseg.statistics.compare_with_best`). The CI is the paired t-interval of the "
+        "difference.",
+        "",
+    ]
+    return lines + [_comparison_line(r, s) for _, r in compared.iterrows()]
 
 
 def _markdown_problems(summary: Summary) -> list[str]:

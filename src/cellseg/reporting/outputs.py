@@ -97,6 +97,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="sign flips of the paired tests (exact when 2^N is at most this)",
     )  # fmt: skip
     parser.add_argument(
+        "--best-permutations", type=int, default=SummarySettings.best_permutations,
+        help="label permutations per step of the test against the best",
+    )  # fmt: skip
+    parser.add_argument(
         "--min-crops", type=int, default=SummarySettings.min_crops_for_statistics,
         help="fewest crops with which a CI or p-value is reported",
     )  # fmt: skip
@@ -110,6 +114,7 @@ def _run_summary(args: argparse.Namespace) -> int:
         adjustment=args.adjustment,
         rank_by=args.rank_by,
         permutation_resamples=args.permutation_resamples,
+        best_permutations=args.best_permutations,
         min_crops_for_statistics=args.min_crops,
     )
     summary = make_summary(

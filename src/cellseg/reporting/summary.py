@@ -65,6 +65,7 @@ from cellseg.metrics import COUNT_NAMES, Statistic, aggregate_crops
 from cellseg.statistics import (
     DEFAULT_PERMUTATIONS,
     PairedComparison,
+    compare_with_best,
     holm,
     mean_dice_interval,
     paired_comparison,
@@ -99,7 +100,9 @@ class SummarySettings:
             smallest ``N`` whose exact sign-flip test can reach ``p < 0.05`` (``2/2^6 = 0.031``).
         permutation_resamples: sign flips of the paired tests: all ``2^N`` when that is at most
             this many (``2^16``: exact up to 16 crops), else a Monte Carlo sample of this many.
-        permutation_seed: seed of the Monte Carlo flips.
+        best_permutations: label permutations per step of the test against the best
+            (:func:`cellseg.statistics.compare_with_best`).
+        permutation_seed: seed of the Monte Carlo flips and permutations.
     """
 
     adjustment: str | None = None
@@ -108,6 +111,7 @@ class SummarySettings:
     significance: float = 0.05
     min_crops_for_statistics: int = 6
     permutation_resamples: int = DEFAULT_PERMUTATIONS
+    best_permutations: int = 9999
     permutation_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -518,13 +522,45 @@ def _compare(model: _Model, best: _Model, s: SummarySettings) -> _Comparison:
 _COMPARISON_COLUMNS = ("diff_to_best", "diff_ci_low", "diff_ci_high", "p_value", "compared_crops")
 
 
+def _best_selection(
+    table: pd.DataFrame, evaluated: Mapping[str, _Model], s: SummarySettings
+) -> tuple[dict[str, float], str | None]:
+    """Each ranked model's family-wise p-value of "worse than the best", the best chosen from
+    the same crops (:func:`cellseg.statistics.compare_with_best`).
+
+    Returns:
+        ``({model: p}, why there is none)``: no p-values (and the reason) with fewer than 2
+        ranked models, fewer than ``min_crops_for_statistics`` crops, or models evaluated on
+        different crops (the permutations exchange models within a crop).
+    """
+    ranked = [str(m) for m in table.sort_values("rank")["model"][table["rank"].notna()]]
+    if len(ranked) < 2:
+        return {}, None
+    crops = [evaluated[key].crops for key in ranked]
+    if any(c != crops[0] for c in crops):
+        return {}, "the ranked models were not all evaluated on the same crops"
+    if len(crops[0]) < s.min_crops_for_statistics:
+        return {}, None
+    result = compare_with_best(
+        [evaluated[key].counts for key in ranked],
+        Statistic(s.rank_by),
+        s.best_permutations,
+        s.permutation_seed,
+    )
+    return {key: float(p) for key, p in zip(ranked, result.p_adjusted, strict=True)}, None
+
+
 def _add_comparisons(
     table: pd.DataFrame,
     best: str | None,
     comparisons: Mapping[str, _Comparison],
+    adjusted: Mapping[str, float],
     s: SummarySettings,
 ) -> pd.DataFrame:
-    """The columns of each model's difference to the best, its CI and (Holm-adjusted) p-value."""
+    """The columns of each model's difference to the best: its CI, the paired test's p-value
+    and the family-wise ``p_adjusted`` that accounts for choosing the best (:func:`_best_selection`;
+    NaN for the baseline, which is not a candidate for best: ``above_baseline`` says how a
+    model compares with it)."""
     table["best_model"] = best
     for column in _COMPARISON_COLUMNS:
         table[column] = np.nan
@@ -540,9 +576,9 @@ def _add_comparisons(
         ]
     if best is not None:
         table.loc[table["model"] == best, "diff_to_best"] = 0.0
-    table["p_holm"] = holm(table["p_value"].tolist())
-    significant = pd.array(table["p_holm"] < s.significance, dtype="boolean")
-    significant[table["p_holm"].isna().to_numpy()] = pd.NA
+    table["p_adjusted"] = [adjusted.get(str(model), np.nan) for model in table["model"]]
+    significant = pd.array(table["p_adjusted"] < s.significance, dtype="boolean")
+    significant[table["p_adjusted"].isna().to_numpy()] = pd.NA
     table["significant"] = significant
     return table
 
@@ -601,7 +637,8 @@ def summarize(
     comparisons = (
         {} if best is None else {k: _compare(m, evaluated[best], s) for k, m in others.items()}
     )
-    table = _add_comparisons(table, best, comparisons, s)
+    adjusted, unadjusted_reason = _best_selection(table, evaluated, s)
+    table = _add_comparisons(table, best, comparisons, adjusted, s)
     if baseline is not None:
         table = _add_above_baseline(table, baseline, s)
     table = _order_columns(table.sort_values(["rank"], na_position="last", kind="stable"))
@@ -619,6 +656,8 @@ def summarize(
         if comparison.result is not None and comparison.result.conservative
     ]
     notes = [m.note for m in models.values() if m.note]
+    if unadjusted_reason:
+        notes.append(f"no p_adjusted: {unadjusted_reason}; compare them on the same test crops")
     notes += [
         f"{k}: missing: expected but not in the config's models"
         for k in expected
@@ -696,7 +735,7 @@ _LEADING = [
     "diff_ci_high",
     "compared_crops",
     "p_value",
-    "p_holm",
+    "p_adjusted",
     "significant",
 ]
 
