@@ -14,8 +14,10 @@ ranks each have their own loader), one model after the other, and prints the tab
 lower the loader supply (each rank's ``num_workers`` workers share them).
 
 Needs a CUDA GPU: on a machine without one it stops at once with one line (nothing is written).
-About 1 minute per model on an L40S-class GPU with 16+ cores (under 10 minutes for the 8; not
-yet run on a GPU: docs/benchmarks.md).
+Meant to take about 1 minute per model on an L40S-class GPU with 16+ cores (under 10 minutes for
+the 8; not yet run on a GPU: docs/benchmarks.md), after the data: making them took 9 minutes on
+this project's 2 busy cores (``--data DIR`` keeps and reuses them). Its pieces (the data, the
+datasplit, the class count and one seed model's preflight with ``run_on_cpu``) were run on CPU.
 """
 
 from __future__ import annotations

@@ -224,7 +224,8 @@ def test_table_has_a_row_per_run_with_its_verdict(tmp_path):
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[1] == "1 x NVIDIA L40S"
     assert cells[2] == "0.65 (29.3 of 45.0 GB)"
-    assert cells[5] == "1.92 (200.0 / 104.0)"
+    assert cells[4] == "104"
+    assert cells[5] == "1.92 (200 / 104)"
     assert cells[6] == "1%"
     assert cells[8:] == ["go", "-"]
     row = next(line for line in lines if line.startswith("| unet_3d"))
