@@ -102,6 +102,12 @@ def test_ranking_best_model_and_significance(tmp_path, frequencies):
     pooled = counts[:, 0, 0].sum() / (counts[:, 0, 0] + counts[:, 0, 2]).sum()
     assert table.loc["unet_3d", "dice_ecs"] == pytest.approx(pooled)
     assert summary.winners.set_index("class").loc["ecs", "winner"] == "unet_3d"
+    # three clearly separated models: each rank set is its rank, the best is best every time
+    for model, rank in (("unet_3d", 1), ("unet_2d", 2), ("vit_2d", 3)):
+        assert table.loc[model, "rank_low"] == table.loc[model, "rank_high"] == rank
+    assert table.loc["unet_3d", "p_best"] == 1.0 and pd.isna(table.loc[BASELINE, "rank_low"])
+    text = summary_markdown(summary)
+    assert "## How sure is the ranking?" in text and "| unet_2d | 2 | 2 | 0% |" in text
 
 
 def test_paired_ci_contains_the_true_difference_in_simulation():

@@ -51,6 +51,7 @@ Multiple comparisons are Holm-adjusted (:func:`holm`).
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -65,6 +66,7 @@ __all__ = [
     "BestComparison",
     "Interval",
     "PairedComparison",
+    "RankSets",
     "class_mean_interval",
     "class_values",
     "compare_with_best",
@@ -72,6 +74,7 @@ __all__ = [
     "mean_dice_interval",
     "mean_over_classes",
     "paired_comparison",
+    "rank_sets",
     "sign_flip_p_value",
     "smallest_p_value",
 ]
@@ -716,6 +719,105 @@ def compare_with_best(
         p_adjusted[worst] = previous
         remaining.remove(worst)
     return BestComparison(best, estimates, p_adjusted, arrays[0].shape[0], int(n_resamples))
+
+
+class RankSets(NamedTuple):
+    """How sure a ranking is (:func:`rank_sets`).
+
+    Attributes:
+        low, high: ``(M,)`` each model's simultaneous confidence set of ranks ``[low, high]``
+            (1 = best): together they hold every model's true rank with the confidence asked.
+        p_best: ``(M,)`` share of crop resamples in which the model scores highest.
+        n_crops: crops the models share.
+    """
+
+    low: np.ndarray
+    high: np.ndarray
+    p_best: np.ndarray
+    n_crops: int
+
+
+def _resampled_statistics(
+    data: Sequence[np.ndarray], statistic: Statistic, n_resamples: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``(n_resamples, M)``: every model's statistic on the same crops drawn with replacement
+    (the classes a resample does not annotate are left out of every model alike)."""
+    arrays = [_check(_to_numpy(x)) for x in data]
+    n_crops = arrays[0].shape[0]
+    if statistic is Statistic.MEAN:
+        values = np.stack([class_values(x, statistic) for x in arrays])  # (M, N, C)
+        annotated = (~np.isnan(values)).all(axis=0).astype(np.float64)  # (N, C)
+        numerator = np.where(annotated > 0, values, 0.0)  # (M, N, C)
+        denominator = np.broadcast_to(annotated, numerator.shape)
+    else:
+        counts = np.stack(arrays)  # (M, N, C, 4)
+        annotated = (counts.sum(axis=-1) > 0).all(axis=0).astype(np.float64)
+        tp, fp, fn = (np.where(annotated > 0, counts[..., k], 0.0) for k in range(3))
+        numerator, denominator = 2 * tp, 2 * tp + fp + fn
+    out = np.empty((n_resamples, len(arrays)))
+    for start in range(0, n_resamples, 512):
+        size = min(512, n_resamples - start)
+        weights = rng.multinomial(n_crops, np.full(n_crops, 1 / n_crops), size=size).astype(float)
+        present = weights @ annotated > 0  # (b, C): classes the resample annotates
+        top = np.einsum("bn,mnc->bmc", weights, numerator)
+        bottom = np.einsum("bn,mnc->bmc", weights, denominator)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scores = np.where(bottom > 0, top / bottom, 1.0)  # pooled, all empty: 1
+        scores = np.where(present[:, None, :], scores, 0.0)
+        out[start : start + size] = scores.sum(axis=2) / present.sum(axis=1)[:, None]
+    return out
+
+
+def rank_sets(
+    data: Sequence[np.ndarray] | np.ndarray,
+    statistic: Statistic | str = Statistic.MEAN,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> RankSets:
+    """Simultaneous confidence sets of the models' ranks, and how often each comes out best.
+
+    The rank sets come from simultaneous intervals of all ``M (M - 1) / 2`` pairwise differences
+    (each :func:`class_mean_interval` of the per-crop differences at confidence
+    ``1 - (1 - confidence) / pairs``, Bonferroni): model ``i`` ranks below every model whose
+    interval against it lies above 0, and above every model whose interval lies below, so
+    ``low_i = 1 + #{j: θ_j > θ_i surely}`` and ``high_i = M - #{j: θ_j < θ_i surely}``. All the
+    sets hold the true ranks at once whenever all the intervals do, so with at least the
+    confidence asked. ``p_best`` is descriptive: the share of crop resamples (with replacement)
+    in which the model has the highest statistic.
+
+    Args:
+        data: ``M`` models' per-crop counts ``(N, C, 4)`` on the same crops, or ``(N, C)`` Dice
+            with NaN where not annotated (``mean`` only).
+        statistic: :class:`~cellseg.metrics.Statistic`.
+        confidence: of the sets together.
+        n_resamples: crop resamples for ``p_best``.
+        seed: seed of the resamples.
+
+    Raises:
+        ValueError: fewer than 2 models or 2 crops, or shapes differ.
+
+    Returns:
+        :class:`RankSets`.
+    """
+    statistic = Statistic(statistic)
+    arrays = [_check(_to_numpy(x)) for x in data]
+    if len(arrays) < 2 or len({x.shape for x in arrays}) > 1 or arrays[0].shape[0] < 2:
+        raise ValueError("rank sets need at least 2 models on the same (at least 2) crops")
+    models = len(arrays)
+    values = [class_values(x, statistic) for x in arrays]
+    pairs = models * (models - 1) // 2
+    level = 1 - (1 - confidence) / pairs
+    surely_above = np.zeros((models, models), dtype=bool)  # [i, j]: θ_i > θ_j surely
+    for i, j in itertools.combinations(range(models), 2):
+        interval = class_mean_interval(values[i] - values[j], level, bound=1.0)
+        surely_above[i, j] = interval.low > 0
+        surely_above[j, i] = interval.high < 0
+    low = 1 + surely_above.sum(axis=0)
+    high = models - surely_above.sum(axis=1)
+    resampled = _resampled_statistics(arrays, statistic, n_resamples, np.random.default_rng(seed))
+    p_best = np.bincount(resampled.argmax(axis=1), minlength=models) / n_resamples
+    return RankSets(low, high, p_best, arrays[0].shape[0])
 
 
 def holm(p_values: Sequence[float] | Any) -> list[float]:

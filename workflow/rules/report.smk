@@ -94,6 +94,12 @@ rule summary:
             category="Summary",
             labels={"figure": "2D vs 3D"},
         ),
+        ranks=report(
+            "results/figures/summary/rank_sets.png",
+            caption="../report/rank_sets.rst",
+            category="Summary",
+            labels={"figure": "rank sets"},
+        ),
     log:
         "logs/summary.log",
     benchmark:

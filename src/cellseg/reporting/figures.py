@@ -35,6 +35,7 @@ __all__ = [
     "make_model_figures",
     "mean_dice_figure",
     "pareto_figure",
+    "rank_sets_figure",
     "sample_slices",
     "save_figure",
     "write_summary_figures",
@@ -45,6 +46,7 @@ SUMMARY_FIGURES: tuple[str, ...] = (
     "mean_dice.png",
     "pareto.png",
     "dim_comparison.png",
+    "rank_sets.png",
 )
 """File names of the summary figures, in ``results/figures/summary/``."""
 
@@ -183,6 +185,30 @@ def dim_figure(table: pd.DataFrame) -> Figure:
     return figure
 
 
+def rank_sets_figure(table: pd.DataFrame) -> Figure:
+    """Each ranked model's simultaneous rank set (a bar from its best to its worst possible
+    rank), its observed rank (a dot) and its share of crop resamples in which it is best."""
+    models = table[table["rank"].notna()].sort_values("rank")
+    figure, ax = plt.subplots(figsize=(6, max(2.5, 0.45 * len(models) + 1)))
+    y = np.arange(len(models))
+    known = models["rank_low"].notna().to_numpy()
+    ax.hlines(y[known], models["rank_low"][known], models["rank_high"][known], lw=6, color="0.7")
+    ax.plot(models["rank"], y, "ko")
+    for i, p_best in zip(y, models["p_best"], strict=True):
+        if pd.notna(p_best):
+            ax.annotate(f"best in {p_best:.0%}", (len(models) + 0.6, i), va="center", fontsize=8)
+    ax.set_yticks(y, models["model"])
+    ax.invert_yaxis()
+    ax.set(
+        xlim=(0.5, len(models) + 2.5),
+        xlabel="rank (bar: the ranks the model could hold, simultaneously for all models)",
+        title="how sure is the ranking?",
+    )
+    ax.set_xticks(np.arange(1, len(models) + 1))
+    figure.tight_layout()
+    return figure
+
+
 def write_summary_figures(table: pd.DataFrame, figures_dir: Path | str) -> None:
     """Draw ``summary.csv``'s table into :data:`SUMMARY_FIGURES`.
 
@@ -191,7 +217,7 @@ def write_summary_figures(table: pd.DataFrame, figures_dir: Path | str) -> None:
         figures_dir: where the PNGs go (created).
     """
     figures_dir = Path(figures_dir)
-    draws = (heatmap_figure, mean_dice_figure, pareto_figure, dim_figure)
+    draws = (heatmap_figure, mean_dice_figure, pareto_figure, dim_figure, rank_sets_figure)
     for name, draw in zip(SUMMARY_FIGURES, draws, strict=True):
         save_figure(draw(table), figures_dir / name)
 

@@ -288,6 +288,31 @@ def _markdown_differences(summary: Summary) -> list[str]:
     return lines + [_comparison_line(r, s) for _, r in compared.iterrows()]
 
 
+def _markdown_rank_sets(summary: Summary) -> list[str]:
+    """Each ranked model's rank set and share of resamples in which it is best."""
+    s, table = summary.settings, summary.table
+    rows = table[table["rank_low"].notna()].sort_values("rank")
+    if rows.empty:
+        return []
+    lines = [
+        "",
+        "## How sure is the ranking?",
+        "",
+        f"The ranks each model could hold, all models together with {s.confidence:.0%} "
+        "confidence (from simultaneous intervals of every pairwise difference: a model ranks "
+        "below another only when their difference is clear), and how often it came out best "
+        f"when the test crops were drawn again with replacement ({s.rank_resamples} times).",
+        "",
+        "| model | rank | could rank | best in |",
+        "|---|---:|---|---:|",
+    ]
+    for _, r in rows.iterrows():
+        low, high = int(r["rank_low"]), int(r["rank_high"])
+        span = str(low) if low == high else f"{low}–{high}"
+        lines.append(f"| {r['model']} | {int(r['rank'])} | {span} | {r['p_best']:.0%} |")
+    return lines
+
+
 def _markdown_problems(summary: Summary) -> list[str]:
     lines = ["", "## Failed, not converged or missing models", ""]
     lines += [f"- {note}" for note in summary.notes] or ["None: every expected model finished."]
@@ -305,6 +330,7 @@ def summary_markdown(summary: Summary) -> str:
         *_markdown_winners(summary),
         *_markdown_challenge(summary),
         *_markdown_differences(summary),
+        *_markdown_rank_sets(summary),
         *_markdown_problems(summary),
     ]
     return "\n".join(lines) + "\n"

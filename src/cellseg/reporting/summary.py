@@ -69,6 +69,7 @@ from cellseg.statistics import (
     holm,
     mean_dice_interval,
     paired_comparison,
+    rank_sets,
     sign_flip_p_value,
 )
 from cellseg.training.settings import Run
@@ -102,6 +103,8 @@ class SummarySettings:
             this many (``2^16``: exact up to 16 crops), else a Monte Carlo sample of this many.
         best_permutations: label permutations per step of the test against the best
             (:func:`cellseg.statistics.compare_with_best`).
+        rank_resamples: crop resamples for each model's share of being best
+            (:func:`cellseg.statistics.rank_sets`).
         permutation_seed: seed of the Monte Carlo flips and permutations.
     """
 
@@ -112,6 +115,7 @@ class SummarySettings:
     min_crops_for_statistics: int = 6
     permutation_resamples: int = DEFAULT_PERMUTATIONS
     best_permutations: int = 9999
+    rank_resamples: int = 2000
     permutation_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -524,30 +528,38 @@ _COMPARISON_COLUMNS = ("diff_to_best", "diff_ci_low", "diff_ci_high", "p_value",
 
 def _best_selection(
     table: pd.DataFrame, evaluated: Mapping[str, _Model], s: SummarySettings
-) -> tuple[dict[str, float], str | None]:
-    """Each ranked model's family-wise p-value of "worse than the best", the best chosen from
-    the same crops (:func:`cellseg.statistics.compare_with_best`).
+) -> tuple[dict[str, float], dict[str, tuple[int, int, float]], str | None]:
+    """For each ranked model: its family-wise p-value of "worse than the best", the best
+    chosen from the same crops (:func:`cellseg.statistics.compare_with_best`), and its
+    simultaneous rank set and share of crop resamples in which it is best
+    (:func:`cellseg.statistics.rank_sets`).
 
     Returns:
-        ``({model: p}, why there is none)``: no p-values (and the reason) with fewer than 2
-        ranked models, fewer than ``min_crops_for_statistics`` crops, or models evaluated on
-        different crops (the permutations exchange models within a crop).
+        ``({model: p}, {model: (rank low, rank high, p_best)}, why there are none)``: nothing
+        (and the reason) with fewer than 2 ranked models, fewer than
+        ``min_crops_for_statistics`` crops, or models evaluated on different crops (the
+        permutations exchange models within a crop).
     """
     ranked = [str(m) for m in table.sort_values("rank")["model"][table["rank"].notna()]]
     if len(ranked) < 2:
-        return {}, None
+        return {}, {}, None
     crops = [evaluated[key].crops for key in ranked]
     if any(c != crops[0] for c in crops):
-        return {}, "the ranked models were not all evaluated on the same crops"
+        return {}, {}, "the ranked models were not all evaluated on the same crops"
     if len(crops[0]) < s.min_crops_for_statistics:
-        return {}, None
-    result = compare_with_best(
-        [evaluated[key].counts for key in ranked],
-        Statistic(s.rank_by),
-        s.best_permutations,
-        s.permutation_seed,
+        return {}, {}, None
+    counts = [evaluated[key].counts for key in ranked]
+    statistic = Statistic(s.rank_by)
+    best = compare_with_best(counts, statistic, s.best_permutations, s.permutation_seed)
+    ranks = rank_sets(counts, statistic, s.confidence, s.rank_resamples, s.permutation_seed)
+    return (
+        {key: float(p) for key, p in zip(ranked, best.p_adjusted, strict=True)},
+        {
+            key: (int(ranks.low[i]), int(ranks.high[i]), float(ranks.p_best[i]))
+            for i, key in enumerate(ranked)
+        },
+        None,
     )
-    return {key: float(p) for key, p in zip(ranked, result.p_adjusted, strict=True)}, None
 
 
 def _add_comparisons(
@@ -637,8 +649,12 @@ def summarize(
     comparisons = (
         {} if best is None else {k: _compare(m, evaluated[best], s) for k, m in others.items()}
     )
-    adjusted, unadjusted_reason = _best_selection(table, evaluated, s)
+    adjusted, rank_set, unadjusted_reason = _best_selection(table, evaluated, s)
     table = _add_comparisons(table, best, comparisons, adjusted, s)
+    for column, k in (("rank_low", 0), ("rank_high", 1), ("p_best", 2)):
+        table[column] = [
+            rank_set[str(m)][k] if str(m) in rank_set else np.nan for m in table["model"]
+        ]
     if baseline is not None:
         table = _add_above_baseline(table, baseline, s)
     table = _order_columns(table.sort_values(["rank"], na_position="last", kind="stable"))
@@ -657,7 +673,10 @@ def summarize(
     ]
     notes = [m.note for m in models.values() if m.note]
     if unadjusted_reason:
-        notes.append(f"no p_adjusted: {unadjusted_reason}; compare them on the same test crops")
+        notes.append(
+            f"no p_adjusted and no rank sets: {unadjusted_reason}; compare them on the same "
+            "test crops"
+        )
     notes += [
         f"{k}: missing: expected but not in the config's models"
         for k in expected
@@ -700,6 +719,9 @@ def _status(train: Mapping[str, Any] | None, score: float) -> tuple[str, str]:
 
 _LEADING = [
     "rank",
+    "rank_low",
+    "rank_high",
+    "p_best",
     "model",
     "architecture",
     "dim",
