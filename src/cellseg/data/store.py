@@ -775,8 +775,8 @@ def check_label_data(
       any id, so they are not checked.
     * **lost chunks**: a chunk that is not stored reads as the fill value, which is ``absent``
       in CellMap stores, and writers legitimately skip chunks that hold only it. A missing chunk
-      is refused when the next coarser level of the same class holds a present or unknown voxel
-      lying wholly inside the chunk's box: the chunk held annotation that a download or copy lost
+      is refused when the next coarser level of the same class holds a voxel of another value
+      (present or unknown) lying wholly inside the chunk's box: the chunk held annotation that a download or copy lost
       (a Dice of 0 would become 1 through the empty-class rule). With a single level, a lost
       chunk cannot be told from an empty one.
 
@@ -905,8 +905,9 @@ def _check_lost_chunks(
         source = multiscale.open_level(other)
         depth = int(source.chunks[0])
         contradicted: Counter[tuple[int, ...]] = Counter()
+        fill = array.fill_value  # what every voxel of a missing chunk reads as
         for z in range(0, other.shape[0], depth):  # a z slab at a time: memory stays bounded
-            annotated = np.asarray(source[z : z + depth]) != encoding.absent
+            annotated = np.asarray(source[z : z + depth]) != fill
             iz, iy, ix = np.nonzero(annotated)
             keys = np.stack([holder[0][iz + z], holder[1][iy], holder[2][ix]], axis=1)
             keys = keys[np.all(keys >= 0, axis=1)]
@@ -924,11 +925,14 @@ def _check_lost_chunks(
             key = min(contradicted)
             more = len(contradicted) - 1
             others = f" ({more} more missing chunks likewise)" if more else ""
+            absent = fill == encoding.absent
             raise CellsegError(
                 f"{array.location}: chunk {list(key)} (file {_chunk_file(array, key)}) is not "
-                f"stored, so it reads as {array.fill_value} (absent), but the coarser level "
-                f"{other.path} holds {contradicted[key]} present or unknown voxels inside it"
-                f"{others}: the chunk was lost in a download or copy; copy the array again"
+                f"stored, so it reads as {fill}{' (absent)' if absent else ''}, but the coarser "
+                f"level {other.path} holds {contradicted[key]} "
+                f"{'present or unknown voxels' if absent else f'voxels other than {fill}'} "
+                f"inside it{others}: the chunk was lost in a download or copy; copy the array "
+                "again"
             )
 
 
