@@ -216,8 +216,11 @@ def test_tensorboard_has_dice_frequency_and_adjustment_tags(tiny_config, tiny_da
 
 
 def test_two_process_gloo_ddp(tiny_config, tiny_data, tmp_path):
+    # two "GPUs" as CPU processes, because the config says so (the rehearsal's path)
+    config = copy.deepcopy(tiny_config)
+    config["training"]["defaults"].update(gpus=2, run_on_cpu=True)
     config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump(tiny_config))
+    config_path.write_text(yaml.safe_dump(config))
     run_dir = tmp_path / "run"
     # the launcher's own command line: torchrun --standalone --nproc_per_node=2 … cellseg train
     command = training_command(
@@ -239,6 +242,9 @@ def test_two_process_gloo_ddp(tiny_config, tiny_data, tmp_path):
     # only rank 0 writes: one event file, one line per epoch in the log
     assert len(list((run_dir / "tensorboard").glob("events.*"))) == 1
     assert result.stderr.count("epoch 1: train loss") == 1
+    assert (
+        result.stderr.count("run_on_cpu: gpus: 2 configured, running 2 CPU process(es) (gloo)") == 1
+    )
 
 
 def test_every_attempt_logs_its_resolved_settings_and_data(tiny_config, tiny_data, tmp_path):
