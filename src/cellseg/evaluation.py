@@ -756,9 +756,7 @@ def evaluate_crops(
             continue
         tables.append(table)
         first = table[table["adjustment"] == table["adjustment"].iloc[0]]
-        not_scored = (
-            f"; not scored, no annotated voxel: {', '.join(unscored)}" if unscored else ""
-        )
+        not_scored = f"; not scored, no annotated voxel: {', '.join(unscored)}" if unscored else ""
         print(
             f"[{predictor.key}] {crop.name}: {len(first)} classes, mean Dice "
             f"{first['dice'].mean():.4f} ({table['inference_seconds'].iloc[0]:.1f} s inference)"
