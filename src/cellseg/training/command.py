@@ -10,10 +10,12 @@ from pathlib import Path
 from cellseg.ownership import check_output_path
 from cellseg.training.lock import run_dir_lock
 from cellseg.training.settings import load_config, resolve_settings
-from cellseg.training.trainer import Trainer
+from cellseg.training.trainer import Trainer, job_start_time
 
 
 def _run(args: argparse.Namespace) -> int:
+    # the budget counts from the process's start: imports, loading and torchrun count against it
+    started = job_start_time()
     config = load_config(args.config)
     settings = resolve_settings(config, f"{args.model}_{args.dim}", source=str(args.config))
     run_dir = args.run_dir or Path("results/models") / settings.key
@@ -29,6 +31,7 @@ def _run(args: argparse.Namespace) -> int:
             time_budget_min=args.time_budget_min,
             resume=args.resume,
             restart=args.restart,
+            job_started=started,
         )
         return trainer.run()
 
@@ -46,7 +49,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--time-budget-min",
         type=float,
-        help="stop with a checkpoint (exit 75) before this many minutes, to be resumed",
+        help="stop with a checkpoint (exit 75) before this many minutes from the process's start "
+        "(torchrun's under torchrun), or before SLURM_JOB_END_TIME minus time_budget_margin_min, "
+        "to be resumed",
     )
     parser.add_argument("--resume", type=Path, help="resume from this checkpoint")
     parser.add_argument("--restart", action="store_true", help="discard existing checkpoints")
