@@ -373,3 +373,16 @@ def test_the_demo_data_passes_every_check(tmp_path, capsys):
     )
     assert code == 0, err
     assert again.read_text() == out.read_text()
+
+
+def test_too_few_crops_for_a_test_split_is_said_with_the_key_to_change(
+    make_store, tmp_path, out, capsys
+):
+    make_store("ds", EM, crops_of(2))  # two crops: both stay in train
+    code, err = datasplit(["--root", str(tmp_path / "data"), "--out", str(out)], capsys)
+    assert code == 2 and out.read_text() == "earlier\n"
+    assert error_lines(err) == [
+        "no validate crops among the 2 found: raise --validate-fraction "
+        "(data.validate_fraction), or add crops",
+        "no test crops among the 2 found: raise --test-fraction (data.test_fraction), or add crops",
+    ]
