@@ -77,3 +77,18 @@ def test_the_planning_time_model_names_are_the_registry_s():
     from cellseg.models import list_models
 
     assert set(MODEL_NAMES) == {name for name, _ in list_models()}
+
+
+def test_layer_holding_names_the_file_or_the_command_line(tmp_path):
+    from cellseg.config import layer_holding
+
+    base, preset = tmp_path / "config.yaml", tmp_path / "preset.yaml"
+    base.write_text("training:\n  defaults: {lr: 0.1}\nmodels:\n  unet_2d: {lr: 0.2}\n")
+    preset.write_text("training:\n  defaults: {max_epochs: 3}\nmodels:\n  vit_2d: {}\n")
+    layers = [base, preset]
+    assert layer_holding(["training", "defaults", "lr"], layers) == str(base)
+    assert layer_holding(["training", "defaults", "max_epochs"], layers) == str(preset)
+    # the preset's models replaced the base's: unet_2d's entry is nobody's file any more
+    assert layer_holding(["models", "unet_2d", "lr"], layers) == "--config"
+    assert layer_holding(["evaluation", "overlap"], layers) == "--config"
+    assert layer_holding([], layers) == f"{base}, {preset}"
