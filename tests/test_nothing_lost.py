@@ -191,6 +191,15 @@ def test_evaluate_and_train_never_write_into_a_data_store(victims, tmp_path):
     notes.write_text("mine")
     line = one_line(cellseg(*train, "--run-dir", str(notes)), "train")
     assert "is a file, not a directory" in line and notes.read_text() == "mine"
+    # the comparison's outputs likewise
+    metrics = victims["results"] / "summary.csv"
+    summary = ("summary", "--metrics", str(metrics))
+    out = victims["other"] / "summary.csv"
+    line = one_line(cellseg(*summary, "--out-csv", str(out)), "summary")
+    assert f"--out-csv {out}: lies inside the zarr store" in line, line
+    figures = victims["data"] / "recon-1" / "figures"
+    line = one_line(cellseg(*summary, "--figures", str(figures)), "summary")
+    assert f"--figures {figures}: lies inside the zarr store" in line, line
     for name, files in before.items():
         assert snapshot(victims[name]) == files, name
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cellseg.io import atomic_path, write_text_atomic
+from cellseg.ownership import check_output_path
 from cellseg.reporting.markdown import study_markdown, summary_markdown
 from cellseg.reporting.study import Study, summarize_study
 from cellseg.reporting.summary import BASELINE, Summary, SummarySettings, summarize
@@ -108,6 +109,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_summary(args: argparse.Namespace) -> int:
+    # before any work: nothing is written into a data store, nor over a file of another kind
+    for option, path in (("--out-csv", args.out_csv), ("--out-md", args.out_md),
+                         ("--out-costs", args.out_costs)):  # fmt: skip
+        if path is not None:
+            check_output_path(path, option, "file")
+    check_output_path(args.figures, "--figures", "directory")
     metrics = {path.stem: path for path in args.metrics}
     train = {key: args.models_dir / key / "train_summary.json" for key in metrics}
     settings = SummarySettings(
