@@ -3,30 +3,6 @@
 # run's in results/preflight.md (cellseg.training.preflight). With preflight.enabled each train
 # job waits for its run's preflight and refuses a no-go unless preflight.enforce is false.
 
-# The profile's `retries` (how many jobs a long run may take) as the main Snakemake process knows
-# it once it runs the workflow (not yet while it parses this file): a job's own Snakemake runs
-# with --retries 0, so the number travels in the environment that local and SLURM jobs
-# (sbatch --export=ALL) inherit from the main process.
-RETRIES_VARIABLE = "CELLSEG_WORKFLOW_RETRIES"
-
-
-onstart:
-    os.environ[RETRIES_VARIABLE] = str(workflow.execution_settings.retries)
-
-
-def workflow_retries(wildcards):
-    """The profile's retries (RETRIES_VARIABLE in a job, the main process's own setting else)."""
-    return int(os.environ.get(RETRIES_VARIABLE, workflow.execution_settings.retries))
-
-
-def train_preflight(wildcards):
-    """The train job's preflight input when preflight.enabled: ancient, so that a preflight run
-    again (e.g. `snakemake preflight` after the experiment) never makes a finished model out of
-    date under rerun-triggers mtime."""
-    if not config["preflight"]["enabled"]:
-        return {}
-    return {"preflight": ancient(f"results/preflight/{wildcards.run}.json")}
-
 
 rule preflight_run:
     input:
@@ -62,5 +38,7 @@ rule preflight:
         "results/preflight.md",
     log:
         "logs/preflight.log",
+    conda:
+        "../envs/cellseg.yaml"
     script:
         "../scripts/preflight_table.py"
