@@ -251,6 +251,12 @@ def test_evaluate_checkpoint_and_predictions_zarr(store, tmp_path):
     scale = group.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]
     assert scale["scale"] == [8.0, 8.0, 8.0] and group["s0"].shape == (2, 4, 6)
     assert group["s0"].dtype == np.uint8
+    # run again, the store it wrote is replaced (it used to be refused as a zarr store)
+    (predictions / "toy" / "crop_b" / "ecs" / "s0" / "0.0.0").unlink()
+    evaluate_checkpoint(
+        checkpoint, datasplit, out, EvaluationSettings(device="cpu"), predictions_path=predictions
+    )
+    assert (predictions / "toy" / "crop_b" / "ecs" / "s0" / "0.0.0").is_file()
     # predictions are never written into the data store
     with pytest.raises(CellsegError, match="data store"):
         evaluate_crops(fake_predictor("2d"), crops, EvaluationSettings(), path / "predictions")

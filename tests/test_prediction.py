@@ -343,3 +343,20 @@ def test_in_place_probabilities_are_adjusted_probabilities(mode):
     in_place = adjusted_probabilities(logits[None], shift, mode, in_place=True)[0]
     assert in_place.data_ptr() == logits.data_ptr()
     torch.testing.assert_close(in_place, expected)
+
+
+def test_em_that_is_not_uint8_is_refused_in_one_line(tmp_path):
+    """A fibsem-uint16 volume would saturate at the top of em_range: predict refuses it as the
+    datasplit step does, before a model is loaded or anything is written."""
+    store = tmp_path / "vol16" / "vol16.zarr"
+    root = zarr.open_group(str(store), mode="w", zarr_format=2)
+    em = np.random.default_rng(1).integers(0, 65536, (8, 16, 16), dtype=np.uint16)
+    write_multiscale(root, EM_GROUP, [em], [(8.0,) * 3], [TRANSLATION], chunks=(8, 16, 16))
+    checkpoint = tmp_path / "best.pt"
+    save_checkpoint(checkpoint)
+    out = tmp_path / "out.zarr"
+    result = cli("--checkpoint", str(checkpoint), "--em", str(store / EM_GROUP), "--out", str(out))
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "EM dtype is uint16, but cellseg reads uint8" in lines[0], lines
+    assert not out.exists()

@@ -64,6 +64,7 @@ from cellseg.data.store import (
     Multiscale,
     ScaleLevel,
     StoredArray,
+    check_em_dtype,
     open_group,
     read_multiscale,
     refuse_inside,
@@ -989,7 +990,9 @@ def predict_volume(
         torch.set_num_threads(max(int(threads), 1))
     out = Path(out)
     store, group = split_store_path(em_path)
-    em = read_multiscale(open_group(store), store, group)
+    root = open_group(store)
+    em = read_multiscale(root, store, group)
+    check_em_dtype(root, em)  # a uint16 EM would saturate at the top of em_range
     refuse_inside(out, [store], "EM store")
     check_output_path(out, "--out", "store")
     device = resolve_device(settings.device)

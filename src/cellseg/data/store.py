@@ -23,6 +23,7 @@ import zarr
 
 from cellseg.classes import CLASSES
 from cellseg.errors import CellsegError
+from cellseg.ownership import cellseg_metadata
 
 EM_GROUP = "recon-1/em/fibsem-uint8"
 LABELS_ROOT = "recon-1/labels/groundtruth"
@@ -950,7 +951,14 @@ def check_outside_stores(path: Path | str, crops: Sequence[Crop] = ()) -> None:
     """
     resolved = Path(path).resolve()
     stores = {Path(s) for crop in crops for s in (crop.em_store, crop.label_store)}
-    stores |= {p for p in (resolved, *resolved.parents) if p.suffix == ".zarr" and p.is_dir()}
+    # the path itself may be a store cellseg wrote there before (evaluate --predictions, run
+    # again), which it replaces whole; anything else named *.zarr is the user's
+    own = cellseg_metadata(resolved) is not None
+    stores |= {
+        p
+        for p in (resolved, *resolved.parents)
+        if p.suffix == ".zarr" and p.is_dir() and not (p == resolved and own)
+    }
     refuse_inside(path, stores)
 
 
