@@ -605,6 +605,13 @@ class BestComparison(NamedTuple):
     n_resamples: int
 
 
+def _pooled_dice(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """Dice ``Σ 2TP / Σ (2TP + FP + FN)`` per class; 1 where both sums are 0 (SPEC §8: a class
+    empty in prediction and ground truth)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, numerator / denominator, 1.0)
+
+
 def _permuted_statistics(
     parts: np.ndarray, statistic: Statistic, n_resamples: int, rng: np.random.Generator
 ) -> np.ndarray:
@@ -629,10 +636,7 @@ def _permuted_statistics(
         if statistic is Statistic.MEAN:
             out[start : start + size] = sums
             continue
-        numerator, denominator = sums[..., 0], sums[..., 1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dice = np.where(denominator > 0, numerator / denominator, 1.0)  # all empty: 1
-        out[start : start + size] = dice.mean(axis=-1)
+        out[start : start + size] = _pooled_dice(sums[..., 0], sums[..., 1]).mean(axis=-1)
     return out
 
 
@@ -700,9 +704,7 @@ def compare_with_best(
         tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
         parts = np.stack((2 * tp, 2 * tp + fp + fn), axis=-1)  # (M, N, K, 2)
         sums = parts.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dice = np.where(sums[..., 1] > 0, sums[..., 0] / sums[..., 1], 1.0)
-        estimates = dice.mean(axis=1)
+        estimates = _pooled_dice(sums[..., 0], sums[..., 1]).mean(axis=1)
     best = int(np.argmax(estimates))
     gaps = estimates[best] - estimates
     rng = np.random.default_rng(seed)
@@ -761,9 +763,7 @@ def _resampled_statistics(
         present = weights @ annotated > 0  # (b, C): classes the resample annotates
         top = np.einsum("bn,mnc->bmc", weights, numerator)
         bottom = np.einsum("bn,mnc->bmc", weights, denominator)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            scores = np.where(bottom > 0, top / bottom, 1.0)  # pooled, all empty: 1
-        scores = np.where(present[:, None, :], scores, 0.0)
+        scores = np.where(present[:, None, :], _pooled_dice(top, bottom), 0.0)
         out[start : start + size] = scores.sum(axis=2) / present.sum(axis=1)[:, None]
     return out
 
