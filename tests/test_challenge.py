@@ -1,18 +1,27 @@
 """Challenge-style scores: hand-built crops with known matches and distances, checked against
-independent references (brute-force point distances, brute-force matchings)."""
+independent references (brute-force point distances, brute-force matchings), and the official
+scorer's own values on 10 crops (``tests/fixtures/challenge_reference``, copied from
+``shared/challenge_reference``; its README says how the scorer was called)."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
+from cellseg import challenge
 from cellseg.challenge import (
+    CORRECTED,
     INSTANCE_CLASSES,
+    INSTANCE_COLUMNS,
+    OFFICIAL,
     SequentialIds,
+    TruthIds,
     connected_components,
     hausdorff_distance_nm,
     instance_class_scores,
@@ -22,6 +31,7 @@ from cellseg.challenge import (
     normalized_distance,
     overall_scores,
     pooled_iou,
+    score_instance_modes,
     score_instances,
 )
 
@@ -45,6 +55,30 @@ def ious(truth: np.ndarray, pred: np.ndarray) -> dict[tuple[int, int], float]:
             union = np.count_nonzero(a | b)
             out[t, p] = np.count_nonzero(a & b) / union if union else 0.0
     return out
+
+
+def worth(iou: float) -> int:
+    """A pair's integer worth in the challenge's min-cost flow: unmatched costs 10^6 + 1, a match
+    int((1 - IoU) 10^6) with IoU rounded to float32."""
+    return 10**6 + 1 - int((1.0 - float(np.float32(iou))) * 10**6)
+
+
+def optimal_matchings(truth: np.ndarray, pred: np.ndarray) -> tuple[int, list[dict[int, int]]]:
+    """The largest total worth over all one-to-one matchings of overlapping pairs, and every
+    matching (``{pred: truth}``) that reaches it."""
+    iou = ious(truth, pred)
+    t_ids, p_ids = list(range(1, truth.max() + 1)), list(range(1, pred.max() + 1))
+    found: dict[int, list[dict[int, int]]] = {}
+    for choice in itertools.product([None, *p_ids], repeat=len(t_ids)):
+        used = [p for p in choice if p is not None]
+        pairs = [(t, p) for t, p in zip(t_ids, choice, strict=True) if p is not None]
+        if len(used) != len(set(used)) or any(iou[t, p] == 0 for t, p in pairs):
+            continue
+        found.setdefault(sum(worth(iou[t, p]) for t, p in pairs), []).append(
+            {p: t for t, p in pairs}
+        )
+    best = max(found)
+    return best, found[best]
 
 
 def brute_best_matching(truth: np.ndarray, pred: np.ndarray) -> float:
@@ -162,8 +196,12 @@ def test_matching_equals_brute_force_on_random_labels(seed):
     iou = ious(truth, pred)
     assert len(set(mapping.values())) == len(mapping)  # one-to-one
     assert all(iou[t, p] > 0 for p, t in mapping.items())
+    best, matchings = optimal_matchings(truth, pred)
+    assert sum(worth(iou[t, p]) for p, t in mapping.items()) == best
+    assert mapping in matchings
+    # the integer worth keeps the IoU order: the summed IoU is the best to 10^-6 per pair
     total = sum(iou[t, p] + 1e-6 for p, t in mapping.items())
-    assert total == pytest.approx(brute_best_matching(truth, pred), abs=1e-9)
+    assert total == pytest.approx(brute_best_matching(truth, pred), abs=1e-5)
 
 
 # ------------------------------------------------------------------------------ one crop
@@ -181,8 +219,8 @@ def test_crop_with_a_shifted_match_a_miss_and_a_false_positive():
     truth[cube(shape, (1, 4), (1, 5), (1, 7))] = 1  # found, shifted by 2 x voxels
     truth[cube(shape, (1, 4), (7, 11), (15, 20))] = 2  # missed
     found = cube(shape, (1, 4), (1, 5), (3, 9))
-    extra = cube(shape, (5, 6), (8, 11), (2, 4))  # not touching anything
-    score = score_instances(truth, found | extra, VOXEL)
+    extra = cube(shape, (5, 6), (8, 11), (2, 4))  # not touching anything: component 2
+    score = score_instances(truth, found | extra, VOXEL, CORRECTED)
     cap = max_distance_nm(VOXEL, shape)  # min(48, 48, 48) nm
     shifted = brute_hausdorff(truth == 1, found, VOXEL)
     assert shifted == pytest.approx(8.0)  # 2 voxels x 4 nm
@@ -192,6 +230,10 @@ def test_crop_with_a_shifted_match_a_miss_and_a_false_positive():
     assert score.hausdorff_sum_nm == pytest.approx(shifted + 2 * cap)
     expected = normalized_distance(np.array([shifted, cap, cap]), VOXEL).sum()
     assert score.hausdorff_norm_sum == pytest.approx(expected)
+    # the official scorer measures missed truth 2 against the unmatched component numbered 2,
+    # which lies beyond the cap: the same score here
+    assert brute_hausdorff(truth == 2, extra, VOXEL) > cap
+    assert score_instances(truth, found | extra, VOXEL, OFFICIAL) == score
 
 
 def test_hausdorff_of_a_match_is_capped():
@@ -228,7 +270,8 @@ def test_too_many_predicted_instances_skip_the_crop(n_pred, status):
     spots = [(y, x) for y in range(0, 20, 2) for x in range(0, 20, 2)][:n_pred]
     for y, x in spots:  # isolated voxels: one component each
         pred[0, y, x] = True
-    score = score_instances(truth, pred, VOXEL)
+    score = score_instances(truth, pred, VOXEL)  # ids 1..n: both modes count 1 instance
+    assert score == score_instances(truth, pred, VOXEL, CORRECTED)
     assert score.n_pred == n_pred and score.status == status
     assert instance_ratio_cutoff(1) == pytest.approx(50.94, abs=0.01)  # 51 allowed, 52 not
     if status != "scored":
@@ -253,3 +296,142 @@ def test_class_and_overall_scores():
     assert overall.semantic == 0.75 and overall.instance == 0.49
     assert overall.overall == pytest.approx(math.sqrt(0.49 * 0.75))
     assert math.isnan(overall_scores([], [0.5]).overall)
+    assert overall_scores([], [0.5], OFFICIAL) == (0.0, 0.5, 0.0)  # combine_scores: 0 if absent
+
+
+def test_truth_ids_keep_their_values_and_drop_background():
+    ids = TruthIds(background=(0, 255))
+    first = ids(np.array([[0, 70000, 5], [255, 5, 2**40]], dtype=np.uint64))
+    second = ids(np.array([[2**40 + 1, 2**40, 0]], dtype=np.uint64))
+    assert first.dtype == np.uint32
+    assert first.tolist() == [[0, 70000, 5], [0, 5, 2**31]]
+    assert second.tolist() == [[2**31 + 1, 2**31, 0]]
+
+
+# ------------------------------------------------------------------------------ the official scorer
+
+FIXTURES = Path(__file__).parent / "fixtures" / "challenge_reference"
+REFERENCE = json.loads((FIXTURES / "reference_scores.json").read_text())
+SEMANTIC = ("mito_lum", "er_lum")
+
+
+def score_case(case: dict, mode: str) -> tuple[str, dict[str, float]]:
+    """One fixture crop scored as its README says the reference was: unknown (255) voxels zeroed
+    in truth and prediction, ``nuc`` as instances, two semantic classes; combined per crop."""
+    data = np.load(FIXTURES / case["file"])
+    truth = data["nuc_truth"]
+    known = truth != 255
+    score = score_instances(truth * known, (data["nuc_prediction"] * known) > 0,
+                            case["voxel_size_nm"], mode)  # fmt: skip
+    f1, hausdorff, combined = instance_class_scores(
+        score.tp, score.fp, score.fn, score.hausdorff_norm_sum, score.hausdorff_count
+    )
+    values = {"f1": f1, "hausdorff": hausdorff, "combined": combined,
+              "tp": score.tp, "fp": score.fp, "fn": score.fn}  # fmt: skip
+    for name in SEMANTIC:
+        t = data[f"{name}_truth"]
+        known = t != 255
+        a, b = (t * known) > 0, (data[f"{name}_prediction"] * known) > 0
+        tp = int(np.count_nonzero(a & b))
+        values[f"iou_{name}"] = pooled_iou(tp, int(b.sum()) - tp, int(a.sum()) - tp)
+    overall = overall_scores([combined], [values[f"iou_{n}"] for n in SEMANTIC], mode)
+    values |= {"semantic": overall.semantic, "overall": overall.overall}
+    return score.status, values
+
+
+@pytest.mark.parametrize("case", REFERENCE, ids=[c["case"] for c in REFERENCE])
+def test_official_mode_reproduces_the_official_scorer(case):
+    status, values = score_case(case, OFFICIAL)
+    assert status == case["reference_status"]
+    assert set(values) == set(case["reference"])
+    for key, expected in case["reference"].items():
+        assert values[key] == pytest.approx(expected, abs=1e-6, rel=0), key
+
+
+def test_corrected_mode_changes_only_the_quirks():
+    """random_blobs: an unmatched component's number equals a missed true id, which the official
+    scorer measures against it; sparse_ids_ratio: ids {1, 50} with 421 components, which the
+    official scorer scores (421 / 50 < 10.02) and the corrected one skips (421 / 2 > 10 + 50/e^0.4).
+    Every other value of every case is the same in both modes."""
+    changed = {}
+    for case in REFERENCE:
+        status, values = score_case(case, CORRECTED)
+        reference = case["reference"]
+        if status != case["reference_status"]:
+            changed[case["case"], "status"] = status
+        for key, expected in reference.items():
+            if abs(values[key] - expected) > 1e-6:
+                changed[case["case"], key] = values[key] - expected
+    assert set(changed) == {
+        ("random_blobs", "hausdorff"), ("random_blobs", "combined"), ("random_blobs", "overall"),
+        ("sparse_ids_ratio", "status"), ("sparse_ids_ratio", "f1"),
+        ("sparse_ids_ratio", "hausdorff"), ("sparse_ids_ratio", "combined"),
+        ("sparse_ids_ratio", "overall"), ("sparse_ids_ratio", "tp"), ("sparse_ids_ratio", "fp"),
+    }  # fmt: skip
+    assert changed["random_blobs", "hausdorff"] > 0  # the official one was worse than the truth
+    assert changed["sparse_ids_ratio", "status"] == "skipped_too_many_instances"
+    assert changed["sparse_ids_ratio", "overall"] > 0  # nothing counted: combined 1
+
+
+def test_both_modes_in_one_call_and_their_columns():
+    data = np.load(FIXTURES / "random_blobs.npz")
+    truth, pred = data["nuc_truth"], data["nuc_prediction"] > 0
+    both = score_instance_modes(truth, pred, (8, 8, 8))
+    assert both[OFFICIAL] == score_instances(truth, pred, (8, 8, 8), OFFICIAL)
+    assert both[CORRECTED] == score_instances(truth, pred, (8, 8, 8), CORRECTED)
+    columns = challenge.instance_columns(both)
+    assert tuple(columns) == INSTANCE_COLUMNS
+    assert columns["instance_tp"] == columns["corrected_instance_tp"] == both[OFFICIAL].tp
+    assert columns["hausdorff_norm_sum"] != columns["corrected_hausdorff_norm_sum"]
+
+
+# ------------------------------------------------------------------------------ matching ties
+
+
+def scores_under_every_optimal_matching(truth, pred, monkeypatch) -> list[dict]:
+    """The official and corrected scores of the crop with the matching forced to each matching of
+    the best total worth (all ties), by brute force."""
+    labels, _ = connected_components(pred)
+    _, matchings = optimal_matchings(truth, labels)
+    out = []
+    for forced in matchings:
+        monkeypatch.setattr(challenge, "_match_pairs", lambda *_, m=forced: dict(m))
+        out.append(score_instance_modes(truth, pred, VOXEL))
+    return out
+
+
+def mirror_tie(truth_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """A (3, 3, 8)-voxel true instance in a (12, 12, 24) crop (cap 48 nm) and two 3-voxel
+    predicted components, each overlapping one end voxel of it: mirror images across its centre."""
+    shape = (12, 12, 24)
+    truth = np.zeros(shape, np.uint32)
+    truth[5:8, 5:8, 4:12] = truth_id
+    pred = np.zeros(shape, bool)
+    pred[6, 6, 2:5] = pred[6, 6, 11:14] = True
+    return truth, pred
+
+
+def test_a_tie_between_mirror_images_cannot_change_the_score(monkeypatch):
+    """A true instance (id 3, so no component number equals it) between two predicted
+    components that are mirror images of each other across its centre: equal IoU, so two
+    optimal matchings, and by the mirror symmetry the same distances whichever is chosen."""
+    truth, pred = mirror_tie(3)
+    scores = scores_under_every_optimal_matching(truth, pred, monkeypatch)
+    assert len(scores) == 2  # a real tie
+    assert scores[0] == scores[1]
+    monkeypatch.undo()
+    assert score_instance_modes(truth, pred, VOXEL) == scores[0]
+
+
+def test_ties_among_equal_worth_pairs_cannot_change_f1(monkeypatch):
+    """Ties that swap which of two equally worth predictions a true instance takes keep the number
+    of matches, so F1 (TP, FP, FN) is the same under every optimal matching; only distances can
+    differ: here, under the official quirk, the true id 1 gathers the unmatched component 1."""
+    truth, pred = mirror_tie(1)
+    scores = scores_under_every_optimal_matching(truth, pred, monkeypatch)
+    assert len(scores) == 2
+    counts = {(s[m].tp, s[m].fp, s[m].fn) for s in scores for m in (OFFICIAL, CORRECTED)}
+    assert counts == {(1, 1, 0)}
+    assert scores[0][CORRECTED] == scores[1][CORRECTED]  # mirror images
+    official = sorted(s[OFFICIAL].hausdorff_sum_nm for s in scores)
+    assert official[0] < official[1]  # the tie-break matters here: see docs/evaluation.md

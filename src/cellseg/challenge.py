@@ -18,18 +18,22 @@ challenge`` at commit ``6b9ad6893ef1059227917af2a59cc2e61d84fa7e`` (2026-06-30),
 
   1. the prediction is relabelled by connected components (``cc3d``, 26-connectivity);
   2. ground-truth and predicted instances are matched one-to-one by a min-cost flow whose edges
-     are the pairs with IoU > 0, of cost ``(1 - IoU)`` (scaled to integers by ``10^6``) against
-     ``10^6 + 1`` for leaving a ground-truth instance unmatched: it maximises the summed IoU of
-     the matched pairs (then their number). There is no IoU threshold: any overlap can match;
+     are the pairs with IoU > 0 (IoU rounded to float32), of cost ``int((1 - IoU) 10^6)``
+     against ``10^6 + 1`` for leaving a ground-truth instance unmatched: it maximises the summed
+     integer worth ``10^6 + 1 - cost`` of the matched pairs (:func:`matching_weights`). There is
+     no IoU threshold: any overlap can match;
   3. before matching, a crop with too many predicted instances, ``n_pred / n_truth >
-     10 + 50 exp(-n_truth / 5)``, is skipped: it contributes nothing (zero counts, no distances);
+     10 + 50 exp(-n_truth / 5)`` with ``n_truth`` the *largest ground-truth id*, or with more
+     than 5 million overlapping pairs, is skipped: it contributes nothing (zero counts, no
+     distances);
   4. ``TP`` = matched pairs, ``FP`` = unmatched predictions, ``FN`` = unmatched ground truth;
-  5. one Hausdorff distance (nm, voxel centres, Euclidean distance transform with the voxel size)
-     per ground-truth instance: the classic symmetric Hausdorff distance to its match, or the cap
-     when unmatched; plus the cap once per unmatched prediction. Distances are capped at
-     ``min_axis(voxel_size × shape) / 2`` of the crop, then normalised to
-     ``1.01 ** (-d / ||voxel_size||)`` (so a capped distance is not 0: for a 400-voxel crop at
-     8 nm it is ``1.01 ** (-1600 / 13.9) = 0.32``);
+  5. matched components are renamed to their match's id, unmatched ones keep their component
+     number; then one Hausdorff distance (nm, voxel centres, Euclidean distance transform with
+     the voxel size, stored as float32) per ground-truth id ``t`` between ``truth == t`` and
+     ``renamed prediction == t``, or the cap when that is empty; plus the cap once per unmatched
+     prediction. Distances are capped at ``min_axis(voxel_size × shape) / 2`` of the crop, then
+     normalised to ``1.01 ** (-d / ||voxel_size||)`` (so a capped distance is not 0: for a
+     400-voxel crop at 8 nm it is ``1.01 ** (-1600 / 13.9) = 0.32``);
   6. per class, over crops: ``F1 = 2ΣTP / (2ΣTP + ΣFP + ΣFN)``, the mean of all the crops'
      normalised distances pooled together, ``combined = sqrt(F1 × mean normalised distance)``;
      a class with nothing anywhere (no counts, no distances) scores 1 on all three.
@@ -44,28 +48,34 @@ IoU combined over crops by a *voxel-weighted mean*, and overall scores as voxel-
 labels; the code pools the counts and distances per class and takes plain means over classes, as
 above. We follow the code.
 
-Where we differ from the challenge's code, on purpose:
+Two modes (:data:`SCORER_MODES`). ``official`` reproduces that code exactly, quirks included
+(``tests/test_challenge.py`` reproduces the scorer's own values on 10 crops to 1e-6: the
+``challenge_*`` columns of ``summary.csv``). ``corrected`` (``challenge_corrected_*``) fixes two
+behaviours that look unintended:
 
-* The challenge counts ground-truth instances for the ratio check as the largest id; we count the
-  distinct ids (the same when ids are consecutive).
-* The challenge remaps matched predictions to their ground-truth ids but leaves unmatched ones
-  with their component number, which can coincide with another ground-truth id and then enter
-  that instance's Hausdorff distance; we measure each ground-truth instance against its matched
-  component only.
-* Its limit of ``5 * 10^6`` overlap edges (a crop skipped beyond it) is not reproduced: our
-  instance class (``nuc``) has a handful of instances per crop.
+* Over-segmentation check: the official scorer counts ground-truth instances as the *largest id*
+  (ids {1, 50}: 50 instances); corrected counts the distinct ids (2). Same when ids are 1..n.
+* Hausdorff distance: the official scorer leaves unmatched components with their component
+  number, which can equal another ground-truth id and then enters that instance's distance (an
+  instance 11 nm from its match can score as if at the cap); corrected measures each
+  ground-truth instance against its matched component only.
+
+Both modes share the rest: matching (ties between matchings of equal total worth are broken by
+``scipy.optimize.linear_sum_assignment``, not as OR-Tools' min-cost flow breaks them; see
+:func:`match_instances`), the 5-million-pair limit, and the arithmetic above. Also in both:
+
 * A ground-truth array of an instance class stored as semantic 0/1 (no instance ids) is split into
-  instances by connected components (26-connectivity) here; the challenge's ground truth always
-  has ids.
-* With no instance class (or no semantic class) annotated in any crop the challenge's overall
-  score would be 0; ours is NaN (undefined), and its two parts are reported separately.
+  instances by connected components (26-connectivity) by :mod:`cellseg.evaluation`; the
+  challenge's ground truth always has ids.
+* With no instance class (or no semantic class) annotated in any crop the official overall score
+  is 0 (that part counts 0); corrected makes it NaN (undefined).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -76,20 +86,32 @@ from cellseg.classes import CLASSES
 __all__ = [
     "CHALLENGE_INSTANCE_CLASSES",
     "CHALLENGE_SOURCE",
+    "CORRECTED",
     "INSTANCE_CLASSES",
+    "INSTANCE_COLUMNS",
+    "INSTANCE_SUM_COLUMNS",
+    "INTEGER_INSTANCE_COLUMNS",
+    "OFFICIAL",
+    "SCORER_MODES",
+    "STATUS_COLUMNS",
     "InstanceClassScores",
     "InstanceScore",
     "OverallScores",
     "SequentialIds",
+    "TruthIds",
     "connected_components",
     "hausdorff_distance_nm",
     "instance_class_scores",
+    "instance_column_names",
+    "instance_columns",
     "instance_ratio_cutoff",
     "match_instances",
+    "matching_weights",
     "max_distance_nm",
     "normalized_distance",
     "overall_scores",
     "pooled_iou",
+    "score_instance_modes",
     "score_instances",
 ]
 
@@ -113,10 +135,18 @@ HAUSDORFF_BASE = 1.01
 RATIO_FINAL, RATIO_INITIAL, RATIO_DECAY = 10.0, 50.0, 5.0
 """The challenge's defaults for the too-many-instances cutoff (:func:`instance_ratio_cutoff`)."""
 
-MATCH_COUNT_WEIGHT = 1e-6
-"""Added to each matched pair's IoU: the challenge's integer costs (scale ``10^6``, unmatched
-``10^6 + 1``) make every match worth ``1/10^6`` on top of its IoU, a tie-break towards more
-matches."""
+COST_SCALE = 1_000_000
+"""The challenge's ``mcmf_cost_scale``: a match costs ``int((1 - IoU) COST_SCALE)``, leaving a
+ground-truth instance unmatched ``COST_SCALE + 1`` (:func:`matching_weights`)."""
+
+MAX_OVERLAP_EDGES = 5_000_000
+"""The challenge's ``max_overlap_edges``: a crop with more overlapping (truth, prediction) pairs is
+skipped like an over-segmented one."""
+
+OFFICIAL, CORRECTED = "official", "corrected"
+SCORER_MODES: tuple[str, ...] = (OFFICIAL, CORRECTED)
+"""``official``: the challenge's scorer at :data:`CHALLENGE_SOURCE`, quirks included (leaderboard
+arithmetic); ``corrected``: the same with its two quirks fixed (see the module docstring)."""
 
 SKIPPED = "skipped_too_many_instances"
 SCORED = "scored"
@@ -174,6 +204,43 @@ class SequentialIds:
         return table[inverse].reshape(np.shape(ids))
 
 
+class TruthIds:
+    """Ground-truth instance ids as the challenge sees them, chunk by chunk, in ``uint32``.
+
+    The official scorer depends on the id *values* (its over-segmentation check divides by the
+    largest id; an unmatched predicted component whose number equals an id enters that instance's
+    Hausdorff distance), so ids ``1 .. 2^31 - 1`` are kept as they are. Larger ids (``uint64``
+    ids exist) become ``2^31, 2^31 + 1, ...`` in order of first appearance: that changes no
+    score, since a component number never reaches ``2^31`` and any largest id ``>= 2^31`` makes
+    the ratio ``n_pred / largest id`` far below the cutoff. An id 0 that is not background is
+    treated like a large id.
+
+    Args:
+        background: raw values that become 0 (background or unannotated), e.g. a label
+            encoding's ``absent`` and ``unknown`` codes.
+    """
+
+    def __init__(self, background: Sequence[int] = (0,)) -> None:
+        self._background = {int(b) for b in background}
+        self._large: dict[int, int] = {}
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        """``ids`` (any integer dtype and shape) → uint32 of the same shape."""
+        unique, inverse = np.unique(np.asarray(ids), return_inverse=True)
+        table = np.empty(unique.size, dtype=np.uint32)
+        for k, value in enumerate(unique.tolist()):
+            if value in self._background:
+                table[k] = 0
+            elif 0 < value < _LARGE_ID:
+                table[k] = value
+            else:
+                table[k] = self._large.setdefault(value, _LARGE_ID + len(self._large))
+        return table[inverse].reshape(np.shape(ids))
+
+
+_LARGE_ID = 2**31
+
+
 def instance_ratio_cutoff(n_truth: int) -> float:
     """Most predicted instances per ground-truth instance before a crop is skipped:
     ``10 + 50 exp(-n_truth / 5)`` (the challenge's ``ratio_cutoff`` with its defaults)."""
@@ -196,7 +263,7 @@ def normalized_distance(distance: float | np.ndarray, voxel_size: Sequence[float
 def _iou_pairs(
     truth: np.ndarray, pred: np.ndarray, n_truth: int, n_pred: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(truth_id, pred_id, IoU)`` of every overlapping pair (ids ``1..n``)."""
+    """``(truth_id, pred_id, IoU)`` of every overlapping pair (ids ``1..n``; IoU float64)."""
     t, p = truth.ravel(), pred.ravel()
     truth_sizes = np.bincount(t, minlength=n_truth + 1)
     pred_sizes = np.bincount(p, minlength=n_pred + 1)
@@ -208,14 +275,54 @@ def _iou_pairs(
     return rows, cols, intersection / union
 
 
+def matching_weights(iou: np.ndarray) -> np.ndarray:
+    """The integer worth of matching each overlapping pair, as the challenge's min-cost flow sees it.
+
+    The challenge rounds IoU to float32, costs a match ``int((1 - IoU) 10^6)`` (truncated) and an
+    unmatched ground-truth instance ``10^6 + 1``; minimising the total cost is maximising the sum
+    of ``10^6 + 1 - int((1 - IoU) 10^6)`` over the matched pairs (every pair is worth at least 1,
+    so any overlap beats no match). Equal weights are ties there: IoUs closer than ``10^-6`` can
+    tie, and the solver's choice between tied matchings is not specified (see
+    :func:`match_instances`).
+
+    Returns:
+        int64 weights, the shape of ``iou``.
+    """
+    iou32 = np.asarray(iou, dtype=np.float32).astype(np.float64)
+    cost = ((1.0 - iou32) * COST_SCALE).astype(np.int64)  # int() truncates, as astype does
+    return COST_SCALE + 1 - cost
+
+
+def _match_pairs(rows: np.ndarray, cols: np.ndarray, iou: np.ndarray) -> dict[int, int]:
+    """``{pred_id: truth_id}`` maximising the summed :func:`matching_weights` of the pairs."""
+    if rows.size == 0:
+        return {}
+    # a dense matrix over only the instances that overlap something
+    truth_ids, r = np.unique(rows, return_inverse=True)
+    pred_ids, c = np.unique(cols, return_inverse=True)
+    weight = np.zeros((truth_ids.size, pred_ids.size), dtype=np.float64)  # exact below 2^53
+    weight[r, c] = matching_weights(iou)
+    assigned_r, assigned_c = linear_sum_assignment(weight, maximize=True)
+    return {
+        int(pred_ids[j]): int(truth_ids[i])
+        for i, j in zip(assigned_r, assigned_c, strict=True)
+        if weight[i, j] > 0
+    }
+
+
 def match_instances(
     truth: np.ndarray, pred: np.ndarray, n_truth: int | None = None, n_pred: int | None = None
 ) -> dict[int, int]:
-    """One-to-one matching of predicted to ground-truth instances maximising the summed IoU.
+    """One-to-one matching of predicted to ground-truth instances, as the challenge's matching.
 
-    Only overlapping pairs (IoU > 0) can match; among matchings of equal summed IoU the one with
-    more pairs wins (the challenge's min-cost flow, solved here as an assignment problem on
-    ``IoU + 1e-6`` over the instances that overlap anything).
+    Maximises the summed integer weight of the matched pairs (:func:`matching_weights`: the
+    challenge's min-cost flow costs, so the same matchings are optimal). Only overlapping pairs
+    can match; there is no IoU threshold. Solved as an assignment problem over the instances that
+    overlap anything (``scipy.optimize.linear_sum_assignment``).
+
+    Ties (two matchings of equal total weight) are not broken as the challenge's solver
+    (OR-Tools' min-cost flow) breaks them; ``tests/test_challenge.py`` shows the cases where the
+    choice cannot change a score, and ``docs/evaluation.md`` the ones where it can.
 
     Args:
         truth: ``(Z, Y, X)`` ground-truth ids ``0..n_truth`` (0 background).
@@ -231,20 +338,7 @@ def match_instances(
     n_pred = int(pred.max(initial=0)) if n_pred is None else n_pred
     if n_truth == 0 or n_pred == 0:
         return {}
-    rows, cols, iou = _iou_pairs(truth, pred, n_truth, n_pred)
-    if rows.size == 0:
-        return {}
-    # a dense matrix over only the instances that overlap something
-    truth_ids, r = np.unique(rows, return_inverse=True)
-    pred_ids, c = np.unique(cols, return_inverse=True)
-    weight = np.zeros((truth_ids.size, pred_ids.size))
-    weight[r, c] = iou + MATCH_COUNT_WEIGHT
-    assigned_r, assigned_c = linear_sum_assignment(weight, maximize=True)
-    return {
-        int(pred_ids[j]): int(truth_ids[i])
-        for i, j in zip(assigned_r, assigned_c, strict=True)
-        if weight[i, j] > 0
-    }
+    return _match_pairs(*_iou_pairs(truth, pred, n_truth, n_pred))
 
 
 def _directed_max(
@@ -305,7 +399,7 @@ class InstanceScore(NamedTuple):
             instance, plus one per unmatched prediction).
         hausdorff_count: how many distances that sum holds.
         hausdorff_sum_nm: the same distances in nm, summed (for reading: mean = sum / count).
-        n_truth, n_pred: ground-truth instances and predicted components.
+        n_truth, n_pred: distinct ground-truth instances and predicted components.
         status: ``scored``, or ``skipped_too_many_instances`` (zero counts, no distances).
     """
 
@@ -320,56 +414,140 @@ class InstanceScore(NamedTuple):
     status: str
 
 
-def score_instances(
-    truth: np.ndarray, prediction: np.ndarray, voxel_size: Sequence[float]
-) -> InstanceScore:
-    """Score one crop of an instance class as the challenge does.
+def score_instance_modes(
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    voxel_size: Sequence[float],
+    modes: Sequence[str] = SCORER_MODES,
+) -> dict[str, InstanceScore]:
+    """Score one crop of an instance class as the challenge's scorer does (``official``) and with
+    its two quirks corrected (``corrected``); the components and the matching are shared.
+
+    Both modes: connected components of the prediction (26-connectivity), the matching of
+    :func:`match_instances`, ``TP`` = matched pairs, ``FP`` = unmatched components, ``FN`` =
+    unmatched ground-truth instances, one capped Hausdorff distance (nm) per ground-truth instance
+    plus the cap once per unmatched component, normalised by :func:`normalized_distance`; a crop
+    with more than :data:`MAX_OVERLAP_EDGES` overlapping pairs is skipped. They differ in:
+
+    * the over-segmentation check ``n_pred / n > 10 + 50 exp(-n / 5)``: ``official`` takes ``n``
+      = the largest ground-truth id, ``corrected`` the number of distinct ids;
+    * the prediction a ground-truth instance ``t`` is measured against: ``corrected`` its matched
+      component only; ``official`` every voxel that reads ``t`` once matched components are
+      renamed to their match's id, i.e. its match plus an *unmatched* component whose own number
+      is ``t``. Distances are rounded to float32 there, as the official scorer stores them.
 
     Args:
-        truth: ``(Z, Y, X)`` ground-truth instance ids ``0..n`` (0 background and unannotated;
-            relabel arbitrary ids with :class:`SequentialIds` first).
+        truth: ``(Z, Y, X)`` ground-truth instance ids (0 background and unannotated; any ids,
+            e.g. from :class:`TruthIds`).
         prediction: same shape, bool: the thresholded prediction (unannotated voxels False).
         voxel_size: ``(z, y, x)`` nm of both grids.
+        modes: which of :data:`SCORER_MODES` to score.
 
     Returns:
-        :class:`InstanceScore`.
+        mode → :class:`InstanceScore`.
     """
     if truth.shape != prediction.shape:
         raise ValueError(f"truth {truth.shape} and prediction {prediction.shape} differ")
+    unknown = set(modes) - set(SCORER_MODES)
+    if unknown:
+        raise ValueError(f"unknown scorer modes {sorted(unknown)}; use {SCORER_MODES}")
+    truth = np.asarray(truth)
+    if truth.dtype == np.uint64:  # bincount and find_objects need a signed-compatible type
+        truth = truth.astype(np.int64)
     pred, n_pred = connected_components(prediction)
-    n_ids = int(truth.max(initial=0))
-    sizes = np.bincount(truth.ravel(), minlength=n_ids + 1)
-    present = np.nonzero(sizes[1:])[0] + 1
+    largest_id = int(truth.max(initial=0))
+    present = np.unique(truth[truth > 0]) if largest_id else np.zeros(0, dtype=np.int64)
     n_truth = int(present.size)
-    cap = max_distance_nm(voxel_size, truth.shape)
-    if n_truth > 0 and n_pred / n_truth > instance_ratio_cutoff(n_truth):
-        return InstanceScore(0, 0, 0, 0.0, 0, 0.0, n_truth, n_pred, SKIPPED)
-    mapping = match_instances(truth, pred, n_ids, n_pred)
+    skipped = InstanceScore(0, 0, 0, 0.0, 0, 0.0, n_truth, n_pred, SKIPPED)
+    ratio_skip = {
+        OFFICIAL: largest_id > 0 and n_pred / largest_id > instance_ratio_cutoff(largest_id),
+        CORRECTED: n_truth > 0 and n_pred / n_truth > instance_ratio_cutoff(n_truth),
+    }
+    scored = [m for m in modes if not ratio_skip[m]]
+    out = {m: skipped for m in modes if ratio_skip[m]}
+    if not scored:
+        return out
+    mapping: dict[int, int] = {}
+    if n_truth and n_pred:
+        rows, cols, iou = _iou_pairs(truth, pred, largest_id, n_pred)
+        if rows.size > MAX_OVERLAP_EDGES:
+            return {m: skipped for m in modes}
+        mapping = _match_pairs(rows, cols, iou)
     match_of = {t: p for p, t in mapping.items()}
-    truth_boxes = ndimage.find_objects(truth) if n_ids else []
+    cap = max_distance_nm(voxel_size, truth.shape)
+    truth_boxes = _instance_boxes(truth, present)
     pred_boxes = ndimage.find_objects(pred) if n_pred else []
-    distances = []
-    for t in present.tolist():
-        p = match_of.get(t)
-        if p is None:
-            distances.append(cap)
-            continue
-        box = _union_box(truth_boxes[t - 1], pred_boxes[p - 1])
-        distances.append(hausdorff_distance_nm(truth[box] == t, pred[box] == p, voxel_size, cap))
     tp = len(mapping)
-    distances += [cap] * (n_pred - tp)
-    d = np.asarray(distances, dtype=np.float64)
-    return InstanceScore(
-        tp=tp,
-        fp=n_pred - tp,
-        fn=n_truth - tp,
-        hausdorff_norm_sum=float(normalized_distance(d, voxel_size).sum()),
-        hausdorff_count=int(d.size),
-        hausdorff_sum_nm=float(d.sum()),
-        n_truth=n_truth,
-        n_pred=n_pred,
-        status=SCORED,
-    )
+    for mode in scored:
+        distances = []
+        for t in present.tolist():
+            components = [match_of[t]] if t in match_of else []
+            if mode == OFFICIAL and t <= n_pred and t not in mapping:
+                components.append(t)  # an unmatched component keeps its number: t
+            distances.append(
+                _distance_to_components(
+                    truth, pred, t, components, truth_boxes[t], pred_boxes, voxel_size, cap
+                )
+            )
+        distances += [cap] * (n_pred - tp)
+        d = np.asarray(distances, dtype=np.float32 if mode == OFFICIAL else np.float64)
+        d = d.astype(np.float64)
+        out[mode] = InstanceScore(
+            tp=tp,
+            fp=n_pred - tp,
+            fn=n_truth - tp,
+            hausdorff_norm_sum=float(normalized_distance(d, voxel_size).sum()),
+            hausdorff_count=int(d.size),
+            hausdorff_sum_nm=float(d.sum()),
+            n_truth=n_truth,
+            n_pred=n_pred,
+            status=SCORED,
+        )
+    return {m: out[m] for m in modes}
+
+
+def score_instances(
+    truth: np.ndarray, prediction: np.ndarray, voxel_size: Sequence[float], mode: str = OFFICIAL
+) -> InstanceScore:
+    """One mode of :func:`score_instance_modes` (default: the official scorer)."""
+    return score_instance_modes(truth, prediction, voxel_size, (mode,))[mode]
+
+
+def _instance_boxes(labels: np.ndarray, ids: np.ndarray) -> dict[int, tuple[slice, ...]]:
+    """Bounding box of each id of ``ids`` (sorted, present in ``labels``)."""
+    if ids.size == 0:
+        return {}
+    if int(ids[-1]) <= _DENSE_BOX_IDS:
+        objects = ndimage.find_objects(labels, max_label=int(ids[-1]))
+        return {int(i): objects[int(i) - 1] for i in ids}
+    # sparse large ids: boxes of their ranks 1..n, without a list as long as the largest id
+    ranks = np.where(labels > 0, np.searchsorted(ids, labels) + 1, 0)
+    return {int(i): box for i, box in zip(ids, ndimage.find_objects(ranks), strict=True)}
+
+
+_DENSE_BOX_IDS = 1 << 20
+
+
+def _distance_to_components(
+    truth: np.ndarray,
+    pred: np.ndarray,
+    t: int,
+    components: Sequence[int],
+    truth_box: tuple[slice, ...],
+    pred_boxes: Sequence[tuple[slice, ...] | None],
+    voxel_size: Sequence[float],
+    cap: float,
+) -> float:
+    """Hausdorff distance (nm, capped) between instance ``t`` and the union of ``components``."""
+    if not components:
+        return cap
+    box = truth_box
+    for p in components:
+        other = pred_boxes[p - 1]
+        assert other is not None  # components are 1..n_pred, all present
+        box = _union_box(box, other)
+    b = np.isin(pred[box], components) if len(components) > 1 else pred[box] == components[0]
+    return hausdorff_distance_nm(truth[box] == t, b, voxel_size, cap)
 
 
 def _union_box(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...]:
@@ -416,16 +594,69 @@ class OverallScores(NamedTuple):
 
 
 def overall_scores(
-    instance_combined: Sequence[float], semantic_iou: Sequence[float]
+    instance_combined: Sequence[float], semantic_iou: Sequence[float], mode: str = CORRECTED
 ) -> OverallScores:
     """The challenge's overall scores: plain means over classes, then their geometric mean.
 
     Args:
         instance_combined: ``combined`` of each instance class scored (NaNs are dropped).
         semantic_iou: pooled IoU of each semantic class scored (NaNs are dropped).
+        mode: a part without any class is 0 in ``official`` mode (the official scorer's
+            ``combine_scores``), NaN (undefined) in ``corrected`` mode.
     """
+    absent = 0.0 if mode == OFFICIAL else math.nan
     inst = [float(v) for v in instance_combined if math.isfinite(float(v))]
     sem = [float(v) for v in semantic_iou if math.isfinite(float(v))]
-    instance = float(np.mean(inst)) if inst else math.nan
-    semantic = float(np.mean(sem)) if sem else math.nan
+    instance = float(np.mean(inst)) if inst else absent
+    semantic = float(np.mean(sem)) if sem else absent
     return OverallScores(instance, semantic, math.sqrt(instance * semantic))
+
+
+INSTANCE_SUM_COLUMNS: tuple[str, ...] = (
+    "instance_tp",
+    "instance_fp",
+    "instance_fn",
+    "hausdorff_norm_sum",
+    "hausdorff_count",
+)
+"""The per-crop instance values a class pools over crops (:func:`instance_class_scores`' args)."""
+
+_MODE_PREFIX = {OFFICIAL: "", CORRECTED: "corrected_"}
+
+
+def instance_column_names(mode: str) -> tuple[str, ...]:
+    """A mode's per-crop instance columns of the metrics CSV: :data:`INSTANCE_SUM_COLUMNS`,
+    ``hausdorff_mean_nm`` and ``instance_status``; unprefixed for ``official``, prefixed
+    ``corrected_`` for ``corrected``."""
+    names = (*INSTANCE_SUM_COLUMNS, "hausdorff_mean_nm", "instance_status")
+    return tuple(_MODE_PREFIX[mode] + n for n in names)
+
+
+INSTANCE_COLUMNS: tuple[str, ...] = tuple(c for m in SCORER_MODES for c in instance_column_names(m))
+"""Every mode's per-crop instance columns (official first)."""
+
+INTEGER_INSTANCE_COLUMNS: tuple[str, ...] = tuple(
+    _MODE_PREFIX[m] + n
+    for m in SCORER_MODES
+    for n in ("instance_tp", "instance_fp", "instance_fn", "hausdorff_count")
+)
+STATUS_COLUMNS: tuple[str, ...] = tuple(_MODE_PREFIX[m] + "instance_status" for m in SCORER_MODES)
+
+
+def instance_columns(scores: Mapping[str, InstanceScore]) -> dict[str, Any]:
+    """The :data:`INSTANCE_COLUMNS` values of one crop × instance class from its scores per mode
+    (:func:`score_instance_modes`); ``hausdorff_mean_nm`` is NaN without distances."""
+    out: dict[str, Any] = {}
+    for mode, score in scores.items():
+        count = score.hausdorff_count
+        values = (
+            score.tp,
+            score.fp,
+            score.fn,
+            score.hausdorff_norm_sum,
+            count,
+            score.hausdorff_sum_nm / count if count else math.nan,
+            score.status,
+        )
+        out.update(zip(instance_column_names(mode), values, strict=True))
+    return out
