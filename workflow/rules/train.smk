@@ -1,10 +1,28 @@
 # Training stage: one job per run, {model}_{dim}[~{variant}][~r{k}] (common.smk RUNS).
 
 
+def train_init(wildcards):
+    """The run's weights file when its init is {checkpoint: PATH}: an input, so that another file
+    there retrains the run (cellseg.training.init). A missing file that no rule makes (one
+    outside results/) stops the plan with one line naming the key and the fix."""
+    path = model_settings(wildcards).init_checkpoint
+    if path is None:
+        return {}
+    if not path.startswith("results/") and not Path(path).is_file():
+        sys.exit(
+            f"cellseg: config error: {CONFIG_SOURCE}: {wildcards.run}: init.checkpoint {path} "
+            "does not exist; put the weights file there (docs/training.md, 'Where the weights "
+            "start') or set init: scratch"
+        )
+    return {"init": path}
+
+
 rule train:
     input:
         # the run's go / no-go when preflight.enabled (preflight.smk)
         unpack(train_preflight),
+        # the weights the run starts from, when init names a file
+        unpack(train_init),
         datasplit=rules.datasplit.output[0],
         class_frequencies=rules.class_frequencies.output[0],
     output:

@@ -44,6 +44,11 @@ class SegmentationModel(nn.Module):
         self.preset = preset
         self.config = dict(config)
         self.input_rule = input_rule
+        # voxels the output loses on each side of each spatial axis (valid convolutions; see
+        # cellseg.models.margin): the library network's own, else none
+        self.output_margin_voxels: tuple[int, ...] = tuple(
+            int(m) for m in getattr(net, "output_margin_voxels", (0,) * int(dim[0]))
+        )
         self._checked: tuple[int, ...] | None = None
 
     def output_layer(self) -> nn.Module:
@@ -88,7 +93,8 @@ class SegmentationModel(nn.Module):
         layer.bias.copy_(bias.to(layer.bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C_in, H, W)`` or ``(B, C_in, D, H, W)`` -> logits ``(B, C_out, same spatial)``.
+        """``(B, C_in, H, W)`` or ``(B, C_in, D, H, W)`` -> logits ``(B, C_out, *spatial)``, the
+        input's spatial shape less ``2 * output_margin_voxels`` (the same for all but cosem_3d).
 
         Raises:
             CellsegError: the spatial shape is not accepted (one line with the nearest valid).

@@ -110,6 +110,9 @@ class TrainSettings:
     em_range: tuple[float, float] = (10.6, 194.1)
     infer_true_negatives: bool = False
     loss: Mapping[str, Any] = field(default_factory=dict)
+    # where the weights start (cellseg.training.init): "scratch" (the library's initialisation),
+    # "imagenet" (timm's weights of a 2D encoder) or {"checkpoint": PATH}
+    init: str | Mapping[str, str] = "scratch"
 
     @property
     def key(self) -> str:
@@ -128,7 +131,15 @@ class TrainSettings:
         # no BCE term is the loss runs trained before the key existed: the same hash
         if not result["loss"].get("bce_weight", 0):
             result["loss"].pop("bce_weight", None)
+        # a scratch start is what every run did before the key existed: the same hash
+        if result.get("init") == "scratch":
+            result.pop("init")
         return result
+
+    @property
+    def init_checkpoint(self) -> str | None:
+        """The weights file the run starts from (``init: {checkpoint: PATH}``), else None."""
+        return self.init.get("checkpoint") if isinstance(self.init, Mapping) else None
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.result_dict(), sort_keys=True).encode()).hexdigest()[
@@ -302,6 +313,8 @@ def _resolve(config: Mapping[str, Any], model_key: str, source: str) -> TrainSet
             f"{source}: unknown training key(s) {', '.join(unknown)} for {model_key}; "
             "see config/README.md for the valid keys"
         )
+    if "init" in merged:
+        merged["init"] = check_init(merged["init"], f"{source}: {model_key}")
     data = config.get("data", {})
     tuples = {"patch_shape", "betas", "em_range"}
     merged = {k: tuple(v) if k in tuples else v for k, v in merged.items()}
@@ -315,6 +328,29 @@ def _resolve(config: Mapping[str, Any], model_key: str, source: str) -> TrainSet
         ),
         loss=dict(config.get("loss", {})),
         **merged,
+    )
+
+
+INIT_NAMES: tuple[str, ...] = ("scratch", "imagenet")
+"""The named values of ``init``; the other one is ``{checkpoint: PATH}``."""
+
+
+def check_init(value: Any, where: str) -> str | dict[str, str]:
+    """``init`` as the settings hold it: ``"scratch"``, ``"imagenet"`` or
+    ``{"checkpoint": PATH}`` (the path as given, relative to the working directory).
+
+    Raises:
+        CellsegError: any other value (one line naming ``where`` and the valid forms).
+    """
+    if isinstance(value, str) and value in INIT_NAMES:
+        return value
+    if isinstance(value, Mapping) and set(value) == {"checkpoint"}:
+        path = value["checkpoint"]
+        if isinstance(path, str) and path.strip():
+            return {"checkpoint": path}
+    raise CellsegError(
+        f"{where}: init: {value!r} is not scratch, imagenet or {{checkpoint: PATH}}; "
+        "set one of those"
     )
 
 

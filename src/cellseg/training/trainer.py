@@ -61,6 +61,7 @@ from cellseg.losses import (
 )
 from cellseg.metrics import ConfusionMetric
 from cellseg.models import build_model, check_input_shape, model_config
+from cellseg.models.margin import crop_margin, output_margin
 from cellseg.training.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -68,6 +69,7 @@ from cellseg.training.checkpoint import (
     set_rng_state,
     unwrap,
 )
+from cellseg.training.init import InitReport, file_digest, initialize_weights
 from cellseg.training.settings import TrainSettings, changed_keys, jsonable
 
 EXIT_TIME_BUDGET = 75
@@ -339,9 +341,17 @@ class Trainer:
             em_range=tuple(s.em_range),
             infer_true_negatives=s.infer_true_negatives,
         )
-        self.network = self.build_network().to(self.device)
+        self.network = self.build_network()
+        # the start's weights (init), then the prior bias unless the output layer's was loaded
+        self.init_report: InitReport | None = initialize_weights(
+            self.network, s.init, f"{s.key} (training setting init)"
+        )
+        self.init_digest = file_digest(s.init_checkpoint) if s.init_checkpoint else None
+        self.network = self.network.to(self.device)
+        # voxels the output loses on each side (valid convolutions): targets are cropped to it
+        self.margin = output_margin(self.network, 3 if s.is_3d else 2)
         self.loss = self.build_loss().to(self.device)
-        if s.output_bias_init == "prior":
+        if s.output_bias_init == "prior" and not self.output_bias_loaded():
             self.network.init_output_bias(self.prior_output_bias())
         self.parameters = sum(p.numel() for p in self.network.parameters())
         self.model: torch.nn.Module = self.network
@@ -371,6 +381,14 @@ class Trainer:
     def build_network(self) -> torch.nn.Module:
         s = self.settings
         return build_model(s.model, s.dim, preset=s.preset, **self.architecture())
+
+    def output_bias_loaded(self) -> bool:
+        """Whether ``init`` loaded the output layer's bias (a fine-tuned head keeps it)."""
+        if self.init_report is None:
+            return False
+        layer = self.network.output_layer()
+        name = next(n for n, m in self.network.named_modules() if m is layer)
+        return self.init_report.is_loaded(f"{name}.bias")
 
     def prior_output_bias(self) -> torch.Tensor:
         """``(C,)`` logits bias with which ``sigmoid(bias + shift)`` is each class's prior: what
@@ -436,6 +454,7 @@ class Trainer:
             "config_hash": self.settings.config_hash(),
             "settings": self.settings.result_dict(),
             "data_identity": self.data_identity.to_dict(),
+            "init_digest": self.init_digest,
         }
 
     def check_settings(self, state: dict[str, Any], source: Path) -> None:
@@ -461,7 +480,12 @@ class Trainer:
         recorded = state.get("data_identity")
         if recorded is None:
             return ["the checkpoint does not record its training data"]
-        return DataIdentity.from_dict(recorded).differences(self.data_identity)
+        differences = DataIdentity.from_dict(recorded).differences(self.data_identity)
+        # the init file is named by path in the settings: a new file at the same path (the
+        # train job reruns when it changes) must not resume the old start
+        if self.init_digest is not None and state.get("init_digest") != self.init_digest:
+            differences.append(f"init.checkpoint {self.settings.init_checkpoint} has changed")
+        return differences
 
     def set_aside_checkpoints(self) -> Path:
         """Move every checkpoint to ``checkpoints/superseded/<UTC time>/`` (rank 0)."""
@@ -558,6 +582,8 @@ class Trainer:
             else:
                 self.load_state_dict(state)
                 self.log(f"resumed from {source} at epoch {self.epoch}, step {self.global_step}")
+        if self.global_step == 0 and self.init_report is not None:
+            self.log(self.init_report.describe())
         if self.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -749,7 +775,8 @@ class Trainer:
         skips the window's whole update (its NaN/Inf gradient is already in the sum).
         """
         s = self.settings
-        target = decode_target(target)  # the loader's compact uint8 target, decoded on the device
+        # the loader's compact uint8 target, decoded on the device; cropped to the output
+        target = crop_margin(decode_target(target), self.margin)
         sync = contextlib.nullcontext()
         if not step and isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
             sync = self.model.no_sync()  # no all-reduce on accumulation-only micro-batches
@@ -976,6 +1003,7 @@ class Trainer:
             ]
             image = torch.stack([item["image"] for item in items]).to(self.device)
             target = torch.stack([item["target"] for item in items]).to(self.device)
+            target = crop_margin(target, self.margin)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 logits = self.network(image)
             logits = logits.float()
@@ -985,7 +1013,12 @@ class Trainer:
             probabilities = adjusted_probabilities(logits, self.loss, mode)
             metric.update(probabilities, target)
             if first_batch is None:
-                first_batch = (image.cpu(), target.cpu(), probabilities.cpu())
+                # the image where the output is, so the panels line up
+                first_batch = (
+                    crop_margin(image, self.margin).cpu(),
+                    target.cpu(),
+                    probabilities.cpu(),
+                )
         aggregate = metric.aggregate(sync=True)
         totals = torch.tensor([loss_sum, float(loss_count)], dtype=torch.float64)
         if is_distributed():

@@ -1,0 +1,153 @@
+"""``init``: where a run's weights start (scratch, a checkpoint file, ImageNet)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from cellseg.errors import CellsegError
+from cellseg.models import build_model
+from cellseg.training import Trainer, resolve_settings
+from cellseg.training.init import initialize_weights, load_matching, source_state
+
+
+def cellseg_file(path: Path, model: torch.nn.Module, name: str, dim: str) -> Path:
+    """``model``'s weights in the format of a cellseg run's best.pt."""
+    torch.save(
+        {
+            "format": "cellseg-model-1",
+            "model": model.state_dict(),
+            "settings": {"model": name, "dim": dim},
+        },
+        path,
+    )
+    return path
+
+
+def test_scratch_keeps_the_config_hash_and_a_checkpoint_changes_it(tiny_config):
+    before = resolve_settings(tiny_config, "unet_2d")
+    config = copy.deepcopy(tiny_config)
+    config["training"]["defaults"]["init"] = "scratch"
+    assert resolve_settings(config, "unet_2d").config_hash() == before.config_hash()
+    assert "init" not in resolve_settings(config, "unet_2d").result_dict()
+    config["models"]["unet_2d"] = {"init": {"checkpoint": "weights/a.pt"}}
+    settings = resolve_settings(config, "unet_2d")
+    assert settings.init_checkpoint == "weights/a.pt"
+    assert settings.config_hash() != before.config_hash()
+    # a study variant sets it like any training key
+    config["models"]["unet_2d"] = {}
+    config["variants"] = {"pretrained": {"training": {"init": {"checkpoint": "weights/b.pt"}}}}
+    assert resolve_settings(config, "unet_2d~pretrained~r1").init_checkpoint == "weights/b.pt"
+    config["models"]["unet_2d"] = {"init": "pretrained"}
+    with pytest.raises(CellsegError) as info:
+        resolve_settings(config, "unet_2d")
+    assert "\n" not in str(info.value) and "unet_2d" in str(info.value)
+    assert "scratch, imagenet or {checkpoint: PATH}" in str(info.value)
+
+
+def test_matching_tensors_load_and_a_head_for_other_classes_is_reinitialised(tmp_path):
+    torch.manual_seed(0)
+    trained = build_model("unet", "2d", preset="demo", out_channels=3)
+    path = cellseg_file(tmp_path / "best.pt", trained, "unet", "2d")
+    torch.manual_seed(1)
+    network = build_model("unet", "2d", preset="demo")  # 14 classes
+    fresh = {k: v.clone() for k, v in network.state_dict().items()}
+    report = initialize_weights(network, {"checkpoint": str(path)}, "test")
+    assert report is not None
+    head = {"net.final_conv.weight", "net.final_conv.bias"}
+    assert {name.split(" ")[0] for name in report.reinitialised} == head
+    assert report.ignored == [] and 0.5 < report.loaded_fraction < 1
+    source = trained.state_dict()
+    for name, tensor in network.state_dict().items():
+        expected = fresh[name] if name in head else source[name]
+        assert torch.equal(tensor, expected), name
+    log = report.describe()
+    assert log.splitlines()[0].startswith(f"init from {path}: {len(source) - 2} tensors loaded")
+    assert (
+        "re-initialised: net.final_conv.weight (source (3, 8, 1, 1), network (14, 8, 1, 1))" in log
+    )
+    # a bare library state dict (no net. prefix) with one extra tensor: the extra one is ignored
+    bare = {k.removeprefix("net."): v for k, v in source.items()} | {"extra.weight": torch.zeros(2)}
+    torch.save(bare, tmp_path / "bare.pt")
+    report = load_matching(network, source_state(tmp_path / "bare.pt", "unet_2d", "test"), "bare")
+    assert report.ignored == ["net.extra.weight"] and len(report.loaded) == len(source) - 2
+
+
+def test_a_missing_file_is_one_line_naming_the_key_and_the_fix(tmp_path):
+    network = build_model("unet", "2d", preset="demo")
+    with pytest.raises(CellsegError) as info:
+        initialize_weights(network, {"checkpoint": str(tmp_path / "nope.pt")}, "config: unet_2d")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("config: unet_2d: init.checkpoint ") and "init: scratch" in message
+
+
+def test_another_architecture_is_one_line(tmp_path):
+    network = build_model("unet", "2d", preset="demo")
+    resnet = build_model("resnet", "2d", preset="demo")
+    # a cellseg run of another model, by its recorded name
+    path = cellseg_file(tmp_path / "best.pt", resnet, "resnet", "2d")
+    with pytest.raises(CellsegError) as info:
+        initialize_weights(network, {"checkpoint": str(path)}, "test")
+    assert "\n" not in str(info.value)
+    assert "is a resnet_2d run and this run trains unet_2d" in str(info.value)
+    # a bare state dict of another architecture, by what matches
+    torch.save(resnet.state_dict(), tmp_path / "resnet.pt")
+    with pytest.raises(CellsegError) as info:
+        initialize_weights(network, {"checkpoint": str(tmp_path / "resnet.pt")}, "test")
+    assert "\n" not in str(info.value) and "another architecture" in str(info.value)
+    # a file that holds no state dict
+    torch.save({"bad": "not tensors"}, tmp_path / "junk.pt")
+    with pytest.raises(CellsegError, match="holds no state dict"):
+        initialize_weights(network, {"checkpoint": str(tmp_path / "junk.pt")}, "test")
+
+
+def test_imagenet_offline_and_on_a_model_without_timm_encoder_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    hub = pytest.importorskip("huggingface_hub")
+    # huggingface_hub reads the variables at import time; patch the live values as well
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"), raising=False)
+    with pytest.raises(CellsegError) as info:
+        initialize_weights(build_model("resnet", "2d", preset="demo"), "imagenet", "test")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "init: imagenet" in message and "resnet18" in message and "init: scratch" in message
+    with pytest.raises(CellsegError) as info:
+        initialize_weights(build_model("unet", "3d", preset="demo"), "imagenet", "test")
+    assert "\n" not in str(info.value) and "unet_3d has none" in str(info.value)
+
+
+def test_a_run_starts_from_the_file_and_a_changed_file_trains_anew(
+    tiny_config, tiny_data, tmp_path
+):
+    torch.manual_seed(3)
+    start = build_model("unet", "2d", preset="demo")
+    init_file = cellseg_file(tmp_path / "start.pt", start, "unet", "2d")
+    config = copy.deepcopy(tiny_config)
+    config["training"]["defaults"]["max_epochs"] = 1
+    config["models"]["unet_2d"] = {"init": {"checkpoint": str(init_file)}}
+    settings = resolve_settings(config, "unet_2d")
+    run_dir = tmp_path / "run"
+    trainer = Trainer(settings, run_dir, tiny_data["datasplit"], tiny_data["class_frequencies"])
+    trainer.initialize()
+    # every tensor, the output bias included (a loaded head keeps its bias, not the prior)
+    for name, tensor in trainer.network.state_dict().items():
+        assert torch.equal(tensor, start.state_dict()[name]), name
+    assert trainer.run() == 0
+    log = (run_dir / "train.log").read_text()
+    assert f"init from {init_file}: " in log and "0 re-initialised, 0 ignored" in log
+    # another file at the same path (the workflow reruns the job): not resumed, trained anew
+    torch.manual_seed(4)
+    cellseg_file(init_file, build_model("unet", "2d", preset="demo"), "unet", "2d")
+    again = Trainer(settings, run_dir, tiny_data["datasplit"], tiny_data["class_frequencies"])
+    assert again.run() == 0
+    log = (run_dir / "train.log").read_text()
+    assert f"init.checkpoint {init_file} has changed" in log
+    assert "resumed from" not in log
