@@ -321,11 +321,16 @@ def challenge_metrics(with_instances: bool = True) -> pd.DataFrame:
                     "hausdorff_count")  # fmt: skip
             row |= dict(zip(keys, instance or (None,) * 5, strict=True))
             row["instance_status"] = "scored" if instance else None
+            # the corrected scorer: the same counts, crop0's Hausdorff sum 1.2 (not 1.5)
+            corrected = instance and (*instance[:3], 1.2 if crop == "d/crop0" else 2.0, instance[4])
+            row |= {f"corrected_{k}": v
+                    for k, v in zip(keys, corrected or (None,) * 5, strict=True)}  # fmt: skip
+            row["corrected_instance_status"] = "scored" if instance else None
         table.append(row)
     return pd.DataFrame(table)
 
 
-def test_pooled_iou_and_challenge_style_score_by_hand(tmp_path, frequencies):
+def test_pooled_iou_and_challenge_score_by_hand(tmp_path, frequencies):
     metrics, train = write_model(tmp_path, "unet_3d", challenge_metrics())
     out = tmp_path / "out"
     summary = make_summary(
@@ -344,23 +349,42 @@ def test_pooled_iou_and_challenge_style_score_by_hand(tmp_path, frequencies):
     assert row["challenge_hausdorff_nuc"] == pytest.approx(0.7)
     assert row["challenge_combined_nuc"] == pytest.approx(np.sqrt(0.75 * 0.7))
     semantic = (iou_ecs + iou_mito) / 2  # nuc is scored as an instance class only
-    assert row["challenge_style_semantic"] == pytest.approx(semantic)
-    assert row["challenge_style_score"] == pytest.approx(np.sqrt(np.sqrt(0.75 * 0.7) * semantic))
-    assert np.isnan(summary.table.set_index("model").loc[BASELINE, "challenge_style_score"])
+    assert row["challenge_semantic"] == pytest.approx(semantic)
+    assert row["challenge_score"] == pytest.approx(np.sqrt(np.sqrt(0.75 * 0.7) * semantic))
+    # the corrected scorer's columns: mean normalised Hausdorff 3.2 / 5
+    assert row["challenge_corrected_f1_nuc"] == pytest.approx(0.75)
+    assert row["challenge_corrected_hausdorff_nuc"] == pytest.approx(0.64)
+    corrected = np.sqrt(np.sqrt(0.75 * 0.64) * semantic)
+    assert row["challenge_corrected_score"] == pytest.approx(corrected)
+    baseline = summary.table.set_index("model").loc[BASELINE]
+    assert np.isnan(baseline["challenge_score"]) and np.isnan(baseline["challenge_corrected_score"])
     written = pd.read_csv(out / "summary.csv")
     per_class = [c for c in written if c.startswith(("dice_", "iou_"))]
     assert per_class == [f"dice_{c}" for c in CLASSES] + [f"iou_{c}" for c in CLASSES]
     markdown = (out / "summary.md").read_text()
-    assert "## Challenge-style scores on our test crops (not a leaderboard number)" in markdown
-    assert f"| unet_3d | {row['challenge_style_score']:.3f} | {semantic:.3f} | 0.750 |" in markdown
+    assert "## Challenge scores on our test crops (not a leaderboard number)" in markdown
+    assert "6b9ad6893ef1059227917af2a59cc2e61d84fa7e" in markdown  # the scorer's commit
+    assert (f"| unet_3d | {row['challenge_score']:.3f} | {corrected:.3f} | {semantic:.3f} | 0.750 "
+            f"| 0.700 | {np.sqrt(0.75 * 0.7):.3f} | 0.640 |") in markdown  # fmt: skip
     assert f"| ecs | {iou_ecs:.3f} |" in markdown
 
 
 def test_metrics_without_instance_columns_leave_the_challenge_score_undefined(tmp_path):
     metrics, _ = write_model(tmp_path, "unet_3d", challenge_metrics(with_instances=False))
     row = summarize({"unet_3d": metrics}, expected=["unet_3d"]).table.iloc[0]
-    assert np.isnan(row["challenge_style_score"]) and np.isnan(row["challenge_f1_nuc"])
-    assert row["challenge_style_semantic"] == pytest.approx((50 / 90 + 0.5) / 2)
+    assert np.isnan(row["challenge_score"]) and np.isnan(row["challenge_f1_nuc"])
+    assert np.isnan(row["challenge_corrected_score"])
+    assert row["challenge_semantic"] == pytest.approx((50 / 90 + 0.5) / 2)
+
+
+def test_metrics_from_before_the_official_scorer_give_no_official_score(tmp_path):
+    """A metrics CSV without the corrected_* columns predates the official mode: its unprefixed
+    instance columns hold the corrected scorer's numbers, so no challenge_* number is made."""
+    old = challenge_metrics()
+    old = old.drop(columns=[c for c in old if c.startswith("corrected_")])
+    metrics, _ = write_model(tmp_path, "unet_3d", old)
+    row = summarize({"unet_3d": metrics}, expected=["unet_3d"]).table.iloc[0]
+    assert np.isnan(row["challenge_score"]) and np.isnan(row["challenge_f1_nuc"])
 
 
 # ------------------------------------------------------------------------------ studies

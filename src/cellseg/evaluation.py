@@ -6,10 +6,10 @@ For every test crop the model predicts the crop's whole box at its own resolutio
   lower corner, so its voxel ``i`` is centred at ``start + (i + 1/2) r`` (nm). EM is read around
   the crop with a margin of half a training patch per axis (at least enough for one window), so
   border voxels see as much context as interior ones; EM beyond the volume repeats its edge.
-* 3D models run :func:`monai.inferers.sliding_window_inference` with windows of the training patch,
-  the configured overlap and blending; 2D models run the same on a batch of z slices. The crop is
-  streamed in z slabs (``slab_voxels`` prediction slices plus context), so memory is bounded by
-  one slab, not the crop.
+* The model runs through :mod:`cellseg.inference` (:func:`~cellseg.inference.predict_crop`):
+  windows of the training patch with the configured overlap and blending (2D models: z slices),
+  the crop streamed in z slabs (``slab_voxels`` prediction slices plus context), so memory is
+  bounded by one slab, not the crop.
 * Probabilities follow training (SPEC §4): ``sigmoid(z + logit_shift)`` for ``train``, the raw
   ``sigmoid(z)`` for ``none``; several modes can be scored from one forward pass.
 * Scoring happens at each class's own label grid (its finest scale level, often finer than the
@@ -22,10 +22,12 @@ Following SPEC §8 and the CellMap challenge, a class with an empty prediction a
 truth in a crop scores 1 (flagged in the ``empty`` column); see :mod:`cellseg.metrics`.
 
 Instance classes (of our 14 only ``nuc``, :data:`cellseg.challenge.INSTANCE_CLASSES`) are also
-scored as the CellMap challenge scores them (:func:`cellseg.challenge.score_instances`): connected
-components of the binarised prediction on the label grid, one-to-one matching to the ground-truth
-instances, F1 counts and normalised Hausdorff distances (columns ``instance_*`` and
-``hausdorff_*``; empty for other classes). Unannotated voxels are background in both. This needs
+scored as the CellMap challenge scores them (:func:`cellseg.challenge.score_instance_modes`):
+connected components of the binarised prediction on the label grid, one-to-one matching to the
+ground-truth instances, F1 counts and normalised Hausdorff distances, as the official scorer
+computes them (columns ``instance_*`` and ``hausdorff_*``) and with its two quirks corrected
+(the same names prefixed ``corrected_``); empty for other classes. Unannotated voxels are
+background in both. This needs
 the whole crop at once: the class's ground-truth ids (uint32) and one bool prediction per
 adjustment mode are kept while the crop is predicted, and the Hausdorff step adds about 13 bytes
 per voxel of an instance's bounding box: about 25 bytes per label voxel of the class in all.
@@ -34,13 +36,12 @@ per voxel of an instance's bounding box: about 25 bytes per label voxel of the c
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,27 +52,36 @@ import zarr
 
 from cellseg.challenge import (
     INSTANCE_CLASSES,
+    INSTANCE_COLUMNS,
+    INTEGER_INSTANCE_COLUMNS,
+    STATUS_COLUMNS,
     InstanceScore,
-    SequentialIds,
+    TruthIds,
     connected_components,
-    score_instances,
+    instance_columns,
+    score_instance_modes,
 )
 from cellseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
 from cellseg.data.datasplit import read_datasplit
-from cellseg.data.identity import DataIdentity, check_unseen
-from cellseg.data.patches import PatchGrid, normalize_em, sample_linear
+from cellseg.data.identity import check_unseen
 from cellseg.data.store import (
     Crop,
     CropGeometry,
     LabelEncoding,
     ScaleLevel,
-    StoredArray,
     check_outside_stores,
     read_crop_geometry,
 )
 from cellseg.errors import CellsegError
+from cellseg.inference import (
+    BLEND_MODES,
+    PredictionGrid,
+    Predictor,
+    predict_crop,
+    resolve_device,
+)
 from cellseg.io import atomic_path
-from cellseg.losses import InferenceLogitAdjustment, adjusted_probabilities
+from cellseg.losses import InferenceLogitAdjustment
 from cellseg.metrics import confusion_counts, crop_class_table
 from cellseg.ownership import check_output_path
 
@@ -79,14 +89,9 @@ __all__ = [
     "INSTANCE_COLUMNS",
     "METRIC_COLUMNS",
     "EvaluationSettings",
-    "PredictionGrid",
-    "Predictor",
     "evaluate_checkpoint",
     "evaluate_crop",
     "evaluate_crops",
-    "predict_crop",
-    "predict_slab",
-    "sliding_window_logits",
 ]
 
 METRIC_COLUMNS: tuple[str, ...] = (
@@ -110,23 +115,13 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "prediction_voxel_size_nm",
     "threshold",
     "inference_seconds",
-    "instance_tp",
-    "instance_fp",
-    "instance_fn",
-    "hausdorff_norm_sum",
-    "hausdorff_count",
-    "hausdorff_mean_nm",
-    "instance_status",
+    *INSTANCE_COLUMNS,
 )
-"""Columns of the metrics CSV, one row per (adjustment mode, crop, annotated class)."""
-
-INSTANCE_COLUMNS: tuple[str, ...] = METRIC_COLUMNS[-7:]
-"""The challenge-style instance columns (:mod:`cellseg.challenge`), empty for semantic classes:
-matched pairs, unmatched predicted components, unmatched ground-truth instances, the sum and number
-of normalised Hausdorff distances (pooled per class by the summary), their mean in nm, and
-``scored`` or ``skipped_too_many_instances``."""
-
-BLEND_MODES: tuple[str, ...] = ("gaussian", "constant")
+"""Columns of the metrics CSV, one row per (adjustment mode, crop, annotated class). The last are
+:data:`cellseg.challenge.INSTANCE_COLUMNS`, empty for semantic classes: per scorer mode (official
+unprefixed, then ``corrected_``) matched pairs, unmatched predicted components, unmatched
+ground-truth instances, the sum and number of normalised Hausdorff distances (pooled per class by
+the summary), their mean in nm, and ``scored`` or ``skipped_too_many_instances``."""
 
 
 @dataclass(frozen=True)
@@ -183,279 +178,8 @@ class EvaluationSettings:
         return cls(**values)
 
 
-@dataclass
-class Predictor:
-    """A network plus everything inference needs to reproduce training's input and output.
-
-    Attributes:
-        network: maps ``(B, 1, *S)`` images in [0, 1] to ``(B, 14, *S)`` logits.
-        model, dim: the registry name and ``"2d"`` / ``"3d"``.
-        patch_shape: the training patch, ``(H, W)`` or ``(D, H, W)`` voxels; the window size.
-        resolution_nm: the model's isotropic voxel size, nm.
-        em_range: raw EM values clipped to before scaling to [0, 1].
-        logit_shift: ``(14,)`` added to the logits in mode ``train`` (from the checkpoint).
-        default_mode: the adjustment the model was trained to be read with.
-        amp: bf16 autocast on CUDA.
-        data_identity: the crops and priors it was trained on (``None``: not recorded).
-    """
-
-    network: torch.nn.Module
-    model: str
-    dim: str
-    patch_shape: tuple[int, ...]
-    resolution_nm: float
-    em_range: tuple[float, float] = (10.6, 194.1)
-    logit_shift: torch.Tensor | None = None
-    default_mode: str = "train"
-    amp: bool = False
-    data_identity: DataIdentity | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return f"{self.model}_{self.dim}"
-
-    @classmethod
-    def from_checkpoint(cls, path: Path | str, device: torch.device | str = "cpu") -> Predictor:
-        """Rebuild the network of a ``best.pt`` written by the trainer and load its weights.
-
-        Raises:
-            CellsegError: the file is missing, unreadable or not a cellseg model checkpoint.
-        """
-        from cellseg.models import build_model
-        from cellseg.training.checkpoint import load_checkpoint
-
-        checkpoint = load_checkpoint(path)
-        missing = {"model", "settings", "architecture", "logit_shift"} - set(checkpoint)
-        if missing:
-            raise CellsegError(
-                f"{path}: not a cellseg model checkpoint (missing {', '.join(sorted(missing))}); "
-                "evaluate the best.pt the train rule writes"
-            )
-        s = checkpoint["settings"]
-        classes = list(checkpoint.get("classes", CLASSES))
-        if classes != list(CLASSES):
-            raise CellsegError(f"{path}: trained on classes {classes}, expected {list(CLASSES)}")
-        network = build_model(
-            s["model"], s["dim"], preset=s["preset"], **checkpoint["architecture"]
-        )
-        network.load_state_dict(checkpoint["model"])
-        network.to(device).eval()
-        return cls(
-            network=network,
-            model=s["model"],
-            dim=s["dim"],
-            patch_shape=tuple(int(n) for n in s["patch_shape"]),
-            resolution_nm=float(s["resolution_nm"]),
-            em_range=(float(s["em_range"][0]), float(s["em_range"][1])),
-            logit_shift=torch.as_tensor(checkpoint["logit_shift"], dtype=torch.float32),
-            default_mode=str(s.get("loss", {}).get("inference_logit_adjustment", "train")),
-            amp=bool(s.get("amp", False)) and torch.device(device).type == "cuda",
-            data_identity=(
-                DataIdentity.from_dict(checkpoint["data_identity"])
-                if checkpoint.get("data_identity") is not None
-                else None
-            ),
-            extra={"summary": checkpoint.get("summary", {}), "epoch": checkpoint.get("epoch")},
-        )
-
-    def modes(self, settings: EvaluationSettings) -> tuple[str, ...]:
-        """The adjustment modes to score: the configured ones, else the model's own."""
-        return tuple(settings.adjustment_modes) or (self.default_mode,)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → the first CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CellsegError(f"evaluation.device = {name!r} but no CUDA device is available")
-    return device
-
-
-# ------------------------------------------------------------------------------ prediction grid
-
-
-@dataclass(frozen=True)
-class PredictionGrid:
-    """The regular grid a crop is predicted on: voxel ``i`` centred at ``origin + i * r`` (nm).
-
-    Attributes:
-        origin_nm: ``(z, y, x)`` centre of voxel ``(0, 0, 0)``, nm.
-        shape: ``(D, H, W)`` voxels.
-        resolution_nm: ``r``, nm.
-    """
-
-    origin_nm: np.ndarray
-    shape: tuple[int, int, int]
-    resolution_nm: float
-
-    @classmethod
-    def for_crop(cls, geometry: CropGeometry, resolution_nm: float) -> PredictionGrid:
-        """Cover the crop's box (union of its classes' finest levels) with voxels of ``r`` nm,
-        starting at its lower corner (crops land on whole EM voxels, so with EM at ``r`` the grid
-        is the EM grid and EM needs no interpolation)."""
-        start, stop = geometry.bounds_nm
-        r = float(resolution_nm)
-        shape = tuple(
-            max(1, math.ceil((b - a) / r - 1e-6)) for a, b in zip(start, stop, strict=True)
-        )
-        return cls(np.asarray(start, dtype=float) + r / 2, shape, r)  # type: ignore[arg-type]
-
-    def nearest_index(self, axis: int, centres_nm: np.ndarray) -> np.ndarray:
-        """Index of the prediction voxel nearest each world coordinate along ``axis`` (clipped)."""
-        index = np.floor((centres_nm - self.origin_nm[axis]) / self.resolution_nm + 0.5)
-        return np.clip(index, 0, self.shape[axis] - 1).astype(np.int64)
-
-
 def _level_centres(level: ScaleLevel, axis: int) -> np.ndarray:
     return level.translation_nm[axis] + np.arange(level.shape[axis]) * level.voxel_size_nm[axis]
-
-
-def _context(patch: int, extent: int) -> int:
-    """Margin (voxels) on each side: half a window, and enough that one window fits."""
-    return max(patch // 2, math.ceil(max(patch - extent, 0) / 2))
-
-
-def read_em_slab(
-    em_array: StoredArray,
-    em_level: ScaleLevel,
-    grid: PredictionGrid,
-    z_range: tuple[int, int],
-    margin: tuple[int, int, int],
-    em_range: tuple[float, float],
-) -> np.ndarray:
-    """EM on prediction-grid slices ``z_range`` with ``margin = (mz, my, mx)`` voxels around them.
-
-    Returns:
-        ``(z1 - z0 + 2 mz, H + 2 my, W + 2 mx)`` float32 in [0, 1] (clipped to ``em_range``).
-    """
-    r = grid.resolution_nm
-    z = grid.origin_nm[0] + np.arange(z_range[0] - margin[0], z_range[1] + margin[0]) * r
-    y = grid.origin_nm[1] + np.arange(-margin[1], grid.shape[1] + margin[1]) * r
-    x = grid.origin_nm[2] + np.arange(-margin[2], grid.shape[2] + margin[2]) * r
-    yy, xx = np.meshgrid(y, x, indexing="ij")
-    raw = sample_linear(em_array, em_level, PatchGrid(z, np.stack([yy, xx], axis=-1)))
-    return normalize_em(raw, em_range)
-
-
-@torch.no_grad()
-def sliding_window_logits(
-    network: torch.nn.Module,
-    image: torch.Tensor,
-    roi_size: Sequence[int],
-    settings: EvaluationSettings,
-    device: torch.device | str = "cpu",
-    amp: bool = False,
-) -> torch.Tensor:
-    """Sliding-window logits of a batch of images, accumulated on the CPU.
-
-    Args:
-        network: ``(B, 1, *roi_size) -> (B, C, *roi_size)``.
-        image: ``(B, 1, *S)`` with every ``S_i >= roi_size_i`` (else MONAI pads with zeros).
-        roi_size: the window, voxels (the training patch).
-        settings: overlap, blending and windows per forward pass.
-        device: where the network runs.
-        amp: bf16 autocast (CUDA).
-
-    Returns:
-        ``(B, C, *S)`` float32 CPU logits.
-    """
-    from monai.inferers import sliding_window_inference
-
-    device = torch.device(device)
-
-    def predictor(windows: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            return network(windows).float()
-
-    logits = sliding_window_inference(
-        image,
-        roi_size=tuple(int(n) for n in roi_size),
-        sw_batch_size=settings.sw_batch_size,
-        predictor=predictor,
-        overlap=settings.overlap,
-        mode=settings.blend_mode,
-        sw_device=device,
-        device=torch.device("cpu"),
-        progress=False,
-    )
-    return logits.float()
-
-
-def _open_em(geometry: CropGeometry, resolution_nm: float) -> tuple[StoredArray, ScaleLevel]:
-    level = geometry.em.level_for(resolution_nm)
-    return geometry.em.open_level(level), level
-
-
-def predict_slab(
-    predictor: Predictor,
-    geometry: CropGeometry,
-    z_range: tuple[int, int],
-    settings: EvaluationSettings,
-    device: torch.device | str = "cpu",
-    em: tuple[StoredArray, ScaleLevel] | None = None,
-) -> tuple[np.ndarray, torch.Tensor]:
-    """EM and logits of prediction-grid slices ``[z0, z1)`` of a crop, with context around them.
-
-    Args:
-        predictor: the model.
-        geometry: the crop; the grid is :meth:`PredictionGrid.for_crop` at the model's resolution.
-        z_range: ``(z0, z1)`` prediction-grid slices.
-        settings: windows and blending.
-        device: where the network runs.
-        em: the open EM level (opened here when ``None``).
-
-    Returns:
-        ``(em, logits)``: ``(z1 - z0, H, W)`` float32 EM in [0, 1] and ``(14, z1 - z0, H, W)``
-        float32 CPU logits.
-    """
-    grid = PredictionGrid.for_crop(geometry, predictor.resolution_nm)
-    em_array, em_level = em or _open_em(geometry, predictor.resolution_nm)
-    _, height, width = grid.shape
-    z0, z1 = z_range
-    patch = predictor.patch_shape
-    is_3d = predictor.dim == "3d"
-    if len(patch) != (3 if is_3d else 2):
-        raise CellsegError(
-            f"{predictor.key}: patch shape {patch} does not match dim {predictor.dim}"
-        )
-    my, mx = _context(patch[-2], height), _context(patch[-1], width)
-    mz = _context(patch[0], z1 - z0) if is_3d else 0
-    image = read_em_slab(em_array, em_level, grid, (z0, z1), (mz, my, mx), predictor.em_range)
-    tensor = torch.from_numpy(image)
-    if is_3d:
-        logits = sliding_window_logits(
-            predictor.network, tensor[None, None], patch, settings, device, predictor.amp
-        )[0]
-    else:
-        # each z slice is one 2D image of the batch
-        logits = sliding_window_logits(
-            predictor.network, tensor[:, None], patch, settings, device, predictor.amp
-        ).transpose(0, 1)
-    inner = (slice(mz, mz + z1 - z0), slice(my, my + height), slice(mx, mx + width))
-    return image[inner], logits[(slice(None), *inner)]
-
-
-def predict_crop(
-    predictor: Predictor,
-    geometry: CropGeometry,
-    settings: EvaluationSettings,
-    device: torch.device | str = "cpu",
-) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Logits of a whole crop, slab by slab along z (memory: one slab plus its context).
-
-    Yields:
-        ``(z0, z1, logits)``: prediction-grid slices ``[z0, z1)`` and their ``(14, z1 - z0, H, W)``
-        float32 CPU logits (see :func:`predict_slab`).
-    """
-    grid = PredictionGrid.for_crop(geometry, predictor.resolution_nm)
-    em = _open_em(geometry, predictor.resolution_nm)
-    for z0 in range(0, grid.shape[0], settings.slab_voxels):
-        z1 = min(grid.shape[0], z0 + settings.slab_voxels)
-        _, logits = predict_slab(predictor, geometry, (z0, z1), settings, device, em)
-        yield z0, z1, logits
 
 
 # ------------------------------------------------------------------------------ scoring
@@ -522,11 +246,12 @@ class _ClassScorer:
 
 class _InstanceCollector:
     """One instance class of a crop, whole, on its label grid: ground-truth ids and the binarised
-    prediction of each mode, for :func:`cellseg.challenge.score_instances`.
+    prediction of each mode, for :func:`cellseg.challenge.score_instance_modes`.
 
     Unannotated voxels are background in both (the challenge multiplies both by its mask). Ids
-    become ``1..n`` (uint32) chunk by chunk; a class stored as semantic 0/1 is split into
-    instances by connected components when scored.
+    keep their values (uint32, :class:`cellseg.challenge.TruthIds`: the official scorer depends on
+    them); a class stored as semantic 0/1 is split into instances by connected components when
+    scored.
     """
 
     def __init__(
@@ -535,9 +260,7 @@ class _InstanceCollector:
         self.truth = np.zeros(shape, dtype=np.uint32)
         self.predicted = {mode: np.zeros(shape, dtype=bool) for mode in modes}
         self.ids = (
-            SequentialIds(background=(encoding.absent, encoding.unknown))
-            if encoding.instance
-            else None
+            TruthIds(background=(encoding.absent, encoding.unknown)) if encoding.instance else None
         )
 
     def add_truth(self, c0: int, c1: int, raw: np.ndarray, target: np.ndarray) -> None:
@@ -551,33 +274,20 @@ class _InstanceCollector:
     ) -> None:
         self.predicted[mode][c0:c1] = resampled & ~np.isnan(target)
 
-    def score(self, voxel_size_nm: Sequence[float]) -> dict[str, InstanceScore]:
+    def score(self, voxel_size_nm: Sequence[float]) -> dict[str, dict[str, InstanceScore]]:
+        """Adjustment mode → scorer mode (official, corrected) → score."""
         truth = self.truth if self.ids is not None else connected_components(self.truth > 0)[0]
         return {
-            mode: score_instances(truth, predicted, voxel_size_nm)
+            mode: score_instance_modes(truth, predicted, voxel_size_nm)
             for mode, predicted in self.predicted.items()
         }
-
-
-def _instance_columns(score: InstanceScore) -> dict[str, Any]:
-    """The :data:`INSTANCE_COLUMNS` of one crop × instance class."""
-    count = score.hausdorff_count
-    return {
-        "instance_tp": score.tp,
-        "instance_fp": score.fp,
-        "instance_fn": score.fn,
-        "hausdorff_norm_sum": score.hausdorff_norm_sum,
-        "hausdorff_count": count,
-        "hausdorff_mean_nm": score.hausdorff_sum_nm / count if count else np.nan,
-        "instance_status": score.status,
-    }
 
 
 class _PredictionWriter:
     """Streams one crop's probabilities into an OME-NGFF (0.4, zarr format 2) group per class."""
 
     def __init__(self, root: zarr.Group, crop: Crop, grid: PredictionGrid, slab: int) -> None:
-        from cellseg.data.demo import create_multiscale_group
+        from cellseg.ngff import create_multiscale_group
 
         dataset, crop_name = crop.name.split("/", 1)
         parent = root.require_group(dataset).require_group(crop_name)
@@ -646,10 +356,7 @@ def evaluate_crop(
     started = time.perf_counter()
     for z0, z1, logits in predict_crop(predictor, geometry, settings, device):
         inference_seconds += time.perf_counter() - started
-        probabilities = {
-            mode: adjusted_probabilities(logits[None], predictor.logit_shift, mode)[0]
-            for mode in modes
-        }
+        probabilities = {mode: predictor.probabilities(logits, mode) for mode in modes}
         if writer is not None:
             writer.write(z0, z1, probabilities[modes[0]])
         positive = {mode: (p > settings.threshold).numpy() for mode, p in probabilities.items()}
@@ -687,19 +394,20 @@ def evaluate_crop(
 
 
 def _with_instance_columns(
-    table: pd.DataFrame, scores: Mapping[str, InstanceScore]
+    table: pd.DataFrame, scores: Mapping[str, Mapping[str, InstanceScore]]
 ) -> pd.DataFrame:
     """Add :data:`INSTANCE_COLUMNS` to one mode's crop table: filled for the instance classes
-    scored, missing (NA) for the others."""
-    integers = ("instance_tp", "instance_fp", "instance_fn", "hausdorff_count")
+    scored (class → scorer mode → score), missing (NA) for the others."""
+    integers = INTEGER_INSTANCE_COLUMNS
     columns: dict[str, Any] = {
         name: pd.array([pd.NA] * len(table), dtype="Int64" if name in integers else "Float64")
         for name in INSTANCE_COLUMNS
     }
-    columns["instance_status"] = pd.array([pd.NA] * len(table), dtype="string")
+    for status in STATUS_COLUMNS:
+        columns[status] = pd.array([pd.NA] * len(table), dtype="string")
     for i, name in enumerate(table["class"]):
         if name in scores:
-            for column, value in _instance_columns(scores[name]).items():
+            for column, value in instance_columns(scores[name]).items():
                 columns[column][i] = value
     return table.assign(**columns)
 

@@ -15,11 +15,13 @@ What is compared (all over the held-out crops, one adjustment mode):
   classes.
 * **pooled IoU**: per class, the IoU of ``ΣTP, ΣFP, ΣFN`` over crops (``iou_<class>``), and its
   mean over classes (``pooled_iou``); the challenge reports IoU.
-* **challenge-style score on our test crops** (``challenge_style_*`` columns; not a leaderboard
-  number): the CellMap challenge's arithmetic (:mod:`cellseg.challenge`) applied to our crops and
-  classes: pooled IoU per semantic class; for the instance class ``nuc``, F1 of one-to-one
-  matched instances and the mean normalised Hausdorff distance pooled over crops, combined as
-  ``sqrt(F1 × Hausdorff)``; overall ``sqrt(mean instance × mean semantic)``.
+* **challenge score on our test crops** (``challenge_*`` columns; not a leaderboard number): the
+  CellMap challenge's official scorer (:mod:`cellseg.challenge`, at
+  :data:`cellseg.challenge.CHALLENGE_SOURCE`, quirks included) applied to our crops and classes:
+  pooled IoU per semantic class; for the instance class ``nuc``, F1 of one-to-one matched
+  instances and the mean normalised Hausdorff distance pooled over crops, combined as
+  ``sqrt(F1 × Hausdorff)``; overall ``sqrt(mean instance × mean semantic)``. The same with the
+  scorer's two quirks corrected: ``challenge_corrected_*`` columns.
 * **difference to the best**: the model's statistic minus the best model's on the crops both were
   evaluated on, with a t-interval and an exact sign-flip permutation p-value over crops
   (:func:`cellseg.statistics.paired_comparison`), Holm-adjusted over the comparisons.
@@ -55,8 +57,14 @@ import numpy as np
 import pandas as pd
 
 from cellseg.challenge import (
+    CORRECTED,
     INSTANCE_CLASSES,
+    INSTANCE_SUM_COLUMNS,
+    OFFICIAL,
+    SCORER_MODES,
+    SKIPPED,
     instance_class_scores,
+    instance_column_names,
     overall_scores,
 )
 from cellseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
@@ -310,23 +318,36 @@ def _iou_columns(counts: np.ndarray) -> dict[str, float]:
     }
 
 
-_INSTANCE_SUMS = (
-    "instance_tp",
-    "instance_fp",
-    "instance_fn",
-    "hausdorff_norm_sum",
-    "hausdorff_count",
-)
+_CHALLENGE_PREFIX = {OFFICIAL: "challenge_", CORRECTED: "challenge_corrected_"}
+"""The summary columns of each scorer mode (:data:`cellseg.challenge.SCORER_MODES`)."""
 
 
 def _challenge_columns(table: pd.DataFrame | None, counts: np.ndarray) -> dict[str, Any]:
-    """The ``challenge_*`` columns of a model (:mod:`cellseg.challenge`): per instance class F1,
-    mean normalised Hausdorff, combined score and skipped crops, from the metrics' instance columns
-    summed over crops (NaN without them: an old CSV, or the baseline); the semantic part (mean
-    pooled IoU over the non-instance classes annotated), the instance part and the overall score.
+    """The ``challenge_*`` (official scorer) and ``challenge_corrected_*`` columns of a model
+    (:mod:`cellseg.challenge`): per instance class F1, mean normalised Hausdorff, combined score
+    and skipped crops, from the metrics' instance columns of that mode summed over crops (NaN
+    without them: an old CSV, whose unprefixed columns were not the official scorer's, or the
+    baseline); the semantic part (mean pooled IoU over the non-instance classes annotated), the
+    instance part and the overall score (``challenge_score``, ``challenge_corrected_score``).
     """
     iou = _iou_columns(counts)
     semantic = [iou[f"iou_{n}"] for n in CLASSES if n not in INSTANCE_CLASSES]
+    columns: dict[str, Any] = {}
+    for mode in SCORER_MODES:
+        columns |= _challenge_mode_columns(table, iou, semantic, mode)
+    return columns
+
+
+def _challenge_mode_columns(
+    table: pd.DataFrame | None, iou: Mapping[str, float], semantic: list[float], mode: str
+) -> dict[str, Any]:
+    """One scorer mode's part of :func:`_challenge_columns`."""
+    prefix = _CHALLENGE_PREFIX[mode]
+    names = instance_column_names(mode)
+    sums, status_column = list(names[: len(INSTANCE_SUM_COLUMNS)]), names[-1]
+    # both modes' columns are written together; without the corrected ones the CSV predates the
+    # official mode and its unprefixed columns hold the corrected numbers
+    marker = instance_column_names(CORRECTED)[-1]
     columns: dict[str, Any] = {}
     combined = []
     for name in INSTANCE_CLASSES:
@@ -334,36 +355,31 @@ def _challenge_columns(table: pd.DataFrame | None, counts: np.ndarray) -> dict[s
         usable = (
             rows is not None
             and not rows.empty
-            and set(_INSTANCE_SUMS) <= set(rows.columns)
-            and rows[list(_INSTANCE_SUMS)].notna().all().all()
+            and {*sums, marker} <= set(rows.columns)
+            and rows[sums].notna().all().all()
         )
         if usable:
             assert rows is not None
-            scores = instance_class_scores(*(float(rows[c].sum()) for c in _INSTANCE_SUMS))
-            status = (
-                rows["instance_status"] if "instance_status" in rows else pd.Series([], dtype=str)
-            )
-            skipped = int((status == "skipped_too_many_instances").sum())
+            scores = instance_class_scores(*(float(rows[c].sum()) for c in sums))
+            status = rows[status_column] if status_column in rows else pd.Series([], dtype=str)
+            skipped = int((status == SKIPPED).sum())
         else:
             scores, skipped = (np.nan, np.nan, np.nan), np.nan
-        columns[f"challenge_f1_{name}"] = scores[0]
-        columns[f"challenge_hausdorff_{name}"] = scores[1]
-        columns[f"challenge_combined_{name}"] = scores[2]
-        columns[f"challenge_skipped_crops_{name}"] = skipped
-        annotated = rows is not None and not rows.empty
+        columns[f"{prefix}f1_{name}"] = scores[0]
+        columns[f"{prefix}hausdorff_{name}"] = scores[1]
+        columns[f"{prefix}combined_{name}"] = scores[2]
+        columns[f"{prefix}skipped_crops_{name}"] = skipped
         # a class no crop annotates is left out, as the challenge leaves out absent labels; one
-        # annotated but without instance columns makes the instance part unknown (NaN)
-        if annotated:
+        # annotated but without instance columns (the baseline) makes the instance part unknown
+        if math.isfinite(iou[f"iou_{name}"]):
             combined.append(scores[2] if usable else np.nan)
-    overall = overall_scores([], semantic)
-    if combined:
-        overall = overall_scores(combined, semantic)
-        if any(not math.isfinite(v) for v in combined):
-            overall = overall._replace(instance=np.nan, overall=np.nan)
+    overall = overall_scores(combined, semantic, mode)
+    if any(not math.isfinite(v) for v in combined):
+        overall = overall._replace(instance=np.nan, overall=np.nan)
     return {
-        "challenge_style_score": overall.overall,
-        "challenge_style_semantic": overall.semantic,
-        "challenge_style_instance": overall.instance,
+        f"{prefix}score": overall.overall,
+        f"{prefix}semantic": overall.semantic,
+        f"{prefix}instance": overall.instance,
         **columns,
     }
 
@@ -747,9 +763,11 @@ _LEADING = [
     "pooled_dice_ci_low",
     "pooled_dice_ci_high",
     "pooled_iou",
-    "challenge_style_score",
-    "challenge_style_semantic",
-    "challenge_style_instance",
+    "challenge_score",
+    "challenge_semantic",
+    "challenge_instance",
+    "challenge_corrected_score",
+    "challenge_corrected_instance",
     "above_baseline",
     "best_model",
     "diff_to_best",
