@@ -72,7 +72,9 @@ def test_matching_tensors_load_and_a_head_for_other_classes_is_reinitialised(tmp
     # a bare library state dict (no net. prefix) with one extra tensor: the extra one is ignored
     bare = {k.removeprefix("net."): v for k, v in source.items()} | {"extra.weight": torch.zeros(2)}
     torch.save(bare, tmp_path / "bare.pt")
-    report = load_matching(network, source_state(tmp_path / "bare.pt", "unet_2d", "test"), "bare")
+    state, skip = source_state(tmp_path / "bare.pt", "unet_2d", "test")
+    assert skip == {}
+    report = load_matching(network, state, "bare")
     assert report.ignored == ["net.extra.weight"] and len(report.loaded) == len(source) - 2
 
 

@@ -81,20 +81,29 @@ class InitReport:
         return "\n".join(parts)
 
 
-def load_matching(network: nn.Module, state: Mapping[str, Any], source: str) -> InitReport:
+def load_matching(
+    network: nn.Module,
+    state: Mapping[str, Any],
+    source: str,
+    skip: Mapping[str, str] | None = None,
+) -> InitReport:
     """Copy every tensor of ``state`` whose name and shape match into ``network``.
 
     Args:
         network: the freshly built network; its tensors not in ``state`` stay as they are.
         state: name -> tensor, in the network's naming (see :func:`source_state`).
         source: for the report.
+        skip: network tensors not to load although the source has them, with why (a COSEM
+            head, whose channels are COSEM's classes, not cellseg's).
     """
     own = network.state_dict()
     report = InitReport(source)
     matched: dict[str, torch.Tensor] = {}
     for name, tensor in own.items():
         theirs = state.get(name)
-        if not isinstance(theirs, torch.Tensor):
+        if skip and name in skip:
+            report.reinitialised.append(f"{name} ({skip[name]})")
+        elif not isinstance(theirs, torch.Tensor):
             report.reinitialised.append(f"{name} (not in the source)")
         elif tuple(theirs.shape) != tuple(tensor.shape):
             report.reinitialised.append(
@@ -121,9 +130,19 @@ def file_digest(path: Path | str) -> str:
     return digest.hexdigest()
 
 
-def source_state(path: Path | str, model_key: str, where: str) -> dict[str, torch.Tensor]:
+COSEM_HEAD: dict[str, str] = {
+    f"net.prediction_head.{p}": "a COSEM head: its channels are COSEM's classes, not cellseg's"
+    for p in ("weight", "bias")
+}
+"""The tensors of a COSEM file that are never loaded (the head, trained for other classes)."""
+
+
+def source_state(
+    path: Path | str, model_key: str, where: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The state dict of an ``init.checkpoint`` file in the naming of a
-    :class:`~cellseg.models.SegmentationModel` (``net.*``).
+    :class:`~cellseg.models.SegmentationModel` (``net.*``), and the tensors not to load from
+    it with why (:data:`COSEM_HEAD` for a COSEM file, else none).
 
     Args:
         model_key: ``{model}_{dim}`` of the run (a cellseg checkpoint must be of the same).
@@ -148,7 +167,7 @@ def source_state(path: Path | str, model_key: str, where: str) -> dict[str, torc
                 f"{where}: init.checkpoint {path} is a {trained} run and this run trains "
                 f"{model_key}: name a {model_key} run's best.pt or set init: scratch"
             )
-        return dict(content["model"])
+        return dict(content["model"]), {}
     state = content
     for wrapper in ("model", "state_dict"):
         if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
@@ -163,19 +182,21 @@ def source_state(path: Path | str, model_key: str, where: str) -> dict[str, torc
             f"{where}: init.checkpoint {path} holds no state dict (name -> tensor); name a "
             "cellseg best.pt, a COSEM weights file or a saved state_dict, or set init: scratch"
         )
-    state = cosem_names(state)
+    renamed = cosem_names(state)
+    skip = COSEM_HEAD if renamed is not None else {}
+    state = renamed if renamed is not None else state
     if any(name.startswith("net.") for name in state):
-        return dict(state)
-    return {f"net.{name}": tensor for name, tensor in state.items()}
+        return dict(state), skip
+    return {f"net.{name}": tensor for name, tensor in state.items()}, skip
 
 
-def cosem_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def cosem_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
     """A COSEM checkpoint's names as ``cellmap_models``' network has them: its ``chain.*``
     entries duplicate the ``architecture.*`` and ``prediction_head.*`` ones and are dropped,
     ``architecture.`` is removed and ``unet.`` becomes ``backbone.`` (the renaming
-    ``cellmap_models.pytorch.cosem.load_model`` applies). Other state dicts pass unchanged."""
+    ``cellmap_models.pytorch.cosem.load_model`` applies). None: not a COSEM checkpoint."""
     if not any(name.startswith(("architecture.", "chain.")) for name in state):
-        return dict(state)
+        return None
     renamed = {}
     for name, tensor in state.items():
         if name.startswith("chain."):
@@ -254,8 +275,8 @@ def initialize_weights(
             )
         return report
     path = init["checkpoint"]
-    state = source_state(path, key, where)
-    report = load_matching(network, state, str(path))
+    state, skip = source_state(path, key, where)
+    report = load_matching(network, state, str(path), skip)
     if report.loaded_fraction < MIN_LOADED_FRACTION:
         raise CellsegError(
             f"{where}: init.checkpoint {path} fills {report.loaded_fraction:.0%} of {key}'s "
