@@ -68,7 +68,7 @@ def make_em(path: Path, shape: tuple[int, int, int]) -> Path:
     """A smooth random uint8 EM volume at 8 nm (one level), chunks 64³."""
     from scipy import ndimage
 
-    from cellseg.data.demo import write_multiscale_array
+    from cellseg.ngff import write_multiscale_array
 
     rng = np.random.default_rng(0)
     em = ndimage.gaussian_filter(rng.normal(size=shape).astype(np.float32), 2)

@@ -291,47 +291,6 @@ def test_killed_run_resumes_skipping_finished_blocks(em_path, tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def test_chunk_writer_stores_what_zarr_would(em_path, tmp_path):
-    """Blocks written chunk by chunk read back through zarr as the values zarr itself stores:
-    edge chunks (padded), an all-zero chunk (not stored, and removed when a block that a killed
-    run wrote is rewritten)."""
-    from cellseg.prediction import ChunkWriter, _array_metadata, _write_documents
-
-    plan = plan_prediction(
-        multiscale(em_path), predictor("3d"), PredictionSettings(chunk_voxels=16)
-    )
-    shape, chunks = plan.shape, (16, 16, 16)
-    assert shape == EM_SHAPE  # 20 x 44 x 52: edge chunks on every axis
-    values = np.random.default_rng(1).integers(1, 256, shape, dtype=np.uint8)
-    values[:16, :16, :16] = 0  # one whole chunk of the fill value
-    out = tmp_path / "ours.zarr"
-    metadata = _array_metadata(shape, chunks, "uint8")
-    _write_documents(out, {".zgroup": {"zarr_format": 2}, "a/.zarray": metadata})
-    writer = ChunkWriter(out, plan)
-    blocks = [
-        (slice(z, min(z + 16, 20)), slice(y, min(y + 32, 44)), slice(0, 52))
-        for z in (0, 16)
-        for y in (0, 32)
-    ]
-    for box in blocks:  # what a killed run left behind, then the rerun
-        writer.write("a", box, np.full(shape, 7, dtype=np.uint8)[box])
-    for box in blocks:
-        writer.write("a", box, values[box])
-    reference = zarr.create_array(
-        str(tmp_path / "zarr.zarr"), shape=shape, chunks=chunks, dtype="uint8", zarr_format=2,
-        fill_value=0, compressors=None,
-    )  # fmt: skip
-    reference[...] = values
-    ours = zarr.open_array(str(out / "a"), mode="r", zarr_format=2)
-    np.testing.assert_array_equal(ours[...], values)
-    assert ours.chunks == chunks and ours.dtype == np.uint8 and ours.fill_value == 0
-    # the same chunk files as zarr's (which skips the all-zero one)
-    assert not (out / "a" / "0.0.0").exists()
-    assert sorted(p.name for p in (out / "a").glob("[0-9]*")) == sorted(
-        p.name for p in (tmp_path / "zarr.zarr").glob("[0-9]*")
-    )
-
-
 @pytest.mark.parametrize("mode", ["train", "none"])
 def test_in_place_probabilities_are_adjusted_probabilities(mode):
     from cellseg.losses import adjusted_probabilities

@@ -25,7 +25,7 @@ each (the block computing, and the one being written, whose core holds its proba
 place), plus a block's EM and the network's activations, independent of the volume's size (on a
 GPU the accumulator is GPU memory and the host holds two blocks' probabilities,
 ``bz × by × bx × 14 × 4`` bytes each); the output is written chunk by chunk, one class at a time
-(:class:`ChunkWriter`).
+(:class:`cellseg.ngff.ChunkWriter`).
 
 Resumability and parallelism. A block's chunks are written, then a small JSON marker
 ``OUT/.cellseg/blocks/{index}.json`` (atomically); a rerun skips blocks with a marker. Blocks are
@@ -41,7 +41,6 @@ import argparse
 import concurrent.futures
 import contextlib
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -73,6 +72,15 @@ from cellseg.errors import CellsegError
 from cellseg.evaluation import BLEND_MODES, Predictor, resolve_device
 from cellseg.io import write_json_atomic
 from cellseg.losses import InferenceLogitAdjustment, adjusted_probabilities
+from cellseg.ngff import (
+    ChunkWriter,
+    array_metadata,
+    block_mean,
+    blosc_zstd,
+    multiscales_attrs,
+    pyramid_levels,
+    write_documents,
+)
 from cellseg.ownership import STATE_DIR as OWNER_STATE_DIR
 from cellseg.ownership import check_output_path
 
@@ -577,18 +585,7 @@ def _dequantize(values: np.ndarray, dtype: str) -> np.ndarray:
     return values.astype(np.float32) / np.float32(DTYPES[dtype])
 
 
-def _pyramid_levels(shape: Sequence[int], chunk: int, requested: int | None) -> int:
-    if requested is not None:
-        return requested
-    levels = 1
-    while max(-(-n // 2 ** (levels - 1)) for n in shape) > chunk:
-        levels += 1
-    return levels
-
-
 def _group_attrs(name: str, plan: PredictionPlan, levels: int, kind: str) -> dict[str, Any]:
-    from cellseg.data.demo import multiscales_attrs
-
     r = plan.resolution_nm
     attrs = multiscales_attrs(name, (r, r, r), plan.translation_nm, levels)
     attrs["cellseg"] = {"kind": kind}
@@ -655,20 +652,18 @@ def init_store(out: Path, spec: Mapping[str, Any], plan: PredictionPlan, overwri
     # the state directory first: a store killed while being created is still recognised as
     # cellseg's (cellseg.ownership.is_prediction_store), so a rerun may replace it
     (out / STATE_DIR / "blocks").mkdir(parents=True, exist_ok=True)
-    # Every array's and group's metadata is written as the zarr v2 JSON documents directly:
-    # creating 30 groups and 28 arrays through zarr's API costs 0.1-0.3 s (one event-loop round
-    # trip and several reads per node), a fixed cost that dominated small volumes; the documents
-    # are zarr's own (:func:`_array_metadata`), so the store is the same.
+    # every array's and group's metadata as zarr v2 JSON documents, directly (faster than
+    # zarr's API; the same documents: cellseg.ngff.write_documents)
     chunks = plan.chunk_shape()
     documents: dict[str, Any] = {".zgroup": {"zarr_format": 2}}
     for kind, dtype in (("probabilities", spec["dtype"]), ("masks", "uint8")):
         documents[f"{kind}/.zgroup"] = {"zarr_format": 2}
-        array = _array_metadata(plan.shape, chunks, dtype)
+        array = array_metadata(plan.shape, chunks, dtype)
         for name in CLASSES:
             documents[f"{kind}/{name}/.zgroup"] = {"zarr_format": 2}
             documents[f"{kind}/{name}/.zattrs"] = _group_attrs(name, plan, 1, kind)
             documents[f"{kind}/{name}/s0/.zarray"] = array
-    _write_documents(out, documents)
+    write_documents(out, documents)
     # the spec last: a store killed while being created is recognised as unfinished
     write_json_atomic(
         out / ".zattrs",
@@ -684,78 +679,8 @@ def init_store(out: Path, spec: Mapping[str, Any], plan: PredictionPlan, overwri
     return "created"
 
 
-def _array_metadata(shape: Sequence[int], chunks: Sequence[int], dtype: str) -> dict[str, Any]:
-    """The ``.zarray`` document zarr writes for an array of ours (made once, in a scratch
-    directory, through zarr's public API)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as scratch:
-        root = zarr.open_group(scratch, mode="w", zarr_format=2)
-        root.create_array(
-            "a", shape=tuple(shape), chunks=tuple(chunks), dtype=dtype,
-            compressors=_compressor(), fill_value=0,
-        )  # fmt: skip
-        return json.loads((Path(scratch) / "a" / ".zarray").read_text())
-
-
-def _write_documents(out: Path, documents: Mapping[str, Any]) -> None:
-    """Write zarr v2 metadata documents (``path → JSON``) under ``out``, as zarr does (not
-    atomically: the root's ``.zattrs``, written last and atomically, says they are all there)."""
-    for path, document in documents.items():
-        target = out / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(document, indent=4))
-
-
-def _compressor() -> Any:
-    from cellseg.data.demo import blosc_zstd
-
-    return blosc_zstd()
-
-
 def _marker(out: Path, index: int) -> Path:
     return out / STATE_DIR / "blocks" / f"{index}.json"
-
-
-class ChunkWriter:
-    """Writes whole chunks of the s0 arrays straight into the store's files (zarr v2: key
-    ``"iz.iy.ix"``, the chunk's C-order bytes through the array's compressor; edge chunks padded
-    with the fill value to the full chunk shape; an all-fill chunk not stored), as zarr does.
-
-    Why not ``array[box] = values``: zarr-python 3 spends ~1 ms of event-loop and codec-pipeline
-    overhead per chunk, 3-4x the Blosc encoding itself; a 32 x 256 x 256 block of 28 arrays took
-    0.5-0.6 s to write, which no computation overlaps for a run's last block, and which at the
-    default block size on a GPU would have made writing, not the network, the bottleneck.
-    The store is read back with zarr (tests compare every value).
-    """
-
-    def __init__(self, out: Path, plan: PredictionPlan) -> None:
-        self.out = out
-        self.chunks = plan.chunk_shape()
-        self.compressor = _compressor()
-
-    def write(self, array: str, box: tuple[slice, slice, slice], values: np.ndarray) -> None:
-        """Write ``values`` (``(D, H, W)``) on ``box``, whose start is a chunk corner and whose
-        stop is one too or the array's end (a block's box)."""
-        folder = self.out / array
-        ranges = [
-            range(s.start // c, -(-s.stop // c)) for s, c in zip(box, self.chunks, strict=True)
-        ]
-        for key in itertools.product(*ranges):
-            local = tuple(
-                slice(k * c - s.start, min((k + 1) * c, s.stop) - s.start)
-                for k, c, s in zip(key, self.chunks, box, strict=True)
-            )
-            piece = values[local]
-            path = folder / ".".join(map(str, key))
-            if not piece.any():  # fill value 0 everywhere: zarr stores no chunk
-                path.unlink(missing_ok=True)
-                continue
-            if piece.shape != self.chunks:
-                piece = np.pad(
-                    piece, [(0, c - n) for c, n in zip(self.chunks, piece.shape, strict=True)]
-                )
-            path.write_bytes(self.compressor.encode(np.ascontiguousarray(piece)))
 
 
 def _write_block(
@@ -798,7 +723,7 @@ def predict_blocks(
     skipped = len(blocks) - len(todo)
     if not todo:
         return 0, skipped
-    chunks = ChunkWriter(out, plan)
+    chunks = ChunkWriter(out, plan.chunk_shape())
     reader = EMReader(plan, em, predictor.em_range)
     mode = settings.adjustment or predictor.default_mode
     thresholds = settings.thresholds()
@@ -856,12 +781,7 @@ def _maybe_kill(kill_after: int, done: int) -> None:
 
 def _downsample(values: np.ndarray, dtype: str) -> np.ndarray:
     """2×2×2 means of a dequantised ``(D, H, W)`` block (odd edges repeat their last voxel)."""
-    p = _dequantize(values, dtype)
-    pad = [(0, n % 2) for n in p.shape]
-    if any(b for _, b in pad):
-        p = np.pad(p, pad, mode="edge")
-    d, h, w = (n // 2 for n in p.shape)
-    return p.reshape(d, 2, h, 2, w, 2).mean(axis=(1, 3, 5))
+    return block_mean(_dequantize(values, dtype), 2)
 
 
 def _write_levels(
@@ -879,7 +799,7 @@ def _write_levels(
         source = probabilities[f"s{k - 1}"]
         shape = tuple(-(-n // 2) for n in source.shape)
         chunks = plan.chunk_shape(shape)
-        kwargs = dict(shape=shape, chunks=chunks, compressors=_compressor(), fill_value=0)
+        kwargs = dict(shape=shape, chunks=chunks, compressors=blosc_zstd(), fill_value=0)
         target = probabilities.create_array(f"s{k}", dtype=settings.dtype, overwrite=True, **kwargs)
         mask = masks.create_array(f"s{k}", dtype="uint8", overwrite=True, **kwargs)
         # level k+1 voxels per step: reads (2 chunk, 8 chunk, 8 chunk) of level k at once
@@ -913,7 +833,7 @@ def write_pyramid(out: Path, plan: PredictionPlan, settings: PredictionSettings,
             f"{out}: {len(missing)} of {plan.n_blocks} blocks are not predicted yet (first: "
             f"{missing[0]}); run the block jobs (or cellseg predict without --stage) first"
         )
-    levels = _pyramid_levels(plan.shape, plan.chunk, settings.pyramid_levels)
+    levels = pyramid_levels(plan.shape, plan.chunk, settings.pyramid_levels)
     thresholds = settings.thresholds()
     if levels > 1:
         root = zarr.open_group(str(out), mode="r+", zarr_format=2)
@@ -922,7 +842,7 @@ def write_pyramid(out: Path, plan: PredictionPlan, settings: PredictionSettings,
             print(f"pyramid: {name} ({levels} levels)", file=log, flush=True)
     # the groups' final multiscales (as JSON documents, like init_store), then the store is
     # marked complete: the root's attributes, atomically, last
-    _write_documents(
+    write_documents(
         out,
         {
             f"{kind}/{name}/.zattrs": _group_attrs(name, plan, levels, kind)

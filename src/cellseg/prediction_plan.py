@@ -76,7 +76,7 @@ def prediction_datasets(config: Mapping[str, Any], demo_root: str) -> list[str]:
     if config["predict"]["datasets"]:
         return list(config["predict"]["datasets"])
     if config["data"]["demo"]["enabled"]:
-        from cellseg.data.demo import SIZES
+        from cellseg.data.demo_layout import SIZES
 
         return [name for name, _ in SIZES[config["data"]["demo"]["size"]].datasets]
     return [p.stem for root in config["data"]["roots"] for p in _dataset_stores(root)]
