@@ -362,6 +362,31 @@ class ViTVNet(nn.Module):
         self.out = nn.Conv3d(16, classes, 3, padding=1)
 
 
+class CosemSetup04(nn.Module):
+    """COSEM's setup04 (Heinrich et al. 2021, Nature 599, "Whole-cell organelle segmentation
+    in volume electron microscopy", Methods; the published network's settings): a 4-level
+    UNet with 12, 72, 432, 2592 features down and 72, 72, 432, 2592 up, two 3x3x3 valid
+    convolutions per level, max-pooling by 2, 3, 3, each upsampling a nearest one followed by
+    a 1x1x1 convolution, then one more such upsampling at 72 (to 4 nm), two 3x3x3 convolutions
+    at 72 and a 1x1x1 head. Parameter structure only."""
+
+    def __init__(self, in_channels: int = 1, classes: int = 14) -> None:
+        super().__init__()
+        down, up = [12, 72, 432, 2592], [72, 72, 432, 2592]
+        self.left = nn.ModuleList(
+            nn.Sequential(nn.Conv3d(cin, w, 3), nn.Conv3d(w, w, 3))
+            for cin, w in zip([in_channels, *down[:-1]], down, strict=True)
+        )
+        self.up = nn.ModuleList(nn.Conv3d(up[i + 1], up[i], 1) for i in range(3))
+        self.right = nn.ModuleList(
+            nn.Sequential(nn.Conv3d(up[i] + down[i], up[i], 3), nn.Conv3d(up[i], up[i], 3))
+            for i in range(3)
+        )
+        self.to_4nm = nn.Conv3d(up[0], up[0], 1)
+        self.final = nn.Sequential(nn.Conv3d(up[0], 72, 3), nn.Conv3d(72, 72, 3))
+        self.head = nn.Conv3d(72, classes, 1)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -380,6 +405,7 @@ def reference_models() -> dict[tuple[str, str], tuple[str, type[nn.Module], dict
             {"dims": 3, "patch": (2, 4, 4), "window": (4, 7, 7)},
         ),
         ("vit", "3d"): ("ViT-V-Net (toolbox config)", ViTVNet, {}),
+        ("cosem", "3d"): ("COSEM setup04", CosemSetup04, {}),
     }
 
 
