@@ -28,6 +28,7 @@ from cellseg.resources import (
     count_test_crops,
     evaluation_resources,
     figure_resources,
+    prediction_resources,
     training_resources,
     visible_gpu_count,
 )
@@ -127,15 +128,68 @@ wildcard_constraints:
     run="[a-z][a-z0-9]*_(2d|3d)(~[A-Za-z][A-Za-z0-9.+-]*)*",
 
 
+_SETTINGS = {}
+
+
 def model_settings(wildcards):
-    """The resolved training settings of run {run} (or model {model}_{dim})."""
+    """The resolved training settings of run {run} (or model {model}_{dim}), resolved once per
+    run: every resource, param and thread count of a job reads the same object."""
     run = getattr(wildcards, "run", None) or f"{wildcards.model}_{wildcards.dim}"
-    return resolve_settings(config, run)
+    if run not in _SETTINGS:
+        _SETTINGS[run] = resolve_settings(config, run)
+    return _SETTINGS[run]
 
 
-def train_job(wildcards):
-    """What a train job asks for (cellseg.resources)."""
+# Snakemake resource name -> field of cellseg.resources.JobResources
+_RESOURCE_FIELDS = {
+    "gpu": "gpus",
+    "mem_mb": "mem_mb",
+    "runtime": "runtime_min",
+    "cpus_per_task": "cpus_per_task",
+    "slurm_partition": "partition",
+    "qos": "qos",
+}
+
+
+def _resource(request, field):
+    def resource(wildcards, attempt):
+        return getattr(request(wildcards, attempt), field)
+
+    return resource
+
+
+def job_resources(request, **overrides):
+    """A rule's ``resources:`` (``**job_resources(...)``) from one request function,
+    ``request(wildcards, attempt) -> cellseg.resources.JobResources``: gpu, mem_mb, runtime,
+    cpus_per_task, slurm_partition and qos all read the one request of the job and attempt,
+    so no rule repeats six lambdas. ``overrides`` replace single keys (a CPU-only rule leaves
+    out gpu with ``gpu=None``; the evaluate rule's runtime reads the datasplit)."""
+    resources = {
+        name: _resource(request, field) for name, field in _RESOURCE_FIELDS.items()
+    }
+    resources.update(overrides)
+    return {name: value for name, value in resources.items() if value is not None}
+
+
+def train_job(wildcards, attempt=1):
+    """What a train job asks for (cellseg.resources); the same on every attempt."""
     return training_resources(config, model_settings(wildcards))
+
+
+def train_init(wildcards):
+    """The run's weights file when its init is {checkpoint: PATH}: an input, so that another file
+    there retrains the run (cellseg.training.init). A missing file that no rule makes (one
+    outside results/) stops the plan with one line naming the key and the fix."""
+    path = model_settings(wildcards).init_checkpoint
+    if path is None:
+        return {}
+    if not path.startswith("results/") and not Path(path).is_file():
+        sys.exit(
+            f"cellseg: config error: {CONFIG_SOURCE}: {wildcards.run}: init.checkpoint {path} "
+            "does not exist; put the weights file there (docs/training.md, 'Where the weights "
+            "start') or set init: scratch"
+        )
+    return {"init": path}
 
 
 def train_gpus(wildcards):
@@ -154,6 +208,11 @@ def evaluate_job(wildcards, attempt, datasplit=None):
     return evaluation_resources(config, model_settings(wildcards), test_crops, attempt)
 
 
+def evaluate_runtime(wildcards, input, attempt):
+    """An evaluate job's minutes: start-up plus a measured time per test crop."""
+    return evaluate_job(wildcards, attempt, input.datasplit).runtime_min
+
+
 def visualize_job(wildcards, attempt):
     """What a visualize job asks for."""
     return figure_resources(config, model_settings(wildcards), attempt)
@@ -162,6 +221,18 @@ def visualize_job(wildcards, attempt):
 def class_frequencies_job(wildcards, attempt):
     """What the class_frequencies job asks for."""
     return class_frequency_resources(config, attempt)
+
+
+def predict_blocks_job(wildcards, attempt):
+    """What a predict_blocks job asks for (predict.resources)."""
+    return prediction_resources(config, model_settings(wildcards), attempt)
+
+
+def predict_pyramid_job(wildcards, attempt):
+    """What a predict_pyramid job asks for (predict.pyramid_resources: CPU partition)."""
+    return prediction_resources(
+        config, model_settings(wildcards), attempt, pyramid=True
+    )
 
 
 def get_final_output():

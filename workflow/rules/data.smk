@@ -58,19 +58,7 @@ rule class_frequencies:
     threads: lambda wildcards: config["resources"]["class_frequencies"]["cpus_per_task"]
     resources:
         # resources.class_frequencies (cellseg.resources): CPU partition
-        mem_mb=lambda wildcards, attempt: class_frequencies_job(
-            wildcards, attempt
-        ).mem_mb,
-        runtime=lambda wildcards, attempt: class_frequencies_job(
-            wildcards, attempt
-        ).runtime_min,
-        cpus_per_task=lambda wildcards, attempt: class_frequencies_job(
-            wildcards, attempt
-        ).cpus_per_task,
-        slurm_partition=lambda wildcards, attempt: class_frequencies_job(
-            wildcards, attempt
-        ).partition,
-        qos=lambda wildcards, attempt: class_frequencies_job(wildcards, attempt).qos,
+        **job_resources(class_frequencies_job, gpu=None),
     params:
         resolution=config["data"]["resolution_nm"],
         allow_missing=(

@@ -28,18 +28,7 @@ rule evaluate:
     resources:
         # resources.evaluate (cellseg.resources): one GPU for a model trained on GPUs, memory
         # from a measured per-crop peak, runtime from a measured per-crop time x test crops
-        gpu=lambda wildcards, attempt: evaluate_job(wildcards, attempt).gpus,
-        mem_mb=lambda wildcards, attempt: evaluate_job(wildcards, attempt).mem_mb,
-        runtime=lambda wildcards, input, attempt: evaluate_job(
-            wildcards, attempt, input.datasplit
-        ).runtime_min,
-        cpus_per_task=lambda wildcards, attempt: evaluate_job(
-            wildcards, attempt
-        ).cpus_per_task,
-        slurm_partition=lambda wildcards, attempt: evaluate_job(
-            wildcards, attempt
-        ).partition,
-        qos=lambda wildcards, attempt: evaluate_job(wildcards, attempt).qos,
+        **job_resources(evaluate_job, runtime=evaluate_runtime),
     params:
         evaluation=config["evaluation"],
     script:

@@ -10,7 +10,6 @@
 # predict_all_targets.
 
 from cellseg.prediction_plan import prediction_em, prediction_roi
-from cellseg.resources import prediction_resources
 
 
 rule predict_all:
@@ -60,24 +59,7 @@ rule predict_blocks:
     threads: lambda wildcards: config["predict"]["resources"]["cpus_per_task"]
     resources:
         # predict.resources (cellseg.resources): one GPU for a model trained on GPUs
-        gpu=lambda wildcards, attempt: prediction_resources(
-            config, model_settings(wildcards), attempt
-        ).gpus,
-        mem_mb=lambda wildcards, attempt: prediction_resources(
-            config, model_settings(wildcards), attempt
-        ).mem_mb,
-        runtime=lambda wildcards, attempt: prediction_resources(
-            config, model_settings(wildcards), attempt
-        ).runtime_min,
-        cpus_per_task=lambda wildcards, attempt: prediction_resources(
-            config, model_settings(wildcards), attempt
-        ).cpus_per_task,
-        slurm_partition=lambda wildcards, attempt: prediction_resources(
-            config, model_settings(wildcards), attempt
-        ).partition,
-        qos=lambda wildcards, attempt: prediction_resources(
-            config, model_settings(wildcards), attempt
-        ).qos,
+        **job_resources(predict_blocks_job),
     params:
         stage="blocks",
         work=lambda wildcards, output: str(Path(output[0]).parents[2]),
@@ -109,21 +91,7 @@ rule predict_pyramid:
     threads: lambda wildcards: config["predict"]["pyramid_resources"]["cpus_per_task"]
     resources:
         # predict.pyramid_resources (cellseg.resources): CPU partition
-        mem_mb=lambda wildcards, attempt: prediction_resources(
-            config, model_settings(wildcards), attempt, pyramid=True
-        ).mem_mb,
-        runtime=lambda wildcards, attempt: prediction_resources(
-            config, model_settings(wildcards), attempt, pyramid=True
-        ).runtime_min,
-        cpus_per_task=lambda wildcards, attempt: prediction_resources(
-            config, model_settings(wildcards), attempt, pyramid=True
-        ).cpus_per_task,
-        slurm_partition=lambda wildcards, attempt: prediction_resources(
-            config, model_settings(wildcards), attempt, pyramid=True
-        ).partition,
-        qos=lambda wildcards, attempt: prediction_resources(
-            config, model_settings(wildcards), attempt, pyramid=True
-        ).qos,
+        **job_resources(predict_pyramid_job, gpu=None),
     params:
         stage="pyramid",
         work=lambda wildcards, input: str(Path(input.parts[0]).parents[2]),

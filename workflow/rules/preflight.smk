@@ -17,12 +17,7 @@ rule preflight_run:
     threads: lambda wildcards: train_job(wildcards).cpus_per_task
     resources:
         # the run's train request (cellseg.resources), for minutes instead of days
-        gpu=lambda wildcards: train_job(wildcards).gpus,
-        mem_mb=lambda wildcards: train_job(wildcards).mem_mb,
-        runtime=config["preflight"]["runtime_min"],
-        cpus_per_task=lambda wildcards: train_job(wildcards).cpus_per_task,
-        slurm_partition=lambda wildcards: train_job(wildcards).partition,
-        qos=lambda wildcards: train_job(wildcards).qos,
+        **job_resources(train_job, runtime=config["preflight"]["runtime_min"]),
     params:
         retries=workflow_retries,
     script:

@@ -30,16 +30,7 @@ rule visualize:
     threads: lambda wildcards: config["resources"]["visualize"]["cpus_per_task"]
     resources:
         # resources.visualize (cellseg.resources)
-        gpu=lambda wildcards, attempt: visualize_job(wildcards, attempt).gpus,
-        mem_mb=lambda wildcards, attempt: visualize_job(wildcards, attempt).mem_mb,
-        runtime=lambda wildcards, attempt: visualize_job(wildcards, attempt).runtime_min,
-        cpus_per_task=lambda wildcards, attempt: visualize_job(
-            wildcards, attempt
-        ).cpus_per_task,
-        slurm_partition=lambda wildcards, attempt: visualize_job(
-            wildcards, attempt
-        ).partition,
-        qos=lambda wildcards, attempt: visualize_job(wildcards, attempt).qos,
+        **job_resources(visualize_job),
     params:
         evaluation=config["evaluation"],
     script:
