@@ -9,10 +9,11 @@ sample**: an interval must not change which classes are averaged.
 
 Why not a bootstrap over crops: a crop resample leaves out the classes it happens not to annotate,
 so its mean runs over another class set, and a crop carrying the rare, hard classes pulls every
-resample containing it down; the percentile interval is shifted and under-covers (``bench/
-coverage.py``: 0.85-0.95, its misses all on one side). Resampling crops within each class keeps
-the class set but breaks the correlation between the classes of one crop (a hard crop is hard for
-all its classes) and, with classes annotated by 2-4 crops, under-covers badly (0.49-0.89).
+resample containing it down; the percentile interval is shifted and under-covers, its misses
+all on one side. Resampling crops within each class keeps the class set but breaks the
+correlation between the classes of one crop (a hard crop is hard for all its classes) and, with
+classes annotated by 2-4 crops, under-covers badly (``bench/coverage.py`` measures both against
+this module's interval; its figures are in docs/benchmarks.md).
 
 The interval used here is **analytic**. ``θ̂ = Σ_n Σ_c a_nc x_nc / (K n_c)`` is linear in the
 per-crop values of independent crops (the annotation pattern ``a`` is held fixed), so
@@ -29,10 +30,10 @@ per-crop values of independent crops (the annotation pattern ``a`` is held fixed
 
 A class annotated by a single crop has no variance estimate; its score lies in ``[0, 1]``, so its
 variance is at most ``1/4`` (Popoviciu), which is used (conservative, treated as known). The
-interval is symmetric, so the estimate is always inside it. Coverage on synthetic data of known
-truth (6-40 crops, classes annotated by 2-40 crops nested like CellMap's, shared crop effects,
-zero-inflated hard classes) is 0.943-0.966 in every setting of ``bench/coverage.py`` (2000
-repetitions each), and ``tests/test_statistics.py`` checks two of them.
+interval is symmetric, so the estimate is always inside it. Its coverage on synthetic data of
+known truth (6-40 crops, classes annotated by 2-40 crops nested like CellMap's, shared crop
+effects, zero-inflated hard classes) is measured by ``bench/coverage.py`` (docs/benchmarks.md),
+and ``tests/test_statistics.py`` requires 0.93-0.97 in two of its settings.
 
 The pooled statistic is a ratio per class; it goes through the same machinery on its linearised
 per-crop values (delta method): ``z_nc = D_c + n_c (A_nc - D_c B_nc) / Σ_n B_nc`` with
@@ -346,10 +347,11 @@ def replicate_mean_interval(
 
     Degrees of freedom combine the three estimated terms by Satterthwaite: the crop part, the
     seed part and the subtracted interaction (on ``(S - 1)(N - 1)`` df). With ``S = 1`` this is
-    :func:`class_mean_interval`. Coverage on synthetic data of known variance components
-    (``tests/test_statistics.py``, ``bench/coverage.py --replicates``) is 0.95-0.96 with 2-5
-    seeds, except with 2 seeds whose seed effect outweighs the crops' uncertainty (0.925): one
-    degree of freedom cannot estimate it; train 3 or more seeds when seeds matter.
+    :func:`class_mean_interval`. Its coverage on synthetic data of known variance components is
+    measured by ``bench/coverage.py --replicates`` (docs/benchmarks.md) and checked by
+    ``tests/test_statistics.py``; with 2 seeds whose seed effect outweighs the crops'
+    uncertainty one degree of freedom cannot estimate that effect: train 3 or more seeds when
+    seeds matter.
 
     Args:
         values: ``(S, N, C)`` per-crop values (see :func:`class_values`) of each seed; the same
@@ -650,7 +652,8 @@ def compare_with_best(
 
     Testing each model against the top scorer as if the pair had been fixed in advance makes
     "worse than the best" too easy: with 8 identical models a sign-flip test per pair and Holm
-    call at least one of them significantly worse in about 12 % of experiments, not 5 %. Here
+    call at least one of them significantly worse far more often than 5 % of experiments
+    (``bench/best_selection.py``; docs/benchmarks.md). Here
     the null hypothesis of a set of models is that their results are exchangeable on each crop;
     a permutation shuffles the models' labels within every crop independently, and the best is
     chosen again in every permutation: the statistic of a set is the gap between its best and

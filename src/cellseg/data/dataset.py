@@ -238,11 +238,11 @@ def keep_freed_memory(mmap_mb: int = 32, trim_mb: int = 128) -> bool:
 
     A patch allocates and frees the same few MB of temporaries every time. By default glibc
     serves allocations that large with fresh ``mmap`` pages (and trims its heap as soon as they
-    are freed), so each patch page-faults all of them back in: measured on a 2D 256 x 256 patch
-    stream in a data-loader worker, 2.5-3x slower (bench/loader.py). Blocks under ``mmap_mb``
-    come from the heap, and up to ``trim_mb`` of free heap is kept per process (memory that
-    the next patch reuses, so the peak is unchanged). Larger blocks (a 3D seed patch's target)
-    still use ``mmap``. A no-op (returns False) where the C library is not glibc.
+    are freed), so each patch page-faults all of them back in, which slows a data-loader
+    worker's patch stream several-fold (``bench/loader.py``; docs/benchmarks.md). Blocks under
+    ``mmap_mb`` come from the heap, and up to ``trim_mb`` of free heap is kept per process
+    (memory that the next patch reuses, so the peak is unchanged). Larger blocks (a 3D seed
+    patch's target) still use ``mmap``. A no-op (returns False) where the C library is not glibc.
     """
     import ctypes
 
