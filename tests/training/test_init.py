@@ -5,11 +5,14 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from cellseg.errors import CellsegError
+from cellseg.losses import BalancedSoftmaxPartialTverskyLoss
 from cellseg.models import build_model
+from cellseg.models.margin import crop_margin
 from cellseg.training import Trainer, resolve_settings
 from cellseg.training.init import initialize_weights, load_matching, source_state
 
@@ -153,3 +156,42 @@ def test_a_run_starts_from_the_file_and_a_changed_file_trains_anew(
     log = (run_dir / "train.log").read_text()
     assert f"init.checkpoint {init_file} has changed" in log
     assert "resumed from" not in log
+
+
+def test_a_valid_convolution_model_trains_on_targets_cropped_to_its_output(
+    tiny_config, tiny_data, tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    """cosem_3d (valid convolutions, output = input - 2 x margin) trains and validates on CPU:
+    every loss sees logits and targets of the output's shape, the target's centre."""
+    seen: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    forward = BalancedSoftmaxPartialTverskyLoss.forward
+
+    def recording(self, logits, target):
+        seen.append((tuple(logits.shape), tuple(target.shape)))
+        return forward(self, logits, target)
+
+    monkeypatch.setattr(BalancedSoftmaxPartialTverskyLoss, "forward", recording)
+    config = copy.deepcopy(tiny_config)
+    config["training"]["defaults"].update(max_epochs=1, validation_patches_per_crop=1)
+    config["models"] = {"cosem_3d": {"patch_shape": [24, 72, 72], "iterations_per_epoch": 2}}
+    trainer = Trainer(
+        resolve_settings(config, "cosem_3d"),
+        tmp_path,
+        tiny_data["datasplit"],
+        tiny_data["class_frequencies"],
+    )
+    assert trainer.run() == 0
+    assert trainer.margin == (8, 10, 10)
+    output = (14, 8, 52, 52)
+    assert len(seen) == 3  # 2 training steps, 1 validation batch
+    assert all(logits[1:] == target[1:] == output for logits, target in seen), seen
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history["train_loss"].notna().all() and history["val_mean_dice"].between(0, 1).all()
+
+
+def test_crop_margin_takes_the_centre():
+    x = torch.arange(2 * 10 * 12, dtype=torch.float32).reshape(1, 2, 10, 12)
+    cropped = crop_margin(x, (2, 3))
+    assert cropped.shape == (1, 2, 6, 6)
+    assert torch.equal(cropped, x[:, :, 2:8, 3:9])
+    assert crop_margin(x, (0, 0)) is x
