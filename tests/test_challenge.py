@@ -435,3 +435,20 @@ def test_ties_among_equal_worth_pairs_cannot_change_f1(monkeypatch):
     assert scores[0][CORRECTED] == scores[1][CORRECTED]  # mirror images
     official = sorted(s[OFFICIAL].hausdorff_sum_nm for s in scores)
     assert official[0] < official[1]  # the tie-break matters here: see docs/evaluation.md
+
+
+def test_large_sparse_ids_score_as_small_ones():
+    """Ids far above any component number (here 2^31 + 7) go through ranks, not per-id arrays as
+    long as the largest id; with no id at or below the component count both give one score."""
+    data = np.load(FIXTURES / "random_blobs.npz")
+    truth, pred = data["nuc_truth"].astype(np.int64), data["nuc_prediction"] > 0
+    n_pred = connected_components(pred)[1]
+    small = np.where(truth > 0, truth + n_pred, 0)  # ids above every component number
+    large = np.where(truth > 0, truth + 2**31, 0)
+    for mode in (OFFICIAL, CORRECTED):
+        assert score_instances(large, pred, (8, 8, 8), mode) == score_instances(
+            small, pred, (8, 8, 8), mode
+        )
+    # and then the official Hausdorff equals the corrected one: the quirk needs an id <= n_pred
+    both = score_instance_modes(small, pred, (8, 8, 8))
+    assert both[OFFICIAL].hausdorff_norm_sum == pytest.approx(both[CORRECTED].hausdorff_norm_sum)

@@ -458,7 +458,7 @@ def score_instance_modes(
         truth = truth.astype(np.int64)
     pred, n_pred = connected_components(prediction)
     largest_id = int(truth.max(initial=0))
-    present = np.unique(truth[truth > 0]) if largest_id else np.zeros(0, dtype=np.int64)
+    labels, present = _dense_labels(truth, largest_id)
     n_truth = int(present.size)
     skipped = InstanceScore(0, 0, 0, 0.0, 0, 0.0, n_truth, n_pred, SKIPPED)
     ratio_skip = {
@@ -469,28 +469,32 @@ def score_instance_modes(
     out = {m: skipped for m in modes if ratio_skip[m]}
     if not scored:
         return out
-    mapping: dict[int, int] = {}
+    dense_max = int(labels.max(initial=0))
+    mapping: dict[int, int] = {}  # component → dense truth label
     if n_truth and n_pred:
-        rows, cols, iou = _iou_pairs(truth, pred, largest_id, n_pred)
+        rows, cols, iou = _iou_pairs(labels, pred, dense_max, n_pred)
         if rows.size > MAX_OVERLAP_EDGES:
             return {m: skipped for m in modes}
         mapping = _match_pairs(rows, cols, iou)
-    match_of = {t: p for p, t in mapping.items()}
+    match_of = {k: p for p, k in mapping.items()}
     cap = max_distance_nm(voxel_size, truth.shape)
-    truth_boxes = _instance_boxes(truth, present)
+    truth_boxes = ndimage.find_objects(labels, max_label=dense_max) if dense_max else []
     pred_boxes = ndimage.find_objects(pred) if n_pred else []
+    keys = present.tolist() if labels is truth else list(range(1, n_truth + 1))
     tp = len(mapping)
+    measured: dict[tuple[int, ...], float] = {}  # (label, *components): both modes share most
     for mode in scored:
         distances = []
-        for t in present.tolist():
-            components = [match_of[t]] if t in match_of else []
+        for k, t in zip(keys, present.tolist(), strict=True):
+            components = [match_of[k]] if k in match_of else []
             if mode == OFFICIAL and t <= n_pred and t not in mapping:
                 components.append(t)  # an unmatched component keeps its number: t
-            distances.append(
-                _distance_to_components(
-                    truth, pred, t, components, truth_boxes[t], pred_boxes, voxel_size, cap
+            key = (k, *components)
+            if key not in measured:
+                measured[key] = _distance_to_components(
+                    labels, pred, k, components, truth_boxes[k - 1], pred_boxes, voxel_size, cap
                 )
-            )
+            distances.append(measured[key])
         distances += [cap] * (n_pred - tp)
         d = np.asarray(distances, dtype=np.float32 if mode == OFFICIAL else np.float64)
         d = d.astype(np.float64)
@@ -515,19 +519,19 @@ def score_instances(
     return score_instance_modes(truth, prediction, voxel_size, (mode,))[mode]
 
 
-def _instance_boxes(labels: np.ndarray, ids: np.ndarray) -> dict[int, tuple[slice, ...]]:
-    """Bounding box of each id of ``ids`` (sorted, present in ``labels``)."""
-    if ids.size == 0:
-        return {}
-    if int(ids[-1]) <= _DENSE_BOX_IDS:
-        objects = ndimage.find_objects(labels, max_label=int(ids[-1]))
-        return {int(i): objects[int(i) - 1] for i in ids}
-    # sparse large ids: boxes of their ranks 1..n, without a list as long as the largest id
-    ranks = np.where(labels > 0, np.searchsorted(ids, labels) + 1, 0)
-    return {int(i): box for i, box in zip(ids, ndimage.find_objects(ranks), strict=True)}
+def _dense_labels(truth: np.ndarray, largest_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, present)``: the sorted ids present, and labels whose per-id arrays (sizes,
+    boxes) stay small: ``truth`` itself when its largest id is at most :data:`_DENSE_IDS`, else
+    the ids' ranks ``1..n`` (int32)."""
+    if largest_id <= _DENSE_IDS:
+        sizes = np.bincount(truth.ravel(), minlength=largest_id + 1)
+        return truth, np.flatnonzero(sizes[1:]) + 1
+    present = np.unique(truth[truth > 0])
+    ranks = np.where(truth > 0, np.searchsorted(present, truth) + 1, 0).astype(np.int32)
+    return ranks, present
 
 
-_DENSE_BOX_IDS = 1 << 20
+_DENSE_IDS = 1 << 20
 
 
 def _distance_to_components(
