@@ -39,6 +39,7 @@ from torch import nn
 from cellseg.classes import NUM_CLASSES
 from cellseg.errors import CellsegError
 from cellseg.models._registry import format_shape
+from cellseg.models.margin import crop_margin, output_margin
 
 SEED_BATCH: dict[tuple[str, str], int] = {
     ("unet", "2d"): 26,
@@ -127,7 +128,9 @@ def _measure(
         return t
 
     x = torch.randn(batch, 1, *shape, device=device)
+    # the target as training crops it: to the output of a valid-convolution model
     target = torch.rand(batch, NUM_CLASSES, *shape, device=device).round()
+    target = crop_margin(target, output_margin(model, len(shape)))
     counter = FlopCounterMode(display=False) if flops else None
     model.zero_grad(set_to_none=True)
     with torch.autocast(device.type, dtype=torch.bfloat16):
