@@ -142,6 +142,8 @@ def test_a_run_starts_from_the_file_and_a_changed_file_trains_anew(
     run_dir = tmp_path / "run"
     trainer = Trainer(settings, run_dir, tiny_data["datasplit"], tiny_data["class_frequencies"])
     trainer.initialize()
+    trainer.on_train_start()  # a fresh start: the weights come from the file
+    trainer.close_writer()
     # every tensor, the output bias included (a loaded head keeps its bias, not the prior)
     for name, tensor in trainer.network.state_dict().items():
         assert torch.equal(tensor, start.state_dict()[name]), name

@@ -69,7 +69,7 @@ from cellseg.training.checkpoint import (
     set_rng_state,
     unwrap,
 )
-from cellseg.training.init import InitReport, file_digest, initialize_weights
+from cellseg.training.init import file_digest, initialize_weights
 from cellseg.training.settings import TrainSettings, changed_keys, jsonable
 
 EXIT_TIME_BUDGET = 75
@@ -341,17 +341,17 @@ class Trainer:
             em_range=tuple(s.em_range),
             infer_true_negatives=s.infer_true_negatives,
         )
-        self.network = self.build_network()
-        # the start's weights (init), then the prior bias unless the output layer's was loaded
-        self.init_report: InitReport | None = initialize_weights(
-            self.network, s.init, f"{s.key} (training setting init)"
-        )
-        self.init_digest = file_digest(s.init_checkpoint) if s.init_checkpoint else None
-        self.network = self.network.to(self.device)
+        self.network = self.build_network().to(self.device)
         # voxels the output loses on each side (valid convolutions): targets are cropped to it
         self.margin = output_margin(self.network, 3 if s.is_3d else 2)
+        # the init file's bytes, recorded in checkpoints: a run resumes only with the same file
+        self.init_digest = (
+            file_digest(s.init_checkpoint)
+            if s.init_checkpoint and Path(s.init_checkpoint).is_file()
+            else None
+        )
         self.loss = self.build_loss().to(self.device)
-        if s.output_bias_init == "prior" and not self.output_bias_loaded():
+        if s.output_bias_init == "prior":
             self.network.init_output_bias(self.prior_output_bias())
         self.parameters = sum(p.numel() for p in self.network.parameters())
         self.model: torch.nn.Module = self.network
@@ -381,14 +381,6 @@ class Trainer:
     def build_network(self) -> torch.nn.Module:
         s = self.settings
         return build_model(s.model, s.dim, preset=s.preset, **self.architecture())
-
-    def output_bias_loaded(self) -> bool:
-        """Whether ``init`` loaded the output layer's bias (a fine-tuned head keeps it)."""
-        if self.init_report is None:
-            return False
-        layer = self.network.output_layer()
-        name = next(n for n, m in self.network.named_modules() if m is layer)
-        return self.init_report.is_loaded(f"{name}.bias")
 
     def prior_output_bias(self) -> torch.Tensor:
         """``(C,)`` logits bias with which ``sigmoid(bias + shift)`` is each class's prior: what
@@ -561,6 +553,7 @@ class Trainer:
         self.log_settings()
         self.barrier()
         source = self.resume_path or self.checkpoint_dir / "last.pt"
+        resumed = False
         if self.resume_path or (not self.restart and source.is_file()):
             state = load_checkpoint(source)
             self.check_settings(state, source)
@@ -582,8 +575,9 @@ class Trainer:
             else:
                 self.load_state_dict(state)
                 self.log(f"resumed from {source} at epoch {self.epoch}, step {self.global_step}")
-        if self.global_step == 0 and self.init_report is not None:
-            self.log(self.init_report.describe())
+                resumed = True
+        if not resumed:
+            self.start_weights()
         if self.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -599,6 +593,15 @@ class Trainer:
         self.steps_at_start = self.global_step
         self.epochs_at_start = len(self.history)
         self.started = time.monotonic()
+
+    def start_weights(self) -> None:
+        """A fresh start's weights from ``init`` (a resumed run has its own): tensors that match
+        load in place on every rank alike, over the prior output bias when the file has the
+        head (a fine-tuned head keeps its bias); the log lists what loaded."""
+        s = self.settings
+        report = initialize_weights(self.network, s.init, f"{s.key} (training setting init)")
+        if report is not None:
+            self.log(report.describe())
 
     def log_settings(self) -> None:
         """Write what this attempt runs with to ``train.log`` and TensorBoard (texts
