@@ -323,8 +323,9 @@ def match_instances(
     overlap anything (``scipy.optimize.linear_sum_assignment``).
 
     Ties (two matchings of equal total weight) are not broken as the challenge's solver
-    (OR-Tools' min-cost flow) breaks them; ``tests/test_challenge.py`` shows the cases where the
-    choice cannot change a score, and ``docs/evaluation.md`` the ones where it can.
+    (OR-Tools' min-cost flow) breaks them. Tied optimal matchings have had the same number of
+    pairs in every case checked (so F1 is the same); ``tests/test_challenge.py`` shows where the
+    Hausdorff part cannot change, and ``docs/evaluation.md`` where it can.
 
     Args:
         truth: ``(Z, Y, X)`` ground-truth ids ``0..n_truth`` (0 background).
