@@ -299,6 +299,17 @@ def test_class_and_overall_scores():
     assert overall_scores([], [0.5], OFFICIAL) == (0.0, 0.5, 0.0)  # combine_scores: 0 if absent
 
 
+def test_components_are_numbered_in_raster_order_of_their_first_voxel():
+    """The official scorer's Hausdorff step depends on the numbers cc3d gives: in a C-ordered
+    array, the order of each component's first voxel in memory (z, y, x raster) order."""
+    rng = np.random.default_rng(3)
+    mask = rng.random((6, 9, 11)) < 0.12
+    labels, n = connected_components(mask)
+    assert n > 10
+    first = [int(np.flatnonzero(labels.ravel() == k)[0]) for k in range(1, n + 1)]
+    assert first == sorted(first)
+
+
 def test_truth_ids_keep_their_values_and_drop_background():
     ids = TruthIds(background=(0, 255))
     first = ids(np.array([[0, 70000, 5], [255, 5, 2**40]], dtype=np.uint64))

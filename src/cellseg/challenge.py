@@ -1,6 +1,7 @@
-"""Challenge-style scores on our test crops, computed as the CellMap Segmentation Challenge does.
+"""Challenge scores on our test crops, computed as the CellMap Segmentation Challenge's official
+scorer computes them (``official``), and with two of its quirks corrected (``corrected``).
 
-These are **challenge-style scores on our test crops, not leaderboard numbers**: the challenge
+These are **challenge scores on our test crops, not leaderboard numbers**: the challenge
 scores its own hidden test crops, with all of its classes; we score our held-out crops with our
 14 classes. Only the arithmetic follows the challenge.
 
@@ -170,6 +171,10 @@ def pooled_iou(tp: float, fp: float, fn: float) -> float:
 
 def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """Label the connected components of a 3D boolean mask (26-connectivity, as ``cc3d``'s default).
+
+    Components are numbered in the order of their first voxel in C (z, y, x raster) order, as
+    ``cc3d`` numbers a C-ordered array; the official scorer's Hausdorff step depends on these
+    numbers (:func:`score_instance_modes`).
 
     Returns:
         ``(labels, n)``: int32 labels of the mask's shape, 0 background, components ``1..n``.
