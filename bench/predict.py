@@ -3,7 +3,7 @@
 Usage::
 
     bash scripts/env.sh python bench/predict.py [--quick] [--device cpu|cuda] [--dim 3d|2d]
-        [--threads N] [--repeats K] [--tmp DIR]
+        [--threads N] [--repeats K] [--tmp DIR] [--windows-only]
 
 For a volume V (``--quick``: 16 x 128 x 128, else 32 x 256 x 256) and 8 V (twice as large on every
 axis), with the demo UNet, its training window and the same overlap and blending:
@@ -24,6 +24,11 @@ axis), with the demo UNet, its training window and the same overlap and blending
   (``VmHWM``): a process's peak only grows, and ``ru_maxrss`` of a child is no better, since
   Linux carries the parent's peak across ``exec`` (with the throughput runs before, every child
   reported this process's 1.4 GB).
+
+* **the sliding window itself** (``--windows-only``): cellseg's
+  :func:`cellseg.inference.sliding_window_logits` (what evaluation and prediction run) against
+  ``monai.inferers.sliding_window_inference`` on the same V in memory, interleaved: the median
+  time ratio MONAI / cellseg and the largest difference of their logits.
 
 Prints one line per measurement and a summary; no assertion (the machine's load changes times).
 """
@@ -51,9 +56,8 @@ sys.path.insert(0, str(REPO / "src"))
 from cellseg import prediction  # noqa: E402
 from cellseg.classes import NUM_CLASSES  # noqa: E402
 from cellseg.data.store import open_group, read_multiscale  # noqa: E402
-from cellseg.evaluation import EvaluationSettings, Predictor, sliding_window_logits  # noqa: E402
+from cellseg.inference import Predictor, sliding_window_logits  # noqa: E402
 from cellseg.prediction import (  # noqa: E402
-    EMReader,
     PredictionSettings,
     plan_prediction,
     predict_volume,
@@ -113,19 +117,58 @@ def monai_image(model: Predictor, em_path: Path, settings: PredictionSettings) -
     em = read_multiscale(open_group(store), store, group)
     plan = plan_prediction(em, model, settings)
     box = [(0, n + 2 * m) for n, m in zip(plan.shape, plan.margin, strict=True)]
-    image = torch.from_numpy(EMReader(plan, em, model.em_range).read(box))
+    image = torch.from_numpy(plan.reader(em, model.em_range).read(box))
     return image[None, None] if model.dim == "3d" else image[:, None]
 
 
+def monai_logits(model: Predictor, image: torch.Tensor, settings: PredictionSettings):
+    """MONAI's ``sliding_window_inference`` on an image in memory (the reference)."""
+    from monai.inferers import sliding_window_inference
+
+    with torch.no_grad():
+        return sliding_window_inference(
+            image, model.patch_shape, settings.sw_batch_size, model.network,
+            overlap=settings.overlap, mode=settings.blend_mode, sw_device=settings.device,
+            device="cpu", progress=False,
+        )  # fmt: skip
+
+
 def monai_seconds(model: Predictor, image: torch.Tensor, settings: PredictionSettings) -> float:
-    evaluation = EvaluationSettings(
-        overlap=settings.overlap,
-        blend_mode=settings.blend_mode,
-        sw_batch_size=settings.sw_batch_size,
-    )
     started = time.perf_counter()
-    sliding_window_logits(model.network, image, model.patch_shape, evaluation, settings.device)
+    monai_logits(model, image, settings)
     return time.perf_counter() - started
+
+
+def sliding_windows(args: argparse.Namespace, shape: tuple[int, int, int]) -> float:
+    """cellseg's sliding window (:func:`cellseg.inference.sliding_window_logits`, the one
+    evaluation and prediction use) against MONAI's on the same image in memory: median time
+    ratio MONAI / cellseg over interleaved repeats, and the largest difference of the logits."""
+    torch.set_num_threads(args.threads)
+    settings = PredictionSettings(device=args.device)
+    model = demo_predictor(args.dim, args.device)
+    image = torch.rand((1, 1, *shape) if args.dim == "3d" else (shape[0], 1, *shape[1:]))
+    ours = sliding_window_logits(model.network, image, model.patch_shape, settings, args.device)
+    difference = float((ours - monai_logits(model, image, settings)).abs().max())
+    times: dict[str, list[float]] = {"monai": [], "cellseg": []}
+    for repeat in range(args.repeats):
+        for what in ("monai", "cellseg") if repeat % 2 == 0 else ("cellseg", "monai"):
+            started = time.perf_counter()
+            if what == "monai":
+                monai_logits(model, image, settings)
+            else:
+                sliding_window_logits(
+                    model.network, image, model.patch_shape, settings, args.device
+                )
+            times[what].append(time.perf_counter() - started)
+    ratios = [m / c for m, c in zip(times["monai"], times["cellseg"], strict=True)]
+    print(
+        f"{args.dim} {shape}: sliding window in memory, MONAI {statistics.median(times['monai']):.2f}"
+        f" s vs cellseg {statistics.median(times['cellseg']):.2f} s -> MONAI / cellseg "
+        f"{statistics.median(ratios):.3f} (median of {args.repeats}: "
+        f"{', '.join(f'{r:.3f}' for r in ratios)}); max |logits difference| {difference:.2e}",
+        flush=True,
+    )
+    return statistics.median(ratios)
 
 
 def fixed_costs(
@@ -254,6 +297,11 @@ def main() -> None:
         help="where the EM and output stores go (default: the system's temporary directory); "
         "creating a store's files costs what the file system charges, e.g. /dev/shm is tmpfs",
     )
+    parser.add_argument(
+        "--windows-only",
+        action="store_true",
+        help="only cellseg's sliding window against MONAI's, on V in memory",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--em", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -263,6 +311,9 @@ def main() -> None:
         child(args)
         return
     base = (16, 128, 128) if args.quick else (32, 256, 256)
+    if args.windows_only:
+        sliding_windows(args, base)
+        return
     shapes = [base, tuple(2 * n for n in base)]
     # memory: V in 2 x 2 blocks, 8 V in 4 x 4 x 2 blocks of the same shape (V in one block would
     # never have a block being written while another computes: not the steady state)

@@ -21,14 +21,11 @@ from cellseg.evaluation import (
     INSTANCE_COLUMNS,
     METRIC_COLUMNS,
     EvaluationSettings,
-    PredictionGrid,
-    Predictor,
     add_parser,
     evaluate_checkpoint,
     evaluate_crops,
-    predict_crop,
-    sliding_window_logits,
 )
+from cellseg.inference import PredictionGrid, Predictor, predict_crop, sliding_window_logits
 from checkpoint_builders import demo_unet_checkpoint
 from store_builders import INSTANCE, annotation, write_multiscale
 

@@ -17,17 +17,15 @@ from torch import nn
 from cellseg.classes import CLASSES, NUM_CLASSES
 from cellseg.data.store import EM_GROUP, open_group, read_multiscale
 from cellseg.errors import CellsegError
-from cellseg.evaluation import EvaluationSettings, Predictor, sliding_window_logits
+from cellseg.inference import Predictor
 from cellseg.prediction import (
     KILL_AFTER_ENV,
-    EMReader,
     PredictionSettings,
     block_logits,
     parse_roi,
     plan_prediction,
     predict_volume,
     split_store_path,
-    window_starts,
 )
 from checkpoint_builders import demo_unet_checkpoint
 from store_builders import write_multiscale
@@ -95,20 +93,20 @@ def logits_of(model: Predictor, em_path: Path, settings: PredictionSettings, roi
     em = multiscale(em_path)
     plan = plan_prediction(em, model, settings, roi)
     out = torch.full((NUM_CLASSES, *plan.shape), float("nan"))
-    reader = EMReader(plan, em, model.em_range)
+    reader = plan.reader(em, model.em_range)
     for index, logits in block_logits(model, plan, reader, range(plan.n_blocks), settings):
         out[(slice(None), *plan.block_box(index))] = logits
     return plan, out
 
 
-def test_window_starts_are_monai_s():
-    from monai.data.utils import dense_patch_slices
-    from monai.inferers.utils import _get_scan_interval
+def monai_logits(network: nn.Module, image: torch.Tensor, roi: tuple[int, ...], **options):
+    """The independent reference: MONAI's ``sliding_window_inference`` on an image in memory
+    (``(B, 1, *S)`` -> ``(B, 14, *S)``), with cellseg's defaults (overlap 0.25, Gaussian)."""
+    from monai.inferers import sliding_window_inference
 
-    for size, window, overlap in [(40, 16, 0.25), (16, 16, 0.5), (37, 8, 0.6), (9, 1, 0.25)]:
-        interval = _get_scan_interval((size,), (window,), 1, (overlap,))
-        expected = [s[0].start for s in dense_patch_slices((size,), (window,), interval)]
-        assert window_starts(size, window, overlap) == expected
+    options = {"overlap": 0.25, "mode": "gaussian", "sw_batch_size": 4} | options
+    with torch.no_grad():
+        return sliding_window_inference(image, roi, predictor=network, progress=False, **options)
 
 
 @pytest.mark.parametrize(("dim", "block"), [("3d", (4, 16, 8)), ("2d", (8, 24, 16))])
@@ -120,14 +118,11 @@ def test_blockwise_equals_whole_volume_and_monai(em_path, dim, block):
     # the independent reference: MONAI's sliding_window_inference on the image held in memory
     em = multiscale(em_path)
     box = [(0, n + 2 * m) for n, m in zip(plan.shape, plan.margin, strict=True)]
-    image = torch.from_numpy(EMReader(plan, em, model.em_range).read(box))
-    settings = EvaluationSettings(overlap=0.25, sw_batch_size=3)
+    image = torch.from_numpy(plan.reader(em, model.em_range).read(box))
     if dim == "3d":
-        monai = sliding_window_logits(model.network, image[None, None], model.patch_shape, settings)
-        monai = monai[0]
+        monai = monai_logits(model.network, image[None, None], model.patch_shape)[0]
     else:
-        monai = sliding_window_logits(model.network, image[:, None], model.patch_shape, settings)
-        monai = monai.transpose(0, 1)
+        monai = monai_logits(model.network, image[:, None], model.patch_shape).transpose(0, 1)
     inner = tuple(slice(m, m + n) for n, m in zip(plan.shape, plan.margin, strict=True))
     torch.testing.assert_close(reference, monai[(slice(None), *inner)], rtol=1e-5, atol=1e-5)
     # blocks smaller than the windows: windows span every kind of border
@@ -214,12 +209,10 @@ def test_uint8_output_and_2d_model_slice_by_slice(em_path, tmp_path):
     em = multiscale(em_path)
     plan = plan_prediction(em, model, settings)
     assert plan.window == (1, 16, 16) and plan.margin[0] == 0
-    image = EMReader(plan, em, model.em_range).read(
+    image = plan.reader(em, model.em_range).read(
         [(7, 8), (0, EM_SHAPE[1] + 2 * plan.margin[1]), (0, EM_SHAPE[2] + 2 * plan.margin[2])]
     )
-    logits = sliding_window_logits(
-        model.network, torch.from_numpy(image)[:, None], (16, 16), EvaluationSettings()
-    )[0]
+    logits = monai_logits(model.network, torch.from_numpy(image)[:, None], (16, 16))[0]
     inner = logits[:, plan.margin[1] : -plan.margin[1], plan.margin[2] : -plan.margin[2]]
     expected = torch.sigmoid(inner + model.logit_shift[:, None, None])
     got = root["probabilities/ecs/s0"][7].astype(np.float32) / 255

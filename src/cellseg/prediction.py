@@ -11,10 +11,10 @@ voxels that overlap it. As in evaluation, the network sees the ROI plus a margin
 per axis (EM beyond the volume repeats its edge); 2D models see z slices (window depth 1, no z
 margin).
 
-Blending across block borders. The windows are MONAI's ``sliding_window_inference`` grid over
-the whole (ROI + margin) image, fixed by its size, the window and the overlap; each output voxel
-is ``sum_w g_w z_w / sum_w g_w`` over the windows covering it (``g``: MONAI's importance map).
-A block computes every window of that global grid that intersects its core, so each voxel gets
+Blending across block borders. The windows are :mod:`cellseg.inference`'s grid over the whole
+(ROI + margin) image (MONAI's placement), fixed by its size, the window and the overlap; each
+output voxel is ``sum_w g_w z_w / sum_w g_w`` over the windows covering it (``g``: the importance
+map); models with an output margin read that much more EM around each window. A block computes every window of that global grid that intersects its core, so each voxel gets
 exactly the windows and weights of a whole-volume run: a blockwise run equals a whole-volume run
 (to float rounding). Blocks are ``block_voxels`` tiles of the output (multiples of its chunks, so
 jobs write disjoint chunks). Within one run, consecutive blocks of a column (same y-x tile, next
@@ -58,20 +58,26 @@ import torch
 import zarr
 
 from cellseg.classes import CLASSES, NUM_CLASSES
-from cellseg.data.patches import PatchGrid, normalize_em, sample_linear
 from cellseg.data.store import (
     Multiscale,
     ScaleLevel,
-    StoredArray,
     check_em_dtype,
     open_group,
     read_multiscale,
     refuse_inside,
 )
 from cellseg.errors import CellsegError
-from cellseg.evaluation import BLEND_MODES, Predictor, resolve_device
+from cellseg.inference import (
+    BLEND_MODES,
+    Blender,
+    EMReader,
+    Predictor,
+    WindowGrid,
+    context_voxels,
+    resolve_device,
+)
 from cellseg.io import write_json_atomic
-from cellseg.losses import InferenceLogitAdjustment, adjusted_probabilities
+from cellseg.losses import InferenceLogitAdjustment
 from cellseg.ngff import (
     ChunkWriter,
     array_metadata,
@@ -93,7 +99,6 @@ __all__ = [
     "plan_prediction",
     "predict_volume",
     "split_store_path",
-    "window_starts",
 ]
 
 DTYPES: dict[str, float] = {"uint8": 255.0, "uint16": 65535.0, "float32": 1.0}
@@ -104,8 +109,6 @@ STATE_DIR = OWNER_STATE_DIR
 """The store's working state (block markers); what makes a half-made store recognisably ours."""
 KILL_AFTER_ENV = "CELLSEG_PREDICT_KILL_AFTER_BLOCKS"
 """Test-only fault injection: the process SIGKILLs itself after this many blocks written."""
-
-SIGMA_SCALE = 0.125  # MONAI's default Gaussian width, as sliding_window_inference uses it
 
 
 # ------------------------------------------------------------------------------ settings
@@ -229,24 +232,6 @@ def split_store_path(path: Path | str) -> tuple[Path, str]:
     return Path(*parts[: i + 1]), "/".join(parts[i + 1 :])
 
 
-def _context(window: int, extent: int) -> int:
-    """Margin (voxels) on each side: half a window, and enough that one window fits (as in
-    evaluation)."""
-    return max(window // 2, math.ceil(max(window - extent, 0) / 2))
-
-
-def window_starts(size: int, window: int, overlap: float) -> list[int]:
-    """Window starts along one axis of an image of ``size`` voxels, as MONAI's
-    ``sliding_window_inference`` places them (``_get_scan_interval`` + ``dense_patch_slices``):
-    stride ``int(window × (1 - overlap))`` (at least 1; the whole axis when the window equals
-    it), the last window moved back to end at the edge. Needs ``size >= window``."""
-    if window == size:
-        return [0]
-    stride = max(int(window * (1 - overlap)), 1)
-    count = next(d for d in range(size) if d * stride + window >= size) + 1
-    return [i * stride - max(i * stride + window - size, 0) for i in range(count)]
-
-
 @dataclass(frozen=True)
 class PredictionPlan:
     """Where a volume is predicted and how it is cut into windows and blocks.
@@ -262,9 +247,11 @@ class PredictionPlan:
         grid_origin_nm: ``(z, y, x)`` centre of grid voxel 0, nm.
         grid_shape: grid voxels over the EM volume.
         roi_start, shape: output voxel 0 in grid indices, and the output's shape.
-        window: ``(wz, wy, wx)`` voxels (``wz = 1`` for a 2D model).
-        margin: image voxels before output voxel 0, per axis.
-        starts: window starts per axis, image indices.
+        window: ``(wz, wy, wx)`` voxels read per window (``wz = 1`` for a 2D model).
+        output_margin: voxels the network loses on each side of a window, per axis
+            (:attr:`cellseg.inference.Predictor.output_margin`).
+        margin: image voxels before output voxel 0, per axis (context).
+        starts: output-window starts per axis, image indices.
         block: ``(bz, by, bx)`` output voxels per block.
         chunk: output chunk edge, voxels.
     """
@@ -278,10 +265,32 @@ class PredictionPlan:
     roi_start: tuple[int, int, int]
     shape: tuple[int, int, int]
     window: tuple[int, int, int]
+    output_margin: tuple[int, int, int]
     margin: tuple[int, int, int]
     starts: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
     block: tuple[int, int, int]
     chunk: int
+
+    @property
+    def windows(self) -> WindowGrid:
+        """The output windows over the image and the input margin each reads."""
+        output = tuple(w - 2 * m for w, m in zip(self.window, self.output_margin, strict=True))
+        return WindowGrid(output, self.output_margin, self.starts)  # type: ignore[arg-type]
+
+    def image_box(self, index: int) -> list[tuple[int, int]]:
+        """Block ``index``'s output box in image indices."""
+        return [
+            (s.start + m, s.stop + m)
+            for s, m in zip(self.block_box(index), self.margin, strict=True)
+        ]
+
+    def reader(self, em: Multiscale, em_range: tuple[float, float]) -> EMReader:
+        """The plan's EM on image indices (edge values beyond the volume)."""
+        shift = tuple(s - m for s, m in zip(self.roi_start, self.margin, strict=True))
+        return EMReader(
+            em.open_level(self.level), self.level, self.grid_origin_nm, self.resolution_nm,
+            shift, em_range,
+        )  # fmt: skip
 
     @property
     def translation_nm(self) -> tuple[float, float, float]:
@@ -369,15 +378,12 @@ def plan_prediction(
                 f"{[round(float(v), 3) for v in start]}–{[round(float(v), 3) for v in stop]} nm"
             )
     shape = tuple(b - a for a, b in zip(lo, hi, strict=True))
-    patch = tuple(int(n) for n in predictor.patch_shape)
-    if len(patch) != (3 if predictor.dim == "3d" else 2):
-        raise CellsegError(f"{predictor.key}: patch {patch} does not match dim {predictor.dim}")
-    window = patch if predictor.dim == "3d" else (1, *patch)
-    margin = tuple(0 if w == 1 else _context(w, n) for w, n in zip(window, shape, strict=True))
-    starts = tuple(
-        tuple(window_starts(n + 2 * m, w, settings.overlap))
-        for n, m, w in zip(shape, margin, window, strict=True)
+    window, output = predictor.window, predictor.output_window
+    margin = tuple(
+        0 if w == 1 else context_voxels(w, n) for w, n in zip(output, shape, strict=True)
     )
+    image = [n + 2 * m for n, m in zip(shape, margin, strict=True)]
+    grid = WindowGrid.over(image, output, predictor.output_margin, settings.overlap)
     return PredictionPlan(
         em_store=em.store,
         em_group=em.group,
@@ -387,82 +393,15 @@ def plan_prediction(
         grid_shape=grid_shape,  # type: ignore[arg-type]
         roi_start=lo,  # type: ignore[arg-type]
         shape=shape,  # type: ignore[arg-type]
-        window=window,  # type: ignore[arg-type]
+        window=window,
+        output_margin=predictor.output_margin,
         margin=margin,  # type: ignore[arg-type]
-        starts=starts,  # type: ignore[arg-type]
+        starts=grid.starts,
         block=settings.block_voxels,
         chunk=settings.chunk_voxels,
     )
 
 
-class EMReader:
-    """Reads normalised EM on image-index boxes of a plan (edge values beyond the volume).
-
-    When the EM level's grid is the prediction grid (same voxel size, voxel centres on each
-    other) the box is read directly; otherwise it is interpolated trilinearly
-    (:func:`~cellseg.data.patches.sample_linear`, as evaluation reads EM).
-    """
-
-    def __init__(self, plan: PredictionPlan, em: Multiscale, em_range: tuple[float, float]):
-        self.plan = plan
-        self.array: StoredArray = em.open_level(plan.level)
-        self.em_range = em_range
-        level, r = plan.level, plan.resolution_nm
-        offset = (np.asarray(plan.grid_origin_nm) - np.asarray(level.translation_nm)) / r
-        self.offset: tuple[int, int, int] | None = None
-        if np.allclose(level.voxel_size_nm, r, rtol=0, atol=1e-6) and np.allclose(
-            offset, np.round(offset), atol=1e-6
-        ):
-            self.offset = tuple(int(np.round(o)) for o in offset)  # type: ignore[assignment]
-        # image index → grid index
-        self.shift = tuple(s - m for s, m in zip(plan.roi_start, plan.margin, strict=True))
-
-    def read(self, box: Sequence[tuple[int, int]]) -> np.ndarray:
-        """``(D, H, W)`` float32 EM in [0, 1] on image indices ``[a, b)`` per axis."""
-        grid = [np.arange(a, b) + s for (a, b), s in zip(box, self.shift, strict=True)]
-        if self.offset is not None:
-            index = [
-                np.clip(g + o, 0, n - 1)
-                for g, o, n in zip(grid, self.offset, self.plan.level.shape, strict=True)
-            ]
-            lo = [int(i.min()) for i in index]
-            hi = [int(i.max()) + 1 for i in index]
-            raw = self.array[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
-            raw = raw[np.ix_(*(i - a for i, a in zip(index, lo, strict=True)))]
-        else:
-            r = self.plan.resolution_nm
-            z, y, x = (o + g * r for o, g in zip(self.plan.grid_origin_nm, grid, strict=True))
-            yy, xx = np.meshgrid(y, x, indexing="ij")
-            raw = sample_linear(self.array, self.plan.level, PatchGrid(z, np.stack([yy, xx], -1)))
-        return normalize_em(raw, self.em_range)
-
-
-# ------------------------------------------------------------------------------ blockwise logits
-
-
-def _importance(window: tuple[int, int, int], mode: str, device: torch.device) -> torch.Tensor:
-    """MONAI's importance map of a window, ``(wz, wy, wx)`` float32 (2D: over y-x)."""
-    from monai.data.utils import compute_importance_map
-
-    spatial = window if window[0] > 1 else window[1:]
-    weights = compute_importance_map(
-        spatial, mode=mode, sigma_scale=SIGMA_SCALE, device=device, dtype=torch.float32
-    )
-    return weights.reshape(window).float()
-
-
-@dataclass
-class _Carry:
-    """A column's windows computed so far and their sums for the next block's z range."""
-
-    column: tuple[int, int]
-    next_kz: int
-    next_window: int  # index into plan.starts[0] of the first window not yet computed
-    sums: torch.Tensor  # (14, D, by, bx)
-    weights: torch.Tensor  # (D, by, bx)
-
-
-@torch.no_grad()
 def block_logits(
     predictor: Predictor,
     plan: PredictionPlan,
@@ -471,12 +410,12 @@ def block_logits(
     settings: PredictionSettings,
     device: torch.device | str = "cpu",
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """Blended logits of each block, over the global window grid (see the module docstring).
+    """Blended logits of each block over the plan's window grid (see the module docstring).
 
     Args:
         predictor: the model; its network already on ``device``.
         plan: the geometry.
-        reader: the plan's EM.
+        reader: the plan's EM (:meth:`PredictionPlan.reader`).
         blocks: block indices, in the order to compute them (consecutive z blocks of a column
             share their windows).
         settings: blending and windows per forward pass.
@@ -485,89 +424,9 @@ def block_logits(
     Yields:
         ``(index, logits)``: ``(14, bz, by, bx)`` float32 CPU logits of the block's output box.
     """
-    device = torch.device(device)
-    importance = _importance(plan.window, settings.blend_mode, device)
-    wz, wy, wx = plan.window
-    mz, my, mx = plan.margin
-    is_3d = predictor.dim == "3d"
-    carry: _Carry | None = None
-
-    def forward(batch: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=predictor.amp):
-            if is_3d:
-                return predictor.network(batch).float()
-            return predictor.network(batch[:, :, 0]).float()[:, :, None]
-
-    nz = plan.block_counts[0]
-    for index in blocks:
-        box = plan.block_box(index)
-        kz, column = index % nz, divmod(index // nz, plan.block_counts[2])
-        z0, z1 = box[0].start + mz, box[0].stop + mz  # image indices of the core
-        y0, y1 = box[1].start + my, box[1].stop + my
-        x0, x1 = box[2].start + mx, box[2].stop + mx
-        depth = (z1 - z0) + wz
-        sums = torch.zeros((NUM_CLASSES, depth, y1 - y0, x1 - x0), device=device)
-        weights = torch.zeros((depth, y1 - y0, x1 - x0), device=device)
-        zs = plan.starts[0]
-        if carry is not None and carry.column == column and carry.next_kz == kz:
-            first = carry.next_window
-            kept = min(carry.sums.shape[1], depth)
-            sums[:, :kept] = carry.sums[:, :kept]
-            weights[:kept] = carry.weights[:kept]
-        else:  # a fresh column: every window reaching into the core
-            first = next(i for i, s in enumerate(zs) if s + wz > z0)
-        last = next((i for i, s in enumerate(zs) if s >= z1), len(zs))
-        ys = [s for s in plan.starts[1] if s < y1 and s + wy > y0]
-        xs = [s for s in plan.starts[2] if s < x1 and s + wx > x0]
-        if first < last:
-            em_box = (
-                (zs[first], zs[last - 1] + wz),
-                (ys[0], ys[-1] + wy),
-                (xs[0], xs[-1] + wx),
-            )
-            em = torch.from_numpy(reader.read(em_box)).to(device)
-            origin = [a for a, _ in em_box]
-            corners = [(z, y, x) for z in zs[first:last] for y in ys for x in xs]
-            for b in range(0, len(corners), settings.sw_batch_size):
-                batch_corners = corners[b : b + settings.sw_batch_size]
-                batch = torch.stack(
-                    [
-                        em[
-                            z - origin[0] : z - origin[0] + wz,
-                            y - origin[1] : y - origin[1] + wy,
-                            x - origin[2] : x - origin[2] + wx,
-                        ]
-                        for z, y, x in batch_corners
-                    ]
-                )[:, None]
-                logits = forward(batch) * importance
-                for (z, y, x), window_logits in zip(batch_corners, logits, strict=True):
-                    # the window ∩ the accumulator (core in y-x, [z0, z0 + depth) in z)
-                    a = (max(z, z0), min(z + wz, z0 + depth))
-                    c = (max(y, y0), min(y + wy, y1))
-                    e = (max(x, x0), min(x + wx, x1))
-                    if a[0] >= a[1]:
-                        continue
-                    target = (
-                        slice(a[0] - z0, a[1] - z0),
-                        slice(c[0] - y0, c[1] - y0),
-                        slice(e[0] - x0, e[1] - x0),
-                    )
-                    source = (
-                        slice(a[0] - z, a[1] - z),
-                        slice(c[0] - y, c[1] - y),
-                        slice(e[0] - x, e[1] - x),
-                    )
-                    sums[(slice(None), *target)] += window_logits[(slice(None), *source)]
-                    weights[target] += importance[source]
-        core = z1 - z0
-        # the core is divided in place and yielded as a view (on CPU), the carry is a view of the
-        # rest: one accumulator per block and no block-sized temporary
-        carry = _Carry(column, kz + 1, max(first, last), sums[:, core:], weights[core:])
-        core_logits = sums[:, :core].div_(weights[:core]).cpu()
-        del sums, weights
-        yield index, core_logits
-        del core_logits
+    blender = Blender(predictor, plan.windows, settings.blend_mode, settings.sw_batch_size, device)
+    boxes = ((index, plan.image_box(index)) for index in blocks)
+    yield from blender.logits(reader.read, boxes, carry_axis=0)  # type: ignore[misc]
 
 
 # ------------------------------------------------------------------------------ the output store
@@ -724,7 +583,7 @@ def predict_blocks(
     if not todo:
         return 0, skipped
     chunks = ChunkWriter(out, plan.chunk_shape())
-    reader = EMReader(plan, em, predictor.em_range)
+    reader = plan.reader(em, predictor.em_range)
     mode = settings.adjustment or predictor.default_mode
     thresholds = settings.thresholds()
     kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
@@ -733,9 +592,7 @@ def predict_blocks(
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as background:
         pending: concurrent.futures.Future | None = None
         for index, logits in block_logits(predictor, plan, reader, todo, settings, device):
-            probabilities = adjusted_probabilities(
-                logits[None], predictor.logit_shift, mode, in_place=True
-            )[0]
+            probabilities = predictor.probabilities(logits, mode, in_place=True)
             del logits  # (the same tensor) not held while the next block computes
             seconds = time.perf_counter() - started
             if pending is not None:

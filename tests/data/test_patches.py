@@ -299,7 +299,7 @@ def test_finite_float_em_reads_like_the_same_uint8_em(make_store):
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_nan_or_inf_em_is_refused_in_training_validation_and_evaluation(make_store, bad):
-    from cellseg.evaluation import PredictionGrid, read_em_slab
+    from cellseg.inference import PredictionGrid, read_em_slab
 
     em = np.full(SHAPE, 120.0, dtype=np.float32)
     em[:, 20:28, 20:28] = bad  # every patch and slab below reads this column

@@ -365,14 +365,8 @@ def make_model_figures(
     from cellseg.data.datasplit import read_datasplit
     from cellseg.data.patches import CropReader, PatchGrid
     from cellseg.data.store import read_crop_geometry
-    from cellseg.evaluation import (
-        EvaluationSettings,
-        PredictionGrid,
-        Predictor,
-        predict_slab,
-        resolve_device,
-    )
-    from cellseg.losses import adjusted_probabilities
+    from cellseg.evaluation import EvaluationSettings
+    from cellseg.inference import PredictionGrid, Predictor, predict_slab, resolve_device
     from cellseg.visualization import crop_panels_figure, training_curves_figure
 
     fs = figure_settings or ModelFigureSettings()
@@ -387,7 +381,7 @@ def make_model_figures(
     for index, z in sample_slices(len(crops), [g.shape[0] for g in grids], fs.samples, fs.seed):
         geometry, grid = geometries[index], grids[index]
         em, logits = predict_slab(predictor, geometry, (z, z + 1), es, device)
-        probabilities = adjusted_probabilities(logits[None], predictor.logit_shift, mode)[0]
+        probabilities = predictor.probabilities(logits, mode)
         r = grid.resolution_nm
         yy, xx = np.meshgrid(
             grid.origin_nm[1] + np.arange(grid.shape[1]) * r,
