@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -34,3 +35,19 @@ def demo_unet_checkpoint(train: Sequence[str] = (), validate: Sequence[str] = ()
             "prior": [0.1] * NUM_CLASSES,
         },
     }
+
+
+def cosem_weights_file(path: Path, network: torch.nn.Module) -> Path:
+    """``network``'s weights (a cellmap-models COSEM ``Architecture``) as a COSEM weights file:
+    ``{"model": ...}`` with the names that cellmap-models' ``load_model`` renames (an
+    ``architecture.`` prefix, and ``chain.*`` duplicates of every tensor)."""
+    model = {}
+    for name, tensor in network.state_dict().items():
+        if name.startswith("prediction_head."):
+            model[name] = tensor
+            model[name.replace("prediction_head.", "chain.1.")] = tensor
+        else:
+            model[f"architecture.{name}"] = tensor
+            model[f"chain.0.{name}"] = tensor
+    torch.save({"model": model}, path)
+    return path

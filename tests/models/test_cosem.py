@@ -15,6 +15,7 @@ from cellseg.models import build_model, count_parameters, model_config
 from cellseg.models.cosem import output_shape
 from cellseg.models.margin import crop_margin
 from cellseg.training.init import initialize_weights
+from checkpoint_builders import cosem_weights_file
 
 cosem = pytest.importorskip("cellmap_models.pytorch.cosem")
 from cellmap_models.pytorch.cosem.load_model import Architecture  # noqa: E402
@@ -96,27 +97,11 @@ def test_the_output_is_centred_where_the_full_resolution_path_is():
     assert torch.equal(model(far)[0, :, 0, 0, 0], base[0, :, 0, 0, 0])
 
 
-def cosem_file(path: Path, network: torch.nn.Module) -> Path:
-    """``network``'s weights as a COSEM checkpoint: ``{"model": ...}`` with the names that
-    cellmap_models' load_model renames (``architecture.`` prefix, ``chain.*`` duplicates)."""
-    state = network.state_dict()
-    model = {}
-    for name, tensor in state.items():
-        if name.startswith("prediction_head."):
-            model[name] = tensor
-            model[name.replace("prediction_head.", "chain.1.")] = tensor
-        else:
-            model[f"architecture.{name}"] = tensor
-            model[f"chain.0.{name}"] = tensor
-    torch.save({"model": model}, path)
-    return path
-
-
 def test_a_cosem_weights_file_loads_all_but_its_head(tmp_path):
     torch.manual_seed(0)
     # a freshly built network of the same design, with its own head (COSEM's 14 classes)
     published = build_model("cosem", "3d", preset="demo").net
-    path = cosem_file(tmp_path / "1820500.pth", published)
+    path = cosem_weights_file(tmp_path / "1820500.pth", published)
     torch.manual_seed(1)
     model = build_model("cosem", "3d", preset="demo")
     head_before = model.net.prediction_head.weight.detach().clone()

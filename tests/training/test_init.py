@@ -15,6 +15,7 @@ from cellseg.models import build_model
 from cellseg.models.margin import crop_margin
 from cellseg.training import Trainer, resolve_settings
 from cellseg.training.init import initialize_weights, load_matching, source_state
+from checkpoint_builders import cosem_weights_file
 
 
 def cellseg_file(path: Path, model: torch.nn.Module, name: str, dim: str) -> Path:
@@ -197,3 +198,28 @@ def test_crop_margin_takes_the_centre():
     assert cropped.shape == (1, 2, 6, 6)
     assert torch.equal(cropped, x[:, :, 2:8, 3:9])
     assert crop_margin(x, (0, 0)) is x
+
+
+def test_a_cosem_start_keeps_the_prior_on_its_new_head(tiny_config, tiny_data, tmp_path):
+    """Trainer start from a COSEM file: the backbone is the file's, the head (COSEM's classes)
+    re-initialised with the prior output bias (output_bias_init: prior)."""
+    torch.manual_seed(0)
+    published = build_model("cosem", "3d", preset="demo").net
+    path = cosem_weights_file(tmp_path / "setup.pth", published)
+    config = copy.deepcopy(tiny_config)
+    datasplit, frequencies = tiny_data["datasplit"], tiny_data["class_frequencies"]
+    config["models"] = {
+        "cosem_3d": {"patch_shape": [24, 72, 72], "init": {"checkpoint": str(path)}}
+    }
+    trainer = Trainer(
+        resolve_settings(config, "cosem_3d"), tmp_path / "run", datasplit, frequencies
+    )
+    trainer.initialize()
+    trainer.on_train_start()
+    trainer.close_writer()
+    net = trainer.network.net
+    assert torch.equal(net.prediction_head.bias, trainer.prior_output_bias())
+    for name, tensor in published.state_dict().items():
+        if not name.startswith("prediction_head."):
+            assert torch.equal(net.state_dict()[name], tensor), name
+    assert "COSEM's classes" in (tmp_path / "run" / "train.log").read_text()
