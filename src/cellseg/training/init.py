@@ -60,9 +60,6 @@ class InitReport:
     ignored: list[str] = field(default_factory=list)
     loaded_fraction: float = 0.0
 
-    def is_loaded(self, name: str) -> bool:
-        return name in self.loaded
-
     def describe(self) -> str:
         """The log's lines: counts, then every name under its heading."""
         head = (
