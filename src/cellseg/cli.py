@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("cellseg.evaluation", "evaluate a trained model on held-out crops"),
     "summary": ("cellseg.reporting", "compare evaluated models: summary table and figures"),
     "predict": ("cellseg.prediction", "predict a whole EM volume into an OME-Zarr store"),
+    "view": ("cellseg.viewer", "show a prediction store and its EM in neuroglancer"),
 }
 """Sub-command → (module defining it, one-line help)."""
 

@@ -2,7 +2,13 @@
 
 ``cellseg predict`` runs a trained model over an EM volume (or a region of it) and writes, per
 class, a probability array and a thresholded mask as OME-NGFF 0.4 multiscale images (zarr
-format 2), at the model's resolution, in the EM's world coordinates (nm).
+format 2), at the model's resolution, in the EM's world coordinates (nm). Each layer has its own
+``multiscales`` name (``probabilities/{class}``, ``masks/{class}``); the masks are NGFF label
+images (``masks`` is a ``labels`` group, each mask's ``image-label`` source its probabilities)
+and the root lists them too, so ome-zarr's reader (napari) opens the store as labels and images.
+A mask is 1 exactly where the *stored* probability exceeds the class's threshold, at every
+pyramid level (:func:`mask_of`). ``cellseg view`` (:mod:`cellseg.viewer`) shows a store in
+neuroglancer.
 
 Geometry. The prediction grid has the model's voxel size ``r`` and starts at the EM volume's
 lower corner (voxel ``i`` centred at ``start + (i + 1/2) r``; with an EM level at ``r`` it *is*
@@ -83,6 +89,8 @@ from cellseg.ngff import (
     array_metadata,
     block_mean,
     blosc_zstd,
+    image_label_attrs,
+    labels_attrs,
     multiscales_attrs,
     pyramid_levels,
     write_documents,
@@ -444,9 +452,27 @@ def _dequantize(values: np.ndarray, dtype: str) -> np.ndarray:
     return values.astype(np.float32) / np.float32(DTYPES[dtype])
 
 
+def mask_of(stored: np.ndarray, dtype: str, threshold: float) -> np.ndarray:
+    """The mask of stored probabilities (uint8): 1 where ``stored / DTYPES[dtype] > threshold``
+    (compared in float64), else 0.
+
+    Derived from the values as stored (not from the probabilities before rounding), so a reader
+    that thresholds the stored probabilities gets the mask exactly, at every level.
+    """
+    if dtype == "float32":
+        return (stored > np.float64(threshold)).view(np.uint8)
+    scale = DTYPES[dtype]
+    table = (np.arange(int(scale) + 1) / scale > threshold).astype(np.uint8)
+    return table[stored]
+
+
 def _group_attrs(name: str, plan: PredictionPlan, levels: int, kind: str) -> dict[str, Any]:
+    """A class's group attributes: ``multiscales`` named ``{kind}/{name}`` (distinct layer names
+    in a viewer); a mask is also an NGFF label image whose source is the class's probabilities."""
     r = plan.resolution_nm
-    attrs = multiscales_attrs(name, (r, r, r), plan.translation_nm, levels)
+    attrs = multiscales_attrs(f"{kind}/{name}", (r, r, r), plan.translation_nm, levels)
+    if kind == "masks":
+        attrs |= image_label_attrs(source_image=f"../../probabilities/{name}")
     attrs["cellseg"] = {"kind": kind}
     return attrs
 
@@ -522,17 +548,21 @@ def init_store(out: Path, spec: Mapping[str, Any], plan: PredictionPlan, overwri
             documents[f"{kind}/{name}/.zgroup"] = {"zarr_format": 2}
             documents[f"{kind}/{name}/.zattrs"] = _group_attrs(name, plan, 1, kind)
             documents[f"{kind}/{name}/s0/.zarray"] = array
+    # the NGFF labels convention: masks is the labels group; the root lists them for readers
+    # that open the store's root (ome-zarr, napari)
+    documents["masks/.zattrs"] = labels_attrs(CLASSES)
     write_documents(out, documents)
     # the spec last: a store killed while being created is recognised as unfinished
     write_json_atomic(
         out / ".zattrs",
         {
+            **labels_attrs([f"masks/{name}" for name in CLASSES]),
             "cellseg": {
                 "prediction": dict(spec),
                 "complete": False,
                 "layout": "probabilities/{class}/s{k}: probability (uint8: x 255); "
-                "masks/{class}/s{k}: probability > threshold (0/1)",
-            }
+                "masks/{class}/s{k}: stored probability > threshold (0/1)",
+            },
         },
     )
     return "created"
@@ -554,10 +584,9 @@ def _write_block(
 ) -> None:
     """Write one block's chunks, then its marker (so a kill in between redoes the block)."""
     for c, name in enumerate(CLASSES):  # class by class: temporaries 1/14 of the block
-        writer.write(f"probabilities/{name}/s0", box, _quantize(probabilities[c], dtype))
-        writer.write(
-            f"masks/{name}/s0", box, (probabilities[c].numpy() > thresholds[c]).view(np.uint8)
-        )
+        stored = _quantize(probabilities[c], dtype)
+        writer.write(f"probabilities/{name}/s0", box, stored)
+        writer.write(f"masks/{name}/s0", box, mask_of(stored, dtype, thresholds[c]))
     write_json_atomic(
         _marker(out, index),
         {"block": index, "box": [[s.start, s.stop] for s in box], "seconds": round(seconds, 3)},
@@ -650,7 +679,7 @@ def _write_levels(
     threshold: float,
 ) -> None:
     """Levels s1… of class ``name``: probabilities are 2×2×2 means of the level below, masks
-    those means above ``threshold``."""
+    those means, as stored, above ``threshold`` (:func:`mask_of`)."""
     probabilities, masks = root[f"probabilities/{name}"], root[f"masks/{name}"]
     for k in range(1, levels):
         source = probabilities[f"s{k - 1}"]
@@ -670,13 +699,14 @@ def _write_levels(
                     box = tuple(
                         slice(s.start, s.start + n) for s, n in zip(box, mean.shape, strict=True)
                     )
-                    target[box] = _quantize(torch.from_numpy(mean), settings.dtype)
-                    mask[box] = (mean > threshold).astype(np.uint8)
+                    stored = _quantize(torch.from_numpy(mean), settings.dtype)
+                    target[box] = stored
+                    mask[box] = mask_of(stored, settings.dtype, threshold)
 
 
 def write_pyramid(out: Path, plan: PredictionPlan, settings: PredictionSettings, log: Any) -> int:
-    """Downsampled levels s1… of every class (probabilities: 2×2×2 means; masks: those means
-    above the threshold), the final ``multiscales``, and the store marked complete.
+    """Downsampled levels s1… of every class (probabilities: 2×2×2 means; masks: those means,
+    as stored, above the threshold), the final ``multiscales``, and the store marked complete.
 
     Raises:
         CellsegError: some block has no marker yet (a job of the dataset has not finished).

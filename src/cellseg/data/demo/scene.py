@@ -386,19 +386,20 @@ class _SceneBuilder:
                        CODE["mito_ribo"], 0.0, (CODE["mito_lum"],), speck)
             )  # fmt: skip
 
-    def add_vesicle(self, k: int, centre: np.ndarray) -> None:
-        radius = self.rng.uniform(32.0, 50.0)
+    def _add_sphere(
+        self, k: int, centre: np.ndarray, radius: float, organelle: str, mem_nm: float
+    ) -> None:
+        """A spherical organelle (``organelle``: ``ves`` or ``endo``) in cell k's cytoplasm."""
         self.shapes.append(
-            _Shape("sphere", k, centre, (radius,), CODE["ves_mem"], CODE["ves_lum"],
-                   _ORGANELLE_MEM_NM, self.cyto_er, radius)
+            _Shape("sphere", k, centre, (radius,), CODE[f"{organelle}_mem"],
+                   CODE[f"{organelle}_lum"], mem_nm, self.cyto_er, radius)
         )  # fmt: skip
 
+    def add_vesicle(self, k: int, centre: np.ndarray) -> None:
+        self._add_sphere(k, centre, self.rng.uniform(32.0, 50.0), "ves", _ORGANELLE_MEM_NM)
+
     def add_endosome(self, k: int, centre: np.ndarray) -> None:
-        radius = self.rng.uniform(90.0, 190.0)
-        self.shapes.append(
-            _Shape("sphere", k, centre, (radius,), CODE["endo_mem"], CODE["endo_lum"],
-                   _ENDO_MEM_NM, self.cyto_er, radius)
-        )  # fmt: skip
+        self._add_sphere(k, centre, self.rng.uniform(90.0, 190.0), "endo", _ENDO_MEM_NM)
 
     def add_er_tube(self, k: int, start: np.ndarray) -> None:
         rng = self.rng

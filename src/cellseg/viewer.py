@@ -1,0 +1,234 @@
+"""``cellseg view``: a prediction store and its EM in neuroglancer, served from this machine.
+
+``cellseg view PRED.zarr`` serves the prediction store and the EM it was predicted from over
+local HTTP (with CORS headers, so the neuroglancer web app in a browser may fetch from it) and
+prints a neuroglancer link whose state shows the EM as an image layer, each class's mask as a
+segmentation layer and each class's probabilities as an image layer (hidden until switched on).
+Every layer is an OME-NGFF multiscale group whose ``scale`` and ``translation`` are in nm, so
+neuroglancer places them all in the same world coordinates: the masks lie on the EM voxels
+they were predicted from. The state is also written beside the store
+(``PRED.neuroglancer.json``, atomically), e.g. to paste into neuroglancer's state editor.
+
+The server maps ``/prediction/…`` to the prediction store and ``/em/…`` to the EM's store and
+nothing else; it listens on ``127.0.0.1`` unless ``--host`` says otherwise (on a cluster node,
+forward the port with ``ssh -L``). Nothing here needs the network beyond the local socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import sys
+import threading
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cellseg.classes import CLASSES
+from cellseg.errors import CellsegError
+from cellseg.io import write_json_atomic
+
+NEUROGLANCER_APP = "https://neuroglancer-demo.appspot.com/"
+"""The neuroglancer web app the printed link opens (any instance reads the same state)."""
+PREDICTION_ROUTE = "prediction"
+EM_ROUTE = "em"
+
+
+@dataclass(frozen=True)
+class ViewSources:
+    """What ``cellseg view`` shows: the prediction store and the EM's multiscale group.
+
+    Attributes:
+        prediction: the prediction store (``cellseg predict --out``).
+        em_store: the EM's zarr store.
+        em_group: the EM multiscale group inside it, e.g. ``recon-1/em/fibsem-uint8``.
+        resolution_nm: the prediction's voxel size (nm).
+        centre_nm: ``(z, y, x)`` centre of the predicted region (nm), where the view opens.
+    """
+
+    prediction: Path
+    em_store: Path
+    em_group: str
+    resolution_nm: float
+    centre_nm: tuple[float, float, float]
+
+
+def read_sources(prediction: Path | str, em: str | None = None) -> ViewSources:
+    """The sources of a prediction store: its EM from the store's own record unless ``em``
+    (``STORE.zarr/GROUP``) is given.
+
+    Raises:
+        CellsegError: ``prediction`` is not a prediction store of cellseg's, or the EM is gone.
+    """
+    from cellseg.prediction import split_store_path
+
+    prediction = Path(prediction)
+    try:
+        attrs = json.loads((prediction / ".zattrs").read_text())
+        spec = attrs["cellseg"]["prediction"]
+        r = float(spec["resolution_nm"])
+        translation, shape = spec["translation_nm"], spec["shape"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CellsegError(
+            f"{prediction}: not a prediction store of cellseg predict ({error.__class__.__name__}"
+            f": {error}); pass the --out of cellseg predict"
+        ) from None
+    em_store, em_group = split_store_path(em or spec["em"])
+    if not (em_store / em_group).is_dir():
+        raise CellsegError(
+            f"{em_store / em_group}: the EM of {prediction} is not there; pass --em "
+            "STORE.zarr/GROUP"
+        )
+    centre = tuple(float(t) + (n - 1) * r / 2 for t, n in zip(translation, shape, strict=True))
+    return ViewSources(prediction, em_store, em_group, r, centre)  # type: ignore[arg-type]
+
+
+def neuroglancer_state(sources: ViewSources, base_url: str) -> dict[str, Any]:
+    """The neuroglancer state (JSON) of a prediction and its EM served at ``base_url``.
+
+    Dimensions ``z, y, x`` in 1 nm units; the view opens at the predicted region's centre,
+    zoomed so a screen pixel is one prediction voxel. Layers: ``EM`` (image), then per class
+    ``masks/{class}`` (segmentation, segment 1 shown) and ``probabilities/{class}`` (image,
+    hidden). Sources are ``zarr://`` URLs of the multiscale groups.
+    """
+    base = base_url.rstrip("/")
+    em_url = f"zarr://{base}/{EM_ROUTE}/{sources.em_group.strip('/')}"
+    layers: list[dict[str, Any]] = [{"type": "image", "name": "EM", "source": em_url}]
+    for name in CLASSES:
+        layers.append(
+            {
+                "type": "segmentation",
+                "name": f"masks/{name}",
+                "source": f"zarr://{base}/{PREDICTION_ROUTE}/masks/{name}",
+                "segments": ["1"],
+                "visible": name == "nuc",  # one mask on: 14 at once hide the EM
+            }
+        )
+    for name in CLASSES:
+        layers.append(
+            {
+                "type": "image",
+                "name": f"probabilities/{name}",
+                "source": f"zarr://{base}/{PREDICTION_ROUTE}/probabilities/{name}",
+                "visible": False,
+            }
+        )
+    return {
+        "dimensions": {axis: [1e-9, "m"] for axis in ("z", "y", "x")},
+        "position": list(sources.centre_nm),
+        "crossSectionScale": sources.resolution_nm,
+        "projectionScale": 1024 * sources.resolution_nm,
+        "layers": layers,
+        "selectedLayer": {"layer": "EM"},
+        "layout": "4panel",
+    }
+
+
+def neuroglancer_link(state: Mapping[str, Any], app: str = NEUROGLANCER_APP) -> str:
+    """The URL that opens ``state`` in the neuroglancer web app ``app``."""
+    text = json.dumps(state, separators=(",", ":"))
+    return f"{app.rstrip('/')}/#!{urllib.parse.quote(text, safe='')}"
+
+
+def state_path(prediction: Path | str) -> Path:
+    """Where the state is written: ``PRED.neuroglancer.json`` beside ``PRED.zarr``."""
+    prediction = Path(prediction)
+    return prediction.with_name(f"{prediction.stem}.neuroglancer.json")
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves files below a few named roots (``/{route}/{path}``), with CORS headers."""
+
+    roots: Mapping[str, Path] = {}
+
+    def translate_path(self, path: str) -> str:
+        parts = [p for p in urllib.parse.unquote(urllib.parse.urlsplit(path).path).split("/") if p]
+        if not parts or parts[0] not in self.roots or any(p in (".", "..") for p in parts):
+            return str(Path("/nonexistent-cellseg-route"))
+        return str(self.roots[parts[0]].joinpath(*parts[1:]))
+
+    def list_directory(self, path: Any) -> None:
+        self.send_error(404, "no directory listings")
+        return None
+
+    def end_headers(self) -> None:
+        self.send_header("Access-Control-Allow-Origin", "*")
+        self.send_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+        self.send_header("Access-Control-Allow-Headers", "*")
+        super().end_headers()
+
+    def do_OPTIONS(self) -> None:
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # neuroglancer asks for hundreds of chunks; a log line each would drown the link
+
+
+def serve(
+    roots: Mapping[str, Path], host: str = "127.0.0.1", port: int = 0
+) -> http.server.ThreadingHTTPServer:
+    """Start serving ``/{route}/…`` from ``roots[route]`` on a background thread.
+
+    ``port`` 0 picks a free port (``server.server_address`` says which). Stop it with
+    ``server.shutdown()`` and ``server.server_close()``.
+    """
+    handler = type("Handler", (_Handler,), {"roots": {k: Path(v) for k, v in roots.items()}})
+    server = http.server.ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def view(
+    prediction: Path | str,
+    em: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    app: str = NEUROGLANCER_APP,
+) -> tuple[http.server.ThreadingHTTPServer, dict[str, Any], str]:
+    """Serve ``prediction`` and its EM, write the state beside the store; return the running
+    server, the state and the link."""
+    sources = read_sources(prediction, em)
+    server = serve({PREDICTION_ROUTE: sources.prediction, EM_ROUTE: sources.em_store}, host, port)
+    bound_host, bound_port = server.server_address[:2]
+    state = neuroglancer_state(sources, f"http://{bound_host}:{bound_port}")
+    write_json_atomic(state_path(sources.prediction), state)
+    return server, state, neuroglancer_link(state, app)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``cellseg view``."""
+    parser = subparsers.add_parser(
+        "view",
+        help="show a prediction store and its EM in neuroglancer (served locally)",
+        description=__doc__.splitlines()[0],
+    )
+    parser.add_argument("prediction", type=Path, help="the --out store of cellseg predict")
+    parser.add_argument(
+        "--em", default=None, help="STORE.zarr/GROUP of the EM (default: the one predicted from)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    parser.add_argument(
+        "--neuroglancer-url", default=NEUROGLANCER_APP, help="the neuroglancer web app to link to"
+    )
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    server, _, link = view(args.prediction, args.em, args.host, args.port, args.neuroglancer_url)
+    print(f"state: {state_path(args.prediction)}", file=sys.stderr)
+    print(link, flush=True)
+    print("serving until interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        server.server_close()
+    return 0
