@@ -340,18 +340,21 @@ def replicate_mean_interval(
     * the seed part: the variance of the per-seed estimates ``θ̂_s`` over seeds, ``s_θ² / S``,
       estimates ``(σ_A² + σ_E²) / S``, where ``σ_E²`` is the interaction's share of one seed's
       estimate, ``N Σ ε̂_sn² / ((S - 1)(N - 1))`` from the two-way residuals ``ε̂`` of the
-      per-crop contributions ``u_sn = Σ_c x_snc / (K n_c)`` to ``θ̂_s``. The interaction is
-      counted in both parts, so ``σ̂_E² / S`` is taken out of the crop part (clamped at 0),
-      which has the more degrees of freedom, and the seed part keeps its ``S - 1``. When that
-      leaves no variance at all, the interaction stays in both parts (``conservative``).
+      per-crop contributions ``u_sn = Σ_c x_snc / (K n_c)`` to ``θ̂_s``. The crop part already
+      holds the interaction averaged over seeds, so ``σ̂_E² / S`` is taken out of the seed part:
+      ``max(s_θ² - σ̂_E², 0) / S`` is the ANOVA estimator of the seed component, clamped at 0.
+      The interval is never narrower than the crops-only interval of the seed-averaged values,
+      and equals it when the seeds differ no more than the interaction explains.
 
-    Degrees of freedom combine the three estimated terms by Satterthwaite: the crop part, the
-    seed part and the subtracted interaction (on ``(S - 1)(N - 1)`` df). With ``S = 1`` this is
+    Degrees of freedom combine the three estimated mean squares by Satterthwaite: the crop
+    part, the per-seed spread (``S - 1``) and the subtracted interaction (``(S - 1)(N - 1)``),
+    also when the seed component is clamped at 0 (its estimate is uncertain all the same, and
+    the crop part's df alone made the tails too thin). With ``S = 1`` this is
     :func:`class_mean_interval`. Its coverage on synthetic data of known variance components is
     measured by ``bench/coverage.py --replicates`` (docs/benchmarks.md) and checked by
-    ``tests/test_statistics.py``; with 2 seeds whose seed effect outweighs the crops'
-    uncertainty one degree of freedom cannot estimate that effect: train 3 or more seeds when
-    seeds matter.
+    ``tests/test_statistics.py``, 2 seeds with a strong seed effect included; with 2 seeds the
+    seed part rests on one degree of freedom and the interval is wide: train 3 or more seeds
+    when seeds matter.
 
     Args:
         values: ``(S, N, C)`` per-crop values (see :func:`class_values`) of each seed; the same
@@ -390,26 +393,25 @@ def replicate_mean_interval(
         + contributions.mean()
     )
     interaction = n_crops * float((residuals**2).sum()) / ((seeds - 1) * max(n_crops - 1, 1))
-    # the per-seed spread carries the interaction too: take it out of the crop part, which
-    # has the more degrees of freedom, so the seed part keeps its honest S - 1
-    seed_variance = float(per_seed.var(ddof=1)) / seeds
-    crop_variance = averaged.se**2 - interaction / seeds
-    conservative = averaged.conservative
-    if crop_variance + seed_variance <= 0:
-        # the subtraction left nothing: keep the interaction in both parts (conservative)
-        # rather than report a point
-        crop_variance, conservative = averaged.se**2, True
-    crop_variance = max(crop_variance, 0.0)
-    variance = crop_variance + seed_variance
-    # Satterthwaite over the three estimated terms, the subtracted interaction included: it is
-    # estimated too (on (S - 1)(N - 1) df), and leaving it out made the df too large
+    # The crop part is the seed-averaged crops' own estimate (it holds the interaction
+    # averaged over seeds); the per-seed spread estimates the seed effect plus the interaction
+    # again, so the interaction comes out of the seed part: the ANOVA estimator of the seed
+    # component, clamped at 0. The interval is then never narrower than the crops-only one, and
+    # can never collapse while that one cannot.
+    seed_spread = float(per_seed.var(ddof=1)) / seeds
+    interaction_share = interaction / seeds
+    seed_variance = max(seed_spread - interaction_share, 0.0)
+    variance = averaged.se**2 + seed_variance
+    # Satterthwaite over the three mean squares as estimated, each on its own df: the crop
+    # part, the per-seed spread (S - 1) and the subtracted interaction ((S - 1)(N - 1))
     interaction_df = (seeds - 1) * max(n_crops - 1, 1)
     spread = (
-        crop_variance**2 / averaged.df
-        + (interaction / seeds) ** 2 / interaction_df
-        + seed_variance**2 / (seeds - 1)
+        averaged.se**4 / averaged.df
+        + seed_spread**2 / (seeds - 1)
+        + interaction_share**2 / interaction_df
     )
     df = variance**2 / spread if spread > 0 else averaged.df
+    conservative = averaged.conservative
     se = float(np.sqrt(variance))
     quantile = float(stats.t.ppf(0.5 + confidence / 2, df))
     estimate = averaged.estimate  # θ̂ is linear: the mean of the θ̂_s

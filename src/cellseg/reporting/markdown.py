@@ -366,7 +366,11 @@ def study_markdown(study: Study) -> str:
         "(method of moments, Satterthwaite df; `cellseg.statistics.replicate_mean_interval`). "
         "**Δ best**: the difference from the best group by the same interval on seed-paired "
         "differences; **p**: two-sided t test with that interval's df, Holm-adjusted over the "
-        f"groups compared. No CI or p with fewer than {s.min_crops_for_statistics} crops.",
+        "groups compared. The best group is the top scorer on these same crops and seeds, and "
+        "Holm does not account for that choice: with many groups of equal quality some will "
+        "look significantly worse more often than the stated level, so read a p near the "
+        "threshold as suggestive, not as a finding (the model comparison in `summary.md` does "
+        f"account for it). No CI or p with fewer than {s.min_crops_for_statistics} crops.",
         "",
         "## Ranking overall",
         "",
