@@ -153,7 +153,7 @@ def schema_error_line(
     return f"{where}: {_key_path(error)}: {error.message}; see config/README.md"
 
 
-MODEL_NAMES: tuple[str, ...] = ("unet", "resnet", "swin", "vit", "cosem")
+MODEL_NAMES: tuple[str, ...] = ("unet", "resnet", "swin", "vit", "resenc", "mednext", "cosem")
 """The registry's model names (``cellseg.models.list_models``), known here without importing
 torch: Snakemake plans the DAG in a process that must not need it. A test keeps the two equal,
 so a 9th model fails it until it is named here too."""

@@ -362,6 +362,155 @@ class ViTVNet(nn.Module):
         self.out = nn.Conv3d(16, classes, 3, padding=1)
 
 
+# ---------------------------------------------------------------------------------------------
+# Strong baselines (issue 26; parameter structure only, like the transformers above).
+
+
+def _conv_in(cin: int, cout: int, kernel: int, bias: bool = True) -> nn.Sequential:
+    """A 3D convolution followed by an affine instance norm (LeakyReLU has no weights)."""
+    return nn.Sequential(
+        nn.Conv3d(cin, cout, kernel, bias=bias), nn.InstanceNorm3d(cout, affine=True)
+    )
+
+
+class ResNetDBlock(nn.Module):
+    """ResNet-D basic block (He et al. 2019, "Bag of tricks"): two 3x3x3 biased conv + norm;
+    when the stride or the width changes, the skip is an average pool then a bias-free 1x1x1
+    conv + norm (a pool alone has no weights, so only a width change adds parameters)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv1 = _conv_in(cin, cout, 3)
+        self.conv2 = _conv_in(cout, cout, 3)
+        self.skip = _conv_in(cin, cout, 1, bias=False) if cin != cout else None
+
+
+def nnunet_pooling(
+    spacing: Sequence[float], patch: Sequence[int], min_edge: int = 4
+) -> list[tuple[int, ...]]:
+    """Per-stage strides by nnU-Net v2's topology rule (``get_pool_and_conv_props``; stage 0
+    has stride 1): while some axis can be pooled, pool by 2 every axis whose feature map is at
+    least ``2 * min_edge`` and whose current spacing is under twice the finest spacing among
+    those axes; a lone axis needs at least ``3 * min_edge``. Spacing doubles with each pooling.
+    """
+    size, space = [float(s) for s in patch], [float(s) for s in spacing]
+    strides = [tuple(1 for _ in patch)]
+    while True:
+        axes = [a for a in range(len(size)) if size[a] >= 2 * min_edge]
+        if not axes:
+            break
+        finest = min(space[a] for a in axes)
+        axes = [a for a in axes if space[a] / finest < 2]
+        if len(axes) == 1 and size[axes[0]] < 3 * min_edge:
+            break
+        strides.append(tuple(2 if a in axes else 1 for a in range(len(size))))
+        for a in axes:
+            size[a], space[a] = math.ceil(size[a] / 2), space[a] * 2
+    return strides
+
+
+def nnunet_widths(stages: int, base: int = 32, cap: int = 320) -> tuple[int, ...]:
+    """nnU-Net's widths: ``base * 2**stage``, capped at 320 in 3D."""
+    return tuple(min(cap, base * 2**s) for s in range(stages))
+
+
+SEED_STRIDES = nnunet_pooling((8, 8, 8), (32, 256, 256))
+"""The seed's 32x256x256 patch at 8 nm isotropic voxels under nnU-Net's rule."""
+
+
+class ResEncUNet(nn.Module):
+    """nnU-Net's residual-encoder UNet (Isensee et al. 2024, "nnU-Net Revisited"), 3D.
+
+    A 3x3x3 stem conv + norm to ``widths[0]``; encoder stage ``s``: ``blocks[s]`` ResNet-D
+    blocks at ``widths[s]`` (the first one strided and widening); decoder, from the bottleneck
+    up: a transposed conv (kernel = stride, biased) to the skip's width, concatenation, one
+    3x3x3 conv + norm back to the skip's width, and a 1x1x1 biased segmentation conv per stage
+    (nnU-Net builds one per decoder stage for deep supervision; ``heads="last"``: only the
+    full-resolution one, which is all a network without deep supervision uses).
+    """
+
+    def __init__(
+        self,
+        strides: Sequence[Sequence[int]] = SEED_STRIDES,
+        blocks: Sequence[int] = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6),
+        in_channels: int = 1,
+        classes: int = 14,
+        heads: str = "last",
+    ) -> None:
+        super().__init__()
+        # ResEnc planners: encoder blocks 1, 3, 4, 6, 6, ... truncated to the number of stages
+        widths = nnunet_widths(len(strides))
+        blocks = blocks[: len(strides)]
+        self.stem = _conv_in(in_channels, widths[0], 3)
+        self.encoder = nn.ModuleList(
+            nn.Sequential(*(ResNetDBlock(cin if i == 0 else cout, cout) for i in range(n)))
+            for cin, cout, n in zip((widths[0], *widths[:-1]), widths, blocks, strict=True)
+        )
+        ups, convs, segs = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for below, skip, stride in zip(widths[:0:-1], widths[-2::-1], strides[:0:-1], strict=True):
+            ups.append(nn.ConvTranspose3d(below, skip, tuple(stride), stride=tuple(stride)))
+            convs.append(_conv_in(2 * skip, skip, 3))
+            segs.append(nn.Conv3d(skip, classes, 1))
+        self.ups, self.convs = ups, convs
+        self.segs = segs if heads == "all" else segs[-1:]
+
+
+class MedNeXtBlockRef(nn.Module):
+    """MedNeXt block (Roy et al. 2023, fig. 1): depthwise k^3 conv (biased) -> group norm with
+    one group per channel -> 1x1x1 expansion by ``ratio`` -> GELU -> 1x1x1 compression to
+    ``cout``. ``resample``: ``"down"`` (strided depthwise conv, width doubled) or ``"up"``
+    (transposed depthwise conv, width halved), each with a 1x1x1 (transposed) biased residual
+    projection; ``None``: residual identity."""
+
+    def __init__(self, c: int, ratio: int, kernel: int, resample: str | None = None) -> None:
+        super().__init__()
+        cout = {None: c, "down": 2 * c, "up": c // 2}[resample]
+        depthwise = nn.ConvTranspose3d if resample == "up" else nn.Conv3d
+        self.dw = depthwise(c, c, kernel, groups=c)
+        self.norm = nn.GroupNorm(c, c)
+        self.expand = nn.Conv3d(c, ratio * c, 1)
+        self.compress = nn.Conv3d(ratio * c, cout, 1)
+        projection = nn.ConvTranspose3d if resample == "up" else nn.Conv3d
+        self.res = projection(c, cout, 1) if resample else None
+
+
+class MedNeXtRef(nn.Module):
+    """MedNeXt (Roy et al. 2023): a 1x1x1 stem to ``c``; level ``i`` of ``len(down)``: ``down[i]``
+    blocks at ``c * 2**i`` (ratio ``enc[i]``) then a down block; a bottleneck of ``bottleneck``
+    blocks; level ``i`` up: an up block (ratio ``dec[i]``) and ``up[i]`` blocks; a 1x1x1
+    (transposed) biased output conv. Defaults: MedNeXt-L (the paper's table 1)."""
+
+    def __init__(
+        self,
+        kernel: int = 3,
+        c: int = 32,
+        enc: Sequence[int] = (3, 4, 8, 8),
+        dec: Sequence[int] = (8, 8, 4, 3),
+        bottleneck_ratio: int = 8,
+        down: Sequence[int] = (3, 4, 8, 8),
+        bottleneck: int = 8,
+        up: Sequence[int] = (8, 8, 4, 3),
+        in_channels: int = 1,
+        classes: int = 14,
+    ) -> None:
+        super().__init__()
+        levels = len(down)
+        self.stem = nn.Conv3d(in_channels, c, 1)
+        blocks: list[nn.Module] = []
+        for i in range(levels):
+            width = c * 2**i
+            blocks += [MedNeXtBlockRef(width, enc[i], kernel) for _ in range(down[i])]
+            blocks.append(MedNeXtBlockRef(width, enc[i], kernel, "down"))
+        width = c * 2**levels
+        blocks += [MedNeXtBlockRef(width, bottleneck_ratio, kernel) for _ in range(bottleneck)]
+        for i in range(levels):
+            blocks.append(MedNeXtBlockRef(width, dec[i], kernel, "up"))
+            width //= 2
+            blocks += [MedNeXtBlockRef(width, dec[i], kernel) for _ in range(up[i])]
+        self.blocks = nn.ModuleList(blocks)
+        self.out = nn.ConvTranspose3d(c, classes, 1)
+
+
 class CosemSetup04(nn.Module):
     """COSEM's setup04 (Heinrich et al. 2021, Nature 599, "Whole-cell organelle segmentation
     in volume electron microscopy", Methods; the published network's settings): a 4-level
@@ -405,6 +554,8 @@ def reference_models() -> dict[tuple[str, str], tuple[str, type[nn.Module], dict
             {"dims": 3, "patch": (2, 4, 4), "window": (4, 7, 7)},
         ),
         ("vit", "3d"): ("ViT-V-Net (toolbox config)", ViTVNet, {}),
+        ("resenc", "3d"): ("nnU-Net ResEnc L, 7 stages", ResEncUNet, {}),
+        ("mednext", "3d"): ("MedNeXt-L, kernel 3", MedNeXtRef, {}),
         ("cosem", "3d"): ("COSEM setup04", CosemSetup04, {}),
     }
 

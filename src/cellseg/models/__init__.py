@@ -11,8 +11,15 @@ Registration works because this module imports every family module (as timm does
 
 from __future__ import annotations
 
-from cellseg.models import resnet, swin, unet, vit  # noqa: F401  (registers the models)
-from cellseg.models import cosem  # noqa: F401  (registers cosem_3d)
+from cellseg.models import (  # noqa: F401  (registers the models)
+    cosem,
+    mednext,
+    resenc,
+    resnet,
+    swin,
+    unet,
+    vit,
+)
 from cellseg.models._factory import (
     SegmentationModel,
     build_model,
