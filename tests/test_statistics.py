@@ -18,6 +18,7 @@ from cellseg.metrics import aggregate_crops
 from cellseg.statistics import (
     class_mean_interval,
     class_values,
+    compare_runs_with_best,
     compare_with_best,
     holm,
     mean_dice_interval,
@@ -570,6 +571,53 @@ def test_identical_models_are_rarely_called_worse_than_the_best() -> None:
         rates.append(any_rejected / repetitions)
     assert max(rates) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / repetitions), rates
     assert np.mean(rates) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / (4 * repetitions)), rates
+
+
+def test_run_permutation_against_the_best_is_the_exhaustive_test() -> None:
+    """3 groups x 2 seeds: all (3!)^2 label permutations within each seed index by naive
+    loops, the best chosen again in each; the first step's p-value (the worst group) is their
+    share at least as extreme, up to the Monte Carlo error of 9999 permutations."""
+    scores = np.array([[0.62, 0.58], [0.55, 0.60], [0.50, 0.49]])
+    observed = scores.mean(axis=1)
+    gap = observed.max() - observed.min()
+    extreme = total = 0
+    for first in itertools.permutations(range(3)):
+        for second in itertools.permutations(range(3)):
+            means = (scores[list(first), 0] + scores[list(second), 1]) / 2
+            extreme += means.max() - means.min() >= gap - 1e-12
+            total += 1
+    result = compare_runs_with_best(scores, n_resamples=9999, seed=3)
+    assert result.best == 0 and np.isnan(result.p_adjusted[0])
+    assert result.p_adjusted[2] == pytest.approx(extreme / total, abs=0.015)
+    assert result.p_adjusted[1] >= result.p_adjusted[2]  # step-down: never below the last
+    with pytest.raises(ValueError, match="seeds >= 2"):
+        compare_runs_with_best(scores[:, :1])
+
+
+def test_identical_groups_of_runs_are_rarely_called_worse_than_the_best() -> None:
+    """6 groups x 3 seeds trained alike (a seed-index effect shared by the groups' runs of that
+    seed, each run's own effect): any group called worse than the best at 0.05 at most 0.05
+    plus three Monte Carlo standard errors (400 experiments). The study's former rule, Holm
+    over t tests against the top scorer, is measured by ``bench/best_selection.py --study``."""
+    rng = np.random.default_rng(31)
+    repetitions, rejected = 400, 0
+    for repetition in range(repetitions):
+        scores = 0.6 + rng.normal(0, 0.03, (1, 3)) + rng.normal(0, 0.02, (6, 3))
+        result = compare_runs_with_best(scores, n_resamples=199, seed=repetition)
+        rejected += bool(np.nanmin(result.p_adjusted) < 0.05)
+    assert rejected / repetitions <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / repetitions)
+
+
+def test_a_clearly_worse_group_of_runs_is_found_as_far_as_the_runs_allow() -> None:
+    rng = np.random.default_rng(4)
+    scores = 0.6 + rng.normal(0, 0.01, (6, 3))
+    scores[5] -= 0.1
+    result = compare_runs_with_best(scores, n_resamples=9999, seed=0)
+    assert result.p_adjusted[5] < 0.05
+    assert np.nanmin(np.delete(result.p_adjusted, 5)) > 0.05
+    # relabelling whole groups alike keeps the gap: 2 groups x 2 seeds never go below 1/2
+    pair = compare_runs_with_best(scores[[0, 5], :2], n_resamples=999, seed=0)
+    assert pair.p_adjusted[1] >= 0.5 - 0.05
 
 
 # ------------------------------------------------------------------------------ rank sets

@@ -18,6 +18,8 @@ from cellseg.metrics import Statistic
 from cellseg.reporting.summary import SummarySettings, load_metrics, metric_counts
 from cellseg.statistics import (
     class_values,
+    compare_runs_with_best,
+    compare_with_best,
     holm,
     mean_over_classes,
     replicate_mean_interval,
@@ -241,9 +243,40 @@ def _add_group_comparisons(
                         f"{row['group']} vs {best}: not tested (p_vs_{suffix} empty): "
                         f"{_why_untested(arrays[row['group']], arrays[best], s)}"
                     )
+            selection = _selection_p_values(scope, arrays, best, s)
             for i, p in zip(tested, holm(p_values), strict=True):
-                table.loc[i, f"p_vs_{suffix}"] = p
+                # both must call it worse: the t test counts crops and seeds but not the
+                # choice of the best; the permutation test counts that choice on these crops
+                table.loc[i, f"p_vs_{suffix}"] = max(p, selection[i])
     return table, untested
+
+
+def _selection_p_values(
+    scope: pd.DataFrame, arrays: Mapping[str, np.ndarray], best: str, s: SummarySettings
+) -> dict[Any, float]:
+    """Each group's p-value of "worse than the best of ``scope``", the best chosen from the same
+    data (0 for both of a pair: choosing the better of two is what a two-sided test allows
+    for); with 3 or more groups and 2 or more seeds :func:`compare_runs_with_best` over the runs of the groups with
+    as many seeds as the best (labels permuted within each seed index), with one seed
+    :func:`compare_with_best` over the crops. Keyed by the table's index; a group outside the
+    family is absent (its p-value then stays NaN)."""
+    seeds = arrays[best].shape[0]
+    family = [i for i, row in scope.iterrows() if arrays[row["group"]].shape == arrays[best].shape]
+    if len(family) < 2 or arrays[best].shape[1] < s.min_crops_for_statistics:
+        return {}
+    if len(family) == 2:
+        # the better of two is the sign of their difference, which the two-sided t test
+        # already allows for: no further adjustment
+        return dict.fromkeys(family, 0.0)
+    groups = [arrays[scope.loc[i, "group"]] for i in family]
+    if seeds >= 2:
+        scores = np.array([[mean_over_classes(run) for run in group] for group in groups])
+        result = compare_runs_with_best(scores, s.best_permutations, s.permutation_seed)
+    else:
+        result = compare_with_best(
+            [group[0] for group in groups], "mean", s.best_permutations, s.permutation_seed
+        )
+    return {i: float(p) for i, p in zip(family, result.p_adjusted, strict=True)}
 
 
 def _why_untested(a: np.ndarray, b: np.ndarray, s: SummarySettings) -> str:
