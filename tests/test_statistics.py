@@ -573,6 +573,27 @@ def test_identical_models_are_rarely_called_worse_than_the_best() -> None:
     assert np.mean(rates) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / (4 * repetitions)), rates
 
 
+def identical_groups(
+    rng: np.random.Generator, n_crops: int, groups: int = 6, seeds: int = 3
+) -> list[np.ndarray]:
+    """``(S, N, 6)`` per-seed per-crop Dice of study groups trained alike: crop and class
+    effects shared by every run; each run's own seed effect and noise (``bench/
+    best_selection.py --study``)."""
+    annotated = rng.random((n_crops, 6)) < 0.7
+    annotated[:2] = True
+    shared = np.linspace(-1, 1.5, 6)[None] + rng.normal(0, 0.8, (n_crops, 1))
+    return [
+        np.where(
+            annotated,
+            special.expit(
+                shared + rng.normal(0, 0.3, (seeds, 1, 1)) + rng.normal(0, 0.6, (seeds, n_crops, 6))
+            ),
+            np.nan,
+        )
+        for _ in range(groups)
+    ]
+
+
 def test_run_permutation_against_the_best_is_the_exhaustive_test() -> None:
     """3 groups x 2 seeds: all (3!)^2 label permutations within each seed index by naive
     loops, the best chosen again in each; the first step's p-value (the worst group) is their

@@ -365,12 +365,12 @@ def study_markdown(study: Study) -> str:
         f"**CI** ({s.confidence:.0%}): crops and seeds as crossed random effects "
         "(method of moments, Satterthwaite df; `cellseg.statistics.replicate_mean_interval`). "
         "**Δ best**: the difference from the best group by the same interval on seed-paired "
-        "differences; **p**: two-sided t test with that interval's df, Holm-adjusted over the "
-        "groups compared. The best group is the top scorer on these same crops and seeds, and "
-        "Holm does not account for that choice: with many groups of equal quality some will "
-        "look significantly worse more often than the stated level, so read a p near the "
-        "threshold as suggestive, not as a finding (the model comparison in `summary.md` does "
-        f"account for it). No CI or p with fewer than {s.min_crops_for_statistics} crops.",
+        "differences; **p**: worse than the best, the best chosen from these same runs: the "
+        "larger of a two-sided t test with that interval's df (Holm-adjusted over the groups "
+        "compared; it counts crops and seeds) and, with 3 or more groups, a permutation test "
+        "that shuffles the groups' labels within each seed index and picks the best again "
+        "every time (`cellseg.statistics.compare_runs_with_best`; with few seeds it cannot go "
+        f"low). No CI or p with fewer than {s.min_crops_for_statistics} crops.",
         "",
         "## Ranking overall",
         "",
