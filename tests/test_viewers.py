@@ -188,7 +188,7 @@ def test_neuroglancer_state_parses_and_the_server_serves_the_stores(prediction):
 def test_view_command_is_registered_and_bad_input_is_one_line(tmp_path, capsys):
     from cellseg.cli import build_parser, main
 
-    args = build_parser("view").parse_args(["view", "pred.zarr", "--port", "8123"])
+    args = build_parser("view").parse_args(["view", "--prediction", "pred.zarr", "--port", "8123"])
     assert args.prediction == Path("pred.zarr") and args.port == 8123
-    assert main(["view", str(tmp_path / "missing.zarr")]) == 2
+    assert main(["view", "--prediction", str(tmp_path / "missing.zarr")]) == 2
     assert capsys.readouterr().err.count("\n") == 1

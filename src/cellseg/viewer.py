@@ -1,6 +1,6 @@
 """``cellseg view``: a prediction store and its EM in neuroglancer, served from this machine.
 
-``cellseg view PRED.zarr`` serves the prediction store and the EM it was predicted from over
+``cellseg view --prediction PRED.zarr`` serves the prediction store and the EM it was predicted from over
 local HTTP (with CORS headers, so the neuroglancer web app in a browser may fetch from it) and
 prints a neuroglancer link whose state shows the EM as an image layer, each class's mask as a
 segmentation layer and each class's probabilities as an image layer (hidden until switched on).
@@ -207,7 +207,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="show a prediction store and its EM in neuroglancer (served locally)",
         description=__doc__.splitlines()[0],
     )
-    parser.add_argument("prediction", type=Path, help="the --out store of cellseg predict")
+    parser.add_argument(
+        "--prediction", type=Path, required=True, help="the --out store of cellseg predict"
+    )
     parser.add_argument(
         "--em", default=None, help="STORE.zarr/GROUP of the EM (default: the one predicted from)"
     )
