@@ -515,3 +515,43 @@ def test_full_realistic_write(tmp_path):
             assert min(c["positive_voxels_s0"].values()) > 0, c["name"]
     size = sum(f.stat().st_size for s in stores for f in s.rglob("*") if f.is_file())
     print(f"\nrealistic demo: {size / 1e6:.1f} MB in {manifest['seconds']} s")
+
+
+def demo_imports(source: str) -> list[str]:
+    """The modules of cellseg.data.demo that ``source`` imports, anywhere in it."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+            if node.module == "cellseg.data":
+                names += [f"cellseg.data.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        found += [
+            n for n in names if n == "cellseg.data.demo" or n.startswith("cellseg.data.demo.")
+        ]
+    return found
+
+
+def test_no_production_module_imports_the_generator():
+    """The generator is for the demo only: OME-NGFF writing lives in cellseg.ngff and the
+    sizes in cellseg.data.demo_layout, so no module outside cellseg.data.demo imports it
+    (imports inside functions included)."""
+    package = REPO / "src" / "cellseg"
+    importers = [
+        f"{path.relative_to(REPO)}: {name}"
+        for path in package.rglob("*.py")
+        if (package / "data" / "demo") not in path.parents
+        for name in demo_imports(path.read_text())
+    ]
+    assert importers == []
+    # the check sees each way of importing it
+    lazy = "def f():\n    from cellseg.data.demo import SIZES\n"
+    assert demo_imports(lazy) == ["cellseg.data.demo"]
+    assert demo_imports("from cellseg.data import demo") == ["cellseg.data.demo"]
+    assert demo_imports("import cellseg.data.demo.scene") == ["cellseg.data.demo.scene"]
+    assert demo_imports("from cellseg.data.demo_layout import SIZES") == []
