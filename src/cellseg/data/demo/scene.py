@@ -126,6 +126,17 @@ class _Grid:
         return [(self.axes[i][sl[i]] - np.float32(centre[i])).reshape(_bshape(i)) for i in range(3)]
 
 
+@dataclass(frozen=True)
+class _Canvas:
+    """What a render paints: label codes, and per voxel the distance (nm) inside its cell and
+    the cell's index (-1: none), on a grid's shape; the cells whose cap reaches the grid."""
+
+    codes: np.ndarray  # uint16
+    inside: np.ndarray  # float32
+    owner: np.ndarray  # int16
+    present: list[int]
+
+
 @dataclass
 class Scene:
     """Analytic phantom tissue of one dataset, in nm; ``render`` samples it on any grid."""
@@ -167,8 +178,9 @@ class Scene:
         interior = inside >= _ECS_GAP + _PM_NM
         codes[(inside >= _ECS_GAP) & ~interior] = CODE["pm"]
         codes[interior] = CYTO
-        self._paint_nuclei(grid, codes, inside, owner, present)
-        self._paint_organelles(grid, codes, inside, owner, present)
+        canvas = _Canvas(codes, inside, owner, present)
+        self._paint_nuclei(grid, canvas)
+        self._paint_organelles(grid, canvas)
         return codes
 
     def _cells(self, grid: _Grid) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -218,16 +230,10 @@ class Scene:
         wave_z = self.wobble[0][0][0] if self.wobble else 0.0
         inside += wobble[None] * (1.0 + 0.3 * np.sin(z * np.float32(wave_z)))
 
-    def _paint_nuclei(
-        self,
-        grid: _Grid,
-        codes: np.ndarray,
-        inside: np.ndarray,
-        owner: np.ndarray,
-        present: list[int],
-    ) -> None:
+    def _paint_nuclei(self, grid: _Grid, canvas: _Canvas) -> None:
         """Nuclei: clipped to their cell, kept clear of the plasma membrane."""
-        for k in present:
+        codes, inside, owner = canvas.codes, canvas.inside, canvas.owner
+        for k in canvas.present:
             cell = self.cells[k]
             sl = grid.box(
                 cell.nucleus_centre - cell.nucleus_semi, cell.nucleus_centre + cell.nucleus_semi
@@ -245,18 +251,12 @@ class Scene:
             mask = (q < 1.0) & (owner[sl] == k) & (inside[sl] > clear)
             codes[sl][mask] = NUC_BASE + cell.nucleus_id
 
-    def _paint_organelles(
-        self,
-        grid: _Grid,
-        codes: np.ndarray,
-        inside: np.ndarray,
-        owner: np.ndarray,
-        present: list[int],
-    ) -> None:
+    def _paint_organelles(self, grid: _Grid, canvas: _Canvas) -> None:
         """Organelles, in generation order (ER first, vesicles last), each painted only over
         the codes it may replace (``allowed``) within its own cell."""
         hit = np.flatnonzero(((self._lo <= grid.hi) & (self._hi >= grid.origin)).all(axis=1))
-        near_set = set(present)
+        codes, inside, owner = canvas.codes, canvas.inside, canvas.owner
+        near_set = set(canvas.present)
         for index in hit:
             part = self.shapes[index]
             if part.cell not in near_set:
