@@ -219,9 +219,9 @@ def write_documents(out: Path, documents: Mapping[str, Any]) -> None:
     """Write zarr v2 metadata documents (``path → JSON``) under ``out``, as zarr does.
 
     Not atomic one by one: the caller writes a last document atomically that says they are all
-    there. Why not zarr's API: creating 30 groups and 28 arrays through it costs 0.1-0.3 s (an
-    event-loop round trip and several reads per node), a fixed cost that dominated small
-    volumes; the documents are zarr's own (:func:`array_metadata`), so the store is the same.
+    there. Why not zarr's API: it pays an event-loop round trip and several reads per node, a
+    fixed cost that dominated small prediction stores (docs/benchmarks.md); the documents are
+    zarr's own (:func:`array_metadata`), so the store is the same.
     """
     for path, document in documents.items():
         target = out / path
@@ -234,10 +234,10 @@ class ChunkWriter:
     ``"iz.iy.ix"``, the chunk's C-order bytes through :func:`blosc_zstd`; edge chunks padded
     with the fill value 0 to the full chunk shape; an all-fill chunk not stored), as zarr does.
 
-    Why not ``array[box] = values``: zarr-python 3 spends about a millisecond of event-loop and
-    codec-pipeline overhead per chunk, several times the Blosc encoding itself, which made
-    writing, not the network, the bottleneck of ``cellseg predict``. Arrays written this way
-    read back through zarr (tests compare every value and every chunk file).
+    Why not ``array[box] = values``: zarr-python 3's event-loop and codec-pipeline overhead per
+    chunk exceeds the Blosc encoding itself and made writing, not the network, the bottleneck
+    of ``cellseg predict`` (docs/benchmarks.md). Arrays written this way read back through zarr
+    (tests compare every value and every chunk file).
     """
 
     def __init__(self, out: Path, chunks: Sequence[int]) -> None:
