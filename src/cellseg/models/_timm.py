@@ -70,6 +70,9 @@ def create_timm_unet(
     try:
         if not timm.is_model(encoder):
             raise CellsegError(f"model {label}: {encoder!r} is not a timm model name")
+        unknown = _unknown_kwargs(encoder, kwargs)
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}")
         net = timm.create_model(
             encoder,
             pretrained=bool(pretrained),
@@ -94,3 +97,24 @@ def create_timm_unet(
             "the Hugging Face cache, or set pretrained: false"
         ) from error
     return TimmUNet(net, out_channels, decoder_channels, decoder_dropout)
+
+
+def _unknown_kwargs(encoder: str, kwargs: Mapping[str, Any]) -> list[str]:
+    """The ``kwargs`` that the timm model class of ``encoder`` does not name in its
+    ``__init__``. Some classes take ``**kwargs`` and drop what they do not know (timm 1.0.22's
+    ``SwinTransformer``), so a misspelt setting would be ignored without a word; the class is
+    built on the meta device (no memory, no weights) to read its signature."""
+    import inspect
+
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        model_class = type(timm.create_model(encoder, pretrained=False))
+    parameters = inspect.signature(model_class.__init__).parameters
+    named = {
+        name
+        for name, parameter in parameters.items()
+        if parameter.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    }
+    return sorted(key for key in kwargs if key not in named)
