@@ -46,7 +46,15 @@ resamples, otherwise a seeded Monte Carlo sample of flips (:func:`scipy.stats.pe
 with ``permutation_type="samples"`` does both). Its smallest two-sided p-value with ``N`` crops is
 ``2 / 2^N`` (:func:`smallest_p_value`): below 6 crops nothing can be significant at 0.05, which is
 why :mod:`cellseg.reporting` reports no interval and no p-value below a minimum number of crops.
-Multiple comparisons are Holm-adjusted (:func:`holm`).
+Multiple comparisons are Holm-adjusted (:func:`holm`); comparisons with a best chosen from the
+same data are step-down max-T permutation tests (:func:`compare_with_best` over crops,
+:func:`compare_runs_with_best` over training runs), and :func:`rank_sets` says how firm a ranking
+is.
+
+Why one module of about 900 lines: the intervals, the paired tests, the comparisons with the best
+and the rank sets all run on the same per-crop class values and their variance estimator
+(:func:`class_values`, the class-set weights, the pooled ratio); split apart, each part would
+import the others' private helpers.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ World coordinates are in nanometres, axes ``(z, y, x)``. An OME-NGFF ``translati
 centre of the array's first voxel, so voxel ``i`` of a level with voxel size ``s`` and
 translation ``t`` is centred at ``t + i * s`` and covers ``[t + (i - 1/2) s, t + (i + 1/2) s)``.
 Stores are always opened read-only: nothing here writes into the user's data.
+
+Why one module of about 1,000 lines: it is the one place that knows the CellMap layout (the
+multiscale geometry, the crops, the label encodings, their errors), which every reader of the
+package goes through; a reader that needed half of it would have to import both halves anyway.
 """
 
 from __future__ import annotations

@@ -42,6 +42,10 @@ What is compared (all over the held-out crops, one adjustment mode):
 
 Empty convention (SPEC §8): a class whose prediction and ground truth are both empty in a crop
 scores 1; ``summary.md`` says so.
+
+Why one module of about 850 lines: every column of ``summary.csv`` is computed here from the same
+per-model metric tables and settings, and ``markdown``, ``figures`` and ``study`` read the finished
+table; split by column group, each part would re-load and re-align the same tables.
 """
 
 from __future__ import annotations

@@ -31,6 +31,10 @@ runs ``results/preflight.md`` (:func:`format_table`), and a ``train`` job refuse
 
 The verdict and the table need no torch (the workflow's local rules use them); only the
 measurement imports it.
+
+Why one module of about 900 lines: the measurement writes the record that the verdict, the
+table and the train job's check read, and the four change together whenever a measured field
+does; the torch-free parts stay importable without torch.
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ Run directory layout (``results/models/{model}_{dim}/``)::
     checkpoints/superseded/<time>/             checkpoints of a run on other data, set aside
     train.log                                  every attempt's log, starting with its settings
     tensorboard/                               TensorBoard event files
+
+Why one module of about 1,200 lines: :class:`Trainer`'s loop, its resume, DDP and watchdog paths
+share the loop's state step by step (as nnU-Net's ``nnUNetTrainer`` keeps its own in one class);
+what does not need that state lives beside it (``checkpoint``, ``launch``, ``init``, ``lock``).
 """
 
 from __future__ import annotations
