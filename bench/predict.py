@@ -3,7 +3,7 @@
 Usage::
 
     bash scripts/env.sh python bench/predict.py [--quick] [--device cpu|cuda] [--dim 3d|2d]
-        [--threads N] [--repeats K] [--tmp DIR] [--windows-only]
+        [--threads N] [--repeats K] [--tmp DIR] [--windows-only] [--tiling-only]
 
 For a volume V (``--quick``: 16 x 128 x 128, else 32 x 256 x 256) and 8 V (twice as large on every
 axis), with the demo UNet, its training window and the same overlap and blending:
@@ -29,6 +29,9 @@ axis), with the demo UNet, its training window and the same overlap and blending
   :func:`cellseg.inference.sliding_window_logits` (what evaluation and prediction run) against
   ``monai.inferers.sliding_window_inference`` on the same V in memory, interleaved: the median
   time ratio MONAI / cellseg and the largest difference of their logits.
+* **tiling** (``--tiling-only``): the windows a 2D model recomputes at block borders with the
+  default blocks, counted, when windows are carried along z (before) and along x (now), and the
+  time of a quarter-scale run both ways.
 
 Prints one line per measurement and a summary; no assertion (the machine's load changes times).
 """
@@ -284,6 +287,72 @@ def peak_rss(args: argparse.Namespace, em: Path, out: Path, block: list[int]) ->
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def tiling_plan(shape, window, block, carry_axis: int):
+    """A plan of a volume of ``shape`` voxels (no EM needed: only windows are counted)."""
+    from cellseg.inference import WindowGrid, context_voxels
+    from cellseg.prediction import PredictionPlan
+
+    margin = tuple(
+        0 if w == 1 else context_voxels(w, n) for w, n in zip(window, shape, strict=True)
+    )
+    image = [n + 2 * m for n, m in zip(shape, margin, strict=True)]
+    starts = WindowGrid.over(image, window, (0, 0, 0), 0.25).starts
+    return PredictionPlan(
+        Path("."), "", None, 8.0, (0.0, 0.0, 0.0), shape, (0, 0, 0), shape, window, (0, 0, 0),
+        margin, starts, block, 64, carry_axis,
+    )  # fmt: skip
+
+
+def tiling(args: argparse.Namespace, tmp: Path) -> None:
+    """Windows recomputed at block borders by a 2D model: carried along z (before: 2D windows
+    never span z, so every y and x border recomputed) vs along x (now: only y borders), at the
+    default blocks (64 x 1024 x 1024, 256^2 windows, overlap 0.25) by counting, and timed on a
+    quarter-scale run of the demo 2D UNet (64^2 windows, blocks 8 x 256 x 256) in this process."""
+    from dataclasses import replace
+
+    from cellseg.inference import Blender
+
+    for shape in [(64, 2048, 2048), (64, 4096, 4096), (64, 3000, 5000)]:
+        fractions = {}
+        for carry in (0, 2):
+            plan = tiling_plan(shape, (1, 256, 256), (64, 1024, 1024), carry)
+            computed, distinct = plan.window_counts(range(plan.n_blocks))
+            fractions[carry] = computed / distinct - 1
+        print(
+            f"2d {shape}, blocks (64, 1024, 1024), windows 256^2: windows recomputed "
+            f"{100 * fractions[0]:.1f} % (carried along z, before) -> {100 * fractions[2]:.1f} % "
+            "(along x, now)",
+            flush=True,
+        )
+    torch.set_num_threads(args.threads)
+    model = demo_predictor("2d", args.device)
+    em_path = make_em(tmp / "tiles.zarr", (8, 512, 512))
+    store, group = split_store_path(em_path)
+    em = read_multiscale(open_group(store), store, group)
+    settings = PredictionSettings(chunk_voxels=8, block_voxels=(8, 256, 256), device=args.device)
+    plan = plan_prediction(em, model, settings)
+    times: dict[int, list[float]] = {0: [], 2: []}
+    counts = {}
+    for repeat in range(args.repeats):
+        for carry in (0, 2) if repeat % 2 == 0 else (2, 0):
+            tiles = replace(plan, carry_axis=carry)
+            blender = Blender(model, tiles.windows, settings.blend_mode, settings.sw_batch_size)
+            boxes = ((i, tiles.image_box(i)) for i in range(tiles.n_blocks))
+            started = time.perf_counter()
+            for _ in blender.logits(tiles.reader(em, model.em_range).read, boxes, carry):
+                pass
+            times[carry].append(time.perf_counter() - started)
+            counts[carry] = blender.windows_run / tiles.windows.n_windows - 1
+    ratios = [a / b for a, b in zip(times[0], times[2], strict=True)]
+    print(
+        f"2d (8, 512, 512), blocks (8, 256, 256), windows 64^2, demo UNet: recomputed "
+        f"{100 * counts[0]:.1f} % -> {100 * counts[2]:.1f} %; time before / now "
+        f"{statistics.median(ratios):.3f} (median of {args.repeats}: "
+        f"{', '.join(f'{r:.3f}' for r in ratios)})",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="V = 16x128x128 (default 32x256x256)")
@@ -302,6 +371,11 @@ def main() -> None:
         action="store_true",
         help="only cellseg's sliding window against MONAI's, on V in memory",
     )
+    parser.add_argument(
+        "--tiling-only",
+        action="store_true",
+        help="only the windows a 2D model recomputes at block borders, before and now",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--em", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -313,6 +387,10 @@ def main() -> None:
     base = (16, 128, 128) if args.quick else (32, 256, 256)
     if args.windows_only:
         sliding_windows(args, base)
+        return
+    if args.tiling_only:
+        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+            tiling(args, Path(tmp))
         return
     shapes = [base, tuple(2 * n for n in base)]
     # memory: V in 2 x 2 blocks, 8 V in 4 x 4 x 2 blocks of the same shape (V in one block would

@@ -6,6 +6,8 @@ import math
 import os
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -312,3 +314,128 @@ def test_em_that_is_not_uint8_is_refused_in_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "EM dtype is uint16, but cellseg reads uint8" in lines[0], lines
     assert not out.exists()
+
+
+@pytest.mark.parametrize("dim", ["3d", "2d"])
+def test_roi_prediction_equals_the_whole_volume_on_its_voxels(em_path, dim):
+    """The windows are anchored to the volume, not the ROI: a ROI, cut into other blocks, gets
+    bit for bit the values of the same voxels of the whole-volume prediction (one window per
+    forward pass, so no window's logits depend on the others of its batch)."""
+    model = predictor(dim)
+    settings = PredictionSettings(chunk_voxels=4, block_voxels=(8, 16, 16), sw_batch_size=1)
+    whole_plan, whole = logits_of(model, em_path, settings)
+    # interior on every axis, and one touching the volume's far corner
+    for roi in ("132:180,60:140,44:172", "164:260,100:400,100:500"):
+        plan, part = logits_of(model, em_path, settings, parse_roi(roi))
+        assert plan.shape != whole_plan.shape and plan.starts == whole_plan.starts
+        box = tuple(slice(a, a + n) for a, n in zip(plan.roi_start, plan.shape, strict=True))
+        assert torch.equal(part, whole[(slice(None), *box)]), roi
+
+
+@pytest.mark.parametrize("dim", ["3d", "2d"])
+def test_window_counts_are_the_windows_computed(em_path, dim):
+    """What a run costs in windows (the benchmark's recomputation figure) is what the blender
+    runs; 2D models carry windows along x, so only y borders recompute."""
+    from cellseg.inference import Blender
+
+    model = predictor(dim)
+    settings = PredictionSettings(chunk_voxels=4, block_voxels=(4, 16, 16))
+    em = multiscale(em_path)
+    plan = plan_prediction(em, model, settings)
+    assert plan.carry_axis == (0 if dim == "3d" else 2)
+    blender = Blender(model, plan.windows, "gaussian", 4)
+    boxes = ((index, plan.image_box(index)) for index in range(plan.n_blocks))
+    for _ in blender.logits(plan.reader(em, model.em_range).read, boxes, plan.carry_axis):
+        pass
+    computed, distinct = plan.window_counts(range(plan.n_blocks))
+    assert computed == blender.windows_run
+    assert distinct == plan.windows.n_windows  # every window of the grid, at least once
+    if dim == "2d":
+        # x carried: recomputed only where a y border cuts a window
+        y_only = replace(plan, block=(4, 16, 64))  # one block across x
+        assert computed == y_only.window_counts(range(y_only.n_blocks))[0]
+
+
+def test_parts_started_at_once_need_an_init_first(em_path, tmp_path):
+    checkpoint = tmp_path / "best.pt"
+    save_checkpoint(checkpoint)
+    out = tmp_path / "parts.zarr"
+    common = ["--checkpoint", str(checkpoint), "--em", str(em_path), "--out", str(out)]
+    common += ["--device", "cpu", "--threads", "1", "--chunk-voxels", "8"]
+    common += ["--block-voxels", "8", "32", "32", "--dtype", "float32"]
+
+    def at_once(*extra: str) -> list[subprocess.CompletedProcess]:
+        environment = os.environ | {"PYTHONPATH": str(REPO / "src")}
+        jobs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "cellseg", "predict", *common, *extra, *part],
+                env=environment,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for part in (["--part", "0", "--parts", "2"], ["--part", "1", "--parts", "2"])
+        ]
+        return [subprocess.CompletedProcess(j.args, j.wait(300), *j.communicate()) for j in jobs]
+
+    for job in at_once():
+        lines = job.stderr.strip().splitlines()
+        assert job.returncode != 0 and len(lines) == 1, job.stderr
+        assert "--stage init" in lines[0] and "--overwrite" not in lines[0]
+    assert not out.exists()  # neither created (nor deleted) anything
+    assert cli(*common, "--stage", "init").returncode == 0
+    for job in at_once("--stage", "blocks"):
+        assert job.returncode == 0, job.stderr
+    assert cli(*common, "--stage", "pyramid").returncode == 0
+    assert zarr.open_group(str(out), mode="r", zarr_format=2).attrs["cellseg"]["complete"]
+    # a store whose settings are not recorded yet (being created) is never offered --overwrite
+    half = tmp_path / "half.zarr"
+    (half / ".cellseg" / "blocks").mkdir(parents=True)
+    model = predictor("3d")
+    with pytest.raises(CellsegError, match="not recorded yet") as error:
+        predict_volume(None, em_path, half, PredictionSettings(), predictor=model)
+    assert "--overwrite" not in str(error.value)
+
+
+def test_a_crash_between_chunks_and_marker_redoes_the_block(em_path, tmp_path, monkeypatch):
+    """The marker is written only after the block's chunks are synced; a crash in between
+    leaves no marker, and the rerun recomputes the block into the same store as an
+    uninterrupted run."""
+    from cellseg import prediction
+
+    model = predictor("3d")
+    settings = PredictionSettings(
+        chunk_voxels=4, block_voxels=(12, 24, 28), dtype="float32", pyramid_levels=2
+    )
+    synced: list[Path] = []
+    original_fsync, original_marker = prediction._fsync, prediction._write_marker
+
+    def fsync(path: Path) -> None:
+        synced.append(path)
+        original_fsync(path)
+
+    def marker(out: Path, index: int, box, seconds: float) -> None:
+        # every chunk file of the block is synced before its marker
+        written = {p for p in out.glob("*/*/s0/*.*.*") if p.stat().st_mtime_ns >= started[0]}
+        assert written <= set(synced)
+        if index == 2:
+            raise RuntimeError("node crash")
+        original_marker(out, index, box, seconds)
+
+    started = [0]
+    monkeypatch.setattr(prediction, "_fsync", fsync)
+    monkeypatch.setattr(prediction, "_write_marker", marker)
+    out = tmp_path / "crashed.zarr"
+    started[0] = time.time_ns()
+    with pytest.raises(RuntimeError, match="node crash"):
+        predict_volume(None, em_path, out, settings, predictor=model)
+    markers = sorted(int(p.stem) for p in (out / ".cellseg" / "blocks").glob("*.json"))
+    assert 2 not in markers and len(markers) >= 2
+    monkeypatch.setattr(prediction, "_write_marker", original_marker)
+    run = predict_volume(None, em_path, out, settings, predictor=model)
+    assert run.blocks_skipped == len(markers) and run.state == "complete"
+    whole = tmp_path / "whole.zarr"
+    predict_volume(None, em_path, whole, settings, predictor=model)
+    expected, got = run_dir(whole), run_dir(out)
+    for key, values in expected.items():
+        np.testing.assert_array_equal(got[key], values, err_msg=key)

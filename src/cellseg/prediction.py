@@ -47,6 +47,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -245,8 +246,10 @@ class PredictionPlan:
     """Where a volume is predicted and how it is cut into windows and blocks.
 
     Coordinates: *grid* indices over the whole EM volume at ``resolution_nm``; *output* indices
-    over the ROI (``grid = output + roi_start``); *image* indices over the ROI plus ``margin``
-    (``image = output + margin``), the array the windows slide over.
+    over the ROI (``grid = output + roi_start``); *image* indices over the whole volume plus
+    ``margin`` (``image = grid + margin``), the array the windows slide over. The windows are
+    anchored to the volume, not the ROI, so a voxel gets the same windows, and the same value,
+    whatever ROI it was requested in.
 
     Attributes:
         em_store, em_group: the EM multiscale group.
@@ -258,9 +261,12 @@ class PredictionPlan:
         window: ``(wz, wy, wx)`` voxels read per window (``wz = 1`` for a 2D model).
         output_margin: voxels the network loses on each side of a window, per axis
             (:attr:`cellseg.inference.Predictor.output_margin`).
-        margin: image voxels before output voxel 0, per axis (context).
+        margin: image voxels before grid voxel 0, per axis (context).
         starts: output-window starts per axis, image indices.
         block: ``(bz, by, bx)`` output voxels per block.
+        carry_axis: the axis along which consecutive blocks share windows (0, z, for a 3D
+            model; 2, x, for a 2D one, whose windows never span a z border); blocks are
+            numbered along it first.
         chunk: output chunk edge, voxels.
     """
 
@@ -278,6 +284,7 @@ class PredictionPlan:
     starts: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
     block: tuple[int, int, int]
     chunk: int
+    carry_axis: int = 0
 
     @property
     def windows(self) -> WindowGrid:
@@ -287,14 +294,31 @@ class PredictionPlan:
 
     def image_box(self, index: int) -> list[tuple[int, int]]:
         """Block ``index``'s output box in image indices."""
+        offset = [r + m for r, m in zip(self.roi_start, self.margin, strict=True)]
         return [
-            (s.start + m, s.stop + m)
-            for s, m in zip(self.block_box(index), self.margin, strict=True)
+            (s.start + o, s.stop + o) for s, o in zip(self.block_box(index), offset, strict=True)
         ]
+
+    def window_counts(self, blocks: Sequence[int]) -> tuple[int, int]:
+        """``(computed, distinct)``: the window forward passes that predicting ``blocks`` in
+        this order costs, and the distinct windows among them (computed / distinct - 1 is the
+        fraction recomputed at block borders)."""
+        grid, a = self.windows, self.carry_axis
+        computed, distinct, previous = 0, set(), None
+        for index in blocks:
+            box = self.image_box(index)
+            chosen = [grid.reaching(k, *box[k]) for k in range(3)]
+            others = [box[k] for k in range(3) if k != a]
+            if previous is not None and previous[0] == others and previous[1] == box[a][0]:
+                chosen[a] = [i for i in chosen[a] if grid.starts[a][i] >= box[a][0]]
+            previous = (others, box[a][1])
+            computed += math.prod(len(c) for c in chosen)
+            distinct.update(itertools.product(*chosen))
+        return computed, len(distinct)
 
     def reader(self, em: Multiscale, em_range: tuple[float, float]) -> EMReader:
         """The plan's EM on image indices (edge values beyond the volume)."""
-        shift = tuple(s - m for s, m in zip(self.roi_start, self.margin, strict=True))
+        shift = tuple(-m for m in self.margin)
         return EMReader(
             em.open_level(self.level), self.level, self.grid_origin_nm, self.resolution_nm,
             shift, em_range,
@@ -322,13 +346,14 @@ class PredictionPlan:
         return math.prod(self.block_counts)
 
     def block_box(self, index: int) -> tuple[slice, slice, slice]:
-        """Output box of block ``index``; blocks run column by column (z fastest)."""
-        nz, _, nx = self.block_counts
-        kz = index % nz
-        ty, tx = divmod(index // nz, nx)
+        """Output box of block ``index``; blocks run along the carry axis first (3D models:
+        column by column, z fastest; 2D models: row by row, x fastest), then x, then y."""
+        position = [0, 0, 0]
+        for axis in dict.fromkeys((self.carry_axis, 2, 1, 0)):
+            index, position[axis] = divmod(index, self.block_counts[axis])
         return tuple(
             slice(k * b, min((k + 1) * b, n))
-            for k, b, n in zip((kz, ty, tx), self.block, self.shape, strict=True)
+            for k, b, n in zip(position, self.block, self.shape, strict=True)
         )  # type: ignore[return-value]
 
     def part_blocks(self, part: int, parts: int) -> range:
@@ -351,6 +376,9 @@ class PredictionPlan:
             "margin": list(self.margin),
             "block": list(self.block),
             "chunk": self.chunk,
+            # the windows anchored to the volume (ROI stores of before were anchored to the ROI)
+            "window_grid": "volume",
+            "carry_axis": self.carry_axis,
         }
 
 
@@ -387,10 +415,11 @@ def plan_prediction(
             )
     shape = tuple(b - a for a, b in zip(lo, hi, strict=True))
     window, output = predictor.window, predictor.output_window
+    # context and windows of the whole volume, whatever the ROI (the same voxel, the same value)
     margin = tuple(
-        0 if w == 1 else context_voxels(w, n) for w, n in zip(output, shape, strict=True)
+        0 if w == 1 else context_voxels(w, n) for w, n in zip(output, grid_shape, strict=True)
     )
-    image = [n + 2 * m for n, m in zip(shape, margin, strict=True)]
+    image = [n + 2 * m for n, m in zip(grid_shape, margin, strict=True)]
     grid = WindowGrid.over(image, output, predictor.output_margin, settings.overlap)
     return PredictionPlan(
         em_store=em.store,
@@ -407,6 +436,7 @@ def plan_prediction(
         starts=grid.starts,
         block=settings.block_voxels,
         chunk=settings.chunk_voxels,
+        carry_axis=0 if window[0] > 1 else 2,
     )
 
 
@@ -424,8 +454,8 @@ def block_logits(
         predictor: the model; its network already on ``device``.
         plan: the geometry.
         reader: the plan's EM (:meth:`PredictionPlan.reader`).
-        blocks: block indices, in the order to compute them (consecutive z blocks of a column
-            share their windows).
+        blocks: block indices, in the order to compute them (consecutive blocks along the
+            plan's carry axis share their windows).
         settings: blending and windows per forward pass.
         device: where the network runs and the sums accumulate.
 
@@ -434,7 +464,7 @@ def block_logits(
     """
     blender = Blender(predictor, plan.windows, settings.blend_mode, settings.sw_batch_size, device)
     boxes = ((index, plan.image_box(index)) for index in blocks)
-    yield from blender.logits(reader.read, boxes, carry_axis=0)  # type: ignore[misc]
+    yield from blender.logits(reader.read, boxes, plan.carry_axis)  # type: ignore[misc]
 
 
 # ------------------------------------------------------------------------------ the output store
@@ -524,14 +554,17 @@ def init_store(out: Path, spec: Mapping[str, Any], plan: PredictionPlan, overwri
         if old == dict(spec):
             return "complete" if held.get("complete") else "resumed"
         if not overwrite:
-            differs = (
-                next((k for k in spec if old.get(k) != spec[k]), "format")
-                if isinstance(old, dict)
-                else "format"
-            )
+            if not isinstance(old, dict):  # being created by another job, or a killed creation
+                raise CellsegError(
+                    f"{out}: a prediction store whose settings are not recorded yet (another "
+                    "job may be creating it); wait for its --stage init to finish, or run "
+                    "--stage init again once no job writes it"
+                )
+            differs = next((k for k in spec if old.get(k) != spec[k]), "format")
             raise CellsegError(
                 f"{out}: holds a prediction made with other settings ({differs} differs); "
-                "delete it, choose another --out, or pass --overwrite"
+                "delete it, choose another --out, or pass --overwrite (several --parts: rerun "
+                "--stage init, which replaces it, before the parts)"
             )
         shutil.rmtree(out)
     # the state directory first: a store killed while being created is still recognised as
@@ -582,11 +615,40 @@ def _write_block(
     dtype: str,
     seconds: float,
 ) -> None:
-    """Write one block's chunks, then its marker (so a kill in between redoes the block)."""
+    """Write one block's chunks, make them durable, then its marker (so a kill or a node crash
+    in between redoes the block: a marker never outlives its chunks)."""
+    arrays = [f"{kind}/{name}/s0" for name in CLASSES for kind in ("probabilities", "masks")]
     for c, name in enumerate(CLASSES):  # class by class: temporaries 1/14 of the block
         stored = _quantize(probabilities[c], dtype)
         writer.write(f"probabilities/{name}/s0", box, stored)
         writer.write(f"masks/{name}/s0", box, mask_of(stored, dtype, thresholds[c]))
+    _sync_chunks(out, arrays, box, writer.chunks)
+    _write_marker(out, index, box, seconds)
+
+
+def _sync_chunks(
+    out: Path, arrays: Sequence[str], box: tuple[slice, slice, slice], chunks: Sequence[int]
+) -> None:
+    """fsync the chunk files of ``box`` in each array, then the arrays' directories (which hold
+    the new names, and the removal of all-zero chunks)."""
+    ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(box, chunks, strict=True)]
+    for array in arrays:
+        folder = out / array
+        for key in itertools.product(*ranges):
+            with contextlib.suppress(FileNotFoundError):  # an all-zero chunk is not stored
+                _fsync(folder / ".".join(map(str, key)))
+        _fsync(folder)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _write_marker(out: Path, index: int, box: tuple[slice, slice, slice], seconds: float) -> None:
     write_json_atomic(
         _marker(out, index),
         {"block": index, "box": [[s.start, s.stop] for s in box], "seconds": round(seconds, 3)},
@@ -815,7 +877,14 @@ def predict_volume(
     )
     plan = plan_prediction(em, predictor, settings, roi)
     spec = _spec(predictor, plan, settings, identity)
-    if stage in ("all", "init"):
+    if parts > 1 and stage in ("all", "blocks") and not (out.is_dir() and any(out.iterdir())):
+        # parts started at once would race to create the store (and the loser's error advised
+        # --overwrite, deleting a store the others write): one init first, then the parts
+        raise CellsegError(
+            f"{out}: --parts {parts} needs the store made first: run this command once with "
+            "--stage init (no --part/--parts), then the parts with --stage blocks"
+        )
+    if stage in ("all", "init") and not (parts > 1 and stage == "all"):
         state = init_store(out, spec, plan, overwrite or stage == "init")
     else:
         state = init_store(out, spec, plan, overwrite=False) if out.exists() else "missing"
