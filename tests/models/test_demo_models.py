@@ -64,7 +64,9 @@ def test_demo_forward_backward(name: str, dim: str, autocast: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "dim"), [(n, d) for n in ("unet", "resnet", "swin", "vit") for d in ("2d", "3d")]
+    ("name", "dim"),
+    [(n, d) for n in ("unet", "resnet", "swin", "vit") for d in ("2d", "3d")]
+    + [("resenc", "3d"), ("mednext", "3d")],
 )
 def test_the_output_layer_bias_shifts_the_logits_exactly(name, dim):
     model = build_model(name, dim, preset="demo").eval()

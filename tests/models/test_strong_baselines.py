@@ -108,18 +108,6 @@ def test_demo_forward_backward_any_valid_shape(name: str, shape: tuple[int, ...]
     assert not missing, missing
 
 
-@pytest.mark.parametrize(("name", "dim"), STRONG)
-def test_output_bias_shifts_the_logits(name: str, dim: str) -> None:
-    model = build_model(name, dim, preset="demo").eval()
-    x = torch.rand(1, 1, *model.input_rule.default)
-    shift = torch.linspace(-3.0, 3.0, NUM_CLASSES)
-    with torch.no_grad():
-        before = model(x)
-        model.init_output_bias(model.output_layer().bias + shift)
-        after = model(x)
-    torch.testing.assert_close(after - before, shift.view(1, -1, 1, 1, 1).expand_as(before))
-
-
 def test_bad_shapes_and_options_fail_in_one_line() -> None:
     with pytest.raises(CellsegError, match=r"model resenc 3d: input spatial shape 32x96x256"):
         check_input_shape("resenc", "3d", (32, 96, 256))
