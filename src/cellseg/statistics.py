@@ -719,22 +719,48 @@ def compare_with_best(
         parts = np.stack((2 * tp, 2 * tp + fp + fn), axis=-1)  # (M, N, K, 2)
         sums = parts.sum(axis=1)
         estimates = _pooled_dice(sums[..., 0], sums[..., 1]).mean(axis=1)
+    rng = np.random.default_rng(seed)
+    best, p_adjusted = _step_down_against_the_best(
+        estimates,
+        lambda remaining: _permuted_statistics(parts[remaining], statistic, n_resamples, rng),
+        n_resamples,
+    )
+    return BestComparison(best, estimates, p_adjusted, arrays[0].shape[0], int(n_resamples))
+
+
+def _step_down_against_the_best(
+    estimates: np.ndarray,
+    permuted: Callable[[list[int]], np.ndarray],
+    n_resamples: int,
+) -> tuple[int, np.ndarray]:
+    """Westfall-Young step-down of "worse than the best", the best chosen again in every
+    permutation: the worst model against the permuted gaps (best minus worst) of all of them,
+    the next against those of the ones left, each p-value at least the one before.
+
+    Args:
+        estimates: ``(M,)`` each model's statistic.
+        permuted: ``permuted(remaining) -> (n_resamples, len(remaining))``, the statistics of
+            the models ``remaining`` under ``n_resamples`` permutations of their labels.
+        n_resamples: permutations per step.
+
+    Returns:
+        the index of the best (the first of a tie) and ``(M,)`` adjusted p-values (NaN for it).
+    """
     best = int(np.argmax(estimates))
     gaps = estimates[best] - estimates
-    rng = np.random.default_rng(seed)
-    p_adjusted = np.full(len(arrays), np.nan)
-    remaining = list(range(len(arrays)))
+    p_adjusted = np.full(len(estimates), np.nan)
+    remaining = list(range(len(estimates)))
     previous = 0.0
     # worst first; a tie keeps the input order
     for worst in sorted((m for m in remaining if m != best), key=lambda m: (-gaps[m], m)):
-        permuted = _permuted_statistics(parts[remaining], statistic, n_resamples, rng)
-        spread = permuted.max(axis=1) - permuted.min(axis=1)
+        statistics = permuted(remaining)
+        spread = statistics.max(axis=1) - statistics.min(axis=1)
         # a tolerance: permutations that reproduce the observed gap up to rounding count
         at_least = np.count_nonzero(spread >= gaps[worst] - 1e-12 * max(abs(gaps[worst]), 1.0))
         previous = max(previous, (1 + at_least) / (1 + n_resamples))
         p_adjusted[worst] = previous
         remaining.remove(worst)
-    return BestComparison(best, estimates, p_adjusted, arrays[0].shape[0], int(n_resamples))
+    return best, p_adjusted
 
 
 def compare_runs_with_best(
@@ -777,22 +803,15 @@ def compare_runs_with_best(
     if np.isnan(scores).any():
         raise ValueError("every group needs a score for every seed index")
     estimates = scores.mean(axis=1)
-    best = int(np.argmax(estimates))
-    gaps = estimates[best] - estimates
     rng = np.random.default_rng(seed)
-    p_adjusted = np.full(len(scores), np.nan)
-    remaining = list(range(len(scores)))
-    previous = 0.0
-    for worst in sorted((g for g in remaining if g != best), key=lambda g: (-gaps[g], g)):
+
+    def permuted(remaining: list[int]) -> np.ndarray:
         subset = scores[remaining]  # (m, S)
         # each permutation sorts random keys per seed index: independent label shuffles
         order = np.argsort(rng.random((n_resamples, *subset.shape)), axis=1)
-        permuted = np.take_along_axis(subset[None], order, axis=1).mean(axis=2)  # (R, m)
-        spread = permuted.max(axis=1) - permuted.min(axis=1)
-        at_least = np.count_nonzero(spread >= gaps[worst] - 1e-12 * max(abs(gaps[worst]), 1.0))
-        previous = max(previous, (1 + at_least) / (1 + n_resamples))
-        p_adjusted[worst] = previous
-        remaining.remove(worst)
+        return np.take_along_axis(subset[None], order, axis=1).mean(axis=2)  # (R, m)
+
+    best, p_adjusted = _step_down_against_the_best(estimates, permuted, n_resamples)
     return BestComparison(best, estimates, p_adjusted, scores.shape[1], int(n_resamples))
 
 
