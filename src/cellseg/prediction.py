@@ -13,32 +13,41 @@ neuroglancer.
 Geometry. The prediction grid has the model's voxel size ``r`` and starts at the EM volume's
 lower corner (voxel ``i`` centred at ``start + (i + 1/2) r``; with an EM level at ``r`` it *is*
 that level's grid and the EM is read without interpolation). An optional ROI (nm) keeps the grid
-voxels that overlap it. As in evaluation, the network sees the ROI plus a margin of half a window
-per axis (EM beyond the volume repeats its edge); 2D models see z slices (window depth 1, no z
-margin).
+voxels that overlap it. The windows slide over the whole volume plus a margin of half a window
+per axis (EM beyond the volume repeats its edge), whatever the ROI: anchored to the volume, they
+give a voxel the same value however it was requested; 2D models see z slices (window depth 1,
+no z margin).
 
-Blending across block borders. The windows are :mod:`cellseg.inference`'s grid over the whole
-(ROI + margin) image (MONAI's placement), fixed by its size, the window and the overlap; each
-output voxel is ``sum_w g_w z_w / sum_w g_w`` over the windows covering it (``g``: the importance
-map); models with an output margin read that much more EM around each window. A block computes every window of that global grid that intersects its core, so each voxel gets
-exactly the windows and weights of a whole-volume run: a blockwise run equals a whole-volume run
-(to float rounding). Blocks are ``block_voxels`` tiles of the output (multiples of its chunks, so
-jobs write disjoint chunks). Within one run, consecutive blocks of a column (same y-x tile, next
-z) share their windows: a window spanning the z border is computed once and its contribution to
-the next block is carried over, so a run pays duplicated windows only at y-x tile borders and at
-its first block. Memory: two blocks' accumulators, ``(bz + window_z) × by × bx × 15 × 4`` bytes
+Blending across block borders. The windows are :mod:`cellseg.inference`'s grid over that image
+(MONAI's placement), fixed by its size, the window and the overlap; each output voxel is
+``sum_w g_w z_w / sum_w g_w`` over the windows covering it (``g``: the importance map); models
+with an output margin read that much more EM around each window. A block computes every window
+of that global grid that intersects its core, so each voxel gets exactly the windows and weights
+of a whole-volume run: a blockwise run equals a whole-volume run (to float rounding). Blocks are
+``block_voxels`` tiles of the output (multiples of its chunks, so jobs write disjoint chunks).
+Within one run, consecutive blocks along the plan's carry axis (z for a 3D model: column by
+column; x for a 2D model, whose windows never span a z border: row by row) share their windows:
+a window spanning that border is computed once and its contribution to the next block is carried
+over, so a run pays duplicated windows only at the other borders. Memory: two blocks'
+accumulators, ``(bz + window_z) × by × bx × 15 × 4`` bytes (2D: ``bz × by × (bx + window_x)``)
 each (the block computing, and the one being written, whose core holds its probabilities in
 place), plus a block's EM and the network's activations, independent of the volume's size (on a
 GPU the accumulator is GPU memory and the host holds two blocks' probabilities,
 ``bz × by × bx × 14 × 4`` bytes each); the output is written chunk by chunk, one class at a time
 (:class:`cellseg.ngff.ChunkWriter`).
 
-Resumability and parallelism. A block's chunks are written, then a small JSON marker
-``OUT/.cellseg/blocks/{index}.json`` (atomically); a rerun skips blocks with a marker. Blocks are
-numbered column by column (z fastest); ``--part I --parts N`` takes the I-th of N contiguous
-ranges, so N SLURM jobs write disjoint regions of one store. ``--stage init`` creates the store,
+Resumability and parallelism. A block's chunks are written and fsynced (files and directories),
+then a small JSON marker ``OUT/.cellseg/blocks/{index}.json`` (atomically); a rerun skips blocks
+with a marker. Blocks are numbered along the carry axis first; ``--part I --parts N`` takes the
+I-th of N contiguous ranges, so N SLURM jobs write disjoint regions of one store (N > 1 parts
+refuse a store that ``--stage init`` did not make first). ``--stage init`` creates the store,
 ``--stage pyramid`` writes the downsampled levels and the final metadata once every block is
 done; the default runs all three.
+
+Why above 800 lines: the settings, the plan, the store's state (init, markers, parts), the
+pyramid and the command are one resumable protocol whose pieces check each other; the windows
+and blending are :mod:`cellseg.inference`'s and the NGFF writing :mod:`cellseg.ngff`'s. Splitting
+the plan (geometry) into its own module is the next step if it grows.
 """
 
 from __future__ import annotations
