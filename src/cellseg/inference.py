@@ -130,10 +130,13 @@ class Predictor:
         Raises:
             CellsegError: the attribute has the wrong length or leaves no output voxel.
         """
+        from cellseg.models.margin import output_margin
+
         spatial = 3 if self.dim == "3d" else 2
-        margin = tuple(
-            int(m) for m in getattr(self.network, "output_margin_voxels", (0,) * spatial)
-        )
+        try:  # the module's attribute, looked up through DDP / torch.compile wrappers
+            margin = output_margin(self.network, spatial)
+        except ValueError as error:
+            raise CellsegError(f"{self.key}: {error} (need {spatial} values)") from None
         window = self.window[-spatial:]
         if len(margin) != spatial or any(
             m < 0 or w - 2 * m < 1 for m, w in zip(margin, window, strict=False)
