@@ -568,3 +568,14 @@ def test_no_study_comparison_leaves_its_holm_family_silently(tmp_path):
         note.startswith("unet_2d~c vs unet_2d~a: not tested (p_vs_best empty): 3 vs 2 seeds")
         for note in study.notes
     ), study.notes
+
+
+def test_only_the_eight_of_the_comparison_are_expected():
+    from cellseg.models import list_models
+    from cellseg.reporting import expected_models
+
+    expected = expected_models()
+    assert len(expected) == 8 and {"unet_2d", "vit_3d"} <= set(expected)
+    # the strong baselines and cosem_3d are registered, yet a config without them is complete
+    registered = {f"{name}_{dim}" for name, dim in list_models()}
+    assert {"resenc_3d", "mednext_3d", "cosem_3d"} <= registered - set(expected)
