@@ -1,29 +1,25 @@
-"""Scheduling of the suite on pytest-xdist's workers (pyproject's ``addopts``: ``-n logical
---maxprocesses 4 --dist loadgroup``).
+"""How the suite is spread over pytest-xdist's workers (pyproject's ``addopts``: ``-n auto
+--dist loadfile``).
 
 Each test file runs on one worker, in order, so a module-scoped fixture (a clone of the
-repository, a trained run) is built once. Files that use an expensive session fixture share one
-worker with every other file using it: the private SLURM cluster (``slurm_cluster``; a second
-one would fight the first over its state directory) and the finished tiny workflow run
-(``finished_run``).
+repository, a trained run) is built once. A session fixture (the private SLURM cluster, the
+finished tiny workflow run) is built once per worker that needs it; each cluster has its own
+state directory and ports.
+
+Workers: one more than the logical CPUs, at most 4. Much of a workflow or SLURM test is spent
+starting processes and waiting for SLURM's status checks, so with one worker per CPU a 2-core
+machine was busy 1.4 cores on average (43 min of user time in 35 min); a third worker fills
+those waits.
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-SHARED_SESSION_FIXTURES = ("slurm_cluster", "finished_run")
+MAX_WORKERS = 4
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    group_of_file: dict[str, str] = {}
-    for item in items:
-        path = item.nodeid.split("::", 1)[0]
-        names = getattr(item, "fixturenames", ())
-        shared = next((name for name in SHARED_SESSION_FIXTURES if name in names), None)
-        if shared is not None:
-            group_of_file[path] = shared
-        else:
-            group_of_file.setdefault(path, path)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group_of_file[item.nodeid.split("::", 1)[0]]))
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    return min(MAX_WORKERS, (os.cpu_count() or 1) + 1)
