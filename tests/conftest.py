@@ -23,3 +23,14 @@ MAX_WORKERS = 4
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return min(MAX_WORKERS, (os.cpu_count() or 1) + 1)
+
+
+@pytest.fixture
+def offline_hub(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    """The Hugging Face Hub as on a machine without network: offline, with an empty cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    constants = pytest.importorskip("huggingface_hub.constants")
+    # huggingface_hub reads the variables at import time; patch the live values as well
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"), raising=False)

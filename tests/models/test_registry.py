@@ -114,15 +114,7 @@ def test_input_rules_and_overrides() -> None:
     assert model_config("unet", "2d", "demo", dropout=0.0)["dropout"] == 0.0
 
 
-def test_pretrained_without_network_fails_cleanly(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
-) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
-    hub = pytest.importorskip("huggingface_hub")
-    # huggingface_hub reads the variables at import time; patch the live values as well
-    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True, raising=False)
-    monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"), raising=False)
+def test_pretrained_without_network_fails_cleanly(offline_hub) -> None:
     with pytest.raises(CellsegError) as info:
         build_model("resnet", "2d", preset="demo", pretrained=True, encoder_kwargs={})
     message = str(info.value)

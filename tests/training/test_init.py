@@ -111,15 +111,7 @@ def test_another_architecture_is_one_line(tmp_path):
         initialize_weights(network, {"checkpoint": str(tmp_path / "junk.pt")}, "test")
 
 
-def test_imagenet_offline_and_on_a_model_without_timm_encoder_are_one_line(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
-):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
-    hub = pytest.importorskip("huggingface_hub")
-    # huggingface_hub reads the variables at import time; patch the live values as well
-    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True, raising=False)
-    monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"), raising=False)
+def test_imagenet_offline_and_on_a_model_without_timm_encoder_are_one_line(offline_hub):
     with pytest.raises(CellsegError) as info:
         initialize_weights(build_model("resnet", "2d", preset="demo"), "imagenet", "test")
     message = str(info.value)

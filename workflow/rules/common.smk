@@ -196,9 +196,8 @@ def train_gpus(wildcards):
     """The GPUs a train job asks for; a local run asking for more than this machine has is
     refused when the job is planned, with one line naming the key (cellseg.resources).
     """
-    settings = model_settings(wildcards)
-    check_local_gpus(settings, LOCAL_GPUS)
-    return training_resources(config, settings).gpus
+    check_local_gpus(model_settings(wildcards), LOCAL_GPUS)
+    return train_job(wildcards).gpus
 
 
 def evaluate_job(wildcards, attempt, datasplit=None):
