@@ -6,6 +6,12 @@ repository, a trained run) is built once. A session fixture (the private SLURM c
 finished tiny workflow run) is built once per worker that needs it; each cluster has its own
 state directory and ports.
 
+Order: the longest files first (longest-processing-time-first scheduling), so that no worker
+starts a 7-minute SLURM test when the others are nearly done. xdist's own order (most tests per
+file first, ``--no-loadscope-reorder`` in ``addopts`` turns it off) would start the SLURM files,
+one or three tests each, last. :func:`pytest_collection_modifyitems` moves the files marked
+``slurm`` to the front, then those marked ``slow``; every worker collects the same order.
+
 Workers: one more than the logical CPUs, at most 4. Much of a workflow or SLURM test is spent
 starting processes and waiting for SLURM's status checks, so with one worker per CPU a 2-core
 machine was busy 1.4 cores on average (43 min of user time in 35 min); a third worker fills
@@ -23,6 +29,17 @@ MAX_WORKERS = 4
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return min(MAX_WORKERS, (os.cpu_count() or 1) + 1)
+
+
+def _expected_length(item: pytest.Item) -> int:
+    """0 for a SLURM test (minutes, mostly waiting for the cluster), 1 for another slow one."""
+    if item.get_closest_marker("slurm"):
+        return 0
+    return 1 if item.get_closest_marker("slow") else 2
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=_expected_length)  # stable: each file's tests keep their order
 
 
 @pytest.fixture

@@ -13,18 +13,13 @@ one 10-minute job.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from cluster import option, sbatch_calls
+from workflow_runs import overlay, run_workflow
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
-
-REPO = Path(__file__).resolve().parents[2]
-TEST_CONFIG = REPO / ".test" / "config" / "config.yaml"
 
 MODELS = {
     # two "GPUs": torchrun starts two gloo ranks inside the one job
@@ -35,9 +30,7 @@ MODELS = {
 
 
 def config_file(tmp_path: Path) -> Path:
-    config = yaml.safe_load(TEST_CONFIG.read_text())
-    config["models"] = MODELS
-    config["preflight"] = {
+    preflight = {
         "enabled": True,
         "warmup_steps": 1,
         "timed_steps": 2,
@@ -46,30 +39,15 @@ def config_file(tmp_path: Path) -> Path:
         "allreduce_mb": 1,
         "min_supply_ratio": 0,
     }
-    path = tmp_path / "preflight.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def run_workflow(
-    cluster, workdir: Path, config: Path, *targets: str, retries: int = 0
-) -> tuple[int, str]:
-    profile = cluster.make_test_profile(workdir / "profile", {"configfile": str(config)})
-    environment = cluster.env | {"PYTHONPATH": str(REPO / "src")}
-    environment["PATH"] = f"{Path(sys.executable).parent}:{environment['PATH']}"
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-         "--profile", str(profile), "--retries", str(retries), *targets],
-        cwd=workdir, env=environment, capture_output=True, text=True, timeout=1200,
-    )  # fmt: skip
-    return result.returncode, result.stdout + result.stderr
+    return overlay(tmp_path, "preflight", models=MODELS, preflight=preflight)
 
 
 def test_preflight_decides_which_runs_train(slurm_cluster, tmp_path):
     config = config_file(tmp_path)
     # retries 1: the profile's retries reach the preflight jobs (their own Snakemake has 0)
-    status, log = run_workflow(slurm_cluster, tmp_path, config, "preflight", retries=1)
-    assert status == 0, log[-6000:] + slurm_cluster.log_tail()
+    result = run_workflow(slurm_cluster, tmp_path, config, "preflight", retries=1)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-6000:] + slurm_cluster.log_tail()
     calls = sbatch_calls(log)
     # only the preflights (and the class count they read) were submitted; the table is local
     assert {name.split("_wildcards_")[0] for name in calls} == {
@@ -98,8 +76,9 @@ def test_preflight_decides_which_runs_train(slurm_cluster, tmp_path):
     assert not (results / "models").exists(), "`preflight` trains nothing"
 
     targets = [f"results/models/{key}/best.pt" for key in MODELS]
-    status, log = run_workflow(slurm_cluster, tmp_path, config, *targets, "--keep-going")
-    assert status != 0, "the no-go run's train job fails"
+    result = run_workflow(slurm_cluster, tmp_path, config, *targets, "--keep-going")
+    log = result.stdout + result.stderr
+    assert result.returncode != 0, "the no-go run's train job fails"
     calls = sbatch_calls(log)
     # the preflights are not run again: only the two train jobs are submitted
     assert {name.split("_wildcards_")[0] for name in calls} == {"train"}, sorted(calls)

@@ -1,0 +1,45 @@
+"""A training job that reaches its SLURM time limit stops itself with a checkpoint (exit 75)
+before SLURM kills it, and the profile's retry resumes and finishes it (the Longleaf profile on
+the real single-node SLURM, the tiny test DAG)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from workflow_runs import overlay, run_workflow
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+
+def test_job_hitting_its_time_limit_checkpoints_and_the_retry_finishes(slurm_cluster, tmp_path):
+    # a 2-minute SLURM limit and a 0.75-minute margin: the trainer stops itself 75 s after the
+    # job's start (start-up included: 15-40 s on this node) with a checkpoint (exit 75), long
+    # before SLURM would kill it; the profile's retries resume it. 1000 steps: 2 attempts at the
+    # ~10 steps/s of a quiet 2-core node (200 steps took 26 s), more on a loaded one
+    slow = {
+        "runtime_min": 2,
+        "time_budget_margin_min": 0.75,
+        "max_epochs": 2,
+        "iterations_per_epoch": 500,
+    }
+    config = overlay(tmp_path, "short", models={"unet_2d": slow})
+    result = run_workflow(
+        slurm_cluster, tmp_path, config, "results/models/unet_2d/best.pt", retries=20, timeout=2400
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-6000:]
+    # Snakemake clears the rule's log before a retry; the run directory's train.log keeps all
+    train_log = (tmp_path / "results/models/unet_2d/train.log").read_text()
+    # SLURM_JOB_END_TIME minus the margin where SLURM sets it (not the test node's 22.05), else
+    # the rule's budget counted from the training process's start
+    assert (
+        "SLURM_JOB_END_TIME (" in train_log and "minus 0.75 min margin reached" in train_log
+    ) or "time budget of 1.2 min from the job's start reached" in train_log
+    assert "resumed from" in train_log
+    attempts = sorted(
+        (tmp_path / ".snakemake/slurm_logs/rule_train/unet_2d").glob("*.log"),
+        key=lambda p: int(p.stem),
+    )
+    assert len(attempts) >= 2, "the job was submitted again after stopping itself"
+    assert "non-zero exit status 75" in attempts[0].read_text()
+    assert len(pd.read_csv(tmp_path / "results/models/unet_2d/history.csv")) == 2
