@@ -1,7 +1,9 @@
 """Challenge-style scores: hand-built crops with known matches and distances, checked against
 independent references (brute-force point distances, brute-force matchings), and the official
 scorer's own values on 10 crops (``tests/fixtures/challenge_reference``, copied from
-``shared/challenge_reference``; its README says how the scorer was called)."""
+``shared/challenge_reference``; its README says how the scorer was called) and on 4 crops whose
+matching is tied (``tie_reference_scores.json`` there: built for these tests, scored the same
+way)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from cellseg import challenge
@@ -46,11 +49,16 @@ def brute_hausdorff(a: np.ndarray, b: np.ndarray, voxel_size) -> float:
     return float(max(d.min(axis=1).max(), d.min(axis=0).max()))
 
 
+def present(labels: np.ndarray) -> list[int]:
+    """The nonzero ids of a label image."""
+    return [int(i) for i in np.unique(labels) if i != 0]
+
+
 def ious(truth: np.ndarray, pred: np.ndarray) -> dict[tuple[int, int], float]:
-    """IoU of every (truth id, pred id) pair, by explicit masks."""
+    """IoU of every (truth id, pred id) pair of present ids, by explicit masks."""
     out = {}
-    for t in range(1, truth.max() + 1):
-        for p in range(1, pred.max() + 1):
+    for t in present(truth):
+        for p in present(pred):
             a, b = truth == t, pred == p
             union = np.count_nonzero(a | b)
             out[t, p] = np.count_nonzero(a & b) / union if union else 0.0
@@ -67,7 +75,7 @@ def optimal_matchings(truth: np.ndarray, pred: np.ndarray) -> tuple[int, list[di
     """The largest total worth over all one-to-one matchings of overlapping pairs, and every
     matching (``{pred: truth}``) that reaches it."""
     iou = ious(truth, pred)
-    t_ids, p_ids = list(range(1, truth.max() + 1)), list(range(1, pred.max() + 1))
+    t_ids, p_ids = present(truth), present(pred)
     found: dict[int, list[dict[int, int]]] = {}
     for choice in itertools.product([None, *p_ids], repeat=len(t_ids)):
         used = [p for p in choice if p is not None]
@@ -84,7 +92,7 @@ def optimal_matchings(truth: np.ndarray, pred: np.ndarray) -> tuple[int, list[di
 def brute_best_matching(truth: np.ndarray, pred: np.ndarray) -> float:
     """Largest ``Σ (IoU + 1e-6)`` over all one-to-one matchings of overlapping pairs."""
     iou = ious(truth, pred)
-    t_ids, p_ids = list(range(1, truth.max() + 1)), list(range(1, pred.max() + 1))
+    t_ids, p_ids = present(truth), present(pred)
     best = 0.0
     # each truth instance takes a distinct prediction or none (None)
     for choice in itertools.product([None, *p_ids], repeat=len(t_ids)):
@@ -323,6 +331,7 @@ def test_truth_ids_keep_their_values_and_drop_background():
 
 FIXTURES = Path(__file__).parent / "fixtures" / "challenge_reference"
 REFERENCE = json.loads((FIXTURES / "reference_scores.json").read_text())
+TIES = json.loads((FIXTURES / "tie_reference_scores.json").read_text())
 SEMANTIC = ("mito_lum", "er_lum")
 
 
@@ -350,7 +359,7 @@ def score_case(case: dict, mode: str) -> tuple[str, dict[str, float]]:
     return score.status, values
 
 
-@pytest.mark.parametrize("case", REFERENCE, ids=[c["case"] for c in REFERENCE])
+@pytest.mark.parametrize("case", REFERENCE + TIES, ids=[c["case"] for c in REFERENCE + TIES])
 def test_official_mode_reproduces_the_official_scorer(case):
     status, values = score_case(case, OFFICIAL)
     assert status == case["reference_status"]
@@ -399,6 +408,78 @@ def test_both_modes_in_one_call_and_their_columns():
 # ------------------------------------------------------------------------------ matching ties
 
 
+def lsa_pairs(rows, cols, iou, n_truth, n_pred) -> dict[int, int]:
+    """The matching cellseg used before it ran the challenge's solver: the same integer worth
+    maximised by ``scipy.optimize.linear_sum_assignment`` over the instances that overlap
+    something; optimal too, but it breaks ties its own way."""
+    truth_ids, r = np.unique(rows, return_inverse=True)
+    pred_ids, c = np.unique(cols, return_inverse=True)
+    weight = np.zeros((truth_ids.size, pred_ids.size))
+    weight[r, c] = [worth(v) for v in iou]
+    assigned_r, assigned_c = linear_sum_assignment(weight, maximize=True)
+    return {
+        int(pred_ids[j]): int(truth_ids[i])
+        for i, j in zip(assigned_r, assigned_c, strict=True)
+        if weight[i, j] > 0
+    }
+
+
+def tie_crop(case: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A tie fixture's ``nuc`` truth and thresholded prediction, unannotated voxels zeroed."""
+    data = np.load(FIXTURES / case["file"])
+    known = data["nuc_truth"] != 255
+    return data["nuc_truth"] * known, (data["nuc_prediction"] * known) > 0
+
+
+TIE_CHANGES = {  # what the old tie-break changed: the number of pairs, or only the distances
+    "tie_one_pair": ("f1", "tp"),
+    "tie_two_pairs": ("f1", "tp"),
+    "tie_absent_ids": ("f1", "tp"),
+    "tie_hausdorff": ("hausdorff",),
+}
+
+
+@pytest.mark.parametrize("case", TIES, ids=[c["case"] for c in TIES])
+def test_ties_are_broken_as_the_official_scorer_breaks_them(case, monkeypatch):
+    """Each tie fixture has several optimal matchings (brute force); the official scorer's choice
+    is reproduced (``test_official_mode_reproduces_the_official_scorer``), and the matching cellseg
+    used before (``linear_sum_assignment``) chose another, which changes the score: in three crops
+    the number of pairs (one pair worth w3 against two worth w1 + w2 = w3), in the fourth only
+    the Hausdorff part (two equally worth pieces of different shape)."""
+    truth, pred = tie_crop(case)
+    labels, _ = connected_components(pred)
+    _, matchings = optimal_matchings(truth, labels)
+    assert len(matchings) >= 2  # a real tie
+    sizes = {len(m) for m in matchings}
+    changed = TIE_CHANGES[case["case"]]
+    assert (len(sizes) > 1) == ("tp" in changed)
+    chosen = match_instances(truth.astype(np.int64), labels)
+    assert chosen in matchings
+    monkeypatch.setattr(challenge, "_match_pairs", lsa_pairs)
+    old = match_instances(truth.astype(np.int64), labels)
+    assert old in matchings and old != chosen
+    _, values = score_case(case, OFFICIAL)
+    differs = {k for k, v in case["reference"].items() if abs(values[k] - v) > 1e-6}
+    assert set(changed) <= differs
+    assert differs <= {*changed, "fp", "fn", "hausdorff", "combined", "overall"}
+
+
+def test_the_flow_has_a_node_for_every_id_up_to_the_largest():
+    """``tie_absent_ids`` (ids {4, 52}): the same pairs with the ids renumbered 1, 2 (no nodes
+    for the absent ids) make the solver choose the other optimal matching, so absent ids must
+    keep their nodes, as in the official scorer's network."""
+    case = next(c for c in TIES if c["case"] == "tie_absent_ids")
+    truth, pred = tie_crop(case)
+    labels, _ = connected_components(pred)
+    truth = truth.astype(np.int64)
+    assert present(truth) == [4, 52]
+    compact = np.searchsorted([0, 4, 52], truth)  # 4 -> 1, 52 -> 2
+    ids = {1: 4, 2: 52}
+    renumbered = {p: ids[t] for p, t in match_instances(compact, labels).items()}
+    assert renumbered != match_instances(truth, labels)
+    assert len(renumbered) != len(match_instances(truth, labels))  # here even F1 would change
+
+
 def scores_under_every_optimal_matching(truth, pred, monkeypatch) -> list[dict]:
     """The official and corrected scores of the crop with the matching forced to each matching of
     the best total worth (all ties), by brute force."""
@@ -434,10 +515,13 @@ def test_a_tie_between_mirror_images_cannot_change_the_score(monkeypatch):
     assert score_instance_modes(truth, pred, VOXEL) == scores[0]
 
 
-def test_ties_among_equal_worth_pairs_cannot_change_f1(monkeypatch):
-    """Ties that swap which of two equally worth predictions a true instance takes keep the number
-    of matches, so F1 (TP, FP, FN) is the same under every optimal matching; only distances can
-    differ: here, under the official quirk, the true id 1 gathers the unmatched component 1."""
+def test_a_mirror_tie_changes_the_official_hausdorff_through_the_numbering(monkeypatch):
+    """The same tie with the true id 1: both matchings have one pair (same F1) and mirror-image
+    distances (same corrected score), but under the official quirk the true id 1 also gathers
+    the unmatched component 1 when component 2 is chosen (measured against both ends it is
+    nearer), so the tie-break matters there; the solver picks component 2 (the last), as the
+    official scorer's flow does for one instance and two equally worth pieces
+    (``tie_hausdorff``)."""
     truth, pred = mirror_tie(1)
     scores = scores_under_every_optimal_matching(truth, pred, monkeypatch)
     assert len(scores) == 2
@@ -445,7 +529,13 @@ def test_ties_among_equal_worth_pairs_cannot_change_f1(monkeypatch):
     assert counts == {(1, 1, 0)}
     assert scores[0][CORRECTED] == scores[1][CORRECTED]  # mirror images
     official = sorted(s[OFFICIAL].hausdorff_sum_nm for s in scores)
-    assert official[0] < official[1]  # the tie-break matters here: see docs/evaluation.md
+    assert official[0] < official[1]
+    monkeypatch.undo()
+    assert match_instances(truth, connected_components(pred)[0]) == {2: 1}
+    score = score_instances(truth, pred, VOXEL)
+    assert score.hausdorff_sum_nm == official[0]
+    # the official score_instance (ortools 9.15.6755) on this crop, as the fixtures were made
+    assert score.hausdorff_norm_sum == pytest.approx(1.9626555210431045, abs=1e-12)
 
 
 def test_large_sparse_ids_score_as_small_ones():
@@ -466,17 +556,18 @@ def test_large_sparse_ids_score_as_small_ones():
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_tied_optimal_matchings_have_the_same_number_of_pairs(seed):
-    """IoUs drawn from a few exact values make ties common (equal sums: 1/8 + 1/4 = 3/8). Every
-    matching of the best total worth then has the same number of pairs (the worth's +1 per pair
-    prefers more pairs at equal IoU), so TP, FP, FN and F1 cannot depend on which tie the solver
-    picks; and the one chosen here is among the optimal ones."""
+def test_the_flow_finds_an_optimal_matching_among_ties(seed):
+    """IoUs drawn from a few exact values make ties common (equal sums: 1/8 + 1/4 = 3/8); the
+    matching chosen is one of the best total worth. With such exact IoUs every optimal matching
+    has the same number of pairs (the worth's +1 per pair prefers more pairs at equal IoU); a tie
+    between different numbers of pairs needs IoUs that add up to within about 10^-6 (the
+    ``tie_*_pair*`` fixtures)."""
     rng = np.random.default_rng(seed)
     ties = 0
     for _ in range(50):
         n_truth, n_pred = rng.integers(1, 5), rng.integers(1, 6)
         dense = rng.choice([0, 0, 1 / 8, 1 / 4, 3 / 8, 1 / 3, 1 / 2], size=(n_truth, n_pred))
-        rows, cols = np.nonzero(dense)
+        rows, cols = np.nonzero(dense)  # truth-major, as the official pairs are ordered
         if rows.size == 0:
             continue
         worths = {(t + 1, p + 1): worth(dense[t, p]) for t, p in zip(rows, cols, strict=True)}
@@ -492,7 +583,10 @@ def test_tied_optimal_matchings_have_the_same_number_of_pairs(seed):
         best = max(sizes)
         ties += count[best] > 1
         assert len(sizes[best]) == 1
-        chosen = challenge._match_pairs(rows + 1, cols + 1, dense[rows, cols])
+        chosen = challenge._match_pairs(
+            rows + 1, cols + 1, dense[rows, cols], int(n_truth), int(n_pred)
+        )
+        assert len(set(chosen.values())) == len(chosen)  # one-to-one
         assert sum(worths[t, p] for p, t in chosen.items()) == best
         assert len(chosen) in sizes[best]
     assert ties >= 5  # the draws do tie (49 of 194 cases over the 4 seeds)

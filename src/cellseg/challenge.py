@@ -18,11 +18,14 @@ challenge`` at commit ``6b9ad6893ef1059227917af2a59cc2e61d84fa7e`` (2026-06-30),
   14 classes only ``nuc``): per crop,
 
   1. the prediction is relabelled by connected components (``cc3d``, 26-connectivity);
-  2. ground-truth and predicted instances are matched one-to-one by a min-cost flow whose edges
-     are the pairs with IoU > 0 (IoU rounded to float32), of cost ``int((1 - IoU) 10^6)``
-     against ``10^6 + 1`` for leaving a ground-truth instance unmatched: it maximises the summed
-     integer worth ``10^6 + 1 - cost`` of the matched pairs (:func:`matching_weights`). There is
-     no IoU threshold: any overlap can match;
+  2. ground-truth and predicted instances are matched one-to-one by a min-cost flow (OR-Tools'
+     ``SimpleMinCostFlow``) whose edges are the pairs with IoU > 0 (IoU rounded to float32), of
+     cost ``int((1 - IoU) 10^6)`` against ``10^6 + 1`` for leaving a ground-truth instance
+     unmatched: it maximises the summed integer worth ``10^6 + 1 - cost`` of the matched pairs
+     (:func:`matching_weights`). There is no IoU threshold: any overlap can match. Between tied
+     matchings (equal summed worth) the solver's choice depends on the network's layout: a node
+     per ground-truth id up to the largest (absent ids included), the arcs in a fixed order; a
+     tie can even be between one pair and two, so F1 depends on it;
   3. before matching, a crop with too many predicted instances, ``n_pred / n_truth >
      10 + 50 exp(-n_truth / 5)`` with ``n_truth`` the *largest ground-truth id*, or with more
      than 5 million overlapping pairs, is skipped: it contributes nothing (zero counts, no
@@ -61,15 +64,23 @@ behaviours that look unintended:
   instance 11 nm from its match can score as if at the cap); corrected measures each
   ground-truth instance against its matched component only.
 
-Both modes share the rest: matching (ties between matchings of equal total worth are broken by
-``scipy.optimize.linear_sum_assignment``, not as OR-Tools' min-cost flow breaks them; see
-:func:`match_instances`), the 5-million-pair limit, and the arithmetic above. Also in both:
+Both modes share the rest: the matching (:func:`match_instances`: OR-Tools' min-cost flow on the
+network the official scorer builds, so ties are broken as there; ``tests/test_challenge.py``
+reproduces the scorer's values on four tied crops where ``scipy``'s ``linear_sum_assignment``
+chose otherwise), the 5-million-pair limit, and the arithmetic above. Also in both:
 
 * A ground-truth array of an instance class stored as semantic 0/1 (no instance ids) is split into
   instances by connected components (26-connectivity) by :mod:`cellseg.evaluation`; the
   challenge's ground truth always has ids.
 * With no instance class (or no semantic class) annotated in any crop the official overall score
   is 0 (that part counts 0); corrected makes it NaN (undefined).
+* Ground-truth ids above 2^20 (:func:`score_instance_modes`) get flow nodes by rank, not one
+  per id up to the largest as the official scorer's (millions of nodes there); only a tied
+  matching in such a crop can be broken differently.
+
+The challenge does not pin OR-Tools; the solver's tie-break is that of the installed version
+(:data:`ORTOOLS_VERSION`, recorded with the scores; checked against the official scorer with
+9.15.6755).
 """
 
 from __future__ import annotations
@@ -79,8 +90,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+import ortools
+from ortools.graph.python import min_cost_flow
 from scipy import ndimage
-from scipy.optimize import linear_sum_assignment
 
 from cellseg.classes import CLASSES
 
@@ -93,6 +105,7 @@ __all__ = [
     "INSTANCE_SUM_COLUMNS",
     "INTEGER_INSTANCE_COLUMNS",
     "OFFICIAL",
+    "ORTOOLS_VERSION",
     "SCORED",
     "SCORER_MODES",
     "SKIPPED",
@@ -123,6 +136,10 @@ CHALLENGE_SOURCE = (
     "src/cellmap_segmentation_challenge/utils/eval_utils/"
 )
 """Where the scoring rules implemented here were read."""
+
+ORTOOLS_VERSION: str = ortools.__version__
+"""The OR-Tools whose min-cost flow matches the instances: its tie-break between matchings of equal
+worth is the scores' (the challenge does not pin a version)."""
 
 CHALLENGE_INSTANCE_CLASSES: tuple[str, ...] = (
     "nuc", "vim", "ves", "endo", "lyso", "ld", "perox", "mito", "np", "mt", "cell", "instance",
@@ -288,9 +305,10 @@ def matching_weights(iou: np.ndarray) -> np.ndarray:
     The challenge rounds IoU to float32, costs a match ``int((1 - IoU) 10^6)`` (truncated) and an
     unmatched ground-truth instance ``10^6 + 1``; minimising the total cost is maximising the sum
     of ``10^6 + 1 - int((1 - IoU) 10^6)`` over the matched pairs (every pair is worth at least 1,
-    so any overlap beats no match). Equal weights are ties there: IoUs closer than ``10^-6`` can
-    tie, and the solver's choice between tied matchings is not specified (see
-    :func:`match_instances`).
+    so any overlap beats no match). Matchings of equal summed worth are ties; which one is chosen
+    is the solver's (:func:`match_instances`). A tie can even have different numbers of pairs:
+    one pair worth ``w3`` against two worth ``w1 + w2 = w3``, which needs ``IoU3`` within about
+    ``2 10^-6`` above ``IoU1 + IoU2``.
 
     Returns:
         int64 weights, the shape of ``iou``.
@@ -300,37 +318,70 @@ def matching_weights(iou: np.ndarray) -> np.ndarray:
     return COST_SCALE + 1 - cost
 
 
-def _match_pairs(rows: np.ndarray, cols: np.ndarray, iou: np.ndarray) -> dict[int, int]:
-    """``{pred_id: truth_id}`` maximising the summed :func:`matching_weights` of the pairs."""
+def _match_pairs(
+    rows: np.ndarray, cols: np.ndarray, iou: np.ndarray, n_truth: int, n_pred: int
+) -> dict[int, int]:
+    """``{pred_id: truth_id}``: the min-cost flow the official scorer solves, built the same way.
+
+    The solver's choice between tied matchings depends on the network's node numbering and arc
+    order, so both follow the official scorer's: node 0 the source, ground-truth id ``t`` node
+    ``t`` (a node for *every* id up to ``n_truth``, present or not: the absent ones change the
+    choice too), component ``p`` node ``n_truth + p``, the sink last; arcs source → each truth
+    node, each truth node → sink (``10^6 + 1``, unmatched), the overlapping pairs in the order
+    given, each component → sink; capacity 1, supply ``n_truth`` at the source.
+
+    Args:
+        rows, cols: ``(E,)`` truth and component ids (``1..n``) of the overlapping pairs, sorted
+            by truth id, then component id (as :func:`_iou_pairs` returns them).
+        iou: ``(E,)`` their IoU.
+        n_truth: the largest truth id (number of truth nodes).
+        n_pred: the number of components.
+    """
     if rows.size == 0:
         return {}
-    # a dense matrix over only the instances that overlap something
-    truth_ids, r = np.unique(rows, return_inverse=True)
-    pred_ids, c = np.unique(cols, return_inverse=True)
-    weight = np.zeros((truth_ids.size, pred_ids.size), dtype=np.float64)  # exact below 2^53
-    weight[r, c] = matching_weights(iou)
-    assigned_r, assigned_c = linear_sum_assignment(weight, maximize=True)
-    return {
-        int(pred_ids[j]): int(truth_ids[i])
-        for i, j in zip(assigned_r, assigned_c, strict=True)
-        if weight[i, j] > 0
-    }
+    truth_nodes = np.arange(1, n_truth + 1, dtype=np.int64)
+    sink = n_truth + n_pred + 1
+    tails = np.concatenate(
+        (np.zeros(n_truth, np.int64), truth_nodes, rows, np.arange(n_truth + 1, sink))
+    )
+    heads = np.concatenate(
+        (truth_nodes, np.full(n_truth, sink), n_truth + cols, np.full(n_pred, sink))
+    )
+    costs = np.concatenate(
+        (
+            np.zeros(n_truth, np.int64),
+            np.full(n_truth, COST_SCALE + 1, np.int64),
+            COST_SCALE + 1 - matching_weights(iou),  # int((1 - IoU) 10^6)
+            np.zeros(n_pred, np.int64),
+        )
+    )
+    flow = min_cost_flow.SimpleMinCostFlow()
+    flow.add_arcs_with_capacity_and_unit_cost(
+        tails.astype(np.int32), heads.astype(np.int32), np.ones(tails.size, np.int64), costs
+    )
+    flow.set_node_supply(0, n_truth)
+    flow.set_node_supply(sink, -n_truth)
+    status = flow.solve()
+    if status != flow.OPTIMAL:  # cannot happen: leaving every truth unmatched is feasible
+        raise RuntimeError(f"min-cost flow matching failed: {status}")
+    first = 2 * n_truth  # the pair arcs follow the source and unmatched arcs
+    matched = flow.flows(np.arange(first, first + rows.size)) == 1
+    return {int(p): int(t) for t, p in zip(rows[matched], cols[matched], strict=True)}
 
 
 def match_instances(
     truth: np.ndarray, pred: np.ndarray, n_truth: int | None = None, n_pred: int | None = None
 ) -> dict[int, int]:
-    """One-to-one matching of predicted to ground-truth instances, as the challenge's matching.
+    """One-to-one matching of predicted to ground-truth instances, as the challenge matches them.
 
-    Maximises the summed integer weight of the matched pairs (:func:`matching_weights`: the
-    challenge's min-cost flow costs, so the same matchings are optimal). Only overlapping pairs
-    can match; there is no IoU threshold. Solved as an assignment problem over the instances that
-    overlap anything (``scipy.optimize.linear_sum_assignment``).
-
-    Ties (two matchings of equal total weight) are not broken as the challenge's solver
-    (OR-Tools' min-cost flow) breaks them. Tied optimal matchings have had the same number of
-    pairs in every case checked (so F1 is the same); ``tests/test_challenge.py`` shows where the
-    Hausdorff part cannot change, and ``docs/evaluation.md`` where it can.
+    The matching of largest summed integer worth (:func:`matching_weights`; any overlap can
+    match, there is no IoU threshold), found by the challenge's own solver, OR-Tools'
+    ``SimpleMinCostFlow``, on a network laid out as the official scorer lays it out
+    (:func:`_match_pairs`), so that ties between matchings of equal worth are broken as there:
+    the official choice depends on the ids, the absent ones included, and on the order of the
+    pairs, and a tie can change the number of matched pairs. ``tests/test_challenge.py``
+    reproduces the official scorer's choice on crops where ``scipy``'s
+    ``linear_sum_assignment`` chooses differently.
 
     Args:
         truth: ``(Z, Y, X)`` ground-truth ids ``0..n_truth`` (0 background).
@@ -346,7 +397,7 @@ def match_instances(
     n_pred = int(pred.max(initial=0)) if n_pred is None else n_pred
     if n_truth == 0 or n_pred == 0:
         return {}
-    return _match_pairs(*_iou_pairs(truth, pred, n_truth, n_pred))
+    return _match_pairs(*_iou_pairs(truth, pred, n_truth, n_pred), n_truth, n_pred)
 
 
 def _directed_max(
@@ -481,7 +532,8 @@ def score_instance_modes(
         rows, cols, iou = _iou_pairs(labels, pred, dense_max, n_pred)
         if rows.size > MAX_OVERLAP_EDGES:
             return {m: skipped for m in modes}
-        mapping = _match_pairs(rows, cols, iou)
+        # a flow node per id up to the largest, as the official scorer's (ranks above 2^20)
+        mapping = _match_pairs(rows, cols, iou, dense_max, n_pred)
     match_of = {k: p for p, k in mapping.items()}
     cap = max_distance_nm(voxel_size, truth.shape)
     truth_boxes = ndimage.find_objects(labels, max_label=dense_max) if dense_max else []
