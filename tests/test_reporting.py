@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cellseg.challenge import ORTOOLS_VERSION
 from cellseg.classes import CLASSES
 from cellseg.errors import CellsegError
 from cellseg.reporting import (
@@ -369,6 +370,7 @@ def test_pooled_iou_and_challenge_score_by_hand(tmp_path, frequencies):
     markdown = (out / "summary.md").read_text()
     assert "## Challenge scores on our test crops (not a leaderboard number)" in markdown
     assert "6b9ad6893ef1059227917af2a59cc2e61d84fa7e" in markdown  # the scorer's commit
+    assert f"OR-Tools {ORTOOLS_VERSION}'s min-cost flow" in markdown  # and its solver
     assert (f"| unet_3d | {row['challenge_score']:.3f} | {corrected:.3f} | {semantic:.3f} | 0.750 "
             f"| 0.700 | {np.sqrt(0.75 * 0.7):.3f} | 0.640 |") in markdown  # fmt: skip
     assert f"| ecs | {iou_ecs:.3f} |" in markdown

@@ -12,6 +12,7 @@ import pandas as pd
 from cellseg.challenge import (
     CHALLENGE_SOURCE,
     INSTANCE_CLASSES,
+    ORTOOLS_VERSION,
 )
 from cellseg.classes import CLASSES
 from cellseg.reporting.study import Study
@@ -190,7 +191,9 @@ def _markdown_challenge(summary: Summary) -> list[str]:
         "## Challenge scores on our test crops (not a leaderboard number)",
         "",
         "Computed as the CellMap Segmentation Challenge's official scorer computes its scores, "
-        f"quirks included (`cellseg.challenge`, reproducing {CHALLENGE_SOURCE} exactly), but on "
+        f"quirks included (`cellseg.challenge`, reproducing {CHALLENGE_SOURCE} exactly; instances "
+        f"matched by OR-Tools {ORTOOLS_VERSION}'s min-cost flow, as there: the challenge does not "
+        "pin OR-Tools, and which of two equally good matchings is chosen is the solver's), but on "
         "our held-out crops and our 14 classes, so it is **not comparable to the challenge "
         "leaderboard**. Semantic classes: pooled IoU (ΣTP / (ΣTP + ΣFP + ΣFN) over crops). "
         f"Instance class(es) {instance}: connected components (26-connectivity) of the "
