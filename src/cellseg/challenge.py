@@ -79,7 +79,7 @@ chose otherwise), the 5-million-pair limit, and the arithmetic above. Also in bo
   matching in such a crop can be broken differently.
 
 The challenge does not pin OR-Tools; the solver's tie-break is that of the installed version
-(:data:`ORTOOLS_VERSION`, recorded with the scores; checked against the official scorer with
+(:data:`ORTOOLS_VERSION`, which ``summary.md`` names; checked against the official scorer with
 9.15.6755).
 """
 
