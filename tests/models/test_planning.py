@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 
 import pytest
+import torch
+from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensor
 
+from cellseg.classes import NUM_CLASSES
 from cellseg.errors import CellsegError
-from cellseg.models import planning
+from cellseg.models import build_model, input_rule, planning
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -41,3 +44,105 @@ def test_probe_needs_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_measurement_shape_shrinks_in_plane_first() -> None:
     assert planning._measurement_shape((32, 256, 256), (16, 16, 16)) == (32, 64, 64)
     assert planning._measurement_shape((256, 256), (16, 16)) == (256, 256)
+
+
+# Fake tensors against the real measurement, at inputs small enough to run for real on a CPU:
+# every family's layer types (convolutions, instance/group/layer norm, windowed and global
+# attention, valid convolutions). (model, dim, preset, input_shape override or None)
+FAKE_VS_REAL = [
+    ("unet", "3d", "demo", (16, 32, 32)),
+    ("swin", "2d", "demo", None),
+    ("vit", "3d", "demo", None),
+    ("cosem", "3d", "demo", None),
+    ("mednext", "3d", "demo", (16, 32, 32)),
+]
+
+
+@pytest.mark.parametrize(("name", "dim", "preset", "shape"), FAKE_VS_REAL)
+def test_fake_measurement_equals_the_real_one(name, dim, preset, shape) -> None:
+    overrides = {} if shape is None else {"input_shape": shape}
+    shape = input_rule(name, dim, preset, **overrides).default
+    torch.manual_seed(0)
+    model = build_model(name, dim, preset=preset, **overrides).train()
+    cpu = torch.device("cpu")
+    for batch in (1, 2):
+        real_bytes, real_flops = planning._measure(model, shape, batch, cpu, flops=True)
+        fake_bytes, fake_flops = planning._measure(model, shape, batch, cpu, flops=True, fake=True)
+        assert fake_flops == real_flops > 0
+        # The one difference: the real CPU kernels keep a norm's saved mean and 1/std in
+        # float32 under bf16 autocast, the fake (meta) kernels in the input's bf16, so fake
+        # counts 2 bytes less per statistic: one or two per channel (instance/group norm) or
+        # per token (layer norm), never per voxel. cosem has no norm: exactly equal.
+        assert 0 <= real_bytes - fake_bytes <= real_bytes * 2e-3
+        if name == "cosem":
+            assert fake_bytes == real_bytes
+    # the model's own tensors are untouched by the fake run
+    assert all(p.grad is None or not isinstance(p.grad, FakeTensor) for p in model.parameters())
+
+
+class _Halves(torch.nn.Module):
+    """(B, 1, 12, 8) -> (B, 14, 6, 8): the product of the top and bottom halves of ``x * a``,
+    which autograd saves as two views of one storage (or a view and a copy)."""
+
+    output_margin_voxels = (3, 0)
+
+    def __init__(self, copy: bool) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.ones(1, NUM_CLASSES, 1, 1))
+        self.copy = copy
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x * self.a
+        top, bottom = h[..., :6, :], h[..., 6:, :]
+        return top * (bottom.clone() if self.copy else bottom)
+
+
+@pytest.mark.parametrize("fake", [False, True])
+def test_saved_views_of_one_storage_count_once(fake: bool) -> None:
+    # Two views of h saved: h's storage once. A view and a copy: h's storage and the copy's.
+    # (Counting each view's own bytes would make both the same; counting each view as its
+    # whole storage would make the views cost more than the view and the copy.)
+    cpu = torch.device("cpu")
+    views, _ = planning._measure(_Halves(copy=False), (12, 8), 2, cpu, False, fake=fake)
+    copied, _ = planning._measure(_Halves(copy=True), (12, 8), 2, cpu, False, fake=fake)
+    assert copied - views == 2 * NUM_CLASSES * 6 * 8 * 4
+
+
+def test_full_size_plans_use_fake_tensors_and_the_output_shape(monkeypatch) -> None:
+    # cosem's output is smaller than its input: the loss must see the output-sized target
+    shapes = []
+    stand_in = planning._stand_in_loss
+
+    def recording(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        shapes.append((tuple(logits.shape), tuple(target.shape), type(target)))
+        return stand_in(logits, target)
+
+    monkeypatch.setattr(planning, "_stand_in_loss", recording)
+    plan = planning.plan_batch("cosem", "3d", gpu_mem_gb=4, preset="demo", device="cpu")
+    assert plan.method == "fake" and plan.scale == 1.0 and plan.measured_shape == (24, 72, 72)
+    assert [s[:2] for s in shapes] == [
+        ((b, NUM_CLASSES, 8, 52, 52), (b, NUM_CLASSES, 8, 52, 52)) for b in (1, 2)
+    ]
+    assert all(kind is FakeTensor for *_, kind in shapes)
+    assert "with fake cpu tensors" in plan.note
+    assert planning.format_footnote([plan]).startswith("All rows measured with fake cpu tensors")
+
+
+def test_models_that_fail_on_fake_tensors_fall_back_to_the_scaled_real_measurement(
+    monkeypatch,
+) -> None:
+    real = planning._measure
+
+    def no_fake(*args, fake: bool = False, **kwargs):
+        if fake:  # what a model that reads its data (.item()) raises
+            raise DataDependentOutputException(torch.ops.aten._local_scalar_dense.default)
+        return real(*args, **kwargs)
+
+    fake_plan = planning.plan_batch("unet", "2d", gpu_mem_gb=4, preset="demo", device="cpu")
+    monkeypatch.setattr(planning, "_measure", no_fake)
+    plan = planning.plan_batch("unet", "3d", gpu_mem_gb=4, preset="demo", device="cpu")
+    assert plan.method == "real" and plan.measured_on == "cpu"
+    assert "DataDependentOutputException" in plan.fake_error and "fake tensors failed" in plan.note
+    footnote = planning.format_footnote([fake_plan, plan])
+    assert footnote.startswith("unet 2d: measured with fake cpu tensors at the full input")
+    assert "unet 3d: measured at 16x64x64 on cpu (fake tensors failed: DataDep" in footnote

@@ -14,19 +14,30 @@ GPU is computed from a memory model and measurements:
 * **reserve**: 1.5 GB for the CUDA context and allocator, and 10 % of the card for
   fragmentation and the transient gradient buffers of the backward pass.
 
-So ``batch = floor((0.9 * M - 1.5 GB - 16 P) / A)``. On a CPU-only machine big 3D inputs
-(32x256x256) are measured at a smaller spatial size and scaled linearly in voxels (exact for
-convolutions and windowed attention; slightly low for global attention, e.g. UNETR's over 512
-tokens, whose attention weights the fused kernel does not save anyway; the seed 3D ViT,
-ViT-V-Net, attends over only 64 tokens). FLOPs come from
-``torch.utils.flop_counter.FlopCounterMode`` for forward + backward, scaled the same way.
-``--probe`` (CUDA only) instead finds the batch by trying: bf16 autocast, forward, backward and
-an AdamW step, doubling then bisecting until out of memory.
+So ``batch = floor((0.9 * M - 1.5 GB - 16 P) / A)``. On CUDA the step runs for real at the
+full input. On a CPU the same step runs at the full input on **fake tensors**
+(``torch._subclasses.fake_tensor.FakeTensorMode``): fake twins of the parameters and buffers,
+a fake input and target, every intermediate with its shape, dtype, strides and storage but no
+data, so nothing is allocated or computed (a 252^3 COSEM step takes seconds) and bf16 CPU
+autocast applies as to real CPU tensors. Saved storages are told apart by their StorageImpl
+(``_cdata``), since a fake storage's data pointer is always 0. Against the real CPU step at
+small inputs it gives the same FLOPs and the same bytes except one thing: the real kernels
+keep a norm's saved mean and 1/std in float32 under bf16 autocast, the fake (meta) kernels in
+bf16, 2 bytes less per channel (instance/group norm) or per token (layer norm), under 0.2 %
+of the activations (``tests/models/test_planning.py``). A model that cannot run on fake
+tensors (it reads its data, e.g. ``.item()``; :data:`FAKE_FAILURES`) is measured for real at a
+smaller spatial size (3D: 32x64x64) and scaled linearly in voxels, as every 3D model once was
+(not exact: padding to whole attention windows and boundary terms weigh more on a small
+input), and its :class:`BatchPlan` says so. FLOPs come from
+``torch.utils.flop_counter.FlopCounterMode`` for forward + backward (on fake tensors too: it
+reads shapes only). ``--probe`` (CUDA only) instead finds the batch by trying: bf16 autocast,
+forward, backward and an AdamW step, doubling then bisecting until out of memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -35,6 +46,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensorMode,
+    UnsupportedFakeTensorException,
+    UnsupportedOperatorException,
+)
 
 from cellseg.classes import NUM_CLASSES
 from cellseg.errors import CellsegError
@@ -63,9 +81,26 @@ FRAGMENTATION = 0.10
 _CPU_MAX_VOXELS = {2: 256 * 256, 3: 32 * 64 * 64}
 
 
+FAKE_FAILURES = (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    UnsupportedOperatorException,
+    UnsupportedFakeTensorException,
+    NotImplementedError,
+)
+"""What a model raises when it cannot run on fake tensors (it reads its data, or an op has no
+fake implementation); :func:`plan_batch` then measures it for real at a smaller shape."""
+
+
 @dataclass(frozen=True)
 class BatchPlan:
-    """The result of :func:`plan_batch`; sizes in bytes, FLOPs per sample (forward+backward)."""
+    """The result of :func:`plan_batch`; sizes in bytes, FLOPs per sample (forward+backward).
+
+    ``measured_on`` is the device the measurement ran on (``cpu`` or ``cuda``); ``method`` is
+    ``real`` (real tensors, at ``measured_shape``, then scaled by ``scale``) or ``fake`` (fake
+    CPU tensors at the full input: shapes and dtypes only); ``fake_error`` says why a CPU plan
+    fell back from fake to real tensors (empty otherwise).
+    """
 
     model: str
     dim: str
@@ -81,16 +116,25 @@ class BatchPlan:
     measured_shape: tuple[int, ...]
     measured_on: str
     scale: float
+    method: str = "real"
+    fake_error: str = ""
 
     @property
     def note(self) -> str:
         """How the numbers were obtained (one line)."""
-        if self.scale == 1.0:
-            return f"measured at {format_shape(self.measured_shape)} on {self.measured_on}"
-        return (
-            f"measured at {format_shape(self.measured_shape)} on {self.measured_on}, scaled x{self.scale:g} "
-            f"linearly in voxels to {format_shape(self.input_shape)}"
-        )
+        if self.method == "fake":
+            return (
+                f"measured at {format_shape(self.measured_shape)} with fake {self.measured_on} "
+                f"tensors (shapes and dtypes only)"
+            )
+        note = f"measured at {format_shape(self.measured_shape)} on {self.measured_on}"
+        if self.scale != 1.0:
+            note += (
+                f", scaled x{self.scale:g} linearly in voxels to {format_shape(self.input_shape)}"
+            )
+        if self.fake_error:
+            note += f" (fake tensors failed: {self.fake_error})"
+        return note
 
 
 def max_batch(activation_bytes: int, fixed_bytes: int, gpu_mem_bytes: int) -> int:
@@ -112,40 +156,80 @@ def _stand_in_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _measure(
-    model: nn.Module, shape: Sequence[int], batch: int, device: torch.device, flops: bool
+    model: nn.Module,
+    shape: Sequence[int],
+    batch: int,
+    device: torch.device,
+    flops: bool,
+    fake: bool = False,
 ) -> tuple[int, float]:
-    """Bytes saved for backward and FLOPs of one training step's forward+backward."""
+    """Bytes saved for backward and FLOPs of one training step's forward+backward.
+
+    Args:
+        model: the model in training mode, on ``device`` (its own tensors are never changed
+            when ``fake``).
+        shape: the spatial input shape (voxels), one input channel.
+        batch: samples in the step.
+        device: where real tensors run; ``fake`` needs the CPU.
+        flops: also count FLOPs (``FlopCounterMode``); 0.0 otherwise.
+        fake: run on fake CPU tensors (``FakeTensorMode``): the parameters, buffers, input,
+            target and every intermediate have shapes, strides, dtypes and storages but no
+            data, so nothing is allocated or computed whatever the shape; bf16 CPU autocast
+            applies as to real CPU tensors (fake tensors report ``device="cpu"``).
+
+    Returns:
+        ``(bytes, flops)``: the bytes of the unique storages autograd saves (parameters
+        excluded) plus the input ``(batch, 1, *shape)`` and its float32 14-class target cropped
+        to the model's output; the FLOPs of forward + backward.
+
+    Raises:
+        RuntimeError: with ``fake``, an operation that needs the data (e.g. ``.item()``, a
+            data-dependent output shape) or has no fake implementation (the
+            ``torch._subclasses.fake_tensor`` exceptions, all ``RuntimeError``).
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
+    # A storage is identified by its C++ StorageImpl (``_cdata``), not its data pointer: a fake
+    # storage's data pointer is 0 for every tensor. Views share their base's StorageImpl, so
+    # a view saved next to its base is counted once, as the memory is. Holding each storage
+    # keeps its address from being reused by a later allocation within the step.
+    params = [p.untyped_storage() for p in model.parameters()]
+    seen: dict[int, torch.UntypedStorage] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in param_ptrs and ptr not in seen:
-            seen[ptr] = storage.nbytes()
+        seen.setdefault(storage._cdata, storage)
         return t
 
-    x = torch.randn(batch, 1, *shape, device=device)
-    # the target as training crops it: to the output of a valid-convolution model
-    target = torch.rand(batch, NUM_CLASSES, *shape, device=device).round()
-    target = crop_margin(target, output_margin(model, len(shape)))
-    counter = FlopCounterMode(display=False) if flops else None
-    model.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16):
-        if counter is not None:
-            counter.__enter__()
-        try:
+    mode = FakeTensorMode() if fake else None
+    state: dict[str, torch.Tensor] = {}
+    if mode is not None:
+        # fake twins of the parameters (leaves that take the fake gradients) and buffers
+        # (batch-norm statistics update in place); the model's own tensors stay untouched
+        state = {
+            n: nn.Parameter(mode.from_tensor(p), p.requires_grad)
+            for n, p in model.named_parameters()
+        }
+        state.update({n: mode.from_tensor(b) for n, b in model.named_buffers()})
+        params = [p.untyped_storage() for n, p in state.items() if isinstance(p, nn.Parameter)]
+    param_ids = {s._cdata for s in params}
+    counter = FlopCounterMode(display=False) if flops else contextlib.nullcontext()
+    if not fake:
+        model.zero_grad(set_to_none=True)
+    with mode or contextlib.nullcontext():
+        x = torch.randn(batch, 1, *shape, device=device)
+        # the target as training crops it: to the output of a valid-convolution model
+        target = torch.rand(batch, NUM_CLASSES, *shape, device=device).round()
+        target = crop_margin(target, output_margin(model, len(shape)))
+        with torch.autocast(device.type, dtype=torch.bfloat16), counter:
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                loss = _stand_in_loss(model(x), target)
+                logits = torch.func.functional_call(model, state, (x,)) if fake else model(x)
+                loss = _stand_in_loss(logits, target)
             loss.backward()
-        finally:
-            if counter is not None:
-                counter.__exit__(None, None, None)
-    io_bytes = x.numel() * x.element_size() + target.numel() * target.element_size()
-    total_flops = float(counter.get_total_flops()) if counter is not None else 0.0
-    return sum(seen.values()) + io_bytes, total_flops
+        saved = sum(s.nbytes() for key, s in seen.items() if key not in param_ids)
+        io_bytes = x.numel() * x.element_size() + target.numel() * target.element_size()
+    total_flops = float(counter.get_total_flops()) if isinstance(counter, FlopCounterMode) else 0.0
+    return saved + io_bytes, total_flops
 
 
 def _measurement_shape(shape: tuple[int, ...], divisor: tuple[int, ...]) -> tuple[int, ...]:
@@ -171,6 +255,7 @@ def plan_batch(
     gpu_mem_gb: float = 45.0,
     preset: str = "seed",
     device: str | None = None,
+    fake: bool | None = None,
     **overrides: Any,
 ) -> BatchPlan:
     """Estimate params, GFLOPs/sample, activation bytes/sample and the largest fitting batch.
@@ -178,8 +263,11 @@ def plan_batch(
     Args:
         name, dim, preset, overrides: the model, as for :func:`cellseg.models.build_model`.
         gpu_mem_gb: usable memory of one GPU in GB (2**30 bytes); 45 for an L40S.
-        device: ``"cuda"`` or ``"cpu"``; default: CUDA when available. On CPU, inputs larger
-            than 32x64x64 (3D) are measured smaller and scaled linearly in voxels.
+        device: ``"cuda"`` or ``"cpu"``; default: CUDA when available.
+        fake: measure the full input on fake CPU tensors (default: on CPU, not on CUDA). When
+            the model cannot run on fake tensors (:data:`FAKE_FAILURES`), or with
+            ``fake=False`` on CPU, inputs larger than 32x64x64 (3D) are measured for real at
+            a smaller shape and scaled linearly in voxels.
 
     Returns:
         A :class:`BatchPlan`.
@@ -189,14 +277,45 @@ def plan_batch(
     rule = input_rule(name, dim, preset, **overrides)
     shape = rule.default
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if fake is None:
+        fake = dev.type == "cpu"
+    if fake and dev.type != "cpu":
+        raise CellsegError(f"plan-batch: fake tensors are CPU tensors, not {dev.type}")
+    full = build_model(name, dim, preset=preset, **overrides)
+    params = sum(p.numel() for p in full.parameters())
+    fixed = BYTES_PER_PARAM * params
+    mem = int(gpu_mem_gb * 2**30)
+    fake_error = ""
+    if fake:
+        try:
+            bytes1, flops1 = _measure(full.train(), shape, 1, dev, flops=True, fake=True)
+            bytes2, _ = _measure(full, shape, 2, dev, flops=False, fake=True)
+            per_sample = max(bytes2 - bytes1, bytes1 // 2)
+            return BatchPlan(
+                model=name,
+                dim=dim,
+                preset=preset,
+                input_shape=shape,
+                params=params,
+                gflops_per_sample=flops1 / 1e9,
+                activation_bytes_per_sample=per_sample,
+                fixed_bytes=fixed,
+                gpu_mem_bytes=mem,
+                batch=max_batch(per_sample, fixed, mem),
+                seed_batch=SEED_BATCH.get((name, dim)) if preset == "seed" else None,
+                measured_shape=shape,
+                measured_on=dev.type,
+                scale=1.0,
+                method="fake",
+            )
+        except FAKE_FAILURES as error:
+            fake_error = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:120]}"
     measured = shape if dev.type == "cuda" else _measurement_shape(shape, rule.divisor)
     build_overrides = dict(overrides)
     if measured != shape and rule.fixed is not None:
         # fixed-size models are rebuilt for the smaller shape (same weights count except the
-        # position embedding, whose size is counted from the full-size model below)
+        # position embedding, whose size is counted from the full-size model above)
         build_overrides["input_shape"] = measured
-    full = build_model(name, dim, preset=preset, **overrides)
-    params = sum(p.numel() for p in full.parameters())
     model = full if measured == shape else build_model(name, dim, preset=preset, **build_overrides)
     del full
     model = model.to(dev).train()
@@ -204,8 +323,6 @@ def plan_batch(
     bytes2, _ = _measure(model, measured, 2, dev, flops=False)
     scale = math.prod(shape) / math.prod(measured)
     per_sample = int(max(bytes2 - bytes1, bytes1 // 2) * scale)
-    fixed = BYTES_PER_PARAM * params
-    mem = int(gpu_mem_gb * 2**30)
     return BatchPlan(
         model=name,
         dim=dim,
@@ -221,6 +338,8 @@ def plan_batch(
         measured_shape=measured,
         measured_on=dev.type,
         scale=scale,
+        method="real",
+        fake_error=fake_error,
     )
 
 
@@ -246,6 +365,7 @@ def probe_batch(
         try:
             x = torch.randn(batch, 1, *shape, device="cuda")
             target = torch.rand(batch, NUM_CLASSES, *shape, device="cuda").round()
+            target = crop_margin(target, output_margin(model, len(shape)))
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = _stand_in_loss(model(x), target)
             loss.backward()
@@ -291,6 +411,23 @@ def format_table(
     return "\n".join(lines)
 
 
+def format_footnote(plans: Sequence[BatchPlan]) -> str:
+    """How the rows of :func:`format_table` were measured (the line under the docs table)."""
+    groups: dict[str, list[str]] = {}
+    for p in plans:
+        if p.method == "fake":
+            how = (
+                f"with fake {p.measured_on} tensors at the full input (`FakeTensorMode`: shapes "
+                "and dtypes, nothing allocated or computed)"
+            )
+        else:
+            how = p.note.removeprefix("measured ")
+        groups.setdefault(how, []).append(f"{p.model} {p.dim}")
+    if len(groups) == 1:
+        return f"All rows measured {next(iter(groups))}."
+    return " ".join(f"{', '.join(rows)}: measured {how}." for how, rows in groups.items())
+
+
 def _run(args: argparse.Namespace) -> int:
     from cellseg.models import DIMS, list_models
 
@@ -327,6 +464,8 @@ def _run(args: argparse.Namespace) -> int:
     elif len(plans) > 1:
         print()
         print(format_table(plans, probed))
+        print()
+        print(format_footnote(plans))
     return 0
 
 
