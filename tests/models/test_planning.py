@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTens
 
 from cellseg.classes import NUM_CLASSES
 from cellseg.errors import CellsegError
-from cellseg.models import build_model, input_rule, planning
+from cellseg.models import build_model, input_rule, list_models, planning
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -146,3 +147,15 @@ def test_models_that_fail_on_fake_tensors_fall_back_to_the_scaled_real_measureme
     footnote = planning.format_footnote([fake_plan, plan])
     assert footnote.startswith("unet 2d: measured with fake cpu tensors at the full input")
     assert "unet 3d: measured at 16x64x64 on cpu (fake tensors failed: DataDep" in footnote
+
+
+@pytest.mark.slow
+def test_the_docs_table_is_what_plan_batch_prints() -> None:
+    # docs/models.md's table and footnote between the plan-table markers are the output of
+    # `cellseg plan-batch --model all --dim all` on a CPU (fake tensors, about 40 s): a model
+    # or memory-model change that moves a figure must regenerate them.
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
+    block = docs.split("<!-- plan-table -->\n")[1].split("<!-- /plan-table -->")[0]
+    plans = [planning.plan_batch(name, dim, device="cpu") for name, dim in list_models()]
+    expected = planning.format_table(plans) + "\n\n" + planning.format_footnote(plans) + "\n"
+    assert block == expected
