@@ -21,10 +21,12 @@ a fake input and target, every intermediate with its shape, dtype, strides and s
 data, so nothing is allocated or computed (a 252^3 COSEM step takes seconds) and bf16 CPU
 autocast applies as to real CPU tensors. Saved storages are told apart by their StorageImpl
 (``_cdata``), since a fake storage's data pointer is always 0. Against the real CPU step at
-small inputs it gives the same FLOPs and the same bytes except one thing: the real kernels
-keep a norm's saved mean and 1/std in float32 under bf16 autocast, the fake (meta) kernels in
-bf16, 2 bytes less per channel (instance/group norm) or per token (layer norm), under 0.2 %
-of the activations (``tests/models/test_planning.py``). A model that cannot run on fake
+small inputs it gives the same FLOPs and bytes (``tests/models/test_planning.py``), once a
+norm's saved mean and 1/std are made float32 as the real kernels keep them
+(:class:`_Float32NormStatistics`). CPU autocast is not CUDA autocast: CUDA runs layer and
+group norm, softmax, ``exp``, ``pow`` and ``sum`` in float32, the CPU in bf16, so for models
+with those (Swin, ViT, MedNeXt) the CPU figures likely count less than a GPU saves (fake CUDA
+tensors would follow CUDA's rules, but their backward pass needs a CUDA driver). A model that cannot run on fake
 tensors (it reads its data, e.g. ``.item()``; :data:`FAKE_FAILURES`) is measured for real at a
 smaller spatial size (3D: 32x64x64) and scaled linearly in voxels, as every 3D model once was
 (not exact: padding to whole attention windows and boundary terms weigh more on a small
@@ -40,9 +42,9 @@ import argparse
 import contextlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -53,6 +55,7 @@ from torch._subclasses.fake_tensor import (
     UnsupportedFakeTensorException,
     UnsupportedOperatorException,
 )
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from cellseg.classes import NUM_CLASSES
 from cellseg.errors import CellsegError
@@ -155,6 +158,61 @@ def _stand_in_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - (tp + 1e-6) / (tp + 0.6 * fp + 0.4 * fn + 1e-6)).mean()
 
 
+class _Float32NormStatistics(TorchDispatchMode):
+    """Gives the mean and 1/std of a norm over bf16/fp16 input in float32, as the real CPU and
+    CUDA kernels do (they accumulate in float32); the fake (meta) kernels give them the input's
+    dtype, which would count 2 bytes less per statistic saved for backward."""
+
+    _STATS: ClassVar[dict[Any, tuple[int, ...]]] = {
+        torch.ops.aten.native_layer_norm.default: (1, 2),
+        torch.ops.aten.native_batch_norm.default: (1, 2),
+        torch.ops.aten._native_batch_norm_legit.default: (1, 2),
+        torch.ops.aten._native_batch_norm_legit.no_stats: (1, 2),
+        torch.ops.aten.native_group_norm.default: (1, 2),
+    }
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        stats = self._STATS.get(func)
+        if stats is None or args[0].dtype not in (torch.bfloat16, torch.float16):
+            return out
+        return tuple(o.float() if i in stats else o for i, o in enumerate(out))
+
+
+@contextlib.contextmanager
+def _fake_weights(model: nn.Module, mode: FakeTensorMode) -> Iterator[None]:
+    """Swap every parameter and buffer of ``model`` for a fake twin, and back on exit.
+
+    Each module is visited once (``named_modules`` drops repeats), so a module reachable under
+    two names (MONAI's DynUNet keeps its encoder blocks in ``skip_layers`` too) is swapped and
+    restored once; ``torch.func.functional_call`` swaps per name and leaves such a module with
+    fake weights. A parameter shared by two modules gets one twin, so it stays shared.
+    """
+    twins: dict[int, torch.Tensor] = {}
+    swapped: list[tuple[dict[str, Any], str, torch.Tensor]] = []
+
+    def twin(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in twins:
+            fake = mode.from_tensor(t)
+            # parameters stay leaves that take the (fake) gradients
+            twins[id(t)] = (
+                nn.Parameter(fake, t.requires_grad) if isinstance(t, nn.Parameter) else fake
+            )
+        return twins[id(t)]
+
+    try:
+        for _, module in model.named_modules():
+            for table in (module._parameters, module._buffers):
+                for key, value in table.items():
+                    if value is not None:
+                        swapped.append((table, key, value))
+                        table[key] = twin(value)
+        yield
+    finally:
+        for table, key, value in reversed(swapped):
+            table[key] = value
+
+
 def _measure(
     model: nn.Module,
     shape: Sequence[int],
@@ -193,41 +251,31 @@ def _measure(
     # storage's data pointer is 0 for every tensor. Views share their base's StorageImpl, so
     # a view saved next to its base is counted once, as the memory is. Holding each storage
     # keeps its address from being reused by a later allocation within the step.
-    params = [p.untyped_storage() for p in model.parameters()]
-    seen: dict[int, torch.UntypedStorage] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        seen.setdefault(storage._cdata, storage)
-        return t
-
     mode = FakeTensorMode() if fake else None
-    state: dict[str, torch.Tensor] = {}
-    if mode is not None:
-        # fake twins of the parameters (leaves that take the fake gradients) and buffers
-        # (batch-norm statistics update in place); the model's own tensors stay untouched
-        state = {
-            n: nn.Parameter(mode.from_tensor(p), p.requires_grad)
-            for n, p in model.named_parameters()
-        }
-        state.update({n: mode.from_tensor(b) for n, b in model.named_buffers()})
-        params = [p.untyped_storage() for n, p in state.items() if isinstance(p, nn.Parameter)]
-    param_ids = {s._cdata for s in params}
-    counter = FlopCounterMode(display=False) if flops else contextlib.nullcontext()
-    if not fake:
+    with _fake_weights(model, mode) if mode is not None else contextlib.nullcontext():
+        params = [p.untyped_storage() for p in model.parameters()]
+        seen: dict[int, torch.UntypedStorage] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            seen.setdefault(storage._cdata, storage)
+            return t
+
+        param_ids = {s._cdata for s in params}
+        counter = FlopCounterMode(display=False) if flops else contextlib.nullcontext()
+        norms = _Float32NormStatistics() if fake else contextlib.nullcontext()
         model.zero_grad(set_to_none=True)
-    with mode or contextlib.nullcontext():
-        x = torch.randn(batch, 1, *shape, device=device)
-        # the target as training crops it: to the output of a valid-convolution model
-        target = torch.rand(batch, NUM_CLASSES, *shape, device=device).round()
-        target = crop_margin(target, output_margin(model, len(shape)))
-        with torch.autocast(device.type, dtype=torch.bfloat16), counter:
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                logits = torch.func.functional_call(model, state, (x,)) if fake else model(x)
-                loss = _stand_in_loss(logits, target)
-            loss.backward()
-        saved = sum(s.nbytes() for key, s in seen.items() if key not in param_ids)
-        io_bytes = x.numel() * x.element_size() + target.numel() * target.element_size()
+        with mode or contextlib.nullcontext():
+            x = torch.randn(batch, 1, *shape, device=device)
+            # the target as training crops it: to the output of a valid-convolution model
+            target = torch.rand(batch, NUM_CLASSES, *shape, device=device).round()
+            target = crop_margin(target, output_margin(model, len(shape)))
+            with torch.autocast(device.type, dtype=torch.bfloat16), counter, norms:
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    loss = _stand_in_loss(model(x), target)
+                loss.backward()
+            saved = sum(s.nbytes() for key, s in seen.items() if key not in param_ids)
+            io_bytes = x.numel() * x.element_size() + target.numel() * target.element_size()
     total_flops = float(counter.get_total_flops()) if isinstance(counter, FlopCounterMode) else 0.0
     return saved + io_bytes, total_flops
 
