@@ -333,29 +333,42 @@ def plan_batch(
     params = sum(p.numel() for p in full.parameters())
     fixed = BYTES_PER_PARAM * params
     mem = int(gpu_mem_gb * 2**30)
+
+    def plan(
+        per_sample: int,
+        flops: float,
+        measured: tuple[int, ...],
+        *,
+        scale: float,
+        method: str,
+        fake_error: str = "",
+    ) -> BatchPlan:
+        return BatchPlan(
+            model=name,
+            dim=dim,
+            preset=preset,
+            input_shape=shape,
+            params=params,
+            gflops_per_sample=flops / 1e9,
+            activation_bytes_per_sample=per_sample,
+            fixed_bytes=fixed,
+            gpu_mem_bytes=mem,
+            batch=max_batch(per_sample, fixed, mem),
+            seed_batch=SEED_BATCH.get((name, dim)) if preset == "seed" else None,
+            measured_shape=measured,
+            measured_on=dev.type,
+            scale=scale,
+            method=method,
+            fake_error=fake_error,
+        )
+
     fake_error = ""
     if fake:
         try:
             bytes1, flops1 = _measure(full.train(), shape, 1, dev, flops=True, fake=True)
             bytes2, _ = _measure(full, shape, 2, dev, flops=False, fake=True)
             per_sample = max(bytes2 - bytes1, bytes1 // 2)
-            return BatchPlan(
-                model=name,
-                dim=dim,
-                preset=preset,
-                input_shape=shape,
-                params=params,
-                gflops_per_sample=flops1 / 1e9,
-                activation_bytes_per_sample=per_sample,
-                fixed_bytes=fixed,
-                gpu_mem_bytes=mem,
-                batch=max_batch(per_sample, fixed, mem),
-                seed_batch=SEED_BATCH.get((name, dim)) if preset == "seed" else None,
-                measured_shape=shape,
-                measured_on=dev.type,
-                scale=1.0,
-                method="fake",
-            )
+            return plan(per_sample, flops1, shape, scale=1.0, method="fake")
         except FAKE_FAILURES as error:
             fake_error = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:120]}"
     measured = shape if dev.type == "cuda" else _measurement_shape(shape, rule.divisor)
@@ -371,23 +384,8 @@ def plan_batch(
     bytes2, _ = _measure(model, measured, 2, dev, flops=False)
     scale = math.prod(shape) / math.prod(measured)
     per_sample = int(max(bytes2 - bytes1, bytes1 // 2) * scale)
-    return BatchPlan(
-        model=name,
-        dim=dim,
-        preset=preset,
-        input_shape=shape,
-        params=params,
-        gflops_per_sample=flops1 * scale / 1e9,
-        activation_bytes_per_sample=per_sample,
-        fixed_bytes=fixed,
-        gpu_mem_bytes=mem,
-        batch=max_batch(per_sample, fixed, mem),
-        seed_batch=SEED_BATCH.get((name, dim)) if preset == "seed" else None,
-        measured_shape=measured,
-        measured_on=dev.type,
-        scale=scale,
-        method="real",
-        fake_error=fake_error,
+    return plan(
+        per_sample, flops1 * scale, measured, scale=scale, method="real", fake_error=fake_error
     )
 
 
