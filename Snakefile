@@ -32,6 +32,7 @@ localrules:
     predict_all,
     predict_init,
     preflight,
+    preflight_verdict,
 
 
 rule all:

@@ -2,8 +2,8 @@
 
 ``snakemake --profile config/profiles/longleaf preflight`` submits one preflight job per run
 with that run's training request and writes ``results/preflight.md``, and nothing else; then the
-training target lets the go run train and stops the no-go run's train job with its one line,
-while the other run finishes. Only what a 2-CPU node without a GPU forces is overridden: the
+training target lets the go run train and stops the no-go run at its local gate with its one
+line, before its train job is queued (also on the profile's retry), while the other run finishes. Only what a 2-CPU node without a GPU forces is overridden: the
 "GPUs" run as gloo CPU ranks (``run_on_cpu``), a short preflight, and no supply margin (two
 cores cannot feed a step on the CPU; the supply check is tested by hand-computed cases in
 tests/training/test_preflight.py). The no-go is injected: 10^5 epochs of unet_3d cannot fit
@@ -76,18 +76,26 @@ def test_preflight_decides_which_runs_train(slurm_cluster, tmp_path):
     assert not (results / "models").exists(), "`preflight` trains nothing"
 
     targets = [f"results/models/{key}/best.pt" for key in MODELS]
-    result = run_workflow(slurm_cluster, tmp_path, config, *targets, "--keep-going")
+    result = run_workflow(slurm_cluster, tmp_path, config, *targets, "--keep-going", retries=1)
     log = result.stdout + result.stderr
-    assert result.returncode != 0, "the no-go run's train job fails"
+    assert result.returncode != 0, "the no-go run's gate fails"
     calls = sbatch_calls(log)
-    # the preflights are not run again: only the two train jobs are submitted
-    assert {name.split("_wildcards_")[0] for name in calls} == {"train"}, sorted(calls)
+    # the preflights are not run again, the gates run locally, and the no-go run's train job is
+    # never queued, not even for the profile's retry: one train job is submitted, the go run's
+    assert set(calls) == {"train_wildcards_unet_2d"}, sorted(calls)
     assert (results / "models/unet_2d/best.pt").is_file(), log[-6000:]
+    assert (results / "preflight/unet_2d.verdict").read_text() == (
+        "preflight results/preflight/unet_2d.json: go\n"
+    )
     assert (
         "preflight results/preflight/unet_2d.json: go"
         in (tmp_path / "logs/train/unet_2d.log").read_text()
     )
     assert not (results / "models/unet_3d/best.pt").exists()
-    last = (tmp_path / "logs/train/unet_3d.log").read_text().strip().splitlines()[-1]
+    assert not (results / "preflight/unet_3d.verdict").exists()
+    assert not (tmp_path / "logs/train/unet_3d.log").exists()
+    last = (tmp_path / "logs/preflight_verdict/unet_3d.log").read_text().strip().splitlines()[-1]
     assert last.startswith("cellseg: error: preflight no-go for unet_3d")
     assert "preflight.enforce: false" in last
+    # the profile's retry ran the gate again where Snakemake runs, in seconds
+    assert log.count("Error in rule preflight_verdict") == 2, log[-6000:]

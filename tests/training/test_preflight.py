@@ -27,6 +27,7 @@ from cellseg.training.preflight import (
     out_of_memory_document,
     project,
     result_document,
+    write_verdict,
 )
 from cellseg.training.settings import TrainSettings
 
@@ -191,6 +192,19 @@ def test_a_train_job_refuses_a_no_go_unless_not_enforced(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(CellsegError, match=r"bad\.json: not a cellseg-preflight-1 document"):
         check_preflight(tmp_path / "bad.json", enforce=True)
+
+
+def test_the_gate_writes_the_line_the_train_job_logs_and_nothing_for_a_no_go(tmp_path):
+    verdict = tmp_path / "unet_2d.verdict"
+    line = write_verdict(document(tmp_path), verdict, enforce=True)
+    assert line.endswith(": go") and verdict.read_text() == line + "\n"
+    nogo = document(tmp_path, supply=1.0)
+    verdict.unlink()
+    with pytest.raises(CellsegError, match="preflight no-go for unet_2d"):
+        write_verdict(nogo, verdict, enforce=True)
+    assert list(tmp_path.iterdir()) == [nogo], "no verdict (nor a temporary) for a no-go"
+    write_verdict(nogo, verdict, enforce=False)
+    assert verdict.read_text().startswith("warning: preflight no-go for unet_2d")
 
 
 def test_a_preflight_of_other_settings_says_how_to_measure_again(tmp_path):

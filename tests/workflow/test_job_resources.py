@@ -70,8 +70,10 @@ def test_seed_experiment_jobs_ask_for_what_their_work_needs(clone):
     layers = (BASE, SEED)
     # the bookkeeping rules are localrules (the SLURM tests check that they are not submitted);
     # the seed preset runs each training run's preflight first
-    # (and its table, results/preflight.md, locally)
-    assert planned_rules(dry) - {*LOCAL_RULES, "preflight"} == {*SUBMITTED, "preflight_run"}
+    # (and locally its table, results/preflight.md, and the go / no-go gate before each train job)
+    local = {*LOCAL_RULES, "preflight", "preflight_verdict"}
+    assert planned_rules(dry) - local == {*SUBMITTED, "preflight_run"}
+    assert "preflight_verdict" in planned_rules(dry)
     assert "preflight" in planned_rules(dry)
     evaluate = merged("resources", "evaluate", *layers)
     visualize = merged("resources", "visualize", *layers)

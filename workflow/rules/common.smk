@@ -284,9 +284,9 @@ def workflow_retries(wildcards):
 
 
 def train_preflight(wildcards):
-    """The train job's preflight input when preflight.enabled: ancient, so that a preflight run
-    again (e.g. `snakemake preflight` after the experiment) never makes a finished model out of
-    date under rerun-triggers mtime."""
+    """The train job's preflight verdict (preflight.smk) when preflight.enabled: ancient, so
+    that a preflight run again (e.g. `snakemake preflight` after the experiment) never makes a
+    finished model out of date under rerun-triggers mtime."""
     if not config["preflight"]["enabled"]:
         return {}
-    return {"preflight": ancient(f"results/preflight/{wildcards.run}.json")}
+    return {"preflight": ancient(f"results/preflight/{wildcards.run}.verdict")}

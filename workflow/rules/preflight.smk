@@ -1,7 +1,8 @@
 # Preflight stage: one job per run on its training job's node (the same partition, GPUs, CPUs
 # and memory) for preflight.runtime_min minutes: go / no-go in results/preflight/{run}.json, every
 # run's in results/preflight.md (cellseg.training.preflight). With preflight.enabled each train
-# job waits for its run's preflight and refuses a no-go unless preflight.enforce is false.
+# job waits for its run's verdict, a local gate that refuses a no-go unless preflight.enforce is
+# false: a no-go run's train job is never queued for a GPU, not even once per retry.
 
 
 rule preflight_run:
@@ -22,6 +23,23 @@ rule preflight_run:
         retries=workflow_retries,
     script:
         "../scripts/preflight.py"
+
+
+# a localrule (Snakefile): seconds on the login node; its retries cost nothing
+rule preflight_verdict:
+    input:
+        preflight=rules.preflight_run.output[0],
+    output:
+        "results/preflight/{run}.verdict",
+    log:
+        "logs/preflight_verdict/{run}.log",
+    conda:
+        "../envs/cellseg.yaml"
+    params:
+        # the settings the train job runs with: a verdict judged on other settings says so
+        settings=lambda wildcards: model_settings(wildcards).config_hash(),
+    script:
+        "../scripts/preflight_verdict.py"
 
 
 # `snakemake --profile config/profiles/longleaf preflight` runs only the preflights (and the

@@ -1,11 +1,11 @@
 """Snakemake rule train: run cellseg's trainer for one run (thin wrapper)."""
 
 import sys
+from pathlib import Path
 
 from cellseg.joblog import job_log
 from cellseg.training.launch import launch_training
-from cellseg.training.preflight import check_preflight
-from cellseg.training.settings import Run, resolve_settings, run_config
+from cellseg.training.settings import Run, run_config
 
 # stderr goes to the job's log, which ends with the error if the job fails; the training
 # process itself writes into the same log (and ends it with its own one line)
@@ -13,13 +13,11 @@ with job_log(snakemake.log[0]) as log:  # noqa: F821
     # the run's variant and seed are folded into the config the job reads (its
     # workflow_config.yaml), under the plain {model}_{dim} key
     run = Run.parse(snakemake.wildcards.run)  # noqa: F821
-    # the run's preflight (an input when preflight.enabled): a no-go stops here with its one
-    # line unless preflight.enforce is false
-    preflight = getattr(snakemake.input, "preflight", None)  # noqa: F821
-    if preflight is not None:
-        enforce = snakemake.config["preflight"]["enforce"]  # noqa: F821
-        settings = resolve_settings(snakemake.config, snakemake.wildcards.run)  # noqa: F821
-        print(check_preflight(preflight, enforce, settings), file=log, flush=True)
+    # the run's preflight verdict (an input when preflight.enabled): the local gate before this
+    # job already refused a no-go; the go (or the no-go passed with enforce false) is logged
+    verdict = getattr(snakemake.input, "preflight", None)  # noqa: F821
+    if verdict is not None:
+        print(Path(verdict).read_text().strip(), file=log, flush=True)
     status = launch_training(
         run_config(snakemake.config, run),  # noqa: F821
         run.model_key,

@@ -26,14 +26,15 @@ grad_accum)`` steps; validation is not measured), to ``max_epochs``, the resubmi
 device, when supply < ``preflight.min_supply_ratio`` x demand, or when training needs more
 attempts than the profile's ``retries`` + 1. Each reason names the measurement and the keys to
 change. The result is ``results/preflight/{run}.json`` (:func:`run_preflight`), the table of all
-runs ``results/preflight.md`` (:func:`format_table`), and a ``train`` job refuses a no-go
-(:func:`check_preflight`) unless ``preflight.enforce`` is false.
+runs ``results/preflight.md`` (:func:`format_table`), and a local gate before each ``train`` job
+refuses a no-go (:func:`check_preflight`, :func:`write_verdict`) unless ``preflight.enforce`` is
+false, so that a no-go run's training job is never queued.
 
 The verdict and the table need no torch (the workflow's local rules use them); only the
 measurement imports it.
 
 Why one module of about 900 lines: the measurement writes the record that the verdict, the
-table and the train job's check read, and the four change together whenever a measured field
+table and the gate before the train job read, and the four change together whenever a measured field
 does; the torch-free parts stay importable without torch.
 """
 
@@ -73,7 +74,8 @@ class PreflightConfig:
 
     Attributes:
         enabled: each ``train`` job waits for its run's preflight.
-        enforce: a no-go stops the run's ``train`` job (false: logged, training proceeds).
+        enforce: a no-go stops the run before its ``train`` job is queued (false: logged,
+            training proceeds).
         runtime_min: the preflight job's wall-time limit, minutes.
         warmup_steps: optimizer steps run before any timing (allocator, cuDNN autotuning,
             ``torch.compile``).
@@ -352,7 +354,8 @@ def read_result(path: Path | str) -> dict[str, Any]:
 
 
 def check_preflight(path: Path | str, enforce: bool, settings: TrainSettings | None = None) -> str:
-    """What a ``train`` job does with its run's preflight: a go passes, a no-go stops it.
+    """What the gate before a ``train`` job does with its run's preflight: a go passes, a
+    no-go stops it.
 
     With ``settings`` (the train job's), a preflight that measured other values of the settings
     it judges (:func:`judged_settings`) says so and how to measure again: Snakemake does not redo
@@ -385,6 +388,30 @@ def check_preflight(path: Path | str, enforce: bool, settings: TrainSettings | N
     if enforce:
         raise CellsegError(f"{line}{stale}; or set preflight.enforce: false to train anyway")
     return f"warning: {line}{stale}; training anyway (preflight.enforce: false)"
+
+
+def write_verdict(
+    result_path: Path | str,
+    verdict_path: Path | str,
+    enforce: bool,
+    settings: TrainSettings | None = None,
+) -> str:
+    """The workflow's gate between a run's preflight and its ``train`` job.
+
+    Runs :func:`check_preflight` and writes the line it returns to ``verdict_path`` (atomically),
+    the input the ``train`` job waits for. The gate is a local rule: a no-go fails it on the
+    login node, so the ``train`` job is never queued for a GPU, neither once nor once per retry
+    the profile allows.
+
+    Returns:
+        the line written (go, or a no-go passed with ``enforce`` false).
+
+    Raises:
+        CellsegError: a no-go with ``enforce`` true (nothing is written).
+    """
+    line = check_preflight(result_path, enforce, settings)
+    write_text_atomic(verdict_path, line + "\n")
+    return line
 
 
 def judged_settings(settings: TrainSettings) -> dict[str, Any]:
