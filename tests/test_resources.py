@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,9 @@ from cellseg.resources import (
     count_test_crops,
     evaluation_resources,
     figure_resources,
+    host_memory_formula,
     job_memory_limit_mb,
+    ranks_use_cuda,
     training_host_memory_mb,
     training_resources,
 )
@@ -108,6 +111,33 @@ def test_a_training_job_whose_caches_exceed_its_memory_is_refused():
     check_training_fits(config, settings, environ={})
     with pytest.raises(CellsegError, match="SLURM's --mem = 20000 MB"):
         check_training_fits(config, settings, environ={"SLURM_MEM_PER_NODE": "20000"})
+
+
+def test_the_refusal_shows_every_term_of_the_estimate():
+    config, settings = seed_like(num_workers=7, patch_shape=[32, 256, 256], batch_per_gpu=2)
+    host = config["resources"]["host_memory"]
+    for uses_cuda in (False, True):
+        formula = host_memory_formula(config, settings, uses_cuda)
+        # the terms as printed, summed by hand, are the estimate
+        cuda = host["cuda_mb"] if uses_cuda else 0
+        by_hand = 4 * (8 * 2048 + host["rank_mb"] + cuda + 7 * host["worker_mb"] + 16 * 72)
+        assert training_host_memory_mb(config, settings, uses_cuda) == pytest.approx(by_hand)
+        assert formula == (
+            f"ranks 4 × ((num_workers 7 + 1) × cache_mb 2048 + rank_mb {host['rank_mb']}"
+            + (f" + cuda_mb {cuda}" if uses_cuda else "")
+            + f" + num_workers × worker_mb {host['worker_mb']} + 16 batches × 72 MB)"
+        )
+        with pytest.raises(CellsegError) as error:
+            check_training_fits(config, settings, environ={}, uses_cuda=uses_cuda)
+        assert f"an estimated {by_hand:.0f} MB of host memory ({formula})" in str(error.value)
+
+
+def test_a_run_on_cpu_rehearsal_on_a_gpu_node_counts_no_cuda_context():
+    _, settings = seed_like()
+    assert ranks_use_cuda(settings, cuda_available=True)
+    assert not ranks_use_cuda(settings, cuda_available=False)
+    assert not ranks_use_cuda(replace(settings, run_on_cpu=True), cuda_available=True)
+    assert not ranks_use_cuda(replace(settings, gpus=0), cuda_available=True)
 
 
 def test_more_processes_than_cpus_is_a_warning():

@@ -164,13 +164,44 @@ def training_host_memory_mb(
     ranks = max(settings.gpus, 1)
     workers = settings.num_workers
     rank_mb = host["rank_mb"] + (host["cuda_mb"] if uses_cuda else 0)
-    batches = (PREFETCH_FACTOR * workers + 2) if workers else 2
     return ranks * (
         (workers + 1) * settings.cache_mb
         + rank_mb
         + workers * host["worker_mb"]
-        + batches * batch_mb(settings)
+        + held_batches(workers) * batch_mb(settings)
     )
+
+
+def held_batches(num_workers: int) -> int:
+    """Batches one rank and its loader workers hold at once: ``PREFETCH_FACTOR`` per worker
+    ready in shared memory, plus the one trained on and its pinned copy."""
+    return PREFETCH_FACTOR * num_workers + 2
+
+
+def host_memory_formula(
+    config: Mapping[str, Any], settings: TrainSettings, uses_cuda: bool = False
+) -> str:
+    """:func:`training_host_memory_mb`'s formula with this job's figures, every term of it (MB)."""
+    host = config["resources"]["host_memory"]
+    workers = settings.num_workers
+    cuda = f" + cuda_mb {host['cuda_mb']}" if uses_cuda else ""
+    return (
+        f"ranks {max(settings.gpus, 1)} × ((num_workers {workers} + 1) × cache_mb "
+        f"{settings.cache_mb:g} + rank_mb {host['rank_mb']}{cuda} + num_workers × worker_mb "
+        f"{host['worker_mb']} + {held_batches(workers)} batches × {batch_mb(settings):.0f} MB)"
+    )
+
+
+def ranks_use_cuda(settings: TrainSettings, cuda_available: bool | None = None) -> bool:
+    """Whether the training ranks drive GPUs: the run asks for GPUs, is not a ``run_on_cpu``
+    rehearsal, and CUDA is available (``cuda_available``; default: asked of torch here)."""
+    if settings.gpus <= 0 or settings.run_on_cpu:
+        return False
+    if cuda_available is None:
+        import torch  # here, not at the top: the workflow plans jobs without torch
+
+        cuda_available = torch.cuda.is_available()
+    return cuda_available
 
 
 def job_memory_limit_mb(environ: Mapping[str, str] | None = None) -> int | None:
@@ -198,8 +229,9 @@ def check_training_fits(
     The memory limit is SLURM's when the job runs under SLURM, else the model's ``mem_mb``; a
     job over it would be killed, possibly days in. More processes (ranks × (workers + 1)) than
     ``cpus_per_task`` only slow the loader down, so that is a warning. Both off with
-    ``resources.host_memory.check: false``. ``uses_cuda`` (default: the model asks for GPUs and
-    CUDA is available here) adds ``cuda_mb`` per rank.
+    ``resources.host_memory.check: false``. ``uses_cuda`` (default: :func:`ranks_use_cuda`, the
+    model asks for GPUs, is not ``run_on_cpu`` and CUDA is available here) adds ``cuda_mb`` per
+    rank.
 
     Returns:
         a one-line warning about the processes, or None.
@@ -215,18 +247,15 @@ def check_training_fits(
     where = "SLURM's --mem" if limit is not None else f"models.{key}.mem_mb"
     limit = settings.mem_mb if limit is None else limit
     if uses_cuda is None:
-        import torch  # here, not at the top: the workflow plans jobs without torch
-
-        uses_cuda = settings.gpus > 0 and torch.cuda.is_available()
+        uses_cuda = ranks_use_cuda(settings)
     needed = training_host_memory_mb(config, settings, uses_cuda)
     ranks = max(settings.gpus, 1)
     if needed > limit:
         raise CellsegError(
-            f"models.{key}: an estimated {needed:.0f} MB of host memory (ranks {ranks} × "
-            f"((num_workers {settings.num_workers} + 1) × cache_mb {settings.cache_mb:g} + "
-            f"rank_mb {host['rank_mb']} + num_workers × worker_mb {host['worker_mb']})) exceeds "
-            f"{where} = {limit} MB; lower cache_mb or num_workers, or raise mem_mb "
-            f"(resources.host_memory.check: false to skip)"
+            f"models.{key}: an estimated {needed:.0f} MB of host memory "
+            f"({host_memory_formula(config, settings, uses_cuda)}) exceeds {where} = {limit} MB; "
+            "lower cache_mb or num_workers, or raise mem_mb "
+            "(resources.host_memory.check: false to skip)"
         )
     processes = ranks * (settings.num_workers + 1)
     if processes > settings.cpus_per_task:
