@@ -160,36 +160,39 @@ def training_host_memory_mb(
     measured by ``bench/memory.py``, and ``cuda_mb`` (the CUDA context and allocator on the
     host) counts when the ranks drive GPUs.
     """
-    host = config["resources"]["host_memory"]
-    ranks = max(settings.gpus, 1)
-    workers = settings.num_workers
-    rank_mb = host["rank_mb"] + (host["cuda_mb"] if uses_cuda else 0)
-    return ranks * (
-        (workers + 1) * settings.cache_mb
-        + rank_mb
-        + workers * host["worker_mb"]
-        + held_batches(workers) * batch_mb(settings)
+    return max(settings.gpus, 1) * sum(
+        mb for _, mb in _rank_host_memory(config, settings, uses_cuda)
     )
 
 
-def held_batches(num_workers: int) -> int:
-    """Batches one rank and its loader workers hold at once: ``PREFETCH_FACTOR`` per worker
-    ready in shared memory, plus the one trained on and its pinned copy."""
-    return PREFETCH_FACTOR * num_workers + 2
+def _rank_host_memory(
+    config: Mapping[str, Any], settings: TrainSettings, uses_cuda: bool
+) -> list[tuple[str, float]]:
+    """One rank's terms of :func:`training_host_memory_mb`: (the term with its figures, MB)."""
+    host = config["resources"]["host_memory"]
+    workers = settings.num_workers
+    held_batches = PREFETCH_FACTOR * workers + 2
+    terms: list[tuple[str, float]] = [
+        (f"(num_workers {workers} + 1) × cache_mb {settings.cache_mb:g}",
+         (workers + 1) * settings.cache_mb),
+        (f"rank_mb {host['rank_mb']}", host["rank_mb"]),
+    ]  # fmt: skip
+    if uses_cuda:
+        terms.append((f"cuda_mb {host['cuda_mb']}", host["cuda_mb"]))
+    return [
+        *terms,
+        (f"num_workers × worker_mb {host['worker_mb']}", workers * host["worker_mb"]),
+        (f"{held_batches} batches × {batch_mb(settings):.0f} MB",
+         held_batches * batch_mb(settings)),
+    ]  # fmt: skip
 
 
 def host_memory_formula(
     config: Mapping[str, Any], settings: TrainSettings, uses_cuda: bool = False
 ) -> str:
     """:func:`training_host_memory_mb`'s formula with this job's figures, every term of it (MB)."""
-    host = config["resources"]["host_memory"]
-    workers = settings.num_workers
-    cuda = f" + cuda_mb {host['cuda_mb']}" if uses_cuda else ""
-    return (
-        f"ranks {max(settings.gpus, 1)} × ((num_workers {workers} + 1) × cache_mb "
-        f"{settings.cache_mb:g} + rank_mb {host['rank_mb']}{cuda} + num_workers × worker_mb "
-        f"{host['worker_mb']} + {held_batches(workers)} batches × {batch_mb(settings):.0f} MB)"
-    )
+    terms = " + ".join(term for term, _ in _rank_host_memory(config, settings, uses_cuda))
+    return f"ranks {max(settings.gpus, 1)} × ({terms})"
 
 
 def ranks_use_cuda(settings: TrainSettings, cuda_available: bool | None = None) -> bool:
