@@ -34,8 +34,8 @@ The verdict and the table need no torch (the workflow's local rules use them); o
 measurement imports it.
 
 Why one module of about 900 lines: the measurement writes the record that the verdict, the
-table and the gate before the train job read, and the four change together whenever a measured field
-does; the torch-free parts stay importable without torch.
+table and the gate before the train job read, and the four change together whenever a measured
+field does; the torch-free parts stay importable without torch.
 """
 
 from __future__ import annotations
