@@ -289,4 +289,4 @@ def train_preflight(wildcards):
     finished model out of date under rerun-triggers mtime."""
     if not config["preflight"]["enabled"]:
         return {}
-    return {"preflight": ancient(f"results/preflight/{wildcards.run}.verdict")}
+    return {"preflight_verdict": ancient(f"results/preflight/{wildcards.run}.verdict")}

@@ -15,7 +15,7 @@ with job_log(snakemake.log[0]) as log:  # noqa: F821
     run = Run.parse(snakemake.wildcards.run)  # noqa: F821
     # the run's preflight verdict (an input when preflight.enabled): the local gate before this
     # job already refused a no-go; the go (or the no-go passed with enforce false) is logged
-    verdict = getattr(snakemake.input, "preflight", None)  # noqa: F821
+    verdict = getattr(snakemake.input, "preflight_verdict", None)  # noqa: F821
     if verdict is not None:
         print(Path(verdict).read_text().strip(), file=log, flush=True)
     status = launch_training(
