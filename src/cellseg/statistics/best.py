@@ -1,0 +1,330 @@
+"""Comparisons with a best model chosen from the data, and rank sets (see :mod:`cellseg.statistics`)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from cellseg.metrics import Statistic
+from cellseg.statistics.intervals import (
+    _check,
+    _to_numpy,
+    class_mean_interval,
+    class_values,
+)
+
+
+class BestComparison(NamedTuple):
+    """Every model against the best, the best chosen from the same crops (:func:`compare_with_best`).
+
+    Attributes:
+        best: index of the best model (highest statistic; the first of a tie).
+        estimates: ``(M,)`` each model's statistic.
+        p_adjusted: ``(M,)`` family-wise adjusted p-value of "model ``m`` is worse than the best"
+            (NaN for the best itself).
+        n_crops: crops the models share (the permutations run over these).
+        n_resamples: label permutations per step.
+    """
+
+    best: int
+    estimates: np.ndarray
+    p_adjusted: np.ndarray
+    n_crops: int
+    n_resamples: int
+
+
+def _pooled_dice(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """Dice ``Σ 2TP / Σ (2TP + FP + FN)`` per class; 1 where both sums are 0 (SPEC §8: a class
+    empty in prediction and ground truth)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, numerator / denominator, 1.0)
+
+
+def _permuted_statistics(
+    parts: np.ndarray, statistic: Statistic, n_resamples: int, rng: np.random.Generator
+) -> np.ndarray:
+    """The statistic of every model after permuting the models' labels within each crop.
+
+    Args:
+        parts: ``mean``: ``(M, N)`` per-crop contributions ``u_mn = Σ_c x_mnc / (K n_c)``, whose
+            sum over crops is the statistic; ``pooled``: ``(M, N, C, 2)`` per-crop ``2 TP`` and
+            ``2 TP + FP + FN``, NaN-free, zero where the class is not annotated.
+
+    Returns:
+        ``(n_resamples, M)``.
+    """
+    models, crops = parts.shape[:2]
+    out = np.empty((n_resamples, models))
+    by_crop = np.moveaxis(parts, 0, 1)[None]  # (1, N, M, ...)
+    for start in range(0, n_resamples, 1024):
+        size = min(1024, n_resamples - start)
+        order = rng.random((size, crops, models)).argsort(axis=-1)  # (b, N, M)
+        index = order.reshape(order.shape + (1,) * (parts.ndim - 2))
+        sums = np.take_along_axis(by_crop, index, axis=2).sum(axis=1)  # (b, M, ...)
+        if statistic is Statistic.MEAN:
+            out[start : start + size] = sums
+            continue
+        out[start : start + size] = _pooled_dice(sums[..., 0], sums[..., 1]).mean(axis=-1)
+    return out
+
+
+def compare_with_best(
+    data: Sequence[np.ndarray] | np.ndarray,
+    statistic: Statistic | str = Statistic.MEAN,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> BestComparison:
+    """Which models are worse than the best, with the best chosen from the same crops.
+
+    Testing each model against the top scorer as if the pair had been fixed in advance makes
+    "worse than the best" too easy: with 8 identical models a sign-flip test per pair and Holm
+    call at least one of them significantly worse far more often than 5 % of experiments
+    (``bench/best_selection.py``; docs/benchmarks.md). Here
+    the null hypothesis of a set of models is that their results are exchangeable on each crop;
+    a permutation shuffles the models' labels within every crop independently, and the best is
+    chosen again in every permutation: the statistic of a set is the gap between its best and
+    its worst model (``max θ̂ - min θ̂``, the largest "difference to the best"), so its
+    permutation distribution includes the selection. Step-down (Westfall and Young): the worst
+    model is tested against the gaps of all ``M`` models, the next against the gaps of the
+    ``M - 1`` models left, and so on, each p-value at least the one before; family-wise error
+    at most the nominal level whichever models are truly equal.
+
+    Args:
+        data: ``M`` models' per-crop counts ``(N, C, 4)`` on the same ``N`` crops (row ``n`` the
+            same crop in every model, the same annotation), or ``(N, C)`` Dice with NaN where not
+            annotated (``mean`` only).
+        statistic: :class:`~cellseg.metrics.Statistic` (``mean``: per-crop Dice averaged; the
+            statistic is then linear in the crops' contributions and permutations are cheap).
+        n_resamples: label permutations per step (p-values ``(1 + #) / (1 + n_resamples)``).
+        seed: seed of the permutations.
+
+    Raises:
+        ValueError: fewer than 2 models or 2 crops, shapes differ, or ``pooled`` without counts.
+
+    Returns:
+        :class:`BestComparison`.
+    """
+    statistic = Statistic(statistic)
+    arrays = [_check(_to_numpy(x)) for x in data]
+    if len(arrays) < 2:
+        raise ValueError(f"comparing with the best needs at least 2 models, got {len(arrays)}")
+    if len({x.shape for x in arrays}) > 1:
+        raise ValueError(
+            f"every model needs the same crops and classes, got {[x.shape for x in arrays]}"
+        )
+    if arrays[0].shape[0] < 2:
+        raise ValueError("comparing with the best needs at least 2 crops")
+    if statistic is Statistic.MEAN:
+        values = np.stack([class_values(x, statistic) for x in arrays])  # (M, N, C)
+        annotated = ~np.isnan(values).any(axis=0)
+        keep = annotated.any(axis=0)
+        annotated = annotated[:, keep]
+        n_c = annotated.sum(axis=0)
+        weights = annotated / (n_c * annotated.shape[1])  # a_nc / (K n_c)
+        parts = (np.where(annotated, values[:, :, keep], 0.0) * weights).sum(axis=2)  # (M, N)
+        estimates = parts.sum(axis=1)
+    else:
+        if arrays[0].ndim != 3:
+            raise ValueError("the pooled statistic needs counts (N, C, 4), not per-crop scores")
+        counts = np.stack(arrays)  # (M, N, C, 4)
+        annotated = (counts.sum(axis=-1) > 0).all(axis=0)  # (N, C)
+        keep = annotated.any(axis=0)
+        counts = np.where(annotated[None, :, :, None], counts, 0.0)[:, :, keep]
+        tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
+        parts = np.stack((2 * tp, 2 * tp + fp + fn), axis=-1)  # (M, N, K, 2)
+        sums = parts.sum(axis=1)
+        estimates = _pooled_dice(sums[..., 0], sums[..., 1]).mean(axis=1)
+    rng = np.random.default_rng(seed)
+    best, p_adjusted = _step_down_against_the_best(
+        estimates,
+        lambda remaining: _permuted_statistics(parts[remaining], statistic, n_resamples, rng),
+        n_resamples,
+    )
+    return BestComparison(best, estimates, p_adjusted, arrays[0].shape[0], int(n_resamples))
+
+
+def _step_down_against_the_best(
+    estimates: np.ndarray,
+    permuted: Callable[[list[int]], np.ndarray],
+    n_resamples: int,
+) -> tuple[int, np.ndarray]:
+    """Westfall-Young step-down of "worse than the best", the best chosen again in every
+    permutation: the worst model against the permuted gaps (best minus worst) of all of them,
+    the next against those of the ones left, each p-value at least the one before.
+
+    Args:
+        estimates: ``(M,)`` each model's statistic.
+        permuted: ``permuted(remaining) -> (n_resamples, len(remaining))``, the statistics of
+            the models ``remaining`` under ``n_resamples`` permutations of their labels.
+        n_resamples: permutations per step.
+
+    Returns:
+        the index of the best (the first of a tie) and ``(M,)`` adjusted p-values (NaN for it).
+    """
+    best = int(np.argmax(estimates))
+    gaps = estimates[best] - estimates
+    p_adjusted = np.full(len(estimates), np.nan)
+    remaining = list(range(len(estimates)))
+    previous = 0.0
+    # worst first; a tie keeps the input order
+    for worst in sorted((m for m in remaining if m != best), key=lambda m: (-gaps[m], m)):
+        statistics = permuted(remaining)
+        spread = statistics.max(axis=1) - statistics.min(axis=1)
+        # a tolerance: permutations that reproduce the observed gap up to rounding count
+        at_least = np.count_nonzero(spread >= gaps[worst] - 1e-12 * max(abs(gaps[worst]), 1.0))
+        previous = max(previous, (1 + at_least) / (1 + n_resamples))
+        p_adjusted[worst] = previous
+        remaining.remove(worst)
+    return best, p_adjusted
+
+
+def compare_runs_with_best(
+    scores: np.ndarray, n_resamples: int = 9999, seed: int = 0
+) -> BestComparison:
+    """Which groups of training runs are worse than the best group, the best chosen from the
+    same runs: a step-down max-T permutation test over runs, on fixed test crops.
+
+    ``scores[g, s]`` is the score of group ``g``'s run with seed index ``s``. Under the null
+    hypothesis of a set of groups, its runs of one seed index are exchangeable (the groups
+    train alike; runs sharing a seed index may share data order or initialisation, so labels
+    are permuted within each seed index, never across). A permutation shuffles the group labels
+    within every seed index independently and the best is chosen again; the statistic of a set
+    is the gap between its best and worst group means. Step-down as in
+    :func:`compare_with_best`: the worst group is tested against the gaps of all ``M`` groups,
+    the next against those of the ``M - 1`` left, each p-value at least the one before.
+
+    The crops are held fixed: this tests whether the groups differ on these crops beyond what
+    the seeds explain, not whether they would on other crops (the study pairs it with the
+    t tests of :func:`replicate_mean_interval`, which count the crops). With one seed the gap
+    cannot change under permutation (use :func:`compare_with_best` over crops). Relabelling
+    whole groups alike in every seed index leaves the gap as it is, so no p-value of a step
+    with ``m`` groups is below ``1 / (m!)^(S - 1)``: 1/2 for 2 groups x 2 seeds, 1/4 for 2 x 3,
+    1/36 for 3 x 3. Few runs cannot show a difference once the best is chosen from them.
+
+    Args:
+        scores: ``(M, S)`` per-run scores, ``M >= 2`` groups, ``S >= 2`` seed indices.
+        n_resamples: random permutations per step (seeded).
+        seed: seed of the permutations.
+
+    Raises:
+        ValueError: fewer than 2 groups or 2 seeds, or NaN scores.
+
+    Returns:
+        :class:`BestComparison` (``n_crops`` holds the seed count ``S``).
+    """
+    scores = np.asarray(scores, dtype=float)
+    if scores.ndim != 2 or scores.shape[0] < 2 or scores.shape[1] < 2:
+        raise ValueError(f"expected (groups >= 2, seeds >= 2) run scores, got {scores.shape}")
+    if np.isnan(scores).any():
+        raise ValueError("every group needs a score for every seed index")
+    estimates = scores.mean(axis=1)
+    rng = np.random.default_rng(seed)
+
+    def permuted(remaining: list[int]) -> np.ndarray:
+        subset = scores[remaining]  # (m, S)
+        # each permutation sorts random keys per seed index: independent label shuffles
+        order = np.argsort(rng.random((n_resamples, *subset.shape)), axis=1)
+        return np.take_along_axis(subset[None], order, axis=1).mean(axis=2)  # (R, m)
+
+    best, p_adjusted = _step_down_against_the_best(estimates, permuted, n_resamples)
+    return BestComparison(best, estimates, p_adjusted, scores.shape[1], int(n_resamples))
+
+
+class RankSets(NamedTuple):
+    """How sure a ranking is (:func:`rank_sets`).
+
+    Attributes:
+        low, high: ``(M,)`` each model's simultaneous confidence set of ranks ``[low, high]``
+            (1 = best): together they hold every model's true rank with the confidence asked.
+        p_best: ``(M,)`` share of crop resamples in which the model scores highest.
+        n_crops: crops the models share.
+    """
+
+    low: np.ndarray
+    high: np.ndarray
+    p_best: np.ndarray
+    n_crops: int
+
+
+def _resampled_statistics(
+    data: Sequence[np.ndarray], statistic: Statistic, n_resamples: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``(n_resamples, M)``: every model's statistic on the same crops drawn with replacement
+    (the classes a resample does not annotate are left out of every model alike)."""
+    arrays = [_check(_to_numpy(x)) for x in data]
+    n_crops = arrays[0].shape[0]
+    if statistic is Statistic.MEAN:
+        values = np.stack([class_values(x, statistic) for x in arrays])  # (M, N, C)
+        annotated = (~np.isnan(values)).all(axis=0).astype(np.float64)  # (N, C)
+        numerator = np.where(annotated > 0, values, 0.0)  # (M, N, C)
+        denominator = np.broadcast_to(annotated, numerator.shape)
+    else:
+        counts = np.stack(arrays)  # (M, N, C, 4)
+        annotated = (counts.sum(axis=-1) > 0).all(axis=0).astype(np.float64)
+        tp, fp, fn = (np.where(annotated > 0, counts[..., k], 0.0) for k in range(3))
+        numerator, denominator = 2 * tp, 2 * tp + fp + fn
+    out = np.empty((n_resamples, len(arrays)))
+    for start in range(0, n_resamples, 512):
+        size = min(512, n_resamples - start)
+        weights = rng.multinomial(n_crops, np.full(n_crops, 1 / n_crops), size=size).astype(float)
+        present = weights @ annotated > 0  # (b, C): classes the resample annotates
+        top = np.einsum("bn,mnc->bmc", weights, numerator)
+        bottom = np.einsum("bn,mnc->bmc", weights, denominator)
+        scores = np.where(present[:, None, :], _pooled_dice(top, bottom), 0.0)
+        out[start : start + size] = scores.sum(axis=2) / present.sum(axis=1)[:, None]
+    return out
+
+
+def rank_sets(
+    data: Sequence[np.ndarray] | np.ndarray,
+    statistic: Statistic | str = Statistic.MEAN,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> RankSets:
+    """Simultaneous confidence sets of the models' ranks, and how often each comes out best.
+
+    The rank sets come from simultaneous intervals of all ``M (M - 1) / 2`` pairwise differences
+    (each :func:`class_mean_interval` of the per-crop differences at confidence
+    ``1 - (1 - confidence) / pairs``, Bonferroni): model ``i`` ranks below every model whose
+    interval against it lies above 0, and above every model whose interval lies below, so
+    ``low_i = 1 + #{j: θ_j > θ_i surely}`` and ``high_i = M - #{j: θ_j < θ_i surely}``. All the
+    sets hold the true ranks at once whenever all the intervals do, so with at least the
+    confidence asked. ``p_best`` is descriptive: the share of crop resamples (with replacement)
+    in which the model has the highest statistic.
+
+    Args:
+        data: ``M`` models' per-crop counts ``(N, C, 4)`` on the same crops, or ``(N, C)`` Dice
+            with NaN where not annotated (``mean`` only).
+        statistic: :class:`~cellseg.metrics.Statistic`.
+        confidence: of the sets together.
+        n_resamples: crop resamples for ``p_best``.
+        seed: seed of the resamples.
+
+    Raises:
+        ValueError: fewer than 2 models or 2 crops, or shapes differ.
+
+    Returns:
+        :class:`RankSets`.
+    """
+    statistic = Statistic(statistic)
+    arrays = [_check(_to_numpy(x)) for x in data]
+    if len(arrays) < 2 or len({x.shape for x in arrays}) > 1 or arrays[0].shape[0] < 2:
+        raise ValueError("rank sets need at least 2 models on the same (at least 2) crops")
+    models = len(arrays)
+    values = [class_values(x, statistic) for x in arrays]
+    pairs = models * (models - 1) // 2
+    level = 1 - (1 - confidence) / pairs
+    surely_above = np.zeros((models, models), dtype=bool)  # [i, j]: θ_i > θ_j surely
+    for i, j in itertools.combinations(range(models), 2):
+        interval = class_mean_interval(values[i] - values[j], level, bound=1.0)
+        surely_above[i, j] = interval.low > 0
+        surely_above[j, i] = interval.high < 0
+    low = 1 + surely_above.sum(axis=0)
+    high = models - surely_above.sum(axis=1)
+    resampled = _resampled_statistics(arrays, statistic, n_resamples, np.random.default_rng(seed))
+    p_best = np.bincount(resampled.argmax(axis=1), minlength=models) / n_resamples
+    return RankSets(low, high, p_best, arrays[0].shape[0])
