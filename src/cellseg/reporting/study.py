@@ -66,13 +66,15 @@ class Study:
 def _t_p_value(estimate: float, se: float, df: float) -> float:
     """Two-sided p of the t statistic ``estimate / se`` with ``df`` degrees of freedom.
 
-    A standard error of 0 (every seed and crop gave exactly the same difference; the intervals
-    never collapse otherwise) is the limit of the t test: p = 1 for a zero difference, else 0.
-    NaN only when there is no standard error at all (too few crops).
+    Infinite ``df`` is the normal limit: the interval of tied differences (every seed and crop
+    gave the same difference, :func:`cellseg.statistics.intervals.tie_interval`) reports the
+    standard error that makes p < α exactly when 0 is outside it. A standard error of 0 (no
+    longer produced by the intervals) is the limit of the t test: p = 1 for a zero difference,
+    else 0. NaN only when there is no standard error at all (too few crops).
     """
     from scipy import stats
 
-    if not (np.isfinite(se) and np.isfinite(df) and df > 0):
+    if not (np.isfinite(se) and df > 0):
         return float("nan")
     if se <= 0:
         return 1.0 if estimate == 0 else 0.0

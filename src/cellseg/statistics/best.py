@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -14,7 +14,9 @@ from cellseg.statistics.intervals import (
     _to_numpy,
     class_mean_interval,
     class_values,
+    cluster_labels,
 )
+from cellseg.statistics.paired import sign_patterns
 
 
 class BestComparison(NamedTuple):
@@ -26,7 +28,10 @@ class BestComparison(NamedTuple):
         p_adjusted: ``(M,)`` family-wise adjusted p-value of "model ``m`` is worse than the best"
             (NaN for the best itself).
         n_crops: crops the models share (the permutations run over these).
-        n_resamples: label permutations per step.
+        n_resamples: label permutations per step (sign patterns of :func:`compare_with_best`).
+        p_pairs: ``(M, M)`` family-wise adjusted p-values of every pairwise difference
+            (:func:`compare_with_best`; ``None`` from the other procedures).
+        n_clusters: clusters (datasets) flipped as units; 0 when the crops are.
     """
 
     best: int
@@ -34,6 +39,8 @@ class BestComparison(NamedTuple):
     p_adjusted: np.ndarray
     n_crops: int
     n_resamples: int
+    p_pairs: np.ndarray | None = None
+    n_clusters: int = 0
 
 
 def _pooled_dice(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -71,13 +78,14 @@ def _permuted_statistics(
     return out
 
 
-def compare_with_best(
+def compare_with_best_exchangeable(
     data: Sequence[np.ndarray] | np.ndarray,
     statistic: Statistic | str = Statistic.MEAN,
     n_resamples: int = 10_000,
     seed: int = 0,
 ) -> BestComparison:
-    """Which models are worse than the best, with the best chosen from the same crops.
+    """The former test of "worse than the best" (kept for ``bench/inference_battery.py``'s
+    "before" column): valid only when the models are exchangeable on each crop.
 
     Testing each model against the top scorer as if the pair had been fixed in advance makes
     "worse than the best" too easy: with 8 identical models a sign-flip test per pair and Holm
@@ -106,6 +114,11 @@ def compare_with_best(
 
     Returns:
         :class:`BestComparison`.
+
+    With 8 models of equal means but unequal spreads its family-wise error is 0.12-0.14
+    (``bench/inference_battery.py``): a noisy model's results exchanged with a steady one's open
+    gaps the null hypothesis of exchangeability does not allow for. :func:`compare_with_best`
+    replaced it.
     """
     statistic = Statistic(statistic)
     arrays = [_check(_to_numpy(x)) for x in data]
@@ -144,6 +157,166 @@ def compare_with_best(
         n_resamples,
     )
     return BestComparison(best, estimates, p_adjusted, arrays[0].shape[0], int(n_resamples))
+
+
+def _shared_values(
+    data: Sequence[np.ndarray] | np.ndarray, statistic: Statistic
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(M, N, K)`` per-crop values of every model on the crop x class pairs all of them
+    annotate (0 elsewhere), and the ``(N, K)`` annotation; crops and classes none annotates
+    dropped (crop rows kept: the caller's clusters stay aligned)."""
+    arrays = [_check(_to_numpy(x)) for x in data]
+    if len(arrays) < 2:
+        raise ValueError(f"comparing with the best needs at least 2 models, got {len(arrays)}")
+    if len({x.shape for x in arrays}) > 1:
+        raise ValueError(
+            f"every model needs the same crops and classes, got {[x.shape for x in arrays]}"
+        )
+    if arrays[0].shape[0] < 2:
+        raise ValueError("comparing with the best needs at least 2 crops")
+    values = np.stack([class_values(x, statistic) for x in arrays])  # (M, N, C)
+    annotated = ~np.isnan(values).any(axis=0)
+    keep = annotated.any(axis=0)
+    return np.where(annotated, values, 0.0)[:, :, keep], annotated[:, keep]
+
+
+def pairwise_max_t(
+    values: np.ndarray,
+    annotated: np.ndarray,
+    groups: np.ndarray,
+    n_resamples: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Studentized step-down max-T over every pairwise difference, with joint sign flips.
+
+    For the pair ``(i, j)`` the difference ``θ̂_i - θ̂_j = Σ_n u_n`` is a sum of per-crop
+    contributions ``u_n = Σ_c w_nc (x_inc - x_jnc)``, ``w_nc = a_nc / (K n_c)``; its standard error
+    is the cluster-robust one, ``se² = Σ_g (Σ_{n in g} e_n)²`` over the residual contributions
+    ``e_n`` (class means removed). A flip ``s`` in ``{-1, 1}^G`` negates every pairwise difference
+    of the crops of cluster ``g`` at once (it reflects the models' scores on those crops), and
+    both ``Σ s_n u_n`` and its standard error are recomputed from the flipped differences
+    (``e* = L s`` with ``L = diag(u) - W Pᵀ``, ``P = a d / n_c``: one matrix product per batch).
+
+    Args:
+        values: ``(M, N, K)`` per-crop values (0 where not annotated).
+        annotated: ``(N, K)`` bool.
+        groups: ``(N,)`` cluster index of each crop (``arange(N)``: the crops are the units).
+        n_resamples: sign patterns: all ``2^G`` when that is at most this, else this many.
+        rng: of the random patterns.
+
+    Returns:
+        ``(pairs (P, 2), t (P,), adjusted p (P,), exact)``.
+    """
+    models, n_crops, k = values.shape
+    a = annotated.astype(np.float64)
+    n_c = a.sum(axis=0)
+    weights = a / (k * np.maximum(n_c, 1))  # W
+    n_groups = int(groups.max()) + 1
+    h = np.zeros((n_groups, n_crops))
+    h[groups, np.arange(n_crops)] = 1.0
+    pairs = np.array(list(itertools.combinations(range(models), 2)), dtype=int).reshape(-1, 2)
+    u = np.empty((len(pairs), n_crops))
+    hl = np.empty((len(pairs), n_groups, n_crops))
+    for p, (i, j) in enumerate(pairs):
+        d = values[i] - values[j]
+        u[p] = (weights * d).sum(axis=1)
+        lever = np.diag(u[p]) - weights @ (a * d / np.maximum(n_c, 1)).T  # L
+        hl[p] = h @ lever
+    floor = 1e-24 + 1e-18 * float(np.max(u**2, initial=0.0))
+
+    def t_values(signs: np.ndarray) -> np.ndarray:
+        crop_signs = signs[:, groups]  # (R, N)
+        numerator = crop_signs @ u.T  # (R, P)
+        residual = np.einsum("rn,pgn->rpg", crop_signs, hl)
+        return np.abs(numerator) / np.sqrt((residual**2).sum(axis=2) + floor)
+
+    observed = t_values(np.ones((1, n_groups)))[0]
+    signs, exact = sign_patterns(n_groups, n_resamples, rng)
+    order = np.argsort(-observed, kind="stable")
+    exceed = np.zeros(len(pairs))
+    for start in range(0, len(signs), 512):
+        resampled = t_values(signs[start : start + 512])[:, order]
+        # the largest T* among the pairs not yet rejected at each step of the step-down
+        successive = np.maximum.accumulate(resampled[:, ::-1], axis=1)[:, ::-1]
+        exceed += (successive >= observed[order] * (1 - 1e-9)).sum(axis=0)
+    p_sorted = exceed / len(signs) if exact else (1 + exceed) / (1 + len(signs))
+    p_sorted = np.minimum(np.maximum.accumulate(p_sorted), 1.0)
+    adjusted = np.empty(len(pairs))
+    adjusted[order] = p_sorted
+    return pairs, observed, adjusted, exact
+
+
+def compare_with_best(
+    data: Sequence[np.ndarray] | np.ndarray,
+    statistic: Statistic | str = Statistic.MEAN,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+    clusters: Sequence[Any] | np.ndarray | None = None,
+) -> BestComparison:
+    """Which models are worse than the best, with the best chosen from the same crops, whatever
+    the models' spreads.
+
+    Every pairwise difference gets a studentized statistic ``|θ̂_i - θ̂_j| / se_ij``, and all of
+    them are tested together by a step-down max-T (Westfall-Young / Romano-Wolf) over joint
+    sign flips of the crops (of whole clusters with ``clusters``): :func:`pairwise_max_t`. A
+    flip negates every pairwise difference of a crop at once, which leaves their joint
+    distribution unchanged when each crop's vector of differences is symmetric about 0, so no
+    exchangeability of the models is assumed: a model with a large spread is not exchanged with
+    a steady one, and studentizing keeps a noisy pair from dominating the maximum. A pair whose
+    adjusted p-value is below ``α`` says which of the two is better, all such claims together
+    wrong with probability at most ``α``; "``m`` is worse than the best" follows from any pair in
+    which a model scoring higher beats ``m``, so ``p_adjusted[m]`` is the smallest adjusted p of
+    those pairs, and choosing the best from the same crops costs nothing more (every pair is
+    in the family). Its family-wise error and power are measured by
+    ``bench/inference_battery.py`` (docs/benchmarks.md). The pooled statistic is tested on its
+    linearised per-crop values (:func:`class_values`).
+
+    Args:
+        data: ``M`` models' per-crop counts ``(N, C, 4)`` on the same ``N`` crops (row ``n`` the
+            same crop in every model, the same annotation), or ``(N, C)`` Dice with NaN where not
+            annotated (``mean`` only).
+        statistic: :class:`~cellseg.metrics.Statistic`.
+        n_resamples: sign patterns (all ``2^N`` or ``2^G`` when that is at most this; else this
+            many seeded ones and p-values ``(1 + #) / (1 + n_resamples)``).
+        seed: seed of the patterns.
+        clusters: ``(N,)`` cluster (dataset) of each crop: whole clusters are flipped.
+
+    Raises:
+        ValueError: fewer than 2 models or 2 crops, shapes differ, or ``pooled`` without counts.
+
+    Returns:
+        :class:`BestComparison` with ``p_pairs``.
+    """
+    statistic = Statistic(statistic)
+    values, annotated = _shared_values(data, statistic)
+    n_crops = values.shape[1]
+    groups = cluster_labels(clusters, n_crops)
+    keep = annotated.any(axis=1)
+    values, annotated = values[:, keep], annotated[keep]
+    groups = np.arange(int(keep.sum())) if groups is None else groups[keep]
+    groups = np.unique(groups, return_inverse=True)[1].reshape(-1)
+    k = annotated.shape[1]
+    n_c = annotated.sum(axis=0)
+    estimates = (values * (annotated / (k * n_c))).sum(axis=(1, 2))
+    pairs, _, adjusted, _ = pairwise_max_t(
+        values, annotated, groups, n_resamples, np.random.default_rng(seed)
+    )
+    models = len(estimates)
+    p_pairs = np.ones((models, models))
+    p_pairs[pairs[:, 0], pairs[:, 1]] = adjusted
+    p_pairs[pairs[:, 1], pairs[:, 0]] = adjusted
+    best = int(np.argmax(estimates))
+    p_adjusted = np.array(
+        [
+            min((p_pairs[m, j] for j in range(models) if estimates[j] > estimates[m]), default=1.0)
+            for m in range(models)
+        ]
+    )
+    p_adjusted[best] = np.nan
+    n_clusters = 0 if clusters is None else int(groups.max()) + 1
+    return BestComparison(
+        best, estimates, p_adjusted, n_crops, int(n_resamples), p_pairs, n_clusters
+    )
 
 
 def _step_down_against_the_best(
@@ -250,10 +423,15 @@ class RankSets(NamedTuple):
 
 
 def _resampled_statistics(
-    data: Sequence[np.ndarray], statistic: Statistic, n_resamples: int, rng: np.random.Generator
+    data: Sequence[np.ndarray],
+    statistic: Statistic,
+    n_resamples: int,
+    rng: np.random.Generator,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
     """``(n_resamples, M)``: every model's statistic on the same crops drawn with replacement
-    (the classes a resample does not annotate are left out of every model alike)."""
+    (the classes a resample does not annotate are left out of every model alike); with
+    ``groups`` (cluster index of each crop) whole clusters are drawn, with all their crops."""
     arrays = [_check(_to_numpy(x)) for x in data]
     n_crops = arrays[0].shape[0]
     if statistic is Statistic.MEAN:
@@ -269,7 +447,12 @@ def _resampled_statistics(
     out = np.empty((n_resamples, len(arrays)))
     for start in range(0, n_resamples, 512):
         size = min(512, n_resamples - start)
-        weights = rng.multinomial(n_crops, np.full(n_crops, 1 / n_crops), size=size).astype(float)
+        if groups is None:
+            weights = rng.multinomial(n_crops, np.full(n_crops, 1 / n_crops), size=size)
+        else:
+            units = int(groups.max()) + 1
+            weights = rng.multinomial(units, np.full(units, 1 / units), size=size)[:, groups]
+        weights = weights.astype(float)
         present = weights @ annotated > 0  # (b, C): classes the resample annotates
         top = np.einsum("bn,mnc->bmc", weights, numerator)
         bottom = np.einsum("bn,mnc->bmc", weights, denominator)
@@ -284,6 +467,7 @@ def rank_sets(
     confidence: float = 0.95,
     n_resamples: int = 2000,
     seed: int = 0,
+    clusters: Sequence[Any] | np.ndarray | None = None,
 ) -> RankSets:
     """Simultaneous confidence sets of the models' ranks, and how often each comes out best.
 
@@ -294,7 +478,10 @@ def rank_sets(
     ``low_i = 1 + #{j: θ_j > θ_i surely}`` and ``high_i = M - #{j: θ_j < θ_i surely}``. All the
     sets hold the true ranks at once whenever all the intervals do, so with at least the
     confidence asked. ``p_best`` is descriptive: the share of crop resamples (with replacement)
-    in which the model has the highest statistic.
+    in which the model has the highest statistic. With ``clusters`` the intervals are the
+    cluster-level ones and the resamples draw whole clusters. The t-intervals of differences
+    assume nothing about the models' spreads; ``bench/inference_battery.py`` checks that the
+    sets hold the true order under equal means with unequal spreads and in clustered data.
 
     Args:
         data: ``M`` models' per-crop counts ``(N, C, 4)`` on the same crops, or ``(N, C)`` Dice
@@ -303,6 +490,7 @@ def rank_sets(
         confidence: of the sets together.
         n_resamples: crop resamples for ``p_best``.
         seed: seed of the resamples.
+        clusters: ``(N,)`` cluster (dataset) of each crop, or ``None``.
 
     Raises:
         ValueError: fewer than 2 models or 2 crops, or shapes differ.
@@ -320,11 +508,13 @@ def rank_sets(
     level = 1 - (1 - confidence) / pairs
     surely_above = np.zeros((models, models), dtype=bool)  # [i, j]: θ_i > θ_j surely
     for i, j in itertools.combinations(range(models), 2):
-        interval = class_mean_interval(values[i] - values[j], level, bound=1.0)
+        interval = class_mean_interval(values[i] - values[j], level, 1.0, clusters)
         surely_above[i, j] = interval.low > 0
         surely_above[j, i] = interval.high < 0
     low = 1 + surely_above.sum(axis=0)
     high = models - surely_above.sum(axis=1)
-    resampled = _resampled_statistics(arrays, statistic, n_resamples, np.random.default_rng(seed))
+    groups = cluster_labels(clusters, arrays[0].shape[0])
+    rng = np.random.default_rng(seed)
+    resampled = _resampled_statistics(arrays, statistic, n_resamples, rng, groups)
     p_best = np.bincount(resampled.argmax(axis=1), minlength=models) / n_resamples
     return RankSets(low, high, p_best, arrays[0].shape[0])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -26,6 +27,10 @@ class Interval(NamedTuple):
         conservative: the unbiased variance estimate was not positive, so the interval rests on
             the conservative one that cannot be (:func:`class_mean_interval`): wider, never a
             point.
+        n_clusters: datasets (clusters) the interval counts as its independent units; 0 when
+            the crops are the units.
+        tied: every class's values were all equal (no spread to estimate a variance from): the
+            interval is the exact distribution-free one for tied values (:func:`tie_interval`).
     """
 
     estimate: float
@@ -35,6 +40,35 @@ class Interval(NamedTuple):
     df: float
     n_crops: int
     conservative: bool = False
+    n_clusters: int = 0
+    tied: bool = False
+
+
+def cluster_labels(clusters: Sequence[Any] | np.ndarray | None, n_crops: int) -> np.ndarray | None:
+    """``(N,)`` integer cluster index of each crop (``None``: no clusters).
+
+    Raises:
+        ValueError: not one label per crop.
+    """
+    if clusters is None:
+        return None
+    labels = np.asarray(list(clusters), dtype=object)
+    if labels.shape != (n_crops,):
+        raise ValueError(f"expected one cluster label per crop ({n_crops}), got {labels.shape}")
+    _, index = np.unique(labels.astype(str), return_inverse=True)
+    return index.reshape(-1)
+
+
+def dataset_of(crop: str) -> str:
+    """The dataset of a crop named ``dataset/cropN`` (the name itself when it has no ``/``)."""
+    return crop.rpartition("/")[0] or crop
+
+
+def support_of(bound: float) -> tuple[float, float]:
+    """The range of a value whose largest variance is ``bound``: ``[0, 1]`` for a score (1/4),
+    ``[-1, 1]`` for a difference of two scores (1)."""
+    half = float(np.sqrt(bound))
+    return (0.0, 1.0) if bound <= SCORE_VARIANCE_BOUND else (-half, half)
 
 
 # ------------------------------------------------------------------------------ per-crop values
@@ -163,38 +197,120 @@ def _variance_and_df(values: np.ndarray, bound: float) -> tuple[float, float, bo
     return variance, min(df, n_crops - 1.0), conservative
 
 
+def _cluster_variance(values: np.ndarray, bound: float, groups: np.ndarray) -> float:
+    """Cluster-robust variance of ``θ̂`` (clusters of crops the independent units), CR1.
+
+    ``θ̂ - θ = Σ_g E_g`` up to the class means' own error, with ``E_g = Σ_{n in g} Σ_c w_nc r_nc``
+    the residuals ``r_nc = x_nc - x̄_c`` of the crops of cluster ``g`` weighted as in ``θ̂``
+    (``w_nc = a_nc / (K n_c)``); the variance is ``G / (G - 1) Σ_g E_g²`` (the small-cluster
+    factor that makes it the one-sample t variance of cluster means when every cluster has
+    the same crops and one class), plus the bound of each class annotated by a single crop.
+
+    Args:
+        values: ``(N, K)``, every column annotated by at least one crop, NaN elsewhere.
+        bound: variance of a class annotated by a single crop.
+        groups: ``(N,)`` cluster index of each crop, ``G >= 2`` distinct.
+    """
+    annotated = ~np.isnan(values)
+    k = values.shape[1]
+    n = annotated.sum(axis=0)
+    means = np.where(annotated, values, 0.0).sum(axis=0) / n
+    contributions = (np.where(annotated, values - means, 0.0) / (k * n)).sum(axis=1)  # e_n
+    per_cluster = np.bincount(groups, weights=contributions)
+    g = int(np.unique(groups).size)
+    known = bound * np.count_nonzero(n < 2) / k**2
+    return g / (g - 1) * float(np.sum(per_cluster**2)) + known
+
+
+def tie_interval(
+    values: np.ndarray, confidence: float, support: tuple[float, float]
+) -> tuple[float, float]:
+    """Exact interval of ``θ = (1/K) Σ_c μ_c`` when each class's ``n_c`` values all equal ``v_c``.
+
+    A value ``X`` in ``[lo, hi]`` with mean ``μ > v`` equals ``v`` with probability at most
+    ``(hi - μ) / (hi - v)`` (Markov's inequality on ``hi - X``), so ``n`` independent values all
+    equal to ``v`` have probability at most ``((hi - μ) / (hi - v))^n``; it is below ``α'`` beyond
+    ``μ = v + (hi - v)(1 - α'^(1/n))``, and likewise below. With ``α' = α / (2K)`` for each side
+    of each class (Bonferroni: the classes share crops), the mean of the class bounds bounds
+    ``θ`` with at least the confidence asked, whatever the values' distribution (for all-zero
+    scores over ``N`` crops and one class: ``[0, 1 - 0.025^(1/N)]``, the rule of three's
+    interval). It has positive width unless every ``v_c`` sits on the bound it leans from.
+
+    Args:
+        values: ``(N, K)``, each column's annotated values equal (NaN elsewhere).
+        confidence: e.g. 0.95.
+        support: ``(lo, hi)``, the range a value can take.
+
+    Returns:
+        ``(low, high)``.
+    """
+    annotated = ~np.isnan(values)
+    n = annotated.sum(axis=0)
+    tied = np.nanmax(values, axis=0)
+    share = 1.0 - ((1.0 - confidence) / (2 * values.shape[1])) ** (1.0 / n)
+    lo, hi = support
+    return (
+        float(np.mean(tied - (tied - lo) * share)),
+        float(np.mean(tied + (hi - tied) * share)),
+    )
+
+
 def class_mean_interval(
     values: np.ndarray | torch.Tensor,
     confidence: float = 0.95,
     bound: float = SCORE_VARIANCE_BOUND,
+    clusters: Sequence[Any] | np.ndarray | None = None,
 ) -> Interval:
     """t-interval of the mean over classes of per-class means over crops (module docstring).
+
+    Without ``clusters`` the crops are the independent units: the unbiased crop-level variance,
+    Satterthwaite df at most ``N - 1``. With ``clusters`` (one label per crop, e.g. its dataset)
+    the clusters are: the cluster-robust variance of :func:`_cluster_variance` and ``G - 1``
+    degrees of freedom, the target being the mean over clusters like these (needs ``G >= 2``).
+    Either way, when every class's values are all equal (a model scoring 0 on every crop, a
+    constant paired difference) there is no spread to estimate a variance from and the
+    interval is :func:`tie_interval`'s exact one (``tied``): never a point.
 
     Args:
         values: ``(N, C)`` per-crop values, NaN where the crop does not annotate the class;
             classes no crop annotates are left out (of the estimate and the interval alike).
         confidence: e.g. 0.95.
         bound: variance assumed for a class annotated by one crop (0.25 for scores in [0, 1],
-            1 for differences of two).
+            1 for differences of two; it also sets the range of a value, [0, 1] or [-1, 1]).
+        clusters: ``(N,)`` cluster label of each crop, or ``None``.
 
     Raises:
-        ValueError: ``confidence`` outside (0, 1) or ``values`` not 2-D.
+        ValueError: ``confidence`` outside (0, 1), ``values`` not 2-D, or not one label per crop.
 
     Returns:
         :class:`Interval`; all NaN without any annotated class, and without an interval (NaN
-        bounds) with fewer than 2 crops.
+        bounds) with fewer than 2 crops (2 clusters).
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     arr = _to_numpy(values)
     if arr.ndim != 2:
         raise ValueError(f"expected per-crop values (N, C), got {arr.shape}")
-    arr = arr[~np.isnan(arr).all(axis=1)][:, ~np.isnan(arr).all(axis=0)]
+    groups = cluster_labels(clusters, arr.shape[0])
+    rows = ~np.isnan(arr).all(axis=1)
+    arr = arr[rows][:, ~np.isnan(arr).all(axis=0)]
     estimate = mean_over_classes(arr)
-    if arr.shape[0] < 2:
+    n_clusters = 0
+    if groups is not None:
+        groups = np.unique(groups[rows], return_inverse=True)[1].reshape(-1)
+        n_clusters = int(groups.max()) + 1 if groups.size else 0
+    if arr.shape[0] < 2 or (groups is not None and n_clusters < 2):
         nan = float("nan")
-        return Interval(estimate, nan, nan, nan, nan, arr.shape[0])
-    variance, df, conservative = _variance_and_df(arr, bound)
+        return Interval(estimate, nan, nan, nan, nan, arr.shape[0], n_clusters=n_clusters)
+    if groups is None:
+        variance, df, conservative = _variance_and_df(arr, bound)
+    else:
+        variance, df, conservative = _cluster_variance(arr, bound, groups), n_clusters - 1.0, False
+    spread = np.nanmax(arr, axis=0) - np.nanmin(arr, axis=0)
+    if not variance > 0 or (np.all(spread <= 1e-12) and variance < 1e-24):
+        low, high = tie_interval(arr, confidence, support_of(bound))
+        se = (high - low) / (2 * float(stats.norm.ppf(0.5 + confidence / 2)))
+        return Interval(estimate, low, high, se, np.inf, arr.shape[0], True, n_clusters, True)
     se = float(np.sqrt(variance))
     quantile = float(stats.t.ppf(0.5 + confidence / 2, df))
     return Interval(
@@ -205,6 +321,7 @@ def class_mean_interval(
         df,
         arr.shape[0],
         conservative,
+        n_clusters,
     )
 
 
@@ -212,6 +329,7 @@ def mean_dice_interval(
     data: np.ndarray | torch.Tensor,
     statistic: Statistic | str = Statistic.MEAN,
     confidence: float = 0.95,
+    clusters: Sequence[Any] | np.ndarray | None = None,
 ) -> Interval:
     """The interval of a model's mean Dice over classes.
 
@@ -219,11 +337,15 @@ def mean_dice_interval(
         data: per-crop counts ``(N, C, 4)`` or Dice ``(N, C)`` (see :func:`class_values`).
         statistic: :class:`~cellseg.metrics.Statistic`.
         confidence: CI level.
+        clusters: ``(N,)`` cluster (dataset) of each crop, or ``None`` (see
+            :func:`class_mean_interval`).
 
     Returns:
         :class:`Interval` (see :func:`class_mean_interval`).
     """
-    return class_mean_interval(class_values(data, statistic), confidence)
+    return class_mean_interval(
+        class_values(data, statistic), confidence, SCORE_VARIANCE_BOUND, clusters
+    )
 
 
 def replicate_mean_interval(

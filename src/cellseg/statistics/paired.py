@@ -16,6 +16,7 @@ from cellseg.statistics.intervals import (
     _to_numpy,
     class_mean_interval,
     class_values,
+    cluster_labels,
     mean_over_classes,
 )
 
@@ -111,18 +112,48 @@ def _rng_keyword() -> str:
     )
 
 
+def sign_patterns(
+    units: int, n_resamples: int, rng: np.random.Generator
+) -> tuple[np.ndarray, bool]:
+    """``(R, units)`` signs (+1 keeps a unit's labels): all ``2^units`` patterns when that is at
+    most ``n_resamples`` (``exact``), else ``n_resamples`` random ones; ``(signs, exact)``."""
+    if 2.0**units <= n_resamples:
+        patterns = (np.arange(2**units)[:, None] >> np.arange(units)[None, :]) & 1
+        return 1.0 - 2.0 * patterns, True
+    return rng.choice((-1.0, 1.0), size=(n_resamples, units)), False
+
+
+def _cluster_flip_p_value(
+    flipped: Callable[[np.ndarray], np.ndarray], groups: np.ndarray, n_resamples: int, seed: int
+) -> tuple[float, bool]:
+    """Two-sided p-value of flips of whole clusters (``groups``: cluster index of each crop)."""
+    signs, exact = sign_patterns(int(groups.max()) + 1, n_resamples, np.random.default_rng(seed))
+    observed = abs(float(flipped(np.ones(groups.size, dtype=bool))))
+    extreme = 0
+    for start in range(0, len(signs), 4096):
+        keep = signs[start : start + 4096][:, groups] > 0
+        extreme += int(np.count_nonzero(np.abs(flipped(keep)) >= observed - 1e-12))
+    if exact:
+        return min(1.0, extreme / len(signs)), True
+    return min(1.0, (1 + extreme) / (1 + len(signs))), False
+
+
 def sign_flip_p_value(
     data_a: np.ndarray | torch.Tensor,
     data_b: np.ndarray | torch.Tensor,
     statistic: Statistic | str = Statistic.MEAN,
     n_resamples: int = DEFAULT_PERMUTATIONS,
     seed: int = 0,
+    clusters: Sequence[Any] | np.ndarray | None = None,
 ) -> tuple[float, bool]:
     """Two-sided sign-flip permutation test of ``θ̂(A) = θ̂(B)`` over shared crops.
 
     A flip swaps the two models' results on a crop; the statistic ``θ̂(A') - θ̂(B')`` is recomputed
     for every flip (also for the non-linear ``pooled`` statistic), via
-    :func:`scipy.stats.permutation_test` (``permutation_type="samples"``) on crop indices.
+    :func:`scipy.stats.permutation_test` (``permutation_type="samples"``) on crop indices. With
+    ``clusters`` a flip swaps the two models on every crop of a cluster at once (the clusters,
+    e.g. datasets, are the exchangeable units): all ``2^G`` flips when that is at most
+    ``n_resamples``, else that many seeded random ones.
 
     Args:
         data_a: model A, ``(N, C, 4)`` counts or ``(N, C)`` Dice; row ``n`` is the same crop in B.
@@ -131,9 +162,10 @@ def sign_flip_p_value(
         n_resamples: flips; exact (all ``2^N``) when ``2^N <= n_resamples``, else a Monte Carlo
             sample of this many (p-value ``(1 + #) / (1 + n_resamples)``).
         seed: seed of the Monte Carlo flips.
+        clusters: ``(N,)`` cluster label of each crop, or ``None`` (each crop its own).
 
     Raises:
-        ValueError: shapes differ, or fewer than 2 crops.
+        ValueError: shapes differ, or fewer than 2 crops (clusters).
 
     Returns:
         ``(p_value, exact)``.
@@ -144,6 +176,9 @@ def sign_flip_p_value(
     if n < 2:
         raise ValueError(f"a paired test over crops needs at least 2 crops, got {n}")
     flipped = _flip_statistic(a, b, statistic)
+    groups = cluster_labels(clusters, n)
+    if groups is not None:
+        return _cluster_flip_p_value(flipped, groups, int(n_resamples), seed)
 
     def difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
         # x holds crop i's index in the stacked (A, B): i keeps its labels, N + i is flipped
@@ -170,12 +205,16 @@ def paired_comparison(
     confidence: float = 0.95,
     n_resamples: int = DEFAULT_PERMUTATIONS,
     seed: int = 0,
+    clusters: Sequence[Any] | np.ndarray | None = None,
 ) -> PairedComparison:
     """Difference of a statistic between two models on the same crops.
 
     The interval is :func:`class_mean_interval` of the per-crop differences of
     :func:`class_values` (between-crop variation common to both models cancels), with variance
-    bound 1 for a class of one crop; the p-value is :func:`sign_flip_p_value`.
+    bound 1 for a class of one crop; the p-value is :func:`sign_flip_p_value`. With
+    ``clusters`` both count the clusters (datasets) as the units. The interval is centred on
+    the reported estimate (the two computations differ by rounding only), so the estimate is
+    always inside it.
 
     Args:
         data_a: model A, as in :func:`class_values`; row ``n`` is the same crop in both.
@@ -184,6 +223,7 @@ def paired_comparison(
         confidence: CI level.
         n_resamples: sign flips (see :func:`sign_flip_p_value`).
         seed: seed of Monte Carlo flips.
+        clusters: ``(N,)`` cluster label of each crop, or ``None``.
 
     Raises:
         ValueError: shapes differ, fewer than 2 crops, or as :func:`class_values`.
@@ -194,13 +234,15 @@ def paired_comparison(
     statistic = Statistic(statistic)
     a, b = _pair(data_a, data_b)
     values_a, values_b = class_values(a, statistic), class_values(b, statistic)
-    interval = class_mean_interval(values_a - values_b, confidence, bound=1.0)
-    p_value, exact = sign_flip_p_value(a, b, statistic, n_resamples, seed)
+    interval = class_mean_interval(values_a - values_b, confidence, 1.0, clusters)
+    p_value, exact = sign_flip_p_value(a, b, statistic, n_resamples, seed, clusters)
     estimate_a, estimate_b = mean_over_classes(values_a), mean_over_classes(values_b)
+    estimate = estimate_a - estimate_b
+    shift = estimate - interval.estimate  # rounding: keeps the estimate inside
     return PairedComparison(
-        estimate_a - estimate_b,
-        interval.low,
-        interval.high,
+        estimate,
+        min(interval.low + shift, estimate),
+        max(interval.high + shift, estimate),
         p_value,
         estimate_a,
         estimate_b,
