@@ -91,10 +91,11 @@ def test_a_class_in_only_one_crop_keeps_that_crop_in_train():
 
 def test_datasplit_roundtrip_and_format(make_store, tmp_path):
     labels = np.zeros((4, 4, 4), dtype=np.uint8)
-    em = np.zeros((8, 8, 8), dtype=np.uint8)
-    level = ([labels], [(8.0,) * 3], [(4.0,) * 3], SEMANTIC)
-    for name in ("a", "b"):
-        make_store(name, em, {f"crop{i}": {"ecs": level, "pm": level} for i in range(3)})
+    for seed, name in enumerate(("a", "b")):
+        # two datasets (different EM), three crops each 48 nm apart in x: six split units
+        em = np.random.default_rng(seed).integers(0, 255, (8, 8, 32), dtype=np.uint8)
+        levels = [([labels], [(8.0,) * 3], [(4.0, 4.0, 4.0 + 80 * i)], SEMANTIC) for i in range(3)]
+        make_store(name, em, {f"crop{i}": {"ecs": lv, "pm": lv} for i, lv in enumerate(levels)})
     crops = make_datasplit([tmp_path / "data"], 0.2, 0.2, seed=0)
     assert len(crops) == 6
     text = format_datasplit(crops)
@@ -223,11 +224,15 @@ def test_a_row_whose_store_is_no_zarr_store_names_the_row(tmp_path):
 
 
 def test_crops_with_no_label_level_near_the_resolution_are_left_out(make_store, tmp_path):
-    em = np.zeros((16, 16, 16), dtype=np.uint8)
-    fine = ([np.zeros((4, 4, 4), dtype=np.uint8)], [(8.0,) * 3], [(4.0,) * 3], SEMANTIC)
+    em = np.zeros((16, 16, 64), dtype=np.uint8)
+    # four 32 nm cubes 48 nm apart along x (four split units)
+    fine = [
+        ([np.zeros((4, 4, 4), dtype=np.uint8)], [(8.0,) * 3], [(4.0, 4.0, 4.0 + 80 * i)], SEMANTIC)
+        for i in range(4)
+    ]
     # one 32 nm voxel centred 16 nm in from the EM's corner: inside the EM, 4x the resolution
     coarse = ([np.zeros((2, 2, 2), dtype=np.uint8)], [(32.0,) * 3], [(16.0,) * 3], SEMANTIC)
-    crops = {f"crop{i}": {"ecs": fine} for i in range(4)} | {"crop9": {"ecs": coarse}}
+    crops = {f"crop{i}": {"ecs": fine[i]} for i in range(4)} | {"crop9": {"ecs": coarse}}
     make_store("a", em, crops)
     log = io.StringIO()
     kept = make_datasplit([tmp_path / "data"], 0.25, 0.25, seed=0, resolution_nm=8.0, log=log)

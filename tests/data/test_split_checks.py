@@ -18,17 +18,28 @@ from cellseg.errors import CellsegError
 from store_builders import INSTANCE, SEMANTIC, annotation, write_multiscale
 
 REPO = Path(__file__).resolve().parents[2]
-EM = np.full((16, 32, 32), 100, dtype=np.uint8)  # 8 nm voxels from 0 nm: a 128 × 256 × 256 nm box
+EM = np.full((16, 32, 64), 100, dtype=np.uint8)  # 8 nm voxels from 0 nm: a 128 × 256 × 512 nm box
 LABELS = "recon-1/labels/groundtruth"
+CROP_STEP_NM = 96.0
+"""Crop i lies ``i * CROP_STEP_NM`` along x from crop0: its 64 nm box is 32 nm from the next
+crop's, so every crop is a split unit of its own (crops that share voxels share a split)."""
 
 
-def ecs_level(value: int = 1) -> tuple:
-    """A 4 × 8 × 8 ecs array at 8 nm from (16, 16, 16) nm, inside the EM."""
-    return ([np.full((4, 8, 8), value, dtype=np.uint8)], [(8.0,) * 3], [(20.0,) * 3], SEMANTIC)
+def at(index: int, level: tuple) -> tuple:
+    """``level`` (levels, voxel sizes, translations, kind) moved to crop ``index``'s place."""
+    levels, voxels, translations, kind = level
+    moved = [(z, y, x + index * CROP_STEP_NM) for z, y, x in translations]
+    return levels, voxels, moved, kind
+
+
+def ecs_level(value: int = 1, index: int = 0) -> tuple:
+    """A 4 × 8 × 8 ecs array at 8 nm from (16, 16, 16 + 96 ``index``) nm, inside the EM."""
+    level = ([np.full((4, 8, 8), value, dtype=np.uint8)], [(8.0,) * 3], [(20.0,) * 3], SEMANTIC)
+    return at(index, level)
 
 
 def crops_of(count: int) -> dict[str, dict[str, tuple]]:
-    return {f"crop{i}": {"ecs": ecs_level(), "pm": ecs_level(0)} for i in range(count)}
+    return {f"crop{i}": {"ecs": ecs_level(1, i), "pm": ecs_level(0, i)} for i in range(count)}
 
 
 def row(split: str, store: Path, crop: str, classes: str = "ecs,pm") -> str:
@@ -136,9 +147,14 @@ def test_two_datasets_of_one_name_are_refused_as_they_would_share_metrics(
     )
     code, err = datasplit(["--from-csv", str(csv), "--out", str(out)], capsys)
     assert code == 2 and out.read_text() == "earlier\n"
-    (line,) = error_lines(err)
-    assert line.startswith(f"cellseg datasplit: error: {csv}:3: crop name ds/crop0 (store {copy})")
-    assert "give the datasets different names" in line
+    name, copied = error_lines(err)
+    assert name.startswith(f"{csv}:3: crop name ds/crop0 (store {copy})")
+    assert "give the datasets different names" in name
+    # the copy's EM is the first store's: its crop0 is first's crop0, split apart
+    assert copied == (
+        f"{csv}:3: ds/crop0 (test) is a copy of ds/crop0 (train): the same box in identical EM "
+        f"({copy} and {first}: one dataset under two names or roots): put them in one split"
+    )
 
 
 def test_a_store_whose_directory_has_another_name_is_skipped_aloud(make_store, tmp_path, capsys):
@@ -193,7 +209,7 @@ def test_em_that_is_not_uint8_is_refused(tmp_path, out, capsys):
     em16 = EM.astype(np.uint16) * 257  # a fibsem-uint16 volume
     write_multiscale(root, "recon-1/em/fibsem-uint8", [em16], [(8.0,) * 3], [(4.0,) * 3])
     for i in range(4):
-        levels, voxels, translations, _ = ecs_level()
+        levels, voxels, translations, _ = ecs_level(1, i)
         write_multiscale(
             root, f"{LABELS}/crop{i}/ecs", levels, voxels, translations, annotation("ecs")
         )
@@ -230,7 +246,7 @@ def test_label_values_outside_the_encoding_are_refused_above_the_limit(
     crops = crops_of(4)
     values = np.ones((4, 8, 8), dtype=np.uint8)
     values[2:, 4:, 4:] = 2  # 32 of 256 voxels hold a 2 in a 0/1/255 array
-    crops["crop3"]["ecs"] = ([values], [(8.0,) * 3], [(20.0,) * 3], SEMANTIC)
+    crops["crop3"]["ecs"] = at(3, ([values], [(8.0,) * 3], [(20.0,) * 3], SEMANTIC))
     store = make_store("ds", EM, crops)
     # stored as one 4 × 8 × 8 chunk (store_builders' chunks are at most 8 an axis)
     line = refused(tmp_path, out, capsys)
@@ -245,8 +261,8 @@ def test_a_few_stray_label_values_are_read_as_unknown_and_said(make_store, tmp_p
     crops = crops_of(4)
     values = np.ones((16, 32, 32), dtype=np.uint8)
     values[0, 0, 0] = 7  # 1 of 16384 voxels: below the 0.1% limit
-    crops["crop3"]["ecs"] = ([values], [(4.0,) * 3], [(18.0,) * 3], SEMANTIC)
-    crops["crop3"]["pm"] = ([np.zeros_like(values)], [(4.0,) * 3], [(18.0,) * 3], SEMANTIC)
+    crops["crop3"]["ecs"] = at(3, ([values], [(4.0,) * 3], [(18.0,) * 3], SEMANTIC))
+    crops["crop3"]["pm"] = at(3, ([np.zeros_like(values)], [(4.0,) * 3], [(18.0,) * 3], SEMANTIC))
     make_store("ds", EM, crops)
     out = tmp_path / "split.csv"
     code, err = datasplit(["--root", str(tmp_path / "data"), "--out", str(out)], capsys)
@@ -270,7 +286,7 @@ def two_levels(s0: np.ndarray) -> tuple:
 def test_a_lost_label_chunk_is_refused_and_an_empty_one_is_not(make_store, tmp_path, out, capsys):
     s0 = np.zeros((8, 16, 16), dtype=np.uint8)
     s0[:, 8:, 8:] = 1  # the object fills chunk 0.1.1 of s0 (8-voxel chunks); the others are absent
-    crops = {f"crop{i}": {"ecs": two_levels(s0)} for i in range(4)}
+    crops = {f"crop{i}": {"ecs": at(i, two_levels(s0))} for i in range(4)}
     store = make_store("ds", EM, crops)
     array = store / LABELS / "crop2" / "ecs" / "s0"
     # zarr skipped the chunks that hold only the fill value (absent): legitimately empty
@@ -292,20 +308,20 @@ def test_a_class_shifted_or_cut_against_the_crop_s_other_classes_is_refused(
     make_store, tmp_path, out, capsys
 ):
     crops = crops_of(4)
-    shifted = ([np.ones((4, 8, 8), dtype=np.uint8)], [(8.0,) * 3], [(20.0, 20.0, 120.0)], SEMANTIC)
-    crops["crop1"]["pm"] = shifted  # 100 nm along x
+    shifted = at(3, ([np.ones((4, 8, 8), np.uint8)], [(8.0,) * 3], [(20, 20, 120.0)], SEMANTIC))
+    crops["crop3"]["pm"] = shifted  # 100 nm along x
     store = make_store("ds", EM, crops)
     line = refused(tmp_path, out, capsys)
-    assert line.startswith(f"cellseg datasplit: error: ds/crop1: {store}/{LABELS}/crop1/")
-    assert f"{LABELS}/crop1/pm: box [16, 16, 116]–[48, 80, 180] nm differs from" in line
-    assert f"{store}/{LABELS}/crop1/ecs's [16, 16, 16]–[48, 80, 80] nm" in line
+    assert line.startswith(f"cellseg datasplit: error: ds/crop3: {store}/{LABELS}/crop3/")
+    assert f"{LABELS}/crop3/pm: box [16, 16, 404]–[48, 80, 468] nm differs from" in line
+    assert f"{store}/{LABELS}/crop3/ecs's [16, 16, 304]–[48, 80, 368] nm" in line
     assert "offset [0, 0, 100] nm" in line
     # a smaller box
     root = zarr.open_group(str(store), mode="a", zarr_format=2)
-    del root[f"{LABELS}/crop1/pm"]
+    del root[f"{LABELS}/crop3/pm"]
     small = np.ones((4, 8, 4), dtype=np.uint8)
     write_multiscale(
-        root, f"{LABELS}/crop1/pm", [small], [(8.0,) * 3], [(20.0,) * 3], annotation("pm")
+        root, f"{LABELS}/crop3/pm", [small], [(8.0,) * 3], [(20.0, 20.0, 308.0)], annotation("pm")
     )
     line = refused(tmp_path, out, capsys)
     assert "size [32, 64, 32] vs [32, 64, 64] nm" in line
@@ -317,11 +333,8 @@ def test_a_zero_size_finest_level_is_refused_not_read_at_the_coarser_one(
     crops = crops_of(4)
     empty = np.zeros((0, 8, 8), dtype=np.uint8)
     coarse = np.ones((4, 8, 8), dtype=np.uint8)
-    crops["crop2"]["ecs"] = (
-        [empty, coarse],
-        [(4.0,) * 3, (8.0,) * 3],
-        [(18.0,) * 3, (20.0,) * 3],
-        SEMANTIC,
+    crops["crop2"]["ecs"] = at(
+        2, ([empty, coarse], [(4.0,) * 3, (8.0,) * 3], [(18.0,) * 3, (20.0,) * 3], SEMANTIC)
     )
     store = make_store("ds", EM, crops)
     line = refused(tmp_path, out, capsys)
@@ -336,13 +349,10 @@ def test_a_level_of_the_wrong_shape_is_told_its_shape_is_wrong(make_store, tmp_p
     crops = crops_of(4)
     s0 = np.ones((8, 16, 16), dtype=np.uint8)
     truncated = np.ones((4, 3, 8), dtype=np.uint8)  # 8 nm level of s0 should be 4 × 8 × 8
-    crops["crop2"]["ecs"] = (
-        [s0, truncated],
-        [(4.0,) * 3, (8.0,) * 3],
-        [(18.0,) * 3, (20.0,) * 3],
-        SEMANTIC,
+    crops["crop2"]["ecs"] = at(
+        2, ([s0, truncated], [(4.0,) * 3, (8.0,) * 3], [(18.0,) * 3, (20.0,) * 3], SEMANTIC)
     )
-    crops["crop2"]["pm"] = two_levels(np.zeros_like(s0))
+    crops["crop2"]["pm"] = at(2, two_levels(np.zeros_like(s0)))
     store = make_store("ds", EM, crops)
     line = refused(tmp_path, out, capsys)
     assert f"{store}/{LABELS}/crop2/ecs/s1: shape [4, 3, 8] is wrong" in line

@@ -35,13 +35,16 @@ rule datasplit:
         validate=config["data"]["validate_fraction"],
         test=config["data"]["test_fraction"],
         seed=config["data"]["split_seed"],
+        margin=config["data"]["split_margin_nm"],
+        split_by=config["data"]["split_by"],
         # crops with no label level near the models' resolution are left out (logged)
         resolution=config["data"]["resolution_nm"],
     # tee: what was left out or skipped, and why, is said on the console as well as in the log
     shell:
         "python -m cellseg datasplit {params.source} --out {output:q}"
         " --validate-fraction {params.validate} --test-fraction {params.test}"
-        " --seed {params.seed} --resolution-nm {params.resolution} 2>&1 | tee {log:q}"
+        " --seed {params.seed} --resolution-nm {params.resolution}"
+        " --split-margin-nm {params.margin} --split-by {params.split_by} 2>&1 | tee {log:q}"
 
 
 rule class_frequencies:

@@ -22,6 +22,7 @@ import numpy as np
 import zarr
 
 from cellseg.classes import CLASSES
+from cellseg.data.split_units import SPLIT_BY, leakage_problems, place_crops, split_units
 from cellseg.data.store import (
     Crop,
     check_label_data,
@@ -43,23 +44,31 @@ def split_crops(
     validate_fraction: float = 0.15,
     test_fraction: float = 0.15,
     seed: int = 42,
+    units: Sequence[Sequence[int]] | None = None,
 ) -> list[Crop]:
     """Assign each crop to train / validate / test, stratified by class, deterministic for ``seed``.
 
-    With ``n`` crops a split of fraction ``f > 0`` gets ``round(f * n)`` crops (at least one while
-    at least three crops remain for training). The test split is drawn first, then validation,
-    each from the crops still in train, in two passes:
+    ``units`` (indexes into ``crops``; :func:`cellseg.data.split_units.split_units`) are assigned
+    whole: crops that share voxels or data, or whole datasets, never straddle two splits. Without
+    ``units`` every crop is a unit of its own. With ``n`` crops a split of fraction ``f > 0``
+    gets about ``round(f * n)`` crops (at least one unit while at least three crops remain for
+    training). The test split is drawn first, then validation, each from the units still in
+    train, in two passes:
 
     1. **Cover the classes.** While some class annotated by a training crop is not yet annotated
-       in the split, take the crop that adds the most such classes, each weighted by
+       in the split, take the unit that adds the most such classes, each weighted by
        ``1 / (crops annotating it)`` so that rare classes are covered first; ties go to a seeded
-       random order. This pass may take crops beyond ``round(f * n)``, but only crops that add a
-       class the split lacks, so the split covers every class whenever the data allows.
-    2. **Fill** the rest of ``round(f * n)`` in the seeded random order.
+       random order of the units. This pass may take crops beyond ``round(f * n)``, but only
+       units that add a class the split lacks, so the split covers every class whenever the
+       data allows.
+    2. **Fill** the rest in the seeded random order: a unit is taken when that brings the
+       split's crop count nearer ``round(f * n)`` (or when the split is still empty).
 
-    Both passes skip a crop whose removal would leave one of its classes annotated by no
-    training crop: every class stays in train. A class annotated by only two crops therefore
-    reaches train and test but not validation, and one annotated by a single crop only train.
+    Both passes skip a unit whose removal would leave one of its classes annotated by no
+    training crop: every class stays in train. A class annotated by only two crops (in two
+    units) therefore reaches train and test but not validation, and one annotated by a single
+    unit only train. With one crop per unit this is the split by crop of earlier versions,
+    crop for crop.
 
     Returns:
         The crops with ``split`` set, in their input order.
@@ -73,23 +82,26 @@ def split_crops(
     if validate_fraction + test_fraction >= 1.0:
         raise CellsegError("validate_fraction + test_fraction must leave crops for training (< 1)")
     n = len(crops)
+    if units is None:
+        units = [[index] for index in range(n)]
+    if sorted(index for unit in units for index in unit) != list(range(n)):
+        raise ValueError("units must hold every crop index exactly once")
 
     def wanted(fraction: float) -> int:
         return 0 if fraction == 0 else max(round(fraction * n), 1 if n >= 3 else 0)
 
-    order = [int(i) for i in np.random.default_rng(seed).permutation(n)]
+    order = [int(i) for i in np.random.default_rng(seed).permutation(len(units))]
+    unit_classes = [Counter(c for i in unit for c in set(crops[i].classes)) for unit in units]
     annotating = Counter(name for crop in crops for name in set(crop.classes))
     train_counts = Counter(annotating)
-    splits = ["train"] * n
+    splits = ["train"] * len(units)
 
-    def removable(index: int) -> bool:
-        return splits[index] == "train" and all(
-            train_counts[c] > 1 for c in set(crops[index].classes)
-        )
+    def removable(u: int) -> bool:
+        return splits[u] == "train" and all(train_counts[c] > k for c, k in unit_classes[u].items())
 
-    def take(index: int, split: str) -> None:
-        splits[index] = split
-        train_counts.subtract(set(crops[index].classes))
+    def take(u: int, split: str) -> None:
+        splits[u] = split
+        train_counts.subtract(unit_classes[u])
 
     for split, count in (("test", wanted(test_fraction)), ("validate", wanted(validate_fraction))):
         if count == 0:
@@ -98,26 +110,28 @@ def split_crops(
         taken = 0
         while True:
             best, best_gain = -1, 0.0
-            for index in order:  # the first of equal gains in the seeded order wins
-                if not removable(index):
+            for u in order:  # the first of equal gains in the seeded order wins
+                if not removable(u):
                     continue
-                gain = sum(1.0 / annotating[c] for c in set(crops[index].classes) - covered)
+                gain = sum(1.0 / annotating[c] for c in set(unit_classes[u]) - covered)
                 if gain > best_gain + 1e-12:
-                    best, best_gain = index, gain
+                    best, best_gain = u, gain
             if best < 0:
                 break
             take(best, split)
-            covered.update(crops[best].classes)
-            taken += 1
-        for index in order:
+            covered.update(unit_classes[best])
+            taken += len(units[best])
+        for u in order:
             if taken >= count:
                 break
-            if removable(index):
-                take(index, split)
-                taken += 1
+            size = len(units[u])
+            if removable(u) and (taken == 0 or abs(taken + size - count) < count - taken):
+                take(u, split)
+                taken += size
+    by_crop = {index: splits[u] for u, unit in enumerate(units) for index in unit}
     return [
-        Crop(c.em_store, c.em_group, c.label_store, c.crop_group, c.classes, split)
-        for c, split in zip(crops, splits, strict=True)
+        Crop(c.em_store, c.em_group, c.label_store, c.crop_group, c.classes, by_crop[index])
+        for index, c in enumerate(crops)
     ]
 
 
@@ -331,12 +345,22 @@ def make_datasplit(
     seed: int = 42,
     resolution_nm: float | None = None,
     log: TextIO | None = None,
+    margin_nm: float = 0.0,
+    split_by: str = "crop",
 ) -> list[Crop]:
-    """Discover every crop under the data roots (CellMap layout) and split them.
+    """Discover every crop under the data roots (CellMap layout) and split them by split unit.
 
     With ``resolution_nm``, a crop whose labels have no level within a factor of 2 of it (a
     32 nm crop for an 8 nm model) is left out, one line each on ``log`` (stderr by default), as
     the CellMap challenge's ``make-datasplit --scale`` leaves out crops coarser than its scale.
+    The crops left are placed in nm and grouped into split units
+    (:mod:`cellseg.data.split_units`: crops of one EM, copies included, whose boxes overlap,
+    touch or lie within ``margin_nm``; whole datasets with ``split_by="dataset"``), which
+    :func:`split_crops` assigns whole.
+
+    Raises:
+        CellsegError: a crop that cannot be read or placed (every one listed); with
+            ``split_by="dataset"``, fewer datasets than train and the held-out splits need.
     """
     crops = [crop for root in roots for crop in discover_crops(root, log)]
     if resolution_nm is not None:
@@ -356,7 +380,32 @@ def make_datasplit(
         crops = kept
     if not crops:
         raise CellsegError(f"no usable annotated crops under {', '.join(map(str, roots))}")
-    return split_crops(crops, validate_fraction, test_fraction, seed)
+    placed, problems = place_crops(crops)
+    if problems:
+        raise CellsegError(problem_lines(", ".join(map(str, roots)), problems))
+    boxes = [box for box in placed if box is not None]
+    units = split_units(boxes, margin_nm, split_by)
+    needed = 1 + (validate_fraction > 0) + (test_fraction > 0)
+    if split_by == "dataset" and len(units) < needed:
+        names = sorted({crops[unit[0]].label_store.stem for unit in units})
+        raise CellsegError(
+            f"{', '.join(map(str, roots))}: data.split_by is dataset (whole datasets held out), "
+            f"but the crops are of {len(units)} dataset(s) ({', '.join(names)}; a copy of a "
+            f"dataset counts as that dataset), and train"
+            f"{', validate' if validate_fraction > 0 else ''}"
+            f"{' and test' if test_fraction > 0 else ''} need {needed}: add datasets, or set "
+            "data.split_by: crop"
+        )
+    if split_by == "crop":
+        for unit in units:
+            if len(unit) > 1:
+                print(
+                    f"one split unit: {', '.join(crops[i].name for i in unit)} (crops of one EM, "
+                    "copies included, whose boxes overlap, touch or lie within "
+                    f"data.split_margin_nm = {margin_nm:g} nm share a split)",
+                    file=log or sys.stderr,
+                )
+    return split_crops(crops, validate_fraction, test_fraction, seed, units)
 
 
 def data_problems(
@@ -403,11 +452,18 @@ def missing_splits(crops: Sequence[Crop]) -> list[str]:
 
 
 def check_datasplit(
-    path: Path | str, resolution_nm: float | None = None, log: TextIO | None = None
+    path: Path | str,
+    resolution_nm: float | None = None,
+    log: TextIO | None = None,
+    margin_nm: float = 0.0,
+    split_by: str = "crop",
 ) -> list[Crop]:
     """A user's datasplit CSV checked as a whole, as the workflow's ``datasplit`` step does:
     every row (:func:`read_datasplit`'s checks), the split (:func:`split_problems`, and a row
-    for each of train, validate and test), and each crop's data (:func:`data_problems`).
+    for each of train, validate and test), each crop's data (:func:`data_problems`), and crops
+    in different splits that share data (:func:`cellseg.data.split_units.leakage_problems`:
+    boxes of one EM, copies included, that overlap, touch or lie within ``margin_nm``; with
+    ``split_by="dataset"`` also a dataset spread over several splits).
 
     Raises:
         CellsegError: every problem found, one ``file:row`` line each.
@@ -422,6 +478,9 @@ def check_datasplit(
         for split in missing_splits(crops)
     ]
     problems += data_problems(rows, resolution_nm, log)
+    # a crop that cannot be placed is already a problem above (its row or its data)
+    boxes, _ = place_crops(crops, [where for where, _ in rows])
+    problems += leakage_problems(rows, boxes, margin_nm, split_by)
     if problems:
         raise CellsegError(problem_lines(path, problems))
     return crops
@@ -429,12 +488,16 @@ def check_datasplit(
 
 def _run(args: argparse.Namespace) -> int:
     if args.from_csv:
-        crops = check_datasplit(args.from_csv, args.resolution_nm)
+        crops = check_datasplit(
+            args.from_csv, args.resolution_nm, margin_nm=args.split_margin_nm,
+            split_by=args.split_by,
+        )  # fmt: skip
         check_outside_stores(args.out, crops)
     else:
         crops = make_datasplit(
-            args.root, args.validate_fraction, args.test_fraction, args.seed, args.resolution_nm
-        )
+            args.root, args.validate_fraction, args.test_fraction, args.seed, args.resolution_nm,
+            margin_nm=args.split_margin_nm, split_by=args.split_by,
+        )  # fmt: skip
         check_outside_stores(args.out, crops)
         rows = [(crop.name, crop) for crop in crops]
         problems = split_problems(rows) + data_problems(rows, args.resolution_nm)
@@ -463,6 +526,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--validate-fraction", type=float, default=0.15)
     parser.add_argument("--test-fraction", type=float, default=0.15)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--split-margin-nm",
+        type=float,
+        default=0.0,
+        help="crops of one EM whose boxes lie within this many nm (0: overlap or touch) share "
+        "a split (data.split_margin_nm)",
+    )
+    parser.add_argument(
+        "--split-by",
+        choices=SPLIT_BY,
+        default="crop",
+        help="hold out crops (units of overlapping crops) or whole datasets (data.split_by)",
+    )
     parser.add_argument(
         "--resolution-nm",
         type=float,

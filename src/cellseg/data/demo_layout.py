@@ -97,7 +97,7 @@ DATASETS: tuple[tuple[str, tuple[CropSpec, ...]], ...] = (
     (
         "jrc_demo-3",
         (
-            CropSpec(15, 8.0, (40, 128, 160), "boundary", "em",
+            CropSpec(15, 8.0, (32, 128, 160), "boundary", "em",
                      ("ecs", "pm", "mito_mem", "mito_lum", "mito_ribo", "endo_mem", "endo_lum",
                       "ves_mem", "ves_lum", "nuc"),
                      unknown=((0.5, 1.0), (0.0, 0.3), (0.0, 1.0))),
@@ -170,7 +170,10 @@ class SizePreset:
     dataset) when set. ``context_em``: the least EM (s0 voxels, z y x) between a crop's centre
     and the volume's edges, so that training patches centred anywhere in the crop read real EM.
     ``disjoint``: crops of a dataset are moved apart (in x, then y) until none overlaps, so no
-    voxel is in two splits.
+    voxel is in two splits. ``packed``: instead, crops are placed one by one at the free start
+    nearest their anchor (z, y or x), at least ``gap_em`` EM voxels (8 nm) from one another, so
+    that no two crops of a dataset share or touch a voxel and each crop is a split unit of its
+    own (:mod:`cellseg.data.split_units`); the ``large`` size's big crop is left where it is.
     """
 
     em_shape: tuple[int, int, int]  # EM s0 voxels (z, y, x) at 8 nm
@@ -183,6 +186,8 @@ class SizePreset:
     cell_nm: float = 1800.0  # spacing of the phantom cells in y-x, nm
     context_em: tuple[int, int, int] = (0, 0, 0)
     disjoint: bool = False
+    packed: bool = False
+    gap_em: int = 2
 
     @property
     def datasets(self) -> tuple[tuple[str, tuple[CropSpec, ...]], ...]:
@@ -210,15 +215,22 @@ class SizePreset:
             self.cell_nm * factor,
             tuple(math.ceil(n * factor) for n in self.context_em),  # type: ignore[arg-type]
             self.disjoint,
+            self.packed,
+            self.gap_em,
         )
 
 
 SIZES: dict[str, SizePreset] = {
-    "small": SizePreset((48, 192, 192), 0.5, 48),
-    "default": SizePreset((96, 320, 320), 1.0, 96),
+    # crops packed apart (no two of a dataset share or touch a voxel: each is its own split
+    # unit, so the default split holds 7 test crops disjoint from training and validation)
+    "small": SizePreset((48, 192, 192), 0.5, 48, packed=True, gap_em=1),
+    "default": SizePreset((96, 320, 320), 1.0, 96, packed=True),
     # ≥ 2 GB of (uncompressed) labels for the streaming benchmarks: one 112×1024×1024 crop
-    # at 8 nm with all 14 classes + `all` in the first dataset.
-    "large": SizePreset((96, 320, 320), 1.0, 64, (112, 1024, 1024), (128, 1088, 1088)),
+    # at 8 nm with all 14 classes + `all` in the first dataset (it encloses that dataset's
+    # other crops: they are one split unit).
+    "large": SizePreset(
+        (96, 320, 320), 1.0, 64, (112, 1024, 1024), (128, 1088, 1088), packed=True
+    ),
     # The real training crops' geometry (REALISTIC_DATASETS). Cells of 2.4 µm in two rows, so a
     # 1.6 µm crop centred on a Golgi stack reaches the nucleus and a cell boundary; EM reaches
     # 128 voxels (half a 256² patch) beyond every crop centre in y-x and 16 (half of 32) in z.

@@ -174,6 +174,72 @@ def separate(
     return crops
 
 
+def pack(
+    crops: Sequence[PlacedCrop], em_shape: Sequence[int], context: Sequence[int], gap: int = 2
+) -> list[PlacedCrop]:
+    """Place a dataset's crops one by one, each at the allowed start nearest (in EM voxels, z y
+    x alike) to where :func:`_place_crop` put it, such that its EM footprint stays at least
+    ``gap`` EM voxels (8 nm each) from every crop placed before it along some axis: no two crops
+    share or touch a voxel, so each is a split unit of its own (:mod:`cellseg.data.split_units`
+    groups crops whose boxes overlap or touch). Homogeneous crops go first (they must stay inside
+    their nucleus), then the crops annotating the most classes (the full-class crops on their
+    Golgi stacks), then the others in layout order. Moves may be along z as well as y and x;
+    "odd"-phase crops keep odd starts. Returns the crops in their input order.
+
+    Raises:
+        ValueError: some crop finds no free start in the volume.
+    """
+    order = sorted(
+        range(len(crops)),
+        key=lambda k: (
+            not crops[k].spec.homogeneous,
+            len(crops[k].spec.classes) < len(ALL),
+            -math.prod(crops[k].footprint_em),
+            k,
+        ),
+    )
+    done: list[PlacedCrop] = []
+    out: list[PlacedCrop | None] = [None] * len(crops)
+    for k in order:
+        crop = crops[k]
+        ranges = _start_ranges(crop.spec, crop.extent_em, em_shape, context)
+        step = 2 if crop.spec.phase == "odd" else 1
+        axes = [np.arange(lo, hi + 1, step) for lo, hi in ranges]
+        if any(axis.size == 0 for axis in axes):
+            raise ValueError(f"{crop.spec.name} does not fit the EM volume {tuple(em_shape)}")
+        free = np.ones([axis.size for axis in axes], dtype=bool)
+        footprint = crop.footprint_em
+        for other in done:
+            # starts whose footprint comes within ``gap`` of ``other`` along every axis
+            box = tuple(
+                slice(
+                    np.searchsorted(axis, s - f - gap, side="right"),
+                    np.searchsorted(axis, s + o + gap, side="left"),
+                )
+                for axis, s, o, f in zip(
+                    axes, other.start_em, other.footprint_em, footprint, strict=True
+                )
+            )
+            free[box] = False
+        if not free.any():
+            raise ValueError(
+                f"{crop.spec.name} finds no start {gap} EM voxels clear of the other crops in an "
+                f"EM volume of {tuple(em_shape)} voxels; enlarge it"
+            )
+        distance = sum(
+            ((axis - start).astype(np.float64) ** 2).reshape(
+                [-1 if i == j else 1 for j in range(3)]
+            )
+            for i, (axis, start) in enumerate(zip(axes, crop.start_em, strict=True))
+        )
+        best = np.unravel_index(np.argmin(np.where(free, distance, np.inf)), free.shape)
+        start = [int(axis[i]) for axis, i in zip(axes, best, strict=True)]
+        placed = _placed(crop.spec, start, crop.extent_em)
+        done.append(placed)
+        out[k] = placed
+    return [crop for crop in out if crop is not None]
+
+
 @dataclass(frozen=True)
 class DatasetPlan:
     """What one dataset of the demo will hold: its scene, EM shape and placed crops."""
@@ -217,7 +283,13 @@ def plan_dataset(seed: int, preset: SizePreset, index: int) -> DatasetPlan:
         )
         for spec in crops
     ]  # fmt: skip
-    if preset.disjoint:
+    if preset.packed:
+        big = [c for c in placed if c.spec.number == BIG_CROP_NUMBER]
+        placed = pack(
+            [c for c in placed if c.spec.number != BIG_CROP_NUMBER],
+            em_shape, preset.context_em, preset.gap_em,
+        ) + big  # fmt: skip
+    elif preset.disjoint:
         placed = separate(placed, em_shape, preset.context_em)
     return DatasetPlan(name, index, tuple(em_shape), tuple(placed), scene)  # type: ignore[arg-type]
 
