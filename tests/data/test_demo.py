@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import zarr
 
 from cellseg.classes import CLASSES
 from cellseg.cli import build_parser
-from cellseg.data.datasplit import SPLITS, make_datasplit
+from cellseg.data.datasplit import SPLITS, make_datasplit, split_crops
 from cellseg.data.demo import (
     MARKER_NAME,
     SIZES,
@@ -22,7 +23,8 @@ from cellseg.data.demo import (
     make_demo_data,
     plan_layout,
 )
-from cellseg.data.store import discover_crops, read_crop_geometry
+from cellseg.data.split_units import CropBox, gap_nm, split_units
+from cellseg.data.store import Crop, discover_crops, read_crop_geometry
 from cellseg.errors import CellsegError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -200,8 +202,55 @@ def default_split(root: Path) -> dict[str, list[str]]:
     """Crop names per split, as the workflow's datasplit rule splits the demo by default."""
     data = yaml.safe_load(CONFIG.read_text())["data"]
     crops = make_datasplit([root], data["validate_fraction"], data["test_fraction"],
-                           data["split_seed"])  # fmt: skip
+                           data["split_seed"], margin_nm=data["split_margin_nm"],
+                           split_by=data["split_by"])  # fmt: skip
     return {split: [c.name for c in crops if c.split == split] for split in SPLITS}
+
+
+def planned_split(size: str) -> tuple[list[CropBox], list[list[int]]]:
+    """The demo of ``size`` (seed 0) as the default datasplit would split it, from its plan alone
+    (no voxel written): every crop's box in nm, in the order the datasplit discovers the crops
+    (stores, then crop groups, sorted by name), with its split; and the split units."""
+    data = yaml.safe_load(CONFIG.read_text())["data"]
+    boxes = []
+    for plan in sorted(plan_layout(seed=0, size=size), key=lambda p: p.name):
+        store = Path("/demo") / plan.name / f"{plan.name}.zarr"
+        for c in sorted(plan.crops, key=lambda c: c.spec.name):
+            lower, upper = crop_box_nm(c.spec.voxel_size_nm, c.translation_nm, c.shape)
+            classes = tuple(name for name in CLASSES if name in c.spec.classes)
+            crop = Crop(store, EM, store, f"{GT}/{c.spec.name}", classes)
+            boxes.append(CropBox(crop, plan.name, tuple(lower), tuple(upper)))
+    units = split_units(boxes, data["split_margin_nm"], data["split_by"])
+    crops = split_crops([b.crop for b in boxes], data["validate_fraction"],
+                        data["test_fraction"], data["split_seed"], units)  # fmt: skip
+    return [replace(b, crop=c) for b, c in zip(boxes, crops, strict=True)], units
+
+
+def test_default_demo_test_crops_share_no_voxel_with_training_or_validation():
+    """The default demo's planned crops and split (issue 32): every crop is its own split unit,
+    no test crop's box overlaps or touches a train or validate crop's box in its dataset, at
+    least 7 test crops, and every split annotates every class."""
+    boxes, units = planned_split("default")
+    assert len(boxes) == 28 and units == [[i] for i in range(28)]
+    by_split = {s: [b for b in boxes if b.crop.split == s] for s in SPLITS}
+    assert len(by_split["test"]) >= 7, {s: len(v) for s, v in by_split.items()}
+    for split, members in by_split.items():
+        assert set().union(*(b.crop.classes for b in members)) == set(CLASSES), split
+    for test in by_split["test"]:
+        for seen in by_split["train"] + by_split["validate"]:
+            if seen.dataset == test.dataset:
+                # 8 nm or more between the boxes along some axis (gap_em 2 of pack: 16 nm)
+                assert gap_nm(test, seen) >= 8.0, (test.crop.name, seen.crop.name)
+    # the split itself: 17 / 4 / 7 crops, test crops from every dataset
+    assert {s: len(v) for s, v in by_split.items()} == {"train": 17, "validate": 4, "test": 7}
+    assert {b.dataset for b in by_split["test"]} == {f"jrc_demo-{i}" for i in range(1, 5)}
+
+
+def test_small_demo_crops_are_split_units_of_their_own_and_train_holds_every_class():
+    boxes, units = planned_split("small")
+    assert units == [[i] for i in range(len(boxes))]
+    train = {c for b in boxes if b.crop.split == "train" for c in b.crop.classes}
+    assert train == set(CLASSES)
 
 
 def test_default_split_annotates_every_class_in_every_split(demo):
@@ -329,8 +378,12 @@ def test_default_size_is_small(tmp_path):
         for name, d in manifest["datasets"].items()
         for c in d["crops"]
     }
-    for split, members in default_split(tmp_path / "default").items():
+    split = default_split(tmp_path / "default")
+    for members in split.values():
         assert set().union(*(positives[m] for m in members)) == set(CLASSES), split
+    # the written demo splits as its plan does (the plan-only test above speaks for it)
+    planned, _ = planned_split("default")
+    assert split == {s: [b.crop.name for b in planned if b.crop.split == s] for s in SPLITS}
 
 
 # ------------------------------------------------------------------------ --size realistic
