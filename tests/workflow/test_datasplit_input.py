@@ -27,18 +27,22 @@ def row(split: str, crop: int) -> str:
 
 
 def write_data(clone: Path) -> None:
-    """``mydata/ds/ds.zarr``: 8 nm EM and four crops annotating ecs (present) and pm (absent)."""
+    """``mydata/ds/ds.zarr``: 8 nm EM and four crops annotating ecs (present) and pm (absent),
+    each 32 × 64 × 64 nm, 64 nm apart in y-x (crops that share voxels must share a split); a
+    fifth, crop4, on crop3's box shifted by 32 nm along x (half of crop3's box)."""
     root = zarr.open_group(str(clone / "mydata/ds/ds.zarr"), mode="w", zarr_format=2)
     em = np.full((16, 32, 32), 100, dtype=np.uint8)
     write_multiscale(root, "recon-1/em/fibsem-uint8", [em], [(8.0,) * 3], [(4.0,) * 3])
-    for crop in range(4):
+    places = [(20.0, 20.0 + 128 * (crop // 2), 20.0 + 128 * (crop % 2)) for crop in range(4)]
+    places.append((20.0, 148.0, 180.0))
+    for crop, place in enumerate(places):
         for name, value in (("ecs", 1), ("pm", 0)):
             write_multiscale(
                 root,
                 f"recon-1/labels/groundtruth/crop{crop}/{name}",
                 [np.full((4, 8, 8), value, dtype=np.uint8)],
                 [(8.0,) * 3],
-                [(20.0,) * 3],
+                [place],
                 annotation(name),
             )
 
@@ -68,6 +72,15 @@ def test_an_edit_of_the_user_datasplit_replans_and_a_bad_one_stops_at_the_datasp
     assert refused.returncode != 0 and line in refused.stdout + refused.stderr
     assert (clone / "logs/datasplit.log").read_text().strip().splitlines()[-1] == line
     assert user.read_text() == bad and frequencies.read_text() == counted
+    # a crop sharing half its box with a test crop, in train: refused, naming both (issue 32)
+    user.write_text(row("train", 0) + row("train", 4) + row("test", 2) + row("validate", 3))
+    refused = run(clone, "--cores", "1", "results/class_frequencies.json", *CONFIG, check=False)
+    line = (
+        "cellseg datasplit: error: my_split.csv:4: ds/crop3 (validate) overlaps ds/crop4 (train) "
+        "by 32×64×32 nm (50 % of crop3): put them in one split"
+    )
+    assert refused.returncode != 0 and line in refused.stdout + refused.stderr
+    assert frequencies.read_text() == counted
 
 
 def test_a_reversed_em_range_is_refused_when_planning(clone):
