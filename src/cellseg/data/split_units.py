@@ -77,8 +77,8 @@ def em_fingerprint(store: Path | str, group: str) -> str:
     Hashed: every level's path, shape, voxel size and translation (nm), and the decoded voxels
     (not the chunk files: a copy re-chunked or re-compressed is still a copy) of the central
     block of at most :data:`FINGERPRINT_EDGE` voxels per axis of the coarsest level. Cheap on
-    real stores (their coarsest level is a few MB at most; at most 262 144 voxels are read) and
-    blind to the store's name and root. Two stores of equal fingerprint are treated as one
+    real stores (at most 64³ voxels are hashed, read from the few chunks that hold them; no
+    whole volume is read) and blind to the store's name and root. Two stores of equal fingerprint are treated as one
     dataset: a partial or re-registered copy (another EM shape or translation) is not detected.
     """
     store = Path(store)
@@ -90,11 +90,10 @@ def em_fingerprint(store: Path | str, group: str) -> str:
         )
     coarsest = max(multiscale.levels, key=lambda level: float(np.prod(level.voxel_size_nm)))
     array = multiscale.open_level(coarsest)
+    first = [max(0, (n - FINGERPRINT_EDGE) // 2) for n in array.shape]
     block = tuple(
-        slice(max(0, (n - FINGERPRINT_EDGE) // 2), max(0, (n - FINGERPRINT_EDGE) // 2)
-              + min(n, FINGERPRINT_EDGE))
-        for n in array.shape
-    )  # fmt: skip
+        slice(f, f + min(n, FINGERPRINT_EDGE)) for f, n in zip(first, array.shape, strict=True)
+    )
     data = np.ascontiguousarray(array[block])
     digest.update(f"{data.dtype.str}{data.shape}".encode())
     digest.update(data.tobytes())
