@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
 from cellseg.classes import CLASSES
 from cellseg.cli import main
@@ -25,7 +26,7 @@ from cellseg.data.split_units import (
 )
 from cellseg.data.store import Crop
 from cellseg.errors import CellsegError
-from store_builders import SEMANTIC
+from store_builders import SEMANTIC, write_multiscale
 
 EM_GROUP = "recon-1/em/fibsem-uint8"
 GT = "recon-1/labels/groundtruth"
@@ -277,3 +278,20 @@ def test_a_user_csv_spreading_a_dataset_is_refused_with_split_by_dataset(
         "data.split_by is dataset (whole datasets held out): put all its crops, and its copies', "
         "in one split, or set data.split_by: crop"
     )
+
+
+def test_the_em_fingerprint_reads_voxels_not_chunk_files_nor_names(tmp_path):
+    em = np.random.default_rng(0).integers(0, 255, (8, 16, 16), dtype=np.uint8)
+
+    def store(name: str, chunks: tuple, translation: float = 4.0, data=em) -> Path:
+        path = tmp_path / name / f"{name}.zarr"
+        root = zarr.open_group(str(path), mode="w", zarr_format=2)
+        write_multiscale(root, EM_GROUP, [data], [(8.0,) * 3], [(translation,) * 3], chunks=chunks)
+        return path
+
+    original = em_fingerprint(store("a", (8, 8, 8)), EM_GROUP)
+    assert em_fingerprint(store("b", (4, 16, 2)), EM_GROUP) == original  # re-chunked copy
+    assert em_fingerprint(store("c", (8, 8, 8), translation=12.0), EM_GROUP) != original
+    changed = em.copy()
+    changed[4, 8, 8] ^= 1  # one voxel of the central block
+    assert em_fingerprint(store("d", (8, 8, 8), data=changed), EM_GROUP) != original
