@@ -385,16 +385,18 @@ def make_datasplit(
         raise CellsegError(problem_lines(", ".join(map(str, roots)), problems))
     boxes = [box for box in placed if box is not None]
     units = split_units(boxes, margin_nm, split_by)
-    needed = 1 + (validate_fraction > 0) + (test_fraction > 0)
-    if split_by == "dataset" and len(units) < needed:
+    splits = ["train"] + [
+        split
+        for split, fraction in (("validate", validate_fraction), ("test", test_fraction))
+        if fraction > 0
+    ]
+    if split_by == "dataset" and len(units) < len(splits):
         names = sorted({crops[unit[0]].label_store.stem for unit in units})
         raise CellsegError(
             f"{', '.join(map(str, roots))}: data.split_by is dataset (whole datasets held out), "
             f"but the crops are of {len(units)} dataset(s) ({', '.join(names)}; a copy of a "
-            f"dataset counts as that dataset), and train"
-            f"{', validate' if validate_fraction > 0 else ''}"
-            f"{' and test' if test_fraction > 0 else ''} need {needed}: add datasets, or set "
-            "data.split_by: crop"
+            f"dataset counts as that dataset), and {', '.join(splits[:-1])} and {splits[-1]} "
+            f"need {len(splits)}: add datasets, or set data.split_by: crop"
         )
     if split_by == "crop":
         for unit in units:
