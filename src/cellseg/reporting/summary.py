@@ -78,6 +78,7 @@ from cellseg.statistics import (
     DEFAULT_PERMUTATIONS,
     PairedComparison,
     compare_with_best,
+    dataset_of,
     holm,
     mean_dice_interval,
     paired_comparison,
@@ -124,6 +125,12 @@ class SummarySettings:
         rank_resamples: crop resamples for each model's share of being best
             (:func:`cellseg.statistics.rank_sets`).
         permutation_seed: seed of the Monte Carlo flips and permutations.
+        min_datasets_for_clusters: fewest datasets (the ``dataset`` of crops named
+            ``dataset/cropN``) from which the datasets, not the crops, are the units of the
+            intervals and tests, and the claims are about new datasets like these. Default 6: the
+            fewest datasets whose sign flips (``2/2^G``) can reach ``p < 0.05``, and a
+            cluster-robust interval on ``G - 1 = 5`` degrees of freedom. With fewer, the crops
+            are the units and the claims are about these datasets only.
     """
 
     adjustment: str | None = None
@@ -135,6 +142,7 @@ class SummarySettings:
     best_permutations: int = 9999
     rank_resamples: int = 2000
     permutation_seed: int = 0
+    min_datasets_for_clusters: int = 6
 
     def __post_init__(self) -> None:
         Statistic(self.rank_by)
@@ -142,6 +150,8 @@ class SummarySettings:
             raise CellsegError("evaluation.permutation_resamples must be >= 1")
         if self.min_crops_for_statistics < 2:
             raise CellsegError("evaluation.min_crops_for_statistics must be >= 2")
+        if self.min_datasets_for_clusters < 2:
+            raise CellsegError("evaluation.min_datasets_for_clusters must be >= 2")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> SummarySettings:
@@ -211,6 +221,26 @@ def metric_counts(table: pd.DataFrame) -> tuple[list[str], np.ndarray]:
     return crops, counts
 
 
+def inference_clusters(crops: Sequence[str], s: SummarySettings) -> np.ndarray | None:
+    """The dataset of each crop when the datasets are the units of inference, else ``None``.
+
+    The dataset of ``dataset/cropN`` is ``dataset``. With at least
+    ``min_datasets_for_clusters`` datasets among ``crops`` the intervals and tests count
+    datasets (their claims: new datasets like these); with fewer, or crops named without a
+    dataset, they count crops (their claims: these datasets)."""
+    datasets = [dataset_of(crop) for crop in crops]
+    if not any("/" in crop for crop in crops):
+        return None
+    if len(set(datasets)) < s.min_datasets_for_clusters:
+        return None
+    return np.asarray(datasets, dtype=object)
+
+
+def inference_unit(crops: Sequence[str], s: SummarySettings) -> str:
+    """``dataset`` or ``crop``: the unit :func:`inference_clusters` makes independent."""
+    return "crop" if inference_clusters(crops, s) is None else "dataset"
+
+
 def prior_baseline_counts(counts: np.ndarray, prior: Sequence[float]) -> np.ndarray:
     """Expected counts of the image-blind predictor that marks class ``c`` with probability ``f_c``.
 
@@ -255,6 +285,9 @@ class Summary:
         n_crops: crops evaluated (union over models).
         empty_score: mean Dice of a predictor that predicts nothing (``rank_by`` statistic).
         counts: ``{model}_{dim}`` → ``(crops, (N, 14, 4) counts)`` of each evaluated model.
+        n_datasets: datasets the crops come from (``dataset/cropN``).
+        inference_unit: ``dataset`` (claims about new datasets like these) or ``crop`` (claims
+            about these datasets), :func:`inference_unit` of all the test crops.
         conservative: the intervals that rest on the conservative variance because the
             unbiased estimate was not positive (:class:`cellseg.statistics.Interval`), e.g.
             ``unet_2d mean Dice``, ``unet_2d − best``.
@@ -270,6 +303,8 @@ class Summary:
     empty_score: float = float("nan")
     counts: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)
     conservative: list[str] = field(default_factory=list)
+    n_datasets: int = 0
+    inference_unit: str = "crop"
 
 
 @dataclass
@@ -290,21 +325,28 @@ def _statistic_estimate(counts: np.ndarray, statistic: Statistic) -> float:
     return float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
 
 
-def _ci(counts: np.ndarray, statistic: Statistic, s: SummarySettings) -> tuple[float, float]:
-    """The interval of the statistic, or NaN with fewer than ``min_crops_for_statistics`` crops."""
+def _ci(
+    counts: np.ndarray, statistic: Statistic, s: SummarySettings, crops: Sequence[str]
+) -> tuple[float, float]:
+    """The interval of the statistic (datasets or crops as the units, :func:`inference_clusters`),
+    or NaN with fewer than ``min_crops_for_statistics`` crops. It always holds the estimate of
+    :func:`_statistic_estimate` (the two computations differ by rounding only)."""
     if counts.shape[0] < s.min_crops_for_statistics:
         return float("nan"), float("nan")
-    result = mean_dice_interval(counts, statistic, s.confidence)
-    return result.low, result.high
+    result = mean_dice_interval(counts, statistic, s.confidence, inference_clusters(crops, s))
+    estimate = _statistic_estimate(counts, statistic)
+    return min(result.low, estimate), max(result.high, estimate)
 
 
-def _dice_columns(counts: np.ndarray, statistic: Statistic, s: SummarySettings) -> dict[str, float]:
-    """The Dice columns of one row of ``summary.csv`` from ``(N, 14, 4)`` per-crop counts: mean
-    Dice and its CI, pooled Dice (and its CI when models are ranked by it), pooled Dice per class
-    (NaN for classes no crop annotates)."""
+def _dice_columns(
+    counts: np.ndarray, statistic: Statistic, s: SummarySettings, crops: Sequence[str]
+) -> dict[str, float]:
+    """The Dice columns of one row of ``summary.csv`` from ``(N, 14, 4)`` per-crop counts on
+    ``crops``: mean Dice and its CI, pooled Dice (and its CI when models are ranked by it),
+    pooled Dice per class (NaN for classes no crop annotates)."""
     agg = aggregate_crops(counts)
     pooled = np.where(agg.n_crops > 0, agg.pooled.dice, np.nan)
-    low, high = _ci(counts, Statistic.MEAN, s)
+    low, high = _ci(counts, Statistic.MEAN, s, crops)
     columns = {
         "mean_dice": _statistic_estimate(counts, Statistic.MEAN),
         "mean_dice_ci_low": low,
@@ -313,7 +355,9 @@ def _dice_columns(counts: np.ndarray, statistic: Statistic, s: SummarySettings) 
         **{f"dice_{name}": pooled[c] for c, name in enumerate(CLASSES)},
     }
     if statistic is Statistic.POOLED:
-        columns["pooled_dice_ci_low"], columns["pooled_dice_ci_high"] = _ci(counts, statistic, s)
+        columns["pooled_dice_ci_low"], columns["pooled_dice_ci_high"] = _ci(
+            counts, statistic, s, crops
+        )
     return columns
 
 
@@ -434,7 +478,9 @@ def _load_model(
     statistic = Statistic(s.rank_by)
     row.update(
         n_crops=len(crops),
-        **_dice_columns(counts, statistic, s),
+        n_datasets=len({dataset_of(crop) for crop in crops}),
+        inference_unit=inference_unit(crops, s),
+        **_dice_columns(counts, statistic, s, crops),
         **_iou_columns(counts),
         **_challenge_columns(table, counts),
         inference_seconds=seconds,
@@ -483,7 +529,9 @@ def _baseline(
         "dim": "",
         "status": "baseline",
         "n_crops": len(gt_crops),
-        **_dice_columns(expected, Statistic(s.rank_by), s),
+        "n_datasets": len({dataset_of(crop) for crop in gt_crops}),
+        "inference_unit": inference_unit(gt_crops, s),
+        **_dice_columns(expected, Statistic(s.rank_by), s, gt_crops),
         **_iou_columns(expected),
         **_challenge_columns(None, expected),
         "adjustment": "",
@@ -514,8 +562,11 @@ def _rank(table: pd.DataFrame, s: SummarySettings) -> tuple[pd.DataFrame, str | 
     return table, (str(ranked.iloc[0]["model"]) if len(ranked) else None)
 
 
-def _shared(a: _Model, b: _Model, classes: slice | list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Counts of ``a`` and ``b`` on their shared crops, zero where either does not annotate."""
+def _shared(
+    a: _Model, b: _Model, classes: slice | list[int]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Counts of ``a`` and ``b`` on their shared crops, zero where either does not annotate, and
+    those crops' names."""
     assert a.counts is not None and b.counts is not None
     shared = sorted(set(a.crops) & set(b.crops))
     counts_a = a.counts[[a.crops.index(c) for c in shared]][:, classes]
@@ -523,7 +574,7 @@ def _shared(a: _Model, b: _Model, classes: slice | list[int]) -> tuple[np.ndarra
     both = (counts_a.sum(axis=-1) > 0) & (counts_b.sum(axis=-1) > 0)
     counts_a, counts_b = (np.where(both[..., None], x, 0.0) for x in (counts_a, counts_b))
     keep = both.any(axis=1)
-    return counts_a[keep], counts_b[keep]
+    return counts_a[keep], counts_b[keep], [c for c, k in zip(shared, keep, strict=True) if k]
 
 
 @dataclass
@@ -537,14 +588,20 @@ class _Comparison:
 
 def _compare(model: _Model, best: _Model, s: SummarySettings) -> _Comparison:
     statistic = Statistic(s.rank_by)
-    a, b = _shared(model, best, slice(None))
+    a, b, crops = _shared(model, best, slice(None))
     if a.shape[0] == 0:
         return _Comparison(float("nan"), 0, None)
     difference = _statistic_estimate(a, statistic) - _statistic_estimate(b, statistic)
     if a.shape[0] < s.min_crops_for_statistics:
         return _Comparison(difference, a.shape[0], None)
     result = paired_comparison(
-        a, b, statistic, s.confidence, s.permutation_resamples, s.permutation_seed
+        a,
+        b,
+        statistic,
+        s.confidence,
+        s.permutation_resamples,
+        s.permutation_seed,
+        inference_clusters(crops, s),
     )
     return _Comparison(result.estimate, a.shape[0], result)
 
@@ -556,7 +613,8 @@ def _best_selection(
     table: pd.DataFrame, evaluated: Mapping[str, _Model], s: SummarySettings
 ) -> tuple[dict[str, float], dict[str, tuple[int, int, float]], str | None]:
     """For each ranked model: its family-wise p-value of "worse than the best", the best
-    chosen from the same crops (:func:`cellseg.statistics.compare_with_best`), and its
+    chosen from the same crops (:func:`cellseg.statistics.compare_with_best`: a studentized
+    step-down max-T over every pair, whole datasets flipped when they are the units), and its
     simultaneous rank set and share of crop resamples in which it is best
     (:func:`cellseg.statistics.rank_sets`).
 
@@ -564,7 +622,7 @@ def _best_selection(
         ``({model: p}, {model: (rank low, rank high, p_best)}, why there are none)``: nothing
         (and the reason) with fewer than 2 ranked models, fewer than
         ``min_crops_for_statistics`` crops, or models evaluated on different crops (the
-        permutations exchange models within a crop).
+        flips act on every model's results of a crop at once).
     """
     ranked = [str(m) for m in table.sort_values("rank")["model"][table["rank"].notna()]]
     if len(ranked) < 2:
@@ -576,8 +634,11 @@ def _best_selection(
         return {}, {}, None
     counts = [evaluated[key].counts for key in ranked]
     statistic = Statistic(s.rank_by)
-    best = compare_with_best(counts, statistic, s.best_permutations, s.permutation_seed)
-    ranks = rank_sets(counts, statistic, s.confidence, s.rank_resamples, s.permutation_seed)
+    clusters = inference_clusters(crops[0], s)
+    best = compare_with_best(counts, statistic, s.best_permutations, s.permutation_seed, clusters)
+    ranks = rank_sets(
+        counts, statistic, s.confidence, s.rank_resamples, s.permutation_seed, clusters, best
+    )
     return (
         {key: float(p) for key, p in zip(ranked, best.p_adjusted, strict=True)},
         {
@@ -690,7 +751,9 @@ def summarize(
         for key, model in evaluated.items()
         if model.counts.shape[0] >= s.min_crops_for_statistics
         for statistic in dict.fromkeys((Statistic.MEAN, Statistic(s.rank_by)))
-        if mean_dice_interval(model.counts, statistic, s.confidence).conservative
+        if mean_dice_interval(
+            model.counts, statistic, s.confidence, inference_clusters(model.crops, s)
+        ).conservative
     ]
     conservative += [
         f"{key} − best"
@@ -719,6 +782,8 @@ def summarize(
         empty_score=_nothing_score(gt_counts, Statistic(s.rank_by)),
         counts={k: (m.crops, m.counts) for k, m in evaluated.items() if m.counts is not None},
         conservative=conservative,
+        n_datasets=len({dataset_of(crop) for crop in gt_crops}),
+        inference_unit=inference_unit(gt_crops, s),
     )
 
 
@@ -766,6 +831,8 @@ _LEADING = [
     "inference_seconds",
     "adjustment",
     "n_crops",
+    "n_datasets",
+    "inference_unit",
     "mean_dice",
     "mean_dice_ci_low",
     "mean_dice_ci_high",
@@ -809,11 +876,16 @@ def _order_columns(table: pd.DataFrame) -> pd.DataFrame:
 def _class_test(c: int, leader: _Model, runner_up: _Model, s: SummarySettings) -> tuple[int, float]:
     """``(crops, p)`` of the leader against the runner-up on the crops annotating class ``c``
     (pooled Dice of the class, sign-flip test; p NaN with too few crops)."""
-    a, b = _shared(leader, runner_up, [c])
+    a, b, crops = _shared(leader, runner_up, [c])
     if a.shape[0] < s.min_crops_for_statistics:
         return a.shape[0], float("nan")
     p_value, _ = sign_flip_p_value(
-        a, b, Statistic.POOLED, s.permutation_resamples, s.permutation_seed
+        a,
+        b,
+        Statistic.POOLED,
+        s.permutation_resamples,
+        s.permutation_seed,
+        inference_clusters(crops, s),
     )
     return a.shape[0], p_value
 

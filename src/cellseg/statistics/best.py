@@ -12,7 +12,6 @@ from cellseg.metrics import Statistic
 from cellseg.statistics.intervals import (
     _check,
     _to_numpy,
-    class_mean_interval,
     class_values,
     cluster_labels,
 )
@@ -186,16 +185,18 @@ def pairwise_max_t(
     groups: np.ndarray,
     n_resamples: int,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, np.ndarray]:
     """Studentized step-down max-T over every pairwise difference, with joint sign flips.
 
     For the pair ``(i, j)`` the difference ``θ̂_i - θ̂_j = Σ_n u_n`` is a sum of per-crop
-    contributions ``u_n = Σ_c w_nc (x_inc - x_jnc)``, ``w_nc = a_nc / (K n_c)``; its standard error
-    is the cluster-robust one, ``se² = Σ_g (Σ_{n in g} e_n)²`` over the residual contributions
-    ``e_n`` (class means removed). A flip ``s`` in ``{-1, 1}^G`` negates every pairwise difference
-    of the crops of cluster ``g`` at once (it reflects the models' scores on those crops), and
-    both ``Σ s_n u_n`` and its standard error are recomputed from the flipped differences
-    (``e* = L s`` with ``L = diag(u) - W Pᵀ``, ``P = a d / n_c``: one matrix product per batch).
+    contributions ``u_n = Σ_c w_nc d_nc`` (``d = x_i - x_j``, ``w_nc = a_nc / (K n_c)``); its
+    standard error is the cluster-robust one, ``se² = Σ_g Ψ_g²`` over the clusters' sums
+    ``Ψ_g = Σ_{n in g} e_n`` of the residual contributions ``e_n = Σ_c w_nc (d_nc - d̄_c)``
+    (class means removed, so a real difference does not inflate its own standard error). A
+    flip ``s`` in ``{-1, 1}^G`` negates every pairwise difference of the crops of cluster ``g`` at
+    once (it reflects the models' scores on those crops); both ``Σ_n s_n u_n`` and its standard
+    error are recomputed from the flipped differences (``e* = L s``, ``L = diag(u) - W Pᵀ``,
+    ``P = a d / n_c``: one matrix product per batch of flips).
 
     Args:
         values: ``(M, N, K)`` per-crop values (0 where not annotated).
@@ -205,12 +206,12 @@ def pairwise_max_t(
         rng: of the random patterns.
 
     Returns:
-        ``(pairs (P, 2), t (P,), adjusted p (P,), exact)``.
+        ``(pairs (P, 2), T (P,), adjusted p (P,), exact, Ψ (P, G))``.
     """
     models, n_crops, k = values.shape
     a = annotated.astype(np.float64)
-    n_c = a.sum(axis=0)
-    weights = a / (k * np.maximum(n_c, 1))  # W
+    n_c = np.maximum(a.sum(axis=0), 1)
+    weights = a / (k * n_c)  # W
     n_groups = int(groups.max()) + 1
     h = np.zeros((n_groups, n_crops))
     h[groups, np.arange(n_crops)] = 1.0
@@ -220,15 +221,13 @@ def pairwise_max_t(
     for p, (i, j) in enumerate(pairs):
         d = values[i] - values[j]
         u[p] = (weights * d).sum(axis=1)
-        lever = np.diag(u[p]) - weights @ (a * d / np.maximum(n_c, 1)).T  # L
-        hl[p] = h @ lever
+        hl[p] = h @ (np.diag(u[p]) - weights @ (a * d / n_c).T)  # H L
     floor = 1e-24 + 1e-18 * float(np.max(u**2, initial=0.0))
 
     def t_values(signs: np.ndarray) -> np.ndarray:
         crop_signs = signs[:, groups]  # (R, N)
-        numerator = crop_signs @ u.T  # (R, P)
         residual = np.einsum("rn,pgn->rpg", crop_signs, hl)
-        return np.abs(numerator) / np.sqrt((residual**2).sum(axis=2) + floor)
+        return np.abs(crop_signs @ u.T) / np.sqrt((residual**2).sum(axis=2) + floor)
 
     observed = t_values(np.ones((1, n_groups)))[0]
     signs, exact = sign_patterns(n_groups, n_resamples, rng)
@@ -243,7 +242,52 @@ def pairwise_max_t(
     p_sorted = np.minimum(np.maximum.accumulate(p_sorted), 1.0)
     adjusted = np.empty(len(pairs))
     adjusted[order] = p_sorted
-    return pairs, observed, adjusted, exact
+    return pairs, observed, adjusted, exact, hl.sum(axis=2)
+
+
+def pairwise_bootstrap_t(
+    estimates: np.ndarray, influence: np.ndarray, n_resamples: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Step-down max-|T| over every pairwise difference by the bootstrap-t over clusters.
+
+    ``influence[p, g]`` is ``Ψ_g`` of pair ``p`` (:func:`pairwise_max_t`: the cluster's share of
+    the difference's error, summing to 0 over clusters), ``estimates[p]`` the difference; its
+    t statistic is ``θ̂ / se`` with ``se² = G/(G-1) Σ_g Ψ_g²``, the interval's cluster-robust
+    variance. Whole clusters are drawn with replacement (one draw for every pair) and each
+    resample gives ``T* = Σ_g (c_g - 1) Ψ_g / se*`` (``c_g`` the draw counts, ``se*`` from the
+    drawn ``Ψ``), the null distribution of the centred t statistics. A skewed difference (a model
+    that fails badly on a few crops) shows in it: resamples that miss the failures have a small
+    ``se*`` and a large ``T*``, which a sign flip, being symmetric, cannot produce.
+
+    Args:
+        estimates: ``(P,)``.
+        influence: ``(P, G)``.
+        n_resamples: bootstrap resamples.
+        rng: of the resamples.
+
+    Returns:
+        ``(P,)`` step-down adjusted p-values.
+    """
+    pairs, g = influence.shape
+    floor = 1e-24 + 1e-18 * float(np.max(influence**2, initial=0.0) + np.max(estimates**2))
+    correction = g / (g - 1)
+    observed = np.abs(estimates) / np.sqrt(correction * (influence**2).sum(axis=1) + floor)
+    order = np.argsort(-observed, kind="stable")
+    exceed = np.zeros(pairs)
+    for start in range(0, n_resamples, 2048):
+        size = min(2048, n_resamples - start)
+        counts = rng.multinomial(g, np.full(g, 1 / g), size=size).astype(np.float64)  # (B, G)
+        shift = (counts - 1.0) @ influence.T  # (B, P): θ̂* - θ̂
+        mean = counts @ influence.T / g
+        squares = counts @ (influence**2).T
+        variance = correction * np.maximum(squares - g * mean**2, 0.0)
+        t = np.abs(shift) / np.sqrt(variance + floor)
+        successive = np.maximum.accumulate(t[:, order][:, ::-1], axis=1)[:, ::-1]
+        exceed += (successive >= observed[order] * (1 - 1e-9)).sum(axis=0)
+    p_sorted = np.minimum(np.maximum.accumulate((1 + exceed) / (1 + n_resamples)), 1.0)
+    adjusted = np.empty(pairs)
+    adjusted[order] = p_sorted
+    return adjusted
 
 
 def compare_with_best(
@@ -256,13 +300,18 @@ def compare_with_best(
     """Which models are worse than the best, with the best chosen from the same crops, whatever
     the models' spreads.
 
-    Every pairwise difference gets a studentized statistic ``|θ̂_i - θ̂_j| / se_ij``, and all of
-    them are tested together by a step-down max-T (Westfall-Young / Romano-Wolf) over joint
-    sign flips of the crops (of whole clusters with ``clusters``): :func:`pairwise_max_t`. A
-    flip negates every pairwise difference of a crop at once, which leaves their joint
-    distribution unchanged when each crop's vector of differences is symmetric about 0, so no
-    exchangeability of the models is assumed: a model with a large spread is not exchanged with
-    a steady one, and studentizing keeps a noisy pair from dominating the maximum. A pair whose
+    Every pairwise difference gets a studentized statistic ``|θ̂_i - θ̂_j| / se_ij``
+    (:func:`pairwise_max_t`), and all of them are tested together by a step-down max-T
+    (Westfall-Young / Romano-Wolf) over joint sign flips of the crops (of whole clusters with
+    ``clusters``). A flip negates every pairwise difference of a crop at once, which leaves
+    their joint distribution unchanged when each crop's vector of differences is symmetric
+    about 0, so no exchangeability of the models is assumed: a model with a large spread is
+    not exchanged with a steady one, and studentizing keeps a noisy pair from dominating the
+    maximum. Sign flips are exact only for symmetric differences; a model that fails badly on
+    a few crops makes them skewed, and then a flip test calls it better than it is when it
+    happened to fail seldom. So each pair's adjusted p-value is the larger of the flips' and
+    of a step-down bootstrap-t over crops (clusters) that sees skewness
+    (:func:`pairwise_bootstrap_t`): a claim needs both. A pair whose
     adjusted p-value is below ``α`` says which of the two is better, all such claims together
     wrong with probability at most ``α``; "``m`` is worse than the best" follows from any pair in
     which a model scoring higher beats ``m``, so ``p_adjusted[m]`` is the smallest adjusted p of
@@ -298,8 +347,16 @@ def compare_with_best(
     k = annotated.shape[1]
     n_c = annotated.sum(axis=0)
     estimates = (values * (annotated / (k * n_c))).sum(axis=(1, 2))
-    pairs, _, adjusted, _ = pairwise_max_t(
-        values, annotated, groups, n_resamples, np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)
+    pairs, _, flipped, _, influence = pairwise_max_t(values, annotated, groups, n_resamples, rng)
+    # a claim needs both: the sign flips (exact when differences are symmetric) and the
+    # bootstrap-t (which sees skewed differences); each controls the family-wise error where
+    # its assumption holds, so their larger p-value does wherever either does
+    adjusted = np.maximum(
+        flipped,
+        pairwise_bootstrap_t(
+            estimates[pairs[:, 0]] - estimates[pairs[:, 1]], influence, n_resamples, rng
+        ),
     )
     models = len(estimates)
     p_pairs = np.ones((models, models))
@@ -468,20 +525,21 @@ def rank_sets(
     n_resamples: int = 2000,
     seed: int = 0,
     clusters: Sequence[Any] | np.ndarray | None = None,
+    comparison: BestComparison | None = None,
+    pair_resamples: int = 9999,
 ) -> RankSets:
     """Simultaneous confidence sets of the models' ranks, and how often each comes out best.
 
-    The rank sets come from simultaneous intervals of all ``M (M - 1) / 2`` pairwise differences
-    (each :func:`class_mean_interval` of the per-crop differences at confidence
-    ``1 - (1 - confidence) / pairs``, Bonferroni): model ``i`` ranks below every model whose
-    interval against it lies above 0, and above every model whose interval lies below, so
-    ``low_i = 1 + #{j: θ_j > θ_i surely}`` and ``high_i = M - #{j: θ_j < θ_i surely}``. All the
-    sets hold the true ranks at once whenever all the intervals do, so with at least the
-    confidence asked. ``p_best`` is descriptive: the share of crop resamples (with replacement)
-    in which the model has the highest statistic. With ``clusters`` the intervals are the
-    cluster-level ones and the resamples draw whole clusters. The t-intervals of differences
-    assume nothing about the models' spreads; ``bench/inference_battery.py`` checks that the
-    sets hold the true order under equal means with unequal spreads and in clustered data.
+    The rank sets come from the simultaneous tests of all ``M (M - 1) / 2`` pairwise
+    differences of :func:`compare_with_best` (``p_pairs``): model ``i`` ranks below every model
+    that scores higher with an adjusted p-value below ``1 - confidence``, and above every model
+    it beats so, so ``low_i = 1 + #{j: θ_j > θ_i surely}`` and ``high_i = M - #{j: θ_j < θ_i
+    surely}``. All the sets hold the true ranks at once whenever none of those directional
+    claims is wrong, so with at least the confidence asked, whatever the models' spreads
+    (``bench/inference_battery.py`` checks them; Bonferroni t-intervals of the differences,
+    used before, missed under skewed differences). ``p_best`` is descriptive: the share of
+    crop resamples (with replacement) in which the model has the highest statistic. With
+    ``clusters`` the tests flip, and the resamples draw, whole clusters.
 
     Args:
         data: ``M`` models' per-crop counts ``(N, C, 4)`` on the same crops, or ``(N, C)`` Dice
@@ -489,8 +547,10 @@ def rank_sets(
         statistic: :class:`~cellseg.metrics.Statistic`.
         confidence: of the sets together.
         n_resamples: crop resamples for ``p_best``.
-        seed: seed of the resamples.
+        seed: seed of the resamples (and of the pairwise tests).
         clusters: ``(N,)`` cluster (dataset) of each crop, or ``None``.
+        comparison: :func:`compare_with_best` of the same data, when already computed.
+        pair_resamples: sign patterns and bootstrap resamples of the pairwise tests otherwise.
 
     Raises:
         ValueError: fewer than 2 models or 2 crops, or shapes differ.
@@ -503,14 +563,13 @@ def rank_sets(
     if len(arrays) < 2 or len({x.shape for x in arrays}) > 1 or arrays[0].shape[0] < 2:
         raise ValueError("rank sets need at least 2 models on the same (at least 2) crops")
     models = len(arrays)
-    values = [class_values(x, statistic) for x in arrays]
-    pairs = models * (models - 1) // 2
-    level = 1 - (1 - confidence) / pairs
-    surely_above = np.zeros((models, models), dtype=bool)  # [i, j]: θ_i > θ_j surely
-    for i, j in itertools.combinations(range(models), 2):
-        interval = class_mean_interval(values[i] - values[j], level, 1.0, clusters)
-        surely_above[i, j] = interval.low > 0
-        surely_above[j, i] = interval.high < 0
+    if comparison is None or comparison.p_pairs is None:
+        comparison = compare_with_best(arrays, statistic, pair_resamples, seed, clusters)
+    assert comparison.p_pairs is not None
+    estimates = comparison.estimates
+    # [i, j]: θ_i > θ_j surely
+    surely_above = (comparison.p_pairs < 1 - confidence) & (estimates[:, None] > estimates[None, :])
+    np.fill_diagonal(surely_above, False)
     low = 1 + surely_above.sum(axis=0)
     high = models - surely_above.sum(axis=1)
     groups = cluster_labels(clusters, arrays[0].shape[0])
