@@ -21,7 +21,8 @@ Procedures:
   step-down permutation of the models' labels within crops (exchangeable models;
   :func:`cellseg.statistics.best.compare_with_best_exchangeable`), rank sets over crops;
 * **new**: what it does now: with at least ``--min-datasets`` datasets the datasets are the units
-  (cluster-robust intervals with ``G - 1`` df, whole datasets flipped), else the crops;
+  (cluster-robust intervals with ``G - 1`` df, whole datasets flipped), else the crops, the
+  intervals given these datasets (values centred on their dataset's means);
   "worse than the best" by the studentized step-down max-T over all pairs
   (:func:`cellseg.statistics.compare_with_best`); rank sets from the same intervals.
 
@@ -186,6 +187,7 @@ def run_procedure(
     tally: Tally,
     seed: int,
     resamples: int,
+    strata: np.ndarray | None = None,
 ) -> None:
     """One experiment of one procedure, counted into ``tally``."""
     start = time.perf_counter()
@@ -203,10 +205,10 @@ def run_procedure(
     tally.worse_models += int((~top).sum())
     tally.worse_found += int((claimed & ~top).sum())
     for m, values in enumerate(models):
-        interval = class_mean_interval(values, 0.95, clusters=clusters)
+        interval = class_mean_interval(values, 0.95, clusters=clusters, strata=strata)
         tally.intervals += 1
         tally.covered += interval.low <= truth[m] <= interval.high
-    diff = class_mean_interval(models[0] - models[-1], 0.95, 1.0, clusters)
+    diff = class_mean_interval(models[0] - models[-1], 0.95, 1.0, clusters, strata)
     tally.differences += 1
     tally.diff_covered += diff.low <= truth[0] - truth[-1] <= diff.high
     low, high = true_rank_bounds(truth)
@@ -235,7 +237,11 @@ def run_design(
         for name in procedures:
             truth = population if name == "old" else new_truth
             clusters = groups if (name == "new" and clustered) else None
-            run_procedure(name, models, truth, clusters, tallies[name], repetition, resamples)
+            # too few datasets: the new intervals are given these datasets
+            strata = groups if (name == "new" and design.datasets and not clustered) else None
+            run_procedure(
+                name, models, truth, clusters, tallies[name], repetition, resamples, strata
+            )
     return {name: tally.row() for name, tally in tallies.items()}
 
 
@@ -376,10 +382,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{'ranks':>6}"
     )
     start = time.perf_counter()
-    for name, design in DESIGNS.items():
+    for index, (name, design) in enumerate(DESIGNS.items()):
         if args.design and name not in args.design:
             continue
-        rows = run_design(design, repetitions, args.resamples, args.min_datasets)
+        rows = run_design(design, repetitions, args.resamples, args.min_datasets, seed=index)
         for procedure, r in rows.items():
             power = "–" if np.isnan(r["power"]) else f"{r['power']:.3f}"
             print(

@@ -36,17 +36,22 @@ from test_statistics import naive_sign_flip
 CLASSES3 = ("ecs", "mito_lum", "nuc")
 
 
-def metrics_table(model: str, quality: np.ndarray, positives: int = 100) -> pd.DataFrame:
+def metrics_table(
+    model: str, quality: np.ndarray, positives: int = 100, datasets: int = 1
+) -> pd.DataFrame:
     """Rows of a metrics CSV whose per-crop Dice is exactly ``quality[crop, class]``.
 
-    With ``FP = FN = P - TP``, Dice = ``TP / P``; ``quality`` is (crops, len(CLASSES3)).
+    With ``FP = FN = P - TP``, Dice = ``TP / P``; ``quality`` is (crops, len(CLASSES3)). Crops
+    are ``d/cropNNN`` (one dataset), or with ``datasets`` > 1 ``dG/cropNNN``, crop ``i`` in
+    dataset ``i mod datasets``.
     """
     rows = []
     for i, per_class in enumerate(quality):
+        crop = f"d{i % datasets if datasets > 1 else ''}/crop{i:03d}"
         for name, q in zip(CLASSES3, per_class, strict=True):
             tp = int(q * positives + 0.5)
             rows.append(
-                {"model": model, "dim": "2d", "adjustment": "train", "crop": f"d/crop{i:03d}",
+                {"model": model, "dim": "2d", "adjustment": "train", "crop": crop,
                  "class": name, "tp": tp, "fp": positives - tp, "fn": positives - tp,
                  "tn": 1000, "inference_seconds": 0.5}
             )  # fmt: skip
@@ -114,6 +119,46 @@ def test_ranking_best_model_and_significance(tmp_path, frequencies):
     assert table.loc["unet_3d", "p_best"] == 1.0 and pd.isna(table.loc[BASELINE, "rank_low"])
     text = summary_markdown(summary)
     assert "## How sure is the ranking?" in text and "| unet_2d | 2 | 2 | 0% |" in text
+
+
+def test_the_units_of_inference_follow_the_datasets(tmp_path, frequencies):
+    """Crops from 8 datasets (at least evaluation.min_datasets_for_clusters): the datasets are
+    the units, the CI is the one-sample t-interval of the 8 dataset means (every crop
+    annotating every class, 3 crops a dataset), and summary.md says the claims are about new
+    datasets; from 3 datasets the crops are the units and the claims are about these 3."""
+    from scipy import stats
+
+    rng = np.random.default_rng(5)
+    for datasets, unit in ((8, "dataset"), (3, "crop")):
+        n = 24
+        dataset_effect = rng.normal(0, 0.08, datasets)[np.arange(n) % datasets]
+        base = 0.6 + dataset_effect[:, None] + rng.normal(0, 0.03, (n, 3))
+        metrics, train = {}, {}
+        folder = tmp_path / unit
+        folder.mkdir()
+        for key, shift in (("unet_3d", 0.0), ("unet_2d", -0.02), ("vit_2d", -0.2)):
+            quality = np.round(np.clip(base + shift + rng.normal(0, 0.02, base.shape), 0, 1), 2)
+            table = metrics_table(key, quality, datasets=datasets)
+            metrics[key], train[key] = write_model(folder, key, table)
+            if key == "unet_3d":
+                reference = quality
+        summary = summarize(metrics, train, frequencies, expected=list(metrics))
+        table = summary.table.set_index("model")
+        assert (table["inference_unit"] == unit).all(), table["inference_unit"]
+        assert (table["n_datasets"] == datasets).all()
+        assert summary.n_datasets == datasets and summary.inference_unit == unit
+        text = summary_markdown(summary)
+        assert "one trained instance" in text
+        low, high = table.loc["unet_3d", ["mean_dice_ci_low", "mean_dice_ci_high"]]
+        if unit == "dataset":
+            assert "**new datasets like these**" in text
+            means = [reference[np.arange(n) % datasets == g].mean() for g in range(datasets)]
+            ci = stats.ttest_1samp(means, 0.0).confidence_interval(0.95)
+            assert (low, high) == pytest.approx((ci.low, ci.high), rel=1e-9)
+            assert table.loc["vit_2d", "significant"]
+        else:
+            assert f"**these {datasets} datasets**" in text
+            assert low < table.loc["unet_3d", "mean_dice"] < high
 
 
 def test_paired_ci_contains_the_true_difference_in_simulation():

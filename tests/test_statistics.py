@@ -641,7 +641,7 @@ def identical_models(rng: np.random.Generator, n_crops: int, models: int = 8) ->
 def test_identical_models_are_rarely_called_worse_than_the_best() -> None:
     """8 models of the same quality: how often is any called significantly worse than the best
     at 0.05? Sign-flip tests with Holm against the top scorer did so in 8.7 % at 14 and 20
-    crops (this design, `bench/best_selection.py`). The limits: 0.05 plus three Monte Carlo
+    crops (this design, the former `bench/best_selection.py`). The limits: 0.05 plus three Monte Carlo
     standard errors, per number of crops (300 experiments) and over all four (1200)."""
     repetitions, rates = 300, []
     for n_crops in (6, 8, 14, 20):
@@ -661,7 +661,7 @@ def identical_groups(
 ) -> list[np.ndarray]:
     """``(S, N, 6)`` per-seed per-crop Dice of study groups trained alike: crop and class
     effects shared by every run; each run's own seed effect and noise (``bench/
-    best_selection.py --study``)."""
+    inference_battery.py --study``)."""
     annotated = rng.random((n_crops, 6)) < 0.7
     annotated[:2] = True
     shared = np.linspace(-1, 1.5, 6)[None] + rng.normal(0, 0.8, (n_crops, 1))
@@ -702,7 +702,7 @@ def test_identical_groups_of_runs_are_rarely_called_worse_than_the_best() -> Non
     """6 groups x 3 seeds trained alike (a seed-index effect shared by the groups' runs of that
     seed, each run's own effect): any group called worse than the best at 0.05 at most 0.05
     plus three Monte Carlo standard errors (400 experiments). The study's former rule, Holm
-    over t tests against the top scorer, is measured by ``bench/best_selection.py --study``."""
+    over t tests against the top scorer, is measured by ``bench/inference_battery.py --study``."""
     rng = np.random.default_rng(31)
     repetitions, rejected = 400, 0
     for repetition in range(repetitions):
@@ -763,3 +763,127 @@ def test_rank_sets_and_best_share_in_a_hand_checked_case() -> None:
     assert result.p_best[0] == 1.0 and result.p_best.sum() == pytest.approx(1.0)
     pooled = rank_sets(list(paired_counts(rng)), "pooled", n_resamples=200)
     assert pooled.low.min() == 1 and pooled.high.max() <= 2
+
+
+# ------------------------------------------------------------------------------ never zero width
+
+
+def test_all_zero_scores_get_the_exact_interval_for_tied_values() -> None:
+    """A model scoring Dice 0 on every crop: [0, 1 - (α/2K)^(1/n)] per class, by hand (the
+    rule of three's interval: 10 crops, one class, 95 %: 1 - 0.025^(1/10) = 0.3085)."""
+    result = class_mean_interval(np.zeros((10, 1)))
+    assert result.tied and result.conservative
+    assert (result.low, result.high) == pytest.approx((0.0, 1 - 0.025**0.1))
+    assert result.low <= result.estimate == 0.0 < result.high
+    # two classes of 10 and 4 crops, Bonferroni over the classes: α / (2K) = 0.0125 per side
+    x = np.zeros((10, 2))
+    x[4:, 1] = np.nan
+    result = class_mean_interval(x)
+    assert result.high == pytest.approx(((1 - 0.0125**0.1) + (1 - 0.0125**0.25)) / 2)
+    # from counts: all-zero Dice, mean and pooled alike
+    counts = np.zeros((8, 3, 4))
+    counts[..., 2], counts[..., 3] = 50, 1000  # every voxel missed
+    for statistic in ("mean", "pooled"):
+        interval = mean_dice_interval(counts, statistic)
+        assert interval.estimate == 0.0 and interval.high > 0.0 and interval.low == 0.0
+
+
+def test_a_constant_paired_difference_is_never_a_point_and_holds_its_estimate() -> None:
+    """Model A exactly 0.03 above B on every crop and class (values that round differently:
+    the estimate used to fall just outside a zero-width interval)."""
+    rng = np.random.default_rng(9)
+    b = rng.uniform(0.2, 0.7, size=(9, 3))
+    a = b + 0.03
+    result = paired_comparison(a, b, n_resamples=600)
+    assert result.high - result.low > 0.05
+    assert result.low <= result.estimate <= result.high
+    # the exact bound for tied differences in [-1, 1], 9 crops per class, α / (2 x 3) per side
+    share = 1 - (0.05 / 6) ** (1 / 9)
+    d = float(np.mean((a - b)[0]))
+    assert result.high == pytest.approx(d + (1 - d) * share, abs=1e-9)
+    assert result.low == pytest.approx(d - (d + 1) * share, abs=1e-9)
+
+
+def test_one_crop_per_class_is_never_a_point() -> None:
+    """Every class annotated by a single crop: the bound (1/4 for a score, 1 for a difference)
+    is each class's variance, known; the interval is wide and holds its estimate."""
+    x = np.full((4, 4), np.nan)
+    np.fill_diagonal(x, [0.2, 0.4, 0.6, 0.8])
+    result = class_mean_interval(x)
+    assert result.se == pytest.approx(np.sqrt(4 * 0.25 / 16))
+    assert result.estimate == pytest.approx(0.5) and result.low < 0.5 < result.high
+    diff = paired_comparison(x, x - 0.1, n_resamples=16)
+    assert diff.high - diff.low > 1.0 and diff.low <= diff.estimate <= diff.high
+
+
+def test_cluster_interval_is_the_t_interval_of_cluster_means() -> None:
+    """One class, 5 clusters of 3 crops: CR1 with G - 1 df is the one-sample t-interval of the
+    cluster means (scipy); a constant value within every cluster changes nothing."""
+    rng = np.random.default_rng(10)
+    x = rng.normal(0.5, 0.1, size=(15, 1))
+    labels = [f"dataset{n % 5}" for n in range(15)]
+    result = class_mean_interval(x, 0.9, clusters=labels)
+    means = [x[[n for n in range(15) if n % 5 == g], 0].mean() for g in range(5)]
+    reference = stats.ttest_1samp(means, 0.0).confidence_interval(0.9)
+    assert (result.low, result.high) == pytest.approx((reference.low, reference.high), rel=1e-12)
+    assert result.df == 4 and result.n_clusters == 5
+    with pytest.raises(ValueError, match="one cluster label per crop"):
+        class_mean_interval(x, clusters=labels[:3])
+
+
+def test_cluster_sign_flip_is_the_naive_enumeration_of_cluster_flips() -> None:
+    rng = np.random.default_rng(11)
+    a = rng.uniform(0.3, 0.9, size=(10, 2))
+    b = a - 0.04 + rng.normal(0, 0.05, size=a.shape)
+    labels = np.arange(10) // 2  # 5 clusters of 2
+    observed = abs(mean_over_classes(a) - mean_over_classes(b))
+    extreme = 0
+    for flip in itertools.product((False, True), repeat=5):
+        swap = np.array(flip)[labels][:, None]
+        moved = mean_over_classes(np.where(swap, b, a)) - mean_over_classes(np.where(swap, a, b))
+        extreme += abs(moved) >= observed - 1e-12
+    p, exact = sign_flip_p_value(a, b, clusters=labels)
+    assert exact and p == pytest.approx(extreme / 32)
+    assert p >= 2 / 32 - 1e-12  # 5 datasets cannot reach 0.05
+
+
+def test_intervals_given_the_strata_remove_the_strata_differences() -> None:
+    """3 strata of 8 crops with very different means: the interval given the strata is the
+    one-way ANOVA's (pooled within-stratum variance, N - G df) for one class, by hand."""
+    rng = np.random.default_rng(12)
+    labels = np.repeat(np.arange(3), 8)
+    x = (np.array([0.2, 0.5, 0.8])[labels] + rng.normal(0, 0.05, 24))[:, None]
+    result = class_mean_interval(x, strata=labels)
+    within = sum(((x[labels == g, 0] - x[labels == g, 0].mean()) ** 2).sum() for g in range(3))
+    se = np.sqrt(within / (24 - 3) / 24)
+    assert result.se == pytest.approx(se, rel=1e-9) and result.df == 21
+    assert result.se < 0.3 * class_mean_interval(x).se
+
+
+@pytest.mark.slow
+def test_reduced_inference_battery_keeps_every_claim_at_five_percent() -> None:
+    """The validation battery (bench/inference_battery.py), reduced: 4 designs x 500 experiments
+    of the summary's procedure (about 20 s on 2 cores), and the former test of the best in one
+    of them. Tolerance: 2.33 Monte Carlo standard errors (one-sided 1 %): FWER at most
+    0.05 + 2.33 x sqrt(0.05 x 0.95 / 500) = 0.073; the mean coverage of 95 % intervals over the
+    4000 model intervals in [0.93 - 0.008, 0.98 + 0.008], that of the difference interval over
+    500 in [0.93 - 0.023, 0.98 + 0.023]; rank sets holding every true rank in at least
+    0.95 - 0.023. The former test breaks the FWER bound with unequal spreads (0.13)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from inference_battery import DESIGNS, REDUCED, run_design
+
+    repetitions = 500
+    fwer_limit = 0.05 + 2.33 * np.sqrt(0.05 * 0.95 / repetitions)
+    tolerance = 2.33 * np.sqrt(0.95 * 0.05 / repetitions)
+    for index, name in enumerate(REDUCED):
+        row = run_design(DESIGNS[name], repetitions, procedures=("new",), seed=index)["new"]
+        assert row["fwer"] <= fwer_limit, (name, row)
+        assert 0.93 - tolerance / np.sqrt(8) <= row["cov_mean"] <= 0.98 + tolerance / np.sqrt(8)
+        assert 0.93 - tolerance <= row["cov_diff"] <= 0.98 + tolerance, (name, row)
+        assert row["ranks"] >= 0.95 - tolerance, (name, row)
+    spreads = DESIGNS["equal means, 4 x sd 0.02 + 4 x 0.15, 12 crops"]
+    old = run_design(spreads, 200, resamples=199, procedures=("old",))["old"]
+    assert old["fwer"] > 0.05 + 2.33 * np.sqrt(0.05 * 0.95 / 200), old

@@ -56,14 +56,57 @@ def _statistics_sentence(summary: Summary) -> str:
             f"so few crops does not support an interval. Differences below are point estimates "
             "only; evaluate on more crops to test them."
         )
+    if summary.inference_unit == "dataset":
+        units = (
+            f"CIs ({s.confidence:.0%}) are t-intervals with the class set held fixed and the "
+            f"{summary.n_datasets} datasets as the independent units (cluster-robust variance, "
+            f"{summary.n_datasets - 1} degrees of freedom); paired differences are tested by "
+            "sign flips of whole datasets."
+        )
+    else:
+        units = (
+            f"CIs ({s.confidence:.0%}) are t-intervals over crops with the class set held fixed "
+            "(an unbiased crop-level variance, Satterthwaite degrees of freedom); paired "
+            f"differences are tested by exact sign-flip permutation over crops (all 2^N flips up "
+            f"to {s.permutation_resamples} flips, else {s.permutation_resamples} seeded random "
+            "flips); with N crops the smallest possible p-value is 2/2^N."
+        )
     return (
-        f"CIs ({s.confidence:.0%}) are t-intervals over crops with the class set held fixed "
-        "(an unbiased crop-level variance, Satterthwaite degrees of freedom; coverage checked on "
-        "synthetic crops of known truth, `bench/coverage.py`). Paired differences are tested by "
-        f"exact sign-flip permutation over crops (all 2^N flips up to {s.permutation_resamples} "
-        f"flips, else {s.permutation_resamples} seeded random flips); with N crops the smallest "
-        "possible p-value is 2/2^N. Nothing is reported from fewer than "
-        f"{floor} crops (`evaluation.min_crops_for_statistics`)." + _conservative_sentence(summary)
+        units + " Coverage and error rates are checked on synthetic data of known truth "
+        "(`bench/inference_battery.py`). Nothing is reported from fewer than "
+        f"{floor} crops (`evaluation.min_crops_for_statistics`)."
+        + _conservative_sentence(summary)
+        + "\n\n"
+        + _target_sentence(summary)
+    )
+
+
+def _target_sentence(summary: Summary) -> str:
+    """What the claims generalise to, in plain words."""
+    s = summary.settings
+    g, n = summary.n_datasets, summary.n_crops
+    if summary.inference_unit == "dataset":
+        target = (
+            f"**What the claims generalise to**: the {n} test crops come from {g} datasets "
+            f"(at least `evaluation.min_datasets_for_clusters` = {s.min_datasets_for_clusters}), "
+            "and crops of one dataset share a cell, a preparation and a staining, so the "
+            "datasets are the units: the intervals and tests are about **new datasets like "
+            "these**, not only these crops."
+        )
+    else:
+        datasets = f"{g} dataset{'s' if g != 1 else ''}"
+        target = (
+            f"**What the claims generalise to**: the {n} test crops come from only {datasets} "
+            f"(fewer than `evaluation.min_datasets_for_clusters` = "
+            f"{s.min_datasets_for_clusters}), too few to learn how much models vary from one "
+            "dataset to another. The crops are the units, so the intervals and tests are about "
+            f"**these {datasets}** (other crops of them): a model better here may not be "
+            "better on another cell, preparation or staining."
+        )
+    return (
+        target + " Each model is **one trained instance** (one seed): a difference between "
+        "two models may be the luck of their training runs, not their architectures; train "
+        "replicates (a study with seeds) to compare the recipes."
     )
 
 
@@ -74,8 +117,10 @@ def _conservative_sentence(summary: Summary) -> str:
     return (
         " The unbiased variance came out not positive for "
         f"{'; '.join(summary.conservative)} (classes whose scores move against each other "
-        "within a crop, in few crops), so those intervals use the variance they would have if "
-        "the classes of a crop were uncorrelated: wider, never a single point."
+        "within a crop, in few crops, or values all equal), so those intervals use the variance "
+        "they would have if the classes of a crop were uncorrelated, or, for values all equal "
+        "(e.g. Dice 0 on every crop), the exact interval for tied values in [0, 1]: wider, "
+        "never a single point."
     )
 
 
@@ -293,14 +338,18 @@ def _markdown_differences(summary: Summary) -> list[str]:
                   f"{s.min_crops_for_statistics} shared crops): the differences are point "
                   "estimates, untested.", ""]  # fmt: skip
         return lines + [_comparison_line(r, s) for _, r in compared.iterrows()]
+    unit = "datasets" if summary.inference_unit == "dataset" else "crops"
     lines += [
-        "Worse than the best, **" + str(best) + "**? A step-down max-T permutation test over "
-        "the crops the ranked models share: the models' results are exchanged within each "
-        "crop and the best is chosen again in every permutation, so picking the best from "
-        "the same crops is part of the test, and the chance of calling any model worse when "
-        f"none is stays at most {s.significance} over the {tested} comparison(s) "
-        "(`cellseg.statistics.compare_with_best`). The CI is the paired t-interval of the "
-        "difference.",
+        "Worse than the best, **" + str(best) + "**? Every pair of ranked models is tested "
+        f"at once on the {unit} they share: a studentized step-down max-T over all pairwise "
+        f"differences with joint sign flips of the {unit}, and a bootstrap-t over the {unit} "
+        "that sees skewed differences (a model failing badly on a few crops); a model is "
+        "called worse only when both find a model scoring higher better than it. Every pair "
+        "is in the family, so choosing the best from the same crops is accounted for, and "
+        "the chance of any wrong claim stays at most "
+        f"{s.significance} whatever the models' spreads, no exchangeability assumed "
+        f"(`cellseg.statistics.compare_with_best`; {tested} comparison(s)). The CI is the "
+        "paired t-interval of the difference.",
         "",
     ]
     return lines + [_comparison_line(r, s) for _, r in compared.iterrows()]
@@ -317,9 +366,10 @@ def _markdown_rank_sets(summary: Summary) -> list[str]:
         "## How sure is the ranking?",
         "",
         f"The ranks each model could hold, all models together with {s.confidence:.0%} "
-        "confidence (from simultaneous intervals of every pairwise difference: a model ranks "
-        "below another only when their difference is clear), and how often it came out best "
-        f"when the test crops were drawn again with replacement ({s.rank_resamples} times).",
+        "confidence (from the simultaneous tests of every pairwise difference above: a model "
+        "ranks below another only when that pair's difference is clear), and how often it came "
+        f"out best when the test {'datasets' if summary.inference_unit == 'dataset' else 'crops'}"
+        f" were drawn again with replacement ({s.rank_resamples} times).",
         "",
         "| model | rank | could rank | best in |",
         "|---|---:|---|---:|",
@@ -374,6 +424,12 @@ def study_markdown(study: Study) -> str:
         "that shuffles the groups' labels within each seed index and picks the best again "
         "every time (`cellseg.statistics.compare_runs_with_best`; with few seeds it cannot go "
         f"low). No CI or p with fewer than {s.min_crops_for_statistics} crops.",
+        "",
+        "**What the claims generalise to**: new training runs (seeds) of each group's recipe, "
+        "scored on test crops like these; the crops of one dataset are counted as independent "
+        "here, so with test crops from few datasets the claims hold for those datasets. A "
+        "group of one seed is one trained instance: its differences may be the luck of that "
+        "run.",
         "",
         "## Ranking overall",
         "",

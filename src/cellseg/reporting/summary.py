@@ -236,6 +236,16 @@ def inference_clusters(crops: Sequence[str], s: SummarySettings) -> np.ndarray |
     return np.asarray(datasets, dtype=object)
 
 
+def inference_strata(crops: Sequence[str], s: SummarySettings) -> np.ndarray | None:
+    """The dataset of each crop when there are datasets but too few to be the units: the
+    intervals are then given these datasets (crops centred on their dataset's means), else
+    ``None``."""
+    if inference_clusters(crops, s) is not None or not any("/" in crop for crop in crops):
+        return None
+    datasets = np.asarray([dataset_of(crop) for crop in crops], dtype=object)
+    return datasets if len(set(datasets)) > 1 else None
+
+
 def inference_unit(crops: Sequence[str], s: SummarySettings) -> str:
     """``dataset`` or ``crop``: the unit :func:`inference_clusters` makes independent."""
     return "crop" if inference_clusters(crops, s) is None else "dataset"
@@ -333,7 +343,13 @@ def _ci(
     :func:`_statistic_estimate` (the two computations differ by rounding only)."""
     if counts.shape[0] < s.min_crops_for_statistics:
         return float("nan"), float("nan")
-    result = mean_dice_interval(counts, statistic, s.confidence, inference_clusters(crops, s))
+    result = mean_dice_interval(
+        counts,
+        statistic,
+        s.confidence,
+        inference_clusters(crops, s),
+        inference_strata(crops, s),
+    )
     estimate = _statistic_estimate(counts, statistic)
     return min(result.low, estimate), max(result.high, estimate)
 
@@ -602,6 +618,7 @@ def _compare(model: _Model, best: _Model, s: SummarySettings) -> _Comparison:
         s.permutation_resamples,
         s.permutation_seed,
         inference_clusters(crops, s),
+        inference_strata(crops, s),
     )
     return _Comparison(result.estimate, a.shape[0], result)
 
@@ -752,7 +769,11 @@ def summarize(
         if model.counts.shape[0] >= s.min_crops_for_statistics
         for statistic in dict.fromkeys((Statistic.MEAN, Statistic(s.rank_by)))
         if mean_dice_interval(
-            model.counts, statistic, s.confidence, inference_clusters(model.crops, s)
+            model.counts,
+            statistic,
+            s.confidence,
+            inference_clusters(model.crops, s),
+            inference_strata(model.crops, s),
         ).conservative
     ]
     conservative += [

@@ -89,7 +89,7 @@ def compare_with_best_exchangeable(
     Testing each model against the top scorer as if the pair had been fixed in advance makes
     "worse than the best" too easy: with 8 identical models a sign-flip test per pair and Holm
     call at least one of them significantly worse far more often than 5 % of experiments
-    (``bench/best_selection.py``; docs/benchmarks.md). Here
+    (``bench/inference_battery.py``; docs/benchmarks.md). Here
     the null hypothesis of a set of models is that their results are exchangeable on each crop;
     a permutation shuffles the models' labels within every crop independently, and the best is
     chosen again in every permutation: the statistic of a set is the gap between its best and

@@ -222,6 +222,37 @@ def _cluster_variance(values: np.ndarray, bound: float, groups: np.ndarray) -> f
     return g / (g - 1) * float(np.sum(per_cluster**2)) + known
 
 
+def _within_strata(values: np.ndarray, layers: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Values centred on their stratum x class means (class means kept), for the variance of
+    ``θ̂`` given the strata.
+
+    Given the strata (these datasets), a crop varies only around its stratum's mean, so the
+    crop-level estimator runs on ``x_nc - x̄_gc + x̄_c`` (a class with a single crop in a stratum
+    keeps its value: no mean to remove, conservative). Removing ``G`` stratum means costs
+    degrees of freedom the crop-level estimator does not know about: its variance is scaled by
+    ``(N - 1) / (N - G)`` (exact for one class and equal variances) and its df capped at
+    ``N - G``.
+
+    Returns:
+        ``(centred values, variance factor, df cap)``.
+    """
+    centred = values.copy()
+    annotated = ~np.isnan(values)
+    class_means = np.nanmean(values, axis=0)
+    strata = np.unique(layers)
+    for g in strata:
+        rows = layers == g
+        counts = annotated[rows].sum(axis=0)
+        means = np.where(counts > 0, np.nansum(values[rows], axis=0) / np.maximum(counts, 1), 0)
+        shift = np.where(counts > 1, class_means - means, 0.0)
+        centred[rows] = values[rows] + shift
+    n = values.shape[0]
+    g = strata.size
+    if n - g < 1:
+        return values, 1.0, n - 1.0
+    return centred, (n - 1.0) / (n - g), float(n - g)
+
+
 def tie_interval(
     values: np.ndarray, confidence: float, support: tuple[float, float]
 ) -> tuple[float, float]:
@@ -260,6 +291,7 @@ def class_mean_interval(
     confidence: float = 0.95,
     bound: float = SCORE_VARIANCE_BOUND,
     clusters: Sequence[Any] | np.ndarray | None = None,
+    strata: Sequence[Any] | np.ndarray | None = None,
 ) -> Interval:
     """t-interval of the mean over classes of per-class means over crops (module docstring).
 
@@ -267,7 +299,10 @@ def class_mean_interval(
     Satterthwaite df at most ``N - 1``. With ``clusters`` (one label per crop, e.g. its dataset)
     the clusters are: the cluster-robust variance of :func:`_cluster_variance` and ``G - 1``
     degrees of freedom, the target being the mean over clusters like these (needs ``G >= 2``).
-    Either way, when every class's values are all equal (a model scoring 0 on every crop, a
+    With ``strata`` instead (too few datasets to be the units) the target is the mean over
+    *these* strata: the crops stay the units, but each value is centred on its stratum x class
+    mean (:func:`_within_strata`), so the differences between the strata, fixed for this
+    target, do not count as error. Either way, when every class's values are all equal (a model scoring 0 on every crop, a
     constant paired difference) there is no spread to estimate a variance from and the
     interval is :func:`tie_interval`'s exact one (``tied``): never a point.
 
@@ -278,6 +313,7 @@ def class_mean_interval(
         bound: variance assumed for a class annotated by one crop (0.25 for scores in [0, 1],
             1 for differences of two; it also sets the range of a value, [0, 1] or [-1, 1]).
         clusters: ``(N,)`` cluster label of each crop, or ``None``.
+        strata: ``(N,)`` stratum label of each crop (ignored with ``clusters``), or ``None``.
 
     Raises:
         ValueError: ``confidence`` outside (0, 1), ``values`` not 2-D, or not one label per crop.
@@ -292,6 +328,7 @@ def class_mean_interval(
     if arr.ndim != 2:
         raise ValueError(f"expected per-crop values (N, C), got {arr.shape}")
     groups = cluster_labels(clusters, arr.shape[0])
+    layers = None if groups is not None else cluster_labels(strata, arr.shape[0])
     rows = ~np.isnan(arr).all(axis=1)
     arr = arr[rows][:, ~np.isnan(arr).all(axis=0)]
     estimate = mean_over_classes(arr)
@@ -302,7 +339,11 @@ def class_mean_interval(
     if arr.shape[0] < 2 or (groups is not None and n_clusters < 2):
         nan = float("nan")
         return Interval(estimate, nan, nan, nan, nan, arr.shape[0], n_clusters=n_clusters)
-    if groups is None:
+    if groups is None and layers is not None and np.unique(layers[rows]).size > 1:
+        centred, correction, df_cap = _within_strata(arr, layers[rows])
+        variance, df, conservative = _variance_and_df(centred, bound)
+        variance, df = variance * correction, min(df, df_cap)
+    elif groups is None:
         variance, df, conservative = _variance_and_df(arr, bound)
     else:
         variance, df, conservative = _cluster_variance(arr, bound, groups), n_clusters - 1.0, False
@@ -330,6 +371,7 @@ def mean_dice_interval(
     statistic: Statistic | str = Statistic.MEAN,
     confidence: float = 0.95,
     clusters: Sequence[Any] | np.ndarray | None = None,
+    strata: Sequence[Any] | np.ndarray | None = None,
 ) -> Interval:
     """The interval of a model's mean Dice over classes.
 
@@ -339,12 +381,13 @@ def mean_dice_interval(
         confidence: CI level.
         clusters: ``(N,)`` cluster (dataset) of each crop, or ``None`` (see
             :func:`class_mean_interval`).
+        strata: ``(N,)`` stratum (dataset) of each crop: the target is these strata.
 
     Returns:
         :class:`Interval` (see :func:`class_mean_interval`).
     """
     return class_mean_interval(
-        class_values(data, statistic), confidence, SCORE_VARIANCE_BOUND, clusters
+        class_values(data, statistic), confidence, SCORE_VARIANCE_BOUND, clusters, strata
     )
 
 

@@ -206,6 +206,7 @@ def paired_comparison(
     n_resamples: int = DEFAULT_PERMUTATIONS,
     seed: int = 0,
     clusters: Sequence[Any] | np.ndarray | None = None,
+    strata: Sequence[Any] | np.ndarray | None = None,
 ) -> PairedComparison:
     """Difference of a statistic between two models on the same crops.
 
@@ -224,6 +225,8 @@ def paired_comparison(
         n_resamples: sign flips (see :func:`sign_flip_p_value`).
         seed: seed of Monte Carlo flips.
         clusters: ``(N,)`` cluster label of each crop, or ``None``.
+        strata: ``(N,)`` stratum label of each crop for the interval given the strata
+            (:func:`class_mean_interval`), or ``None``.
 
     Raises:
         ValueError: shapes differ, fewer than 2 crops, or as :func:`class_values`.
@@ -234,7 +237,7 @@ def paired_comparison(
     statistic = Statistic(statistic)
     a, b = _pair(data_a, data_b)
     values_a, values_b = class_values(a, statistic), class_values(b, statistic)
-    interval = class_mean_interval(values_a - values_b, confidence, 1.0, clusters)
+    interval = class_mean_interval(values_a - values_b, confidence, 1.0, clusters, strata)
     p_value, exact = sign_flip_p_value(a, b, statistic, n_resamples, seed, clusters)
     estimate_a, estimate_b = mean_over_classes(values_a), mean_over_classes(values_b)
     estimate = estimate_a - estimate_b
