@@ -99,7 +99,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--best-permutations", type=int, default=SummarySettings.best_permutations,
-        help="label permutations per step of the test against the best",
+        help="sign patterns and bootstrap resamples of the test of every pair of models",
     )  # fmt: skip
     parser.add_argument(
         "--min-crops", type=int, default=SummarySettings.min_crops_for_statistics,

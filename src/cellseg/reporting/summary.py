@@ -23,8 +23,14 @@ What is compared (all over the held-out crops, one adjustment mode):
   ``sqrt(F1 × Hausdorff)``; overall ``sqrt(mean instance × mean semantic)``. The same with the
   scorer's two quirks corrected: ``challenge_corrected_*`` columns.
 * **difference to the best**: the model's statistic minus the best model's on the crops both were
-  evaluated on, with a t-interval and an exact sign-flip permutation p-value over crops
-  (:func:`cellseg.statistics.paired_comparison`), Holm-adjusted over the comparisons.
+  evaluated on, with a t-interval and an exact sign-flip permutation p-value
+  (:func:`cellseg.statistics.paired_comparison`); ``p_adjusted`` is the simultaneous test of
+  every pair of models (:func:`cellseg.statistics.compare_with_best`), valid whatever their
+  spreads.
+* **units of inference**: with test crops (``dataset/cropN``) from at least
+  ``min_datasets_for_clusters`` datasets, every interval and test counts datasets, and the claims
+  are about new datasets like these (``inference_unit`` ``dataset``); with fewer, crops, and the
+  claims are about these datasets (``crop``).
 * **winner per class**: the model with the best pooled Dice of the class is named the winner only
   when a sign-flip test over the crops annotating the class (against the runner-up, Holm-adjusted
   over the classes) is significant; otherwise the class is a tie.
@@ -120,7 +126,8 @@ class SummarySettings:
             smallest ``N`` whose exact sign-flip test can reach ``p < 0.05`` (``2/2^6 = 0.031``).
         permutation_resamples: sign flips of the paired tests: all ``2^N`` when that is at most
             this many (``2^16``: exact up to 16 crops), else a Monte Carlo sample of this many.
-        best_permutations: label permutations per step of the test against the best
+        best_permutations: sign patterns and bootstrap resamples of the simultaneous test of
+            every pair of models behind "worse than the best" and the rank sets
             (:func:`cellseg.statistics.compare_with_best`).
         rank_resamples: crop resamples for each model's share of being best
             (:func:`cellseg.statistics.rank_sets`).

@@ -30,7 +30,9 @@ per-crop values of independent crops (the annotation pattern ``a`` is held fixed
 
 A class annotated by a single crop has no variance estimate; its score lies in ``[0, 1]``, so its
 variance is at most ``1/4`` (Popoviciu), which is used (conservative, treated as known). The
-interval is symmetric, so the estimate is always inside it. Its coverage on synthetic data of
+interval is symmetric, so the estimate is always inside it; when every class's values are all
+equal there is no spread to estimate, and the interval is the exact one for tied bounded values
+(:func:`~cellseg.statistics.intervals.tie_interval`): never a point. Its coverage on synthetic data of
 known truth (6-40 crops, classes annotated by 2-40 crops nested like CellMap's, shared crop
 effects, zero-inflated hard classes) is measured by ``bench/coverage.py`` (docs/benchmarks.md),
 and ``tests/test_statistics.py`` requires 0.93-0.97 in two of its settings.
@@ -47,9 +49,17 @@ with ``permutation_type="samples"`` does both). Its smallest two-sided p-value w
 ``2 / 2^N`` (:func:`smallest_p_value`): below 6 crops nothing can be significant at 0.05, which is
 why :mod:`cellseg.reporting` reports no interval and no p-value below a minimum number of crops.
 Multiple comparisons are Holm-adjusted (:func:`holm`); comparisons with a best chosen from the
-same data are step-down max-T permutation tests (:func:`compare_with_best` over crops,
-:func:`compare_runs_with_best` over training runs), and :func:`rank_sets` says how firm a ranking
-is.
+same data test every pair of models at once, a studentized step-down max-T of joint sign flips
+and a bootstrap-t that must agree (:func:`compare_with_best`; valid whatever the models'
+spreads, no exchangeability assumed), or permute training runs (:func:`compare_runs_with_best`);
+:func:`rank_sets` says how firm a ranking is, from the same pairwise tests.
+
+**Units.** Crops of one dataset (one cell, one preparation) are not independent. Every interval
+and test takes an optional ``clusters`` label per crop (its dataset): the clusters are then the
+units (cluster-robust variance with ``G - 1`` df, flips and resamples of whole clusters) and the
+target is new clusters like these; ``strata`` instead keeps the crops as the units and makes the
+target these strata (:func:`class_mean_interval`). ``bench/inference_battery.py`` measures the
+family-wise error, power and coverage of both against the former procedures.
 
 The package's modules: :mod:`~cellseg.statistics.intervals` (per-crop values, the intervals and
 their variance estimators), :mod:`~cellseg.statistics.paired` (paired tests, Holm) and
