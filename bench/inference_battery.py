@@ -264,6 +264,9 @@ DESIGNS: dict[str, Design] = {
         interaction=0.05,
         shifts=(0.0,) * 7 + (-0.15,),
     ),
+    "6 datasets x 5 crops, rare failures": Design(
+        spreads=(0.03,) * 8, n_crops=30, datasets=6, interaction=0.02, failures=(4, 5, 6, 7)
+    ),
     "3 datasets x 8 crops (these datasets)": Design(
         spreads=(0.03,) * 8,
         n_crops=24,

@@ -604,8 +604,9 @@ def test_two_models_against_the_best_with_the_pooled_statistic() -> None:
 
 
 def test_the_former_first_step_is_the_exhaustive_permutation_test() -> None:
-    """The former procedure (kept for the battery's "before" column): three models on 5 crops: all 6^5 label permutations by naive loops, the best chosen again
-    in each (the statistic is the gap between the best and the worst)."""
+    """The former procedure (kept for the battery's "before" column): three models on 5 crops,
+    all 6^5 label permutations by naive loops, the best chosen again in each (the statistic is
+    the gap between the best and the worst)."""
     rng = np.random.default_rng(12)
     x = rng.uniform(0.3, 0.9, size=(1, 5, 2)) + rng.normal(0, 0.05, size=(3, 5, 2))
     x[2] -= 0.08  # the worst model

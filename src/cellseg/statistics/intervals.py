@@ -1,4 +1,4 @@
-"""Intervals of a mean over classes of per-class scores over crops (see :mod:`cellseg.statistics`)."""
+"""Intervals of a mean over classes of per-class scores over crops (:mod:`cellseg.statistics`)."""
 
 from __future__ import annotations
 
@@ -302,9 +302,10 @@ def class_mean_interval(
     With ``strata`` instead (too few datasets to be the units) the target is the mean over
     *these* strata: the crops stay the units, but each value is centred on its stratum x class
     mean (:func:`_within_strata`), so the differences between the strata, fixed for this
-    target, do not count as error. Either way, when every class's values are all equal (a model scoring 0 on every crop, a
-    constant paired difference) there is no spread to estimate a variance from and the
-    interval is :func:`tie_interval`'s exact one (``tied``): never a point.
+    target, do not count as error. Either way, when every class's values are all equal (a
+    model scoring 0 on every crop, a constant paired difference) there is no spread to estimate
+    a variance from and the interval is :func:`tie_interval`'s exact one (``tied``): never a
+    point.
 
     Args:
         values: ``(N, C)`` per-crop values, NaN where the crop does not annotate the class;

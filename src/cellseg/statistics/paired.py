@@ -1,4 +1,4 @@
-"""Paired tests of two models on shared crops, and Holm's adjustment (see :mod:`cellseg.statistics`)."""
+"""Paired tests of two models on shared crops, and Holm's adjustment (:mod:`cellseg.statistics`)."""
 
 from __future__ import annotations
 
