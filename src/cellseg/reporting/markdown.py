@@ -64,9 +64,15 @@ def _statistics_sentence(summary: Summary) -> str:
             "sign flips of whole datasets."
         )
     else:
+        given = (
+            f", given these {summary.n_datasets} datasets (each crop centred on its dataset's "
+            "means)"
+            if summary.n_datasets > 1
+            else ""
+        )
         units = (
             f"CIs ({s.confidence:.0%}) are t-intervals over crops with the class set held fixed "
-            "(an unbiased crop-level variance, Satterthwaite degrees of freedom); paired "
+            f"(an unbiased crop-level variance, Satterthwaite degrees of freedom{given}); paired "
             f"differences are tested by exact sign-flip permutation over crops (all 2^N flips up "
             f"to {s.permutation_resamples} flips, else {s.permutation_resamples} seeded random "
             "flips); with N crops the smallest possible p-value is 2/2^N."
@@ -338,15 +344,22 @@ def _markdown_differences(summary: Summary) -> list[str]:
                   f"{s.min_crops_for_statistics} shared crops): the differences are point "
                   "estimates, untested.", ""]  # fmt: skip
         return lines + [_comparison_line(r, s) for _, r in compared.iterrows()]
-    unit = "datasets" if summary.inference_unit == "dataset" else "crops"
+    if summary.inference_unit == "dataset":
+        how = (
+            "a studentized step-down max-T over all pairwise differences with joint sign flips "
+            "of whole datasets (a flip reflects every model's scores on a dataset's crops)"
+        )
+    else:
+        how = (
+            "a studentized step-down max-T over all pairwise differences with joint sign flips "
+            "of the crops, and a bootstrap-t over the crops that sees skewed differences (a "
+            "model failing badly on a few crops): a model is called worse only when both find "
+            "a model scoring higher better than it"
+        )
     lines += [
         "Worse than the best, **" + str(best) + "**? Every pair of ranked models is tested "
-        f"at once on the {unit} they share: a studentized step-down max-T over all pairwise "
-        f"differences with joint sign flips of the {unit}, and a bootstrap-t over the {unit} "
-        "that sees skewed differences (a model failing badly on a few crops); a model is "
-        "called worse only when both find a model scoring higher better than it. Every pair "
-        "is in the family, so choosing the best from the same crops is accounted for, and "
-        "the chance of any wrong claim stays at most "
+        f"at once: {how}. Every pair is in the family, so choosing the best from the same "
+        "crops is accounted for, and the chance of any wrong claim stays at most "
         f"{s.significance} whatever the models' spreads, no exchangeability assumed "
         f"(`cellseg.statistics.compare_with_best`; {tested} comparison(s)). The CI is the "
         "paired t-interval of the difference.",
