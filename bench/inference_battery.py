@@ -34,7 +34,7 @@ truth is the largest is called worse than the best (p_adjusted < 0.05; nominal a
 **ranks**, the share of experiments in which every model's rank set holds its true rank
 (ties: any rank the tie allows). ``tests/test_statistics.py`` runs a reduced battery.
 
-Wall time (2 cores): ``--quick`` about 2 min, the full run about 10 min (docs/benchmarks.md).
+Wall time (2 cores): the full run 864 s, ``--quick`` about 3 min (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -105,6 +105,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--min-crops", type=int, default=SummarySettings.min_crops_for_statistics,
         help="fewest crops with which a CI or p-value is reported",
     )  # fmt: skip
+    parser.add_argument(
+        "--min-datasets", type=int, default=SummarySettings.min_datasets_for_clusters,
+        help="fewest datasets (crops named dataset/cropN) from which datasets are the units",
+    )  # fmt: skip
     parser.set_defaults(func=_run_summary)
 
 
@@ -123,6 +127,7 @@ def _run_summary(args: argparse.Namespace) -> int:
         permutation_resamples=args.permutation_resamples,
         best_permutations=args.best_permutations,
         min_crops_for_statistics=args.min_crops,
+        min_datasets_for_clusters=args.min_datasets,
     )
     summary = make_summary(
         metrics, train, args.class_frequencies, args.out_csv, args.out_md, args.figures,
