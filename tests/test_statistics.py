@@ -642,8 +642,8 @@ def identical_models(rng: np.random.Generator, n_crops: int, models: int = 8) ->
 def test_identical_models_are_rarely_called_worse_than_the_best() -> None:
     """8 models of the same quality: how often is any called significantly worse than the best
     at 0.05? Sign-flip tests with Holm against the top scorer did so in 8.7 % at 14 and 20
-    crops (this design, the former `bench/best_selection.py`). The limits: 0.05 plus three Monte Carlo
-    standard errors, per number of crops (300 experiments) and over all four (1200)."""
+    crops (this design, the former `bench/best_selection.py`). The limits: 0.05 plus three
+    Monte Carlo standard errors, per number of crops (300 experiments) and over all four."""
     repetitions, rates = 300, []
     for n_crops in (6, 8, 14, 20):
         rng = np.random.default_rng(1000 + n_crops)

@@ -32,10 +32,11 @@ A class annotated by a single crop has no variance estimate; its score lies in `
 variance is at most ``1/4`` (Popoviciu), which is used (conservative, treated as known). The
 interval is symmetric, so the estimate is always inside it; when every class's values are all
 equal there is no spread to estimate, and the interval is the exact one for tied bounded values
-(:func:`~cellseg.statistics.intervals.tie_interval`): never a point. Its coverage on synthetic data of
-known truth (6-40 crops, classes annotated by 2-40 crops nested like CellMap's, shared crop
-effects, zero-inflated hard classes) is measured by ``bench/coverage.py`` (docs/benchmarks.md),
-and ``tests/test_statistics.py`` requires 0.93-0.97 in two of its settings.
+(:func:`~cellseg.statistics.intervals.tie_interval`): never a point. Its coverage on synthetic
+data of known truth (6-40 crops, classes annotated by 2-40 crops nested like CellMap's, shared
+crop effects, zero-inflated hard classes) is measured by ``bench/coverage.py``
+(docs/benchmarks.md), and ``tests/test_statistics.py`` requires 0.93-0.97 in two of its
+settings.
 
 The pooled statistic is a ratio per class; it goes through the same machinery on its linearised
 per-crop values (delta method): ``z_nc = D_c + n_c (A_nc - D_c B_nc) / Σ_n B_nc`` with
