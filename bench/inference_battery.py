@@ -195,7 +195,7 @@ def run_procedure(
         p = compare_with_best_exchangeable(models, "mean", resamples, seed).p_adjusted
         low_rank, high_rank = bonferroni_rank_sets(models)
     else:
-        comparison = compare_with_best(models, "mean", resamples, seed, clusters)
+        comparison = compare_with_best(models, "mean", resamples, seed, clusters, strata)
         p = comparison.p_adjusted
         ranks = rank_sets(models, "mean", 0.95, 20, seed, clusters, comparison)
         low_rank, high_rank = ranks.low, ranks.high

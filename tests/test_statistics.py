@@ -512,11 +512,14 @@ def paired_counts(rng: np.random.Generator, crops: int = 8) -> tuple[np.ndarray,
     return a, b
 
 
-def naive_studentized_max_t(models: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
+def naive_studentized_max_t(
+    models: np.ndarray, groups: np.ndarray, strata: np.ndarray | None = None
+) -> tuple[float, float]:
     """By loops: the largest studentized pairwise |difference| and its share of the ``2^G`` joint
     sign flips (reflections of every model's scores on the crops of a cluster) at least as large.
     The standard error is ``sqrt(Σ_g Ψ_g²)``, ``Ψ_g`` the cluster's sum of residual contributions
-    (class means removed). ``models``: ``(M, N, K)``, every crop annotating every class."""
+    (class means removed; with ``strata``, the stratum's class means). ``models``: ``(M, N, K)``,
+    every crop annotating every class."""
 
     def largest_t(x: np.ndarray) -> float:
         best = 0.0
@@ -526,7 +529,19 @@ def naive_studentized_max_t(models: np.ndarray, groups: np.ndarray) -> tuple[flo
                 d = x[i] - x[j]
                 means = [sum(d[r, c] for r in range(n)) / n for c in range(k)]
                 theta = sum(means) / k
-                residual = [sum(d[r, c] - means[c] for c in range(k)) / (k * n) for r in range(n)]
+                if strata is None:
+                    centre = [[means[c] for c in range(k)] for r in range(n)]
+                else:
+                    centre = [
+                        [
+                            float(np.mean([d[q, c] for q in range(n) if strata[q] == strata[r]]))
+                            for c in range(k)
+                        ]
+                        for r in range(n)
+                    ]
+                residual = [
+                    sum(d[r, c] - centre[r][c] for c in range(k)) / (k * n) for r in range(n)
+                ]
                 psi = [sum(residual[r] for r in range(n) if groups[r] == g) for g in set(groups)]
                 best = max(best, abs(theta) / np.sqrt(sum(e * e for e in psi) + 1e-24))
         return best
@@ -569,6 +584,22 @@ def test_the_max_t_against_the_best_is_the_naive_enumeration() -> None:
             expected = min(higher) if higher else np.nan
             assert result.p_adjusted[m] == pytest.approx(expected, nan_ok=True)
     assert result.n_clusters == 4
+
+
+def test_the_max_t_given_strata_is_the_naive_enumeration() -> None:
+    """Crops the units, 3 strata (datasets) of 3 crops with a model x dataset interaction: the
+    standard errors centred on each stratum's class means, by loops over all 2^9 flips."""
+    rng = np.random.default_rng(13)
+    strata = np.repeat(np.arange(3), 3)
+    x = rng.uniform(0.4, 0.8, size=(1, 9, 2)) + rng.normal(0, 0.05, size=(3, 3, 1))[:, strata]
+    x = x + rng.normal(0, 1, size=(3, 9, 2)) * np.array([0.02, 0.08, 0.04])[:, None, None]
+    observed, p_first = naive_studentized_max_t(x, np.arange(9), strata)
+    _, t, flipped, exact, _ = pairwise_max_t(
+        x, np.ones((9, 2), bool), np.arange(9), 512, rng, strata
+    )
+    assert exact and t.max() == pytest.approx(observed, rel=1e-9)
+    assert flipped.min() == pytest.approx(p_first, abs=1e-12)
+    assert 1 / 2**9 < p_first < 1
 
 
 def test_the_bootstrap_t_of_one_pair_matches_a_naive_bootstrap() -> None:

@@ -659,7 +659,10 @@ def _best_selection(
     counts = [evaluated[key].counts for key in ranked]
     statistic = Statistic(s.rank_by)
     clusters = inference_clusters(crops[0], s)
-    best = compare_with_best(counts, statistic, s.best_permutations, s.permutation_seed, clusters)
+    strata = inference_strata(crops[0], s)
+    best = compare_with_best(
+        counts, statistic, s.best_permutations, s.permutation_seed, clusters, strata
+    )
     ranks = rank_sets(
         counts, statistic, s.confidence, s.rank_resamples, s.permutation_seed, clusters, best
     )

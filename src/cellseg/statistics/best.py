@@ -189,6 +189,7 @@ def pairwise_max_t(
     groups: np.ndarray,
     n_resamples: int,
     rng: np.random.Generator,
+    strata: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, np.ndarray]:
     """Studentized step-down max-T over every pairwise difference, with joint sign flips.
 
@@ -200,7 +201,11 @@ def pairwise_max_t(
     flip ``s`` in ``{-1, 1}^G`` negates every pairwise difference of the crops of cluster ``g`` at
     once (it reflects the models' scores on those crops); both ``Σ_n s_n u_n`` and its standard
     error are recomputed from the flipped differences (``e* = L s``, ``L = diag(u) - W Pᵀ``,
-    ``P = a d / n_c``: one matrix product per batch of flips).
+    ``P = a d / n_c``: one matrix product per batch of flips). With ``strata`` (the crops the
+    units, the target these datasets) the residuals are centred on the stratum x class means
+    instead (the class mean where a stratum has one crop of the class), so a model x dataset
+    difference, fixed for that target, is not counted as error in the observed statistic; the
+    flipped differences' are recomputed alike.
 
     Args:
         values: ``(M, N, K)`` per-crop values (0 where not annotated).
@@ -208,6 +213,7 @@ def pairwise_max_t(
         groups: ``(N,)`` cluster index of each crop (``arange(N)``: the crops are the units).
         n_resamples: sign patterns: all ``2^G`` when that is at most this, else this many.
         rng: of the random patterns.
+        strata: ``(N,)`` stratum index of each crop, or ``None``.
 
     Returns:
         ``(pairs (P, 2), T (P,), adjusted p (P,), exact, Ψ (P, G))``.
@@ -222,10 +228,22 @@ def pairwise_max_t(
     pairs = np.array(list(itertools.combinations(range(models), 2)), dtype=int).reshape(-1, 2)
     u = np.empty((len(pairs), n_crops))
     hl = np.empty((len(pairs), n_groups, n_crops))
+    if strata is None:
+        strata = np.zeros(n_crops, dtype=int)
+        by_stratum = np.ones_like(a)  # never used: every cell centres on its class mean
+    else:
+        one_hot = np.eye(int(strata.max()) + 1)[strata]  # (N, S)
+        by_stratum = (one_hot.T @ a)[strata]  # n_gc of each crop's stratum
+    centre_in_stratum = (by_stratum >= 2) & (np.unique(strata).size > 1)
+    same = strata[:, None] == strata[None, :]
+    stratum_weights = np.where(centre_in_stratum, weights, 0.0)
+    class_weights = np.where(centre_in_stratum, 0.0, weights)
     for p, (i, j) in enumerate(pairs):
         d = values[i] - values[j]
         u[p] = (weights * d).sum(axis=1)
-        hl[p] = h @ (np.diag(u[p]) - weights @ (a * d / n_c).T)  # H L
+        lever = np.diag(u[p]) - class_weights @ (a * d / n_c).T  # L
+        lever -= same * (stratum_weights @ (a * d / np.maximum(by_stratum, 1)).T)
+        hl[p] = h @ lever
     floor = 1e-24 + 1e-18 * float(np.max(u**2, initial=0.0))
 
     def t_values(signs: np.ndarray) -> np.ndarray:
@@ -300,6 +318,7 @@ def compare_with_best(
     n_resamples: int = 10_000,
     seed: int = 0,
     clusters: Sequence[Any] | np.ndarray | None = None,
+    strata: Sequence[Any] | np.ndarray | None = None,
 ) -> BestComparison:
     """Which models are worse than the best, with the best chosen from the same crops, whatever
     the models' spreads.
@@ -337,6 +356,9 @@ def compare_with_best(
             many seeded ones and p-values ``(1 + #) / (1 + n_resamples)``).
         seed: seed of the patterns.
         clusters: ``(N,)`` cluster (dataset) of each crop: whole clusters are flipped.
+        strata: ``(N,)`` stratum (dataset) of each crop when the crops are the units and the
+            target is these datasets (ignored with ``clusters``): the standard errors are
+            centred within the strata (:func:`pairwise_max_t`).
 
     Raises:
         ValueError: fewer than 2 models or 2 crops, shapes differ, or ``pooled`` without counts.
@@ -352,11 +374,16 @@ def compare_with_best(
     values, annotated = values[:, keep], annotated[keep]
     groups = np.arange(int(keep.sum())) if groups is None else groups[keep]
     groups = np.unique(groups, return_inverse=True)[1].reshape(-1)
+    layers = None if clusters is not None else cluster_labels(strata, n_crops)
+    if layers is not None:
+        layers = np.unique(layers[keep], return_inverse=True)[1].reshape(-1)
     k = annotated.shape[1]
     n_c = annotated.sum(axis=0)
     estimates = (values * (annotated / (k * n_c))).sum(axis=(1, 2))
     rng = np.random.default_rng(seed)
-    pairs, _, flipped, _, influence = pairwise_max_t(values, annotated, groups, n_resamples, rng)
+    pairs, _, flipped, _, influence = pairwise_max_t(
+        values, annotated, groups, n_resamples, rng, layers
+    )
     adjusted = flipped
     if np.bincount(groups).min() < MIN_CLUSTER_CROPS:
         # crops as the units: a claim needs both the sign flips (exact when the differences
@@ -538,6 +565,7 @@ def rank_sets(
     clusters: Sequence[Any] | np.ndarray | None = None,
     comparison: BestComparison | None = None,
     pair_resamples: int = 9999,
+    strata: Sequence[Any] | np.ndarray | None = None,
 ) -> RankSets:
     """Simultaneous confidence sets of the models' ranks, and how often each comes out best.
 
@@ -562,6 +590,7 @@ def rank_sets(
         clusters: ``(N,)`` cluster (dataset) of each crop, or ``None``.
         comparison: :func:`compare_with_best` of the same data, when already computed.
         pair_resamples: sign patterns and bootstrap resamples of the pairwise tests otherwise.
+        strata: ``(N,)`` stratum of each crop for those tests (:func:`compare_with_best`).
 
     Raises:
         ValueError: fewer than 2 models or 2 crops, or shapes differ.
@@ -575,7 +604,7 @@ def rank_sets(
         raise ValueError("rank sets need at least 2 models on the same (at least 2) crops")
     models = len(arrays)
     if comparison is None or comparison.p_pairs is None:
-        comparison = compare_with_best(arrays, statistic, pair_resamples, seed, clusters)
+        comparison = compare_with_best(arrays, statistic, pair_resamples, seed, clusters, strata)
     assert comparison.p_pairs is not None
     estimates = comparison.estimates
     # [i, j]: θ_i > θ_j surely
