@@ -118,3 +118,23 @@ def test_provenance_names_a_commit_of_this_history() -> None:
         check=False,
     )
     assert known.returncode == 0, f"commit {provenance['commit']} is not in this repository"
+
+
+def test_provenance_is_the_commit_of_the_clone_the_demo_ran_in(tmp_path: Path) -> None:
+    from cellseg.reporting.demo_docs import provenance_of
+
+    clone = tmp_path / "clone"
+    (clone / "src").mkdir(parents=True)
+    (clone / "src" / "a.py").write_text("x = 1\n")
+    git = ["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(clone)], check=True)
+    subprocess.run([*git, "add", "src"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    (clone / "results").mkdir()
+    provenance = provenance_of(clone / "results", "a machine")
+    assert provenance["commit"] == head and provenance["dirty"] is False
+    (clone / "src" / "a.py").write_text("x = 2\n")
+    assert provenance_of(clone / "results", "a machine")["dirty"] is True

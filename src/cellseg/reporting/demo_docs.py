@@ -95,7 +95,7 @@ def _p(value: Any) -> str:
     if value is None or pd.isna(value):
         return "–"
     value = float(value)
-    return f"{value:.2g}" if value >= 1e-3 else f"{value:.0e}"
+    return f"{value:.3f}" if value >= 1e-3 else f"{value:.0e}"
 
 
 def _ranks(row: Mapping[str, Any]) -> str:
@@ -179,12 +179,15 @@ def count_test_datasets(datasplit: Path) -> int | None:
     return len({Path(store).stem for store in stores})
 
 
-def provenance_of(repo: Path, results: Path, machine: str) -> dict[str, Any]:
-    """Where the demo's summary came from: the checkout's commit, whether its sources, workflow
-    or config differed from it, the date, the command, the machine and the test datasets."""
-    dirty = bool(_git(repo, "status", "--porcelain", "--", "src", "workflow", "config"))
+def provenance_of(results: Path, machine: str) -> dict[str, Any]:
+    """Where the demo's summary came from: the commit of the checkout that holds ``results``
+    (the clone the demo ran in, which may be another than the one being documented), whether
+    its sources, workflow or config differed from it, the date, the command, the machine and
+    the test datasets."""
+    checkout = results.resolve().parent
+    dirty = bool(_git(checkout, "status", "--porcelain", "--", "src", "workflow", "config"))
     provenance: dict[str, Any] = {
-        "commit": _git(repo, "rev-parse", "HEAD") or "unknown",
+        "commit": _git(checkout, "rev-parse", "HEAD") or "unknown",
         "dirty": dirty,
         "date": datetime.date.today().isoformat(),
         "command": DEMO_COMMAND,
@@ -218,7 +221,7 @@ def update(repo: Path, results: Path, machine: str) -> list[Path]:
         raise CellsegError(f"{source}: missing; run the demo first ({DEMO_COMMAND})")
     written = [SUMMARY_ASSET, PROVENANCE_ASSET]
     shutil.copyfile(source, repo / SUMMARY_ASSET)
-    write_json_atomic(repo / PROVENANCE_ASSET, provenance_of(repo, results, machine))
+    write_json_atomic(repo / PROVENANCE_ASSET, provenance_of(results, machine))
     for figure, asset in FIGURE_ASSETS.items():
         if (results / figure).is_file():
             shutil.copyfile(results / figure, repo / asset)
