@@ -18,6 +18,10 @@ from cellseg.errors import user_error
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-demo-data": ("cellseg.data.demo", "write synthetic FIB-SEM data in the CellMap layout"),
+    "import": (
+        "cellseg.data.importer",
+        "import your own EM and labels into the CellMap layout",
+    ),
     "datasplit": (
         "cellseg.data.datasplit",
         "split the crops of CellMap data roots into train/validate/test",
