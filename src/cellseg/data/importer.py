@@ -154,19 +154,24 @@ class MappingFile:
         self.path, self.content, self.node = path, content, node
 
     def at(self, *keys: str | int) -> str:
-        """``file:line: a.b.c`` for the deepest node of ``keys`` the file holds."""
+        """``file:line: a.b.c``, the line of the deepest key of ``keys`` the file holds."""
         node, line = self.node, 1
         for key in keys:
-            if node is not None:
-                line = node.start_mark.line + 1
-            child = None
+            child, key_line = None, None
             if isinstance(node, yaml.MappingNode):
-                child = next((v for k, v in node.value if k.value == str(key)), None)
-            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
-                child = node.value[key] if 0 <= key < len(node.value) else None
-            node = child
-        if node is not None:
-            line = node.start_mark.line + 1
+                pair = next(((k, v) for k, v in node.value if k.value == str(key)), None)
+                if pair is not None:
+                    child, key_line = pair[1], pair[0].start_mark.line + 1
+            elif (
+                isinstance(node, yaml.SequenceNode)
+                and isinstance(key, int)
+                and 0 <= key < len(node.value)
+            ):
+                child = node.value[key]
+                key_line = child.start_mark.line + 1
+            if child is None:
+                break
+            node, line = child, key_line or line
         return f"{self.path}:{line}: {'.'.join(map(str, keys)) or '(top level)'}"
 
 
