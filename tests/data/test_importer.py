@@ -257,3 +257,35 @@ def test_example_mappings_are_valid():
     for name in ("gala_fibsem_mini", "flyem_medulla_fibsem", "cardona2010_sstem"):
         content = load_mapping(REPO / "config/import" / f"{name}.yaml").content
         assert content["datasets"][0]["labels"]["kind"] in {"label_image", "instance_ids", "masks"}
+
+
+def test_sources_slices_zarr_and_hdf5(tmp_path):
+    import tifffile
+    from PIL import Image
+
+    from cellseg.data.import_sources import read_volume
+
+    volume = np.random.default_rng(2).integers(0, 255, size=(3, 4, 5), dtype=np.uint8)
+    (tmp_path / "png").mkdir()
+    (tmp_path / "tif").mkdir()
+    for z, plane in enumerate(volume):
+        Image.fromarray(plane).save(tmp_path / "png" / f"slice_{z:03d}.png")
+        tifffile.imwrite(tmp_path / "tif" / f"slice_{z:03d}.tif", plane)
+    group = zarr.open_group(str(tmp_path / "v.zarr"), mode="w", zarr_format=2)
+    group.create_array("raw/s0", data=volume)
+    for source in ({"path": "png"}, {"path": "tif"}, {"path": "v.zarr", "key": "raw/s0"}):
+        assert np.array_equal(read_volume(source, tmp_path, "m.yaml:3: em"), volume)
+    with pytest.raises(CellsegError, match=r"^m.yaml:3: em.key: .*v.zarr is a zarr group, not"):
+        read_volume({"path": "v.zarr"}, tmp_path, "m.yaml:3: em")
+    tifffile.imwrite(tmp_path / "zcyx.tif", np.stack([volume, volume + 1], axis=1))
+    assert np.array_equal(
+        read_volume({"path": "zcyx.tif", "channel": 1}, tmp_path, "m.yaml:3: em"), volume + 1
+    )
+    with pytest.raises(CellsegError, match=r"not a 3D \(z, y, x\) volume \(a 4D array: pick"):
+        read_volume({"path": "zcyx.tif"}, tmp_path, "m.yaml:3: em")
+    (tmp_path / "v.h5").write_bytes(b"")
+    try:
+        import h5py  # noqa: F401
+    except ImportError:
+        with pytest.raises(CellsegError, match=r"^m.yaml:3: em: .*v.h5 is HDF5, which needs h5py"):
+            read_volume({"path": "v.h5", "key": "raw"}, tmp_path, "m.yaml:3: em")
