@@ -8,12 +8,17 @@ channel of a 4D array such as a ``(Z, C, Y, X)`` mask stack). Every reader retur
 
 Formats: TIFF stacks (``tifffile``), NumPy ``.npy`` (memory-mapped), HDF5 (``h5py``, only when it
 is installed: cellseg does not depend on it), zarr (format 2 or 3, an array or ``key`` inside a
-group) and a folder of 2D slices (TIFF or PNG, sorted by file name). N5 is not readable by zarr 3
-(cellseg's zarr) and is refused with a line saying how to convert it.
+group), N5 (``key`` the dataset inside the container; zarr 3 cannot read N5, so
+:func:`read_n5` reads its documented block format: raw, gzip, bzip2, xz or Blosc blocks; N5
+lists dimensions fastest first, so an ``x, y, z`` dataset becomes ``(z, y, x)``) and a folder of
+2D slices (TIFF or PNG, sorted by file name).
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +34,7 @@ SLICE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png")
 def infer_format(path: Path) -> str:
     """The source format from the path's name: a folder of slices, or a file's suffix."""
     name = path.name.lower()
-    if name.endswith(".n5"):
+    if name.endswith(".n5") or (path / "attributes.json").is_file():
         return "n5"
     if name.endswith(".zarr") or (path / ".zarray").is_file() or (path / "zarr.json").is_file():
         return "zarr"
@@ -92,6 +97,75 @@ def _read_hdf5(path: Path, key: str | None, where: str) -> np.ndarray:
         return np.asarray(file[key])
 
 
+N5_DTYPES: frozenset[str] = frozenset(
+    {"uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64"}
+)
+
+
+def _n5_decompress(data: bytes, compression: dict[str, Any], where: str) -> bytes:
+    kind = compression.get("type", "raw")
+    if kind == "raw":
+        return data
+    if kind == "gzip":
+        import zlib
+
+        return zlib.decompress(data, 47)  # gzip or zlib header, detected
+    if kind == "bzip2":
+        import bz2
+
+        return bz2.decompress(data)
+    if kind == "xz":
+        import lzma
+
+        return lzma.decompress(data)
+    if kind == "blosc":
+        import numcodecs
+
+        return bytes(numcodecs.Blosc().decode(data))
+    raise CellsegError(
+        f"{where}: N5 compression {kind!r} is not readable here (raw, gzip, bzip2, xz, blosc); "
+        "convert the dataset to zarr"
+    )
+
+
+def read_n5(path: Path, key: str | None, where: str) -> np.ndarray:
+    """An N5 dataset (``path/key``) as a NumPy array in C order (N5's dimensions reversed).
+
+    Blocks are files ``i/j/k`` (grid indices in N5 order) holding a big-endian header (mode,
+    number of dimensions, the block's own size per dimension) and the compressed big-endian
+    values; a missing block reads as 0.
+    """
+    folder = path / key if key else path
+    try:
+        attributes = json.loads((folder / "attributes.json").read_text())
+        dims = [int(n) for n in attributes["dimensions"]]
+        block = [int(n) for n in attributes["blockSize"]]
+        dtype = str(attributes["dataType"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CellsegError(
+            f"{where}.key: {folder} is not an N5 dataset (no readable attributes.json with "
+            "dimensions, blockSize and dataType); name the dataset inside the container"
+        ) from None
+    if dtype not in N5_DTYPES:
+        raise CellsegError(f"{where}: N5 dataType {dtype!r} is not readable; convert to zarr")
+    compression = attributes.get("compression", {"type": "raw"})
+    out = np.zeros(dims[::-1], dtype=dtype)
+    big_endian = np.dtype(dtype).newbyteorder(">")
+    for grid in itertools.product(*(range(-(-d // b)) for d, b in zip(dims, block, strict=True))):
+        file = folder.joinpath(*map(str, grid))
+        if not file.is_file():
+            continue
+        raw = file.read_bytes()
+        mode, ndim = struct.unpack(">HH", raw[:4])
+        size = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+        start = 4 + 4 * ndim + (4 if mode == 1 else 0)
+        values = np.frombuffer(_n5_decompress(raw[start:], compression, where), big_endian)
+        values = values[: int(np.prod(size))].reshape(size[::-1])
+        corner = [g * b for g, b in zip(grid, block, strict=True)][::-1]
+        out[tuple(slice(c, c + n) for c, n in zip(corner, values.shape, strict=True))] = values
+    return out
+
+
 def _read_zarr(path: Path, key: str | None, where: str) -> np.ndarray:
     import zarr
 
@@ -134,11 +208,8 @@ def read_volume(source: Mapping[str, Any], base: Path, where: str) -> np.ndarray
     kind = source.get("format") or infer_format(path)
     key = source.get("key")
     if kind == "n5":
-        raise CellsegError(
-            f"{where}.format: {path} is N5, which zarr 3 cannot read; convert the array to zarr "
-            "(e.g. with tensorstore, or zarr 2's N5Store) and set format: zarr"
-        )
-    if kind == "tiff":
+        volume = read_n5(path, key, where)
+    elif kind == "tiff":
         import tifffile
 
         volume = tifffile.imread(path)

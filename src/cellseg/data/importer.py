@@ -54,7 +54,7 @@ from cellseg.ngff import (
 )
 
 DESCRIPTION = (
-    "Import your own EM volume and labels (TIFF, .npy, HDF5, zarr or a folder of slices) into "
+    "Import your own EM volume and labels (TIFF, .npy, HDF5, zarr, N5 or a folder of slices) into "
     "the CellMap layout, as a YAML mapping file describes (docs/data.md, 'Importing your own EM')."
 )
 IMPORTING_MARKER = ".cellseg-import"
