@@ -283,6 +283,9 @@ def test_sources_slices_zarr_and_hdf5(tmp_path):
     )
     with pytest.raises(CellsegError, match=r"not a 3D \(z, y, x\) volume \(a 4D array: pick"):
         read_volume({"path": "zcyx.tif"}, tmp_path, "m.yaml:3: em")
+    (tmp_path / "broken.tif").write_bytes(b"not a tiff")
+    with pytest.raises(CellsegError, match=r"^m.yaml:3: em: cannot read .*broken.tif as tiff \("):
+        read_volume({"path": "broken.tif"}, tmp_path, "m.yaml:3: em")
     (tmp_path / "v.h5").write_bytes(b"")
     try:
         import h5py  # noqa: F401

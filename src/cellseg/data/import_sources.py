@@ -186,6 +186,22 @@ def _read_zarr(path: Path, key: str | None, where: str) -> np.ndarray:
     return np.asarray(node[...])
 
 
+def _read(path: Path, kind: str, key: str | None, where: str) -> np.ndarray:
+    if kind == "n5":
+        return read_n5(path, key, where)
+    if kind == "tiff":
+        import tifffile
+
+        return tifffile.imread(path)
+    if kind == "npy":
+        return np.load(path, mmap_mode="r")
+    if kind == "hdf5":
+        return _read_hdf5(path, key, where)
+    if kind == "zarr":
+        return _read_zarr(path, key, where)
+    return _read_slices(path)
+
+
 def read_volume(source: Mapping[str, Any], base: Path, where: str) -> np.ndarray:
     """The ``(z, y, x)`` array a source names (voxels; dtype as stored).
 
@@ -206,21 +222,16 @@ def read_volume(source: Mapping[str, Any], base: Path, where: str) -> np.ndarray
             "--source-root"
         )
     kind = source.get("format") or infer_format(path)
-    key = source.get("key")
-    if kind == "n5":
-        volume = read_n5(path, key, where)
-    elif kind == "tiff":
-        import tifffile
-
-        volume = tifffile.imread(path)
-    elif kind == "npy":
-        volume = np.load(path, mmap_mode="r")
-    elif kind == "hdf5":
-        volume = _read_hdf5(path, key, where)
-    elif kind == "zarr":
-        volume = _read_zarr(path, key, where)
-    else:
-        volume = _read_slices(path)
+    try:
+        volume = _read(path, kind, source.get("key"), where)
+    except CellsegError:
+        raise
+    except Exception as error:  # each library has its own errors for a corrupt or foreign file
+        detail = str(error).splitlines()[0] if str(error) else ""
+        raise CellsegError(
+            f"{where}: cannot read {path} as {kind} ({type(error).__name__}: {detail}); check the "
+            "file, or set format: to its real kind"
+        ) from None
     channel = source.get("channel")
     if channel is not None:
         axis = int(source.get("channel_axis", 1))
