@@ -146,6 +146,9 @@ def test_instance_ids_with_unknowns_and_nm_crops(tmp_path):
     geometry = read_crop_geometry(crop)
     level = geometry.labels["pm"].levels[0]
     assert (level.voxel_size_nm, level.translation_nm) == ((8.0, 4.0, 4.0), (108.0, 2.0, 6.0))
+    em = geometry.em.levels[0]
+    assert (em.voxel_size_nm, em.translation_nm, em.shape) == ((8.0, 4.0, 4.0), (100.0, 2.0, 2.0),
+                                                               (3, 4, 5))  # fmt: skip
     pm = zarr.open_array(str(store / "recon-1/labels/groundtruth/crop5/pm/s0"), mode="r")[...]
     assert np.array_equal(pm, expected[1:3, 0:3, 1:5])
     whole = expected.copy()
@@ -205,6 +208,11 @@ def test_refusals_are_one_line_naming_file_key_and_fix(tmp_path):
         f"{mapping}:15: datasets.0.labels.source: shape (3, 4, 4) (z, y, x voxels) differs from "
         "the EM's (3, 4, 5); labels must cover the EM voxel for voxel (use crops: to annotate "
         "part of it)"
+    )
+    np.save(tmp_path / "em16.npy", np.zeros((3, 4, 5), dtype=np.uint16))
+    assert refusal(tmp_path, {**dataset, "em": {"path": "em16.npy"}}) == (
+        f"{mapping}:3: datasets.0.em: dtype uint16; cellseg's EM is 8-bit (fibsem-uint8): "
+        "convert it to uint8 with your own contrast window first"
     )
     bad = {k: v for k, v in dataset.items() if k != "voxel_size_nm"}
     assert refusal(tmp_path, bad) == (
