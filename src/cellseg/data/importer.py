@@ -368,6 +368,8 @@ def import_mapping(
     mapping = load_mapping(mapping_path)
     out = Path(out).absolute()
     _refuse_store_ancestors(out)
+    if out.exists() and not out.is_dir():
+        raise CellsegError(f"--out {out}: exists and is not a directory; choose a data root folder")
     for i, dataset in enumerate(mapping.content["datasets"]):
         if (out / dataset["name"]).exists():
             raise CellsegError(
