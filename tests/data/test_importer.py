@@ -239,7 +239,7 @@ def test_refusals_are_one_line_naming_file_key_and_fix(tmp_path):
     zarr.open_group(str(store), mode="w", zarr_format=2)
     assert refusal(tmp_path, dataset, store / "inner") == (
         f"--out {store / 'inner'}: lies inside the zarr store {store}; cellseg never writes into "
-        "a data store: choose a data root outside it (e.g. data/imported)"
+        "a data store: choose a data root outside it (e.g. ../imported, outside the clone)"
     )
     import_mapping(mapping, tmp_path / "out")
     assert refusal(tmp_path, dataset) == (

@@ -257,7 +257,7 @@ def _refuse_store_ancestors(out: Path) -> None:
         if path.suffix == ".zarr" or any((path / n).is_file() for n in (".zgroup", "zarr.json")):
             raise CellsegError(
                 f"--out {out}: lies inside the zarr store {path}; cellseg never writes into a "
-                "data store: choose a data root outside it (e.g. data/imported)"
+                "data store: choose a data root outside it (e.g. ../imported, outside the clone)"
             )
 
 
