@@ -95,7 +95,7 @@ def training_resources(config: Mapping[str, Any], settings: TrainSettings) -> Jo
 
 def count_test_crops(datasplit: Path | str) -> int:
     """Rows of the ``test`` split in a datasplit CSV (its first column is the split)."""
-    with open(datasplit, newline="") as handle:
+    with open(datasplit, newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's BOM
         return sum(1 for row in csv.reader(handle) if row and row[0].strip() == "test")
 
 

@@ -396,3 +396,28 @@ def test_too_few_crops_for_a_test_split_is_said_with_the_key_to_change(
         "(data.validate_fraction), or add crops",
         "no test crops among the 2 found: raise --test-fraction (data.test_fraction), or add crops",
     ]
+
+
+# ------------------------------------------------------------------ issue 35: bad input
+
+
+def test_a_datasplit_csv_saved_with_a_byte_order_mark_is_read(make_store, tmp_path, out, capsys):
+    """A spreadsheet's "CSV UTF-8" starts with a byte-order mark (EF BB BF): read, not refused
+    as split '\\ufeff"train"'."""
+    from cellseg.resources import count_test_crops
+
+    store = make_store("ds", EM, crops_of(3))
+    csv = tmp_path / "user.csv"
+    text = (
+        row("train", store, "crop0") + row("validate", store, "crop1") + row("test", store, "crop2")
+    )
+    csv.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    code, err = datasplit(["--from-csv", str(csv), "--out", str(out)], capsys)
+    assert code == 0 and err == "", err
+    assert out.read_text().splitlines()[0] == (
+        f'"train","{store}","recon-1/em/fibsem-uint8","{store}","{LABELS}/crop0/[ecs,pm]"'
+    )
+    assert [line.split(",")[0] for line in out.read_text().splitlines()] == [
+        '"train"', '"validate"', '"test"',
+    ]  # fmt: skip
+    assert count_test_crops(csv) == 1

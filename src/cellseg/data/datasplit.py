@@ -211,7 +211,9 @@ def _read_rows(path: Path) -> tuple[list[tuple[str, Crop]], list[str]]:
         )
     rows, problems = [], []
     roots: dict[str, zarr.Group] = {}
-    with open(path, newline="") as handle:
+    # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark, which plain utf-8
+    # would read into the first field ('\ufeff"train"'); without one it reads as utf-8
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         for row_number, row in enumerate(csv.reader(handle), start=1):
             if not row or all(not field.strip() for field in row):
                 continue
