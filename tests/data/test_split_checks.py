@@ -421,3 +421,35 @@ def test_a_datasplit_csv_saved_with_a_byte_order_mark_is_read(make_store, tmp_pa
         '"train"', '"validate"', '"test"',
     ]  # fmt: skip
     assert count_test_crops(csv) == 1
+
+
+def test_a_datasplit_csv_with_windows_paths_is_one_line_for_the_file(
+    make_store, tmp_path, out, capsys
+):
+    """Backslashes leave no ``[classes]`` and no store: one line for the file, not one per row
+    and a "no train rows" although every row is marked."""
+    store = make_store("ds", EM, crops_of(3))
+    windows = "C:" + str(store).replace("/", "\\")
+    csv = tmp_path / "user.csv"
+    csv.write_text(
+        "".join(
+            f'"{split}","{windows}","recon-1\\em\\fibsem-uint8","{windows}",'
+            f'"recon-1\\labels\\groundtruth\\crop{i}\\[ecs,pm]"\n'
+            for i, split in enumerate(("train", "validate", "test"))
+        )
+    )
+    code, err = datasplit(["--from-csv", str(csv), "--out", str(out)], capsys)
+    assert code == 2 and out.read_text() == "earlier\n"
+    assert error_lines(err) == [
+        f"cellseg datasplit: error: {csv}: rows 1–3 (3 of 3) write paths with backslashes "
+        f'(Windows), e.g. row 1 column 2 "{windows}"; cellseg reads / as the separator, so they '
+        "name no store, crop or [classes]: write the paths with forward slashes (\\ → /), as "
+        "they are on the machine that runs cellseg"
+    ]
+    # one row fixed of three: the other two named, the fixed one read
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([row("train", store, "crop0").strip(), *lines[1:]]) + "\n")
+    code, err = datasplit(["--from-csv", str(csv), "--out", str(out)], capsys)
+    (line,) = error_lines(err)
+    assert line.startswith(f"cellseg datasplit: error: {csv}: rows 2–3 (2 of 3) write paths")
+    assert 'e.g. row 2 column 2 "C:' in line

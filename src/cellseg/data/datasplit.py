@@ -171,7 +171,7 @@ def read_datasplit(path: Path | str, splits: Sequence[str] | None = None) -> lis
             from its store, or a whole-split problem; one line per problem.
     """
     path = Path(path)
-    rows, problems = _read_rows(path)
+    rows, problems, _ = _read_rows(path)
     problems += split_problems(rows)
     if problems:
         raise CellsegError(problem_lines(path, problems))
@@ -202,27 +202,63 @@ def problem_lines(path: Path | str, problems: Sequence[str]) -> str:
     return f"{path}: {len(problems)} problems, one per line:\n" + "\n".join(shown)
 
 
-def _read_rows(path: Path) -> tuple[list[tuple[str, Crop]], list[str]]:
-    """``([(file:row, crop)], problems)`` of every row of a datasplit CSV, each row checked
-    (:func:`_check_row`); a bad row is a problem line, not a crop."""
+def _read_rows(path: Path) -> tuple[list[tuple[str, Crop]], list[str], set[str]]:
+    """``([(file:row, crop)], problems, splits)`` of every row of a datasplit CSV, each row
+    checked (:func:`_check_row`); a bad row is a problem line, not a crop. Rows written with
+    backslashes are one problem line for the file (:func:`backslash_line`), and ``splits`` are
+    the splits they mark (a split whose rows all have Windows paths is not also "missing")."""
     if not path.is_file():
         raise CellsegError(
             f"{path}: datasplit CSV not found; run `cellseg datasplit` or fix the path"
         )
     rows, problems = [], []
     roots: dict[str, zarr.Group] = {}
+    backslashed: list[tuple[int, int, str]] = []  # (row, column, field) of Windows paths
+    marked: set[str] = set()  # the splits of those rows
+    count = 0
     # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark, which plain utf-8
     # would read into the first field ('\ufeff"train"'); without one it reads as utf-8
     with open(path, newline="", encoding="utf-8-sig") as handle:
         for row_number, row in enumerate(csv.reader(handle), start=1):
             if not row or all(not field.strip() for field in row):
                 continue
+            count += 1
             where = f"{path}:{row_number}"
+            column = next((i for i, field in enumerate(row[1:], start=2) if "\\" in field), 0)
+            if column:  # said once for the file below, not once per row and column
+                backslashed.append((row_number, column, row[column - 1].strip()))
+                marked.add(row[0].strip())
+                continue
             try:
                 rows.append((where, _parse_row(where, row, roots)))
             except CellsegError as error:
                 problems.append(str(error))
-    return rows, problems
+    if backslashed:
+        problems.append(backslash_line(path, backslashed, count))
+    return rows, problems, marked
+
+
+def backslash_line(path: Path, backslashed: Sequence[tuple[int, int, str]], count: int) -> str:
+    """The one line for the rows of a datasplit CSV written with Windows paths (backslashes):
+    cellseg splits the crop path at ``/``, so ``recon-1\\labels\\…\\crop1\\[ecs]`` has no
+    ``[classes]`` and ``C:\\data\\x.zarr`` no store; ``backslashed`` holds ``(row, first
+    column with a backslash, its text)``; ``count`` is the file's number of (non-blank) rows."""
+    numbers = [number for number, _, _ in backslashed]
+    spans: list[list[int]] = []
+    for number in numbers:
+        if spans and number == spans[-1][1] + 1:
+            spans[-1][1] = number
+        else:
+            spans.append([number, number])
+    listed = ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in spans[:5])
+    listed += ", …" if len(spans) > 5 else ""
+    row_number, column, field = backslashed[0]
+    return (
+        f"{path}: {'row' if len(numbers) == 1 else 'rows'} {listed} ({len(numbers)} of {count}) "
+        f'write paths with backslashes (Windows), e.g. row {row_number} column {column} "{field}"; '
+        "cellseg reads / as the separator, so they name no store, crop or [classes]: write the "
+        "paths with forward slashes (\\ → /), as they are on the machine that runs cellseg"
+    )
 
 
 def _parse_row(where: str, row: Sequence[str], roots: dict[str, zarr.Group]) -> Crop:
@@ -473,13 +509,14 @@ def check_datasplit(
         CellsegError: every problem found, one ``file:row`` line each.
     """
     path = Path(path)
-    rows, problems = _read_rows(path)
+    rows, problems, marked = _read_rows(path)
     problems += split_problems(rows)
     crops = [crop for _, crop in rows]
     problems += [
         f"{path}: no {split} rows; the workflow needs train, validate and test crops: mark some "
         f'rows "{split}"'
         for split in missing_splits(crops)
+        if split not in marked  # its rows are refused above
     ]
     problems += data_problems(rows, resolution_nm, log)
     # a crop that cannot be placed is already a problem above (its row or its data)
