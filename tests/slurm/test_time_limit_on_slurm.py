@@ -14,13 +14,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 def test_job_hitting_its_time_limit_checkpoints_and_the_retry_finishes(slurm_cluster, tmp_path):
     # a 2-minute SLURM limit and a 0.75-minute margin: the trainer stops itself 75 s after the
     # job's start (start-up included: 15-40 s on this node) with a checkpoint (exit 75), long
-    # before SLURM would kill it; the profile's retries resume it. 1000 steps: 2 attempts at the
-    # ~10 steps/s of a quiet 2-core node (200 steps took 26 s), more on a loaded one
+    # before SLURM would kill it; the profile's retries resume it. 2000 steps: the budget stops
+    # an attempt at least once below 33 steps/s (the tiny UNet ran 17 steps/s on a quiet 2-core
+    # node, 1000 steps finished inside one attempt), and about 5 attempts at 7 steps/s
     slow = {
         "runtime_min": 2,
         "time_budget_margin_min": 0.75,
         "max_epochs": 2,
-        "iterations_per_epoch": 500,
+        "iterations_per_epoch": 1000,
     }
     config = overlay(tmp_path, "short", models={"unet_2d": slow})
     result = run_workflow(
