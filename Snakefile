@@ -6,6 +6,10 @@ from snakemake.utils import min_version
 min_version("8.20")
 
 
+# the package, and the base config read as cellseg reads every layer (one line for a mistake)
+include: "workflow/rules/package.smk"
+
+
 configfile: "config/config.yaml"
 
 

@@ -72,3 +72,17 @@ def test_unreadable_layers_fail_in_one_line_naming_the_file(tmp_path):
     scalar.write_text("just text\n")
     with pytest.raises(CellsegError, match="mapping at the top level"):
         read_layer(scalar)
+
+
+def test_a_layer_indented_with_a_tab_names_the_line(tmp_path):
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("training:\n  defaults:\n\t  lr: 0.01\n")
+    with pytest.raises(CellsegError) as error:
+        read_layer(preset)
+    assert str(error.value) == (
+        f"{preset}:3: this line is indented with a tab, but YAML indents with spaces only: "
+        "replace the tab with spaces (as many as the line's level needs)"
+    )
+    # a tab inside a quoted value is text, not indentation
+    preset.write_text('note: "a\\tb"\ntraining:\n  defaults: {lr: 0.01}\n')
+    assert read_layer(preset)["note"] == "a\tb"

@@ -19,7 +19,7 @@ import yaml
 
 from cellseg.errors import CellsegError
 from cellseg.mappings import deep_merge
-from cellseg.yamlfile import DuplicateKeyError, UniqueKeyLoader
+from cellseg.yamlfile import DuplicateKeyError, UniqueKeyLoader, tab_indented_line
 
 REPLACED_KEYS: frozenset[str] = frozenset({"models"})
 """Top-level keys a layer replaces instead of merging into."""
@@ -75,18 +75,29 @@ def read_layer(path: Path | str) -> dict[str, Any]:
     """One config file as a mapping (empty file: empty mapping).
 
     Raises:
-        CellsegError: unreadable YAML, a key given twice in one mapping, or a top level that is
-            not a mapping, naming the file.
+        CellsegError: unreadable YAML (a line indented with a tab named by its number), a key
+            given twice in one mapping, or a top level that is not a mapping, naming the file.
     """
     path = Path(path)
     try:
-        layer = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
+        text = path.read_text()
+        layer = yaml.load(text, Loader=UniqueKeyLoader) or {}
     except DuplicateKeyError as error:
         raise CellsegError(
             f"{path}:{error.line}: key {error.key} appears twice in the same mapping, and only "
             "the last would count; merge the two into one entry"
         ) from None
-    except (OSError, yaml.YAMLError) as error:
+    except yaml.YAMLError as error:
+        line = tab_indented_line(text)
+        if line is not None:
+            raise CellsegError(
+                f"{path}:{line}: this line is indented with a tab, but YAML indents with spaces "
+                "only: replace the tab with spaces (as many as the line's level needs)"
+            ) from None
+        raise CellsegError(
+            f"{path}: cannot read this config file ({str(error).splitlines()[0]})"
+        ) from None
+    except OSError as error:
         raise CellsegError(
             f"{path}: cannot read this config file ({str(error).splitlines()[0]})"
         ) from None

@@ -34,3 +34,18 @@ class UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: the safe loader's own error follows
                 pass
         return super().construct_mapping(node, deep)
+
+
+def tab_indented_line(text: str) -> int | None:
+    """The number (1-based) of the first line of ``text`` indented with a tab, or None.
+
+    YAML indents with spaces only: a tab in a line's leading whitespace is a scanner error
+    ("found character '\\t' that cannot start any token") that names neither the cause nor, in
+    Snakemake's message, the file. Only called on a document that failed to load, as a tab may
+    stand inside a block scalar's text.
+    """
+    for number, line in enumerate(text.splitlines(), start=1):
+        indent = line[: len(line) - len(line.lstrip(" \t"))]
+        if "\t" in indent and line.strip():
+            return number
+    return None

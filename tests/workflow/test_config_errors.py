@@ -92,3 +92,24 @@ def test_layer_holding_names_the_file_or_the_command_line(tmp_path):
     assert layer_holding(["models", "unet_2d", "lr"], layers) == "--config"
     assert layer_holding(["evaluation", "overlap"], layers) == "--config"
     assert layer_holding([], layers) == f"{base}, {preset}"
+
+
+def test_a_base_config_indented_with_a_tab_is_one_line_naming_the_line(clone):
+    """Snakemake's loader says only "Config file is not valid JSON or YAML"; the workflow reads
+    config/config.yaml the way cellseg reads every layer first, and names the file and line."""
+    base = clone / "config" / "config.yaml"
+    text = base.read_text()
+    lines = text.splitlines(keepends=True)
+    number = next(i for i, line in enumerate(lines, start=1) if line.startswith("  "))
+    lines[number - 1] = "\t" + lines[number - 1][2:]
+    base.write_text("".join(lines))
+    try:
+        result = run(clone, "-n", check=False)
+    finally:
+        base.write_text(text)
+    assert result.returncode != 0
+    assert [line for line in result.stderr.splitlines() if "config error" in line] == [
+        f"cellseg: config error: {base}:{number}: this line is indented with a tab, but YAML "
+        "indents with spaces only: replace the tab with spaces (as many as the line's level "
+        "needs)"
+    ], result.stderr

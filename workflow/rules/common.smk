@@ -8,18 +8,7 @@ import sys
 
 from snakemake.utils import validate
 
-# The workflow runs the package next to it (src/), installed or not: this process imports it
-# below, and jobs find it through PYTHONPATH, which local jobs and SLURM jobs (sbatch exports
-# the environment) inherit. A `--sdm conda` job environment holds only the dependencies.
-CELLSEG_SRC = str(Path(workflow.basedir) / "src")
-if Path(CELLSEG_SRC, "cellseg").is_dir():
-    sys.path.insert(0, CELLSEG_SRC)
-    _pythonpath = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    if _pythonpath[0] != CELLSEG_SRC:
-        os.environ.update(
-            PYTHONPATH=os.pathsep.join(filter(None, [CELLSEG_SRC, *_pythonpath]))
-        )
-
+# the package is importable (and exported to jobs) since workflow/rules/package.smk
 from cellseg.config import check_config, config_digest, layered_config, read_layer
 from cellseg.errors import CellsegError
 from cellseg.resources import (
@@ -39,7 +28,6 @@ from cellseg.training.settings import check_variant_name, resolve_settings, runs
 # preset. Rebuild it from the layers instead (cellseg.config): the base, each --configfile in
 # order, then --config; a layer's `models` replaces the list. Jobs are started with the same
 # --configfiles and --config, so they rebuild the same config.
-BASE_CONFIG = Path(workflow.basedir) / "config" / "config.yaml"
 CONFIG_LAYERS = [
     *([] if workflow.config_settings.replace_workflow_config else [BASE_CONFIG]),
     *map(Path, workflow.config_settings.configfiles),
