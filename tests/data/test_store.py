@@ -325,3 +325,46 @@ def test_crop_outside_em_volume_by_its_translation(make_store):
     assert "outside the EM volume" in message and "\n" not in message
     assert "its first voxel already lies outside, so no voxel size fits" in message
     assert "fix the translation in multiscales[0].datasets[0].coordinateTransformations" in message
+
+
+def rewrite_units(store, unit: str, per_nm: float) -> None:
+    """Every multiscale group of ``store`` rewritten with axes in ``unit`` (``per_nm`` units a
+    nm): the same voxels, declared as OME-NGFF allows."""
+    root = zarr.open_group(str(store), mode="r+", zarr_format=2)
+    for group in ("recon-1/em/fibsem-uint8", "recon-1/labels/groundtruth/crop1/mito_mem",
+                  "recon-1/labels/groundtruth/crop1/nuc"):  # fmt: skip
+        node = root[group]
+        multiscales = json.loads(json.dumps(node.attrs["multiscales"]))
+        for axis in multiscales[0]["axes"]:
+            axis["unit"] = unit
+        for dataset in multiscales[0]["datasets"]:
+            for transform in dataset["coordinateTransformations"]:
+                key = transform["type"]
+                transform[key] = [v * per_nm for v in transform[key]]
+        node.attrs["multiscales"] = multiscales
+
+
+@pytest.mark.parametrize(("unit", "per_nm"), [("micrometer", 1e-3), ("angstrom", 10.0)])
+def test_scales_declared_in_micrometres_or_angstroms_are_read_in_nm(store, unit, per_nm):
+    grid = PatchGrid.build(np.array([40.0, 60.0, 80.0]), (2, 4, 4), 8.0)
+    before = CropReader(read_crop_geometry(crop_of(store), 8.0), 8.0, em_range=(0.0, 255.0))
+    em, target = before.read(grid)
+    rewrite_units(store, unit, per_nm)
+    geometry = read_crop_geometry(crop_of(store), 8.0)
+    level = geometry.labels["mito_mem"].level_for(8.0)
+    assert level.path == "s1" and level.voxel_size_nm == pytest.approx((8.0, 8.0, 8.0))
+    assert level.translation_nm == pytest.approx(S1_TRANSLATION)
+    em_after, target_after = CropReader(geometry, 8.0, em_range=(0.0, 255.0)).read(grid)
+    np.testing.assert_allclose(em_after, em, atol=1e-6)
+    np.testing.assert_array_equal(target_after, target)
+
+
+def test_an_unknown_axis_unit_is_one_line(store):
+    rewrite_units(store, "furlong", 1.0)
+    with pytest.raises(CellsegError) as error:
+        read_crop_geometry(crop_of(store), 8.0)
+    assert str(error.value) == (
+        f"{store}/recon-1/em/fibsem-uint8: multiscales[0].axes[0].unit is 'furlong', which is no "
+        "length unit cellseg knows; use an OME-NGFF length unit (nanometer, micrometer, "
+        "angstrom, …) with the scales and translations in it"
+    )

@@ -300,7 +300,52 @@ def open_group(store: Path | str) -> zarr.Group:
         ) from None
 
 
+UNIT_NM: Mapping[str, float] = {
+    "picometer": 1e-3,
+    "angstrom": 0.1,
+    "nanometer": 1.0,
+    "micrometer": 1e3,
+    "millimeter": 1e6,
+    "centimeter": 1e7,
+    "meter": 1e9,
+    # not OME-NGFF's names (UDUNITS-2), but written by some tools
+    "nm": 1.0,
+    "um": 1e3,
+    "µm": 1e3,
+    "μm": 1e3,
+}
+"""Nanometres per length unit of an OME-NGFF ``multiscales[0].axes[i].unit``."""
+
+
+def _axis_units_nm(multiscale: Mapping[str, Any], location: str) -> np.ndarray:
+    """Nanometres per unit of each of the ``(z, y, x)`` axes of ``multiscales[0]``: the declared
+    ``unit`` of each axis (an axis without one, or axes without units, are nm, as CellMap writes
+    them), so a store written in µm (``unit: micrometer``, scale 0.008) reads as 8 nm voxels.
+
+    Raises:
+        CellsegError: a unit that is no length cellseg knows, naming the axis and the fix.
+    """
+    axes = multiscale.get("axes")
+    factors = np.ones(3)
+    if not isinstance(axes, list) or len(axes) != 3:
+        return factors
+    for index, axis in enumerate(axes):
+        unit = axis.get("unit") if isinstance(axis, Mapping) else None
+        if unit is None:
+            continue
+        if str(unit).lower() not in UNIT_NM:
+            raise CellsegError(
+                f"{location}: multiscales[0].axes[{index}].unit is {unit!r}, which is no length "
+                "unit cellseg knows; use an OME-NGFF length unit (nanometer, micrometer, "
+                "angstrom, …) with the scales and translations in it"
+            )
+        factors[index] = UNIT_NM[str(unit).lower()]
+    return factors
+
+
 def _parse_levels(attributes: Mapping[str, Any], location: str) -> list[tuple[str, Vec3, Vec3]]:
+    """``(path, voxel size nm, translation nm)`` of each level of ``multiscales[0]``, converted
+    from the axes' declared units (:func:`_axis_units_nm`)."""
     fix = "each group needs OME-NGFF 0.4 'multiscales' with scale and translation per level"
     multiscales = attributes.get("multiscales")
     if not multiscales or not isinstance(multiscales, list):
@@ -308,6 +353,7 @@ def _parse_levels(attributes: Mapping[str, Any], location: str) -> list[tuple[st
     datasets = multiscales[0].get("datasets")
     if not datasets:
         raise CellsegError(f"{location}: 'multiscales[0].datasets' is empty; {fix}")
+    to_nm = _axis_units_nm(multiscales[0], location)
     parsed = []
     for dataset in datasets:
         try:
@@ -327,6 +373,9 @@ def _parse_levels(attributes: Mapping[str, Any], location: str) -> list[tuple[st
             raise CellsegError(
                 f"{location}: level {path!r} needs 3 positive scales and 3 translations (z, y, x) in nm"
             )
+        if np.any(to_nm != 1.0):
+            scale = tuple(float(v * f) for v, f in zip(scale, to_nm, strict=True))
+            translation = tuple(float(v * f) for v, f in zip(translation, to_nm, strict=True))
         parsed.append((path, scale, translation))
     return parsed
 
@@ -671,8 +720,9 @@ def resolution_problem(multiscale: Multiscale, resolution_nm: float) -> str | No
         return None
     # FIB-SEM voxels are never below 0.1 nm: such a scale was written in µm
     unit = (
-        "; its scales look like µm, but OME-NGFF scales here are nm: multiply them by 1000 in "
-        f"{transform_key(multiscale, level)}"
+        "; its scales look like µm, but its axes declare nm (or no unit): multiply them by 1000 "
+        f'in {transform_key(multiscale, level)}, or declare "unit": "micrometer" in '
+        "multiscales[0].axes"
         if max(level.voxel_size_nm) < 0.1
         else ""
     )
