@@ -453,3 +453,37 @@ def test_a_datasplit_csv_with_windows_paths_is_one_line_for_the_file(
     (line,) = error_lines(err)
     assert line.startswith(f"cellseg datasplit: error: {csv}: rows 2–3 (2 of 3) write paths")
     assert 'e.g. row 2 column 2 "C:' in line
+
+
+def float_em_store(tmp_path: Path, em: np.ndarray) -> Path:
+    """``ds`` with EM ``em`` (8 nm from 4 nm) and four one-class crops."""
+    store = tmp_path / "data" / "ds" / "ds.zarr"
+    root = zarr.open_group(str(store), mode="w", zarr_format=2)
+    write_multiscale(root, "recon-1/em/fibsem-uint8", [em], [(8.0,) * 3], [(4.0,) * 3])
+    for i in range(4):
+        levels, voxels, translations, _ = ecs_level(1, i)
+        write_multiscale(
+            root, f"{LABELS}/crop{i}/ecs", levels, voxels, translations, annotation("ecs")
+        )
+    return store
+
+
+def test_float_em_in_0_1_is_refused_naming_its_range_and_em_range(tmp_path, out, capsys):
+    """EM exported as float32 in [0, 1] would clip to the bottom of [10.6, 194.1] everywhere."""
+    em = np.linspace(0.0, 1.0, EM.size, dtype=np.float32).reshape(EM.shape)
+    store = float_em_store(tmp_path, em)
+    line = refused(tmp_path, out, capsys)
+    assert line == (
+        f"cellseg datasplit: error: ds/crop0: {store}/recon-1/em/fibsem-uint8/s0: float EM whose "
+        "sampled values (central [16, 32, 32] voxels of s0) lie in [0.000488, 1], 100% of them "
+        "outside data.em_range = [10.6, 194.1] (raw 8-bit values), so they would clip to its "
+        "bottom and the model would see a blank image; rescale the EM to uint8 (0-255), or set "
+        "data.em_range to the EM's own scale (e.g. [0.000488, 1])"
+    )
+    # with data.em_range on the EM's scale it is read; float EM on the 0-255 scale always is
+    args = ["--root", str(tmp_path / "data"), "--out", str(out), "--resolution-nm", "8"]
+    code, err = datasplit([*args, "--em-range", "0", "1"], capsys)
+    assert code == 0, err
+    float_em_store(tmp_path, EM.astype(np.float32))
+    code, err = datasplit(args, capsys)
+    assert code == 0, err

@@ -39,12 +39,15 @@ rule datasplit:
         split_by=config["data"]["split_by"],
         # crops with no label level near the models' resolution are left out (logged)
         resolution=config["data"]["resolution_nm"],
+        # float EM mostly outside the window the models clip to is refused
+        em_range=" ".join(map(str, config["data"]["em_range"])),
     # tee: what was left out or skipped, and why, is said on the console as well as in the log
     shell:
         "python -m cellseg datasplit {params.source} --out {output:q}"
         " --validate-fraction {params.validate} --test-fraction {params.test}"
         " --seed {params.seed} --resolution-nm {params.resolution}"
-        " --split-margin-nm {params.margin} --split-by {params.split_by} 2>&1 | tee {log:q}"
+        " --split-margin-nm {params.margin} --split-by {params.split_by}"
+        " --em-range {params.em_range} 2>&1 | tee {log:q}"
 
 
 rule class_frequencies:
@@ -64,6 +67,8 @@ rule class_frequencies:
         **job_resources(class_frequencies_job, gpu=None),
     params:
         resolution=config["data"]["resolution_nm"],
+        # float EM mostly outside the window the models clip to is refused
+        em_range=" ".join(map(str, config["data"]["em_range"])),
         allow_missing=(
             "--allow-missing-classes"
             if config["data"]["allow_missing_classes"]

@@ -25,6 +25,7 @@ from cellseg.classes import CLASSES
 from cellseg.data.split_units import SPLIT_BY, leakage_problems, place_crops, split_units
 from cellseg.data.store import (
     Crop,
+    check_em_values,
     check_label_data,
     check_outside_stores,
     crop_resolution_problem,
@@ -37,6 +38,8 @@ from cellseg.errors import CellsegError
 from cellseg.io import write_text_atomic
 
 SPLITS: tuple[str, ...] = ("train", "validate", "test")
+EM_RANGE: tuple[float, float] = (10.6, 194.1)
+"""The seed's ``data.em_range``: raw 8-bit EM values clipped to before scaling to [0, 1]."""
 
 
 def split_crops(
@@ -449,19 +452,27 @@ def make_datasplit(
 
 
 def data_problems(
-    rows: Sequence[tuple[str, Crop]], resolution_nm: float | None = None, log: TextIO | None = None
+    rows: Sequence[tuple[str, Crop]],
+    resolution_nm: float | None = None,
+    log: TextIO | None = None,
+    em_range: Sequence[float] = EM_RANGE,
 ) -> list[str]:
     """Problems of each crop's data that would be trained on or scored wrongly, one line each
     prefixed by the row's ``where``: its geometry (:func:`read_crop_geometry`: EM dtype, class
-    boxes, levels, placement, a level near ``resolution_nm``) and its label values and chunks
+    boxes, levels, placement, a level near ``resolution_nm``), float EM off the scale of
+    ``em_range`` (:func:`check_em_values`, once per EM) and its label values and chunks
     (:func:`check_label_data`), at the levels that will be read: the one nearest
     ``resolution_nm`` (training, validation) and the finest (evaluation); every level without
     ``resolution_nm``. Notes about a few stray label values go to ``log`` (stderr by default).
     """
     problems = []
+    em_checked: set[str] = set()
     for where, crop in rows:
         try:
             geometry = read_crop_geometry(crop, resolution_nm)
+            if geometry.em.location not in em_checked:
+                em_checked.add(geometry.em.location)
+                check_em_values(geometry.em, em_range)
             levels = {
                 name: (
                     multiscale.levels
@@ -497,6 +508,7 @@ def check_datasplit(
     log: TextIO | None = None,
     margin_nm: float = 0.0,
     split_by: str = "crop",
+    em_range: Sequence[float] = EM_RANGE,
 ) -> list[Crop]:
     """A user's datasplit CSV checked as a whole, as the workflow's ``datasplit`` step does:
     every row (:func:`read_datasplit`'s checks), the split (:func:`split_problems`, and a row
@@ -518,7 +530,7 @@ def check_datasplit(
         for split in missing_splits(crops)
         if split not in marked  # its rows are refused above
     ]
-    problems += data_problems(rows, resolution_nm, log)
+    problems += data_problems(rows, resolution_nm, log, em_range)
     # a crop that cannot be placed is already a problem above (its row or its data)
     boxes, _ = place_crops(crops, [where for where, _ in rows])
     problems += leakage_problems(rows, boxes, margin_nm, split_by)
@@ -531,7 +543,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.from_csv:
         crops = check_datasplit(
             args.from_csv, args.resolution_nm, margin_nm=args.split_margin_nm,
-            split_by=args.split_by,
+            split_by=args.split_by, em_range=args.em_range,
         )  # fmt: skip
         check_outside_stores(args.out, crops)
     else:
@@ -541,7 +553,9 @@ def _run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         check_outside_stores(args.out, crops)
         rows = [(crop.name, crop) for crop in crops]
-        problems = split_problems(rows) + data_problems(rows, args.resolution_nm)
+        problems = split_problems(rows) + data_problems(
+            rows, args.resolution_nm, em_range=args.em_range
+        )
         problems += [
             f"no {split} crops among the {len(crops)} found: raise --{split}-fraction "
             f"(data.{split}_fraction), or add crops"
@@ -579,6 +593,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=SPLIT_BY,
         default="crop",
         help="hold out crops (units of overlapping crops) or whole datasets (data.split_by)",
+    )
+    parser.add_argument(
+        "--em-range",
+        type=float,
+        nargs=2,
+        default=EM_RANGE,
+        metavar=("LOW", "HIGH"),
+        help="raw EM values the models clip to (data.em_range): float EM mostly outside it is "
+        "refused",
     )
     parser.add_argument(
         "--resolution-nm",

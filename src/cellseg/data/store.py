@@ -668,6 +668,52 @@ def check_em_dtype(root: zarr.Group, em: Multiscale) -> None:
             )
 
 
+EM_SAMPLE_EDGE = 32
+"""Voxels per axis of the central block of the coarsest EM level that :func:`check_em_values`
+reads (at most 32 KiB of float32 values: one chunk or a few)."""
+
+
+def check_em_values(em: Multiscale, em_range: Sequence[float]) -> None:
+    """Floating-point EM must hold values on the scale of ``data.em_range`` (raw 8-bit values):
+    EM stored as float in [0, 1] (a common export) lies wholly below the seed's window
+    [10.6, 194.1], so every voxel would clip to its bottom and the model would train on a
+    blank image. Reads a central block of at most :data:`EM_SAMPLE_EDGE` voxels an axis of the
+    coarsest level (cheap), and refuses the EM when more than half of the sampled values lie
+    outside ``em_range``. ``uint8`` EM is not checked: any window of it is a choice.
+
+    Raises:
+        CellsegError: naming the array, the values observed, ``data.em_range`` and the fix.
+    """
+    level = max(em.levels, key=lambda lv: float(np.prod(lv.voxel_size_nm)))
+    array = em.open_level(level)
+    if array.dtype.kind != "f":
+        return
+    block = tuple(
+        slice(
+            max(0, n // 2 - EM_SAMPLE_EDGE // 2),
+            max(0, n // 2 - EM_SAMPLE_EDGE // 2) + EM_SAMPLE_EDGE,
+        )
+        for n in array.shape
+    )
+    sample = np.asarray(array[block], dtype=np.float64)
+    values = sample[np.isfinite(sample)]
+    if not values.size:
+        return
+    low, high = float(em_range[0]), float(em_range[1])
+    outside = float(np.mean((values < low) | (values > high)))
+    if outside <= 0.5:
+        return
+    seen_low, seen_high = float(values.min()), float(values.max())
+    side = "bottom" if float(np.median(values)) < low else "top"
+    raise CellsegError(
+        f"{array.location}: float EM whose sampled values (central {list(sample.shape)} voxels "
+        f"of {level.path}) lie in [{seen_low:.3g}, {seen_high:.3g}], {100 * outside:.0f}% of them "
+        f"outside data.em_range = [{low:g}, {high:g}] (raw 8-bit values), so they would clip to "
+        f"its {side} and the model would see a blank image; rescale the EM to uint8 (0-255), or "
+        f"set data.em_range to the EM's own scale (e.g. [{seen_low:.3g}, {seen_high:.3g}])"
+    )
+
+
 def _check_classes_agree(labels: Mapping[str, Multiscale]) -> None:
     """The classes of one crop are annotated on one box: a class array shifted or cut against
     the others would be scored against the wrong voxels. Each class's box (its finest level, nm)
