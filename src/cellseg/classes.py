@@ -23,3 +23,26 @@ CLASSES: tuple[str, ...] = (
 NUM_CLASSES: int = len(CLASSES)
 
 CLASS_INDEX: dict[str, int] = {name: i for i, name in enumerate(CLASSES)}
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "mito": ("mito_mem", "mito_lum", "mito_ribo"),
+    "golgi": ("golgi_mem", "golgi_lum"),
+    "ves": ("ves_mem", "ves_lum"),
+    "endo": ("endo_mem", "endo_lum"),
+    "er": ("er_mem", "er_lum"),
+}
+"""Whole-organelle (group) labels over the 14 classes, as the CellMap challenge names its group
+classes; a group is the union of its members (the challenge's ``er`` also holds ER exit sites and
+the nuclear envelope, which are not among our 14, so here it is ``er_mem`` + ``er_lum``). Group
+``g`` is target channel ``NUM_CLASSES + g`` when a target carries groups (issue 33 item 2)."""
+
+GROUP_NAMES: tuple[str, ...] = tuple(GROUPS)
+
+NUM_GROUPS: int = len(GROUPS)
+
+GROUP_INDEX: dict[str, int] = {name: i for i, name in enumerate(GROUP_NAMES)}
+
+GROUP_MEMBERS: tuple[tuple[int, ...], ...] = tuple(
+    tuple(CLASSES.index(member) for member in members) for members in GROUPS.values()
+)
+"""Member class indices of each group, in :data:`GROUP_NAMES` order."""

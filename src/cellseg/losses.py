@@ -10,6 +10,9 @@ class is not annotated:
 * per class over every annotated voxel of the batch: ``TP = sum v p t``, ``FP = sum v p (1 - t)``,
   ``FN = sum v (1 - p) t`` and ``TI_c = (TP + s) / (TP + alpha FP + beta FN + s)``;
 * loss = mean of ``1 - TI_c`` over the classes with at least ``min_annotated_voxels`` annotated voxels.
+* with group labels in the target (:mod:`cellseg.groups`, issue 33 item 2): one more term per
+  group, the partial Tversky index of ``p_union = 1 - prod_members (1 - p_m)`` against the group
+  label, averaged with the class terms under the same ``min_annotated_voxels`` rule.
 
 The default implementation is a :class:`torch.autograd.Function` with an analytic backward that
 walks the batch in chunks and saves no full-size tensor (backward recomputes the probabilities
@@ -32,8 +35,9 @@ import numpy as np
 import torch
 from torch.nn.modules.loss import _Loss
 
-from cellseg.classes import CLASSES, NUM_CLASSES
+from cellseg.classes import CLASSES, NUM_CLASSES, NUM_GROUPS
 from cellseg.errors import CellsegError
+from cellseg.groups import group_partial_tversky, split_groups
 
 __all__ = [
     "PRIOR_CLAMP",
@@ -514,16 +518,26 @@ class BalancedSoftmaxPartialTverskyLoss(_Loss):
                 logits as they are: the ``function`` implementation converts them to float32
                 chunk by chunk and saves only them and per-class sums for backward (its gradient
                 is bf16), whereas a caller's ``.float()`` keeps a float32 copy alive until backward.
-            target: same shape; 0/1 (or soft values in [0, 1]) where annotated, NaN elsewhere.
+            target: same shape; 0/1 (or soft values in [0, 1]) where annotated, NaN elsewhere;
+                or ``(B, 14 + NUM_GROUPS, ...)``, the group labels after the 14 classes
+                (:mod:`cellseg.groups`): each group then adds the partial Tversky term of its
+                members' union probability, averaged with the class terms.
 
         Raises:
             ValueError: the shapes differ, are not 4-D or 5-D, or ``C`` does not match the prior.
 
         Returns:
-            scalar (``reduction`` ``mean``/``sum``) or ``(C,)`` (``none``), float32 (float64 for
+            scalar (``reduction`` ``mean``/``sum``) or ``(C,)`` (``none``; ``(C + G,)`` with
+            groups), float32 (float64 for
             float64 logits); ``0`` still attached to the graph when no class is active.
         """
-        if input.shape != target.shape:
+        with_groups = (
+            target.ndim == input.ndim
+            and target.shape[1] == input.shape[1] + NUM_GROUPS
+            and target.shape[0] == input.shape[0]
+            and target.shape[2:] == input.shape[2:]
+        )
+        if input.shape != target.shape and not with_groups:
             raise ValueError(f"logits {tuple(input.shape)} and target {tuple(target.shape)} differ")
         if input.ndim not in (4, 5):
             raise ValueError(f"expected (B, C, H, W) or (B, C, D, H, W), got {tuple(input.shape)}")
@@ -531,16 +545,27 @@ class BalancedSoftmaxPartialTverskyLoss(_Loss):
             raise ValueError(f"logits have {input.shape[1]} channels, the prior {self.num_classes}")
         if not target.is_floating_point():
             target = target.float()
+        target, group_target = split_groups(target, self.num_classes)
         ti, n = self._per_class(input, target)
+        if group_target is not None:
+            # group terms with plain autograd on top of the per-class path (whichever it is):
+            # their gradients add to the per-class ones through the shared logits
+            group_ti, group_n = group_partial_tversky(
+                input, group_target, self.shift(), self.alpha, self.beta, self.smooth
+            )
+            ti = torch.cat((ti, group_ti.to(ti.dtype)))
+            n = torch.cat((n, group_n.to(n.device)))
         active = n >= self.min_annotated_voxels
         self.last_tversky = ti.detach()
         self.last_annotated = n.detach()
         # multiply, not index: keeps a (zero) graph even when no class is active
         per_class = (1.0 - ti) * active.to(ti.dtype)
         if self.bce_weight > 0:
-            per_class = per_class + self.bce_weight * self._bce(input, target, n) * active.to(
-                ti.dtype
-            )
+            # BCE only on the 14 classes: a group has no logit of its own
+            bce = self._bce(input, target, n[: self.num_classes])
+            if group_target is not None:
+                bce = torch.cat((bce, bce.new_zeros(NUM_GROUPS)))
+            per_class = per_class + self.bce_weight * bce * active.to(ti.dtype)
         if self.reduction == LossReduction.NONE:
             return per_class
         total = per_class.sum()

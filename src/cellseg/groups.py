@@ -1,0 +1,176 @@
+"""Coarse (group) labels: a whole-organelle label such as ``mito`` over its member classes.
+
+A group label (:data:`cellseg.classes.GROUPS`) says where a whole organelle is, not which of its
+parts: where it is 0, every member is a known negative; where it is 1, the voxel is one of the
+members but which one is unknown, so no member gets a label there (none is invented); 255 is
+unknown for all. Three pieces build on that (issue 33 item 2):
+
+* targets: :func:`apply_group_negatives` fills the members' unknown voxels with 0 where a group is
+  0; a target that carries groups has ``NUM_CLASSES + NUM_GROUPS`` channels, group ``g`` at channel
+  ``NUM_CLASSES + g`` (NaN where not annotated). Without group labels, targets keep 14 channels.
+* loss: :func:`group_partial_tversky`, the partial Tversky index of the union probability
+  ``p_union = 1 - prod_m (1 - p_m)`` of the members' logit-adjusted sigmoids against the group
+  label, over the voxels where the group is annotated (used by
+  :class:`cellseg.losses.BalancedSoftmaxPartialTverskyLoss` when the target carries groups).
+* evaluation: :func:`group_prediction` and :func:`group_counts`, the union of the members'
+  thresholded predictions scored against the group label, as the CellMap challenge scores its
+  group classes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cellseg.classes import GROUP_MEMBERS, GROUP_NAMES, NUM_CLASSES, NUM_GROUPS
+
+__all__ = [
+    "apply_group_negatives",
+    "group_counts",
+    "group_partial_tversky",
+    "group_prediction",
+    "split_groups",
+]
+
+
+def split_groups(
+    target: torch.Tensor, num_classes: int = NUM_CLASSES
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Split a target ``(B, C[+G], ...)`` into its class part ``(B, C, ...)`` and its group part
+    ``(B, G, ...)`` (``None`` when it has only the ``C`` class channels).
+
+    Raises:
+        ValueError: channel 1 is neither ``C`` nor ``C + NUM_GROUPS``, or groups come with a
+            ``C`` other than the 14 classes (the member indices are those of the 14).
+    """
+    channels = target.shape[1]
+    if channels == num_classes:
+        return target, None
+    if channels != num_classes + NUM_GROUPS or num_classes != NUM_CLASSES:
+        raise ValueError(
+            f"target has {channels} channels: expected {num_classes} classes, or the "
+            f"{NUM_CLASSES} classes and the {NUM_GROUPS} groups {', '.join(GROUP_NAMES)}"
+        )
+    return target[:, :num_classes], target[:, num_classes:]
+
+
+def group_partial_tversky(
+    logits: torch.Tensor,
+    group_target: torch.Tensor,
+    shift: torch.Tensor,
+    alpha: float,
+    beta: float,
+    smooth: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partial Tversky index of each group's union probability, with plain autograd.
+
+    ``p_m = sigmoid(z_m + shift_m)`` exactly as the per-class term; ``p_union = 1 - prod_m
+    (1 - p_m)``, computed as ``-expm1(sum_m logsigmoid(-(z_m + shift_m)))`` (the same value,
+    without the cancellation of ``1 - p`` near 1). Over the voxels where the group is annotated
+    (not NaN): ``TP = sum p_union t``, ``FP = sum p_union (1 - t)``, ``FN = sum (1 - p_union) t``
+    and ``TI = (TP + s) / (TP + alpha FP + beta FN + s)``. Sums in float32 (float64 for float64
+    logits), outside autocast.
+
+    Args:
+        logits: ``(B, 14, ...)`` raw network output.
+        group_target: ``(B, G, ...)`` group labels, 0/1 where annotated, NaN elsewhere.
+        shift: ``(14,)`` what the loss adds to the logits (``-a`` for the seed sign).
+        alpha, beta, smooth: the loss's Tversky coefficients.
+
+    Returns:
+        ``(TI, n)``, both ``(G,)``: the index (1 for a group with no annotated voxel, whose
+        union is never computed) and the annotated voxel count (int64).
+    """
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    dims = (0, *range(2, logits.ndim))
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        valid = ~torch.isnan(group_target)
+        n = valid.sum(dim=dims)
+        shift = shift.to(device=logits.device, dtype=dtype)
+        indices = []
+        for g, members in enumerate(GROUP_MEMBERS):
+            # a group no voxel of the batch annotates costs nothing (the usual case)
+            if int(n[g]) == 0:
+                indices.append(None)
+                continue
+            idx = torch.tensor(members, device=logits.device)
+            z = logits.index_select(1, idx).to(dtype) + shift[idx].view(
+                1, -1, *[1] * (logits.ndim - 2)
+            )
+            p_union = -torch.expm1(torch.nn.functional.logsigmoid(-z).sum(dim=1))
+            indices.append(p_union)
+        ti = []
+        for g, p_union in enumerate(indices):
+            if p_union is None:
+                ti.append(torch.ones((), dtype=dtype, device=logits.device))
+                continue
+            v = valid[:, g]
+            # masked_fill: exactly zero gradient on unannotated voxels
+            q = p_union.masked_fill(~v, 0.0)
+            t0 = torch.nan_to_num(group_target[:, g].to(dtype), nan=0.0)
+            tp = (q * t0).sum()
+            fp = q.sum() - tp
+            fn = t0.sum() - tp
+            ti.append((tp + smooth) / (tp + alpha * fp + beta * fn + smooth))
+        return torch.stack(ti), n.to(torch.int64)
+
+
+def apply_group_negatives(target: np.ndarray, group: str, label: np.ndarray) -> np.ndarray:
+    """In place: where the group label is 0, each member class still unknown becomes 0.
+
+    Where the group is 1 or unknown the members are left as they are (unknown unless the crop
+    also annotates them finely): a group positive says nothing about which member it is. A member
+    the crop annotates finely keeps its own label everywhere.
+
+    Args:
+        target: ``(C, ...)`` float decoded target, NaN where unannotated.
+        group: a name of :data:`cellseg.classes.GROUP_NAMES`.
+        label: ``(...)`` decoded group label, 0/1 where annotated, NaN elsewhere.
+
+    Returns:
+        ``target``.
+    """
+    negative = label == 0
+    for c in GROUP_MEMBERS[GROUP_NAMES.index(group)]:
+        member = target[c]
+        member[negative & np.isnan(member)] = 0.0
+    return target
+
+
+def group_prediction(binary: np.ndarray, group: str) -> np.ndarray:
+    """A group's prediction: the union of its members' thresholded predictions.
+
+    Args:
+        binary: ``(C, ...)`` bool predictions of the 14 classes.
+        group: a name of :data:`cellseg.classes.GROUP_NAMES`.
+
+    Returns:
+        ``(...)`` bool.
+    """
+    members = GROUP_MEMBERS[GROUP_NAMES.index(group)]
+    return np.logical_or.reduce(np.asarray(binary)[list(members)], axis=0)
+
+
+def group_counts(binary: np.ndarray, group: str, label: np.ndarray) -> np.ndarray:
+    """``(tp, fp, fn, tn)`` of a group's union prediction against its label, over annotated voxels.
+
+    Args:
+        binary: ``(C, ...)`` bool predictions of the 14 classes.
+        group: a name of :data:`cellseg.classes.GROUP_NAMES`.
+        label: ``(...)`` decoded group label, 0/1 where annotated, NaN elsewhere.
+
+    Returns:
+        int64 ``(4,)``, in :func:`cellseg.metrics.confusion_counts`'s order.
+    """
+    pred = group_prediction(binary, group)
+    valid = ~np.isnan(label)
+    truth = label == 1
+    return np.array(
+        [
+            np.sum(pred & truth & valid),
+            np.sum(pred & ~truth & valid),
+            np.sum(~pred & truth & valid),
+            np.sum(~pred & ~truth & valid),
+        ],
+        dtype=np.int64,
+    )
