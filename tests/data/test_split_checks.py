@@ -377,6 +377,7 @@ def test_the_demo_data_passes_every_check(tmp_path, capsys):
     )
     assert code == 0, err
     assert "outside the encoding" not in err and "skipped" not in err
+    assert "binary mask" not in err
     again = tmp_path / "again.csv"
     code, err = datasplit(
         ["--from-csv", str(out), "--out", str(again), "--resolution-nm", "8"], capsys
@@ -487,3 +488,24 @@ def test_float_em_in_0_1_is_refused_naming_its_range_and_em_range(tmp_path, out,
     float_em_store(tmp_path, EM.astype(np.float32))
     code, err = datasplit(args, capsys)
     assert code == 0, err
+
+
+def test_a_binary_mask_stored_0_255_is_said_with_how_to_re_encode_it(make_store, tmp_path, capsys):
+    """255 is the unknown code: a 0/255 mask has no present voxel and its positives vanish."""
+    crops = crops_of(4)
+    mask = np.zeros((4, 8, 8), dtype=np.uint8)
+    mask[:, :, :5] = 255  # 160 of 256 voxels: the mask's "positives"
+    two = ([mask, mask[::2, ::2, ::2]], [(8.0,) * 3, (16.0,) * 3], [(20.0,) * 3, (24.0,) * 3])
+    crops["crop3"]["ecs"] = at(3, (*two, SEMANTIC))
+    store = make_store("ds", EM, crops)
+    out = tmp_path / "split.csv"
+    args = ["--root", str(tmp_path / "data"), "--out", str(out), "--resolution-nm", "16"]
+    code, err = datasplit(args, capsys)
+    assert code == 0, err
+    assert [line for line in err.splitlines() if "binary mask" in line] == [
+        f"ds/crop3: {store}/{LABELS}/crop3/ecs/s1: no voxel is present (1) and 24 of 32 (75%) are "
+        "unknown (255), so the class is read as unannotated there; if this is a binary mask "
+        "stored 0/255, its positives are lost: re-encode it with positives 1, absent 0 and "
+        "unknown 255 only where not annotated"
+    ]  # one line for the class, though two of its levels are read
+    assert "crop3" in out.read_text()

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import numpy as np
 import zarr
 
-from cellseg.classes import CLASSES
+from cellseg.classes import CLASSES, GROUP_NAMES
 from cellseg.errors import CellsegError
 from cellseg.ownership import cellseg_metadata
 
@@ -521,7 +521,8 @@ def parse_label_path(label_path: str) -> tuple[str, tuple[str, ...] | None]:
 
 @dataclass(frozen=True)
 class Crop:
-    """One annotated crop: where its EM and labels live and which of the 14 classes it annotates.
+    """One annotated crop: where its EM and labels live and which of the 14 classes it annotates
+    (then any group labels of :data:`cellseg.classes.GROUP_NAMES` it holds, issue 33 item 2).
 
     Only paths are held, so a ``Crop`` pickles cheaply into data-loader workers, which open their
     own read-only handles.
@@ -583,7 +584,8 @@ def discover_crops(root: Path | str, log: TextIO | None = None) -> list[Crop]:
             ) from None
         for crop_name in sorted(name for name, _ in groundtruth.groups()):
             present = {name for name, _ in groundtruth[crop_name].groups()}
-            classes = tuple(name for name in CLASSES if name in present)
+            # group labels (whole organelles, issue 33 item 2) after the 14: none, no change
+            classes = tuple(name for name in (*CLASSES, *GROUP_NAMES) if name in present)
             if classes:
                 crops.append(Crop(store, EM_GROUP, store, f"{LABELS_ROOT}/{crop_name}", classes))
     return crops
@@ -622,10 +624,10 @@ def read_crop_geometry(crop: Crop, resolution_nm: float | None = None) -> CropGe
     label_root = em_root if crop.label_store == crop.em_store else open_group(crop.label_store)
     labels, encodings = {}, {}
     for name in crop.classes:
-        if name not in CLASSES:
+        if name not in CLASSES and name not in GROUP_NAMES:
             raise CellsegError(
                 f"{crop.label_store}/{crop.crop_group}: unknown class {name!r}; "
-                f"classes are {', '.join(CLASSES)}"
+                f"classes are {', '.join(CLASSES)} (groups: {', '.join(GROUP_NAMES)})"
             )
         multiscale = read_multiscale(label_root, crop.label_store, f"{crop.crop_group}/{name}")
         labels[name] = multiscale
@@ -882,21 +884,26 @@ def check_label_data(
       chunk cannot be told from an empty one.
 
     Returns:
-        One line per array with a few foreign values (below the limit), for the log.
+        One line per array with a few foreign values (below the limit), and one per class
+        whose array has no present voxel and mostly unknown ones (a binary mask stored 0/255
+        would: its positives read as unknown), for the log.
 
     Raises:
         CellsegError: naming the array, the chunk (and its file), the count and the fix.
     """
-    notes = []
+    notes: list[str] = []
+    masks: set[str] = set()
     for name, multiscale in geometry.labels.items():
         encoding = geometry.encodings[name]
         chosen = multiscale.levels if levels is None else tuple(levels.get(name, ()))
         for level in dict.fromkeys(chosen):
             array = multiscale.open_level(level)
             if not encoding.instance:
-                note = _check_foreign_values(array, encoding)
-                if note:
-                    notes.append(note)
+                foreign, mask = _check_foreign_values(array, encoding)
+                notes.extend([foreign] if foreign else [])
+                if mask and name not in masks:  # one line a class, not one a level
+                    masks.add(name)
+                    notes.append(mask)
             if array.fill_value is not None and array.fill_value != encoding.unknown:
                 _check_lost_chunks(multiscale, level, array, encoding)
     return notes
@@ -907,8 +914,22 @@ def _chunk_file(array: StoredArray, key: Sequence[int]) -> str:
     return f"{array.location}/{separator.join(map(str, key))}"
 
 
-def _check_foreign_values(array: StoredArray, encoding: LabelEncoding) -> str | None:
-    """Count a semantic array's voxels outside ``encoding``, one z row of chunks at a time."""
+UNKNOWN_MASK_SHARE = 0.5
+"""Share of a semantic array's voxels that are unknown, with none present, above which the
+array is said to look like a binary mask stored 0/255 (its positives read as unknown)."""
+
+
+def _check_foreign_values(
+    array: StoredArray, encoding: LabelEncoding
+) -> tuple[str | None, str | None]:
+    """Count a semantic array's voxels outside ``encoding``, one z row of chunks at a time.
+
+    Returns:
+        ``(foreign, mask)``: a note about a few values outside the encoding (see
+        :func:`check_label_data`), and a warning when no voxel is present and more than
+        :data:`UNKNOWN_MASK_SHARE` are unknown: a binary mask stored 0/255 reads its every
+        positive voxel as unknown (255 is the unknown code), so the class would vanish.
+    """
     codes = np.array([encoding.absent, encoding.present, encoding.unknown])
     # uint8 (most CellMap labels): one table lookup per voxel instead of np.isin's sort
     table = None
@@ -916,11 +937,14 @@ def _check_foreign_values(array: StoredArray, encoding: LabelEncoding) -> str | 
         table = np.ones(256, dtype=bool)
         table[codes] = False
     chunks = np.asarray(array.chunks)
-    foreign = 0
+    foreign = present = unknown = 0
     per_chunk: Counter[tuple[int, ...]] = Counter()
     seen: set[int] = set()
     for z in range(0, array.shape[0], int(chunks[0])):
         slab = np.asarray(array[z : z + int(chunks[0])])
+        if not present:
+            present = int(np.count_nonzero(slab == encoding.present))
+            unknown += int(np.count_nonzero(slab == encoding.unknown))
         bad = table[slab] if table is not None else ~np.isin(slab, codes)
         count = int(np.count_nonzero(bad))
         if not count:
@@ -933,9 +957,18 @@ def _check_foreign_values(array: StoredArray, encoding: LabelEncoding) -> str | 
             per_chunk[tuple(int(k) for k in key)] += int(n)
         if len(seen) < 5:
             seen.update(int(v) for v in np.unique(slab[bad])[:5])
-    if not foreign:
-        return None
     total = int(np.prod(array.shape))
+    mask = None
+    if not present and unknown > UNKNOWN_MASK_SHARE * total:
+        mask = (
+            f"{array.location}: no voxel is present ({encoding.present}) and {unknown} of {total} "
+            f"({100 * unknown / total:.0f}%) are unknown ({encoding.unknown}), so the class is "
+            "read as unannotated there; if this is a binary mask stored 0/255, its positives "
+            f"are lost: re-encode it with positives {encoding.present}, absent "
+            f"{encoding.absent} and unknown {encoding.unknown} only where not annotated"
+        )
+    if not foreign:
+        return None, mask
     key, in_chunk = per_chunk.most_common(1)[0]
     values = ", ".join(map(str, sorted(seen)[:5]))
     what = (
@@ -949,7 +982,7 @@ def _check_foreign_values(array: StoredArray, encoding: LabelEncoding) -> str | 
             f"{what}, and more than {100 * FOREIGN_LABEL_LIMIT:g}% is refused: fix the values, "
             "or the encoding in the group's cellmap.annotation attributes, or copy the array again"
         )
-    return what
+    return what, mask
 
 
 def _stored_chunk_keys(array: StoredArray) -> set[tuple[int, ...]] | None:
