@@ -197,3 +197,28 @@ def test_prediction_of_a_valid_convolution_model_reads_edge_context(em_path):
         whole = model.network(torch.from_numpy(padded)[None, None])[0]
     inner = tuple(slice(m, m + n) for m, n in zip(plan.margin, plan.shape, strict=True))
     torch.testing.assert_close(out, whole[(slice(None), *inner)], rtol=1e-5, atol=1e-5)
+
+
+def test_float_em_off_the_scale_of_em_range_is_refused_where_it_is_read(tmp_path):
+    """Evaluation and prediction read EM through EMReader: float EM in [0, 1] would clip to
+    the bottom of [10.6, 194.1] everywhere; on the EM's own scale it is read."""
+    from cellseg.inference import EMReader
+
+    store = tmp_path / "vol" / "vol.zarr"
+    root = zarr.open_group(str(store), mode="w", zarr_format=2)
+    em = np.full((4, 8, 8), 0.5, dtype=np.float32)
+    write_multiscale(root, EM_GROUP, [em], [(8.0,) * 3], [(4.0, 4.0, 4.0)])
+    multiscale = read_multiscale(open_group(store), store, EM_GROUP)
+    level = multiscale.finest
+    array = multiscale.open_level(level)
+    with pytest.raises(CellsegError) as error:
+        EMReader(array, level, (4.0, 4.0, 4.0), 8.0, (0, 0, 0), (10.6, 194.1))
+    assert str(error.value) == (
+        f"{store}/{EM_GROUP}/s0: float EM whose sampled values (central [4, 8, 8] voxels of s0) "
+        "lie in [0.5, 0.5], 100% of them outside data.em_range = [10.6, 194.1] (raw 8-bit "
+        "values), so they would clip to its bottom and the model would see a blank image; "
+        "rescale the EM to uint8 (0-255), or set data.em_range to the EM's own scale (e.g. "
+        "[0, 1])"
+    )
+    reader = EMReader(array, level, (4.0, 4.0, 4.0), 8.0, (0, 0, 0), (0.0, 1.0))
+    np.testing.assert_allclose(reader.read(((0, 4), (0, 8), (0, 8))), 0.5)

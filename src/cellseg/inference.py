@@ -46,7 +46,7 @@ import torch
 from cellseg.classes import CLASSES, NUM_CLASSES
 from cellseg.data.identity import DataIdentity
 from cellseg.data.patches import PatchGrid, normalize_em, sample_linear
-from cellseg.data.store import CropGeometry, ScaleLevel, StoredArray
+from cellseg.data.store import CropGeometry, ScaleLevel, StoredArray, check_em_array
 from cellseg.errors import CellsegError
 from cellseg.losses import adjusted_probabilities
 
@@ -537,7 +537,8 @@ class EMReader:
         origin_nm: ``(z, y, x)`` centre of grid voxel 0, nm.
         resolution_nm: ``r``, nm.
         shift: grid index of image index 0, per axis.
-        em_range: raw EM values clipped to before scaling to [0, 1].
+        em_range: raw EM values clipped to before scaling to [0, 1]; floating-point EM mostly
+            outside it is refused (:func:`~cellseg.data.store.check_em_array`).
         direct: read aligned levels without interpolation (evaluation interpolates always, as
             its scores were computed).
     """
@@ -552,6 +553,8 @@ class EMReader:
         em_range: tuple[float, float],
         direct: bool = True,
     ) -> None:
+        if isinstance(array, StoredArray):  # float EM off the scale of em_range: one line
+            check_em_array(array, em_range)
         self.array, self.level = array, level
         self.origin_nm = np.asarray(origin_nm, dtype=float)
         self.r = float(resolution_nm)

@@ -479,7 +479,7 @@ def test_float_em_in_0_1_is_refused_naming_its_range_and_em_range(tmp_path, out,
         "sampled values (central [16, 32, 32] voxels of s0) lie in [0.000488, 1], 100% of them "
         "outside data.em_range = [10.6, 194.1] (raw 8-bit values), so they would clip to its "
         "bottom and the model would see a blank image; rescale the EM to uint8 (0-255), or set "
-        "data.em_range to the EM's own scale (e.g. [0.000488, 1])"
+        "data.em_range to the EM's own scale (e.g. [0, 1])"
     )
     # with data.em_range on the EM's scale it is read; float EM on the 0-255 scale always is
     args = ["--root", str(tmp_path / "data"), "--out", str(out), "--resolution-nm", "8"]

@@ -679,15 +679,25 @@ def check_em_values(em: Multiscale, em_range: Sequence[float]) -> None:
     """Floating-point EM must hold values on the scale of ``data.em_range`` (raw 8-bit values):
     EM stored as float in [0, 1] (a common export) lies wholly below the seed's window
     [10.6, 194.1], so every voxel would clip to its bottom and the model would train on a
-    blank image. Reads a central block of at most :data:`EM_SAMPLE_EDGE` voxels an axis of the
-    coarsest level (cheap), and refuses the EM when more than half of the sampled values lie
-    outside ``em_range``. ``uint8`` EM is not checked: any window of it is a choice.
+    blank image. Checks the coarsest level (:func:`check_em_array`: a central block of it,
+    cheap). ``uint8`` EM is not checked: any window of it is a choice.
 
     Raises:
         CellsegError: naming the array, the values observed, ``data.em_range`` and the fix.
     """
     level = max(em.levels, key=lambda lv: float(np.prod(lv.voxel_size_nm)))
-    array = em.open_level(level)
+    check_em_array(em.open_level(level), em_range)
+
+
+def check_em_array(array: StoredArray, em_range: Sequence[float]) -> None:
+    """:func:`check_em_values` on one EM level: reads a central block of at most
+    :data:`EM_SAMPLE_EDGE` voxels an axis of a floating-point ``array`` (nothing for an integer
+    one) and refuses it when more than half of the finite values lie outside ``em_range``
+    (raw 8-bit values, ``(low, high)``).
+
+    Raises:
+        CellsegError: naming the array, the values observed, ``data.em_range`` and the fix.
+    """
     if array.dtype.kind != "f":
         return
     block = tuple(
@@ -707,12 +717,15 @@ def check_em_values(em: Multiscale, em_range: Sequence[float]) -> None:
         return
     seen_low, seen_high = float(values.min()), float(values.max())
     side = "bottom" if float(np.median(values)) < low else "top"
+    level = array.location.rsplit("/", 1)[-1]
+    unit = seen_low >= 0.0 and seen_high <= 1.0  # the usual float export: [0, 1]
+    example = "[0, 1]" if unit else f"[{seen_low:.3g}, {seen_high:.3g}]"
     raise CellsegError(
         f"{array.location}: float EM whose sampled values (central {list(sample.shape)} voxels "
-        f"of {level.path}) lie in [{seen_low:.3g}, {seen_high:.3g}], {100 * outside:.0f}% of them "
+        f"of {level}) lie in [{seen_low:.3g}, {seen_high:.3g}], {100 * outside:.0f}% of them "
         f"outside data.em_range = [{low:g}, {high:g}] (raw 8-bit values), so they would clip to "
         f"its {side} and the model would see a blank image; rescale the EM to uint8 (0-255), or "
-        f"set data.em_range to the EM's own scale (e.g. [{seen_low:.3g}, {seen_high:.3g}])"
+        f"set data.em_range to the EM's own scale (e.g. {example})"
     )
 
 
