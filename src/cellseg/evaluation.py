@@ -18,6 +18,11 @@ For every test crop the model predicts the crop's whole box at its own resolutio
   the ground truth is never resampled. Only classes the crop annotates are scored, and only their
   annotated voxels (``unknown`` codes are NaN and count nowhere).
 
+A crop's group labels (:data:`cellseg.classes.GROUP_NAMES`, issue 33 item 2) are scored beside its
+classes, as the challenge scores its group classes: the union of the members' binarised
+predictions against the group array (:func:`cellseg.groups.group_prediction`), rows after the
+classes; a crop without one gets no group row.
+
 Following SPEC §8 and the CellMap challenge, a class with an empty prediction and an empty ground
 truth in a crop scores 1 (flagged in the ``empty`` column); see :mod:`cellseg.metrics`.
 
@@ -61,7 +66,7 @@ from cellseg.challenge import (
     instance_columns,
     score_instance_modes,
 )
-from cellseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
+from cellseg.classes import CLASSES, GROUP_INDEX, GROUP_NAMES
 from cellseg.data.datasplit import read_datasplit
 from cellseg.data.identity import check_unseen
 from cellseg.data.store import (
@@ -73,6 +78,7 @@ from cellseg.data.store import (
     read_crop_geometry,
 )
 from cellseg.errors import CellsegError
+from cellseg.groups import group_prediction
 from cellseg.inference import (
     BLEND_MODES,
     PredictionGrid,
@@ -117,7 +123,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "inference_seconds",
     *INSTANCE_COLUMNS,
 )
-"""Columns of the metrics CSV, one row per (adjustment mode, crop, annotated class). The last are
+"""Columns of the metrics CSV, one row per (adjustment mode, crop, annotated class or group). The last are
 :data:`cellseg.challenge.INSTANCE_COLUMNS`, empty for semantic classes: per scorer mode (official
 unprefixed, then ``corrected_``) matched pairs, unmatched predicted components, unmatched
 ground-truth instances, the sum and number of normalised Hausdorff distances (pooled per class by
@@ -351,7 +357,10 @@ def evaluate_crop(
         if predictions is not None
         else None
     )
-    counts = {mode: np.zeros((1, NUM_CLASSES, 4), dtype=np.int64) for mode in modes}
+    # group labels (issue 33 item 2) score after the 14, only in a crop that holds one
+    names = (*CLASSES, *GROUP_NAMES) if set(geometry.labels) & set(GROUP_INDEX) else CLASSES
+    channel = {name: c for c, name in enumerate(names)}
+    counts = {mode: np.zeros((1, len(names), 4), dtype=np.int64) for mode in modes}
     inference_seconds = 0.0
     started = time.perf_counter()
     for z0, z1, logits in predict_crop(predictor, geometry, settings, device):
@@ -361,8 +370,13 @@ def evaluate_crop(
             writer.write(z0, z1, probabilities[modes[0]])
         positive = {mode: (p > settings.threshold).numpy() for mode, p in probabilities.items()}
         for name, scorer in scorers.items():
-            c = CLASS_INDEX[name]
-            slab_counts = scorer.counts(z0, z1, {m: positive[m][c] for m in modes})
+            c = channel[name]
+            if name in GROUP_INDEX:
+                # as the challenge scores a group: the union of its members' predictions
+                slabs = {m: group_prediction(positive[m], name) for m in modes}
+            else:
+                slabs = {m: positive[m][c] for m in modes}
+            slab_counts = scorer.counts(z0, z1, slabs)
             for mode in modes:
                 counts[mode][0, c] += slab_counts[mode]
         started = time.perf_counter()
@@ -373,7 +387,7 @@ def evaluate_crop(
             scorer.instances = None  # the crop-sized arrays are no longer needed
     tables = []
     for mode in modes:
-        table = crop_class_table(counts[mode], [crop.name], CLASSES)
+        table = crop_class_table(counts[mode], [crop.name], names)
         voxel = np.array([scorers[name].level.voxel_size_nm for name in table["class"]]).reshape(
             -1, 3
         )

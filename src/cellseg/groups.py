@@ -20,12 +20,20 @@ unknown for all. Three pieces build on that (issue 33 item 2):
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 
 from cellseg.classes import GROUP_MEMBERS, GROUP_NAMES, NUM_CLASSES, NUM_GROUPS
+from cellseg.metrics import COUNT_NAMES, scores_from_counts
+
+COMPACT_UNKNOWN = 255
+"""Unknown in the loader's compact ``uint8`` target (the value of
+:data:`cellseg.data.patches.TARGET_UNKNOWN`, which imports this module)."""
 
 __all__ = [
     "apply_group_negatives",
+    "class_rows",
+    "group_columns",
     "group_counts",
     "group_partial_tversky",
     "group_prediction",
@@ -123,9 +131,10 @@ def apply_group_negatives(target: np.ndarray, group: str, label: np.ndarray) -> 
     the crop annotates finely keeps its own label everywhere.
 
     Args:
-        target: ``(C, ...)`` float decoded target, NaN where unannotated.
+        target: ``(C, ...)`` decoded target: float (NaN unknown) or the loader's compact
+            ``uint8`` (255 unknown, :data:`cellseg.data.patches.TARGET_UNKNOWN`).
         group: a name of :data:`cellseg.classes.GROUP_NAMES`.
-        label: ``(...)`` decoded group label, 0/1 where annotated, NaN elsewhere.
+        label: ``(...)`` the group label in the same encoding (0/1 where annotated).
 
     Returns:
         ``target``.
@@ -133,7 +142,8 @@ def apply_group_negatives(target: np.ndarray, group: str, label: np.ndarray) -> 
     negative = label == 0
     for c in GROUP_MEMBERS[GROUP_NAMES.index(group)]:
         member = target[c]
-        member[negative & np.isnan(member)] = 0.0
+        unknown = np.isnan(member) if member.dtype.kind == "f" else member == COMPACT_UNKNOWN
+        member[negative & unknown] = 0
     return target
 
 
@@ -174,3 +184,30 @@ def group_counts(binary: np.ndarray, group: str, label: np.ndarray) -> np.ndarra
         ],
         dtype=np.int64,
     )
+
+
+def group_columns(table: pd.DataFrame) -> dict[str, float]:
+    """Summary columns of a model's group scores: ``dice_<group>``, the group's Dice pooled over
+    the crops that hold its label (counts summed over crops, as ``dice_<class>``), for each group
+    with rows in ``table``; none when no crop holds a group label (the summary is then unchanged).
+
+    Args:
+        table: a metrics table of one adjustment mode (columns ``class``, ``tp``, ``fp``,
+            ``fn``, ``tn``; :data:`cellseg.evaluation.METRIC_COLUMNS`).
+    """
+    columns: dict[str, float] = {}
+    for name in GROUP_NAMES:
+        rows = table[table["class"] == name]
+        if rows.empty:
+            continue
+        counts = rows[list(COUNT_NAMES)].to_numpy(dtype=np.float64).sum(axis=0)
+        columns[f"dice_{name}"] = float(scores_from_counts(counts).dice)
+    return columns
+
+
+def class_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a metrics table that score one of the 14 classes (group rows dropped): every
+    statistic over classes (mean Dice, its interval, the ranking) reads these only."""
+    if not table["class"].isin(GROUP_NAMES).any():
+        return table
+    return table[~table["class"].isin(GROUP_NAMES)]

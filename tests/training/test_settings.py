@@ -95,3 +95,11 @@ def test_a_zero_bce_weight_keeps_the_hash_and_a_positive_one_changes_it():
     assert resolve_settings(zero, "unet_2d").config_hash() == plain
     bce = study(loss={**BASE["loss"], "bce_weight": 1.0})
     assert resolve_settings(bce, "unet_2d").config_hash() != plain
+
+
+def test_the_default_runs_keep_their_hash():
+    """Pinned: a feature that needs no config key (group labels, issue 33 item 2) must leave
+    the default runs' hashes, and so their checkpoints and results, as they were. Update the
+    values only with a deliberate change of config/config.yaml's training defaults."""
+    assert resolve_settings(BASE, "unet_2d").config_hash() == "84784dcaac569edc"
+    assert resolve_settings(BASE, "unet_3d").config_hash() == "2979b46d86dc1b11"

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from cellseg.classes import GROUP_INDEX
 from cellseg.data.patches import (
     TARGET_UNKNOWN,
     ArrayCache,
@@ -76,6 +77,13 @@ def decode_target(target: torch.Tensor) -> torch.Tensor:
     return decoded.masked_fill_(target == TARGET_UNKNOWN, float("nan"))
 
 
+def has_groups(geometries: Sequence[CropGeometry]) -> bool:
+    """Whether some crop holds a group label (:data:`cellseg.classes.GROUP_NAMES`): then every
+    target of the dataset carries the group channels after the 14 (one shape to batch), else
+    targets keep their 14 channels exactly as before (issue 33 item 2)."""
+    return any(name in GROUP_INDEX for g in geometries for name in g.labels)
+
+
 def open_crops(crops: Sequence[Crop], resolution_nm: float) -> list[CropGeometry]:
     """Validate and parse every crop up front, so a broken dataset fails before training starts."""
     if not crops:
@@ -108,6 +116,7 @@ class TrainPatches(Dataset):
 
     Items:
         ``{"image": (1, *shape) float32 in [0, 1], "target": (14, *shape) uint8, "crop": int}``
+        (``(14 + NUM_GROUPS, *shape)`` when some crop holds a group label: :func:`has_groups`)
         with the compact target (0 absent, 1 present, 255 unknown: a quarter of float32's bytes
         through shared memory and pinned copies; :func:`decode_target` on the device restores
         float32 with NaN); any non-negative index is valid (the dataset is unbounded).
@@ -141,8 +150,11 @@ class TrainPatches(Dataset):
             (depth / 2 + 1) * spec.resolution_nm,
             (np.hypot(height, width) / 2 + 1) * spec.resolution_nm,
         )
+        self.groups = has_groups(geometries)
         self.readers = [
-            CropReader(g, spec.resolution_nm, em_range, infer_true_negatives, cache, context)
+            CropReader(
+                g, spec.resolution_nm, em_range, infer_true_negatives, cache, context, self.groups
+            )
             for g in geometries
         ]
         self.weights = crop_sampling_weights(geometries, rare_class_boost)
@@ -206,8 +218,10 @@ class FixedPatches(Dataset):
         self.crops = list(crops)
         self.spec = spec
         geometries = open_crops(self.crops, spec.resolution_nm)
+        self.groups = has_groups(geometries)
         self.readers = [
-            CropReader(g, spec.resolution_nm, em_range, infer_true_negatives) for g in geometries
+            CropReader(g, spec.resolution_nm, em_range, infer_true_negatives, groups=self.groups)
+            for g in geometries
         ]
         rng = np.random.default_rng(seed)
         self.items: list[tuple[int, np.ndarray]] = []

@@ -21,7 +21,7 @@ from typing import TextIO
 import numpy as np
 import zarr
 
-from cellseg.classes import CLASSES
+from cellseg.classes import CLASSES, GROUP_NAMES
 from cellseg.data.split_units import SPLIT_BY, leakage_problems, place_crops, split_units
 from cellseg.data.store import (
     Crop,
@@ -336,11 +336,12 @@ def _check_row(
 ) -> None:
     """One datasplit row's class names and groups (``where`` is ``file:row``); stores opened
     once each (``roots`` caches them, read-only)."""
-    unknown = [name for name in classes if name not in CLASSES]
+    # group labels (whole organelles) are read too (issue 33 item 2)
+    unknown = [name for name in classes if name not in CLASSES and name not in GROUP_NAMES]
     if unknown:
         raise CellsegError(
             f"{where}: column 5 (crop/[classes]) names unknown class(es) {', '.join(unknown)}; "
-            f"use the CellMap names: {', '.join(CLASSES)}"
+            f"use the CellMap names: {', '.join(CLASSES)} (groups: {', '.join(GROUP_NAMES)})"
         )
     repeated = sorted(name for name, count in Counter(classes).items() if count > 1)
     if repeated:  # a class listed twice would be counted twice in the class frequencies

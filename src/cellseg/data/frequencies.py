@@ -69,6 +69,11 @@ def class_frequencies(
     for crop in crops:
         geometry = read_crop_geometry(crop, resolution_nm)
         for name, multiscale in geometry.labels.items():
+            if name not in annotated:
+                # a group label (issue 33 item 2) gives no member its prior: a group positive
+                # is some member, which one unknown; members count from fine labels elsewhere
+                # or are imputed as missing classes are
+                continue
             level = multiscale.level_for(resolution_nm)
             array = multiscale.open_level(level)
             weight = float(np.prod(np.asarray(level.voxel_size_nm) / resolution_nm))

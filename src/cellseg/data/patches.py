@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import zarr
 
-from cellseg.classes import CLASS_INDEX, NUM_CLASSES
+from cellseg.classes import CLASS_INDEX, GROUP_INDEX, NUM_CLASSES, NUM_GROUPS
 from cellseg.data.store import CropGeometry, LabelEncoding, ScaleLevel
 from cellseg.errors import CellsegError
+from cellseg.groups import apply_group_negatives
 
 
 @dataclass(frozen=True)
@@ -448,7 +449,7 @@ class ArrayCache:
 
 
 class CropReader:
-    """Reads resampled EM and 14-channel targets from one crop.
+    """Reads resampled EM and 14-channel targets from one crop (19 with ``groups``).
 
     Holds only picklable state until first use; zarr handles are opened lazily in the process
     that reads (each data-loader worker gets its own).
@@ -463,6 +464,10 @@ class CropReader:
             every patch from the store.
         context_nm: ``(z, yx)`` half-extent of the patches read (rotation included), nm: the EM
             box cached around the crop reaches this far beyond it.
+        groups: append the :data:`cellseg.classes.NUM_GROUPS` group channels after the 14
+            (:mod:`cellseg.groups`, issue 33 item 2; NaN where the crop has no such group label)
+            and, where a group label is 0, make its members' unknown voxels 0. Without it a
+            crop's group labels are not read (so targets keep 14 channels).
     """
 
     def __init__(
@@ -473,8 +478,14 @@ class CropReader:
         infer_true_negatives: bool = False,
         cache: ArrayCache | None = None,
         context_nm: tuple[float, float] = (0.0, 0.0),
+        groups: bool = False,
     ) -> None:
         self.geometry = geometry
+        self.groups = groups
+        # target channel of each label array read: the 14 classes, then (with groups) the groups
+        self._channels = dict(CLASS_INDEX)
+        if groups:
+            self._channels.update({g: NUM_CLASSES + i for g, i in GROUP_INDEX.items()})
         self.resolution_nm = float(resolution_nm)
         self.em_range = (float(em_range[0]), float(em_range[1]))
         self.infer_true_negatives = infer_true_negatives
@@ -482,12 +493,15 @@ class CropReader:
         self._label_levels = {
             name: multiscale.level_for(resolution_nm)
             for name, multiscale in geometry.labels.items()
+            if name in self._channels
         }
         self.cache = cache
         self.context_nm = context_nm
         self._arrays: dict[str, zarr.Array] | None = None
         # classes this crop does not annotate: NaN in every patch
-        self._unannotated = [i for name, i in CLASS_INDEX.items() if name not in geometry.labels]
+        self._unannotated = [
+            i for name, i in self._channels.items() if name not in self._label_levels
+        ]
         # uint8 labels decode through a 256-entry table (LabelEncoding.decode's own rule)
         self._tables = {
             name: encoding.to_target(np.arange(256, dtype=np.int64))
@@ -503,8 +517,8 @@ class CropReader:
     def _open(self) -> dict[str, zarr.Array]:
         if self._arrays is None:
             arrays = {"__em__": self.geometry.em.open_level(self._em_level)}
-            for name, multiscale in self.geometry.labels.items():
-                arrays[name] = multiscale.open_level(self._label_levels[name])
+            for name, level in self._label_levels.items():
+                arrays[name] = self.geometry.labels[name].open_level(level)
             self._arrays = arrays
         if self.cache is None:
             return self._arrays
@@ -538,7 +552,8 @@ class CropReader:
                 unknown): a quarter of the bytes a loader worker hands to the trainer.
 
         Returns:
-            ``(em, target)``: ``(D, H, W)`` float32 in [0, 1] and ``(14, D, H, W)`` float32 with
+            ``(em, target)``: ``(D, H, W)`` float32 in [0, 1] and ``(14, D, H, W)`` (with
+            ``groups``: ``(14 + NUM_GROUPS, D, H, W)``, the group labels after) float32 with
             1 present, 0 absent and NaN where unannotated (class not annotated by this crop,
             outside the crop's box, or encoded unknown), or its compact ``uint8`` form.
         """
@@ -547,7 +562,8 @@ class CropReader:
         em = normalize_em(
             sample_linear(arrays["__em__"], self._em_level, grid, em_location), self.em_range
         )
-        target = np.empty((NUM_CLASSES, *em.shape), dtype=np.uint8 if compact else np.float32)
+        channels = NUM_CLASSES + NUM_GROUPS if self.groups else NUM_CLASSES
+        target = np.empty((channels, *em.shape), dtype=np.uint8 if compact else np.float32)
         target[self._unannotated] = TARGET_UNKNOWN if compact else np.nan
         tables = self._compact_tables if compact else self._tables
         # classes stored on the same grid (the usual case) share one nearest-voxel index
@@ -558,13 +574,19 @@ class CropReader:
             if index is None:
                 index = indices[key] = NearestIndex(level, grid)
             index.fill(
-                target[CLASS_INDEX[name]],
+                target[self._channels[name]],
                 arrays[name],
                 self.geometry.encodings[name],
                 tables[name],
             )
+        if self.groups:
+            for name in GROUP_INDEX:
+                if name in self._label_levels:
+                    apply_group_negatives(target, name, target[self._channels[name]])
         if self.infer_true_negatives:
-            infer_true_negatives(target)
+            # the 14 classes only: a group positive is some member, so it must not make its
+            # members negative (and a group channel is never inferred)
+            infer_true_negatives(target[:NUM_CLASSES])
         return em, target
 
 

@@ -77,8 +77,9 @@ from cellseg.challenge import (
     instance_column_names,
     overall_scores,
 )
-from cellseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
+from cellseg.classes import CLASS_INDEX, CLASSES, GROUP_NAMES, NUM_CLASSES
 from cellseg.errors import CellsegError
+from cellseg.groups import class_rows, group_columns
 from cellseg.metrics import COUNT_NAMES, Statistic, aggregate_crops
 from cellseg.statistics import (
     DEFAULT_PERMUTATIONS,
@@ -216,6 +217,7 @@ def metric_counts(table: pd.DataFrame) -> tuple[list[str], np.ndarray]:
         ``(crops, counts)``: the ``N`` crop names (sorted) and ``(N, 14, 4)`` counts in
         ``COUNT_NAMES`` order, zero for classes a crop does not annotate.
     """
+    table = class_rows(table)  # group rows (issue 33 item 2) are scored beside, not in, these
     crops = sorted(set(table["crop"]))
     index = {crop: i for i, crop in enumerate(crops)}
     counts = np.zeros((len(crops), NUM_CLASSES, 4), dtype=np.float64)
@@ -505,6 +507,7 @@ def _load_model(
         inference_unit=inference_unit(crops, s),
         **_dice_columns(counts, statistic, s, crops),
         **_iou_columns(counts),
+        **group_columns(table),
         **_challenge_columns(table, counts),
         inference_seconds=seconds,
         adjustment=mode,
@@ -894,7 +897,10 @@ def _order_columns(table: pd.DataFrame) -> pd.DataFrame:
             table[column] = np.nan
     leading = [c for c in _LEADING if c in table]
     per_class = [
-        f"{m}_{name}" for m in ("dice", "iou") for name in CLASSES if f"{m}_{name}" in table
+        f"{m}_{name}"
+        for m in ("dice", "iou")
+        for name in (*CLASSES, *GROUP_NAMES)
+        if f"{m}_{name}" in table
     ]
     rest = [c for c in table if c not in leading and c not in per_class]
     table = table[leading + per_class + rest]

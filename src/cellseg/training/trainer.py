@@ -795,7 +795,8 @@ class Trainer:
             loss = self.loss(logits, target)
             (loss / s.grad_accum).backward()
         self.window_losses.append(loss.detach())
-        if self.online_frequency.update(target):
+        # group labels (issue 33 item 2), if any, follow the 14 classes: priors are per class
+        if self.online_frequency.update(target[:, :NUM_CLASSES]):
             # logged after the optimizer step, against the step it leads to: a point logged
             # before the increment would sit at the checkpoint's step, which a resume's
             # purge_step keeps, and the resumed attempt would log it again
@@ -1018,6 +1019,8 @@ class Trainer:
             if torch.isfinite(loss):
                 loss_sum, loss_count = loss_sum + float(loss), loss_count + 1
             probabilities = adjusted_probabilities(logits, self.loss, mode)
+            # the loss scored any group channels; validation Dice is per class
+            target = target[:, :NUM_CLASSES]
             metric.update(probabilities, target)
             if first_batch is None:
                 # the image where the output is, so the panels line up
