@@ -320,3 +320,23 @@ def test_nan_or_inf_em_is_refused_in_training_validation_and_evaluation(make_sto
     with pytest.raises(CellsegError, match="NaN or infinite") as error:
         read_em_slab(geometry.em.open_level(level), level, grid, (0, 4), (2, 8, 8), (LOW, HIGH))
     assert location in str(error.value)
+
+
+def test_float_em_in_0_1_is_refused_where_training_reads_it(make_store):
+    """Training and validation read EM through CropReader: float EM in [0, 1] would clip to
+    the bottom of data.em_range everywhere (a blank image); on the EM's own scale it is read."""
+    em = np.full(SHAPE, 0.5, dtype=np.float32)
+    crop = two_crop_store(make_store, em)[0]
+    geometry = read_crop_geometry(crop, 8.0)
+    with pytest.raises(CellsegError) as error:
+        CropReader(geometry, 8.0, em_range=(10.6, 194.1))
+    location = f"{crop.em_store}/recon-1/em/fibsem-uint8/s0"
+    assert str(error.value).startswith(
+        f"{location}: float EM whose sampled values (central "
+    ) and str(error.value).endswith(
+        "lie in [0.5, 0.5], 100% of them outside data.em_range = [10.6, 194.1] (raw 8-bit "
+        "values), so they would clip to its bottom and the model would see a blank image; "
+        "rescale the EM to uint8 (0-255), or set data.em_range to the EM's own scale (e.g. "
+        "[0, 1])"
+    )
+    CropReader(geometry, 8.0, em_range=(0.0, 1.0))

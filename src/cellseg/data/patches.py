@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 
 from cellseg.classes import CLASS_INDEX, GROUP_INDEX, NUM_CLASSES, NUM_GROUPS
-from cellseg.data.store import CropGeometry, LabelEncoding, ScaleLevel
+from cellseg.data.store import CropGeometry, LabelEncoding, ScaleLevel, check_em_array
 from cellseg.errors import CellsegError
 from cellseg.groups import apply_group_negatives
 
@@ -457,7 +457,9 @@ class CropReader:
     Args:
         geometry: the crop's parsed multiscales (:func:`cellseg.data.store.read_crop_geometry`).
         resolution_nm: isotropic output voxel size in nm.
-        em_range: ``(low, high)`` raw EM values clipped to before scaling to [0, 1].
+        em_range: ``(low, high)`` raw EM values clipped to before scaling to [0, 1];
+            floating-point EM mostly outside it is refused
+            (:func:`~cellseg.data.store.check_em_array`).
         infer_true_negatives: where an annotated class is positive, set classes the crop does not
             annotate to 0 (the 14 classes are mutually exclusive in the CellMap hierarchy).
         cache: an :class:`ArrayCache` to hold this crop's arrays in memory, or None to read
@@ -490,6 +492,9 @@ class CropReader:
         self.em_range = (float(em_range[0]), float(em_range[1]))
         self.infer_true_negatives = infer_true_negatives
         self._em_level = geometry.em.level_for(resolution_nm)
+        # float EM off the scale of em_range (float32 in [0, 1]) would clip to a blank image:
+        # refused in the datasplit step's line (a central block of the level, float EM only)
+        check_em_array(geometry.em.open_level(self._em_level), self.em_range)
         self._label_levels = {
             name: multiscale.level_for(resolution_nm)
             for name, multiscale in geometry.labels.items()
