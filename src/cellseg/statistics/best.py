@@ -124,23 +124,12 @@ def compare_with_best_exchangeable(
     replaced it.
     """
     statistic = Statistic(statistic)
-    arrays = [_check(_to_numpy(x)) for x in data]
-    if len(arrays) < 2:
-        raise ValueError(f"comparing with the best needs at least 2 models, got {len(arrays)}")
-    if len({x.shape for x in arrays}) > 1:
-        raise ValueError(
-            f"every model needs the same crops and classes, got {[x.shape for x in arrays]}"
-        )
-    if arrays[0].shape[0] < 2:
-        raise ValueError("comparing with the best needs at least 2 crops")
+    arrays = _model_arrays(data)
     if statistic is Statistic.MEAN:
-        values = np.stack([class_values(x, statistic) for x in arrays])  # (M, N, C)
-        annotated = ~np.isnan(values).any(axis=0)
-        keep = annotated.any(axis=0)
-        annotated = annotated[:, keep]
+        values, annotated = _shared_values(arrays, statistic)
         n_c = annotated.sum(axis=0)
         weights = annotated / (n_c * annotated.shape[1])  # a_nc / (K n_c)
-        parts = (np.where(annotated, values[:, :, keep], 0.0) * weights).sum(axis=2)  # (M, N)
+        parts = (values * weights).sum(axis=2)  # (M, N)
         estimates = parts.sum(axis=1)
     else:
         if arrays[0].ndim != 3:
@@ -162,12 +151,9 @@ def compare_with_best_exchangeable(
     return BestComparison(best, estimates, p_adjusted, arrays[0].shape[0], int(n_resamples))
 
 
-def _shared_values(
-    data: Sequence[np.ndarray] | np.ndarray, statistic: Statistic
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(M, N, K)`` per-crop values of every model on the crop x class pairs all of them
-    annotate (0 elsewhere), and the ``(N, K)`` annotation; crops and classes none annotates
-    dropped (crop rows kept: the caller's clusters stay aligned)."""
+def _model_arrays(data: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+    """Every model's per-crop data as float64, checked: at least 2 models of one shape, on at
+    least 2 crops."""
     arrays = [_check(_to_numpy(x)) for x in data]
     if len(arrays) < 2:
         raise ValueError(f"comparing with the best needs at least 2 models, got {len(arrays)}")
@@ -177,6 +163,16 @@ def _shared_values(
         )
     if arrays[0].shape[0] < 2:
         raise ValueError("comparing with the best needs at least 2 crops")
+    return arrays
+
+
+def _shared_values(
+    data: Sequence[np.ndarray] | np.ndarray, statistic: Statistic
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(M, N, K)`` per-crop values of every model on the crop x class pairs all of them
+    annotate (0 elsewhere), and the ``(N, K)`` annotation; crops and classes none annotates
+    dropped (crop rows kept: the caller's clusters stay aligned)."""
+    arrays = _model_arrays(data)
     values = np.stack([class_values(x, statistic) for x in arrays])  # (M, N, C)
     annotated = ~np.isnan(values).any(axis=0)
     keep = annotated.any(axis=0)

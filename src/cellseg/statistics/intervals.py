@@ -44,6 +44,30 @@ class Interval(NamedTuple):
     tied: bool = False
 
 
+def t_interval(
+    estimate: float,
+    variance: float,
+    df: float,
+    confidence: float,
+    n_crops: int,
+    conservative: bool = False,
+    n_clusters: int = 0,
+) -> Interval:
+    """The symmetric t-interval ``θ̂ ± t_ν s`` of an estimate with variance ``s²`` on ``ν`` df."""
+    se = float(np.sqrt(variance))
+    quantile = float(stats.t.ppf(0.5 + confidence / 2, df))
+    return Interval(
+        estimate,
+        estimate - quantile * se,
+        estimate + quantile * se,
+        se,
+        df,
+        n_crops,
+        conservative,
+        n_clusters,
+    )
+
+
 def cluster_labels(clusters: Sequence[Any] | np.ndarray | None, n_crops: int) -> np.ndarray | None:
     """``(N,)`` integer cluster index of each crop (``None``: no clusters).
 
@@ -353,18 +377,7 @@ def class_mean_interval(
         low, high = tie_interval(arr, confidence, support_of(bound))
         se = (high - low) / (2 * float(stats.norm.ppf(0.5 + confidence / 2)))
         return Interval(estimate, low, high, se, np.inf, arr.shape[0], True, n_clusters, True)
-    se = float(np.sqrt(variance))
-    quantile = float(stats.t.ppf(0.5 + confidence / 2, df))
-    return Interval(
-        estimate,
-        estimate - quantile * se,
-        estimate + quantile * se,
-        se,
-        df,
-        arr.shape[0],
-        conservative,
-        n_clusters,
-    )
+    return t_interval(estimate, variance, df, confidence, arr.shape[0], conservative, n_clusters)
 
 
 def mean_dice_interval(
@@ -481,16 +494,5 @@ def replicate_mean_interval(
         + interaction_share**2 / interaction_df
     )
     df = variance**2 / spread if spread > 0 else averaged.df
-    conservative = averaged.conservative
-    se = float(np.sqrt(variance))
-    quantile = float(stats.t.ppf(0.5 + confidence / 2, df))
-    estimate = averaged.estimate  # θ̂ is linear: the mean of the θ̂_s
-    return Interval(
-        estimate,
-        estimate - quantile * se,
-        estimate + quantile * se,
-        se,
-        df,
-        n_crops,
-        conservative,
-    )
+    # θ̂ is linear: the estimate is the mean of the θ̂_s
+    return t_interval(averaged.estimate, variance, df, confidence, n_crops, averaged.conservative)
