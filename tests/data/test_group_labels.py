@@ -4,16 +4,22 @@ out of the class priors; a dataset without them reads exactly as before."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import yaml
+import zarr
 
 from cellseg.classes import CLASS_INDEX, GROUP_INDEX, GROUPS, NUM_CLASSES, NUM_GROUPS
 from cellseg.data.dataset import FixedPatches, PatchSpec, TrainPatches, decode_target
 from cellseg.data.datasplit import read_datasplit, split_crops, write_datasplit
 from cellseg.data.frequencies import class_frequencies
+from cellseg.data.importer import import_mapping
 from cellseg.data.patches import CropReader, PatchGrid
 from cellseg.data.store import Crop, discover_crops, parse_label_path, read_crop_geometry
+from cellseg.errors import CellsegError
 from store_builders import SEMANTIC
 
 SHAPE = (4, 8, 8)
@@ -128,3 +134,36 @@ def test_unknown_names_still_refused(group_store):
     bad = Crop(crop.em_store, crop.em_group, crop.label_store, crop.crop_group, ("mitochondria",))
     with pytest.raises(Exception, match=r"unknown class .mitochondria.*groups: mito"):
         read_crop_geometry(bad, 8.0)
+
+
+def test_import_writes_a_group_mask_and_contested_voxels_as_unknown(tmp_path):
+    em = np.zeros((3, 4, 5), dtype=np.uint8)
+    mito = np.zeros((3, 4, 5), dtype=np.uint8)
+    mito[:, :2, :2] = 1
+    pm = np.zeros((3, 4, 5), dtype=np.uint8)
+    pm[:, :, 1] = 1  # crosses mito at x = 1, y < 2: both claim those 6 voxels
+    for name, array in (("em", em), ("mito", mito), ("pm", pm)):
+        np.save(tmp_path / f"{name}.npy", array)
+    labels = {"kind": "masks", "masks": {"pm": {"path": "pm.npy"}, "mito": {"path": "mito.npy"}}}
+    dataset = {"name": "toy", "em": {"path": "em.npy"}, "voxel_size_nm": [8, 8, 8]}
+    mapping = tmp_path / "mapping.yaml"
+
+    def write(labels: dict) -> Path:
+        mapping.write_text(yaml.safe_dump({"datasets": [{**dataset, "labels": labels}]}))
+        return mapping
+
+    with pytest.raises(CellsegError, match=r"6 voxels also lie.*labels.overlap: unknown"):
+        import_mapping(write(labels), tmp_path / "refused")
+    (store,) = import_mapping(write({**labels, "overlap": "unknown"}), tmp_path / "out")
+    group = zarr.open_group(str(store), mode="r")["recon-1/labels/groundtruth/crop1"]
+    contested = (mito == 1) & (pm == 1)
+    np.testing.assert_array_equal(group["mito/s0"][...], np.where(contested, 255, mito))
+    np.testing.assert_array_equal(group["pm/s0"][...], np.where(contested, 255, pm))
+    # `all` holds CellMap ids of fine classes only: 0 on a mitochondrion, pm's id 2 on pm
+    np.testing.assert_array_equal(
+        group["all/s0"][...], np.where(contested, 255, np.where(pm == 1, 2, 0))
+    )
+    assert group["all"].attrs["cellseg"]["class_ids"] == {"pm": 2}
+    assert group["mito"].attrs["cellmap"]["annotation"]["class_name"] == "mito"
+    (crop,) = discover_crops(tmp_path / "out")
+    assert crop.classes == ("pm", "mito")

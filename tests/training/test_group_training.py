@@ -1,6 +1,7 @@
-"""A few training steps on crops labelled ``pm`` (fine) and ``mito`` (a group, issue 33 item 2):
-the datasplit, the class frequencies and the trainer take group labels, and the loss's group
-term trains the members through their union."""
+"""A few training steps on crops imported by ``cellseg import`` with a ``pm`` mask (fine) and a
+``mito`` mask (a group, issue 33 item 2): the import, the datasplit, the class frequencies and
+the trainer take group labels, and the loss's group term trains the members through their
+union."""
 
 from __future__ import annotations
 
@@ -8,20 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import zarr
+import yaml
 
 from cellseg.cli import main
-from cellseg.data.store import EM_GROUP, LABELS_ROOT
+from cellseg.data.importer import import_mapping
 from cellseg.training import Trainer, resolve_settings
-from store_builders import annotation, write_multiscale
 
 
-def write_store(data: Path) -> None:
-    """4 crops of (4, 40, 40) voxels at 8 nm, 10 slices apart, on 8-bit EM whose bright discs are
-    mitochondria (group ``mito``) and whose dark lines are membranes (``pm``)."""
+def write_sources(folder: Path) -> Path:
+    """A lab's own volume as ``cellseg import`` takes it: 8-bit EM (40, 48, 48) at 8 nm whose
+    bright discs are mitochondria (mask ``mito``, a group) and dark lines membranes (mask ``pm``),
+    4 crops of (4, 40, 40) voxels 10 slices apart; returns the mapping file."""
     rng = np.random.default_rng(0)
-    store = data / "grp" / "grp.zarr"
-    root = zarr.open_group(str(store), mode="w", zarr_format=2)
     yy, xx = np.mgrid[:48, :48]
     em = np.full((40, 48, 48), 120, dtype=np.uint8)
     mito = np.zeros(em.shape, dtype=np.uint8)
@@ -31,25 +30,30 @@ def write_store(data: Path) -> None:
         disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 36
         mito[z][disc], em[z][disc] = 1, 200
         pm[z, :, z % 48], em[z, :, z % 48] = 1, 20
-    write_multiscale(root, EM_GROUP, [em], [(8.0,) * 3], [(4.0,) * 3])
-    for k in range(4):
-        box = (slice(10 * k, 10 * k + 4), slice(4, 44), slice(4, 44))
-        for name, labels in (("pm", pm), ("mito", mito)):
-            values = labels[box].copy()
-            values[:, :, :3] = 255  # an unknown strip
-            write_multiscale(
-                root,
-                f"{LABELS_ROOT}/crop{k}/{name}",
-                [values],
-                [(8.0,) * 3],
-                [(4.0 + 80.0 * k, 36.0, 36.0)],
-                annotation(name),
-            )
+    for name, array in (("em", em), ("mito", mito), ("pm", pm)):
+        np.save(folder / f"{name}.npy", array)
+    dataset = {
+        "name": "grp",
+        "em": {"path": "em.npy"},
+        "voxel_size_nm": [8, 8, 8],
+        "labels": {
+            "kind": "masks",
+            "overlap": "unknown",  # a membrane line crossing a disc: both claim those voxels
+            "masks": {"pm": {"path": "pm.npy"}, "mito": {"path": "mito.npy"}},
+        },
+        "crops": [
+            {"name": f"crop{k}", "start": [10 * k, 4, 4], "size": [4, 40, 40], "unit": "voxels"}
+            for k in range(4)
+        ],
+    }
+    mapping = folder / "mapping.yaml"
+    mapping.write_text(yaml.safe_dump({"datasets": [dataset]}, sort_keys=False))
+    return mapping
 
 
 def test_a_model_trains_on_pm_and_the_mito_group(tiny_config, tmp_path):
     data = tmp_path / "data"
-    write_store(data)
+    import_mapping(write_sources(tmp_path), data)
     split, frequencies = tmp_path / "datasplit.csv", tmp_path / "class_frequencies.json"
     assert main(["datasplit", "--root", str(data), "--out", str(split)]) == 0
     assert "[pm,mito]" in split.read_text()

@@ -4,7 +4,8 @@ errors.
 The format, key by key, is in docs/data.md ("Importing your own EM"); ``config/import/`` holds
 one example per public volume of ``real_em/``. Validation is a JSON schema
 (:data:`SCHEMA`) plus what a schema cannot say: the keys each label kind takes
-(:data:`KIND_KEYS`), class names among the 14 (:data:`cellseg.classes.CLASSES`), integer label
+(:data:`KIND_KEYS`), class names among the 14 (:data:`cellseg.classes.CLASSES`) or the groups
+(:data:`cellseg.classes.GROUP_NAMES`), integer label
 values, and dataset names given once.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from cellseg.classes import CLASSES
+from cellseg.classes import CLASSES, GROUP_NAMES
 from cellseg.data.import_sources import FORMATS
 from cellseg.errors import CellsegError
 from cellseg.yamlfile import DuplicateKeyError, UniqueKeyLoader
@@ -60,6 +61,7 @@ SCHEMA: dict[str, Any] = {
                             "kind": {"enum": ["masks", "label_image", "instance_ids"]},
                             "source": _SOURCE,
                             "masks": {"type": "object", "additionalProperties": _SOURCE},
+                            "overlap": {"enum": ["refuse", "unknown"]},
                             "values": {"type": "object", "additionalProperties": _CLASS},
                             "other_values": {"enum": ["none", "unknown"]},
                             "unknown_value": {"type": "integer"},
@@ -93,7 +95,7 @@ SCHEMA: dict[str, Any] = {
 """JSON schema of a mapping file (integer keys of ``labels.values`` are read as strings)."""
 
 KIND_KEYS: dict[str, tuple[set[str], set[str]]] = {
-    "masks": ({"masks"}, {"masks"}),
+    "masks": ({"masks"}, {"masks", "overlap"}),
     "label_image": ({"source", "values"}, {"source", "values", "other_values", "unknown_value"}),
     "instance_ids": ({"source"}, {"source", "unknown_value", "background_value", "instance_class",
                                   "derive_boundary"}),
@@ -139,13 +141,13 @@ def _stringify_keys(value: Any) -> Any:
 
 
 def _check_class(name: str, where: str, allow_none: bool = False) -> None:
-    if name in CLASSES or (allow_none and name == "none"):
+    # a whole-organelle group (mito, …) is imported as a group label (issue 33 item 2)
+    if name in CLASSES or name in GROUP_NAMES or (allow_none and name == "none"):
         return
-    group = " (a whole-organelle group: not importable yet, issue 33 item 2)" if name in {
-        "mito", "golgi", "ves", "endo", "er"} else ""  # fmt: skip
     also = " or none (annotated, no class)" if allow_none else ""
     raise CellsegError(
-        f"{where}: unknown class {name!r}{group}; use one of {', '.join(CLASSES)}{also}"
+        f"{where}: unknown class {name!r}; use one of {', '.join(CLASSES)}{also} (or a "
+        f"whole-organelle group: {', '.join(GROUP_NAMES)})"
     )
 
 

@@ -30,9 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from cellseg.classes import CLASSES
+from cellseg.classes import CLASSES, GROUP_NAMES
 from cellseg.data.demo.labels import (
     CODE,
+    GROUP_CODE,
     INSTANCE_CLASSES,
     NUC_BASE,
     UNKNOWN,
@@ -89,6 +90,8 @@ def derive_boundary(ids: np.ndarray, background: int = 0, unknown: int | None = 
 
 
 def _class_code(name: str) -> int:
+    if name in GROUP_CODE:  # a whole-organelle group label (issue 33 item 2)
+        return GROUP_CODE[name]
     return NUC_BASE + 1 if name in INSTANCE_CLASSES else CODE[name]
 
 
@@ -112,17 +115,23 @@ def label_codes(
     kind = labels["kind"]
     if kind == "masks":
         classes = set(labels["masks"])
+        # voxels two masks claim: refused, or (overlap: unknown) written as unknown, as a
+        # contradiction says nothing of either class
+        contested = np.zeros(shape, dtype=bool)
         for name, source in labels["masks"].items():
             mask = read_volume(source, base, at("masks", name))
             _same_shape(mask, shape, at("masks", name))
             present = mask != 0
             overlap = present & (codes != 0)
-            if overlap.any():
+            if overlap.any() and labels.get("overlap", "refuse") == "refuse":
                 raise CellsegError(
                     f"{at('masks', name)}: {int(overlap.sum())} voxels also lie in another "
-                    "mask; the 14 classes are mutually exclusive: make the masks disjoint"
+                    "mask; the 14 classes are mutually exclusive: make the masks disjoint, or "
+                    "set labels.overlap: unknown to write those voxels as unknown"
                 )
             codes[present] = _class_code(name)
+            contested |= overlap
+        codes[contested] = UNKNOWN_CODE
     elif kind == "label_image":
         image = read_volume(labels["source"], base, at("source"))
         _same_shape(image, shape, at("source"))
@@ -180,7 +189,7 @@ def label_codes(
         unknown_mask = read_volume(labels["unknown_mask"], base, at("unknown_mask"))
         _same_shape(unknown_mask, shape, at("unknown_mask"))
         codes[unknown_mask != 0] = UNKNOWN_CODE
-    return codes, tuple(c for c in CLASSES if c in classes)
+    return codes, tuple(c for c in (*CLASSES, *GROUP_NAMES) if c in classes)
 
 
 # ------------------------------------------------------------------------------ crops

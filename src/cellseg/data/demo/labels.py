@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from cellseg.classes import CLASSES
+from cellseg.classes import CLASSES, GROUP_NAMES
 
 UNKNOWN = 255
 
@@ -53,6 +53,11 @@ CODE: dict[str, int] = {name: i + 1 for i, name in enumerate(CLASSES) if name !=
 NUC_BASE = 1000
 UNKNOWN_CODE = 65535
 NUC_CLASS_INDEX = len(CLASSES)  # index of nuc in the 0..14 class-index space (0 = cyto)
+# Imported group labels (whole organelles, issue 33 item 2; never in the demo): code
+# GROUP_CODE_BASE + g for GROUP_NAMES[g], below NUC_BASE and above the class codes, so the block
+# mode keeps them apart; `all` holds 0 there (no fine class is known) and the group's array 1.
+GROUP_CODE_BASE = 100
+GROUP_CODE: dict[str, int] = {name: GROUP_CODE_BASE + g for g, name in enumerate(GROUP_NAMES)}
 
 
 def code_to_class_index(codes: np.ndarray) -> np.ndarray:
@@ -85,7 +90,9 @@ def all_attrs(classes: Sequence[str]) -> dict[str, Any]:
                 },
             }
         },
-        "cellseg": {"class_ids": {name: CELLMAP_LABEL_IDS[name] for name in classes}},
+        "cellseg": {
+            "class_ids": {name: CELLMAP_LABEL_IDS[name] for name in classes if name in CLASSES}
+        },
     }
 
 
@@ -97,11 +104,16 @@ def arrays_from_codes(
     cls = code_to_class_index(codes)
     lut = np.zeros(256, dtype=np.uint8)
     for name in classes:
-        lut[CLASSES.index(name) + 1] = CELLMAP_LABEL_IDS[name]
+        if name in CLASSES:
+            lut[CLASSES.index(name) + 1] = CELLMAP_LABEL_IDS[name]
     lut[UNKNOWN] = UNKNOWN
     yield "all", lut[cls]
     for name in classes:
-        if name in INSTANCE_CLASSES:
+        if name in GROUP_CODE:
+            binary = (codes == GROUP_CODE[name]).astype(np.uint8)
+            binary[unknown] = UNKNOWN
+            yield name, binary
+        elif name in INSTANCE_CLASSES:
             inst = np.where(codes >= NUC_BASE, codes - NUC_BASE, 0).astype(np.uint16)
             inst[unknown] = UNKNOWN
             yield name, inst
