@@ -40,15 +40,11 @@ Wall time (2 cores): the full run 864 s, ``--quick`` about 3 min (docs/benchmark
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from scipy import special
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from cellseg.statistics import (
     class_mean_interval,

@@ -688,48 +688,6 @@ def test_identical_models_are_rarely_called_worse_than_the_best() -> None:
     assert np.mean(rates) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / (4 * repetitions)), rates
 
 
-def identical_groups(
-    rng: np.random.Generator, n_crops: int, groups: int = 6, seeds: int = 3
-) -> list[np.ndarray]:
-    """``(S, N, 6)`` per-seed per-crop Dice of study groups trained alike: crop and class
-    effects shared by every run; each run's own seed effect and noise (``bench/
-    inference_battery.py --study``)."""
-    annotated = rng.random((n_crops, 6)) < 0.7
-    annotated[:2] = True
-    shared = np.linspace(-1, 1.5, 6)[None] + rng.normal(0, 0.8, (n_crops, 1))
-    return [
-        np.where(
-            annotated,
-            special.expit(
-                shared + rng.normal(0, 0.3, (seeds, 1, 1)) + rng.normal(0, 0.6, (seeds, n_crops, 6))
-            ),
-            np.nan,
-        )
-        for _ in range(groups)
-    ]
-
-
-def test_run_permutation_against_the_best_is_the_exhaustive_test() -> None:
-    """3 groups x 2 seeds: all (3!)^2 label permutations within each seed index by naive
-    loops, the best chosen again in each; the first step's p-value (the worst group) is their
-    share at least as extreme, up to the Monte Carlo error of 9999 permutations."""
-    scores = np.array([[0.62, 0.58], [0.55, 0.60], [0.50, 0.49]])
-    observed = scores.mean(axis=1)
-    gap = observed.max() - observed.min()
-    extreme = total = 0
-    for first in itertools.permutations(range(3)):
-        for second in itertools.permutations(range(3)):
-            means = (scores[list(first), 0] + scores[list(second), 1]) / 2
-            extreme += means.max() - means.min() >= gap - 1e-12
-            total += 1
-    result = compare_runs_with_best(scores, n_resamples=9999, seed=3)
-    assert result.best == 0 and np.isnan(result.p_adjusted[0])
-    assert result.p_adjusted[2] == pytest.approx(extreme / total, abs=0.015)
-    assert result.p_adjusted[1] >= result.p_adjusted[2]  # step-down: never below the last
-    with pytest.raises(ValueError, match="seeds >= 2"):
-        compare_runs_with_best(scores[:, :1])
-
-
 def test_identical_groups_of_runs_are_rarely_called_worse_than_the_best() -> None:
     """6 groups x 3 seeds trained alike (a seed-index effect shared by the groups' runs of that
     seed, each run's own effect): any group called worse than the best at 0.05 at most 0.05
