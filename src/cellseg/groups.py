@@ -95,26 +95,19 @@ def group_partial_tversky(
         valid = ~torch.isnan(group_target)
         n = valid.sum(dim=dims)
         shift = shift.to(device=logits.device, dtype=dtype)
-        indices = []
-        for g, members in enumerate(GROUP_MEMBERS):
-            # a group no voxel of the batch annotates costs nothing (the usual case)
-            if int(n[g]) == 0:
-                indices.append(None)
-                continue
-            idx = torch.tensor(members, device=logits.device)
-            z = logits.index_select(1, idx).to(dtype) + shift[idx].view(
-                1, -1, *[1] * (logits.ndim - 2)
-            )
-            p_union = -torch.expm1(torch.nn.functional.logsigmoid(-z).sum(dim=1))
-            indices.append(p_union)
+        view = (1, -1, *[1] * (logits.ndim - 2))
         ti = []
-        for g, p_union in enumerate(indices):
-            if p_union is None:
+        # one host read of the counts (a device sync), not one per group
+        for g, (members, count) in enumerate(zip(GROUP_MEMBERS, n.tolist(), strict=True)):
+            if count == 0:
+                # a group no voxel of the batch annotates costs nothing (the usual case)
                 ti.append(torch.ones((), dtype=dtype, device=logits.device))
                 continue
-            v = valid[:, g]
+            idx = torch.tensor(members, device=logits.device)
+            z = logits.index_select(1, idx).to(dtype) + shift[idx].view(view)
+            p_union = -torch.expm1(torch.nn.functional.logsigmoid(-z).sum(dim=1))
             # masked_fill: exactly zero gradient on unannotated voxels
-            q = p_union.masked_fill(~v, 0.0)
+            q = p_union.masked_fill(~valid[:, g], 0.0)
             t0 = torch.nan_to_num(group_target[:, g].to(dtype), nan=0.0)
             tp = (q * t0).sum()
             fp = q.sum() - tp
