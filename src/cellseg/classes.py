@@ -32,8 +32,10 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "er": ("er_mem", "er_lum"),
 }
 """Whole-organelle (group) labels over the 14 classes, as the CellMap challenge names its group
-classes; a group is the union of its members (the challenge's ``er`` also holds ER exit sites and
-the nuclear envelope, which are not among our 14, so here it is ``er_mem`` + ``er_lum``). Group
+classes (``group_id`` in its ``utils/classes.csv``: golgi 6,7; ves 8,9; endo 10,11; mito 3,4,5;
+er 16-23); a group is the union of its members. The challenge's ``er`` also holds ER exit sites,
+the nuclear envelope and its pores (ids 18-23), which are not among our 14 (cellseg's ``nuc`` is
+the challenge's nucleus group, envelope included), so here it is ``er_mem`` + ``er_lum``. Group
 ``g`` is target channel ``NUM_CLASSES + g`` when a target carries groups (issue 33 item 2)."""
 
 GROUP_NAMES: tuple[str, ...] = tuple(GROUPS)
