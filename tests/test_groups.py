@@ -23,6 +23,7 @@ from cellseg.groups import (
     group_counts,
     group_partial_tversky,
     group_prediction,
+    infer_group_negatives,
     split_groups,
 )
 from cellseg.losses import BalancedSoftmaxPartialTverskyLoss
@@ -211,3 +212,25 @@ def test_group_counts_by_hand() -> None:
     np.testing.assert_array_equal(group_prediction(binary, "er"), [1, 1, 0, 1, 0, 1])
     # voxel 5 unannotated; TP voxels 0,1; FN voxel 2; FP voxel 3; TN voxel 4
     np.testing.assert_array_equal(group_counts(binary, "er", label), [2, 1, 1, 1])
+
+
+def test_infer_group_negatives_by_hand() -> None:
+    mito, er = NUM_CLASSES + GROUP_INDEX["mito"], NUM_CLASSES + GROUP_INDEX["er"]
+    target = np.full((NUM_CLASSES + NUM_GROUPS, 4), NAN, dtype=np.float32)
+    target[mito, 0] = 1.0  # a mitochondrion
+    target[CLASS_INDEX["pm"], 1] = 1.0  # a membrane (pm is in no group)
+    target[CLASS_INDEX["mito_mem"], 2] = 1.0  # a fine mito member
+    expected = target.copy()
+    non_mito = [c for c in range(NUM_CLASSES) if CLASSES[c] not in GROUPS["mito"]]
+    expected[non_mito, 0] = 0.0  # outside the group: exclusive classes
+    expected[[g for g in range(NUM_CLASSES, NUM_CLASSES + NUM_GROUPS) if g != mito], 0] = 0.0
+    expected[NUM_CLASSES:, 1] = 0.0  # pm: no group holds it
+    expected[[g for g in range(NUM_CLASSES, NUM_CLASSES + NUM_GROUPS) if g != mito], 2] = 0.0
+    compact = np.nan_to_num(target, nan=255).astype(np.uint8)
+    np.testing.assert_array_equal(infer_group_negatives(target), expected)
+    # members of a positive group stay unknown, the member's own group is not inferred
+    assert np.isnan(target[CLASS_INDEX["mito_lum"], 0]) and np.isnan(target[mito, 2])
+    assert np.isnan(target[:, 3]).all() and target[er, 0] == 0
+    np.testing.assert_array_equal(
+        infer_group_negatives(compact), np.nan_to_num(expected, nan=255).astype(np.uint8)
+    )

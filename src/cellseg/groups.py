@@ -37,6 +37,7 @@ __all__ = [
     "group_counts",
     "group_partial_tversky",
     "group_prediction",
+    "infer_group_negatives",
     "split_groups",
 ]
 
@@ -204,3 +205,39 @@ def class_rows(table: pd.DataFrame) -> pd.DataFrame:
     if not table["class"].isin(GROUP_NAMES).any():
         return table
     return table[~table["class"].isin(GROUP_NAMES)]
+
+
+def infer_group_negatives(target: np.ndarray) -> np.ndarray:
+    """In place, for ``data.infer_true_negatives`` on a target with group channels: the 14
+    classes are mutually exclusive, so where a group is 1 every unknown class outside it and
+    every other unknown group becomes 0, and where a class is 1 every unknown group not holding
+    it becomes 0. A group positive never makes its own members negative, and nothing becomes 1.
+
+    Args:
+        target: ``(NUM_CLASSES + NUM_GROUPS, ...)`` float (NaN unknown) or compact ``uint8``
+            (255 unknown).
+
+    Returns:
+        ``target``.
+    """
+    if target.dtype.kind == "f":
+        positive = np.nan_to_num(target, nan=0.0) > 0
+        unknown = np.isnan(target)
+    else:
+        positive = target == 1
+        unknown = target == COMPACT_UNKNOWN
+    # decide from the labels as read, before any channel is filled
+    group_positive = positive[NUM_CLASSES:].copy()
+    class_positive = positive[:NUM_CLASSES].copy()
+    for g, members in enumerate(GROUP_MEMBERS):
+        inside = group_positive[g]
+        if inside.any():
+            for c in range(NUM_CLASSES):
+                if c not in members:
+                    target[c][inside & unknown[c]] = 0
+            for h in range(NUM_GROUPS):
+                if h != g:
+                    target[NUM_CLASSES + h][inside & unknown[NUM_CLASSES + h]] = 0
+        outside = class_positive[[c for c in range(NUM_CLASSES) if c not in members]].any(axis=0)
+        target[NUM_CLASSES + g][outside & unknown[NUM_CLASSES + g]] = 0
+    return target

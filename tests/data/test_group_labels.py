@@ -80,7 +80,13 @@ def test_reader_appends_groups_and_makes_members_negative_where_the_group_is_0(g
     _, inferred = CropReader(geometry, 8.0, infer_true_negatives=True, groups=True).read(grid)
     inside = (mito == 1) & (pm == 0)
     assert np.isnan(inferred[CLASS_INDEX["mito_mem"]][inside]).all()
-    np.testing.assert_array_equal(inferred[NUM_CLASSES:], target[NUM_CLASSES:])
+    assert (inferred[CLASS_INDEX["pm"]][inside] == 0).all()  # pm was annotated 0 there anyway
+    assert (inferred[CLASS_INDEX["er_mem"]][mito == 1] == 0).all()
+    # pm (in no group) is 1: every unknown group is 0 there, the unknown mito strip included
+    er = inferred[NUM_CLASSES + GROUP_INDEX["er"]]
+    assert (er[(pm == 1) | (mito == 1)] == 0).all() and np.isnan(er[(pm == 0) & (mito != 1)]).all()
+    strip = inferred[NUM_CLASSES + GROUP_INDEX["mito"]][:, :, :2]
+    np.testing.assert_array_equal(strip, np.where(pm[:, :, :2] == 1, 0.0, np.nan))
 
 
 def test_without_groups_the_reader_and_datasets_are_unchanged(group_store):

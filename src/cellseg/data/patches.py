@@ -20,7 +20,7 @@ import zarr
 from cellseg.classes import CLASS_INDEX, GROUP_INDEX, NUM_CLASSES, NUM_GROUPS
 from cellseg.data.store import CropGeometry, LabelEncoding, ScaleLevel, check_em_array
 from cellseg.errors import CellsegError
-from cellseg.groups import apply_group_negatives
+from cellseg.groups import apply_group_negatives, infer_group_negatives
 
 
 @dataclass(frozen=True)
@@ -589,8 +589,11 @@ class CropReader:
                 if name in self._label_levels:
                     apply_group_negatives(target, name, target[self._channels[name]])
         if self.infer_true_negatives:
+            if self.groups:
+                # the groups' own rule (it only ever writes 0, so the order is free)
+                infer_group_negatives(target)
             # the 14 classes only: a group positive is some member, so it must not make its
-            # members negative (and a group channel is never inferred)
+            # members negative
             infer_true_negatives(target[:NUM_CLASSES])
         return em, target
 
