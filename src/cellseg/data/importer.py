@@ -8,7 +8,7 @@ The import writes ``{out}/{dataset}/{dataset}.zarr`` (zarr format 2): the EM pyr
 ``recon-1/em/fibsem-uint8/s0…`` and per crop ``recon-1/labels/groundtruth/{crop}/{class}/s0…``
 plus ``all``, every group with OME-NGFF ``multiscales`` in nm and ``cellmap.annotation``
 attributes, through the demo's own writers (:mod:`cellseg.ngff`,
-:mod:`cellseg.data.demo.labels`). It writes under a temporary name, reads the result back
+:mod:`cellseg.data.label_codes`). It writes under a temporary name, reads the result back
 through cellseg's reader (:func:`~cellseg.data.store.discover_crops`,
 :func:`~cellseg.data.store.read_crop_geometry`, :func:`~cellseg.data.store.check_label_data`)
 and only then renames it into place; it never replaces or deletes a dataset it did not just
@@ -31,7 +31,10 @@ from typing import Any
 import numpy as np
 
 from cellseg.classes import CLASSES, GROUP_NAMES
-from cellseg.data.demo.labels import (
+from cellseg.data.demo_layout import EM_PATH, LABELS_PATH
+from cellseg.data.import_mapping import MappingFile, load_mapping
+from cellseg.data.import_sources import read_volume
+from cellseg.data.label_codes import (
     CODE,
     GROUP_CODE,
     INSTANCE_CLASSES,
@@ -42,9 +45,6 @@ from cellseg.data.demo.labels import (
     annotation_attrs,
     arrays_from_codes,
 )
-from cellseg.data.demo_layout import EM_PATH, LABELS_PATH
-from cellseg.data.import_mapping import MappingFile, load_mapping
-from cellseg.data.import_sources import read_volume
 from cellseg.errors import CellsegError
 from cellseg.ngff import (
     CHUNK,
@@ -106,7 +106,7 @@ def _same_shape(array: np.ndarray, shape: tuple[int, ...], where: str) -> None:
 def label_codes(
     mapping: MappingFile, index: int, shape: tuple[int, ...], base: Path
 ) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Dataset ``index``'s labels as the demo's uint16 codes (:mod:`cellseg.data.demo.labels`:
+    """Dataset ``index``'s labels as the demo's uint16 codes (:mod:`cellseg.data.label_codes`:
     0 annotated with no class, a class's code, ``NUC_BASE + id``, ``UNKNOWN_CODE``) over the
     whole EM ``shape``, and the classes the crops annotate (in cellseg's class order)."""
     labels = mapping.content["datasets"][index]["labels"]

@@ -31,16 +31,6 @@ Everything is deterministic for a seed (``numpy.random.default_rng``).
 
 from __future__ import annotations
 
-from cellseg.data.demo.labels import (
-    CELLMAP_LABEL_IDS,
-    INSTANCE_CLASSES,
-    INSTANCE_ENCODING,
-    SEMANTIC_ENCODING,
-    UNKNOWN,
-    UNKNOWN_CODE,
-    annotation_attrs,
-    code_to_class_index,
-)
 from cellseg.data.demo.placement import DatasetPlan, PlacedCrop, plan_dataset, plan_layout
 from cellseg.data.demo.scene import Scene, build_scene
 from cellseg.data.demo.writer import add_parser, make_demo_data
@@ -57,6 +47,16 @@ from cellseg.data.demo_layout import (
     SIZES,
     CropSpec,
     SizePreset,
+)
+from cellseg.data.label_codes import (
+    CELLMAP_LABEL_IDS,
+    INSTANCE_CLASSES,
+    INSTANCE_ENCODING,
+    SEMANTIC_ENCODING,
+    UNKNOWN,
+    UNKNOWN_CODE,
+    annotation_attrs,
+    code_to_class_index,
 )
 
 __all__ = [

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from cellseg.classes import CLASSES
-from cellseg.data.demo.labels import NUC_CLASS_INDEX, UNKNOWN_CODE, code_to_class_index
 from cellseg.data.demo.placement import PlacedCrop
 from cellseg.data.demo.scene import Scene
 from cellseg.data.demo_layout import EM_VOXEL_NM
+from cellseg.data.label_codes import NUC_CLASS_INDEX, UNKNOWN_CODE, code_to_class_index
 from cellseg.ngff import downsample_labels
 
 # EM appearance per class: (mean grey value, texture amplitude), the contrast polarity of

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from cellseg.data.demo.labels import CODE, CYTO, NUC_BASE
 from cellseg.data.demo_layout import EM_VOXEL_NM
+from cellseg.data.label_codes import CODE, CYTO, NUC_BASE
 
 # Geometry (nm). Membranes at least one EM voxel thick along any axis so that 8 nm point
 # sampling never leaves holes in them.

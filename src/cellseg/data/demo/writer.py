@@ -20,15 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from cellseg.data.demo.labels import (
-    CELLMAP_LABEL_IDS,
-    INSTANCE_CLASSES,
-    UNKNOWN,
-    UNKNOWN_CODE,
-    all_attrs,
-    annotation_attrs,
-    arrays_from_codes,
-)
 from cellseg.data.demo.placement import PlacedCrop, plan_dataset, preset_of
 from cellseg.data.demo.render import em_slab, render_crop_slab
 from cellseg.data.demo.scene import Scene
@@ -40,6 +31,15 @@ from cellseg.data.demo_layout import (
     LABELS_PATH,
     MARKER_NAME,
     SIZES,
+)
+from cellseg.data.label_codes import (
+    CELLMAP_LABEL_IDS,
+    INSTANCE_CLASSES,
+    UNKNOWN,
+    UNKNOWN_CODE,
+    all_attrs,
+    annotation_attrs,
+    arrays_from_codes,
 )
 from cellseg.errors import CellsegError
 from cellseg.ngff import create_multiscale_group, downsample_labels, downsample_mean

@@ -1,6 +1,8 @@
-"""CellMap's label encodings of the demo's crops, from the scene's internal label codes.
+"""CellMap's label encodings written from per-voxel label codes (the demo, ``cellseg import``).
 
-The scene (:mod:`.scene`) labels each voxel with one uint16 *code*: 0 cytoplasm (no class),
+Kept out of :mod:`cellseg.data.demo` because ``cellseg import`` writes the same arrays, and no
+production module imports the demo generator. The demo's scene (:mod:`cellseg.data.demo.scene`)
+labels each voxel with one uint16 *code*: 0 cytoplasm (no class),
 ``1..13`` for ``CLASSES[0..12]``, nucleus instance ``i`` as ``NUC_BASE + i``, and
 :data:`UNKNOWN_CODE`. One code space for the class and the instance id lets the label pyramid
 take a single block mode and derive every array from it, so ``all``, the per-class arrays and the
