@@ -429,6 +429,34 @@ def test_metrics_without_instance_columns_leave_the_challenge_score_undefined(tm
     assert row["challenge_semantic"] == pytest.approx((50 / 90 + 0.5) / 2)
 
 
+def test_no_annotated_instance_class_makes_the_challenge_score_undefined_not_zero(
+    tmp_path, frequencies
+):
+    """Crops annotating no instance class: the official scorer's 0 for the missing instance part
+    would make every model (and chance) score 0; the summary says the score cannot be computed
+    and keeps the semantic part."""
+    table = challenge_metrics()
+    table = table[table["class"] != "nuc"]
+    metrics, train = write_model(tmp_path, "unet_3d", table)
+    out = tmp_path / "out"
+    summary = make_summary(
+        {"unet_3d": metrics}, {"unet_3d": train}, frequencies, out / "summary.csv",
+        out / "summary.md", out / "figures", expected=["unet_3d"],
+    )  # fmt: skip
+    row = summary.table.set_index("model").loc["unet_3d"]
+    assert np.isnan(row["challenge_score"]) and np.isnan(row["challenge_corrected_score"])
+    assert row["challenge_semantic"] == pytest.approx((50 / 90 + 0.5) / 2)
+    markdown = (out / "summary.md").read_text()
+    assert "**The challenge score cannot be computed on these crops**" in markdown
+    assert "| unet_3d | – | – | 0.528 |" in markdown
+    # with nuc annotated (the hand-computed test above) the sentence is absent
+    (tmp_path / "b").mkdir()
+    with_nuc, _ = write_model(tmp_path / "b", "unet_3d", challenge_metrics())
+    assert summarize({"unet_3d": with_nuc}, expected=["unet_3d"]).table.iloc[0][
+        "challenge_score"
+    ] == pytest.approx(np.sqrt(np.sqrt(0.75 * 0.7) * (50 / 90 + 0.5) / 2))
+
+
 def test_metrics_from_before_the_official_scorer_give_no_official_score(tmp_path):
     """A metrics CSV without the corrected_* columns predates the official mode: its unprefixed
     instance columns hold the corrected scorer's numbers, so no challenge_* number is made."""

@@ -291,6 +291,17 @@ def _markdown_challenge(summary: Summary) -> list[str]:
             lines += ["", f"Crops skipped ({prefix.replace('_', ' ')}) for too many predicted "
                       f"instances (> 10 + 50·e^(−n/5) per {rule}; they count nowhere, as in the "
                       "challenge): " + ", ".join(f"{m} {k}" for m, k in skipped.items()) + "."]  # fmt: skip
+    unannotated = all(
+        table[f"iou_{n}"].isna().all() for n in INSTANCE_CLASSES if f"iou_{n}" in table
+    )
+    if unannotated and not table.empty:
+        lines += [
+            "",
+            f"**The challenge score cannot be computed on these crops**: no test crop annotates "
+            f"an instance class ({instance}), and the score is √(instance part × semantic part). "
+            "The official scorer would report 0 for every model, the chance baseline included; "
+            "compare the models by their semantic part (mean IoU) instead.",
+        ]
     lines += [
         "",
         "A score is – where it cannot be computed: the baseline has no instances, and a class "

@@ -453,7 +453,10 @@ def _challenge_mode_columns(
         if math.isfinite(iou[f"iou_{name}"]):
             combined.append(scores[2] if usable else np.nan)
     overall = overall_scores(combined, semantic, mode)
-    if any(not math.isfinite(v) for v in combined):
+    # no test crop annotates an instance class: the official scorer's combine_scores puts 0 for
+    # the missing part and so reports 0 overall for every model, the chance baseline included;
+    # that is no measurement, so the overall score is undefined here (the semantic part stays)
+    if not combined or any(not math.isfinite(v) for v in combined):
         overall = overall._replace(instance=np.nan, overall=np.nan)
     return {
         f"{prefix}score": overall.overall,
