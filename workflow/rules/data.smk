@@ -67,8 +67,6 @@ rule class_frequencies:
         **job_resources(class_frequencies_job, gpu=None),
     params:
         resolution=config["data"]["resolution_nm"],
-        # float EM mostly outside the window the models clip to is refused
-        em_range=" ".join(map(str, config["data"]["em_range"])),
         allow_missing=(
             "--allow-missing-classes"
             if config["data"]["allow_missing_classes"]
