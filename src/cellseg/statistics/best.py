@@ -179,6 +179,29 @@ def _shared_values(
     return np.where(annotated, values, 0.0)[:, :, keep], annotated[:, keep]
 
 
+def _step_down_exceedances(resampled: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Step-down max-T counts: for each hypothesis, largest observed statistic first, how many
+    resamples have a statistic among it and the hypotheses after it at least as large.
+
+    Args:
+        resampled: ``(R, P)`` resampled statistics, columns in the order of ``observed``.
+        observed: ``(P,)`` observed statistics, sorted in decreasing order.
+
+    Returns:
+        ``(P,)`` counts (the tolerance keeps resamples equal up to rounding counted).
+    """
+    successive = np.maximum.accumulate(resampled[:, ::-1], axis=1)[:, ::-1]
+    return (successive >= observed * (1 - 1e-9)).sum(axis=0)
+
+
+def _step_down_p_values(p_sorted: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Step-down p-values made monotone (each at least the one before, at most 1) and put back
+    from the decreasing-statistic ``order`` into the hypotheses' own order."""
+    adjusted = np.empty(len(order))
+    adjusted[order] = np.minimum(np.maximum.accumulate(p_sorted), 1.0)
+    return adjusted
+
+
 def pairwise_max_t(
     values: np.ndarray,
     annotated: np.ndarray,
@@ -254,13 +277,9 @@ def pairwise_max_t(
     for start in range(0, len(signs), 512):
         resampled = t_values(signs[start : start + 512])[:, order]
         # the largest T* among the pairs not yet rejected at each step of the step-down
-        successive = np.maximum.accumulate(resampled[:, ::-1], axis=1)[:, ::-1]
-        exceed += (successive >= observed[order] * (1 - 1e-9)).sum(axis=0)
+        exceed += _step_down_exceedances(resampled, observed[order])
     p_sorted = exceed / len(signs) if exact else (1 + exceed) / (1 + len(signs))
-    p_sorted = np.minimum(np.maximum.accumulate(p_sorted), 1.0)
-    adjusted = np.empty(len(pairs))
-    adjusted[order] = p_sorted
-    return pairs, observed, adjusted, exact, hl.sum(axis=2)
+    return pairs, observed, _step_down_p_values(p_sorted, order), exact, hl.sum(axis=2)
 
 
 def pairwise_bootstrap_t(
@@ -300,12 +319,8 @@ def pairwise_bootstrap_t(
         squares = counts @ (influence**2).T
         variance = correction * np.maximum(squares - g * mean**2, 0.0)
         t = np.abs(shift) / np.sqrt(variance + floor)
-        successive = np.maximum.accumulate(t[:, order][:, ::-1], axis=1)[:, ::-1]
-        exceed += (successive >= observed[order] * (1 - 1e-9)).sum(axis=0)
-    p_sorted = np.minimum(np.maximum.accumulate((1 + exceed) / (1 + n_resamples)), 1.0)
-    adjusted = np.empty(pairs)
-    adjusted[order] = p_sorted
-    return adjusted
+        exceed += _step_down_exceedances(t[:, order], observed[order])
+    return _step_down_p_values((1 + exceed) / (1 + n_resamples), order)
 
 
 def compare_with_best(
