@@ -230,34 +230,30 @@ def metric_counts(table: pd.DataFrame) -> tuple[list[str], np.ndarray]:
     return crops, counts
 
 
-def inference_clusters(crops: Sequence[str], s: SummarySettings) -> np.ndarray | None:
-    """The dataset of each crop when the datasets are the units of inference, else ``None``.
+def inference_units(
+    crops: Sequence[str], s: SummarySettings
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(clusters, strata)``: the dataset of each crop as the units of inference, or as the
+    strata the crops are centred in; at most one of the two is set.
 
-    The dataset of ``dataset/cropN`` is ``dataset``. With at least
-    ``min_datasets_for_clusters`` datasets among ``crops`` the intervals and tests count
-    datasets (their claims: new datasets like these); with fewer, or crops named without a
-    dataset, they count crops (their claims: these datasets)."""
-    datasets = [dataset_of(crop) for crop in crops]
+    The dataset of ``dataset/cropN`` is ``dataset``. With at least ``min_datasets_for_clusters``
+    datasets among ``crops`` the intervals and tests count datasets (``clusters``; their claims:
+    new datasets like these). With fewer but more than one, they count crops and are given these
+    datasets (``strata``: crops centred on their dataset's means; claims about these datasets).
+    Crops named without a dataset, or of one dataset: neither.
+    """
     if not any("/" in crop for crop in crops):
-        return None
-    if len(set(datasets)) < s.min_datasets_for_clusters:
-        return None
-    return np.asarray(datasets, dtype=object)
-
-
-def inference_strata(crops: Sequence[str], s: SummarySettings) -> np.ndarray | None:
-    """The dataset of each crop when there are datasets but too few to be the units: the
-    intervals are then given these datasets (crops centred on their dataset's means), else
-    ``None``."""
-    if inference_clusters(crops, s) is not None or not any("/" in crop for crop in crops):
-        return None
+        return None, None
     datasets = np.asarray([dataset_of(crop) for crop in crops], dtype=object)
-    return datasets if len(set(datasets)) > 1 else None
+    distinct = len(set(datasets))
+    if distinct >= s.min_datasets_for_clusters:
+        return datasets, None
+    return None, (datasets if distinct > 1 else None)
 
 
 def inference_unit(crops: Sequence[str], s: SummarySettings) -> str:
-    """``dataset`` or ``crop``: the unit :func:`inference_clusters` makes independent."""
-    return "crop" if inference_clusters(crops, s) is None else "dataset"
+    """``dataset`` or ``crop``: the unit :func:`inference_units` makes independent."""
+    return "crop" if inference_units(crops, s)[0] is None else "dataset"
 
 
 def prior_baseline_counts(counts: np.ndarray, prior: Sequence[float]) -> np.ndarray:
@@ -347,7 +343,7 @@ def _statistic_estimate(counts: np.ndarray, statistic: Statistic) -> float:
 def _ci(
     counts: np.ndarray, statistic: Statistic, s: SummarySettings, crops: Sequence[str]
 ) -> tuple[float, float]:
-    """The interval of the statistic (datasets or crops as the units, :func:`inference_clusters`),
+    """The interval of the statistic (datasets or crops as the units, :func:`inference_units`),
     or NaN with fewer than ``min_crops_for_statistics`` crops. It always holds the estimate of
     :func:`_statistic_estimate` (the two computations differ by rounding only)."""
     if counts.shape[0] < s.min_crops_for_statistics:
@@ -356,8 +352,7 @@ def _ci(
         counts,
         statistic,
         s.confidence,
-        inference_clusters(crops, s),
-        inference_strata(crops, s),
+        *inference_units(crops, s),
     )
     estimate = _statistic_estimate(counts, statistic)
     return min(result.low, estimate), max(result.high, estimate)
@@ -630,8 +625,7 @@ def _compare(model: _Model, best: _Model, s: SummarySettings) -> _Comparison:
         s.confidence,
         s.permutation_resamples,
         s.permutation_seed,
-        inference_clusters(crops, s),
-        inference_strata(crops, s),
+        *inference_units(crops, s),
     )
     return _Comparison(result.estimate, a.shape[0], result)
 
@@ -664,8 +658,7 @@ def _best_selection(
         return {}, {}, None
     counts = [evaluated[key].counts for key in ranked]
     statistic = Statistic(s.rank_by)
-    clusters = inference_clusters(crops[0], s)
-    strata = inference_strata(crops[0], s)
+    clusters, strata = inference_units(crops[0], s)
     best = compare_with_best(
         counts, statistic, s.best_permutations, s.permutation_seed, clusters, strata
     )
@@ -788,8 +781,7 @@ def summarize(
             model.counts,
             statistic,
             s.confidence,
-            inference_clusters(model.crops, s),
-            inference_strata(model.crops, s),
+            *inference_units(model.crops, s),
         ).conservative
     ]
     conservative += [
@@ -925,7 +917,7 @@ def _class_test(c: int, leader: _Model, runner_up: _Model, s: SummarySettings) -
         Statistic.POOLED,
         s.permutation_resamples,
         s.permutation_seed,
-        inference_clusters(crops, s),
+        inference_units(crops, s)[0],
     )
     return a.shape[0], p_value
 
