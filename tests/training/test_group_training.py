@@ -8,12 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import yaml
+from imported_training import train_on_imported
 
-from cellseg.cli import main
 from cellseg.data.importer import import_mapping
-from cellseg.training import Trainer, resolve_settings
 
 
 def write_sources(folder: Path) -> Path:
@@ -54,17 +52,9 @@ def write_sources(folder: Path) -> Path:
 def test_a_model_trains_on_pm_and_the_mito_group(tiny_config, tmp_path):
     data = tmp_path / "data"
     import_mapping(write_sources(tmp_path), data)
-    split, frequencies = tmp_path / "datasplit.csv", tmp_path / "class_frequencies.json"
-    assert main(["datasplit", "--root", str(data), "--out", str(split)]) == 0
-    assert "[pm,mito]" in split.read_text()
     # mito's members have no fine label anywhere: imputed priors
-    command = ["class-frequencies", "--datasplit", str(split), "--out", str(frequencies)]
-    assert main([*command, "--allow-missing-classes"]) == 0
-    tiny_config["data"]["allow_missing_classes"] = True
-    run = tmp_path / "run"
-    trainer = Trainer(resolve_settings(tiny_config, "unet_2d"), run, split, frequencies)
-    assert trainer.run() == 0
+    trainer, history, split = train_on_imported(data, tiny_config, tmp_path)
+    assert "[pm,mito]" in split.read_text()
     assert trainer.train_data.groups and trainer.validation_data.groups
-    history = pd.read_csv(run / "history.csv")
     assert list(history["epoch"]) == [0, 1]
     assert np.isfinite(history["train_loss"]).all()

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import pytest
+from imported_training import train_on_imported
 
-from cellseg.cli import main
 from cellseg.data.importer import import_mapping
-from cellseg.training import Trainer, resolve_settings
 
 REPO = Path(__file__).resolve().parents[2]
 GALA = REPO.parent / "shared" / "real_em" / "gala_fibsem_mini"
@@ -22,16 +20,8 @@ GALA = REPO.parent / "shared" / "real_em" / "gala_fibsem_mini"
 def test_a_model_trains_on_imported_real_em(tiny_config, tmp_path):
     data = tmp_path / "data"
     import_mapping(REPO / "config/import/gala_fibsem_mini.yaml", data, source_root=GALA)
-    split, frequencies = tmp_path / "datasplit.csv", tmp_path / "class_frequencies.json"
-    assert main(["datasplit", "--root", str(data), "--out", str(split)]) == 0
     # pm is the only class the import maps: the other 13 train with an imputed prior
-    command = ["class-frequencies", "--datasplit", str(split), "--out", str(frequencies)]
-    assert main([*command, "--allow-missing-classes"]) == 0
-    tiny_config["data"]["allow_missing_classes"] = True
-    run = tmp_path / "run"
-    trainer = Trainer(resolve_settings(tiny_config, "unet_2d"), run, split, frequencies)
-    assert trainer.run() == 0
-    history = pd.read_csv(run / "history.csv")
+    _, history, _ = train_on_imported(data, tiny_config, tmp_path)
     assert list(history["epoch"]) == [0, 1]
     assert history["train_loss"].notna().all()
     assert history["val_dice_pm"].between(0, 1).all()  # pm is annotated in the validation crop
