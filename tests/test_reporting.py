@@ -14,6 +14,7 @@ from cellseg.classes import CLASSES
 from cellseg.errors import CellsegError
 from cellseg.reporting import (
     BASELINE,
+    Summary,
     SummarySettings,
     make_study,
     make_summary,
@@ -381,13 +382,20 @@ def challenge_metrics(with_instances: bool = True) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
-def test_pooled_iou_and_challenge_score_by_hand(tmp_path, frequencies):
-    metrics, train = write_model(tmp_path, "unet_3d", challenge_metrics())
+def summarize_one(tmp_path: Path, table: pd.DataFrame, frequencies: Path) -> tuple[Summary, Path]:
+    """``make_summary`` of one model, ``unet_3d``, with metrics ``table``; its files in
+    ``tmp_path/out``. Returns the summary and that folder."""
+    metrics, train = write_model(tmp_path, "unet_3d", table)
     out = tmp_path / "out"
     summary = make_summary(
         {"unet_3d": metrics}, {"unet_3d": train}, frequencies, out / "summary.csv",
         out / "summary.md", out / "figures", expected=["unet_3d"],
     )  # fmt: skip
+    return summary, out
+
+
+def test_pooled_iou_and_challenge_score_by_hand(tmp_path, frequencies):
+    summary, out = summarize_one(tmp_path, challenge_metrics(), frequencies)
     row = summary.table.set_index("model").loc["unet_3d"]
     iou_ecs, iou_mito = 50 / (50 + 10 + 30), 5 / 10  # crop0 has no mito_lum at all
     assert row["iou_ecs"] == pytest.approx(iou_ecs)
@@ -437,12 +445,7 @@ def test_no_annotated_instance_class_makes_the_challenge_score_undefined_not_zer
     and keeps the semantic part."""
     table = challenge_metrics()
     table = table[table["class"] != "nuc"]
-    metrics, train = write_model(tmp_path, "unet_3d", table)
-    out = tmp_path / "out"
-    summary = make_summary(
-        {"unet_3d": metrics}, {"unet_3d": train}, frequencies, out / "summary.csv",
-        out / "summary.md", out / "figures", expected=["unet_3d"],
-    )  # fmt: skip
+    summary, out = summarize_one(tmp_path, table, frequencies)
     row = summary.table.set_index("model").loc["unet_3d"]
     assert np.isnan(row["challenge_score"]) and np.isnan(row["challenge_corrected_score"])
     assert row["challenge_semantic"] == pytest.approx((50 / 90 + 0.5) / 2)
