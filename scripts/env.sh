@@ -13,13 +13,22 @@ python=${CELLSEG_PYTHON:-python3}
 deps_hash=$(sed -n '/^dependencies = \[/,/^\[project.scripts\]/p' "$repo/pyproject.toml" | sha256sum | cut -c1-12)
 venv=${CELLSEG_VENV:-${CELLSEG_VENV_ROOT:-$HOME/.cache/cellseg}/venv-$deps_hash}
 if [ ! -f "$venv/.cellseg-ready" ]; then
-    echo "cellseg: creating $venv (first run: torch, monai, timm, snakemake; several GB)" >&2
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip
-    # torch and torchvision resolved together from PyPI (timm needs torchvision)
-    "$venv/bin/python" -m pip install --quiet -e "$repo[test]"
-    touch "$venv/.cellseg-ready"
+    # two commands started at once on a fresh machine (the demo and the tests, say) build the
+    # environment once: the second waits on the lock instead of deleting the first one's build
+    mkdir -p "$(dirname "$venv")"
+    exec 9>"$venv.lock"
+    flock 9
+    if [ ! -f "$venv/.cellseg-ready" ]; then
+        echo "cellseg: creating $venv (first run: torch, monai, timm, snakemake; several GB)" >&2
+        rm -rf "$venv"
+        "$python" -m venv "$venv"
+        "$venv/bin/python" -m pip install --quiet --upgrade pip
+        # torch and torchvision resolved together from PyPI (timm needs torchvision)
+        "$venv/bin/python" -m pip install --quiet -e "$repo[test]"
+        touch "$venv/.cellseg-ready"
+    fi
+    flock -u 9
+    exec 9>&-
 fi
 # this clone's sources win over whichever clone the cached venv was first made from
 export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv" PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}"
