@@ -226,10 +226,39 @@ def check_config(
             f"{layer_holding(['data', 'em_range'], sources)}: data.em_range = [{low}, {high}] must be [low, high] with "
             "0 <= low < high <= 255 (raw uint8 EM values); e.g. the seed's [10.6, 194.1]"
         )
+    imports = data.get("imports", [])
+    if imports and data["demo"]["enabled"]:
+        raise CellsegError(
+            f"{layer_holding(['data', 'imports'], sources)}: data.imports needs "
+            "data.demo.enabled: false (the demo's synthetic crops and your own would be split "
+            "and scored together); set it in the same config file"
+        )
+    if imports and data.get("datasplit_csv"):
+        raise CellsegError(
+            f"{layer_holding(['data', 'imports'], sources)}: data.imports and data.datasplit_csv "
+            "both given; the imported datasets are split by the workflow: remove one of them"
+        )
+    for i, entry in enumerate(imports):
+        for key in ("mapping", "source_root"):
+            path = entry.get(key)
+            if path is not None and not Path(path).exists():
+                raise CellsegError(
+                    f"{layer_holding(['data', 'imports'], sources)}: data.imports[{i}].{key} "
+                    f"{path} does not exist (relative paths start at the directory snakemake "
+                    "runs in, the clone's root); fix the path"
+                )
+    stems = [Path(entry["mapping"]).stem for entry in imports]
+    if len(set(stems)) < len(stems):
+        raise CellsegError(
+            f"{layer_holding(['data', 'imports'], sources)}: two data.imports mapping files share "
+            f"the name {sorted(s for s in stems if stems.count(s) > 1)[0]!r}; each is imported "
+            "to results/imported/{its file name}: rename one"
+        )
     if not data["demo"]["enabled"]:
-        if not data.get("roots") and not data.get("datasplit_csv"):
+        if not data.get("roots") and not data.get("datasplit_csv") and not imports:
             raise CellsegError(
-                f"{where}: data.demo.enabled is false but data.roots is empty; list your CellMap data roots"
+                f"{where}: data.demo.enabled is false but data.roots is empty; list your CellMap "
+                "data roots (or data.imports: mapping files to import)"
             )
         for root in data.get("roots", []):
             if not Path(root).is_dir():

@@ -60,11 +60,21 @@ validate(config, schema="../schemas/config.schema.yaml")
 DEMO_DATA = "results/demo_data"
 
 
+IMPORTED_DATA = "results/imported"
+# data.imports by mapping file name (check_config refuses two of one name)
+IMPORTS = {Path(entry["mapping"]).stem: entry for entry in config["data"]["imports"]}
+
+
+def imported_roots():
+    """The data roots rule import_em writes, one per data.imports mapping file."""
+    return [f"{IMPORTED_DATA}/{name}" for name in IMPORTS]
+
+
 def data_roots():
     """The CellMap data roots the datasplit is made from."""
     if config["data"]["demo"]["enabled"]:
         return [DEMO_DATA]
-    return config["data"]["roots"]
+    return config["data"]["roots"] + imported_roots()
 
 
 def datasplit_inputs(wildcards):
@@ -76,6 +86,8 @@ def datasplit_inputs(wildcards):
         inputs["csv"] = str(config["data"]["datasplit_csv"])
     if config["data"]["demo"]["enabled"]:
         inputs["demo"] = DEMO_DATA
+    for name, root in zip(IMPORTS, imported_roots()):
+        inputs[f"imported_{name}"] = root
     return inputs
 
 

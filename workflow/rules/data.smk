@@ -15,6 +15,28 @@ rule demo_data:
         "python -m cellseg make-demo-data --out {output:q} --seed {params.seed} --size {params.size} > {log:q} 2>&1"
 
 
+rule import_em:
+    input:
+        # an edit of the mapping file re-imports (and re-plans everything after it)
+        mapping=lambda wildcards: IMPORTS[wildcards.mapping]["mapping"],
+    output:
+        directory(f"{IMPORTED_DATA}/{{mapping}}"),
+    log:
+        "logs/import_em/{mapping}.log",
+    conda:
+        "../envs/cellseg.yaml"
+    params:
+        source_root=lambda wildcards: (
+            f"--source-root {shlex.quote(str(IMPORTS[wildcards.mapping]['source_root']))}"
+            if IMPORTS[wildcards.mapping].get("source_root")
+            else ""
+        ),
+    # tee: a refused mapping says its one line on the console as well as in the log
+    shell:
+        "python -m cellseg import --mapping {input.mapping:q} {params.source_root}"
+        " --out {output:q} 2>&1 | tee {log:q}"
+
+
 rule datasplit:
     input:
         unpack(datasplit_inputs),
