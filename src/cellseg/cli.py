@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from cellseg import __version__
-from cellseg.errors import user_error
+from cellseg.errors import INTERRUPTED_STATUS, interrupted_line, user_error
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-demo-data": ("cellseg.data.demo", "write synthetic FIB-SEM data in the CellMap layout"),
@@ -65,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        # Ctrl-C (SIGINT) is the user's stop, not a bug: say so and how to go on, no traceback
+        print(f"cellseg {args.command}: {interrupted_line(args.command)}", file=sys.stderr)
+        return INTERRUPTED_STATUS
     except Exception as error:
         # bad input (CellsegError) or a full disk: one line, no traceback; anything else is a
         # bug whose traceback is wanted

@@ -33,3 +33,28 @@ def user_error(error: BaseException) -> str | None:
     if isinstance(error, OSError) and error.errno in DISK_FULL:
         return disk_full_line(error.filename or "a file")
     return None
+
+
+INTERRUPTED_STATUS = 130
+"""Exit status of a command stopped by Ctrl-C (128 + SIGINT, as a shell reports it)."""
+
+RESUMES: dict[str, str] = {
+    "train": (
+        "the checkpoints it saved are kept: run the same command again to resume from the last "
+        "one (checkpoints/last.pt in the run directory; the steps after it are trained again)"
+    ),
+    "predict": "the blocks it finished are kept: run the same command again to predict the rest",
+    "snakemake": (
+        "run the same snakemake command again: finished jobs are kept, and a training resumes "
+        "from its last checkpoint (results/models/<run>/checkpoints/last.pt)"
+    ),
+}
+"""How each command goes on after Ctrl-C, where it keeps part of its work (any other is run
+again)."""
+
+
+def interrupted_line(command: str) -> str:
+    """The one line for ``command`` stopped by Ctrl-C (a ``KeyboardInterrupt``): the user's
+    stop, not a bug, and how to go on."""
+    how = RESUMES.get(command, "run the same command again")
+    return f"interrupted (Ctrl-C); {how}"

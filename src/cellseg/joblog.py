@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from cellseg.errors import user_error
+from cellseg.errors import INTERRUPTED_STATUS, interrupted_line, user_error
 
 
 @contextlib.contextmanager
@@ -36,6 +36,10 @@ def job_log(path: Path | str) -> Iterator[TextIO]:
             yield log
         except SystemExit:
             raise
+        except KeyboardInterrupt:
+            # Ctrl-C of the snakemake run (SIGINT): the user's stop, not a bug to report
+            print(f"cellseg: {interrupted_line('snakemake')}", file=log, flush=True)
+            raise SystemExit(INTERRUPTED_STATUS) from None
         except BaseException as error:
             known = user_error(error)
             if known is not None:
