@@ -67,7 +67,7 @@ from cellseg.challenge import (
     score_instance_modes,
 )
 from cellseg.classes import CLASSES, GROUP_INDEX, GROUP_NAMES
-from cellseg.data.datasplit import read_datasplit
+from cellseg.data.datasplit import read_scored_crops
 from cellseg.data.identity import check_unseen
 from cellseg.data.store import (
     Crop,
@@ -526,7 +526,7 @@ def evaluate_checkpoint(
     check_output_path(out, "--out", "file")
     if threads is not None:
         torch.set_num_threads(max(int(threads), 1))
-    crops = read_datasplit(datasplit, [split])
+    crops = read_scored_crops(datasplit, [split], log)  # the datasplit step's label checks
     device = resolve_device(settings.device)
     predictor = Predictor.from_checkpoint(checkpoint, device)
     check_unseen(predictor.data_identity, crops, str(checkpoint))

@@ -173,16 +173,48 @@ def read_datasplit(path: Path | str, splits: Sequence[str] | None = None) -> lis
             path that does not exist or is no zarr store, an EM, crop or class group missing
             from its store, or a whole-split problem; one line per problem.
     """
-    path = Path(path)
+    return [crop for _, crop in _datasplit_rows(Path(path), splits)]
+
+
+def _datasplit_rows(path: Path, splits: Sequence[str] | None) -> list[tuple[str, Crop]]:
+    """:func:`read_datasplit`'s checked ``(file:row, crop)`` rows of ``splits``."""
     rows, problems, _ = _read_rows(path)
     problems += split_problems(rows)
     if problems:
         raise CellsegError(problem_lines(path, problems))
-    crops = [crop for _, crop in rows if splits is None or crop.split in splits]
-    if not crops:
+    kept = [(where, crop) for where, crop in rows if splits is None or crop.split in splits]
+    if not kept:
         wanted = ", ".join(splits) if splits else "any split"
         raise CellsegError(f"{path}: no rows for {wanted}")
-    return crops
+    return kept
+
+
+def read_scored_crops(
+    path: Path | str, splits: Sequence[str] | None = None, log: TextIO | None = None
+) -> list[Crop]:
+    """:func:`read_datasplit`'s crops of ``splits``, their labels checked as the ``datasplit``
+    step checks them (:func:`check_label_data`: a lost chunk, values outside the encoding, a
+    0/255 mask) at the level scoring reads (each class's finest), for a CSV that never went
+    through ``cellseg datasplit`` or data changed since. Notes go to ``log`` (stderr).
+
+    Raises:
+        CellsegError: :func:`read_datasplit`'s problems, or the labels', one ``file:row`` line
+            each.
+    """
+    path = Path(path)
+    rows = _datasplit_rows(path, splits)
+    problems: list[str] = []
+    for where, crop in rows:
+        try:
+            geometry = read_crop_geometry(crop)
+            finest = {name: (multiscale.finest,) for name, multiscale in geometry.labels.items()}
+            for note in check_label_data(geometry, finest):
+                print(f"{where}: {note}", file=log or sys.stderr)
+        except CellsegError as error:
+            _add_problem(problems, where, error)
+    if problems:
+        raise CellsegError(problem_lines(path, problems))
+    return [crop for _, crop in rows]
 
 
 MAX_PROBLEM_LINES = 50
