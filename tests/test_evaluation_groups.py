@@ -19,6 +19,7 @@ from cellseg.data.store import EM_GROUP, LABELS_ROOT, Crop
 from cellseg.evaluation import METRIC_COLUMNS, EvaluationSettings, evaluate_crops
 from cellseg.groups import class_rows, group_columns
 from cellseg.inference import Predictor
+from cellseg.reporting.markdown import summary_markdown
 from cellseg.reporting.summary import metric_counts, summarize
 from store_builders import write_multiscale
 
@@ -120,3 +121,16 @@ def test_summary_gains_group_columns_only_with_group_rows(tmp_path):
     plain_crops, plain_counts = metric_counts(metrics(False))
     assert crops == plain_crops and np.array_equal(counts, plain_counts)
     assert len(class_rows(metrics(True))) == 8
+
+
+def test_summary_md_shows_group_scores_only_with_group_rows(tmp_path):
+    texts = {}
+    for groups in (False, True):
+        path = tmp_path / f"metrics_{groups}.csv"
+        metrics(groups).to_csv(path, index=False)
+        texts[groups] = summary_markdown(summarize({"unet_3d": path}, expected=["unet_3d"]))
+    assert "Whole organelles" not in texts[False]
+    section = texts[True].split("## Whole organelles (group labels)")[1].split("\n## ")[0]
+    assert "| model | `mito` |" in section
+    assert "| unet_3d | 0.800 |" in section  # 24 / 30, as the summary column
+

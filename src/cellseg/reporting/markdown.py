@@ -14,7 +14,7 @@ from cellseg.challenge import (
     INSTANCE_CLASSES,
     ORTOOLS_VERSION,
 )
-from cellseg.classes import CLASSES
+from cellseg.classes import CLASSES, GROUP_NAMES
 from cellseg.reporting.study import Study
 from cellseg.reporting.summary import BASELINE, Summary, SummarySettings
 from cellseg.statistics import (
@@ -232,6 +232,35 @@ def _markdown_winners(summary: Summary) -> list[str]:
     return lines
 
 
+def _markdown_groups(summary: Summary) -> list[str]:
+    """Dice of the whole organelles (group labels, issue 33), only when some test crop holds a
+    group label: a coarse annotation scored as the union of its member classes."""
+    table = summary.table[summary.table["mean_dice"].notna()]
+    names = [
+        name
+        for name in GROUP_NAMES
+        if f"dice_{name}" in table and table[f"dice_{name}"].notna().any()
+    ]
+    if not names:
+        return []
+    lines = [
+        "",
+        "## Whole organelles (group labels)",
+        "",
+        "Dice of each group, pooled over the test crops that hold its label: the union of its "
+        "member classes predicted against a coarse annotation (`mito` = `mito_mem`, `mito_lum`, "
+        "`mito_ribo`), as the CellMap challenge scores its group classes. Not part of the "
+        "ranking, which reads the 14 classes.",
+        "",
+        "| model | " + " | ".join(f"`{name}`" for name in names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for _, r in table.iterrows():
+        cells = " | ".join(_fmt(r[f"dice_{name}"]) for name in names)
+        lines.append(f"| {r['model']} | {cells} |")
+    return lines
+
+
 def _markdown_challenge(summary: Summary) -> list[str]:
     """The challenge scores (official scorer and corrected) and the pooled IoU per class,
     labelled as ours, not the leaderboard's."""
@@ -420,6 +449,7 @@ def summary_markdown(summary: Summary) -> str:
         *_markdown_table(summary.table),
         *_markdown_baseline(summary),
         *_markdown_winners(summary),
+        *_markdown_groups(summary),
         *_markdown_challenge(summary),
         *_markdown_differences(summary),
         *_markdown_rank_sets(summary),
