@@ -646,6 +646,7 @@ def read_crop_geometry(crop: Crop, resolution_nm: float | None = None) -> CropGe
                     "datasplit (if that scale is wrong, fix it in "
                     f"{transform_key(multiscale, multiscale.level_for(resolution_nm))})"
                 )
+        note_upsampled_em(em, resolution_nm)  # within a factor of 2, but far from it
     return geometry
 
 
@@ -802,6 +803,52 @@ def crop_resolution_problem(crop: Crop, resolution_nm: float) -> str | None:
         if problem:
             return problem
     return None
+
+
+UPSAMPLED_NOTE_RATIO = 1.5
+"""An EM level whose voxels are this many times ``resolution_nm`` or more along some axis (the
+16 nm ``s1`` of an 8 nm model: ``s0`` removed from 'multiscales') is read upsampled; the console
+says so (:func:`upsampled_em_line`). 10 nm data read at 8 nm is not worth a line."""
+
+_NOTED_UPSAMPLED: set[str] = set()
+"""EM levels already said to be upsampled in this process (once each, not once per crop)."""
+
+
+def upsampled_em_line(em: Multiscale, resolution_nm: float) -> str | None:
+    """The line saying that ``em`` is read at a level much coarser than ``resolution_nm``
+    (:data:`UPSAMPLED_NOTE_RATIO`), upsampled without a word otherwise: the array, the level
+    used and its voxel size, and the fix (an array the group holds that 'multiscales' does not
+    list, such as a removed ``s0``, is named). None when the level used is near enough."""
+    level = em.level_for(resolution_nm)
+    ratio = max(size / resolution_nm for size in level.voxel_size_nm)
+    if ratio < UPSAMPLED_NOTE_RATIO - 1e-6:
+        return None
+    listed = {path for path, _, _ in _parse_levels(em.attributes, em.location)}
+    try:
+        stored = sorted(zarr.open_group(em.location, mode="r", zarr_format=2).array_keys())
+    except (OSError, ValueError, zarr.errors.GroupNotFoundError):
+        stored = []
+    unlisted = [name for name in stored if name not in listed]
+    fix = (
+        f"its group holds {', '.join(unlisted)}, which 'multiscales' does not list: if "
+        f"{unlisted[0]} is the finer level, list it again there (path, scale and translation)"
+        if unlisted
+        else f"add a level near {resolution_nm:g} nm, or set data.resolution_nm to "
+        f"{max(level.voxel_size_nm):g}"
+    )
+    return (
+        f"{em.location}: no level near {resolution_nm:g} nm: reading {level.path} at "
+        f"{_nm(level.voxel_size_nm)} nm, upsampled {ratio:g}x (its detail is interpolated, not "
+        f"read); {fix}"
+    )
+
+
+def note_upsampled_em(em: Multiscale, resolution_nm: float, log: TextIO | None = None) -> None:
+    """Print :func:`upsampled_em_line` to ``log`` (stderr) once per EM level in this process."""
+    line = upsampled_em_line(em, resolution_nm)
+    if line is not None and line not in _NOTED_UPSAMPLED:
+        _NOTED_UPSAMPLED.add(line)
+        print(line, file=log or sys.stderr, flush=True)
 
 
 def _check_inside_em(labels: Multiscale, em: Multiscale) -> None:
