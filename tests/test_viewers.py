@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import subprocess
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,6 +21,7 @@ import zarr
 
 from cellseg.classes import CLASSES
 from cellseg.data.store import EM_GROUP
+from cellseg.palette import COLOURS
 from cellseg.prediction import PredictionSettings, predict_volume
 from checkpoint_builders import demo_unet_checkpoint
 from store_builders import write_multiscale
@@ -146,21 +150,24 @@ def test_neuroglancer_state_parses_and_the_server_serves_the_stores(prediction):
         host, port = server.server_address[:2]
         base = f"http://{host}:{port}"
         parsed = neuroglancer.ViewerState(state)
-        assert parsed.dimensions.names == ("z", "y", "x")
+        # x, y first: the main panel shows the y-x imaging plane
+        assert parsed.dimensions.names == ("x", "y", "z")
         assert list(parsed.dimensions.scales) == [1e-9] * 3
         assert parsed.layers["EM"].type == "image"
         assert parsed.layers["EM"].source[0].url == f"zarr://{base}/em/{EM_GROUP}"
         for name in CLASSES:
             mask = parsed.layers[f"masks/{name}"]
             assert mask.type == "segmentation" and list(mask.segments) == [1]
+            assert mask.segment_colors[1] == COLOURS[name]  # the figures' colour
             assert mask.source[0].url == f"zarr://{base}/prediction/masks/{name}"
             probability = parsed.layers[f"probabilities/{name}"]
             assert probability.type == "image"
+            assert f'default="{COLOURS[name]}"' in probability.shader
             assert probability.source[0].url == f"zarr://{base}/prediction/probabilities/{name}"
         assert len(parsed.layers) == 1 + 2 * len(CLASSES)
-        # the view opens at the predicted region's centre (nm)
+        # the view opens at the predicted region's centre (nm), x y z
         centre = [t + (n - 1) * 8.0 / 2 for t, n in zip(TRANSLATION, EM_SHAPE, strict=True)]
-        assert list(parsed.position) == pytest.approx(centre)
+        assert list(parsed.position) == pytest.approx(centre[::-1])
         # written beside the store; the link carries the same state
         assert json.loads(state_path(prediction).read_text()) == state
         assert state_path(prediction).parent == prediction.parent
@@ -192,3 +199,139 @@ def test_view_command_is_registered_and_bad_input_is_one_line(tmp_path, capsys):
     assert args.prediction == Path("pred.zarr") and args.port == 8123
     assert main(["view", "--prediction", str(tmp_path / "missing.zarr")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_every_array_of_the_store_has_its_attributes(prediction):
+    """s0 too (written as zarr's documents, not through zarr): neuroglancer asks for each
+    array's ``.zattrs``, and a missing one is a 404 in the browser's console."""
+    arrays = sorted(path.parent for path in prediction.rglob(".zarray"))
+    assert len(arrays) == 2 * len(CLASSES) * 4  # probabilities and masks, 4 levels each
+    for array in arrays:
+        assert json.loads((array / ".zattrs").read_text()) == {}, array
+
+
+# ------------------------------------------------------------------------------ a real browser
+
+CHROMIUM = next(
+    (found for name in ("chromium", "chromium-browser") if (found := shutil.which(name))), None
+)
+WINDOW = (800, 600)  # the canvas; 4 panels of 400 × 300 without the UI controls
+
+
+def screenshot_in_chromium(state: dict, folder: Path, timeout_s: float = 90) -> np.ndarray:
+    """``state`` opened by headless Chromium in the neuroglancer client that the ``neuroglancer``
+    package ships, served on localhost by the package's own server; the canvas once every
+    visible chunk has loaded (the client's own screenshot), as ``(H, W, 3)`` uint8.
+
+    Fails with the browser's log when no screenshot comes, or when the page's console logged an
+    error (a 404 for a file neuroglancer asked for counts).
+    """
+    import neuroglancer
+    from PIL import Image
+
+    neuroglancer.set_server_bind_address("127.0.0.1")
+    viewer = neuroglancer.Viewer()
+    viewer.set_state(neuroglancer.ViewerState(state))
+    with viewer.config_state.txn() as config:
+        config.show_ui_controls = False
+        config.show_panel_borders = False
+        config.viewer_size = list(WINDOW)
+    log = folder / "chromium.log"
+    browser = subprocess.Popen(
+        [
+            CHROMIUM, "--headless=new", "--no-sandbox", "--no-first-run",
+            "--use-angle=swiftshader", "--enable-unsafe-swiftshader",  # WebGL 2 without a GPU
+            f"--user-data-dir={folder / 'profile'}", f"--window-size={WINDOW[0]},{WINDOW[1]}",
+            "--enable-logging=stderr", "--v=0", viewer.get_viewer_url(),
+        ],
+        stdout=subprocess.DEVNULL, stderr=log.open("w"),
+    )  # fmt: skip
+    try:
+        done, result = threading.Event(), []
+        viewer.async_screenshot(lambda reply: (result.append(reply), done.set()))
+        arrived = done.wait(timeout_s)
+    finally:
+        browser.terminate()
+        try:
+            browser.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            browser.kill()
+            browser.wait()
+        neuroglancer.stop()
+    text = log.read_text(errors="replace")
+    assert arrived, f"no screenshot within {timeout_s} s; chromium's log ends:\n{text[-3000:]}"
+    console_errors = [line for line in text.splitlines() if ":ERROR:CONSOLE" in line]
+    assert not console_errors, "\n".join(console_errors)
+    image = Image.open(io.BytesIO(result[0].screenshot.image)).convert("RGB")
+    image.save(folder / "screenshot.png")  # for a look when a check fails
+    return np.asarray(image)
+
+
+def chroma_cosine(observed: np.ndarray, grey: np.ndarray, colour: str) -> float:
+    """Cosine between a masked band's colour shift off the unmasked EM (``observed - grey``,
+    mean RGB) and the shift that blending ``colour`` over that EM gives (``colour - grey``)."""
+    target = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)], dtype=float) - grey
+    shift = observed - grey
+    return float(shift @ target / (np.linalg.norm(shift) * np.linalg.norm(target) + 1e-9))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium (bash .ci/install-slurm.sh installs it)")
+def test_headless_chromium_shows_the_em_and_two_masks_in_their_colours(
+    inputs, prediction, tmp_path
+):
+    """The state as ``cellseg view`` writes it, in a real browser: the main (top-left) panel
+    shows the y-x plane of the EM, voxel for voxel, and nuc's and pm's masks, each in its
+    palette colour. nuc covers x < 16 and pm x >= 32 of the 48 x voxels (the middle third is
+    EM alone); on the z-y plane, or in one colour, the checks below fail."""
+    from cellseg.viewer import view
+
+    store = tmp_path / "pred.zarr"
+    shutil.copytree(prediction, store)
+    root = zarr.open_group(str(store), mode="r+", zarr_format=2)
+    for level in range(4):
+        for name, band in (("nuc", slice(0, 1)), ("pm", slice(2, 3))):
+            array = root[f"masks/{name}/s{level}"]
+            mask = np.zeros(array.shape, dtype=np.uint8)
+            third = array.shape[2] // 3
+            mask[..., band.start * third : band.stop * third] = 1
+            array[...] = mask
+    server, state, _ = view(store)
+    try:
+        for layer in state["layers"]:
+            if layer["name"] == "masks/pm":
+                layer["visible"] = True  # nuc is on already; a user switches pm on
+        pixels = screenshot_in_chromium(state, tmp_path).astype(float)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert pixels.shape == (WINDOW[1], WINDOW[0], 3)
+    # the main panel's centre is the view's position: the middle of the 48 x 40 voxels (8 nm,
+    # one screen pixel each); bands a few pixels inside each third, off the axis lines that
+    # cross at the centre
+    cy, cx = WINDOW[1] // 4, WINDOW[0] // 4
+    rows = np.array([r for r in range(cy - 14, cy + 14) if abs(r - cy) > 1])
+    bands = [np.array([c for c in range(cx + a, cx + b) if abs(c - cx) > 1])
+             for a, b in ((-20, -12), (-5, 5), (12, 20))]  # fmt: skip
+    nuc, em_only, pm = (pixels[np.ix_(rows, columns)] for columns in bands)
+    # EM: the EM's own voxels (z slice 5 or 6, the position lies between them), y down and x
+    # right; the best of a few pixel offsets, as where a voxel edge falls is the renderer's
+    em_path, _ = inputs
+    em = zarr.open_array(str(em_path / "s0"), mode="r")[...].astype(float)
+    shown = em_only.mean(axis=2)
+    y, x = rows - cy + EM_SHAPE[1] // 2, bands[1] - cx + EM_SHAPE[2] // 2
+    best = max(
+        np.corrcoef(shown.ravel(), em[z][np.ix_(y + dy, x + dx)].ravel())[0, 1]
+        for z in (5, 6) for dy in range(-2, 3) for dx in range(-2, 3)
+    )  # fmt: skip
+    assert best > 0.8, f"the main panel does not show the EM's y-x plane (best r = {best:.2f})"
+    spread = np.abs(em_only - em_only.mean(axis=2, keepdims=True)).max()
+    assert spread < 4, f"the unmasked band is not grey (channels differ by {spread})"
+    assert em_only.std() > 30, "no EM in the main panel's unmasked band"
+    # the masks: each band shifted off the EM's grey towards its own class's colour
+    grey = em_only.reshape(-1, 3).mean(axis=0)
+    nuc_mean, pm_mean = nuc.reshape(-1, 3).mean(axis=0), pm.reshape(-1, 3).mean(axis=0)
+    assert np.linalg.norm(nuc_mean - pm_mean) > 60, (nuc_mean, pm_mean)
+    for observed, own, other in ((nuc_mean, "nuc", "pm"), (pm_mean, "pm", "nuc")):
+        mine = chroma_cosine(observed, grey, COLOURS[own])
+        theirs = chroma_cosine(observed, grey, COLOURS[other])
+        assert mine > 0.9 and mine > theirs + 0.3, (own, observed, grey, mine, theirs)

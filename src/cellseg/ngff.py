@@ -216,13 +216,22 @@ def array_metadata(shape: Sequence[int], chunks: Sequence[int], dtype: str) -> d
 
 
 def write_documents(out: Path, documents: Mapping[str, Any]) -> None:
-    """Write zarr v2 metadata documents (``path → JSON``) under ``out``, as zarr does.
+    """Write zarr v2 metadata documents (``path → JSON``) under ``out``, as zarr does: an
+    array's ``.zarray`` gets an empty ``.zattrs`` beside it unless one is given or already there.
 
     Not atomic one by one: the caller writes a last document atomically that says they are all
     there. Why not zarr's API: it pays an event-loop round trip and several reads per node, a
     fixed cost that dominated small prediction stores (docs/benchmarks.md); the documents are
     zarr's own (:func:`array_metadata`), so the store is the same.
     """
+    documents = dict(documents)
+    for path in list(documents):
+        # an array's attributes beside its .zarray, as zarr writes them: readers such as
+        # neuroglancer ask for every array's .zattrs, s0's included (issue 34)
+        if Path(path).name == ".zarray":
+            attributes = str(Path(path).with_name(".zattrs"))
+            if attributes not in documents and not (out / attributes).exists():
+                documents[attributes] = {}
     for path, document in documents.items():
         target = out / path
         target.parent.mkdir(parents=True, exist_ok=True)

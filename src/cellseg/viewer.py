@@ -3,7 +3,9 @@
 ``cellseg view --prediction PRED.zarr`` serves the prediction store and the EM it was predicted from over
 local HTTP (with CORS headers, so the neuroglancer web app in a browser may fetch from it) and
 prints a neuroglancer link whose state shows the EM as an image layer, each class's mask as a
-segmentation layer and each class's probabilities as an image layer (hidden until switched on).
+segmentation layer and each class's probabilities as an image layer (hidden until switched on),
+each class in its own colour (:data:`cellseg.palette.COLOURS`, the figures' colours too). The
+main panel shows the y-x imaging plane (dimensions ordered ``x, y, z``).
 Every layer is an OME-NGFF multiscale group whose ``scale`` and ``translation`` are in nm, so
 neuroglancer places them all in the same world coordinates: the masks lie on the EM voxels
 they were predicted from. The state is also written beside the store
@@ -30,6 +32,7 @@ from typing import Any
 from cellseg.classes import CLASSES
 from cellseg.errors import CellsegError
 from cellseg.io import write_json_atomic
+from cellseg.palette import colour
 
 NEUROGLANCER_APP = "https://neuroglancer-demo.appspot.com/"
 """The neuroglancer web app the printed link opens (any instance reads the same state)."""
@@ -86,13 +89,32 @@ def read_sources(prediction: Path | str, em: str | None = None) -> ViewSources:
     return ViewSources(prediction, em_store, em_group, r, centre)  # type: ignore[arg-type]
 
 
+DISPLAY_AXES: tuple[str, str, str] = ("x", "y", "z")
+"""The state's dimension order. Neuroglancer's main (top-left) panel shows the plane of the first
+two, so ``x, y`` puts the y-x imaging plane of FIB-SEM there, the way the EM was acquired and is
+annotated; the other panels show x-z and y-z. The stores' own axes stay ``z, y, x``: neuroglancer
+matches the dimensions by name."""
+
+PROBABILITY_SHADER = """#uicontrol vec3 colour color(default="{colour}")
+#uicontrol invlerp level
+void main() {{
+  emitRGBA(vec4(colour, level()));
+}}
+"""
+"""A probability layer drawn in its class's colour, transparent at probability 0 and opaque at 1
+(``level`` maps the stored dtype's range, e.g. 0-255 for uint8; its range may be changed in the
+layer's panel)."""
+
+
 def neuroglancer_state(sources: ViewSources, base_url: str) -> dict[str, Any]:
     """The neuroglancer state (JSON) of a prediction and its EM served at ``base_url``.
 
-    Dimensions ``z, y, x`` in 1 nm units; the view opens at the predicted region's centre,
-    zoomed so a screen pixel is one prediction voxel. Layers: ``EM`` (image), then per class
-    ``masks/{class}`` (segmentation, segment 1 shown) and ``probabilities/{class}`` (image,
-    hidden). Sources are ``zarr://`` URLs of the multiscale groups.
+    Dimensions ``x, y, z`` (:data:`DISPLAY_AXES`) in 1 nm units, so the main panel shows the y-x
+    imaging plane; the view opens at the predicted region's centre, zoomed so a screen pixel is
+    one prediction voxel. Layers: ``EM`` (image), then per class ``masks/{class}``
+    (segmentation, segment 1 shown in the class's colour of :data:`cellseg.palette.COLOURS`) and
+    ``probabilities/{class}`` (image in the same colour, hidden). Sources are ``zarr://`` URLs of
+    the multiscale groups.
     """
     base = base_url.rstrip("/")
     em_url = f"zarr://{base}/{EM_ROUTE}/{sources.em_group.strip('/')}"
@@ -104,6 +126,7 @@ def neuroglancer_state(sources: ViewSources, base_url: str) -> dict[str, Any]:
                 "name": f"masks/{name}",
                 "source": f"zarr://{base}/{PREDICTION_ROUTE}/masks/{name}",
                 "segments": ["1"],
+                "segmentColors": {"1": colour(name)},
                 "visible": name == "nuc",  # one mask on: 14 at once hide the EM
             }
         )
@@ -113,12 +136,14 @@ def neuroglancer_state(sources: ViewSources, base_url: str) -> dict[str, Any]:
                 "type": "image",
                 "name": f"probabilities/{name}",
                 "source": f"zarr://{base}/{PREDICTION_ROUTE}/probabilities/{name}",
+                "shader": PROBABILITY_SHADER.format(colour=colour(name)),
                 "visible": False,
             }
         )
+    centre = dict(zip(("z", "y", "x"), sources.centre_nm, strict=True))
     return {
-        "dimensions": {axis: [1e-9, "m"] for axis in ("z", "y", "x")},
-        "position": list(sources.centre_nm),
+        "dimensions": {axis: [1e-9, "m"] for axis in DISPLAY_AXES},
+        "position": [centre[axis] for axis in DISPLAY_AXES],
         "crossSectionScale": sources.resolution_nm,
         "projectionScale": 1024 * sources.resolution_nm,
         "layers": layers,

@@ -16,30 +16,16 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from cellseg.classes import CLASSES
+from cellseg.palette import COLOURS, UNANNOTATED
+from cellseg.palette import rgb as _palette_rgb
 
-# Paul Tol's "muted" (9) and "light"-scheme extras: distinguishable under the common
-# colour-vision deficiencies; membrane / lumen pairs get a dark / light pair of one hue.
-PALETTE: dict[str, str] = {
-    "ecs": "#DDDDDD",
-    "pm": "#332288",
-    "mito_mem": "#117733",
-    "mito_lum": "#44AA99",
-    "mito_ribo": "#000000",
-    "golgi_mem": "#882255",
-    "golgi_lum": "#CC6677",
-    "ves_mem": "#AA4499",
-    "ves_lum": "#EE99AA",
-    "endo_mem": "#997700",
-    "endo_lum": "#DDCC77",
-    "er_mem": "#004488",
-    "er_lum": "#88CCEE",
-    "nuc": "#EE7733",
-}
-UNANNOTATED_RGB = np.array([0.55, 0.55, 0.55])
+PALETTE: dict[str, str] = COLOURS
+"""Each class's and group's colour: :data:`cellseg.palette.COLOURS`, the viewer's as well."""
+UNANNOTATED_RGB = np.array(matplotlib.colors.to_rgb(UNANNOTATED))
 
 
 def _rgb(name: str) -> np.ndarray:
-    return np.array(matplotlib.colors.to_rgb(PALETTE[name]))
+    return np.array(_palette_rgb(name))
 
 
 def label_rgb(target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
