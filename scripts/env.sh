@@ -33,4 +33,11 @@ fi
 # this clone's sources win over whichever clone the cached venv was first made from
 export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv" PYTHONPATH="$repo/src${PYTHONPATH:+:$PYTHONPATH}"
 cd "$repo"
+# Snakemake reads each --configfile before any workflow code runs and says only "Config file is
+# not valid JSON or YAML" for a YAML mistake (a line indented with a tab): read them first as the
+# workflow reads its config layers, which names the file and the line
+if [ "${1:-}" = snakemake ] && [[ " $* " == *" --configfile"* ]]; then
+    python -c 'import sys, cellseg.cli as c; sys.exit(c.check_snakemake_configfiles(sys.argv[1:]))' \
+        "${@:2}" || exit 1
+fi
 exec "$@"

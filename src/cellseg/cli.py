@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from cellseg import __version__
 from cellseg.errors import INTERRUPTED_STATUS, interrupted_line, user_error
@@ -77,3 +78,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"cellseg {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def check_snakemake_configfiles(argv: Sequence[str]) -> int:
+    """Read each ``--configfile`` of a ``snakemake`` command line (``argv``: its arguments) the
+    way the workflow reads its config layers (:func:`cellseg.config.read_layer`), before
+    Snakemake does: Snakemake loads them before any workflow code runs and says only "Config
+    file is not valid JSON or YAML" for a YAML mistake such as a line indented with a tab.
+    ``scripts/env.sh`` calls it before it starts snakemake.
+
+    Returns:
+        0, or 1 after one ``cellseg: config error: FILE:LINE: …`` line per bad file (a path
+        that is no file is left to Snakemake's own "not found").
+    """
+    from cellseg.config import read_layer
+    from cellseg.errors import CellsegError
+
+    # Snakemake's own options, one or more files each (a repeated option: all of them)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--configfile", "--configfiles", nargs="+", action="extend", default=[])
+    known, _ = parser.parse_known_args(list(argv))
+    status = 0
+    for path in known.configfile:
+        try:
+            if Path(path).is_file():
+                read_layer(path)
+        except CellsegError as error:
+            print(f"cellseg: config error: {error}", file=sys.stderr)
+            status = 1
+    return status

@@ -5,6 +5,9 @@ with three values, and a bad key in one of several presets."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,3 +116,60 @@ def test_a_base_config_indented_with_a_tab_is_one_line_naming_the_line(clone):
         "indents with spaces only: replace the tab with spaces (as many as the line's level "
         "needs)"
     ], result.stderr
+
+
+def test_a_configfile_indented_with_a_tab_is_one_line_naming_the_file_and_line(clone):
+    """Snakemake reads a --configfile before any workflow code runs and says only "Config file
+    is not valid JSON or YAML" (no file, no line); scripts/env.sh, which the README runs every
+    command through, reads each --configfile first the way cellseg reads every layer."""
+    preset = clone / "config" / "experiments" / "tabbed.yaml"
+    text = "training:\n  defaults:\n\tmax_epochs: 3\n"
+    preset.write_text(text)
+    arguments = ["-n", "--configfile", "config/experiments/tabbed.yaml"]
+    # the README's command: bash scripts/env.sh snakemake …, in the environment of these tests
+    environment = os.environ | {"CELLSEG_VENV": sys.prefix}
+    result = subprocess.run(
+        ["bash", "scripts/env.sh", "snakemake", *arguments],
+        cwd=clone, env=environment, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "cellseg: config error: config/experiments/tabbed.yaml:3: this line is indented with a "
+        "tab, but YAML indents with spaces only: replace the tab with spaces (as many as the "
+        "line's level needs)"
+    ], result.stderr
+    assert preset.read_text() == text and not (clone / ".snakemake").exists()
+    # snakemake on its own says its own line, before any code of the workflow runs
+    direct = run(clone, *arguments, check=False)
+    assert direct.returncode == 1
+    said = direct.stdout + direct.stderr  # Snakemake prints its errors to stdout
+    assert "Config file is not valid JSON or YAML. In case of YAML, make sure" in said, said
+    # the same preset with spaces plans as before
+    preset.write_text(text.replace("\t", "    "))
+    result = subprocess.run(
+        ["bash", "scripts/env.sh", "snakemake", *arguments],
+        cwd=clone, env=environment, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "config error" not in result.stderr
+
+
+def test_env_sh_finds_every_configfile_of_a_snakemake_command_line(tmp_path, capsys):
+    from cellseg.cli import check_snakemake_configfiles
+
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("training:\n  defaults: {max_epochs: 3}\n")
+    bad.write_text("models:\n\tunet_2d: {}\n")
+    assert check_snakemake_configfiles(["-n", "--configfile", str(good), "--cores", "2"]) == 0
+    for argv in (
+        ["--configfile", str(good), str(bad), "-n"],
+        ["--configfile", str(good), "--cores", "1", "--configfiles", str(bad)],
+        [f"--configfile={bad}"],
+    ):
+        assert check_snakemake_configfiles(argv) == 1, argv
+        assert capsys.readouterr().err.splitlines() == [
+            f"cellseg: config error: {bad}:2: this line is indented with a tab, but YAML indents "
+            "with spaces only: replace the tab with spaces (as many as the line's level needs)"
+        ]
+    # a missing file is Snakemake's to report ("not found"); --config is another option
+    assert check_snakemake_configfiles(["--configfile", "nowhere.yaml", "--config", "a=1"]) == 0

@@ -23,8 +23,8 @@ from cellseg.errors import CellsegError
 
 # Snakemake's loader says only "Config file is not valid JSON or YAML" for a YAML mistake (a
 # line indented with a tab): cellseg's reader names the file and the line. (A --configfile is
-# loaded by Snakemake before any workflow code runs, so its mistakes get Snakemake's message;
-# common.smk reads every layer again with this reader.)
+# loaded by Snakemake before any workflow code runs: scripts/env.sh reads it first with this
+# reader, and common.smk reads every layer again with it.)
 BASE_CONFIG = Path(workflow.basedir) / "config" / "config.yaml"
 if BASE_CONFIG.is_file() and not workflow.config_settings.replace_workflow_config:
     try:
