@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import json
 import os
 import shlex
 import sys
@@ -11,6 +12,7 @@ from snakemake.utils import validate
 # the package is importable (and exported to jobs) since workflow/rules/package.smk
 from cellseg.config import check_config, config_digest, layered_config, read_layer
 from cellseg.errors import CellsegError
+from cellseg.io import write_text_atomic
 from cellseg.resources import (
     check_local_gpus,
     class_frequency_resources,
@@ -78,10 +80,28 @@ def data_roots():
 
 
 def datasplit_inputs(wildcards):
+# What the split is made from and how, rewritten only when it changes: the profiles' rerun
+# trigger is the files' mtime alone, so without it an edit of data.imports, data.roots or a
+# split setting would leave an existing results/datasplit.csv (and every model) as it was
+DATASPLIT_SETTINGS = "results/datasplit.settings.json"
+_SPLIT_KEYS = (
+    "roots", "imports", "datasplit_csv", "resolution_nm", "em_range", "validate_fraction",
+    "test_fraction", "split_seed", "split_margin_nm", "split_by",
+)  # fmt: skip
+if workflow.is_main_process:
+    _split_settings = {key: config["data"][key] for key in _SPLIT_KEYS}
+    _split_settings["demo_enabled"] = config["data"]["demo"]["enabled"]
+    _split_text = json.dumps(_split_settings, indent=1, sort_keys=True) + "\n"
+    if not Path(DATASPLIT_SETTINGS).is_file() or (
+        Path(DATASPLIT_SETTINGS).read_text() != _split_text
+    ):
+        write_text_atomic(DATASPLIT_SETTINGS, _split_text)
+
+
     """The datasplit rule's tracked inputs: the user's datasplit CSV when there is one (an edit
     re-plans the split and all that depends on it), the demo data when the demo is on; data
     roots are not tracked (external stores are not Snakemake outputs)."""
-    inputs = {}
+    inputs = {"settings": DATASPLIT_SETTINGS}
     if config["data"]["datasplit_csv"]:
         inputs["csv"] = str(config["data"]["datasplit_csv"])
     if config["data"]["demo"]["enabled"]:
