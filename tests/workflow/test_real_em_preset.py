@@ -1,0 +1,84 @@
+"""``config/experiments/real_em.yaml`` through the ``snakemake`` command in a clone's root, as
+users run it (issue 33): the workflow imports the public real EM of ``../shared/real_em`` (rule
+``import_em``), splits, trains, evaluates and summarises it; the tests' preset makes the models
+tiny."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from workflow_runner import REPO, planned_jobs
+from workflow_runner import run_in_clone as run
+
+SHARED_REAL_EM = REPO.parent / "shared" / "real_em"
+pytestmark = pytest.mark.skipif(
+    not SHARED_REAL_EM.is_dir(),
+    reason=f"{SHARED_REAL_EM} absent (the shared real EM sits beside the clone, as in CI)",
+)
+PRESET = ("--configfile", "config/experiments/real_em.yaml")
+
+
+@pytest.fixture(scope="module")
+def real_em_clone(clone: Path) -> Path:
+    """The clone with ``../shared`` beside it, as a user's clone has it."""
+    (clone.parent / "shared").symlink_to(REPO.parent / "shared")
+    return clone
+
+
+def test_the_benchmark_plans_imports_and_ten_models(real_em_clone: Path) -> None:
+    dry = run(real_em_clone, "-n", "--cores", "2", *PRESET).stdout
+    assert set(planned_jobs(dry, "import_em")) == {
+        "mapping=flyem_medulla_fibsem",
+        "mapping=gala_fibsem_mini",
+    }
+    trained = {wildcards.removeprefix("run=") for wildcards in planned_jobs(dry, "train")}
+    assert trained == {
+        "unet_2d", "resnet_2d", "swin_2d", "vit_2d", "unet_3d", "resnet_3d", "swin_3d", "vit_3d",
+        "resenc_3d", "mednext_3d",
+    }  # fmt: skip
+    assert "demo_data" not in dry
+
+
+def test_imported_real_em_runs_to_a_summary(real_em_clone: Path) -> None:
+    result = run(
+        real_em_clone,
+        "--profile", "config/profiles/local",
+        *PRESET, ".test/config/config.yaml",
+        "--cores", "2",
+    )  # fmt: skip
+    assert result.returncode == 0
+    for name in ("flyem_medulla_fibsem", "gala_fibsem_mini"):
+        assert (real_em_clone / "results/imported" / name).is_dir()
+    with (real_em_clone / "results/datasplit.csv").open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert len(rows) == 31  # 27 flyem crops and 4 gala crops, nothing left out
+    test_rows = [row for row in rows if row[0] == "test"]
+    assert len(test_rows) == 8
+    assert all(row[4].endswith("/[pm]") for row in rows)  # the only class the imports map
+    summary = pd.read_csv(real_em_clone / "results/summary.csv")
+    models = summary[summary["model"].isin(["unet_2d", "unet_3d"])]
+    assert len(models) == 2
+    assert models["dice_pm"].between(0, 1).all()
+    # no instance class is annotated: the challenge score cannot be computed, not 0.000
+    assert models["challenge_score"].isna().all()
+    assert "cannot be computed" in (real_em_clone / "results/summary.md").read_text()
+
+
+def test_the_serial_section_set_imports_and_is_left_out_at_10_nm(real_em_clone: Path) -> None:
+    result = run(
+        real_em_clone,
+        "--profile", "config/profiles/local",
+        *PRESET, ".test/config/config.yaml", ".test/config/real_em_cardona.yaml",
+        "--cores", "1",
+        "results/datasplit.csv",
+    )  # fmt: skip
+    store = real_em_clone / "results/imported/cardona2010_sstem/cardona2010_sstem"
+    assert (store / "cardona2010_sstem.zarr/recon-1/labels/groundtruth/crop1/mito").is_dir()
+    log = (real_em_clone / "logs/datasplit.log").read_text()
+    left_out = [line for line in log.splitlines() if "cardona2010_sstem" in line]
+    assert left_out and all("no scale level near 10" in line for line in left_out), log
+    assert "cardona2010_sstem" not in (real_em_clone / "results/datasplit.csv").read_text()
+    assert "import_em" in result.stdout + result.stderr
