@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,3 +38,10 @@ def test_conversions_by_hand():
     assert rgb("nuc") == pytest.approx((238 / 255, 119 / 255, 51 / 255))
     with pytest.raises(KeyError, match="'cytosol' has no colour"):
         colour("cytosol")
+
+
+def test_the_documented_table_is_the_palette():
+    """docs/evaluation.md's palette table names every colour as the code has it."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text()
+    table = dict(re.findall(r"^\| `([a-z_]+)` \| `(#[0-9A-F]{6})`", text, flags=re.MULTILINE))
+    assert table == COLOURS

@@ -1,4 +1,5 @@
-"""Figures shared by training (TensorBoard) and the visualize rule: palette and sample panels."""
+"""Figures shared by training (TensorBoard) and the visualize rule: sample panels, per-class
+panels and training curves, every class in its colour of :mod:`cellseg.palette`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from cellseg.classes import CLASSES
+from cellseg.classes import CLASS_INDEX, CLASSES, GROUP_NAMES, NUM_CLASSES
+from cellseg.groups import group_prediction
 from cellseg.palette import COLOURS, UNANNOTATED
 from cellseg.palette import rgb as _palette_rgb
 
@@ -156,6 +158,128 @@ def crop_panels_figure(
     if title:
         figure.suptitle(title, fontsize="medium")
     figure.tight_layout(rect=(0.03, 0.6 / height + 0.1 / n, 1, 1 - (0.3 / height if title else 0)))
+    return figure
+
+
+OVERLAY_ALPHA = 0.6
+"""Weight of a class's colour over the EM in the per-class panels."""
+PANELS_PER_ROW = 4
+"""Classes side by side in :func:`class_panels_figure` (each a truth and a prediction panel)."""
+
+
+def overlay(
+    em: np.ndarray, mask: np.ndarray, name: str, alpha: float = OVERLAY_ALPHA
+) -> np.ndarray:
+    """``em`` ``(H, W)`` in [0, 1] as grey RGB ``(H, W, 3)``, ``name``'s palette colour blended in
+    (weight ``alpha``) where ``mask`` ``(H, W)`` is true."""
+    picture = np.repeat(np.clip(em, 0, 1)[..., None], 3, axis=-1).astype(np.float64)
+    picture[mask] = (1 - alpha) * picture[mask] + alpha * _rgb(name)
+    return picture
+
+
+def channel_names(channels: int) -> tuple[str, ...]:
+    """The names of a target's ``channels``: the 14 classes, then the groups when it has them."""
+    return (*CLASSES, *GROUP_NAMES)[:channels]
+
+
+def slice_dice(prediction: np.ndarray, truth: np.ndarray) -> float | None:
+    """Dice of a bool ``prediction`` against ``truth`` (1, 0, NaN unannotated) over the annotated
+    voxels of one slice; ``None`` when both are empty there."""
+    annotated = ~np.isnan(truth)
+    positive = truth == 1
+    tp = int((prediction & positive).sum())
+    fp = int((prediction & annotated & ~positive).sum())
+    fn = int((~prediction & positive).sum())
+    return None if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def class_panels_figure(
+    em: np.ndarray,
+    target: np.ndarray,
+    probabilities: np.ndarray,
+    names: Sequence[str] | None = None,
+    threshold: float = 0.5,
+    title: str = "",
+) -> Figure:
+    """One slice of one crop: EM, then ground truth and prediction of each class (and group) the
+    crop annotates, each over the EM in its palette colour.
+
+    The top row is the EM and every class at once (as :func:`crop_panels_figure` draws them);
+    below, per name, a truth panel (the class's colour where it is 1; unannotated voxels
+    hatched) and a prediction panel (where the probability exceeds ``threshold``; a group's
+    prediction is the union of its members', as evaluation scores it), framed in the colour and
+    titled with the slice's Dice over its annotated voxels.
+
+    Args:
+        em: ``(H, W)`` in [0, 1].
+        target: ``(14, H, W)``, or ``(14 + groups, H, W)`` with the group labels after, 1 / 0
+            and NaN where unannotated.
+        probabilities: ``(14, H, W)``.
+        names: the classes and groups to show, in this order; default: every channel of
+            ``target`` not NaN throughout.
+        threshold: probability above which a voxel is predicted (the evaluation's).
+        title: the figure's title.
+
+    Raises:
+        ValueError: a name that is not a channel of ``target``.
+    """
+    channels = channel_names(target.shape[0])
+    if names is None:
+        names = [n for c, n in enumerate(channels) if not np.isnan(target[c]).all()]
+    names = list(names)
+    unknown = [n for n in names if n not in channels]
+    if unknown:
+        raise ValueError(
+            f"{', '.join(unknown)}: not channels of a {target.shape[0]}-channel target"
+        )
+    binary = probabilities[:NUM_CLASSES] > threshold
+    rows = max(1, -(-len(names) // PANELS_PER_ROW))
+    figure = plt.figure(figsize=(2 * PANELS_PER_ROW * 1.7, 3.2 + 2.0 * rows), layout="constrained")
+    top, bottom = figure.subfigures(2, 1, height_ratios=[3.2, 2.0 * rows])
+    head = top.subplots(1, 3)
+    truth_rgb, unannotated = label_rgb(target[:NUM_CLASSES])
+    for ax, picture, label in zip(
+        head,
+        (em, truth_rgb, label_rgb(probabilities[:NUM_CLASSES])[0]),
+        ("EM", "ground truth (all classes)", "prediction (all classes)"),
+        strict=True,
+    ):
+        ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, interpolation="nearest",
+                  vmin=0, vmax=1)  # fmt: skip
+        ax.set_title(label, fontsize="small")
+        ax.axis("off")
+    if unannotated.any():
+        head[1].contourf(unannotated, levels=[0.5, 1.5], hatches=["//"], colors="none")
+    grid = bottom.subplots(rows, 2 * PANELS_PER_ROW, squeeze=False)
+    for ax in grid.ravel():
+        ax.axis("off")
+    for k, name in enumerate(names):
+        truth = target[channels.index(name)]
+        if name in CLASS_INDEX:
+            predicted = binary[CLASS_INDEX[name]]
+        else:
+            predicted = group_prediction(binary, name)
+        dice = slice_dice(predicted, truth)
+        row, column = divmod(k, PANELS_PER_ROW)
+        for ax, mask, label in (
+            (grid[row, 2 * column], truth == 1, f"{name}: truth"),
+            (grid[row, 2 * column + 1], predicted,
+             f"{name}: prediction\nDice {'–' if dice is None else f'{dice:.2f}'}"),
+        ):  # fmt: skip
+            ax.axis("on")
+            ax.imshow(overlay(em, mask, name), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(COLOURS[name])
+                spine.set_linewidth(3)
+            ax.set_title(label, fontsize="x-small")
+        missing = np.isnan(truth)
+        if missing.any():
+            ax_truth = grid[row, 2 * column]
+            ax_truth.contourf(missing, levels=[0.5, 1.5], hatches=["//"], colors="none")
+    if title:
+        figure.suptitle(title, fontsize="medium")
     return figure
 
 

@@ -30,7 +30,7 @@ def test_report_embeds_summary_figures_and_tables(finished_run):
         *(
             workdir / "results" / "figures" / key / name
             for key in ("unet_2d", "unet_3d")
-            for name in ("samples.png", "training_curves.png")  # the visualize rule's outputs
+            for name in ("samples.png", "classes.png", "training_curves.png")  # visualize's
         ),
         workdir / "results" / "metrics" / "unet_3d.csv",
     ]

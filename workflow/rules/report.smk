@@ -14,6 +14,13 @@ rule visualize:
             subcategory="{run}",
             labels={"run": "{run}", "figure": "test crops"},
         ),
+        classes=report(
+            "results/figures/{run}/classes.png",
+            caption="../report/classes.rst",
+            category="Models",
+            subcategory="{run}",
+            labels={"run": "{run}", "figure": "classes of one test crop"},
+        ),
         curves=report(
             "results/figures/{run}/training_curves.png",
             caption="../report/training_curves.rst",

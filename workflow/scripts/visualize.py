@@ -1,4 +1,5 @@
-"""Snakemake rule visualize: one model's test-crop panels and training curves (thin wrapper)."""
+"""Snakemake rule visualize: one model's test-crop panels, per-class panels of one test crop and
+training curves (thin wrapper)."""
 
 from cellseg.evaluation import EvaluationSettings
 from cellseg.joblog import job_log
@@ -14,4 +15,5 @@ with job_log(snakemake.log[0]):  # noqa: F821
         snakemake.output.curves,  # noqa: F821
         ModelFigureSettings.from_config(snakemake.params.evaluation),  # noqa: F821
         EvaluationSettings.from_config(snakemake.params.evaluation),  # noqa: F821
+        classes_path=snakemake.output.classes,  # noqa: F821
     )

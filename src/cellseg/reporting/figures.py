@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cellseg.classes import CLASSES, NUM_CLASSES
+from cellseg.classes import CLASSES, GROUP_NAMES, NUM_CLASSES
 from cellseg.io import atomic_path
 from cellseg.reporting.study import STUDY_LOSS_DEFAULTS, STUDY_LOSS_KEYS, Study
 from cellseg.reporting.summary import BASELINE
@@ -30,11 +30,15 @@ __all__ = [
     "STUDY_FIGURES",
     "SUMMARY_FIGURES",
     "ModelFigureSettings",
+    "annotated_names",
+    "crop_class_panels",
     "dim_figure",
+    "figure_crop",
     "heatmap_figure",
     "make_model_figures",
     "mean_dice_figure",
     "pareto_figure",
+    "predicted_slice",
     "rank_sets_figure",
     "sample_slices",
     "save_figure",
@@ -346,6 +350,84 @@ def sample_slices(
     return picks
 
 
+def figure_crop(crops: Sequence[Any], geometries: Sequence[Any], seed: int) -> int:
+    """The crop of the per-class panels: the one that annotates the most classes and groups,
+    ties going to the first in :func:`sample_slices`' seeded order (the first sample row's crop
+    when it is among the richest)."""
+    order = np.random.default_rng(seed).permutation(len(crops))
+    return int(max(order, key=lambda i: len(annotated_names(geometries[i]))))
+
+
+def annotated_names(geometry: Any) -> list[str]:
+    """The classes, then the groups, a crop annotates (the label arrays it holds)."""
+    return [name for name in (*CLASSES, *GROUP_NAMES) if name in geometry.labels]
+
+
+def predicted_slice(
+    predictor: Any,
+    geometry: Any,
+    z: int,
+    evaluation_settings: Any,
+    device: Any,
+    mode: str,
+    groups: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """EM, ground truth and probabilities of prediction-grid slice ``z`` of a crop, at the
+    model's resolution, predicted as evaluation predicts it.
+
+    The ground truth is read on the prediction grid (nearest label voxel), NaN where
+    unannotated, with the group channels after the 14 when ``groups``.
+
+    Returns:
+        ``em (H, W)`` in [0, 1], ``target (14[+groups], H, W)``, ``probabilities (14, H, W)``.
+    """
+    from cellseg.data.patches import CropReader, PatchGrid
+    from cellseg.inference import PredictionGrid, predict_slab
+
+    grid = PredictionGrid.for_crop(geometry, predictor.resolution_nm)
+    em, logits = predict_slab(predictor, geometry, (z, z + 1), evaluation_settings, device)
+    probabilities = predictor.probabilities(logits, mode)
+    r = grid.resolution_nm
+    yy, xx = np.meshgrid(
+        grid.origin_nm[1] + np.arange(grid.shape[1]) * r,
+        grid.origin_nm[2] + np.arange(grid.shape[2]) * r,
+        indexing="ij",
+    )
+    z_nm = np.array([grid.origin_nm[0] + z * r])
+    reader = CropReader(geometry, r, predictor.em_range, infer_true_negatives=False, groups=groups)
+    _, target = reader.read(PatchGrid(z_nm, np.stack([yy, xx], axis=-1)))
+    return em[0], target[:, 0], probabilities[:, 0].numpy()
+
+
+def crop_class_panels(
+    predictor: Any,
+    crops: Sequence[Any],
+    geometries: Sequence[Any],
+    seed: int,
+    evaluation_settings: Any,
+    device: Any,
+    mode: str,
+) -> Figure:
+    """:func:`cellseg.visualization.class_panels_figure` of the middle prediction-grid slice of
+    :func:`figure_crop`: EM, then truth and prediction of every class and group it annotates."""
+    from cellseg.inference import PredictionGrid
+    from cellseg.visualization import class_panels_figure
+
+    index = figure_crop(crops, geometries, seed)
+    geometry = geometries[index]
+    names = annotated_names(geometry)
+    groups = any(name in GROUP_NAMES for name in names)
+    z = PredictionGrid.for_crop(geometry, predictor.resolution_nm).shape[0] // 2
+    em, target, probabilities = predicted_slice(
+        predictor, geometry, z, evaluation_settings, device, mode, groups
+    )
+    threshold = float(evaluation_settings.threshold)
+    title = (
+        f"{predictor.key}: {crops[index].name}, z={z} (adjustment {mode}, threshold {threshold:g})"
+    )
+    return class_panels_figure(em, target, probabilities, names, threshold, title)
+
+
 def make_model_figures(
     checkpoint: Path | str,
     history: Path | str,
@@ -355,18 +437,21 @@ def make_model_figures(
     figure_settings: ModelFigureSettings | None = None,
     evaluation_settings: Any = None,
     split: str = "test",
+    classes_path: Path | str | None = None,
 ) -> None:
-    """The ``visualize`` rule: sample panels of test crops and training curves of one model.
+    """The ``visualize`` rule: sample panels of test crops, per-class panels of one test crop
+    and training curves of one model.
 
     Samples are z slices of the prediction grid (the model's resolution) of seeded test crops;
     the ground truth is shown on that grid (nearest label voxel) and unannotated voxels are grey
-    and hatched. Probabilities use the evaluation's first adjustment mode.
+    and hatched. Probabilities use the evaluation's first adjustment mode. ``classes_path``
+    (when given) gets :func:`crop_class_panels`: the middle slice of the test crop that
+    annotates the most classes and groups, every one of them in its palette colour.
     """
     from cellseg.data.datasplit import read_datasplit
-    from cellseg.data.patches import CropReader, PatchGrid
     from cellseg.data.store import read_crop_geometry
     from cellseg.evaluation import EvaluationSettings
-    from cellseg.inference import PredictionGrid, Predictor, predict_slab, resolve_device
+    from cellseg.inference import PredictionGrid, Predictor, resolve_device
     from cellseg.visualization import crop_panels_figure, training_curves_figure
 
     fs = figure_settings or ModelFigureSettings()
@@ -376,25 +461,17 @@ def make_model_figures(
     mode = predictor.modes(es)[0]
     crops = read_datasplit(datasplit, [split])
     geometries = [read_crop_geometry(crop, predictor.resolution_nm) for crop in crops]
-    grids = [PredictionGrid.for_crop(g, predictor.resolution_nm) for g in geometries]
+    depths = [PredictionGrid.for_crop(g, predictor.resolution_nm).shape[0] for g in geometries]
     panels = []
-    for index, z in sample_slices(len(crops), [g.shape[0] for g in grids], fs.samples, fs.seed):
-        geometry, grid = geometries[index], grids[index]
-        em, logits = predict_slab(predictor, geometry, (z, z + 1), es, device)
-        probabilities = predictor.probabilities(logits, mode)
-        r = grid.resolution_nm
-        yy, xx = np.meshgrid(
-            grid.origin_nm[1] + np.arange(grid.shape[1]) * r,
-            grid.origin_nm[2] + np.arange(grid.shape[2]) * r,
-            indexing="ij",
+    for index, z in sample_slices(len(crops), depths, fs.samples, fs.seed):
+        em, target, probabilities = predicted_slice(
+            predictor, geometries[index], z, es, device, mode
         )
-        z_nm = np.array([grid.origin_nm[0] + z * r])
-        reader = CropReader(geometry, r, predictor.em_range, infer_true_negatives=False)
-        _, target = reader.read(PatchGrid(z_nm, np.stack([yy, xx], axis=-1)))
-        panels.append(
-            (em[0], target[:, 0], probabilities[:, 0].numpy(), f"{crops[index].name}, z={z}")
-        )
+        panels.append((em, target, probabilities, f"{crops[index].name}, z={z}"))
     figure = crop_panels_figure(panels, f"{predictor.key}: test crops (adjustment {mode})")
     save_figure(figure, Path(samples_path))
+    if classes_path is not None:
+        figure = crop_class_panels(predictor, crops, geometries, fs.seed, es, device, mode)
+        save_figure(figure, Path(classes_path))
     table = pd.read_csv(history)
     save_figure(training_curves_figure(table, title=predictor.key), Path(curves_path))
