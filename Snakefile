@@ -36,6 +36,7 @@ localrules:
     predict_all,
     predict_init,
     preflight,
+    preflight_table,
     preflight_verdict,
 
 

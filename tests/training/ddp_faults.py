@@ -28,10 +28,10 @@ from cellseg.training import trainer as trainer_module
 class FaultyTrainer(Trainer):
     fault = "none"
 
-    def train_step(self, image: torch.Tensor, target: torch.Tensor, step: bool) -> None:
+    def train_step(self, image: torch.Tensor, target: torch.Tensor, step: bool, crops=None) -> None:
         if self.fault == "nan" and self.rank == 1 and step and self.global_step == 1:
             image = image * float("nan")
-        super().train_step(image, target, step)
+        super().train_step(image, target, step, crops)
 
     def after_optimizer_step(self, samples_per_s: float) -> None:
         if self.fault == "stop" and self.global_step == 2:

@@ -198,7 +198,7 @@ def test_nonfinite_loss_stops_with_one_line_error(tiny_config, tiny_data, tmp_pa
         tiny_data["datasplit"],
         tiny_data["class_frequencies"],
     )
-    with pytest.raises(CellsegError, match="NaN/Inf for 3 micro-batches in a row") as error:
+    with pytest.raises(CellsegError, match="NaN/Inf in 3 accumulation windows in a row") as error:
         trainer.run()
     assert "\n" not in str(error.value)
 
@@ -446,14 +446,16 @@ def test_a_nonfinite_micro_batch_skips_its_whole_window(tiny_config, tiny_data, 
     before = {k: v.clone() for k, v in trainer.network.state_dict().items()}
     trainer.train_step(image * float("nan"), target, step=False)
     trainer.train_step(image, target, step=True)
-    # its NaN gradient was summed with the finite one's: no update, one non-finite loss counted
+    # its NaN gradient was summed with the finite one's: no update, one skipped window counted
+    # (the finite micro-batch after it does not reset the count: the window was skipped)
     assert all(torch.equal(before[k], v) for k, v in trainer.network.state_dict().items())
-    assert (trainer.nonfinite_total, trainer.nonfinite_in_a_row) == (1, 0)
+    assert (trainer.nonfinite_total, trainer.nonfinite.in_a_row) == (1, 1)
     assert (trainer.global_step, trainer.epoch_loss_count) == (1, 1)
     trainer.train_step(image, target, step=False)
     trainer.train_step(image, target, step=True)
     assert not all(torch.equal(before[k], v) for k, v in trainer.network.state_dict().items())
     assert (trainer.global_step, trainer.epoch_loss_count, trainer.nonfinite_total) == (2, 3, 1)
+    assert trainer.nonfinite.in_a_row == 0  # an update resets it
 
 
 def test_amp_logits_reach_the_loss_in_bf16(tiny_config, tiny_data, tmp_path):

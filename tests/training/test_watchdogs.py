@@ -22,6 +22,7 @@ from cellseg.errors import CellsegError
 from cellseg.losses import BalancedSoftmaxPartialTverskyLoss
 from cellseg.training import EXIT_STALLED, EXIT_TIME_BUDGET, Trainer, resolve_settings
 from cellseg.training.checkpoint import load_checkpoint
+from cellseg.training.launch import launch_training
 from cellseg.training.trainer import job_start_time
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +53,10 @@ def test_nonfinite_gradients_with_finite_losses_stop_the_run(tiny_config, tiny_d
         trainer.run()
     message = str(error.value)
     assert "\n" not in message
-    assert message.startswith("gradient norm was NaN/Inf for 3 micro-batches in a row")
+    assert message.startswith(
+        "gradient norm was NaN/Inf in 3 accumulation windows in a row (epoch 1, steps 2-4; crops "
+        "tiny/crop1, tiny/crop2)"
+    )
     assert (trainer.nonfinite_total, trainer.global_step) == (3, 4)
     # the skipped windows left the weights as step 2 made them
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["global_step"] == 4
@@ -72,7 +76,7 @@ def test_a_nonfinite_gradient_counts_in_history(tiny_config, tiny_data, tmp_path
     assert list(history["nonfinite_steps"]) == [0, 1]
 
 
-def test_a_nonfinite_gradient_window_counts_each_micro_batch(tiny_config, tiny_data, tmp_path):
+def test_a_nonfinite_gradient_window_counts_once(tiny_config, tiny_data, tmp_path):
     config = with_training(tiny_config, grad_accum=2, inject_nonfinite_grad_after_steps=0)
     config["loss"]["online_frequency_every"] = 1000
     trainer = make_trainer(config, tiny_data, tmp_path)
@@ -82,8 +86,88 @@ def test_a_nonfinite_gradient_window_counts_each_micro_batch(tiny_config, tiny_d
     trainer.train_step(batch["image"], batch["target"], step=False)
     trainer.train_step(batch["image"], batch["target"], step=True)
     assert all(torch.equal(before[k], v) for k, v in trainer.network.state_dict().items())
-    assert (trainer.nonfinite_total, trainer.nonfinite_in_a_row, trainer.global_step) == (2, 2, 1)
+    assert (trainer.nonfinite_total, trainer.nonfinite.in_a_row, trainer.global_step) == (1, 1, 1)
     assert trainer.epoch_loss_count == 0  # like non-finite losses: not in the epoch's loss
+
+
+class FirstMicroBatchNaN(Trainer):
+    """A NaN image, hence a NaN loss, in the first micro-batch of every accumulation window."""
+
+    def train_step(self, image, target, step, crops=None):
+        if not self.window_losses:
+            image = torch.full_like(image, float("nan"))
+        super().train_step(image, target, step, crops)
+
+
+@pytest.mark.parametrize("grad_accum", [1, 4])
+def test_skipped_windows_are_counted_whatever_grad_accum(
+    tiny_config, tiny_data, tmp_path, grad_accum
+):
+    # the issue's case: with grad_accum 4 the finite micro-batches after the NaN one reset a
+    # per-micro-batch counter, and every update was skipped with the counter at 0
+    config = with_training(tiny_config, grad_accum=grad_accum, max_nonfinite_steps=2)
+    config["training"]["2d"]["iterations_per_epoch"] = 4 * grad_accum
+    trainer = make_trainer(config, tiny_data, tmp_path, FirstMicroBatchNaN)
+    with pytest.raises(CellsegError) as error:
+        trainer.run()
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(
+        "loss was NaN/Inf in 3 accumulation windows in a row (epoch 0, steps 0-2; crops tiny/crop"
+    )
+    assert "lower training lr or check those crops" in message
+    # the same 3 windows whatever grad_accum: the limit counts optimizer steps
+    assert (trainer.global_step, trainer.nonfinite_total) == (2, 3)
+    assert (tmp_path / "checkpoints" / "nonfinite.json").is_file()
+
+
+def test_a_nonfinite_window_that_recurs_after_a_resume_stops_naming_its_crops(
+    tiny_config, tiny_data, tmp_path
+):
+    # every window from optimizer step 2 on has NaN gradients (finite losses): the same data
+    # after a resume gives the same NaN, which no retry can get past
+    config = with_training(
+        tiny_config,
+        inject_nonfinite_grad_after_steps=2,
+        max_nonfinite_steps=1,
+        checkpoint_every_steps=2,
+    )
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "cellseg", "train", "--config", str(config_path),
+        "--model", "unet", "--dim", "2d", "--run-dir", str(run),
+        "--datasplit", str(tiny_data["datasplit"]),
+        "--class-frequencies", str(tiny_data["class_frequencies"]),
+    ]  # fmt: skip
+    env = os.environ | {"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 2, first.stderr[-3000:]
+    last = first.stderr.strip().splitlines()[-1]
+    assert (
+        "gradient norm was NaN/Inf in 2 accumulation windows in a row (epoch 0, steps 2-3" in last
+    )
+    checkpoint = run / "checkpoints" / "last.pt"
+    assert load_checkpoint(checkpoint)["global_step"] == 2
+    kept = checkpoint.read_bytes()
+
+    # what Snakemake's retry does: the same command, which resumes from step 2
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert second.returncode == EXIT_STALLED, second.stderr[-3000:]
+    last = second.stderr.strip().splitlines()[-1]
+    assert "stopped (exit status 65): the gradient norm was NaN/Inf again at epoch 0, step 2, " in (
+        last
+    )
+    assert (
+        "after a resume, on the same data as the attempt that stopped there (crops tiny/crop"
+        in (last)
+    )
+    assert "check those crops' EM and labels" in last
+    # nothing lost: the checkpoint it resumed from stays as it was; both attempts are logged
+    assert checkpoint.read_bytes() == kept
+    log = (run / "train.log").read_text()
+    assert "resumed from" in log and log.count("attempt 2: settings") == 1
 
 
 # ----------------------------------------------------------------- stalls
@@ -192,6 +276,44 @@ def test_a_job_near_its_slurm_end_time_stops_for_resume_before_any_step(
     assert "SLURM_JOB_END_TIME (" in result.stderr and "minus 2 min margin reached" in result.stderr
     assert "at epoch 0, step 0; nothing trained in this attempt" in result.stderr
     assert not (run / "checkpoints" / "last.pt").exists() and not (run / "history.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("fault", "status"),
+    [
+        # the budget (1 - 0.99 min from the job's start) is gone before the first step
+        ({"runtime_min": 1, "time_budget_margin_min": 0.99}, EXIT_TIME_BUDGET),
+        # a learning rate of 0 (the schema refuses it; the launcher does not check): a stall
+        ({"lr": 0.0, "max_stalled_steps": 2}, EXIT_STALLED),
+    ],
+    ids=["resume", "stalled"],
+)
+def test_torchrun_carries_the_ranks_exit_status_to_the_job(
+    tiny_config, tiny_data, tmp_path, fault, status
+):
+    # what the train rule runs (workflow/scripts/train.py): two gloo ranks under torchrun,
+    # whose own status is 1 whenever a rank exits non-zero
+    config = copy.deepcopy(tiny_config)
+    config["models"]["unet_2d"] = {"gpus": 2, "run_on_cpu": True, "mem_mb": 8000, **fault}
+    log_path = tmp_path / "job.log"
+    with open(log_path, "w") as log:
+        result = launch_training(
+            config,
+            "unet_2d",
+            tmp_path / "run",
+            tiny_data["datasplit"],
+            tiny_data["class_frequencies"],
+            runtime_min=fault.get("runtime_min"),
+            log=log,
+        )
+    text = log_path.read_text()
+    assert result == status, text[-3000:]
+    assert "torch.distributed.run --standalone --nproc_per_node=2" in text
+    assert (
+        f"torchrun exited 1; rank 0 of cellseg train exited {status}: the job exits {status}"
+        in (text)
+    )
+    assert not (tmp_path / "run" / ".exit_status").exists()
 
 
 def test_the_budget_of_a_torchrun_rank_counts_from_torchrun(monkeypatch):

@@ -71,16 +71,21 @@ def test_seed_experiment_jobs_ask_for_what_their_work_needs(clone):
     # the bookkeeping rules are localrules (the SLURM tests check that they are not submitted);
     # the seed preset runs each training run's preflight first
     # (and locally its table, results/preflight.md, and the go / no-go gate before each train job)
-    local = {*LOCAL_RULES, "preflight", "preflight_verdict"}
+    local = {*LOCAL_RULES, "preflight_table", "preflight_verdict"}
     assert planned_rules(dry) - local == {*SUBMITTED, "preflight_run"}
     assert "preflight_verdict" in planned_rules(dry)
-    assert "preflight" in planned_rules(dry)
+    assert "preflight_table" in planned_rules(dry)
     evaluate = merged("resources", "evaluate", *layers)
     visualize = merged("resources", "visualize", *layers)
     assert evaluate["gpus"] == 1 and visualize["gpus"] == 1
     jobs = {
         rule: planned_jobs(dry, rule)
         for rule in ("train", "evaluate", "visualize", "preflight_run")
+    }
+    # a preflight is named by its run and the key of its settings (results/preflight/{run}/{key})
+    jobs["preflight_run"] = {
+        wildcards.split(", key=")[0]: resources
+        for wildcards, resources in jobs["preflight_run"].items()
     }
     preflight_min = {**BASE["preflight"], **SEED["preflight"]}["runtime_min"]
     for key in SEED["models"]:

@@ -32,6 +32,23 @@ def test_the_2d_entries_are_the_seed_presets():
             assert {k: v for k, v in entry.items() if k != "init"} == seed["models"][key], key
 
 
+def test_the_preset_says_which_models_really_start_pretrained():
+    # the shares its comment states are the ones init: imagenet loads into the seed presets
+    # (names and shapes of timm's encoders; nothing is downloaded)
+    from cellseg.models import build_model
+    from cellseg.training.init import MIN_PRETRAINED_FRACTION, imagenet_share
+
+    text = PRETRAINED.read_text()
+    stated = {m.group(1): float(m.group(2)) for m in re.finditer(r"(\w+_2d) (\d+\.\d+) %", text)}
+    assert set(stated) == {"resnet_2d", "swin_2d", "vit_2d"}, stated
+    for key, percent in stated.items():
+        name, dim = key.split("_")
+        share = imagenet_share(build_model(name, dim, preset="seed"))
+        assert round(100 * share, 2 if percent < 1 else 1) == percent, (key, share)
+    assert f"below the {100 * MIN_PRETRAINED_FRACTION:.0f} % pretrained share" in text
+    assert "resnet_2d 0.04 %" in text
+
+
 def test_pretrained_preset_plans_scratch_and_pretrained_with_seed_resources(clone):
     preset = yaml.safe_load(PRETRAINED.read_text())
     weights = clone / preset["models"]["cosem_3d"]["init"]["checkpoint"]

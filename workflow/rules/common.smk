@@ -23,6 +23,7 @@ from cellseg.resources import (
     training_resources,
     visible_gpu_count,
 )
+from cellseg.training.preflight import PreflightConfig, preflight_key
 from cellseg.training.settings import check_variant_name, resolve_settings, runs
 
 # Snakemake has already merged every --configfile and --config into `config` on top of
@@ -263,7 +264,7 @@ def get_final_output():
         *rules.summary.output,
         *expand(rules.visualize.output, run=FIGURE_RUNS),
         *(rules.study.output if STUDY else []),
-        *(rules.preflight.output if config["preflight"]["enabled"] else []),
+        *(rules.preflight_table.output if config["preflight"]["enabled"] else []),
     ]
 
 
@@ -303,10 +304,33 @@ def workflow_retries(wildcards):
     return int(os.environ.get(RETRIES_VARIABLE, workflow.execution_settings.retries))
 
 
+def preflight_key_of(run):
+    """The key run {run}'s preflight is tied to (cellseg.training.preflight.preflight_key):
+    every setting of the run, the profile's retries and the preflight's thresholds."""
+    return preflight_key(
+        resolve_settings(config, run),
+        workflow_retries(None),
+        PreflightConfig.from_config(config),
+    )
+
+
+def preflight_path(run, suffix):
+    """results/preflight/{run}/{key}.{suffix}: a result and its verdict are named by the key,
+    so other settings are other files, which a train job that has to run waits for (the
+    preflight measures again whatever the rerun triggers: the profiles' mtime sees no edit of
+    the config), while a finished model's train job, not run, asks for none."""
+    return f"results/preflight/{run}/{preflight_key_of(run)}.{suffix}"
+
+
 def train_preflight(wildcards):
     """The train job's preflight verdict (preflight.smk) when preflight.enabled: ancient, so
     that a preflight run again (e.g. `snakemake preflight` after the experiment) never makes a
     finished model out of date under rerun-triggers mtime."""
     if not config["preflight"]["enabled"]:
         return {}
-    return {"preflight_verdict": ancient(f"results/preflight/{wildcards.run}.verdict")}
+    return {"preflight_verdict": ancient(preflight_path(wildcards.run, "verdict"))}
+
+
+def preflight_results(wildcards):
+    """Every run's preflight result at its key (the table, rule preflight)."""
+    return [preflight_path(run, "json") for run in RUNS]

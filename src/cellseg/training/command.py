@@ -11,6 +11,7 @@ from cellseg.ownership import check_output_path
 from cellseg.training.lock import run_dir_lock
 from cellseg.training.settings import load_config, resolve_settings
 from cellseg.training.trainer import Trainer, job_start_time
+from cellseg.training.watchdogs import EXIT_STATUS_FILE_VARIABLE
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -33,7 +34,13 @@ def _run(args: argparse.Namespace) -> int:
             restart=args.restart,
             job_started=started,
         )
-        return trainer.run()
+        status = trainer.run()
+    # under torchrun (whose own status is 1 whenever a rank fails) rank 0 leaves its status
+    # for the launcher, so that 75 (resume) and 65 (stalled) reach the job's log
+    status_file = os.environ.get(EXIT_STATUS_FILE_VARIABLE)
+    if status_file and int(os.environ.get("RANK", "0")) == 0:
+        Path(status_file).write_text(f"{status}\n")
+    return status
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -38,7 +38,14 @@ CELLSEG_FORMATS: frozenset[str] = frozenset({"cellseg-model-1", "cellseg-checkpo
 MIN_LOADED_FRACTION = 0.5
 """A checkpoint must fill at least this share of the network's parameters (elements): less is
 another architecture whose names happen to overlap, not a start worth the name. ImageNet
-weights have no floor (a trimmed encoder, e.g. the seed ResNet's, takes only its stem)."""
+weights have no floor (a trimmed encoder, e.g. the seed ResNet's, takes only its stem), but see
+:data:`MIN_PRETRAINED_FRACTION`."""
+
+MIN_PRETRAINED_FRACTION = 0.25
+"""A start from pretrained weights that fills less than this share of the network's parameters
+(elements) is logged with a warning and reported as starting essentially from scratch: the seed
+``resnet_2d`` takes 0.04 % from ImageNet (its trimmed encoder keeps only the stem's weights),
+Swin-T and ViT-B/16 80-97 %."""
 
 
 @dataclass
@@ -59,6 +66,22 @@ class InitReport:
     reinitialised: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     loaded_fraction: float = 0.0
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the start fills at least :data:`MIN_PRETRAINED_FRACTION` of the parameters."""
+        return self.loaded_fraction >= MIN_PRETRAINED_FRACTION
+
+    def warning(self, key: str) -> str | None:
+        """The log's warning for a start that loads too little to count as pretrained."""
+        if self.pretrained:
+            return None
+        return (
+            f"warning: init from {self.source} loads {self.loaded_fraction:.2%} of {key}'s "
+            f"parameters ({len(self.loaded)} tensors), below {MIN_PRETRAINED_FRACTION:.0%}: the "
+            "run starts essentially from scratch (train_summary.json and the summary say so); "
+            "use a preset whose encoder the weights fill, or name it a scratch run"
+        )
 
     def describe(self) -> str:
         """The log's lines: counts, then every name under its heading."""
@@ -202,12 +225,16 @@ def cosem_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | 
     return renamed
 
 
-def imagenet_state(network: SegmentationModel, where: str) -> dict[str, torch.Tensor]:
+def imagenet_state(
+    network: SegmentationModel, where: str, pretrained: bool = True
+) -> dict[str, torch.Tensor]:
     """timm's ImageNet weights of the network's encoder, in the network's naming.
 
     The encoder is built again as timm defines it (its default sizes, with the network's
     input channels, out_indices and, for fixed-size transformers, input size) with
-    ``pretrained=True``; its tensors that match the configured encoder load.
+    ``pretrained=True``; its tensors that match the configured encoder load. ``pretrained``
+    False builds the same encoder without weights: the names and shapes, for
+    :func:`imagenet_share` (nothing is downloaded).
 
     Raises:
         CellsegError: the model has no timm encoder, or the weights cannot be had (offline
@@ -234,7 +261,7 @@ def imagenet_state(network: SegmentationModel, where: str) -> dict[str, torch.Te
             out_indices=config["out_indices"],
             decoder_channels=None,
             decoder_dropout=0.0,
-            pretrained=True,
+            pretrained=pretrained,
             img_size=config["input_shape"] if network.input_rule.fixed is not None else None,
         )
     except CellsegError as error:
@@ -246,6 +273,25 @@ def imagenet_state(network: SegmentationModel, where: str) -> dict[str, torch.Te
             "the Hugging Face cache, or set init: scratch"
         ) from None
     return {f"net.encoder.{name}": t for name, t in stock.encoder.state_dict().items()}
+
+
+def imagenet_share(network: SegmentationModel) -> float:
+    """The share of ``network``'s parameters (elements) that ``init: imagenet`` would load, from
+    the names and shapes of timm's encoder alone (no weights are downloaded, ``network`` is not
+    changed).
+
+    Raises:
+        CellsegError: the model has no timm encoder.
+    """
+    state = imagenet_state(network, f"{network.name}_{network.dim}", pretrained=False)
+    parameters = dict(network.named_parameters())
+    total = sum(p.numel() for p in parameters.values())
+    loaded = sum(
+        p.numel()
+        for name, p in parameters.items()
+        if name in state and tuple(state[name].shape) == tuple(p.shape)
+    )
+    return loaded / total if total else 0.0
 
 
 def initialize_weights(

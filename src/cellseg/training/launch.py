@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import yaml
 from cellseg.io import write_text_atomic
 from cellseg.resources import check_training_fits
 from cellseg.training.settings import resolve_settings
+from cellseg.training.watchdogs import EXIT_STATUS_FILE_VARIABLE
 
 
 def training_command(
@@ -84,6 +86,8 @@ def launch_training(
 
     The time budget handed to the trainer is the job's ``runtime_min`` minus the model's
     ``time_budget_margin_min``, so the job checkpoints and exits (status 75) before SLURM kills it.
+    Under ``torchrun`` the job exits with rank 0's status (75 resume, 65 stalled), not
+    torchrun's 1 (:func:`carried_status`).
     Before anything starts, the job's estimated host memory is checked against its request
     (:func:`cellseg.resources.check_training_fits`; more processes than CPUs is a warning in
     the log).
@@ -108,4 +112,31 @@ def launch_training(
         config_path, model_key, run_dir, datasplit, class_frequencies, settings.gpus, budget
     )
     print("$ " + shlex.join(command), file=log or sys.stderr, flush=True)
-    return subprocess.call(command, stdout=log, stderr=subprocess.STDOUT if log else None)
+    status_file = run_dir / ".exit_status"
+    status_file.unlink(missing_ok=True)
+    environment = os.environ | {EXIT_STATUS_FILE_VARIABLE: str(status_file)}
+    status = subprocess.call(
+        command, stdout=log, stderr=subprocess.STDOUT if log else None, env=environment
+    )
+    return carried_status(status, status_file, settings.gpus, log)
+
+
+def carried_status(status: int, status_file: Path, processes: int, log: Any = None) -> int:
+    """The job's exit status: ``torchrun`` exits 1 whenever a rank fails, so under it the status
+    that rank 0 of ``cellseg train`` left in ``status_file`` (75 resume, 65 stalled) is the
+    job's; otherwise (one process, or no status left: a rank crashed) the process's own."""
+    try:
+        rank_status = int(status_file.read_text().strip())
+    except (OSError, ValueError):
+        return status
+    finally:
+        status_file.unlink(missing_ok=True)
+    if processes > 1 and status != 0 and rank_status != 0:
+        print(
+            f"torchrun exited {status}; rank 0 of cellseg train exited {rank_status}: the job "
+            f"exits {rank_status}",
+            file=log or sys.stderr,
+            flush=True,
+        )
+        return rank_status
+    return status

@@ -7,8 +7,12 @@ does: :class:`~cellseg.training.trainer.Trainer` itself, with the configured bat
 gradient accumulation, bf16 autocast, TF32 and ``torch.compile`` as the settings say, DDP over
 the job's GPUs through ``torchrun`` (gloo CPU ranks when ``run_on_cpu``). It measures, per rank:
 
-* **peak memory**: ``torch.cuda.max_memory_allocated`` against the device's total memory (on
-  CPU there is no device memory: n/a, and the host RSS is reported);
+* **memory the device holds**: the peak of what torch's caching allocator reserved
+  (``torch.cuda.max_memory_reserved``, which holds the allocated peak and its fragmentation)
+  plus what the process holds outside it (the CUDA context, cuBLAS/cuDNN workspaces, NCCL
+  buffers: the device's used memory minus the reserved), against the device's total memory;
+  the allocated peak is recorded beside it (on CPU there is no device memory: n/a, and the host
+  RSS is reported);
 * **demand**: samples/s per GPU of the optimizer step on a batch already on the device (after
   ``warmup_steps`` untimed steps, ``timed_steps`` timed ones);
 * **supply**: patches/s the configured loader (``num_workers``, ``cache_mb``) delivers from the
@@ -22,10 +26,13 @@ the job's GPUs through ``torchrun`` (gloo CPU ranks when ``run_on_cpu``). It mea
 From the optimizer-step time it projects the time per epoch (``ceil(iterations_per_epoch /
 grad_accum)`` steps; validation is not measured), to ``max_epochs``, the resubmissions that
 ``runtime_min - time_budget_margin_min`` per attempt imply, and the GPU-hours; then decides
-(:func:`decide`): **no-go** when the peak memory exceeds ``preflight.max_memory_fraction`` of the
-device, when supply < ``preflight.min_supply_ratio`` x demand, or when training needs more
-attempts than the profile's ``retries`` + 1. Each reason names the measurement and the keys to
-change. The result is ``results/preflight/{run}.json`` (:func:`run_preflight`), the table of all
+(:func:`decide`): **no-go** when the memory the device holds exceeds
+``preflight.max_memory_fraction`` of the device (the rest is the stated headroom), when supply <
+``preflight.min_supply_ratio`` x demand, or when training needs more attempts than the
+profile's ``retries`` + 1 less ``preflight.spare_jobs`` (kept for a node failure). Each reason
+names the measurement and the keys to change. A result is tied to every setting of the run, its
+retries and the preflight's thresholds (:func:`preflight_key`): the workflow measures again
+whenever one of them differs, and the gate refuses a result of other settings. The result is ``results/preflight/{run}.json`` (:func:`run_preflight`), the table of all
 runs ``results/preflight.md`` (:func:`format_table`), and a local gate before each ``train`` job
 refuses a no-go (:func:`check_preflight`, :func:`write_verdict`) unless ``preflight.enforce`` is
 false, so that a no-go run's training job is never queued.
@@ -42,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -60,7 +68,7 @@ import yaml
 
 from cellseg.errors import CellsegError
 from cellseg.io import write_json_atomic, write_text_atomic
-from cellseg.training.settings import TrainSettings
+from cellseg.training.settings import TrainSettings, changed_keys, jsonable
 
 FORMAT = "cellseg-preflight-1"
 """``format`` of a preflight JSON."""
@@ -83,8 +91,11 @@ class PreflightConfig:
         loader_batches: batches each rank's loader delivers untimed, then as many timed (supply).
         real_steps: optimizer steps of the short real run (loader feeding steps: data wait).
         allreduce_mb: size of the all-reduced tensor, MB.
-        max_memory_fraction: no-go above this peak memory ÷ device memory.
+        max_memory_fraction: no-go above this memory the device holds (reserved peak +
+            CUDA context) ÷ device memory; ``1 - max_memory_fraction`` is the headroom.
         min_supply_ratio: no-go when supply < this × demand.
+        spare_jobs: jobs of the profile's ``retries + 1`` kept free for a node failure or a
+            preemption: no-go when training needs more than ``retries + 1 - spare_jobs``.
     """
 
     enabled: bool = False
@@ -97,6 +108,7 @@ class PreflightConfig:
     allreduce_mb: float = 64.0
     max_memory_fraction: float = 0.9
     min_supply_ratio: float = 1.2
+    spare_jobs: int = 1
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> PreflightConfig:
@@ -127,6 +139,9 @@ class RankFigures:
         supply: patches/s this rank's loader delivered.
         data_wait_fraction: share of the real run's wall time spent waiting for batches.
         real_step_s: seconds per optimizer step of the real run (data waits included).
+        context_mb: device memory this process holds outside torch's allocator (the CUDA
+            context, library workspaces, NCCL buffers): the device's used memory minus the
+            reserved, MB (None on CPU).
     """
 
     rank: int
@@ -140,6 +155,16 @@ class RankFigures:
     supply: float
     data_wait_fraction: float
     real_step_s: float
+    context_mb: float | None = None
+
+    @property
+    def held_mb(self) -> float | None:
+        """What the device holds for this rank: the reserved peak plus the context, MB (the
+        allocated peak where an older result recorded no reserved figure)."""
+        if self.device_memory_mb is None:
+            return None
+        base = self.peak_reserved_mb if self.peak_reserved_mb is not None else self.peak_memory_mb
+        return None if base is None else base + (self.context_mb or 0.0)
 
 
 @dataclass(frozen=True)
@@ -198,7 +223,7 @@ class Summary:
         ranks: processes measured.
         device: e.g. ``2 x NVIDIA L40S`` or ``2 x cpu``.
         device_memory_mb: the smallest device's memory, MB (None on CPU).
-        peak_memory_mb: the largest rank's peak, MB (None on CPU).
+        peak_memory_mb: the largest rank's allocated peak, MB (None on CPU).
         host_peak_rss_mb: the sum over ranks of each rank's (with its workers) peak RSS, MB.
         step_s: the slowest rank's optimizer step on the held batch, s.
         demand: samples/s per GPU (rank) at that step time.
@@ -206,6 +231,10 @@ class Summary:
         data_wait_fraction: the largest rank's share of waiting.
         real_step_s: the slowest rank's real-run optimizer step, s.
         allreduce_gbps: bus bandwidth of an all-reduce, GB/s (None for one rank).
+        held_memory_mb: the largest rank's memory held on its device (reserved peak + CUDA
+            context, :attr:`RankFigures.held_mb`), MB (None on CPU): what the verdict judges.
+        peak_reserved_mb: the largest rank's reserved peak, MB (None on CPU).
+        context_mb: the largest rank's memory outside the allocator, MB (None on CPU).
     """
 
     ranks: int
@@ -219,12 +248,18 @@ class Summary:
     data_wait_fraction: float
     real_step_s: float
     allreduce_gbps: float | None = None
+    held_memory_mb: float | None = None
+    peak_reserved_mb: float | None = None
+    context_mb: float | None = None
 
     @classmethod
     def of(cls, ranks: Sequence[RankFigures], allreduce_gbps: float | None) -> Summary:
         devices = sorted({r.device for r in ranks})
         memory = [r.device_memory_mb for r in ranks if r.device_memory_mb is not None]
         peaks = [r.peak_memory_mb for r in ranks if r.peak_memory_mb is not None]
+        held = [r.held_mb for r in ranks if r.held_mb is not None]
+        reserved = [r.peak_reserved_mb for r in ranks if r.peak_reserved_mb is not None]
+        context = [r.context_mb for r in ranks if r.context_mb is not None]
         slowest = max(ranks, key=lambda r: r.step_s)
         return cls(
             ranks=len(ranks),
@@ -238,13 +273,17 @@ class Summary:
             data_wait_fraction=max(r.data_wait_fraction for r in ranks),
             real_step_s=max(r.real_step_s for r in ranks),
             allreduce_gbps=allreduce_gbps,
+            held_memory_mb=max(held) if held else None,
+            peak_reserved_mb=max(reserved) if reserved else None,
+            context_mb=max(context) if context else None,
         )
 
     @property
     def memory_fraction(self) -> float | None:
-        if self.peak_memory_mb is None or not self.device_memory_mb:
+        """Memory the device holds (reserved peak + context) ÷ the device's memory."""
+        if self.held_memory_mb is None or not self.device_memory_mb:
             return None
-        return self.peak_memory_mb / self.device_memory_mb
+        return self.held_memory_mb / self.device_memory_mb
 
     @property
     def supply_ratio(self) -> float:
@@ -272,18 +311,21 @@ def decide(
 ) -> Verdict:
     """go / no-go.
 
-    No-go when the peak device memory exceeds ``max_memory_fraction`` of the device (CPU: not
-    checked), when the loader's supply < ``min_supply_ratio`` × the step's demand, or when
-    training needs more attempts (of ``runtime_min - time_budget_margin_min``) than
-    ``retries + 1``.
+    No-go when the memory the device holds (reserved peak + CUDA context) exceeds
+    ``max_memory_fraction`` of the device (CPU: not checked), when the loader's supply <
+    ``min_supply_ratio`` × the step's demand, or when training needs more attempts (of
+    ``runtime_min - time_budget_margin_min``) than ``retries + 1 - spare_jobs``.
     """
     key, reasons = settings.key, []
     fraction = summary.memory_fraction
     if fraction is not None and fraction > preflight.max_memory_fraction:
+        held = summary.held_memory_mb or 0.0
         reasons.append(
-            f"peak GPU memory {summary.peak_memory_mb / 1024:.1f} of "
-            f"{summary.device_memory_mb / 1024:.1f} GB ({fraction:.2f} > "
-            f"preflight.max_memory_fraction {preflight.max_memory_fraction:g}): lower "
+            f"GPU memory held {held / 1024:.1f} of {summary.device_memory_mb / 1024:.1f} GB "
+            f"({fraction:.2f} > preflight.max_memory_fraction {preflight.max_memory_fraction:g}; "
+            f"reserved peak {(summary.peak_reserved_mb or 0) / 1024:.1f} GB + CUDA context "
+            f"{(summary.context_mb or 0) / 1024:.1f} GB, allocated peak "
+            f"{(summary.peak_memory_mb or 0) / 1024:.1f} GB): lower "
             f"models.{key}.batch_per_gpu (now {settings.batch_per_gpu}; `cellseg plan-batch "
             f"--model {settings.model} --dim {settings.dim} --probe` finds the largest that "
             "fits) and raise grad_accum to keep the effective batch"
@@ -296,14 +338,15 @@ def decide(
             f"(now {settings.num_workers}) with cpus_per_task (now {settings.cpus_per_task}; "
             f"ranks x (num_workers + 1) processes) or cache_mb (now {settings.cache_mb:g})"
         )
-    allowed = retries + 1
+    allowed = retries + 1 - preflight.spare_jobs
     if projection.attempts > allowed:
         reasons.append(
             f"projected {projection.days:.1f} days to max_epochs {settings.max_epochs} "
             f"({projection.step_s:.3g} s per optimizer step) need {projection.attempts} jobs of "
             f"runtime_min {settings.runtime_min} - time_budget_margin_min "
-            f"{settings.time_budget_margin_min:g} min, more than the {allowed} that retries "
-            f"{retries} allow: raise models.{key}.runtime_min or the profile's retries, or lower "
+            f"{settings.time_budget_margin_min:g} min, more than the {max(allowed, 0)} that "
+            f"retries {retries} allow with preflight.spare_jobs {preflight.spare_jobs} kept for "
+            f"a node failure: raise models.{key}.runtime_min or the profile's retries, or lower "
             "max_epochs or iterations_per_epoch"
         )
     return Verdict(not reasons, tuple(reasons))
@@ -330,13 +373,33 @@ def result_document(
         | {"memory_fraction": summary.memory_fraction, "supply_ratio": summary.supply_ratio},
         "projection": asdict(projection) | {"days": projection.days},
         "ranks": [asdict(r) for r in ranks],
-        "settings": judged_settings(settings),
+        "settings": jsonable(asdict(settings)),
+        "key": preflight_key(settings, retries, preflight),
         "preflight": asdict(preflight),
         "retries": retries,
         "host": os.uname().nodename,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+# preflight keys that change neither what is measured nor how it is judged
+UNJUDGED_PREFLIGHT_KEYS: frozenset[str] = frozenset({"enabled", "enforce", "runtime_min"})
+
+
+def preflight_key(
+    settings: TrainSettings, retries: int, preflight: PreflightConfig | Mapping[str, Any]
+) -> str:
+    """The hash a preflight result is tied to: every setting of the run (execution keys
+    included: workers, cache, memory and runtime change what is measured), the profile's
+    retries and the preflight's own measuring and judging keys. The workflow names a result
+    and its verdict by it (``results/preflight/{run}/{key}.json``), so a train job whose key
+    differs waits for a new measurement, whatever Snakemake's rerun triggers.
+    """
+    section = asdict(preflight) if isinstance(preflight, PreflightConfig) else dict(preflight)
+    section = {k: v for k, v in section.items() if k not in UNJUDGED_PREFLIGHT_KEYS}
+    document = {"settings": jsonable(asdict(settings)), "retries": retries, "preflight": section}
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def read_result(path: Path | str) -> dict[str, Any]:
@@ -353,13 +416,20 @@ def read_result(path: Path | str) -> dict[str, Any]:
     return document
 
 
-def check_preflight(path: Path | str, enforce: bool, settings: TrainSettings | None = None) -> str:
+def check_preflight(
+    path: Path | str,
+    enforce: bool,
+    settings: TrainSettings | None = None,
+    retries: int | None = None,
+    preflight: PreflightConfig | None = None,
+) -> str:
     """What the gate before a ``train`` job does with its run's preflight: a go passes, a
     no-go stops it.
 
-    With ``settings`` (the train job's), a preflight that measured other values of the settings
-    it judges (:func:`judged_settings`) says so and how to measure again: Snakemake does not redo
-    a preflight whose result exists.
+    With ``settings`` (the train job's), a result measured with any other setting (its
+    :func:`preflight_key` differs) is refused like a no-go, naming the changed keys: the
+    workflow measures again on its own (the key is in the preflight job's input), so this
+    catches a result put there by hand or by ``cellseg preflight`` with other settings.
 
     Returns:
         the line(s) the train job logs (go, or a no-go it proceeds past with ``enforce`` false).
@@ -368,26 +438,27 @@ def check_preflight(path: Path | str, enforce: bool, settings: TrainSettings | N
         CellsegError: a no-go with ``enforce`` true: one line with every reason.
     """
     document = read_result(path)
-    stale = ""
-    if settings is not None:
-        now = judged_settings(settings)
-        recorded = document.get("settings") or {}
-        changed = [
-            f"{key} {recorded[key]} -> {now[key]}"
-            for key in recorded
-            if key in now and recorded[key] != now[key]
-        ]
-        if changed:
-            stale = (
-                f" (measured with other settings: {', '.join(changed)}; delete {path} and run "
-                "the preflight again to judge these)"
+    if settings is not None and retries is not None and preflight is not None:
+        key = preflight_key(settings, retries, preflight)
+        if document.get("key") != key:
+            recorded = document.get("settings") or {}
+            changed = changed_keys(recorded, jsonable(asdict(settings)))
+            if document.get("retries") != retries:
+                changed.append(f"retries {document.get('retries')} -> {retries}")
+            line = (
+                f"preflight {path} of {document['run']} was measured with other settings "
+                f"(changed: {', '.join(changed) or 'preflight thresholds'}); delete it and run "
+                "the preflight again to judge these"
             )
+            if enforce:
+                raise CellsegError(f"{line}; or set preflight.enforce: false to train anyway")
+            return f"warning: {line}; training anyway (preflight.enforce: false)"
     if document["verdict"] == "go":
-        return f"preflight {path}: go" + (f"\nwarning: preflight{stale}" if stale else "")
+        return f"preflight {path}: go"
     line = f"preflight no-go for {document['run']} ({path}): {'; '.join(document['reasons'])}"
     if enforce:
-        raise CellsegError(f"{line}{stale}; or set preflight.enforce: false to train anyway")
-    return f"warning: {line}{stale}; training anyway (preflight.enforce: false)"
+        raise CellsegError(f"{line}; or set preflight.enforce: false to train anyway")
+    return f"warning: {line}; training anyway (preflight.enforce: false)"
 
 
 def write_verdict(
@@ -395,6 +466,8 @@ def write_verdict(
     verdict_path: Path | str,
     enforce: bool,
     settings: TrainSettings | None = None,
+    retries: int | None = None,
+    preflight: PreflightConfig | None = None,
 ) -> str:
     """The workflow's gate between a run's preflight and its ``train`` job.
 
@@ -409,30 +482,9 @@ def write_verdict(
     Raises:
         CellsegError: a no-go with ``enforce`` true (nothing is written).
     """
-    line = check_preflight(result_path, enforce, settings)
+    line = check_preflight(result_path, enforce, settings, retries, preflight)
     write_text_atomic(verdict_path, line + "\n")
     return line
-
-
-def judged_settings(settings: TrainSettings) -> dict[str, Any]:
-    """The settings a preflight's verdict depends on, as its JSON records them."""
-    return {
-        "batch_per_gpu": settings.batch_per_gpu,
-        "grad_accum": settings.grad_accum,
-        "gpus": settings.gpus,
-        "num_workers": settings.num_workers,
-        "cache_mb": settings.cache_mb,
-        "cpus_per_task": settings.cpus_per_task,
-        "mem_mb": settings.mem_mb,
-        "runtime_min": settings.runtime_min,
-        "time_budget_margin_min": settings.time_budget_margin_min,
-        "max_epochs": settings.max_epochs,
-        "iterations_per_epoch": settings.iterations_per_epoch,
-        "patch_shape": list(settings.patch_shape),
-        "amp": settings.amp,
-        "tf32": settings.tf32,
-        "compile": settings.compile,
-    }
 
 
 # --- the table --------------------------------------------------------------------------------
@@ -452,8 +504,8 @@ def table_row(document: Mapping[str, Any]) -> str:
         memory = f"n/a (host RSS {s['host_peak_rss_mb'] / 1024:.1f} of {settings['mem_mb'] / 1024:.1f} GB)"
     else:
         memory = (
-            f"{s['memory_fraction']:.2f} ({s['peak_memory_mb'] / 1024:.1f} of "
-            f"{s['device_memory_mb'] / 1024:.1f} GB)"
+            f"{s['memory_fraction']:.2f} ({s['held_memory_mb'] / 1024:.1f} of "
+            f"{s['device_memory_mb'] / 1024:.1f} GB; allocated {s['peak_memory_mb'] / 1024:.1f})"
         )
     cells = [
         document["run"],
@@ -471,7 +523,7 @@ def table_row(document: Mapping[str, Any]) -> str:
 
 
 TABLE_HEADER = (
-    "| run | device | peak memory ÷ device memory | step time (s) | samples/s per GPU "
+    "| run | device | memory held (reserved + context) ÷ device memory | step time (s) | samples/s per GPU "
     "| loader supply ÷ demand | data wait | projected days | verdict | reason |\n"
     "|---|---|---|---:|---:|---|---:|---|---|---|"
 )
@@ -484,7 +536,8 @@ def format_table(documents: Sequence[Mapping[str, Any]]) -> str:
     verdict = f"no-go: {', '.join(nogo)}" if nogo else "every run: go"
     return (
         "# Preflight\n\n"
-        f"{verdict}. Step time: one optimizer step (grad_accum micro-batches) on a batch held on "
+        f"{verdict}. Memory held: the reserved peak plus the CUDA context, the allocated peak "
+        "beside it. Step time: one optimizer step (grad_accum micro-batches) on a batch held on "
         "the device; samples/s per GPU at that step (the demand); loader supply ÷ demand: "
         "patches/s each rank's loader delivered ÷ that demand; data wait: share of a short "
         "real run spent waiting for the loader; projected days to max_epochs (jobs of "
@@ -636,6 +689,13 @@ def measure(
         trainer.train_loader = None  # its workers exit
 
         bandwidth = allreduce_bandwidth(trainer.world_size, device, preflight.allreduce_mb)
+    context_mb = None
+    if cuda:
+        # what the device holds beyond the allocator's reserve: the CUDA context, cuBLAS/cuDNN
+        # workspaces, NCCL's buffers (after the all-reduce), anything else on the device
+        torch.cuda.synchronize(device)
+        free, total = torch.cuda.mem_get_info(device)
+        context_mb = max(total - free - torch.cuda.memory_reserved(device), 0) / 2**20
     figures = RankFigures(
         rank=trainer.rank,
         device=torch.cuda.get_device_name(device) if cuda else "cpu",
@@ -650,6 +710,7 @@ def measure(
         supply=supply,
         data_wait_fraction=waited / elapsed if elapsed > 0 else 0.0,
         real_step_s=elapsed / max(real, 1),
+        context_mb=context_mb,
     )
     everyone: list[Any] = [figures]
     if is_distributed():
@@ -764,7 +825,8 @@ def out_of_memory_document(
         "summary": None,
         "projection": None,
         "ranks": [],
-        "settings": {"batch_per_gpu": settings.batch_per_gpu, "mem_mb": settings.mem_mb},
+        "settings": jsonable(asdict(settings)),
+        "key": preflight_key(settings, retries, preflight),
         "preflight": asdict(preflight),
         "retries": retries,
         "host": os.uname().nodename,

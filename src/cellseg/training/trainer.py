@@ -15,9 +15,10 @@ Run directory layout (``results/models/{model}_{dim}/``)::
     train.log                                  every attempt's log, starting with its settings
     tensorboard/                               TensorBoard event files
 
-Why one module of about 1,200 lines: :class:`Trainer`'s loop, its resume, DDP and watchdog paths
-share the loop's state step by step (as nnU-Net's ``nnUNetTrainer`` keeps its own in one class);
-what does not need that state lives beside it (``checkpoint``, ``launch``, ``init``, ``lock``).
+Why one module of about 1,200 lines: :class:`Trainer`'s loop, its resume and DDP paths share
+the loop's state step by step (as nnU-Net's ``nnUNetTrainer`` keeps its own in one class); what
+does not need that state lives beside it (``checkpoint``, ``launch``, ``init``, ``lock``, and
+the watchdogs' counting in ``watchdogs``).
 """
 
 from __future__ import annotations
@@ -73,17 +74,18 @@ from cellseg.training.checkpoint import (
     set_rng_state,
     unwrap,
 )
-from cellseg.training.init import file_digest, initialize_weights
+from cellseg.training.init import MIN_PRETRAINED_FRACTION, file_digest, initialize_weights
 from cellseg.training.settings import TrainSettings, changed_keys, jsonable
-
-EXIT_TIME_BUDGET = 75
-"""Exit status of a run that stopped itself to resume later (sysexits' EX_TEMPFAIL)."""
-
-EXIT_STALLED = 65
-"""Exit status of a run that stopped itself because it went nowhere: ``max_stalled_steps``
-optimizer steps in a row with unchanged weights or a bit-identical loss (sysexits'
-EX_DATAERR: running it again as it is would stall again, so it is not a resume)."""
-
+from cellseg.training.watchdogs import (
+    EXIT_STALLED,
+    EXIT_TIME_BUDGET,
+    NonfiniteWatch,
+    StallWatch,
+    StopForResume,
+    TrainingStalled,
+    fingerprint_parameters,
+    weight_fingerprint,
+)
 
 PROGRESS_KEYS: tuple[str, ...] = (
     "epoch",
@@ -100,14 +102,6 @@ PROGRESS_KEYS: tuple[str, ...] = (
 )
 """Trainer attributes a checkpoint saves and a resume restores as they are (with
 ``train_seconds``, which is saved with the current run's time added)."""
-
-
-class StopForResume(Exception):
-    """Raised inside the loop when the time budget or a SIGTERM asks the run to stop."""
-
-
-class TrainingStalled(Exception):
-    """Raised inside the loop when ``max_stalled_steps`` steps in a row changed nothing."""
 
 
 def job_start_time() -> float:
@@ -252,20 +246,21 @@ class Trainer:
         self.best_score = -math.inf
         self.best_epoch = -1
         self.epochs_without_improvement = 0
-        self.nonfinite_in_a_row = 0
-        self.nonfinite_total = 0
+        self.nonfinite_total = 0  # skipped windows (optimizer steps) of the whole run
         self.epoch_loss_sum = 0.0
         self.epoch_loss_count = 0
         self.window_losses: list[torch.Tensor] = []
+        self.window_crops: list[list[int]] = []  # each micro-batch's crop indices
         """Detached losses (device scalars) of the accumulation window so far; empty at every
         optimizer step, hence at every checkpoint."""
         self.train_seconds = 0.0
         self.stop_reason = ""
+        self.init_loaded_fraction: float | None = None  # of a start from weights (init)
         # watchdogs of this attempt (not in checkpoints: a resume starts counting anew)
-        self.stalled_in_a_row = 0
-        self.stall_message = ""
-        self.last_window_loss: float | None = None
-        self.last_fingerprint: float | None = None
+        self.stall = StallWatch(settings.max_stalled_steps)
+        self.nonfinite = NonfiniteWatch(
+            settings.max_nonfinite_steps, self.checkpoint_dir, settings.config_hash()
+        )
         self.frequency_updated = False
         self.epoch_started = time.monotonic()
         self.epoch_data_wait_s = 0.0
@@ -451,6 +446,8 @@ class Trainer:
             "settings": self.settings.result_dict(),
             "data_identity": self.data_identity.to_dict(),
             "init_digest": self.init_digest,
+            # the share of the parameters the start loaded (a scratch run records nothing)
+            **({"init_loaded_fraction": share} if (share := self.init_loaded_fraction) else {}),
         }
 
     def check_settings(self, state: dict[str, Any], source: Path) -> None:
@@ -501,6 +498,7 @@ class Trainer:
         for key in (*PROGRESS_KEYS, "train_seconds"):
             setattr(self, key, state[key])
         self.online_frequency.load_state_dict(state["online_frequency"])
+        self.init_loaded_fraction = state.get("init_loaded_fraction")
         per_rank = state.get("rng_per_rank") or []
         set_rng_state(per_rank[self.rank] if len(per_rank) == self.world_size else state["rng"])
 
@@ -606,6 +604,9 @@ class Trainer:
         report = initialize_weights(self.network, s.init, f"{s.key} (training setting init)")
         if report is not None:
             self.log(report.describe())
+            self.init_loaded_fraction = report.loaded_fraction
+            if (warning := report.warning(s.key)) is not None:
+                self.log(warning)
 
     def log_settings(self) -> None:
         """Write what this attempt runs with to ``train.log`` and TensorBoard (texts
@@ -761,7 +762,7 @@ class Trainer:
             last_micro = micro == s.grad_accum - 1 or self.iteration == s.iterations_per_epoch - 1
             image = batch["image"].to(self.device, non_blocking=True)
             target = batch["target"].to(self.device, non_blocking=True)
-            self.train_step(image, target, last_micro)
+            self.train_step(image, target, last_micro, batch["crop"])
             self.iteration += 1
             samples += image.shape[0] * self.world_size
             if progress is not None:
@@ -773,13 +774,16 @@ class Trainer:
         self.epoch_train_s = time.monotonic() - epoch_started
         self.epoch_samples_per_s = samples / max(self.epoch_train_s, 1e-9)
 
-    def train_step(self, image: torch.Tensor, target: torch.Tensor, step: bool) -> None:
+    def train_step(
+        self, image: torch.Tensor, target: torch.Tensor, step: bool, crops: Any = None
+    ) -> None:
         """Forward and backward one micro-batch; on the last of ``grad_accum``, step.
 
         No micro-batch waits for the device: every one is backpropagated, finite or not, and
         its loss stays a device tensor in :attr:`window_losses` until :meth:`optimizer_step`
         reads the window's losses once. A non-finite loss anywhere in the window therefore
         skips the window's whole update (its NaN/Inf gradient is already in the sum).
+        ``crops``: the micro-batch's crop indices (the loader's ``crop``), named if it is.
         """
         s = self.settings
         # the loader's compact uint8 target, decoded on the device; cropped to the output
@@ -795,6 +799,7 @@ class Trainer:
             loss = self.loss(logits, target)
             (loss / s.grad_accum).backward()
         self.window_losses.append(loss.detach())
+        self.window_crops.append([] if crops is None else [int(c) for c in crops])
         # group labels (issue 33 item 2), if any, follow the 14 classes: priors are per class
         if self.online_frequency.update(target[:, :NUM_CLASSES]):
             # logged after the optimizer step, against the step it leads to: a point logged
@@ -812,14 +817,18 @@ class Trainer:
         has all-reduced a NaN gradient from any rank) and whether the gradient norm is finite
         come to the host in one read. Losses are summed on the host in micro-batch order,
         as when each was read on its own (the same float64 sums, for bit-identical resumes).
+        A window with a NaN/Inf loss or gradient norm is one skipped window
+        (:class:`~cellseg.training.watchdogs.NonfiniteWatch`), whatever ``grad_accum``.
 
         Raises:
-            CellsegError: more than ``max_nonfinite_steps`` non-finite losses in a row.
+            CellsegError: more than ``max_nonfinite_steps`` skipped windows in a row.
+            TrainingStalled: a skipped window recurs at the same data after a resume.
         """
         s = self.settings
         losses = torch.stack(self.window_losses).double()
-        self.window_losses = []
-        finite = torch.isfinite(losses).double()
+        crops, self.window_losses, self.window_crops = self.window_crops, [], []
+        own = torch.isfinite(losses).double()
+        finite = own.clone()
         if is_distributed():
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         injected = s.inject_nonfinite_grad_after_steps
@@ -832,77 +841,58 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), s.grad_clip)
         # the weights as the previous step left them (one float64 sum, no copy): the stall
         # watchdog compares it with the previous step's
-        fingerprint = self.weight_fingerprint().to(losses.device)
+        if not hasattr(self, "fingerprinted"):
+            self.fingerprinted = fingerprint_parameters(self.network)
+        fingerprint = weight_fingerprint(self.fingerprinted).to(losses.device)
         extra = torch.stack((norm.double().to(losses.device), fingerprint))
-        values = torch.cat((losses, finite, extra)).tolist()  # the window's one sync
+        values = torch.cat((losses, finite, own, extra)).tolist()  # the window's one sync
         count = len(losses)
         norm_value, fingerprint_value = values[-2], values[-1]
-        # a non-finite gradient with finite losses counts as every micro-batch of its window
-        # being non-finite: the update is lost all the same (with a non-finite loss in the
-        # window, the gradient is non-finite because of it, and only that loss counts)
-        bad_gradient = not math.isfinite(norm_value) and all(
-            good > 0 for good in values[count : 2 * count]
-        )
-        update = math.isfinite(norm_value)
-        window_loss = 0.0
-        for value, good in zip(values[:count], values[count : 2 * count], strict=True):
-            window_loss += value
-            if good > 0 and not bad_gradient:
+        good = [v > 0 for v in values[count : 2 * count]]
+        # a non-finite gradient with finite losses skips the window all the same
+        bad_gradient = not math.isfinite(norm_value) and all(good)
+        window_loss = sum(values[:count], 0.0)
+        for value, ok in zip(values[:count], good, strict=True):
+            if ok and not bad_gradient:
                 self.epoch_loss_sum += value
                 self.epoch_loss_count += 1
-                self.nonfinite_in_a_row = 0
-                continue
-            update = False
-            self.nonfinite_in_a_row += 1
+        update = math.isfinite(norm_value) and all(good)
+        if update:
+            self.nonfinite.finite()
+        else:
             self.nonfinite_total += 1
-            if self.nonfinite_in_a_row > s.max_nonfinite_steps:
-                what = "gradient norm" if bad_gradient else "loss"
-                raise CellsegError(
-                    f"{what} was NaN/Inf for {self.nonfinite_in_a_row} micro-batches in a row "
-                    f"(epoch {self.epoch}, step {self.global_step}); last good checkpoint kept in "
-                    f"{self.checkpoint_dir}; lower training lr or check the data"
-                )
-        self.watch_stall(window_loss / count, norm_value, fingerprint_value)
+            mine = [v > 0 for v in values[2 * count : 3 * count]]
+            named = [
+                self.train_data.crops[c].name
+                for window, ok in zip(crops, mine, strict=True)
+                if bad_gradient or not ok
+                for c in window
+            ]
+            if is_distributed():
+                everyone: list[Any] = [None] * self.world_size
+                dist.all_gather_object(everyone, named)
+                named = [c for rank in everyone for c in rank]
+            self.nonfinite.skipped(
+                self.global_step,
+                self.epoch,
+                named,
+                "gradient norm" if bad_gradient else "loss",
+                write=self.is_main,
+                resumed=getattr(self, "steps_at_start", 0) > 0,
+            )
+        self.stall.update(
+            window_loss / count,
+            norm_value,
+            fingerprint_value,
+            self.epoch,
+            self.global_step + 1,
+            self.checkpoint_dir,
+        )
         if update:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.global_step += 1
-
-    def weight_fingerprint(self) -> torch.Tensor:
-        """A float64 device scalar that changes whenever the weights do: the sum of the first
-        and the last weight matrices/kernels (float64 accumulation: a change of one element
-        below float32's resolution of the sum still shows)."""
-        if not hasattr(self, "fingerprint_parameters"):
-            weights = [p for p in self.network.parameters() if p.requires_grad and p.ndim > 1]
-            weights = weights or [p for p in self.network.parameters() if p.requires_grad]
-            self.fingerprint_parameters = [weights[0], weights[-1]] if weights else []
-        if not self.fingerprint_parameters:
-            return torch.zeros((), dtype=torch.float64)
-        return sum(p.detach().sum(dtype=torch.float64) for p in self.fingerprint_parameters)
-
-    def watch_stall(self, window_loss: float, norm: float, fingerprint: float) -> None:
-        """Count optimizer steps that change nothing: a gradient norm of exactly 0, weights
-        unchanged by the previous step, or a window loss bit-identical to the previous
-        window's. After ``max_stalled_steps`` in a row, :meth:`check_time` stops the run (every
-        rank at once under DDP)."""
-        limit = self.settings.max_stalled_steps
-        reasons = []
-        if norm == 0.0:
-            reasons.append("gradient norm 0")
-        if fingerprint == self.last_fingerprint:
-            reasons.append("weights unchanged")
-        if window_loss == self.last_window_loss:
-            reasons.append(f"loss constant at {window_loss:.6g}")
-        self.last_fingerprint, self.last_window_loss = fingerprint, window_loss
-        self.stalled_in_a_row = self.stalled_in_a_row + 1 if reasons else 0
-        if limit > 0 and self.stalled_in_a_row >= limit and not self.stall_message:
-            self.stall_message = (
-                f"training stalled: {self.stalled_in_a_row} optimizer steps in a row changed "
-                f"nothing ({', '.join(reasons)}; epoch {self.epoch}, step {self.global_step + 1}); "
-                f"checkpoints kept in {self.checkpoint_dir}; check lr, the labels of the training "
-                "crops and the loss settings, or raise max_stalled_steps (0: off)"
-            )
 
     def after_optimizer_step(self, samples_per_s: float) -> None:
         s = self.settings
@@ -962,13 +952,13 @@ class Trainer:
         limit (:meth:`time_limit`); stop for good when the stall watchdog fired on any rank.
 
         Raises:
-            TrainingStalled: :meth:`watch_stall` fired (on any rank under DDP).
+            TrainingStalled: the stall watchdog fired (on any rank under DDP).
             StopForResume: SIGTERM, or the limit.
         """
         stop = self.stop_requested
         if self.deadline is not None and time.monotonic() + next_interval_s > self.deadline:
             stop = True
-        stalled = bool(self.stall_message)
+        stalled = bool(self.stall.message)
         if is_distributed():
             # one collective for both: every rank stops together, and the same way
             flags = torch.tensor(
@@ -978,17 +968,10 @@ class Trainer:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
             stop, stalled_anywhere = (bool(x) for x in flags.tolist())
             if stalled_anywhere and not stalled:
-                # weights and gradient norm are the same on every rank: only a rank's own
-                # loss can have stalled there alone
-                self.stall_message = (
-                    f"training stalled: another rank's loss stayed constant for "
-                    f"{self.settings.max_stalled_steps} optimizer steps (epoch {self.epoch}, step "
-                    f"{self.global_step}); check the labels of the training crops and the loss "
-                    "settings, or raise max_stalled_steps (0: off)"
-                )
+                self.stall.another_rank_stalled(self.epoch, self.global_step)
             stalled = stalled_anywhere
         if stalled:
-            raise TrainingStalled(self.stall_message)
+            raise TrainingStalled(self.stall.message)
         if stop:
             why = "SIGTERM received" if self.stop_requested else f"{self.deadline_reason} reached"
             raise StopForResume(f"{why} at epoch {self.epoch}, step {self.global_step}")
@@ -1163,6 +1146,12 @@ class Trainer:
             else "cpu",
             "config_hash": s.config_hash(),
         }
+        if s.init != "scratch":
+            # which runs really start pretrained (cellseg.training.init.MIN_PRETRAINED_FRACTION)
+            share = self.init_loaded_fraction
+            summary["init"] = s.init if isinstance(s.init, str) else dict(s.init)
+            summary["init_loaded_fraction"] = share
+            summary["starts_pretrained"] = share is not None and share >= MIN_PRETRAINED_FRACTION
         hours = summary["train_seconds"] / 3600
         summary["gpu_hours"] = hours * summary["gpus"]
         summary["cpu_hours"] = hours * (0 if summary["gpus"] else s.cpus_per_task)
