@@ -659,3 +659,31 @@ def test_only_the_eight_of_the_comparison_are_expected():
     # the strong baselines and cosem_3d are registered, yet a config without them is complete
     registered = {f"{name}_{dim}" for name, dim in list_models()}
     assert {"resenc_3d", "mednext_3d", "cosem_3d"} <= registered - set(expected)
+
+
+def test_a_study_says_which_runs_really_start_pretrained(tmp_path):
+    # variant b starts from ImageNet weights: the seed ResNet takes 0.04 % of its parameters
+    # (scratch in effect), the UNet here 80 %; variant a starts from scratch (nothing recorded)
+    metrics, _ = study_runs(tmp_path, seeds=1)
+    variants = {"a": {"training": {"init": "scratch"}}, "b": {"training": {"init": "imagenet"}}}
+    train = {}
+    for run in metrics:
+        extra = {}
+        if run.endswith("~b"):
+            share = 0.000445 if run.startswith("resnet") else 0.8
+            extra = {"init": "imagenet", "init_loaded_fraction": share}
+            extra["starts_pretrained"] = share >= 0.25
+        _, train[run] = write_model(tmp_path, run, pd.read_csv(metrics[run]), **extra)
+    study_md = tmp_path / "study.md"
+    make_study(
+        metrics, variants, {"tau": 1.0}, tmp_path / "study.csv", study_md, tmp_path / "figures",
+        train_summaries=train,
+    )  # fmt: skip
+    text = study_md.read_text()
+    assert "\n## Starting weights\n" in text
+    lines = [line for line in text.splitlines() if line.startswith("- `") and "init" in line]
+    assert lines == [
+        "- `unet_2d~b`: init imagenet, 80.0% of the parameters loaded: starts pretrained",
+        "- `resnet_2d~b`: init imagenet, 0.04% of the parameters loaded: below the pretrained "
+        "share: starts essentially from scratch",
+    ]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -215,3 +217,51 @@ def test_a_cosem_start_keeps_the_prior_on_its_new_head(tiny_config, tiny_data, t
         if not name.startswith("prediction_head."):
             assert torch.equal(net.state_dict()[name], tensor), name
     assert "COSEM's classes" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_an_imagenet_start_reports_its_share_and_warns_when_it_is_scratch_in_effect(
+    tiny_config, tiny_data, tmp_path, monkeypatch
+):
+    # timm's encoder built as init: imagenet builds it, its weights random instead of
+    # downloaded (this machine has no network): what loads, and how much, is the same
+    from cellseg.reporting import summarize, summary_markdown
+    from test_reporting import metrics_table
+    from cellseg.training import init as init_module
+
+    build = init_module.create_timm_unet
+    monkeypatch.setattr(
+        init_module,
+        "create_timm_unet",
+        lambda *args, **kwargs: build(*args, **(kwargs | {"pretrained": False})),
+    )
+    config = copy.deepcopy(tiny_config)
+    config["training"]["defaults"].update(max_epochs=1)
+    config["training"]["2d"].update(patch_shape=[64, 64], iterations_per_epoch=1)
+    config["models"] = {"resnet_2d": {"preset": "seed", "init": "imagenet"}}
+    settings = resolve_settings(config, "resnet_2d")
+    run = tmp_path / "resnet_2d"
+    Trainer(settings, run, tiny_data["datasplit"], tiny_data["class_frequencies"]).run()
+    log = (run / "train.log").read_text()
+    # the seed ResNet keeps only its stem's weights: 0.04 % of its parameters
+    assert "tensors loaded (0.04% of the parameters)" in log
+    assert "warning: init from imagenet: timm resnet18 loads 0.04% of resnet_2d's parameters" in log
+    assert "below 25%: the run starts essentially from scratch" in log
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["init"] == "imagenet" and summary["starts_pretrained"] is False
+    assert summary["init_loaded_fraction"] == pytest.approx(0.000445, abs=5e-6)
+    # the summary says which models really start pretrained
+    metrics = tmp_path / "metrics.csv"
+    metrics_table("resnet_2d", np.full((3, 3), 0.5)).to_csv(metrics, index=False)
+    result = summarize(
+        {"resnet_2d": metrics},
+        {"resnet_2d": run / "train_summary.json"},
+        tiny_data["class_frequencies"],
+        expected=["resnet_2d"],
+    )
+    row = result.table.set_index("model").loc["resnet_2d"]
+    assert row["init_loaded_fraction"] == pytest.approx(0.000445, abs=5e-6)
+    text = summary_markdown(result)
+    assert (
+        "- `resnet_2d`: init imagenet, 0.04% of the parameters loaded: below the pretrained "
+        "share: starts essentially from scratch" in text
+    )

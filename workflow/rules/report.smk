@@ -114,6 +114,8 @@ rule summary:
 rule study:
     input:
         metrics=expand("results/metrics/{run}.csv", run=RUNS),
+        # which runs really start from pretrained weights (the share their init loaded)
+        train=expand(rules.train.output.summary, run=RUNS),
     output:
         csv=report(
             "results/study.csv",

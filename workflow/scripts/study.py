@@ -16,4 +16,5 @@ with job_log(snakemake.log[0]):  # noqa: F821
         snakemake.output.md,  # noqa: F821
         Path(snakemake.output.seeds).parent,  # noqa: F821
         settings=SummarySettings.from_config(snakemake.params.evaluation),  # noqa: F821
+        train_summaries=dict(zip(snakemake.params.runs, snakemake.input.train, strict=True)),  # noqa: F821
     )

@@ -3,7 +3,10 @@ here computes a number the tables do not hold)."""
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -442,11 +445,52 @@ def _markdown_problems(summary: Summary) -> list[str]:
     return lines
 
 
+def starting_weights(table: pd.DataFrame) -> list[str]:
+    """Which runs start from weights and how much of them (train_summary.json's
+    ``init_loaded_fraction``): a start below :data:`cellseg.training.init.MIN_PRETRAINED_FRACTION`
+    is named as starting essentially from scratch. None when no run sets ``init``."""
+    if "init" not in table:
+        return []
+    lines = ["", "## Starting weights", ""]
+    for _, r in table.iterrows():
+        init = r.get("init")
+        if not isinstance(init, str | dict):
+            continue
+        source = init if isinstance(init, str) else f"checkpoint {init.get('checkpoint')}"
+        share = r.get("init_loaded_fraction")
+        known = isinstance(share, float | int) and np.isfinite(share)
+        digits = ".1%" if known and share >= 0.001 else ".2%"
+        loaded = f"{share:{digits}} of the parameters loaded" if known else "share not recorded"
+        verdict = (
+            "starts pretrained"
+            if r.get("starts_pretrained") in (True, np.True_)
+            else "below the pretrained share: starts essentially from scratch"
+        )
+        lines.append(f"- `{r['model']}`: init {source}, {loaded}: {verdict}")
+    return lines
+
+
+def run_starts(train_summaries: Mapping[str, Path | str]) -> pd.DataFrame:
+    """``model`` (the run), ``init``, ``init_loaded_fraction``, ``starts_pretrained`` of the runs
+    whose ``train_summary.json`` records a start from weights (for :func:`starting_weights`)."""
+    rows = []
+    for run, path in train_summaries.items():
+        try:
+            train = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            continue
+        if "init" in train:
+            keys = ("init", "init_loaded_fraction", "starts_pretrained")
+            rows.append({"model": run, **{k: train.get(k) for k in keys}})
+    return pd.DataFrame(rows)
+
+
 def summary_markdown(summary: Summary) -> str:
     """``summary.md``: the ranked table, winners per class, significance, problems."""
     lines = [
         *_markdown_intro(summary),
         *_markdown_table(summary.table),
+        *starting_weights(summary.table),
         *_markdown_baseline(summary),
         *_markdown_winners(summary),
         *_markdown_groups(summary),

@@ -12,7 +12,12 @@ from typing import Any
 
 from cellseg.io import atomic_path, write_text_atomic
 from cellseg.ownership import check_output_path
-from cellseg.reporting.markdown import study_markdown, summary_markdown
+from cellseg.reporting.markdown import (
+    run_starts,
+    starting_weights,
+    study_markdown,
+    summary_markdown,
+)
 from cellseg.reporting.study import Study, summarize_study
 from cellseg.reporting.summary import BASELINE, Summary, SummarySettings, summarize
 from cellseg.statistics import DEFAULT_PERMUTATIONS
@@ -146,15 +151,20 @@ def make_study(
     md_path: Path | str,
     figures_dir: Path | str,
     settings: SummarySettings | None = None,
+    train_summaries: Mapping[str, Path | str] | None = None,
 ) -> Study:
     """:func:`summarize_study`, then ``study.csv``, ``study.md`` and the study figures
     (:data:`~cellseg.reporting.figures.STUDY_FIGURES`; what the ``study`` rule runs; all written
-    atomically)."""
+    atomically). ``train_summaries`` (run → ``train_summary.json``): ``study.md`` then says
+    which runs really start from pretrained weights (:func:`starting_weights`)."""
     from cellseg.reporting.figures import write_study_figures  # matplotlib only when drawing
 
     study = summarize_study(metrics, variants, loss, settings)
     with atomic_path(csv_path) as temporary:
         study.table.to_csv(temporary, index=False)
-    write_text_atomic(md_path, study_markdown(study))
+    starts = starting_weights(run_starts(train_summaries or {}))
+    write_text_atomic(
+        md_path, study_markdown(study) + "\n".join(starts[1:]) + ("\n" if starts else "")
+    )
     write_study_figures(study, loss or {}, figures_dir)
     return study

@@ -475,6 +475,13 @@ def _train_columns(train: Mapping[str, Any]) -> dict[str, Any]:
         "cpu_hours": train.get("cpu_hours"),
         "compute_hours": train.get("gpu_hours") if gpus else train.get("cpu_hours"),
         "compute_unit": "GPU" if gpus else "CPU",
+        # a start from weights (training setting init): what it loaded; a scratch run (every
+        # demo run) adds no column
+        **{
+            key: train[key]
+            for key in ("init", "init_loaded_fraction", "starts_pretrained")
+            if key in train
+        },
     }
 
 

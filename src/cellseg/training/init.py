@@ -48,6 +48,11 @@ MIN_PRETRAINED_FRACTION = 0.25
 Swin-T and ViT-B/16 80-97 %."""
 
 
+def share(fraction: float) -> str:
+    """A share of parameters as a percentage: one decimal, two below 0.1 % (0.04 %, not 0.0 %)."""
+    return f"{fraction:.1%}" if fraction >= 0.001 or fraction == 0 else f"{fraction:.2%}"
+
+
 @dataclass
 class InitReport:
     """What :func:`load_matching` did, tensor by tensor (state-dict names of the network).
@@ -77,7 +82,7 @@ class InitReport:
         if self.pretrained:
             return None
         return (
-            f"warning: init from {self.source} loads {self.loaded_fraction:.2%} of {key}'s "
+            f"warning: init from {self.source} loads {share(self.loaded_fraction)} of {key}'s "
             f"parameters ({len(self.loaded)} tensors), below {MIN_PRETRAINED_FRACTION:.0%}: the "
             "run starts essentially from scratch (train_summary.json and the summary say so); "
             "use a preset whose encoder the weights fill, or name it a scratch run"
@@ -87,7 +92,7 @@ class InitReport:
         """The log's lines: counts, then every name under its heading."""
         head = (
             f"init from {self.source}: {len(self.loaded)} tensors loaded "
-            f"({self.loaded_fraction:.1%} of the parameters), {len(self.reinitialised)} "
+            f"({share(self.loaded_fraction)} of the parameters), {len(self.reinitialised)} "
             f"re-initialised, {len(self.ignored)} ignored"
         )
         parts = [head]
