@@ -277,14 +277,18 @@ def chroma_cosine(observed: np.ndarray, grey: np.ndarray, colour: str) -> float:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium (bash .ci/install-slurm.sh installs it)")
 def test_headless_chromium_shows_the_em_and_two_masks_in_their_colours(
-    inputs, prediction, tmp_path
+    inputs, prediction, tmp_path, monkeypatch
 ):
     """The state as ``cellseg view`` writes it, in a real browser: the main (top-left) panel
     shows the y-x plane of the EM, voxel for voxel, and nuc's and pm's masks, each in its
     palette colour. nuc covers x < 16 and pm x >= 32 of the 48 x voxels (the middle third is
     EM alone); on the z-y plane, or in one colour, the checks below fail."""
-    from cellseg.viewer import view
+    from cellseg.viewer import _Handler, view
 
+    answered: list[tuple[str, int]] = []  # what the browser asked cellseg's server, and the code
+    monkeypatch.setattr(
+        _Handler, "log_request", lambda self, code="-", size="-": answered.append((self.path, code))
+    )
     store = tmp_path / "pred.zarr"
     shutil.copytree(prediction, store)
     root = zarr.open_group(str(store), mode="r+", zarr_format=2)
@@ -305,6 +309,14 @@ def test_headless_chromium_shows_the_em_and_two_masks_in_their_colours(
         server.shutdown()
         server.server_close()
     assert pixels.shape == (WINDOW[1], WINDOW[0], 3)
+    # every array's .zattrs that neuroglancer asked for was there, s0's included (the 404s it
+    # meets are its zarr v3 / array probes of a group, and chunks never stored: all zero)
+    codes = {path: int(code) for path, code in answered}
+    attributes = {path: code for path, code in codes.items() if path.endswith(".zattrs")}
+    missing = sorted(path for path, code in attributes.items() if code != 200)
+    assert attributes and not missing, f"neuroglancer asked for these in vain: {missing}"
+    for group in (f"em/{EM_GROUP}", "prediction/masks/nuc", "prediction/masks/pm"):
+        assert codes.get(f"/{group}/s0/.zattrs") == 200, group
     # the main panel's centre is the view's position: the middle of the 48 x 40 voxels (8 nm,
     # one screen pixel each); bands a few pixels inside each third, off the axis lines that
     # cross at the centre
