@@ -225,8 +225,8 @@ def test_an_imagenet_start_reports_its_share_and_warns_when_it_is_scratch_in_eff
     # timm's encoder built as init: imagenet builds it, its weights random instead of
     # downloaded (this machine has no network): what loads, and how much, is the same
     from cellseg.reporting import summarize, summary_markdown
-    from test_reporting import metrics_table
     from cellseg.training import init as init_module
+    from test_reporting import metrics_table
 
     build = init_module.create_timm_unet
     monkeypatch.setattr(
