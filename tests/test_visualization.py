@@ -18,7 +18,13 @@ from cellseg.evaluation import EvaluationSettings
 from cellseg.inference import Predictor
 from cellseg.palette import rgb
 from cellseg.reporting.figures import annotated_names, crop_class_panels, figure_crop
-from cellseg.visualization import OVERLAY_ALPHA, class_panels_figure, overlay, slice_dice
+from cellseg.visualization import (
+    OVERLAY_ALPHA,
+    class_panels_figure,
+    crop_panels_figure,
+    overlay,
+    slice_dice,
+)
 from store_builders import write_multiscale
 
 
@@ -152,5 +158,18 @@ def test_the_richest_crop_shows_its_classes_and_groups(crops):
         mito = found["mito: truth"]
         assert not np.allclose(mito[:, :4], mito[:, :4].mean(axis=-1, keepdims=True))  # coloured
         np.testing.assert_allclose(mito[:, 4:], 0.0)  # EM 0 and no mito: black
+    finally:
+        plt.close(figure)
+
+
+def test_sample_panels_keep_the_figure_title_apart_from_the_row_titles():
+    """The rows' titles (crop and slice) once replaced the figure's (model and adjustment)."""
+    target = np.zeros((NUM_CLASSES, 4, 4))
+    row = (np.zeros((4, 4)), target, target, "d/crop1, z=2")
+    figure = crop_panels_figure([row, (*row[:3], "d/crop2, z=3")], "unet_2d: test crops")
+    try:
+        assert figure.get_suptitle() == "unet_2d: test crops"
+        texts = [t.get_text() for ax in figure.axes for t in ax.texts]
+        assert "d/crop1, z=2" in texts and "d/crop2, z=3" in texts
     finally:
         plt.close(figure)

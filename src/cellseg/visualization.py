@@ -131,7 +131,7 @@ def crop_panels_figure(
     """
     n = max(len(samples), 1)
     figure, axes = plt.subplots(n, 3, figsize=(9, 3 * n + 0.6), squeeze=False)
-    for row, (em, target, probabilities, title) in enumerate(samples):
+    for row, (em, target, probabilities, row_title) in enumerate(samples):
         truth, unannotated = label_rgb(target)
         prediction, _ = label_rgb(probabilities)
         for ax, picture, name in zip(
@@ -150,7 +150,7 @@ def crop_panels_figure(
                 )
             )  # fmt: skip
         axes[row, 0].text(
-            -0.05, 0.5, title, transform=axes[row, 0].transAxes, rotation=90, ha="right",
+            -0.05, 0.5, row_title, transform=axes[row, 0].transAxes, rotation=90, ha="right",
             va="center", fontsize="small",
         )  # fmt: skip
     figure.legend(handles=legend_handles(), loc="lower center", ncol=5, fontsize="small")
