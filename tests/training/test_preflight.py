@@ -180,6 +180,10 @@ def test_more_jobs_than_retries_allow_is_a_no_go_naming_runtime_and_retries():
         in reason
     )
     assert "models.unet_2d.runtime_min" in reason
+    # without retries there is nothing to spare: the one job must fit
+    (reason,) = decide(Summary.of([rank()], None), projection, SEED, PreflightConfig(), 0).reasons
+    assert "more than the 1 that retries 0 allow: raise" in reason
+    assert decide(Summary.of([rank()], None), project(1.0, SEED), SEED, PreflightConfig(), 0).go
     # spare_jobs 0 takes the margin away
     assert decide(Summary.of([rank()], None), projection, SEED, PreflightConfig(spare_jobs=0), 1).go
 

@@ -95,7 +95,8 @@ class PreflightConfig:
             CUDA context) ÷ device memory; ``1 - max_memory_fraction`` is the headroom.
         min_supply_ratio: no-go when supply < this × demand.
         spare_jobs: jobs of the profile's ``retries + 1`` kept free for a node failure or a
-            preemption: no-go when training needs more than ``retries + 1 - spare_jobs``.
+            preemption: no-go when training needs more than ``retries + 1 - spare_jobs`` (the
+            spare jobs come out of the retries: with ``retries`` 0 the one job must fit).
     """
 
     enabled: bool = False
@@ -338,16 +339,18 @@ def decide(
             f"(now {settings.num_workers}) with cpus_per_task (now {settings.cpus_per_task}; "
             f"ranks x (num_workers + 1) processes) or cache_mb (now {settings.cache_mb:g})"
         )
-    allowed = retries + 1 - preflight.spare_jobs
+    # the spare jobs come out of the retries (with none, the one job has nothing to spare)
+    spare = min(preflight.spare_jobs, retries)
+    allowed = retries + 1 - spare
     if projection.attempts > allowed:
+        kept = f" with preflight.spare_jobs {spare} kept for a node failure" if spare else ""
         reasons.append(
             f"projected {projection.days:.1f} days to max_epochs {settings.max_epochs} "
             f"({projection.step_s:.3g} s per optimizer step) need {projection.attempts} jobs of "
             f"runtime_min {settings.runtime_min} - time_budget_margin_min "
-            f"{settings.time_budget_margin_min:g} min, more than the {max(allowed, 0)} that "
-            f"retries {retries} allow with preflight.spare_jobs {preflight.spare_jobs} kept for "
-            f"a node failure: raise models.{key}.runtime_min or the profile's retries, or lower "
-            "max_epochs or iterations_per_epoch"
+            f"{settings.time_budget_margin_min:g} min, more than the {allowed} that retries "
+            f"{retries} allow{kept}: raise models.{key}.runtime_min or the profile's retries, "
+            "or lower max_epochs or iterations_per_epoch"
         )
     return Verdict(not reasons, tuple(reasons))
 
