@@ -80,7 +80,6 @@ def data_roots():
     return config["data"]["roots"] + imported_roots()
 
 
-def datasplit_inputs(wildcards):
 # What the split is made from and how, rewritten only when it changes: the profiles' rerun
 # trigger is the files' mtime alone, so without it an edit of data.imports, data.roots or a
 # split setting would leave an existing results/datasplit.csv (and every model) as it was
@@ -99,6 +98,7 @@ if workflow.is_main_process:
         write_text_atomic(DATASPLIT_SETTINGS, _split_text)
 
 
+def datasplit_inputs(wildcards):
     """The datasplit rule's tracked inputs: the user's datasplit CSV when there is one (an edit
     re-plans the split and all that depends on it), the demo data when the demo is on; data
     roots are not tracked (external stores are not Snakemake outputs)."""
