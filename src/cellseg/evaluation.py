@@ -46,7 +46,7 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,7 @@ from cellseg.io import atomic_path
 from cellseg.losses import InferenceLogitAdjustment
 from cellseg.metrics import confusion_counts, crop_class_table
 from cellseg.ownership import check_output_path
+from cellseg.tta import TTA, TTA_MODES
 
 __all__ = [
     "INSTANCE_COLUMNS",
@@ -104,6 +105,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "model",
     "dim",
     "adjustment",
+    "tta",
     "crop",
     "class",
     "tp",
@@ -121,9 +123,12 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "prediction_voxel_size_nm",
     "threshold",
     "inference_seconds",
+    "predicted_voxels",
     *INSTANCE_COLUMNS,
 )
-"""Columns of the metrics CSV, one row per (adjustment mode, crop, annotated class or group). The last are
+"""Columns of the metrics CSV, one row per (adjustment mode, test-time augmentation, crop, annotated
+class or group); ``inference_seconds`` and ``predicted_voxels`` are the crop's (the same on each of
+its rows of one ``tta``). The last are
 :data:`cellseg.challenge.INSTANCE_COLUMNS`, empty for semantic classes: per scorer mode (official
 unprefixed, then ``corrected_``) matched pairs, unmatched predicted components, unmatched
 ground-truth instances, the sum and number of normalised Hausdorff distances (pooled per class by
@@ -146,6 +151,10 @@ class EvaluationSettings:
         label_chunk_voxels: label voxels read at once while scoring (memory bound).
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         save_predictions: also write the probabilities as an OME-NGFF zarr.
+        tta: test-time augmentation (``inference.tta``, :mod:`cellseg.tta`): what the figures,
+            saved predictions and the summary use.
+        tta_compare: further modes scored too (``inference.tta_compare``; rows of their own
+            ``tta``, each a prediction of its own, timed).
     """
 
     overlap: float = 0.25
@@ -157,8 +166,13 @@ class EvaluationSettings:
     label_chunk_voxels: int = 2**24
     device: str = "auto"
     save_predictions: bool = False
+    tta: str = "none"
+    tta_compare: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "tta", TTA.parse(self.tta).value)
+        compare = (TTA.parse(t, "inference.tta_compare").value for t in self.tta_compare)
+        object.__setattr__(self, "tta_compare", tuple(dict.fromkeys(compare)))
         if not 0.0 <= self.overlap < 1.0:
             raise CellsegError(f"evaluation.overlap = {self.overlap}: must be in [0, 1)")
         if self.blend_mode not in BLEND_MODES:
@@ -173,14 +187,25 @@ class EvaluationSettings:
         if min(self.sw_batch_size, self.slab_voxels, self.label_chunk_voxels) < 1:
             raise CellsegError("evaluation: sw_batch_size, slab_voxels, label_chunk_voxels >= 1")
 
+    @property
+    def tta_modes(self) -> tuple[str, ...]:
+        """The test-time augmentations scored: ``tta`` first, then ``tta_compare``'s others."""
+        return tuple(dict.fromkeys((self.tta, *self.tta_compare)))
+
     @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None) -> EvaluationSettings:
-        """From the config's ``evaluation`` section; keys that are not settings are ignored
-        (the section also holds the summary's and the figures' options)."""
-        names = {f.name for f in fields(cls)}
+    def from_config(
+        cls, section: Mapping[str, Any] | None, inference: Mapping[str, Any] | None = None
+    ) -> EvaluationSettings:
+        """From the config's ``evaluation`` section (keys that are not settings are ignored:
+        the section also holds the summary's and the figures' options) and its ``inference``
+        section (``tta``, ``tta_compare``)."""
+        names = {f.name for f in fields(cls)} - {"tta", "tta_compare"}
         values = {k: v for k, v in (section or {}).items() if k in names}
         if "adjustment_modes" in values:
             values["adjustment_modes"] = tuple(values["adjustment_modes"] or ())
+        inference = inference or {}
+        values["tta"] = inference.get("tta", "none")
+        values["tta_compare"] = tuple(inference.get("tta_compare") or ())
         return cls(**values)
 
 
@@ -326,20 +351,38 @@ def evaluate_crop(
     device: torch.device | str = "cpu",
     predictions: zarr.Group | None = None,
 ) -> pd.DataFrame:
-    """Predict one crop and score its annotated classes.
+    """Predict one crop and score its annotated classes, once per test-time augmentation of
+    ``settings.tta_modes`` (each a prediction of its own).
 
     Args:
         predictor: the model.
         crop: a crop of the datasplit.
         settings: evaluation settings.
         device: where the network runs.
-        predictions: when given, an open zarr group the first mode's probabilities go into
-            (``{dataset}/{crop}/{class}/s0``).
+        predictions: when given, an open zarr group the first mode's probabilities (with
+            ``settings.tta``) go into (``{dataset}/{crop}/{class}/s0``).
 
     Returns:
-        one row per (mode, annotated class), columns :data:`METRIC_COLUMNS`.
+        one row per (mode, tta, annotated class), columns :data:`METRIC_COLUMNS`.
     """
     geometry = read_crop_geometry(crop, predictor.resolution_nm)
+    tables = []
+    for k, tta in enumerate(settings.tta_modes):
+        into = predictions if k == 0 else None  # the saved probabilities are settings.tta's
+        once = replace(settings, tta=tta)
+        tables.append(_evaluate_crop_once(predictor, crop, geometry, once, device, into))
+    return pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+
+
+def _evaluate_crop_once(
+    predictor: Predictor,
+    crop: Crop,
+    geometry: CropGeometry,
+    settings: EvaluationSettings,
+    device: torch.device | str,
+    predictions: zarr.Group | None,
+) -> pd.DataFrame:
+    """:func:`evaluate_crop` with ``settings.tta`` alone."""
     grid = PredictionGrid.for_crop(geometry, predictor.resolution_nm)
     modes = predictor.modes(settings)
     scorers = {
@@ -395,12 +438,14 @@ def evaluate_crop(
             model=predictor.model,
             dim=predictor.dim,
             adjustment=mode,
+            tta=settings.tta,
             voxel_size_z_nm=voxel[:, 0],
             voxel_size_y_nm=voxel[:, 1],
             voxel_size_x_nm=voxel[:, 2],
             prediction_voxel_size_nm=predictor.resolution_nm,
             threshold=settings.threshold,
             inference_seconds=inference_seconds,
+            predicted_voxels=int(np.prod(grid.shape)),
         )
         table = _with_instance_columns(table, {k: v[mode] for k, v in instance_scores.items()})
         tables.append(table)
@@ -459,6 +504,7 @@ def evaluate_crops(
         root.attrs["cellseg"] = {
             "model": predictor.key,
             "adjustment": predictor.modes(settings)[0],
+            "tta": settings.tta,
             "layout": "{dataset}/{crop}/{class}/s0: uint8 probability * 255",
         }
     tables = []
@@ -477,7 +523,9 @@ def evaluate_crops(
             )
             continue
         tables.append(table)
-        first = table[table["adjustment"] == table["adjustment"].iloc[0]]
+        first = table[
+            (table["adjustment"] == table["adjustment"].iloc[0]) & (table["tta"] == settings.tta)
+        ]
         not_scored = f"; not scored, no annotated voxel: {', '.join(unscored)}" if unscored else ""
         print(
             f"[{predictor.key}] {crop.name}: {len(first)} classes, mean Dice "
@@ -532,7 +580,8 @@ def evaluate_checkpoint(
     check_unseen(predictor.data_identity, crops, str(checkpoint))
     print(
         f"[{predictor.key}] evaluating {len(crops)} {split} crops at {predictor.resolution_nm} nm "
-        f"on {device}, adjustment {', '.join(predictor.modes(settings))}; a class with empty "
+        f"on {device}, adjustment {', '.join(predictor.modes(settings))}, test-time augmentation "
+        f"{', '.join(settings.tta_modes)}; a class with empty "
         "prediction and empty ground truth scores 1 (column 'empty')",
         file=log,
         flush=True,
@@ -578,6 +627,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--slab-voxels", type=int, default=defaults.slab_voxels)
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:N")
     parser.add_argument(
+        "--tta", choices=TTA_MODES, default=defaults.tta, help="test-time augmentation"
+    )
+    parser.add_argument(
+        "--tta-compare",
+        action="append",
+        choices=TTA_MODES,
+        help="also score this test-time augmentation (rows of its own); repeat for several",
+    )
+    parser.add_argument(
         "--predictions", type=Path, default=None, help="also write an OME-NGFF zarr here"
     )
     parser.set_defaults(func=_run)
@@ -592,6 +650,8 @@ def _run(args: argparse.Namespace) -> int:
         adjustment_modes=tuple(args.adjustment or ()),
         slab_voxels=args.slab_voxels,
         device=args.device,
+        tta=args.tta,
+        tta_compare=tuple(args.tta_compare or ()),
     )
     table = evaluate_checkpoint(
         args.checkpoint, args.datasplit, args.out, settings, args.predictions, args.split

@@ -24,11 +24,17 @@
 * **Out of the volume.** Windows need context beyond the region predicted: half an output window
   per axis (:func:`context_voxels`, at least enough for one window), plus the output margin; EM
   beyond the volume repeats its edge.
-* **Crops** (evaluation, figures): :class:`PredictionGrid` covers a crop with voxels of the
-  model's resolution from its lower corner; :func:`predict_crop` streams it in z slabs, each slab
-  with its own window grid over the slab plus context (memory bounded by one slab).
-  Whole volumes (:mod:`cellseg.prediction`) use one grid anchored to the EM volume and cut into
-  blocks.
+* **One grid per volume.** :class:`VolumeGrid` is the model's voxel grid over the whole EM
+  volume (voxel ``i`` centred at the volume's lower corner ``+ (i + 1/2) r``) and the one window
+  grid over it plus context; evaluation, prediction and figures all compute the windows of that
+  grid that reach the voxels they want (a crop, a slab, a block, one slice), so a voxel gets the
+  same windows and the same value whatever was requested and however it was cut: slab and block
+  sizes change memory and time only.
+* **Crops** (evaluation, figures): :class:`PredictionGrid` is the part of the volume grid that
+  covers a crop; :func:`predict_crop` streams it in z slabs (memory bounded by one slab; windows
+  spanning two slabs are computed once and carried over).
+* **Test-time augmentation** (:mod:`cellseg.tta`): each window's logits are the mean over the
+  mode's flips and rotations, inside :class:`Blender`, so it applies to every caller alike.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from cellseg.data.patches import PatchGrid, normalize_em, sample_linear
 from cellseg.data.store import CropGeometry, ScaleLevel, StoredArray, check_em_array
 from cellseg.errors import CellsegError
 from cellseg.losses import adjusted_probabilities
+from cellseg.tta import tta_forward, tta_transforms
 
 __all__ = [
     "BLEND_MODES",
@@ -56,6 +63,7 @@ __all__ = [
     "EMReader",
     "PredictionGrid",
     "Predictor",
+    "VolumeGrid",
     "WindowGrid",
     "context_voxels",
     "importance_map",
@@ -315,6 +323,8 @@ class Blender:
         blend_mode: ``gaussian`` or ``constant``.
         sw_batch_size: windows per forward pass.
         device: where the network runs and the sums accumulate.
+        tta: test-time augmentation (:class:`cellseg.tta.TTA`): each window's logits are the
+            mean over its transforms.
     """
 
     def __init__(
@@ -324,22 +334,29 @@ class Blender:
         blend_mode: str,
         sw_batch_size: int,
         device: torch.device | str = "cpu",
+        tta: str = "none",
     ) -> None:
         self.predictor = predictor
         self.grid = grid
         self.device = torch.device(device)
         self.importance = importance_map(grid.window, blend_mode, self.device)
         self.batch = max(int(sw_batch_size), 1)
+        self.transforms = tta_transforms(tta, predictor.dim, predictor.window, grid.margin)
         self.windows_run = 0  # forward passes of single windows so far (benchmarks)
 
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """``(n, 1, *input window)`` → ``(n, 14, *output window)`` float32."""
+    def _network(self, batch: torch.Tensor) -> torch.Tensor:
+        """One forward pass: ``(n, 1, *input window)`` → ``(n, 14, *output)`` float32."""
         p = self.predictor
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=p.amp):
             if p.dim == "3d":
-                logits = p.network(batch).float()
-            else:
-                logits = p.network(batch[:, :, 0]).float()[:, :, None]
+                return p.network(batch).float()
+            return p.network(batch[:, :, 0]).float()[:, :, None]
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """``(n, 1, *input window)`` → ``(n, 14, *output window)`` float32 (the mean over the
+        TTA transforms)."""
+        p = self.predictor
+        logits = tta_forward(self._network, batch, self.transforms)
         expected = (batch.shape[0], NUM_CLASSES, *self.grid.window)
         if tuple(logits.shape) != expected:
             raise CellsegError(
@@ -588,34 +605,134 @@ class EMReader:
         return normalize_em(raw, self.em_range)
 
 
+# ------------------------------------------------------------------------------ the volume's grid
+
+
+@dataclass(frozen=True)
+class VolumeGrid:
+    """The model's voxel grid over a whole EM volume and the one window grid anchored to it.
+
+    Coordinates: *grid* indices over the volume (voxel ``i`` centred at ``origin_nm + i r``);
+    *image* indices over the volume plus ``context`` (``image = grid + context``), the array the
+    windows slide over (EM beyond the volume repeats its edge).
+
+    Attributes:
+        origin_nm: ``(z, y, x)`` centre of grid voxel 0, nm (the volume's lower corner + r/2).
+        shape: grid voxels over the volume.
+        resolution_nm: ``r``, the model's voxel size, nm.
+        context: image voxels before grid voxel 0, per axis (half an output window, at least
+            enough for one window; 0 along z for a 2D model).
+        windows: the output windows over the image and the input margin each reads.
+    """
+
+    origin_nm: tuple[float, float, float]
+    shape: tuple[int, int, int]
+    resolution_nm: float
+    context: tuple[int, int, int]
+    windows: WindowGrid
+
+    @classmethod
+    def over(
+        cls, bounds_nm: tuple[Sequence[float], Sequence[float]], predictor: Predictor,
+        overlap: float,
+    ) -> VolumeGrid:  # fmt: skip
+        """The grid of ``predictor`` over a volume spanning ``bounds_nm`` (``(start, stop)``,
+        nm), its windows placed with ``overlap``."""
+        r = float(predictor.resolution_nm)
+        start, stop = bounds_nm
+        shape = tuple(
+            max(1, math.ceil((float(b) - float(a)) / r - 1e-6))
+            for a, b in zip(start, stop, strict=True)
+        )
+        output = predictor.output_window
+        context = tuple(
+            0 if w == 1 else context_voxels(w, n) for w, n in zip(output, shape, strict=True)
+        )
+        image = [n + 2 * c for n, c in zip(shape, context, strict=True)]
+        windows = WindowGrid.over(image, output, predictor.output_margin, overlap)
+        origin = tuple(float(a) + r / 2 for a in start)
+        return cls(origin, shape, r, context, windows)  # type: ignore[arg-type]
+
+    def region(
+        self, bounds_nm: tuple[Sequence[float], Sequence[float]]
+    ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+        """``(lo, hi)``: the grid voxels ``[lo, hi)`` that overlap the box ``bounds_nm``
+        (``(start, stop)``, nm), clipped to the volume (empty along an axis it misses)."""
+        r = self.resolution_nm
+        corner = [o - r / 2 for o in self.origin_nm]
+        start, stop = bounds_nm
+        lo = tuple(
+            max(0, math.floor((float(a) - c) / r + 1e-6))
+            for a, c in zip(start, corner, strict=True)
+        )
+        hi = tuple(
+            min(n, math.ceil((float(b) - c) / r - 1e-6))
+            for b, c, n in zip(stop, corner, self.shape, strict=True)
+        )
+        return lo, hi  # type: ignore[return-value]
+
+    def image_box(self, lo: Sequence[int], hi: Sequence[int]) -> list[tuple[int, int]]:
+        """Grid voxels ``[lo, hi)`` in image indices."""
+        return [(a + c, b + c) for a, b, c in zip(lo, hi, self.context, strict=True)]
+
+    def reader(
+        self, array: StoredArray, level: ScaleLevel, em_range: tuple[float, float]
+    ) -> EMReader:
+        """EM on image indices (read directly when the level is the grid, else interpolated)."""
+        shift = tuple(-c for c in self.context)
+        return EMReader(array, level, self.origin_nm, self.resolution_nm, shift, em_range)
+
+    @property
+    def carry_axis(self) -> int:
+        """The axis along which consecutive boxes share windows: z for a 3D model, x for a 2D
+        one (whose windows never span a z border)."""
+        return 0 if self.windows.window[0] > 1 else 2
+
+
 # ------------------------------------------------------------------------------ crops
 
 
 @dataclass(frozen=True)
 class PredictionGrid:
-    """The regular grid a crop is predicted on: voxel ``i`` centred at ``origin + i * r`` (nm).
+    """The part of a volume's grid (:class:`VolumeGrid`) a crop is predicted on: voxel ``i``
+    centred at ``origin + i * r`` (nm).
 
     Attributes:
         origin_nm: ``(z, y, x)`` centre of voxel ``(0, 0, 0)``, nm.
         shape: ``(D, H, W)`` voxels.
         resolution_nm: ``r``, nm.
+        start: the volume-grid index of voxel ``(0, 0, 0)``.
     """
 
     origin_nm: np.ndarray
     shape: tuple[int, int, int]
     resolution_nm: float
+    start: tuple[int, int, int] = (0, 0, 0)
 
     @classmethod
     def for_crop(cls, geometry: CropGeometry, resolution_nm: float) -> PredictionGrid:
-        """Cover the crop's box (union of its classes' finest levels) with voxels of ``r`` nm,
-        starting at its lower corner (crops land on whole EM voxels, so with EM at ``r`` the grid
-        is the EM grid and EM needs no interpolation)."""
-        start, stop = geometry.bounds_nm
+        """The voxels of the EM volume's grid at ``r`` nm that overlap the crop's box (union of
+        its classes' finest levels); crops land on whole EM voxels, so with EM at ``r`` this is
+        the crop's own box on the EM grid."""
         r = float(resolution_nm)
-        shape = tuple(
-            max(1, math.ceil((b - a) / r - 1e-6)) for a, b in zip(start, stop, strict=True)
+        start, stop = geometry.em.bounds_nm
+        corner = np.asarray(start, dtype=float)
+        shape = [max(1, math.ceil((b - a) / r - 1e-6)) for a, b in zip(start, stop, strict=True)]
+        crop_start, crop_stop = geometry.bounds_nm
+        lo = [
+            min(n - 1, max(0, math.floor((a - c) / r + 1e-6)))
+            for a, c, n in zip(crop_start, corner, shape, strict=True)
+        ]
+        hi = [
+            max(low + 1, min(n, math.ceil((b - c) / r - 1e-6)))
+            for b, c, n, low in zip(crop_stop, corner, shape, lo, strict=True)
+        ]
+        return cls(
+            corner + r / 2 + np.asarray(lo) * r,
+            tuple(b - a for a, b in zip(lo, hi, strict=True)),  # type: ignore[arg-type]
+            r,
+            tuple(lo),  # type: ignore[arg-type]
         )
-        return cls(np.asarray(start, dtype=float) + r / 2, shape, r)  # type: ignore[arg-type]
 
     def nearest_index(self, axis: int, centres_nm: np.ndarray) -> np.ndarray:
         """Index of the prediction voxel nearest each world coordinate along ``axis`` (clipped)."""
@@ -654,31 +771,37 @@ def _open_em(geometry: CropGeometry, resolution_nm: float) -> tuple[StoredArray,
     return geometry.em.open_level(level), level
 
 
-def _slab_logits(
+def _crop_slabs(
     predictor: Predictor,
-    grid: PredictionGrid,
-    reader: EMReader,
-    z_range: tuple[int, int],
+    geometry: CropGeometry,
+    slabs: Sequence[tuple[int, int]],
     settings: Any,
     device: torch.device | str,
-) -> torch.Tensor:
-    """``(14, z1 - z0, H, W)`` logits of prediction-grid slices ``z_range``: the windows of a
-    grid over the slab plus its context, blended on the slab."""
-    (z0, z1), (_, height, width) = z_range, grid.shape
-    window, margin = predictor.output_window, predictor.output_margin
-    core = (z1 - z0, height, width)
-    context = [0 if w == 1 else context_voxels(w, n) for w, n in zip(window, core, strict=True)]
-    image = [n + 2 * c for n, c in zip(core, context, strict=True)]
-    windows = WindowGrid.over(image, window, margin, settings.overlap)
-    blender = Blender(predictor, windows, settings.blend_mode, settings.sw_batch_size, device)
-    # image index → grid index: the image starts ``context`` before the slab
-    shift = np.array([z0, 0, 0]) - np.array(context)
+    em: tuple[StoredArray, ScaleLevel] | None = None,
+) -> Iterator[tuple[tuple[int, int], torch.Tensor, EMReader, list[tuple[int, int]]]]:
+    """Logits of prediction-grid slices ``slabs`` (consecutive ones share their windows): the
+    windows of the volume's grid that reach each slab, blended on it.
 
-    def read(box: Box) -> np.ndarray:
-        return reader.read([(a + s, b + s) for (a, b), s in zip(box, shift, strict=True)])
-
-    box = [(c, c + n) for c, n in zip(context, core, strict=True)]
-    return next(blender.logits(read, [(None, box)]))[1]
+    Yields:
+        ``((z0, z1), logits, reader, box)``: ``(14, z1 - z0, H, W)`` float32 CPU logits, the EM
+        reader and the slab's image box.
+    """
+    volume = VolumeGrid.over(geometry.em.bounds_nm, predictor, settings.overlap)
+    grid = PredictionGrid.for_crop(geometry, predictor.resolution_nm)
+    reader = volume.reader(*(em or _open_em(geometry, predictor.resolution_nm)), predictor.em_range)
+    blender = Blender(
+        predictor, volume.windows, settings.blend_mode, settings.sw_batch_size, device,
+        getattr(settings, "tta", "none"),
+    )  # fmt: skip
+    lo, hi = grid.start, [a + n for a, n in zip(grid.start, grid.shape, strict=True)]
+    boxes = {
+        (z0, z1): volume.image_box((lo[0] + z0, lo[1], lo[2]), (lo[0] + z1, hi[1], hi[2]))
+        for z0, z1 in slabs
+    }
+    # z slabs of a 3D model share the windows spanning their borders; a 2D model's never do
+    carry = 0 if volume.carry_axis == 0 else None
+    for key, logits in blender.logits(reader.read, boxes.items(), carry):
+        yield key, logits, reader, boxes[key]  # type: ignore[misc]
 
 
 def predict_slab(
@@ -689,13 +812,14 @@ def predict_slab(
     device: torch.device | str = "cpu",
     em: tuple[StoredArray, ScaleLevel] | None = None,
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """EM and logits of prediction-grid slices ``[z0, z1)`` of a crop, with context around them.
+    """EM and logits of prediction-grid slices ``[z0, z1)`` of a crop (the volume's windows).
 
     Args:
         predictor: the model.
         geometry: the crop; the grid is :meth:`PredictionGrid.for_crop` at the model's resolution.
         z_range: ``(z0, z1)`` prediction-grid slices.
-        settings: windows and blending (``overlap``, ``blend_mode``, ``sw_batch_size``).
+        settings: windows and blending (``overlap``, ``blend_mode``, ``sw_batch_size``, and
+            ``tta`` when it has one).
         device: where the network runs.
         em: the open EM level (opened here when ``None``).
 
@@ -703,24 +827,9 @@ def predict_slab(
         ``(em, logits)``: ``(z1 - z0, H, W)`` float32 EM in [0, 1] and ``(14, z1 - z0, H, W)``
         float32 CPU logits.
     """
-    grid = PredictionGrid.for_crop(geometry, predictor.resolution_nm)
-    reader = _crop_reader(predictor, geometry, grid, em)
-    logits = _slab_logits(predictor, grid, reader, z_range, settings, device)
-    image = reader.read([z_range, (0, grid.shape[1]), (0, grid.shape[2])])
-    return image, logits
-
-
-def _crop_reader(
-    predictor: Predictor,
-    geometry: CropGeometry,
-    grid: PredictionGrid,
-    em: tuple[StoredArray, ScaleLevel] | None = None,
-) -> EMReader:
-    array, level = em or _open_em(geometry, predictor.resolution_nm)
-    return EMReader(
-        array, level, grid.origin_nm, grid.resolution_nm, (0, 0, 0), predictor.em_range,
-        direct=False,
-    )  # fmt: skip
+    slab = (int(z_range[0]), int(z_range[1]))
+    (_, logits, reader, box), *_ = _crop_slabs(predictor, geometry, [slab], settings, device, em)
+    return reader.read(box), logits
 
 
 def predict_crop(
@@ -729,7 +838,9 @@ def predict_crop(
     settings: Any,
     device: torch.device | str = "cpu",
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Logits of a whole crop, slab by slab along z (memory: one slab plus its context).
+    """Logits of a whole crop, slab by slab along z (memory: one slab plus its context). The
+    windows are the volume's (:class:`VolumeGrid`), so the slab size changes memory and time,
+    never a value.
 
     Args:
         settings: ``slab_voxels`` plus what :func:`predict_slab` needs.
@@ -738,8 +849,8 @@ def predict_crop(
         ``(z0, z1, logits)``: prediction-grid slices ``[z0, z1)`` and their ``(14, z1 - z0, H, W)``
         float32 CPU logits (see :func:`predict_slab`).
     """
-    grid = PredictionGrid.for_crop(geometry, predictor.resolution_nm)
-    reader = _crop_reader(predictor, geometry, grid)
-    for z0 in range(0, grid.shape[0], settings.slab_voxels):
-        z1 = min(grid.shape[0], z0 + settings.slab_voxels)
-        yield z0, z1, _slab_logits(predictor, grid, reader, (z0, z1), settings, device)
+    depth = PredictionGrid.for_crop(geometry, predictor.resolution_nm).shape[0]
+    step = settings.slab_voxels
+    slabs = [(z0, min(depth, z0 + step)) for z0 in range(0, depth, step)]
+    for (z0, z1), logits, _, _ in _crop_slabs(predictor, geometry, slabs, settings, device):
+        yield z0, z1, logits

@@ -88,8 +88,8 @@ from cellseg.inference import (
     Blender,
     EMReader,
     Predictor,
+    VolumeGrid,
     WindowGrid,
-    context_voxels,
     resolve_device,
 )
 from cellseg.io import write_json_atomic
@@ -107,6 +107,24 @@ from cellseg.ngff import (
 )
 from cellseg.ownership import STATE_DIR as OWNER_STATE_DIR
 from cellseg.ownership import check_output_path
+from cellseg.prediction_plan import parse_roi, split_store_path
+from cellseg.prediction_store import (
+    DTYPES,
+    MANIFEST,
+    ChunkListing,
+    dequantize,
+    describe_lost,
+    lost_chunks,
+    marker_path,
+    mask_of,
+    quantize,
+    read_marker,
+    reopen_lost,
+    sync_chunks,
+    write_manifest,
+    write_marker,
+)
+from cellseg.tta import TTA, TTA_MODES
 
 __all__ = [
     "DTYPES",
@@ -118,9 +136,6 @@ __all__ = [
     "predict_volume",
     "split_store_path",
 ]
-
-DTYPES: dict[str, float] = {"uint8": 255.0, "uint16": 65535.0, "float32": 1.0}
-"""Probability dtypes → the factor a probability in [0, 1] is scaled by before rounding."""
 
 FORMAT = "cellseg-prediction-1"
 STATE_DIR = OWNER_STATE_DIR
@@ -150,6 +165,7 @@ class PredictionSettings:
         pyramid_levels: levels in all (s0 included); ``None``: halve until every axis fits one
             chunk.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        tta: test-time augmentation (``inference.tta``, :mod:`cellseg.tta`).
     """
 
     overlap: float = 0.25
@@ -162,8 +178,10 @@ class PredictionSettings:
     block_voxels: tuple[int, int, int] = (64, 1024, 1024)
     pyramid_levels: int | None = None
     device: str = "auto"
+    tta: str = "none"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "tta", TTA.parse(self.tta).value)
         if not 0.0 <= self.overlap < 1.0:
             raise CellsegError(f"predict.overlap = {self.overlap}: must be in [0, 1)")
         if self.blend_mode not in BLEND_MODES:
@@ -200,54 +218,21 @@ class PredictionSettings:
         return np.full(NUM_CLASSES, float(self.threshold))
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None) -> PredictionSettings:
-        """From the config's ``predict`` section (keys that are not settings are ignored)."""
+    def from_config(
+        cls, section: Mapping[str, Any] | None, inference: Mapping[str, Any] | None = None
+    ) -> PredictionSettings:
+        """From the config's ``predict`` section (keys that are not settings are ignored) and
+        its ``inference`` section (``tta``)."""
         names = set(cls.__dataclass_fields__)
         values = {k: v for k, v in (section or {}).items() if k in names}
+        if inference is not None:
+            values["tta"] = inference.get("tta", "none")
         if "block_voxels" in values:
             values["block_voxels"] = tuple(int(b) for b in values["block_voxels"])
         return cls(**values)
 
 
 # ------------------------------------------------------------------------------ geometry
-
-
-def parse_roi(text: str | None) -> tuple[tuple[float, float], ...] | None:
-    """``"z0:z1,y0:y1,x0:x1"`` (nm, world coordinates) → ``((z0, z1), (y0, y1), (x0, x1))``.
-
-    Raises:
-        CellsegError: not three ``a:b`` ranges with ``a < b``.
-    """
-    if text is None or str(text).strip() == "":
-        return None
-    parts = str(text).split(",")
-    try:
-        ranges = tuple(tuple(float(v) for v in part.split(":")) for part in parts)
-    except ValueError:
-        ranges = ()
-    if len(ranges) != 3 or any(len(r) != 2 or not r[0] < r[1] for r in ranges):
-        raise CellsegError(
-            f"--roi {text!r}: expected z0:z1,y0:y1,x0:x1 in nm with each start below its stop"
-        )
-    return ranges  # type: ignore[return-value]
-
-
-def split_store_path(path: Path | str) -> tuple[Path, str]:
-    """``STORE.zarr/recon-1/em/fibsem-uint8`` → ``(STORE.zarr, "recon-1/em/fibsem-uint8")``
-    (the last path component ending in ``.zarr`` is the store).
-
-    Raises:
-        CellsegError: no component ends in ``.zarr``.
-    """
-    parts = Path(path).parts
-    stores = [i for i, p in enumerate(parts) if p.endswith(".zarr")]
-    if not stores:
-        raise CellsegError(
-            f"--em {path}: expected STORE.zarr/GROUP, e.g. "
-            "data/jrc_x/jrc_x.zarr/recon-1/em/fibsem-uint8"
-        )
-    i = stores[-1]
-    return Path(*parts[: i + 1]), "/".join(parts[i + 1 :])
 
 
 @dataclass(frozen=True)
@@ -404,48 +389,36 @@ def plan_prediction(
     """
     r = float(predictor.resolution_nm)
     start, stop = em.bounds_nm
-    grid_shape = tuple(
-        max(1, math.ceil((b - a) / r - 1e-6)) for a, b in zip(start, stop, strict=True)
-    )
+    # the volume's grid and its one grid of windows, whatever the ROI (the same voxel, the same
+    # value; cellseg.inference.VolumeGrid, as evaluation and figures)
+    volume = VolumeGrid.over(em.bounds_nm, predictor, settings.overlap)
+    grid_shape = volume.shape
     if roi is None:
         lo, hi = (0, 0, 0), grid_shape
     else:
-        lo = tuple(
-            max(0, math.floor((a - s) / r + 1e-6)) for (a, _), s in zip(roi, start, strict=True)
-        )
-        hi = tuple(
-            min(n, math.ceil((b - s) / r - 1e-6))
-            for (_, b), s, n in zip(roi, start, grid_shape, strict=True)
-        )
+        lo, hi = volume.region(tuple(zip(*roi, strict=True)))  # type: ignore[arg-type]
         if any(b <= a for a, b in zip(lo, hi, strict=True)):
             raise CellsegError(
                 f"--roi {roi}: does not overlap the EM volume {em.location}, which spans "
                 f"{[round(float(v), 3) for v in start]}–{[round(float(v), 3) for v in stop]} nm"
             )
     shape = tuple(b - a for a, b in zip(lo, hi, strict=True))
-    window, output = predictor.window, predictor.output_window
-    # context and windows of the whole volume, whatever the ROI (the same voxel, the same value)
-    margin = tuple(
-        0 if w == 1 else context_voxels(w, n) for w, n in zip(output, grid_shape, strict=True)
-    )
-    image = [n + 2 * m for n, m in zip(grid_shape, margin, strict=True)]
-    grid = WindowGrid.over(image, output, predictor.output_margin, settings.overlap)
     return PredictionPlan(
         em_store=em.store,
         em_group=em.group,
         level=em.level_for(r),
         resolution_nm=r,
-        grid_origin_nm=tuple(float(a) + r / 2 for a in start),  # type: ignore[arg-type]
+        grid_origin_nm=volume.origin_nm,
         grid_shape=grid_shape,  # type: ignore[arg-type]
         roi_start=lo,  # type: ignore[arg-type]
         shape=shape,  # type: ignore[arg-type]
-        window=window,
+        window=predictor.window,
         output_margin=predictor.output_margin,
-        margin=margin,  # type: ignore[arg-type]
-        starts=grid.starts,
+        margin=volume.context,
+        starts=volume.windows.starts,
         block=settings.block_voxels,
         chunk=settings.chunk_voxels,
-        carry_axis=0 if window[0] > 1 else 2,
+        carry_axis=volume.carry_axis,
     )
 
 
@@ -471,38 +444,14 @@ def block_logits(
     Yields:
         ``(index, logits)``: ``(14, bz, by, bx)`` float32 CPU logits of the block's output box.
     """
-    blender = Blender(predictor, plan.windows, settings.blend_mode, settings.sw_batch_size, device)
+    blender = Blender(
+        predictor, plan.windows, settings.blend_mode, settings.sw_batch_size, device, settings.tta
+    )
     boxes = ((index, plan.image_box(index)) for index in blocks)
     yield from blender.logits(reader.read, boxes, plan.carry_axis)  # type: ignore[misc]
 
 
 # ------------------------------------------------------------------------------ the output store
-
-
-def _quantize(probabilities: torch.Tensor, dtype: str) -> np.ndarray:
-    if dtype == "float32":
-        return probabilities.numpy().astype(np.float32, copy=False)
-    # in place after the one copy clamp makes: 4x faster than three temporaries
-    scaled = probabilities.clamp(0, 1).mul_(DTYPES[dtype]).round_()
-    return scaled.to(torch.uint8).numpy() if dtype == "uint8" else scaled.numpy().astype(dtype)
-
-
-def _dequantize(values: np.ndarray, dtype: str) -> np.ndarray:
-    return values.astype(np.float32) / np.float32(DTYPES[dtype])
-
-
-def mask_of(stored: np.ndarray, dtype: str, threshold: float) -> np.ndarray:
-    """The mask of stored probabilities (uint8): 1 where ``stored / DTYPES[dtype] > threshold``
-    (compared in float64), else 0.
-
-    Derived from the values as stored (not from the probabilities before rounding), so a reader
-    that thresholds the stored probabilities gets the mask exactly, at every level.
-    """
-    if dtype == "float32":
-        return (stored > np.float64(threshold)).view(np.uint8)
-    scale = DTYPES[dtype]
-    table = (np.arange(int(scale) + 1) / scale > threshold).astype(np.uint8)
-    return table[stored]
 
 
 def _group_attrs(name: str, plan: PredictionPlan, levels: int, kind: str) -> dict[str, Any]:
@@ -526,6 +475,7 @@ def _spec(
         "adjustment": settings.adjustment or predictor.default_mode,
         "overlap": settings.overlap,
         "blend_mode": settings.blend_mode,
+        "tta": settings.tta,
         "thresholds": {c: float(t) for c, t in zip(CLASSES, settings.thresholds(), strict=True)},
         "dtype": settings.dtype,
         "em_range": list(predictor.em_range),
@@ -610,10 +560,6 @@ def init_store(out: Path, spec: Mapping[str, Any], plan: PredictionPlan, overwri
     return "created"
 
 
-def _marker(out: Path, index: int) -> Path:
-    return out / STATE_DIR / "blocks" / f"{index}.json"
-
-
 def _write_block(
     out: Path,
     writer: ChunkWriter,
@@ -628,40 +574,11 @@ def _write_block(
     in between redoes the block: a marker never outlives its chunks)."""
     arrays = [f"{kind}/{name}/s0" for name in CLASSES for kind in ("probabilities", "masks")]
     for c, name in enumerate(CLASSES):  # class by class: temporaries 1/14 of the block
-        stored = _quantize(probabilities[c], dtype)
+        stored = quantize(probabilities[c], dtype)
         writer.write(f"probabilities/{name}/s0", box, stored)
         writer.write(f"masks/{name}/s0", box, mask_of(stored, dtype, thresholds[c]))
-    _sync_chunks(out, arrays, box, writer.chunks)
-    _write_marker(out, index, box, seconds)
-
-
-def _sync_chunks(
-    out: Path, arrays: Sequence[str], box: tuple[slice, slice, slice], chunks: Sequence[int]
-) -> None:
-    """fsync the chunk files of ``box`` in each array, then the arrays' directories (which hold
-    the new names, and the removal of all-zero chunks)."""
-    ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(box, chunks, strict=True)]
-    for array in arrays:
-        folder = out / array
-        for key in itertools.product(*ranges):
-            with contextlib.suppress(FileNotFoundError):  # an all-zero chunk is not stored
-                _fsync(folder / ".".join(map(str, key)))
-        _fsync(folder)
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _write_marker(out: Path, index: int, box: tuple[slice, slice, slice], seconds: float) -> None:
-    write_json_atomic(
-        _marker(out, index),
-        {"block": index, "box": [[s.start, s.stop] for s in box], "seconds": round(seconds, 3)},
-    )
+    stored = sync_chunks(out, arrays, box, writer.chunks)
+    write_marker(out, index, box, seconds, stored)
 
 
 def predict_blocks(
@@ -674,11 +591,25 @@ def predict_blocks(
     device: torch.device,
     log: Any,
 ) -> tuple[int, int]:
-    """Predict the blocks of ``blocks`` that have no marker yet; returns ``(done, skipped)``.
+    """Predict the blocks of ``blocks`` that have no marker yet, or whose marker records chunk
+    files that are gone (named on ``log``); returns ``(done, skipped)``.
 
     Writing runs on a background thread (one block at a time) while the next block computes.
     """
-    todo = [b for b in blocks if not _marker(out, b).exists()]
+    listing, todo = ChunkListing(out), []
+    for b in blocks:
+        marker = read_marker(out, b)
+        lost = [] if marker is None else lost_chunks(marker, plan.chunk_shape(), listing)
+        if lost:
+            print(
+                f"[{predictor.key}] block {b}: {len(lost)} chunk files it wrote are gone "
+                f"({describe_lost(lost)}); predicting it again",
+                file=log,
+                flush=True,
+            )
+            marker_path(out, b).unlink(missing_ok=True)
+        if marker is None or lost:
+            todo.append(b)
     skipped = len(blocks) - len(todo)
     if not todo:
         return 0, skipped
@@ -738,7 +669,7 @@ def _maybe_kill(kill_after: int, done: int) -> None:
 
 def _downsample(values: np.ndarray, dtype: str) -> np.ndarray:
     """2×2×2 means of a dequantised ``(D, H, W)`` block (odd edges repeat their last voxel)."""
-    return block_mean(_dequantize(values, dtype), 2)
+    return block_mean(dequantize(values, dtype), 2)
 
 
 def _write_levels(
@@ -770,7 +701,7 @@ def _write_levels(
                     box = tuple(
                         slice(s.start, s.start + n) for s, n in zip(box, mean.shape, strict=True)
                     )
-                    stored = _quantize(torch.from_numpy(mean), settings.dtype)
+                    stored = quantize(torch.from_numpy(mean), settings.dtype)
                     target[box] = stored
                     mask[box] = mask_of(stored, settings.dtype, threshold)
 
@@ -785,11 +716,24 @@ def write_pyramid(out: Path, plan: PredictionPlan, settings: PredictionSettings,
     Returns:
         the number of levels.
     """
-    missing = [b for b in range(plan.n_blocks) if not _marker(out, b).exists()]
+    markers = {b: read_marker(out, b) for b in range(plan.n_blocks)}
+    missing = [b for b, marker in markers.items() if marker is None]
     if missing:
         raise CellsegError(
             f"{out}: {len(missing)} of {plan.n_blocks} blocks are not predicted yet (first: "
             f"{missing[0]}); run the block jobs (or cellseg predict without --stage) first"
+        )
+    listing = ChunkListing(out)
+    lost = {b: lost_chunks(m, plan.chunk_shape(), listing) for b, m in markers.items() if m}
+    lost = {b: files for b, files in lost.items() if files}
+    if lost:  # never a pyramid of zeros read for lost chunks: the blocks are redone first
+        for b in lost:
+            marker_path(out, b).unlink()
+        first = min(lost)
+        raise CellsegError(
+            f"{out}: chunk files of {len(lost)} finished blocks are gone (block {first}: "
+            f"{describe_lost(lost[first])}); their markers are removed: run the block jobs "
+            "again (or cellseg predict without --stage), then the pyramid"
         )
     levels = pyramid_levels(plan.shape, plan.chunk, settings.pyramid_levels)
     thresholds = settings.thresholds()
@@ -808,10 +752,15 @@ def write_pyramid(out: Path, plan: PredictionPlan, settings: PredictionSettings,
             for name in CLASSES
         },
     )
+    # the markers stay as one manifest (a later run finds chunk files lost since); the rest of
+    # the working state goes
+    write_manifest(out, markers)  # type: ignore[arg-type]
     attrs = json.loads((out / ".zattrs").read_text())
     attrs["cellseg"]["complete"] = True
     write_json_atomic(out / ".zattrs", attrs)
-    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    for child in (out / STATE_DIR).iterdir():
+        if child.name != MANIFEST:
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
     return levels
 
 
@@ -899,6 +848,9 @@ def predict_volume(
         state = init_store(out, spec, plan, overwrite=False) if out.exists() else "missing"
         if state in ("missing", "created"):
             raise CellsegError(f"{out}: no prediction store yet; run --stage init first")
+    reopen = stage in ("all", "init") and parts == 1
+    if state == "complete" and reopen_lost(out, plan.chunk_shape(), reopen, predictor.key, log):
+        state = "resumed"
     run = PredictionRun(plan, state)
     print(
         f"[{predictor.key}] {em.location} at {plan.resolution_nm:g} nm: output {plan.shape} "
@@ -983,6 +935,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar=("BZ", "BY", "BX"),
     )
     parser.add_argument("--pyramid-levels", type=int, default=None, help="default: automatic")
+    parser.add_argument(
+        "--tta", choices=TTA_MODES, default=defaults.tta, help="test-time augmentation"
+    )
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument(
@@ -1011,6 +966,7 @@ def _run(args: argparse.Namespace) -> int:
         block_voxels=tuple(args.block_voxels),
         pyramid_levels=args.pyramid_levels,
         device=args.device,
+        tta=args.tta,
     )
     run = predict_volume(
         args.checkpoint,

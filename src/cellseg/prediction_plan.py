@@ -13,6 +13,47 @@ from typing import Any
 
 from cellseg.errors import CellsegError
 
+__all__ = ["parse_roi", "prediction_targets", "split_store_path"]
+
+
+def parse_roi(text: str | None) -> tuple[tuple[float, float], ...] | None:
+    """``"z0:z1,y0:y1,x0:x1"`` (nm, world coordinates) → ``((z0, z1), (y0, y1), (x0, x1))``.
+
+    Raises:
+        CellsegError: not three ``a:b`` ranges with ``a < b``.
+    """
+    if text is None or str(text).strip() == "":
+        return None
+    parts = str(text).split(",")
+    try:
+        ranges = tuple(tuple(float(v) for v in part.split(":")) for part in parts)
+    except ValueError:
+        ranges = ()
+    if len(ranges) != 3 or any(len(r) != 2 or not r[0] < r[1] for r in ranges):
+        raise CellsegError(
+            f"--roi {text!r}: expected z0:z1,y0:y1,x0:x1 in nm with each start below its stop"
+        )
+    return ranges  # type: ignore[return-value]
+
+
+def split_store_path(path: Path | str) -> tuple[Path, str]:
+    """``STORE.zarr/recon-1/em/fibsem-uint8`` → ``(STORE.zarr, "recon-1/em/fibsem-uint8")``
+    (the last path component ending in ``.zarr`` is the store).
+
+    Raises:
+        CellsegError: no component ends in ``.zarr``.
+    """
+    parts = Path(path).parts
+    stores = [i for i, p in enumerate(parts) if p.endswith(".zarr")]
+    if not stores:
+        raise CellsegError(
+            f"--em {path}: expected STORE.zarr/GROUP, e.g. "
+            "data/jrc_x/jrc_x.zarr/recon-1/em/fibsem-uint8"
+        )
+    i = stores[-1]
+    return Path(*parts[: i + 1]), "/".join(parts[i + 1 :])
+
+
 PREDICTION_TARGET = "results/predictions/{run}/{dataset}.zarr"
 """A dataset's prediction by a run's ``best.pt``, as the ``predict_pyramid`` rule writes it."""
 

@@ -104,15 +104,34 @@ def evaluation_resources(
 ) -> JobResources:
     """An ``evaluate`` job of one model over ``test_crops`` crops.
 
-    Runtime (minutes) = (``startup_min`` + ``minutes_per_crop`` × ``test_crops``) × ``attempt``;
-    memory (MB) = ``mem_mb`` × ``attempt``. A model trained on 0 GPUs is evaluated on the CPU
-    partition whatever ``resources.evaluate.gpus`` says.
+    Runtime (minutes) = (``startup_min`` + ``minutes_per_crop`` × ``test_crops`` × passes) ×
+    ``attempt``, passes the forward passes per window of every test-time augmentation scored
+    (:func:`tta_passes`; 1 without TTA); memory (MB) = ``mem_mb`` × ``attempt``. A model trained
+    on 0 GPUs is evaluated on the CPU partition whatever ``resources.evaluate.gpus`` says.
     """
     section = config["resources"]
     rule = section["evaluate"]
     gpus = min(int(rule["gpus"]), 1) if settings.gpus > 0 else 0
-    runtime = (rule["startup_min"] + rule["minutes_per_crop"] * test_crops) * attempt
+    passes = tta_passes(config.get("inference") or {}, settings.dim)
+    runtime = (rule["startup_min"] + rule["minutes_per_crop"] * test_crops * passes) * attempt
     return _job(section, gpus, rule["cpus_per_task"], rule["mem_mb"] * attempt, runtime)
+
+
+TTA_PASSES: dict[str, dict[str, int]] = {
+    "none": {"2d": 1, "3d": 1},
+    "mirror": {"2d": 4, "3d": 8},
+    "mirror_rot90": {"2d": 8, "3d": 16},
+}
+"""Forward passes per window of each test-time augmentation (``cellseg.tta``; kept here without
+torch, a test keeps the two equal)."""
+
+
+def tta_passes(inference: Mapping[str, Any], dim: str) -> int:
+    """Forward passes per window of an evaluation: ``inference.tta`` and every other mode of
+    ``inference.tta_compare`` (``false`` / ``off``: ``none``)."""
+    names = [inference.get("tta", "none"), *(inference.get("tta_compare") or ())]
+    modes = dict.fromkeys("none" if m in (None, False, "off") else str(m) for m in names)
+    return sum(TTA_PASSES[m][dim] for m in modes if m in TTA_PASSES)
 
 
 def figure_resources(

@@ -31,5 +31,6 @@ rule evaluate:
         **job_resources(evaluate_job, runtime=evaluate_runtime),
     params:
         evaluation=config["evaluation"],
+        inference=config["inference"],
     script:
         "../scripts/evaluate.py"

@@ -36,6 +36,7 @@ rule predict_init:
         em=lambda wildcards: prediction_em(config, wildcards.dataset, DEMO_DATA),
         roi=lambda wildcards: prediction_roi(config, wildcards.dataset),
         predict=config["predict"],
+        inference=config["inference"],
     script:
         "../scripts/predict.py"
 
@@ -66,6 +67,7 @@ rule predict_blocks:
         em=lambda wildcards: prediction_em(config, wildcards.dataset, DEMO_DATA),
         roi=lambda wildcards: prediction_roi(config, wildcards.dataset),
         predict=config["predict"],
+        inference=config["inference"],
     script:
         "../scripts/predict.py"
 
@@ -98,5 +100,6 @@ rule predict_pyramid:
         em=lambda wildcards: prediction_em(config, wildcards.dataset, DEMO_DATA),
         roi=lambda wildcards: prediction_roi(config, wildcards.dataset),
         predict=config["predict"],
+        inference=config["inference"],
     script:
         "../scripts/predict.py"

@@ -40,6 +40,7 @@ rule visualize:
         **job_resources(visualize_job),
     params:
         evaluation=config["evaluation"],
+        inference=config["inference"],
     script:
         "../scripts/visualize.py"
 

@@ -9,7 +9,10 @@ with job_log(snakemake.log[0]) as log:  # noqa: F821
         snakemake.input.checkpoint,  # noqa: F821
         snakemake.input.datasplit,  # noqa: F821
         snakemake.output.metrics,  # noqa: F821
-        EvaluationSettings.from_config(snakemake.params.evaluation),  # noqa: F821
+        EvaluationSettings.from_config(
+            snakemake.params.evaluation,  # noqa: F821
+            snakemake.params.inference,  # noqa: F821
+        ),
         predictions_path=snakemake.output.get("predictions"),  # noqa: F821
         log=log,
         threads=snakemake.threads,  # noqa: F821

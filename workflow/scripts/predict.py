@@ -16,7 +16,7 @@ with job_log(snakemake.log[0]) as log:  # noqa: F821
         snakemake.input.checkpoint,  # noqa: F821
         params.em,
         params.work,
-        PredictionSettings.from_config(section),
+        PredictionSettings.from_config(section, params.inference),
         parse_roi(params.roi),
         stage=params.stage,
         part=part,

@@ -14,6 +14,9 @@ with job_log(snakemake.log[0]):  # noqa: F821
         snakemake.output.samples,  # noqa: F821
         snakemake.output.curves,  # noqa: F821
         ModelFigureSettings.from_config(snakemake.params.evaluation),  # noqa: F821
-        EvaluationSettings.from_config(snakemake.params.evaluation),  # noqa: F821
+        EvaluationSettings.from_config(
+            snakemake.params.evaluation,  # noqa: F821
+            snakemake.params.inference,  # noqa: F821
+        ),
         classes_path=snakemake.output.classes,  # noqa: F821
     )

@@ -20,6 +20,7 @@ from cellseg.challenge import (
 from cellseg.classes import CLASSES, GROUP_NAMES
 from cellseg.reporting.study import Study
 from cellseg.reporting.summary import BASELINE, Summary, SummarySettings
+from cellseg.reporting.tta import tta_markdown
 from cellseg.statistics import (
     smallest_p_value,
 )
@@ -147,8 +148,19 @@ def _markdown_intro(summary: Summary) -> list[str]:
         "(column `empty` of the metrics CSVs).",
         "",
         _statistics_sentence(summary),
+        *_tta_sentence(summary),
         "",
     ]
+
+
+def _tta_sentence(summary: Summary) -> list[str]:
+    """The test-time augmentation the models were scored with, when not ``none``, and the
+    comparison of ``inference.tta_compare`` (:mod:`cellseg.reporting.tta`)."""
+    modes = set(summary.table.get("tta", pd.Series(dtype=object)).dropna()) - {"none"}
+    lines = []
+    if modes:
+        lines += ["", f"Scored with test-time augmentation `{'`, `'.join(sorted(modes))}`."]
+    return lines + tta_markdown(summary.tta)
 
 
 def _diff_cell(r: pd.Series) -> str:

@@ -28,9 +28,13 @@ MEASURED_COLUMNS: tuple[str, ...] = (
     "cpu_hours",
     "compute_hours",
     "inference_seconds",
+    "tta",
+    "inference_us_per_voxel",
 )
-"""Wall-clock measurements: written to ``costs.csv``, not ``summary.csv``, so that the same
-config on the same machine gives the same ``summary.csv`` bit for bit."""
+"""Wall-clock measurements (and ``tta``, the test-time augmentation the inference time was
+measured with; ``inference_us_per_voxel``: that time per predicted voxel, µs): written to
+``costs.csv``, not ``summary.csv``, so that the same config on the same machine gives the same
+``summary.csv`` bit for bit."""
 
 
 def write_summary(

@@ -81,6 +81,7 @@ from cellseg.classes import CLASS_INDEX, CLASSES, GROUP_NAMES, NUM_CLASSES
 from cellseg.errors import CellsegError
 from cellseg.groups import class_rows, group_columns
 from cellseg.metrics import COUNT_NAMES, Statistic, aggregate_crops
+from cellseg.reporting.tta import seconds_per_voxel, tta_comparison
 from cellseg.statistics import (
     DEFAULT_PERMUTATIONS,
     PairedComparison,
@@ -207,7 +208,10 @@ def load_metrics(path: Path | str, adjustment: str | None = None) -> tuple[pd.Da
             f"{path}: no rows for adjustment {mode!r} (has {', '.join(modes)}); add it to "
             "evaluation.adjustment_modes or choose another"
         )
-    return table[table["adjustment"] == mode].reset_index(drop=True), mode
+    table = table[table["adjustment"] == mode]
+    if "tta" in table and len(table):  # the first test-time augmentation: inference.tta's
+        table = table[table["tta"] == table["tta"].iloc[0]]
+    return table.reset_index(drop=True), mode
 
 
 def metric_counts(table: pd.DataFrame) -> tuple[list[str], np.ndarray]:
@@ -320,6 +324,7 @@ class Summary:
     conservative: list[str] = field(default_factory=list)
     n_datasets: int = 0
     inference_unit: str = "crop"
+    tta: pd.DataFrame | None = None
 
 
 @dataclass
@@ -515,6 +520,9 @@ def _load_model(
         **group_columns(table),
         **_challenge_columns(table, counts),
         inference_seconds=seconds,
+        # costs.csv: the test-time augmentation timed and the time per predicted voxel
+        tta=str(table["tta"].iloc[0]) if "tta" in table and len(table) else "none",
+        inference_us_per_voxel=1e6 * seconds_per_voxel(table),
         adjustment=mode,
     )
     train = None
@@ -820,6 +828,7 @@ def summarize(
         conservative=conservative,
         n_datasets=len({dataset_of(crop) for crop in gt_crops}),
         inference_unit=inference_unit(gt_crops, s),
+        tta=tta_comparison(metrics),
     )
 
 
