@@ -37,17 +37,23 @@ GPU the accumulator is GPU memory and the host holds two blocks' probabilities,
 (:class:`cellseg.ngff.ChunkWriter`).
 
 Resumability and parallelism. A block's chunks are written and fsynced (files and directories),
-then a small JSON marker ``OUT/.cellseg/blocks/{index}.json`` (atomically); a rerun skips blocks
-with a marker. Blocks are numbered along the carry axis first; ``--part I --parts N`` takes the
+then a small JSON marker ``OUT/.cellseg/blocks/{index}.json`` (atomically) recording which chunk
+files it stored; a rerun skips blocks with a marker whose chunk files are all there, and names
+and redoes the others, also in a complete store, which keeps the markers as one manifest
+(:mod:`cellseg.prediction_store`). Blocks are numbered along the carry axis first; ``--part I --parts N`` takes the
 I-th of N contiguous ranges, so N SLURM jobs write disjoint regions of one store (N > 1 parts
 refuse a store that ``--stage init`` did not make first). ``--stage init`` creates the store,
 ``--stage pyramid`` writes the downsampled levels and the final metadata once every block is
 done; the default runs all three.
 
-Why above 800 lines: the settings, the plan, the store's state (init, markers, parts), the
-pyramid and the command are one resumable protocol whose pieces check each other; the windows
-and blending are :mod:`cellseg.inference`'s and the NGFF writing :mod:`cellseg.ngff`'s. Splitting
-the plan (geometry) into its own module is the next step if it grows.
+Test-time augmentation (``--tta``, ``inference.tta``) is :mod:`cellseg.inference`'s, inside the
+blending, as in evaluation and the figures; the store records it with its settings.
+
+Why above 800 lines: the settings, the plan, the store's init, parts and pyramid and the command
+are one resumable protocol whose pieces check each other; the windows, blending and TTA are
+:mod:`cellseg.inference`'s, the stored values and block markers :mod:`cellseg.prediction_store`'s,
+``--roi`` parsing :mod:`cellseg.prediction_plan`'s and the NGFF writing :mod:`cellseg.ngff`'s.
+Splitting the plan (geometry) into its own module is the next step if it grows.
 """
 
 from __future__ import annotations
