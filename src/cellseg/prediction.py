@@ -40,9 +40,9 @@ Resumability and parallelism. A block's chunks are written and fsynced (files an
 then a small JSON marker ``OUT/.cellseg/blocks/{index}.json`` (atomically) recording which chunk
 files it stored; a rerun skips blocks with a marker whose chunk files are all there, and names
 and redoes the others, also in a complete store, which keeps the markers as one manifest
-(:mod:`cellseg.prediction_store`). Blocks are numbered along the carry axis first; ``--part I --parts N`` takes the
-I-th of N contiguous ranges, so N SLURM jobs write disjoint regions of one store (N > 1 parts
-refuse a store that ``--stage init`` did not make first). ``--stage init`` creates the store,
+(:mod:`cellseg.prediction_store`). Blocks are numbered along the carry axis first; ``--part I
+--parts N`` takes the I-th of N contiguous ranges, so N SLURM jobs write disjoint regions of one
+store (N > 1 parts refuse a store that ``--stage init`` did not make first). ``--stage init`` creates the store,
 ``--stage pyramid`` writes the downsampled levels and the final metadata once every block is
 done; the default runs all three.
 
