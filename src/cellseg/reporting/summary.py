@@ -177,7 +177,8 @@ class SummarySettings:
 
 
 def load_metrics(path: Path | str, adjustment: str | None = None) -> tuple[pd.DataFrame, str]:
-    """Read a metrics CSV and keep one adjustment mode.
+    """Read a metrics CSV and keep one adjustment mode, and of a CSV that scores several
+    test-time augmentations (``inference.tta_compare``) the first, ``inference.tta``'s.
 
     Args:
         path: a CSV written by :func:`cellseg.evaluation.evaluate_checkpoint`.
