@@ -133,4 +133,3 @@ def test_summary_md_shows_group_scores_only_with_group_rows(tmp_path):
     section = texts[True].split("## Whole organelles (group labels)")[1].split("\n## ")[0]
     assert "| model | `mito` |" in section
     assert "| unet_3d | 0.800 |" in section  # 24 / 30, as the summary column
-
