@@ -4,10 +4,12 @@ A small YAML *mapping* file (format in docs/data.md, "Importing your own EM"; ex
 ``config/import/``) names, per dataset, the EM source, its voxel size and offset in nm, the
 labels (one binary mask per class, a label image with a value-to-class map, or instance ids with
 an optional boundary class derived from the faces between ids), unknown regions and the crops.
-The import writes ``{out}/{dataset}/{dataset}.zarr`` (zarr format 2): the EM pyramid
+The import writes ``{out}/{dataset}/{dataset}.zarr`` (zarr format 2), streaming (sources read
+lazily, :mod:`cellseg.data.import_sources`; the store written in :data:`BLOCK`-voxel blocks,
+:func:`stream_pyramid`; memory bounded by the block, not the volume): the EM pyramid
 ``recon-1/em/fibsem-uint8/s0…`` and per crop ``recon-1/labels/groundtruth/{crop}/{class}/s0…``
 plus ``all``, every group with OME-NGFF ``multiscales`` in nm and ``cellmap.annotation``
-attributes, through the demo's own writers (:mod:`cellseg.ngff`,
+attributes, with the demo's metadata, codec and label arrays (:mod:`cellseg.ngff`,
 :mod:`cellseg.data.label_codes`). It writes under a temporary name, reads the result back
 through cellseg's reader (:func:`~cellseg.data.store.discover_crops`,
 :func:`~cellseg.data.store.read_crop_geometry`, :func:`~cellseg.data.store.check_label_data`)
@@ -82,8 +84,10 @@ def derive_boundary(ids: np.ndarray, background: int = 0, unknown: int | None = 
     """Boundary voxels of an instance-id volume: a voxel is boundary when one of its 6
     face-neighbours holds an id that is neither ``background`` nor ``unknown`` and differs from
     its own. Both sides of a face between two ids are boundary (a membrane two voxels thick);
-    a background voxel touching an id is boundary too; an ``unknown`` voxel never is. Computed on
-    the whole volume, so a crop's edge voxels see their true neighbours."""
+    a background voxel touching an id is boundary too; an ``unknown`` voxel never is. ``ids``: any
+    ``(z, y, x)`` box of the volume; a voxel's result is exact when its 6 neighbours inside the
+    volume are in the box, so the import computes it block by block with a one-voxel halo
+    (:meth:`LabelSource.codes`) and a crop's edge voxels see their true neighbours."""
     labelled = ids != background
     if unknown is not None:
         labelled &= ids != unknown
