@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from cellseg import prediction  # noqa: E402
 from cellseg.classes import NUM_CLASSES  # noqa: E402
-from cellseg.data.store import open_group, read_multiscale  # noqa: E402
+from cellseg.data.multiscale import open_group, read_multiscale  # noqa: E402
 from cellseg.inference import Predictor, sliding_window_logits  # noqa: E402
 from cellseg.prediction import (  # noqa: E402
     PredictionSettings,

@@ -13,7 +13,8 @@ import zarr
 
 from cellseg.cli import main
 from cellseg.data.importer import derive_boundary, import_mapping, load_mapping
-from cellseg.data.store import LabelEncoding, discover_crops, read_crop_geometry
+from cellseg.data.multiscale import LabelEncoding
+from cellseg.data.store import discover_crops, read_crop_geometry
 from cellseg.errors import CellsegError
 
 REPO = Path(__file__).parents[2]

@@ -8,8 +8,9 @@ import zarr
 
 from cellseg.classes import CLASS_INDEX
 from cellseg.data.dataset import FixedPatches, PatchSpec
+from cellseg.data.multiscale import LabelEncoding
 from cellseg.data.patches import CropReader, PatchGrid
-from cellseg.data.store import Crop, LabelEncoding, discover_crops, read_crop_geometry
+from cellseg.data.store import Crop, discover_crops, read_crop_geometry
 from cellseg.errors import CellsegError
 from store_builders import INSTANCE, SEMANTIC
 

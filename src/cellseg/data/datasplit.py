@@ -22,18 +22,17 @@ import numpy as np
 import zarr
 
 from cellseg.classes import CLASSES, GROUP_NAMES
+from cellseg.data.multiscale import open_group
 from cellseg.data.split_units import SPLIT_BY, leakage_problems, place_crops, split_units
 from cellseg.data.store import (
     Crop,
-    check_em_values,
-    check_label_data,
     check_outside_stores,
     crop_resolution_problem,
     discover_crops,
-    open_group,
     parse_label_path,
     read_crop_geometry,
 )
+from cellseg.data.voxel_checks import check_em_values, check_label_data
 from cellseg.errors import CellsegError
 from cellseg.io import write_text_atomic
 

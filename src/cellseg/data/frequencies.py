@@ -20,7 +20,8 @@ import zarr
 
 from cellseg.classes import CLASSES
 from cellseg.data.datasplit import read_datasplit
-from cellseg.data.store import Crop, StoredArray, check_outside_stores, read_crop_geometry
+from cellseg.data.multiscale import StoredArray
+from cellseg.data.store import Crop, check_outside_stores, read_crop_geometry
 from cellseg.errors import CellsegError
 from cellseg.io import write_json_atomic
 
@@ -38,7 +39,7 @@ def count_array(
     Args:
         array: a ``(z, y, x)`` label array (from :meth:`Multiscale.open_level`, whose reads
             name the array and chunk when a chunk is corrupt).
-        encoding: its :class:`cellseg.data.store.LabelEncoding`.
+        encoding: its :class:`cellseg.data.multiscale.LabelEncoding`.
         slab_depth: z voxels per read; defaults to the array's chunk depth.
     """
     depth = slab_depth or array.chunks[0]

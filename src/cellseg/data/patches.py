@@ -18,7 +18,9 @@ import numpy as np
 import zarr
 
 from cellseg.classes import CLASS_INDEX, GROUP_INDEX, NUM_CLASSES, NUM_GROUPS
-from cellseg.data.store import CropGeometry, LabelEncoding, ScaleLevel, check_em_array
+from cellseg.data.multiscale import LabelEncoding, ScaleLevel
+from cellseg.data.store import CropGeometry
+from cellseg.data.voxel_checks import check_em_array
 from cellseg.errors import CellsegError
 from cellseg.groups import apply_group_negatives, infer_group_negatives
 
@@ -459,7 +461,7 @@ class CropReader:
         resolution_nm: isotropic output voxel size in nm.
         em_range: ``(low, high)`` raw EM values clipped to before scaling to [0, 1];
             floating-point EM mostly outside it is refused
-            (:func:`~cellseg.data.store.check_em_array`).
+            (:func:`~cellseg.data.voxel_checks.check_em_array`).
         infer_true_negatives: where an annotated class is positive, set classes the crop does not
             annotate to 0 (the 14 classes are mutually exclusive in the CellMap hierarchy).
         cache: an :class:`ArrayCache` to hold this crop's arrays in memory, or None to read

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cellseg.data.store import Crop, open_group, read_multiscale
+from cellseg.data.multiscale import open_group, read_multiscale
+from cellseg.data.store import Crop
 from cellseg.errors import CellsegError
 
 SPLIT_BY: tuple[str, ...] = ("crop", "dataset")
