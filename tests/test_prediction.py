@@ -17,7 +17,8 @@ import zarr
 from torch import nn
 
 from cellseg.classes import CLASSES, NUM_CLASSES
-from cellseg.data.store import EM_GROUP, open_group, read_multiscale
+from cellseg.data.multiscale import open_group, read_multiscale
+from cellseg.data.store import EM_GROUP
 from cellseg.errors import CellsegError
 from cellseg.inference import Predictor
 from cellseg.prediction import (

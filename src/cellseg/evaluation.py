@@ -69,14 +69,8 @@ from cellseg.challenge import (
 from cellseg.classes import CLASSES, GROUP_INDEX, GROUP_NAMES
 from cellseg.data.datasplit import read_scored_crops
 from cellseg.data.identity import check_unseen
-from cellseg.data.store import (
-    Crop,
-    CropGeometry,
-    LabelEncoding,
-    ScaleLevel,
-    check_outside_stores,
-    read_crop_geometry,
-)
+from cellseg.data.multiscale import LabelEncoding, ScaleLevel
+from cellseg.data.store import Crop, CropGeometry, check_outside_stores, read_crop_geometry
 from cellseg.errors import CellsegError
 from cellseg.groups import group_prediction
 from cellseg.inference import (

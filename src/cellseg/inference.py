@@ -51,8 +51,10 @@ import torch
 
 from cellseg.classes import CLASSES, NUM_CLASSES
 from cellseg.data.identity import DataIdentity
+from cellseg.data.multiscale import ScaleLevel, StoredArray
 from cellseg.data.patches import PatchGrid, normalize_em, sample_linear
-from cellseg.data.store import CropGeometry, ScaleLevel, StoredArray, check_em_array
+from cellseg.data.store import CropGeometry
+from cellseg.data.voxel_checks import check_em_array
 from cellseg.errors import CellsegError
 from cellseg.losses import adjusted_probabilities
 from cellseg.tta import tta_forward, tta_transforms
@@ -555,7 +557,7 @@ class EMReader:
         resolution_nm: ``r``, nm.
         shift: grid index of image index 0, per axis.
         em_range: raw EM values clipped to before scaling to [0, 1]; floating-point EM mostly
-            outside it is refused (:func:`~cellseg.data.store.check_em_array`).
+            outside it is refused (:func:`~cellseg.data.voxel_checks.check_em_array`).
         direct: read aligned levels without interpolation (evaluation interpolates always, as
             its scores were computed).
     """

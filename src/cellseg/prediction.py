@@ -80,14 +80,8 @@ import torch
 import zarr
 
 from cellseg.classes import CLASSES, NUM_CLASSES
-from cellseg.data.store import (
-    Multiscale,
-    ScaleLevel,
-    check_em_dtype,
-    open_group,
-    read_multiscale,
-    refuse_inside,
-)
+from cellseg.data.multiscale import Multiscale, ScaleLevel, open_group, read_multiscale
+from cellseg.data.store import check_em_dtype, refuse_inside
 from cellseg.errors import CellsegError
 from cellseg.inference import (
     BLEND_MODES,

@@ -12,7 +12,7 @@ plus ``all``, every group with OME-NGFF ``multiscales`` in nm and ``cellmap.anno
 attributes, with the demo's metadata, codec and label arrays (:mod:`cellseg.ngff`,
 :mod:`cellseg.data.label_codes`). It writes under a temporary name, reads the result back
 through cellseg's reader (:func:`~cellseg.data.store.discover_crops`,
-:func:`~cellseg.data.store.read_crop_geometry`, :func:`~cellseg.data.store.check_label_data`)
+:func:`~cellseg.data.store.read_crop_geometry`, :func:`~cellseg.data.voxel_checks.check_label_data`)
 and only then renames it into place; it never replaces or deletes a dataset it did not just
 write.
 """
@@ -627,7 +627,8 @@ def validate(root: Path, name: str, expected: Sequence[CropBox]) -> list[str]:
     Raises:
         CellsegError: the reader refuses the store, or finds other crops than were written.
     """
-    from cellseg.data.store import check_label_data, discover_crops, read_crop_geometry
+    from cellseg.data.store import discover_crops, read_crop_geometry
+    from cellseg.data.voxel_checks import check_label_data
 
     crops = [c for c in discover_crops(root) if c.em_store.parent.name == name]
     found = sorted(c.crop_group.rsplit("/", 1)[1] for c in crops)
