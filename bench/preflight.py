@@ -76,7 +76,9 @@ def main() -> int:
 
     device = require_cuda()
     from cellseg.config import layered_config, read_layer
-    from cellseg.training.preflight import format_table, launch_preflight, read_result
+    from cellseg.training.preflight import launch_preflight
+    from cellseg.training.preflight_table import format_table
+    from cellseg.training.preflight_verdict import read_result
 
     scratch = Path(tempfile.mkdtemp(prefix="cellseg-preflight-"))
     data = args.data or scratch / "data"

@@ -14,7 +14,7 @@ import yaml
 
 from cellseg.errors import CellsegError
 from cellseg.training import Trainer, resolve_settings
-from cellseg.training.trainer import training_device
+from cellseg.training.device import training_device
 
 REPO = Path(__file__).resolve().parents[2]
 

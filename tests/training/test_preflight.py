@@ -16,14 +16,14 @@ import yaml
 
 from cellseg.cli import main
 from cellseg.errors import CellsegError
-from cellseg.training.preflight import (
+from cellseg.training.preflight_table import format_table
+from cellseg.training.preflight_verdict import (
     FORMAT,
     PreflightConfig,
     RankFigures,
     Summary,
     check_preflight,
     decide,
-    format_table,
     out_of_memory_document,
     project,
     result_document,

@@ -21,9 +21,9 @@ from cellseg.data.dataset import TrainPatches
 from cellseg.errors import CellsegError
 from cellseg.losses import BalancedSoftmaxPartialTverskyLoss
 from cellseg.training import EXIT_STALLED, EXIT_TIME_BUDGET, Trainer, resolve_settings
+from cellseg.training.budget import job_start_time
 from cellseg.training.checkpoint import load_checkpoint
 from cellseg.training.launch import launch_training
-from cellseg.training.trainer import job_start_time
 
 REPO = Path(__file__).resolve().parents[2]
 

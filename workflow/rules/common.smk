@@ -23,7 +23,7 @@ from cellseg.resources import (
     training_resources,
     visible_gpu_count,
 )
-from cellseg.training.preflight import PreflightConfig, preflight_key
+from cellseg.training.preflight_verdict import PreflightConfig, preflight_key
 from cellseg.training.settings import check_variant_name, resolve_settings, runs
 
 # Snakemake has already merged every --configfile and --config into `config` on top of
@@ -305,8 +305,9 @@ def workflow_retries(wildcards):
 
 
 def preflight_key_of(run):
-    """The key run {run}'s preflight is tied to (cellseg.training.preflight.preflight_key):
-    every setting of the run, the profile's retries and the preflight's thresholds."""
+    """The key run {run}'s preflight is tied to
+    (cellseg.training.preflight_verdict.preflight_key): every setting of the run, the profile's
+    retries and the preflight's thresholds."""
     return preflight_key(
         resolve_settings(config, run),
         workflow_retries(None),

@@ -27,9 +27,7 @@ import contextlib
 import math
 import os
 import random
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -67,6 +65,7 @@ from cellseg.losses import (
 from cellseg.metrics import ConfusionMetric
 from cellseg.models import build_model, check_input_shape, model_config
 from cellseg.models.margin import crop_margin, output_margin
+from cellseg.training.budget import time_limit
 from cellseg.training.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -74,6 +73,7 @@ from cellseg.training.checkpoint import (
     set_rng_state,
     unwrap,
 )
+from cellseg.training.device import is_distributed, setup_distributed
 from cellseg.training.init import MIN_PRETRAINED_FRACTION, file_digest, initialize_weights
 from cellseg.training.settings import TrainSettings, changed_keys, jsonable
 from cellseg.training.watchdogs import (
@@ -104,98 +104,6 @@ PROGRESS_KEYS: tuple[str, ...] = (
 ``train_seconds``, which is saved with the current run's time added)."""
 
 
-def job_start_time() -> float:
-    """Wall-clock time (epoch seconds) at which this job started: this process's start, or
-    under ``torchrun`` its agent's (the parent of every rank), so that starting torchrun and its
-    ranks counts against the time budget too."""
-    process = psutil.Process()
-    if "TORCHELASTIC_RUN_ID" in os.environ:
-        parent = process.parent()
-        if parent is not None:
-            return parent.create_time()
-    return process.create_time()
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def driver_version() -> str:
-    """The NVIDIA driver version as ``nvidia-smi`` reports it, or why it is unknown."""
-    if shutil.which("nvidia-smi") is None:
-        return "nvidia-smi not found"
-    try:
-        result = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"nvidia-smi failed ({type(error).__name__})"
-    versions = sorted(set(result.stdout.split()))
-    if result.returncode != 0 or not versions:
-        first = (result.stderr or result.stdout).strip().splitlines()[:1]
-        return f"nvidia-smi failed ({first[0] if first else f'exit status {result.returncode}'})"
-    return ", ".join(versions)
-
-
-def training_device(settings: TrainSettings, local_rank: int = 0) -> torch.device:
-    """The device this rank trains on: the CPU for ``gpus: 0`` or ``run_on_cpu: true``, else
-    CUDA device ``local_rank``.
-
-    A GPU job never falls back to the CPU on its own: on a node where torch cannot see CUDA (a
-    driver older than the wheel's CUDA, the wrong module, an empty ``CUDA_VISIBLE_DEVICES``) it
-    would hold its GPUs for days while training on the CPU.
-
-    Raises:
-        CellsegError: ``gpus > 0`` without ``run_on_cpu`` and this process cannot use CUDA device
-            ``local_rank``; one line with what decides it (torch and its CUDA build, the driver,
-            ``CUDA_VISIBLE_DEVICES``) and what to do.
-    """
-    if settings.gpus <= 0 or settings.run_on_cpu:
-        return torch.device("cpu")
-    available = torch.cuda.is_available()
-    count = torch.cuda.device_count() if available else 0
-    if available and local_rank < count:
-        return torch.device("cuda", local_rank)
-    seen = (
-        f"{count} CUDA device(s) visible for local rank {local_rank}"
-        if available
-        else "torch.cuda.is_available() is False"
-    )
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    raise CellsegError(
-        f"{settings.key}: gpus: {settings.gpus} configured but this process cannot use CUDA "
-        f"({seen}; torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none (a CPU build)'}; "
-        f"driver {driver_version()}; CUDA_VISIBLE_DEVICES={'unset' if visible is None else repr(visible)}): "
-        "load the CUDA module the job needs, or install a torch build that matches the driver, "
-        "or set run_on_cpu: true to rehearse on CPU processes"
-    )
-
-
-def setup_distributed(settings: TrainSettings) -> tuple[int, int, torch.device]:
-    """Join the process group started by ``torchrun`` (if any) and pick this rank's device
-    (:func:`training_device`).
-
-    Returns:
-        ``(rank, world_size, device)``.
-
-    Raises:
-        CellsegError: a GPU run cannot use CUDA (:func:`training_device`).
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = training_device(settings, local_rank)
-    use_cuda = device.type == "cuda"
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if world_size > 1 and not is_distributed():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return rank, world_size, device
-
-
 class Trainer:
     """Trains one model from resolved :class:`TrainSettings`.
 
@@ -211,7 +119,8 @@ class Trainer:
             when its config hash matches.
         restart: discard existing checkpoints instead of resuming.
         job_started: wall-clock time (epoch seconds) the budget counts from; ``cellseg train``
-            passes the process's start (:func:`job_start_time`), default: now.
+            passes the process's start (:func:`~cellseg.training.budget.job_start_time`),
+            default: now.
     """
 
     def __init__(
@@ -234,7 +143,9 @@ class Trainer:
         self.resume_path = Path(resume) if resume else None
         self.restart = restart
         self.job_started = time.time() if job_started is None else job_started
-        self.deadline, self.deadline_reason = self.time_limit()
+        self.deadline, self.deadline_reason = time_limit(
+            self.job_started, self.time_budget_s, settings.time_budget_margin_min
+        )
         self.started = time.monotonic()
         self.stop_requested = False
         self.is_main = int(os.environ.get("RANK", "0")) == 0  # until initialize() knows
@@ -265,34 +176,6 @@ class Trainer:
         self.epoch_started = time.monotonic()
         self.epoch_data_wait_s = 0.0
         self.epoch_train_s = 0.0
-
-    def time_limit(self) -> tuple[float | None, str]:
-        """The ``time.monotonic()`` by which the run must have stopped, and what sets it: the
-        time budget counted from the job's start, or ``time_budget_margin_min`` before
-        ``SLURM_JOB_END_TIME`` when SLURM provides it, whichever comes first (None: no limit).
-        """
-        limits: list[tuple[float, str]] = []
-        if self.time_budget_s is not None:
-            limits.append(
-                (
-                    self.job_started + self.time_budget_s,
-                    f"time budget of {self.time_budget_s / 60:.1f} min from the job's start",
-                )
-            )
-        try:
-            end = float(os.environ.get("SLURM_JOB_END_TIME", ""))
-        except ValueError:  # unset, or not SLURM's number: no limit from it
-            end = 0.0
-        if end > 0:
-            margin = self.settings.time_budget_margin_min
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(end))
-            limits.append(
-                (end - margin * 60, f"SLURM_JOB_END_TIME ({stamp}) minus {margin:g} min margin")
-            )
-        if not limits:
-            return None, ""
-        wall, reason = min(limits)
-        return time.monotonic() + (wall - time.time()), reason
 
     # ----------------------------------------------------------------- builders
     def initialize(self) -> None:
@@ -949,7 +832,8 @@ class Trainer:
 
     def check_time(self, next_interval_s: float) -> None:
         """Stop for a resume when SIGTERM came or the next interval would overrun the job's
-        limit (:meth:`time_limit`); stop for good when the stall watchdog fired on any rank.
+        limit (:func:`~cellseg.training.budget.time_limit`); stop for good when the stall
+        watchdog fired on any rank.
 
         Raises:
             TrainingStalled: the stall watchdog fired (on any rank under DDP).
