@@ -98,7 +98,7 @@ def test_workers_persist_across_epochs_and_change_nothing(
     starts = tmp_path / "starts"
     starts.mkdir()
     monkeypatch.setattr(
-        "cellseg.training.trainer.worker_init_fn", partial(record_worker_start, starts)
+        "cellseg.training.batches.worker_init_fn", partial(record_worker_start, starts)
     )
     with_workers = copy.deepcopy(tiny_config)
     with_workers["training"]["defaults"]["num_workers"] = 2

@@ -1,20 +1,26 @@
-"""Checkpoints: plain dicts of tensors and numbers, written atomically.
+"""Checkpoints: plain dicts of tensors and numbers, written atomically, and whether one may be
+resumed.
 
 A checkpoint is written to a temporary file, fsynced and renamed over the old one, so a job
-killed at any moment (SIGKILL included) leaves the previous complete checkpoint in place.
+killed at any moment (SIGKILL included) leaves the previous complete checkpoint in place. A run
+resumes only a checkpoint of its own settings (:func:`check_settings`) and data
+(:func:`data_differences`); one of other data is set aside (:func:`set_aside_checkpoints`).
 """
 
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from cellseg.data.identity import DataIdentity
 from cellseg.errors import CellsegError
 from cellseg.io import atomic_path
+from cellseg.training.settings import TrainSettings, changed_keys
 
 
 def save_checkpoint(state: dict[str, Any], path: Path | str) -> None:
@@ -84,3 +90,57 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def check_settings(
+    state: dict[str, Any], settings: TrainSettings, source: Path, checkpoint_dir: Path
+) -> None:
+    """Refuse a checkpoint made with other settings, saying how to get the run back.
+
+    Nothing is lost by the refusal: the checkpoints stay, and with the old settings
+    restored the run resumes from them and writes its outputs again (even when Snakemake
+    deleted ``best.pt``, ``history.csv`` and ``train_summary.json`` before this job).
+
+    Raises:
+        CellsegError: ``state``'s config hash is not ``settings``'; the changed keys named.
+    """
+    if state.get("config_hash") == settings.config_hash():
+        return
+    keys = changed_keys(state.get("settings", {}), settings.result_dict())
+    raise CellsegError(
+        f"{source}: checkpoint was made with other settings (changed: "
+        f"{', '.join(keys) or 'unknown'}); to keep that run, set them back and run again (it "
+        "resumes from its checkpoints and rewrites best.pt, history.csv and "
+        f"train_summary.json); to train anew with the new settings, delete {checkpoint_dir} "
+        "(or pass --restart)"
+    )
+
+
+def data_differences(
+    state: dict[str, Any],
+    data_identity: DataIdentity,
+    init_digest: str | None,
+    init_checkpoint: str | Path | None,
+) -> list[str]:
+    """How the checkpoint's training data differs from this run's (``data_identity``, and the
+    digest of its ``init.checkpoint`` file) (empty: the same)."""
+    recorded = state.get("data_identity")
+    if recorded is None:
+        return ["the checkpoint does not record its training data"]
+    differences = DataIdentity.from_dict(recorded).differences(data_identity)
+    # the init file is named by path in the settings: a new file at the same path (the
+    # train job reruns when it changes) must not resume the old start
+    if init_digest is not None and state.get("init_digest") != init_digest:
+        differences.append(f"init.checkpoint {init_checkpoint} has changed")
+    return differences
+
+
+def set_aside_checkpoints(checkpoint_dir: Path, is_main: bool) -> Path:
+    """Move every checkpoint to ``checkpoints/superseded/<UTC time>/`` (on rank 0:
+    ``is_main``; every rank returns the same path)."""
+    target = checkpoint_dir / "superseded" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    if is_main:
+        target.mkdir(parents=True, exist_ok=True)
+        for path in checkpoint_dir.glob("*.pt"):
+            path.rename(target / path.name)
+    return target

@@ -31,12 +31,10 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import psutil
 import torch
 import torch.distributed as dist
@@ -44,38 +42,39 @@ import yaml
 from torch.utils.data import DataLoader
 
 from cellseg.classes import CLASSES, NUM_CLASSES
-from cellseg.data.dataset import (
-    FixedPatches,
-    PatchSpec,
-    SampleRange,
-    TrainPatches,
-    decode_target,
-    worker_init_fn,
-)
+from cellseg.data.dataset import PatchSpec, SampleRange, decode_target
 from cellseg.data.datasplit import read_datasplit
 from cellseg.data.identity import DataIdentity
-from cellseg.data.patches import Augmentation
 from cellseg.errors import CellsegError
-from cellseg.io import atomic_path, write_json_atomic, write_text_atomic
-from cellseg.losses import (
-    BalancedSoftmaxPartialTverskyLoss,
-    OnlineClassFrequency,
-    adjusted_probabilities,
-)
-from cellseg.metrics import ConfusionMetric
+from cellseg.io import write_text_atomic
+from cellseg.losses import BalancedSoftmaxPartialTverskyLoss, OnlineClassFrequency
 from cellseg.models import build_model, check_input_shape, model_config
 from cellseg.models.margin import crop_margin, output_margin
+from cellseg.training.batches import data_wait_warning, patch_datasets, training_loader
 from cellseg.training.budget import time_limit
 from cellseg.training.checkpoint import (
+    check_settings,
+    data_differences,
     load_checkpoint,
     rng_state,
     save_checkpoint,
+    set_aside_checkpoints,
     set_rng_state,
     unwrap,
 )
 from cellseg.training.device import is_distributed, setup_distributed
-from cellseg.training.init import MIN_PRETRAINED_FRACTION, file_digest, initialize_weights
-from cellseg.training.settings import TrainSettings, changed_keys, jsonable
+from cellseg.training.init import file_digest, initialize_weights
+from cellseg.training.outputs import train_summary, write_outputs
+from cellseg.training.runlog import append_log, attempt_number, progress_bar, settings_text
+from cellseg.training.settings import TrainSettings
+from cellseg.training.tensorboard import (
+    open_writer,
+    write_attempt_texts,
+    write_class_frequencies,
+    write_epoch,
+    write_step_scalars,
+)
+from cellseg.training.validation import validate
 from cellseg.training.watchdogs import (
     EXIT_STALLED,
     EXIT_TIME_BUDGET,
@@ -202,27 +201,11 @@ class Trainer:
         check_input_shape(s.model, s.dim, spec.shape, s.preset, **self.architecture())
         train_crops = read_datasplit(self.datasplit, ["train"])
         validate_crops = read_datasplit(self.datasplit, ["validate"])
-        self.train_data = TrainPatches(
-            train_crops,
-            spec,
-            Augmentation(**s.augmentation),
-            seed=s.seed,
-            rank=self.rank,
-            rare_class_boost=s.rare_class_boost,
-            em_range=tuple(s.em_range),
-            infer_true_negatives=s.infer_true_negatives,
-            cache_mb=s.cache_mb,
+        self.train_data, self.validation_data = patch_datasets(
+            s, spec, train_crops, validate_crops, self.rank
         )
         self.train_sampler = SampleRange(0, 0)
         self.train_loader: DataLoader | None = None
-        self.validation_data = FixedPatches(
-            validate_crops,
-            spec,
-            s.validation_patches_per_crop,
-            seed=s.seed,
-            em_range=tuple(s.em_range),
-            infer_true_negatives=s.infer_true_negatives,
-        )
         self.network = self.build_network().to(self.device)
         # voxels the output loses on each side (valid convolutions): targets are cropped to it
         self.margin = output_margin(self.network, 3 if s.is_3d else 2)
@@ -333,48 +316,10 @@ class Trainer:
             **({"init_loaded_fraction": share} if (share := self.init_loaded_fraction) else {}),
         }
 
-    def check_settings(self, state: dict[str, Any], source: Path) -> None:
-        """Refuse a checkpoint made with other settings, saying how to get the run back.
-
-        Nothing is lost by the refusal: the checkpoints stay, and with the old settings
-        restored the run resumes from them and writes its outputs again (even when Snakemake
-        deleted ``best.pt``, ``history.csv`` and ``train_summary.json`` before this job).
-        """
-        if state.get("config_hash") == self.settings.config_hash():
-            return
-        keys = changed_keys(state.get("settings", {}), self.settings.result_dict())
-        raise CellsegError(
-            f"{source}: checkpoint was made with other settings (changed: "
-            f"{', '.join(keys) or 'unknown'}); to keep that run, set them back and run again (it "
-            "resumes from its checkpoints and rewrites best.pt, history.csv and "
-            f"train_summary.json); to train anew with the new settings, delete {self.checkpoint_dir} "
-            "(or pass --restart)"
-        )
-
-    def data_differences(self, state: dict[str, Any]) -> list[str]:
-        """How the checkpoint's training data differs from this run's (empty: the same)."""
-        recorded = state.get("data_identity")
-        if recorded is None:
-            return ["the checkpoint does not record its training data"]
-        differences = DataIdentity.from_dict(recorded).differences(self.data_identity)
-        # the init file is named by path in the settings: a new file at the same path (the
-        # train job reruns when it changes) must not resume the old start
-        if self.init_digest is not None and state.get("init_digest") != self.init_digest:
-            differences.append(f"init.checkpoint {self.settings.init_checkpoint} has changed")
-        return differences
-
-    def set_aside_checkpoints(self) -> Path:
-        """Move every checkpoint to ``checkpoints/superseded/<UTC time>/`` (rank 0)."""
-        target = self.checkpoint_dir / "superseded" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        if self.is_main:
-            target.mkdir(parents=True, exist_ok=True)
-            for path in self.checkpoint_dir.glob("*.pt"):
-                path.rename(target / path.name)
-        return target
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a checkpoint that :meth:`check_settings` and :meth:`data_differences` have
-        cleared (``on_train_start`` checks before it decides to resume)."""
+        """Restore a checkpoint that :func:`~cellseg.training.checkpoint.check_settings` and
+        :func:`~cellseg.training.checkpoint.data_differences` have cleared (``on_train_start``
+        checks before it decides to resume)."""
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -441,8 +386,10 @@ class Trainer:
         resumed = False
         if self.resume_path or (not self.restart and source.is_file()):
             state = load_checkpoint(source)
-            self.check_settings(state, source)
-            differences = self.data_differences(state)
+            check_settings(state, self.settings, source, self.checkpoint_dir)
+            differences = data_differences(
+                state, self.data_identity, self.init_digest, self.settings.init_checkpoint
+            )
             if differences and self.resume_path:
                 raise CellsegError(
                     f"{source}: checkpoint was trained on other data ({'; '.join(differences)}); "
@@ -450,7 +397,7 @@ class Trainer:
                 )
             if differences:
                 self.barrier()  # every rank has read it before it moves
-                moved = self.set_aside_checkpoints()
+                moved = set_aside_checkpoints(self.checkpoint_dir, self.is_main)
                 self.barrier()
                 self.log(
                     f"{source} was trained on other data ({'; '.join(differences)}): training "
@@ -464,16 +411,10 @@ class Trainer:
         if not resumed:
             self.start_weights()
         if self.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # events a killed attempt logged after this checkpoint would be duplicated: purge
-            # them (every scalar is logged against the optimizer step it follows, never before
-            # the step's increment, so one step bounds them all; at step 0 too, for an attempt
-            # killed before its first checkpoint)
-            self.writer = SummaryWriter(
-                str(self.run_dir / "tensorboard"), purge_step=self.global_step + 1
+            self.writer = open_writer(self.run_dir, self.global_step)
+            write_attempt_texts(
+                self.writer, self.attempt, *self.settings_text, self.epoch, self.global_step
             )
-            self.log_settings_to_tensorboard()
         self.train_seconds_at_start = self.train_seconds
         self.steps_at_start = self.global_step
         self.epochs_at_start = len(self.history)
@@ -492,45 +433,20 @@ class Trainer:
                 self.log(warning)
 
     def log_settings(self) -> None:
-        """Write what this attempt runs with to ``train.log`` and TensorBoard (texts
-        ``settings/attempt_{n}`` and ``data/attempt_{n}``): every resolved setting and the data
-        it trains on. Attempts are numbered by the ``train.log`` of the run directory."""
+        """Write what this attempt runs with to ``train.log`` and keep it for TensorBoard
+        (:func:`~cellseg.training.tensorboard.write_attempt_texts`): every resolved setting and
+        the data it trains on. Attempts are numbered by the ``train.log`` of the run directory."""
         if not self.is_main:
             return
-        log = self.run_dir / "train.log"
-        self.attempt = 1 + (log.read_text().count("settings (config hash") if log.is_file() else 0)
-        settings = yaml.safe_dump(jsonable(asdict(self.settings)), sort_keys=False)
-        identity = self.data_identity
-        data = (
-            f"train crops ({len(identity.train)}): {', '.join(identity.train)}\n"
-            f"validate crops ({len(identity.validate)}): {', '.join(identity.validate)}\n"
-            f"datasplit: {self.datasplit}\nclass frequencies: {self.class_frequencies}"
+        self.attempt = attempt_number(self.run_dir)
+        self.settings_text = settings_text(
+            self.settings, self.data_identity, self.datasplit, self.class_frequencies
         )
+        settings, data = self.settings_text
         self.log(
             f"attempt {self.attempt}: settings (config hash {self.settings.config_hash()}, "
             f"{self.world_size} process(es) on {self.device.type}):\n{settings}{data}"
         )
-        self.settings_text = (settings, data)
-
-    def log_settings_to_tensorboard(self) -> None:
-        """The text of :meth:`log_settings` as TensorBoard texts ``settings/attempt_{n}`` and
-        ``data/attempt_{n}``, headed by where the attempt started: one tag per attempt, so that
-        no attempt's text replaces (or duplicates) another's."""
-        if self.writer is not None:
-            settings, data = self.settings_text
-            start = (
-                f"resumed at epoch {self.epoch}, step {self.global_step}"
-                if self.global_step
-                else "from step 0"
-            )
-            head = f"attempt {self.attempt}, {start}"
-            tag = f"attempt_{self.attempt}"
-            self.writer.add_text(
-                f"settings/{tag}", f"{head}\n\n```yaml\n{settings}```", self.global_step
-            )
-            self.writer.add_text(
-                f"data/{tag}", f"{head}  \n" + data.replace("\n", "  \n"), self.global_step
-            )
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> int:
@@ -611,16 +527,8 @@ class Trainer:
         start = self.epoch * per_epoch + self.iteration * s.batch_per_gpu
         self.train_sampler.set_range(start, (self.epoch + 1) * per_epoch)
         if self.train_loader is None:
-            self.train_loader = DataLoader(
-                self.train_data,
-                batch_size=s.batch_per_gpu,
-                sampler=self.train_sampler,
-                num_workers=s.num_workers,
-                worker_init_fn=worker_init_fn,
-                pin_memory=self.device.type == "cuda",
-                persistent_workers=s.num_workers > 0,
-                # a private generator: creating loaders must not advance the global RNG (exact resume)
-                generator=torch.Generator().manual_seed(s.seed),
+            self.train_loader = training_loader(
+                self.train_data, self.train_sampler, s, self.device.type == "cuda"
             )
         return iter(self.train_loader)
 
@@ -780,25 +688,19 @@ class Trainer:
     def after_optimizer_step(self, samples_per_s: float) -> None:
         s = self.settings
         if self.writer is not None and self.frequency_updated:
-            exact = self.loss.prior.cpu()
-            for c, name in enumerate(CLASSES):
-                online = float(self.online_frequency.frequency[c])
-                self.writer.add_scalar(f"class_frequency_online/{name}", online, self.global_step)
-                self.writer.add_scalar(
-                    f"class_frequency_exact/{name}", float(exact[c]), self.global_step
-                )
+            write_class_frequencies(
+                self.writer, self.online_frequency, self.loss.prior.cpu(), self.global_step
+            )
         self.frequency_updated = False
         if self.writer is not None and self.global_step % max(s.log_every_steps, 1) == 0:
-            self.writer.add_scalar(
-                "train/loss", self.epoch_loss_sum / max(self.epoch_loss_count, 1), self.global_step
-            )
-            self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.global_step)
-            self.writer.add_scalar("train/samples_per_s", samples_per_s, self.global_step)
-            self.writer.add_scalar("train/memory_mb", self.peak_memory_mb(), self.global_step)
-            # the epoch so far: the share of its training time spent waiting for the loader
-            self.writer.add_scalar(
-                "train/data_wait_fraction",
-                self.epoch_data_wait_s / max(time.monotonic() - self.epoch_started, 1e-9),
+            write_step_scalars(
+                self.writer,
+                self.epoch_loss_sum / max(self.epoch_loss_count, 1),
+                self.scheduler.get_last_lr()[0],
+                samples_per_s,
+                self.peak_memory_mb(),
+                self.epoch_data_wait_s,
+                self.epoch_started,
                 self.global_step,
             )
         if not sys.stderr.isatty() and self.global_step % max(s.log_every_steps, 1) == 0:
@@ -861,59 +763,27 @@ class Trainer:
             raise StopForResume(f"{why} at epoch {self.epoch}, step {self.global_step}")
 
     # ----------------------------------------------------------------- validation
-    @torch.no_grad()
     def validation(self) -> dict[str, Any]:
-        """Per-class Dice on the fixed validation patches, with the training's logit adjustment."""
+        """Per-class Dice on the fixed validation patches, with the training's logit adjustment
+        (:func:`~cellseg.training.validation.validate`)."""
         s = self.settings
         self.model.eval()
         started = time.monotonic()
-        metric = ConfusionMetric(NUM_CLASSES)
-        indices = list(range(self.rank, len(self.validation_data), self.world_size))
-        loss_sum, loss_count = 0.0, 0
-        mode = s.loss.get("inference_logit_adjustment", "train")
-        first_batch = None
-        for start in range(0, len(indices), s.validation_batch_size):
-            items = [
-                self.validation_data[i] for i in indices[start : start + s.validation_batch_size]
-            ]
-            image = torch.stack([item["image"] for item in items]).to(self.device)
-            target = torch.stack([item["target"] for item in items]).to(self.device)
-            target = crop_margin(target, self.margin)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                logits = self.network(image)
-            logits = logits.float()
-            loss = self.loss(logits, target)
-            if torch.isfinite(loss):
-                loss_sum, loss_count = loss_sum + float(loss), loss_count + 1
-            probabilities = adjusted_probabilities(logits, self.loss, mode)
-            # the loss scored any group channels; validation Dice is per class
-            target = target[:, :NUM_CLASSES]
-            metric.update(probabilities, target)
-            if first_batch is None:
-                # the image where the output is, so the panels line up
-                first_batch = (
-                    crop_margin(image, self.margin).cpu(),
-                    target.cpu(),
-                    probabilities.cpu(),
-                )
-        aggregate = metric.aggregate(sync=True)
-        totals = torch.tensor([loss_sum, float(loss_count)], dtype=torch.float64)
-        if is_distributed():
-            totals = totals.to(self.device)
-            dist.all_reduce(totals)
-        # a class with no positive voxel in the validation patches is left out (NaN): with the
-        # challenge's empty = 1 rule it would reward predicting nothing, and early stopping
-        # would then prefer the untrained epochs
-        present = aggregate.counts[:, 0] + aggregate.counts[:, 2] > 0
-        dice = np.where((aggregate.n_crops > 0) & present, aggregate.pooled.dice, np.nan)
+        result = validate(
+            self.network,
+            self.loss,
+            self.validation_data,
+            self.device,
+            self.margin,
+            s.validation_batch_size,
+            s.loss.get("inference_logit_adjustment", "train"),
+            amp=self.amp,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
         self.model.train()
         self.validation_seconds = time.monotonic() - started
-        return {
-            "val_loss": float(totals[0] / max(float(totals[1]), 1.0)),
-            "dice": dice,
-            "mean_dice": float(np.nanmean(dice)) if np.isfinite(dice).any() else float("nan"),
-            "first_batch": first_batch,
-        }
+        return result
 
     # ----------------------------------------------------------------- epoch end
     def on_epoch_end(self, validation: dict[str, Any]) -> None:
@@ -938,14 +808,9 @@ class Trainer:
             "data_wait_fraction": self.epoch_data_wait_s / max(self.epoch_train_s, 1e-9),
         }
         self.history.append(row)
-        if row["data_wait_fraction"] > s.data_wait_warn_fraction:
-            self.log(
-                f"data wait: epoch {self.epoch} waited {row['data_wait_fraction']:.0%} of its "
-                f"training time for the loader ({row['data_wait_s']:.1f} of "
-                f"{self.epoch_train_s:.1f} s; data_wait_warn_fraction "
-                f"{s.data_wait_warn_fraction:g}): raise num_workers (now {s.num_workers}) with "
-                f"cpus_per_task (now {s.cpus_per_task}), or cache_mb (now {s.cache_mb:g})"
-            )
+        warning = data_wait_warning(self.epoch, row, self.epoch_train_s, s)
+        if warning is not None:
+            self.log(warning)
         score = validation["mean_dice"]
         improved = math.isfinite(score) and score > self.best_score + s.early_stopping_min_delta
         if improved:
@@ -981,81 +846,48 @@ class Trainer:
             f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
             f"val mean Dice {row['val_mean_dice']:.4f} ({row['seconds']:.1f} s)"
         )
-        if self.writer is None:
-            return
-        w, step = self.writer, self.global_step
-        w.add_scalar("epoch", row["epoch"], step)
-        w.add_scalar("val/mean_dice", row["val_mean_dice"], step)
-        w.add_scalar("val/loss", row["val_loss"], step)
-        for name in CLASSES:
-            if math.isfinite(row[f"val_dice_{name}"]):
-                w.add_scalar(f"val_dice/{name}", row[f"val_dice_{name}"], step)
-        adjustment = self.loss.logit_adjustment().cpu().numpy()
-        online = self.online_frequency.logit_adjustment(self.loss.tau).cpu().numpy()
-        for c, name in enumerate(CLASSES):
-            w.add_scalar(f"logit_adjustment/{name}", float(adjustment[c]), step)
-            w.add_scalar(f"logit_adjustment_online/{name}", float(online[c]), step)
-        from cellseg.visualization import logit_adjustment_figure, sample_figure
-
-        if self.epoch == 0:
-            w.add_figure("logit_adjustment", logit_adjustment_figure(adjustment, online), step)
-        if validation["first_batch"] is not None and self.settings.tensorboard_images > 0:
-            image, target, probabilities = validation["first_batch"]
-            n = min(self.settings.tensorboard_images, image.shape[0])
-            w.add_figure("samples", sample_figure(image[:n], target[:n], probabilities[:n]), step)
-        w.flush()
+        if self.writer is not None:
+            write_epoch(
+                self.writer,
+                row,
+                self.loss,
+                self.online_frequency,
+                validation["first_batch"],
+                self.settings.tensorboard_images,
+                self.global_step,
+            )
 
     def on_train_end(self) -> None:
-        """Write the declared outputs: ``best.pt``, ``history.csv``, ``train_summary.json``."""
+        """Write the declared outputs: ``best.pt``, ``history.csv``, ``train_summary.json``
+        (:mod:`cellseg.training.outputs`)."""
         if not self.is_main:
             self.barrier()
             return
         best_path = self.checkpoint_dir / "best.pt"
         best = load_checkpoint(best_path) if best_path.is_file() else self.state_dict()
-        s = self.settings
-        summary = {
-            "model": s.model,
-            "dim": s.dim,
-            "preset": s.preset,
-            "parameters": self.parameters,
-            "epochs_run": len(self.history),
-            "best_epoch": self.best_epoch,
-            "best_val_mean_dice": self.best_score if math.isfinite(self.best_score) else None,
-            "stop_reason": self.stop_reason,
-            "train_seconds": self.train_seconds_at_start + self.elapsed(),
-            "gpus": self.world_size if self.device.type == "cuda" else 0,
-            "processes": self.world_size,
-            "device": torch.cuda.get_device_name(self.device)
-            if self.device.type == "cuda"
-            else "cpu",
-            "config_hash": s.config_hash(),
-        }
-        if s.init != "scratch":
-            # which runs really start pretrained (cellseg.training.init.MIN_PRETRAINED_FRACTION)
-            share = self.init_loaded_fraction
-            summary["init"] = s.init if isinstance(s.init, str) else dict(s.init)
-            summary["init_loaded_fraction"] = share
-            summary["starts_pretrained"] = share is not None and share >= MIN_PRETRAINED_FRACTION
-        hours = summary["train_seconds"] / 3600
-        summary["gpu_hours"] = hours * summary["gpus"]
-        summary["cpu_hours"] = hours * (0 if summary["gpus"] else s.cpus_per_task)
-        save_checkpoint(
-            {
-                "format": "cellseg-model-1",
-                "model": best["model"],
-                "settings": asdict(s),
-                "architecture": self.architecture(),
-                "classes": list(CLASSES),
-                "logit_shift": self.loss.shift().cpu(),
-                "data_identity": self.data_identity.to_dict(),
-                "epoch": self.best_epoch,
-                "summary": summary,
-            },
-            self.run_dir / "best.pt",
+        summary = train_summary(
+            self.settings,
+            self.parameters,
+            len(self.history),
+            self.best_epoch,
+            self.best_score,
+            self.stop_reason,
+            self.train_seconds_at_start + self.elapsed(),
+            self.world_size,
+            self.device,
+            self.init_loaded_fraction,
         )
-        with atomic_path(self.run_dir / "history.csv") as temporary:
-            pd.DataFrame(self.history).to_csv(temporary, index=False)
-        write_json_atomic(self.run_dir / "train_summary.json", summary)
+        write_outputs(
+            self.run_dir,
+            best["model"],
+            summary,
+            self.settings,
+            self.architecture(),
+            self.loss.shift().cpu(),
+            self.data_identity,
+            self.best_epoch,
+            self.history,
+        )
         self.log(
             f"finished ({self.stop_reason}): best val mean Dice {self.best_score:.4f} at epoch {self.best_epoch}"
         )
@@ -1072,23 +904,13 @@ class Trainer:
         return psutil.Process().memory_info().rss / 2**20
 
     def progress_bar(self) -> Any:
-        if not (self.is_main and sys.stderr.isatty()):
+        if not self.is_main:
             return None
-        from tqdm import tqdm
-
-        return tqdm(
-            total=self.settings.iterations_per_epoch,
-            initial=self.iteration,
-            desc=f"{self.settings.key} epoch {self.epoch}",
-            leave=False,
-        )
+        s = self.settings
+        return progress_bar(s.iterations_per_epoch, self.iteration, f"{s.key} epoch {self.epoch}")
 
     def log(self, message: str) -> None:
         """To stderr (the job's log) and to ``train.log`` in the run directory, which, unlike the
         rule's log that Snakemake clears before a retry, keeps every attempt of the run."""
         if self.is_main:
-            line = f"[{self.settings.key}] {message}"
-            print(line, file=sys.stderr, flush=True)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.run_dir / "train.log", "a") as handle:
-                handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+            append_log(self.run_dir, self.settings.key, message)

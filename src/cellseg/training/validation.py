@@ -1,0 +1,100 @@
+"""Validation during training: per-class Dice on the fixed validation patches.
+
+The same patches every epoch (``FixedPatches``), scored with the training's logit adjustment
+(``loss.inference_logit_adjustment``). Under DDP each rank scores every ``world_size``-th patch
+and the counts and losses are summed over the ranks, so every rank gets the same scores (early
+stopping decides alike on all of them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from cellseg.classes import NUM_CLASSES
+from cellseg.data.dataset import FixedPatches
+from cellseg.losses import BalancedSoftmaxPartialTverskyLoss, adjusted_probabilities
+from cellseg.metrics import ConfusionMetric
+from cellseg.models.margin import crop_margin
+from cellseg.training.device import is_distributed
+
+
+@torch.no_grad()
+def validate(
+    network: torch.nn.Module,
+    loss_function: BalancedSoftmaxPartialTverskyLoss,
+    patches: FixedPatches,
+    device: torch.device,
+    margin: Sequence[int],
+    batch_size: int,
+    mode: str,
+    amp: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, Any]:
+    """Score ``network`` (in eval mode, unwrapped: no DDP collective per batch) on this rank's
+    share of ``patches``.
+
+    Args:
+        network: the model, in eval mode.
+        loss_function: the training loss (validation loss, and the logit adjustment).
+        patches: the fixed validation patches.
+        device: where the network is.
+        margin: voxels the output loses on each side (targets are cropped to it).
+        batch_size: ``validation_batch_size``.
+        mode: ``inference_logit_adjustment`` (e.g. ``train``).
+        amp: bf16 autocast.
+        rank: this rank; ``world_size``: the number of ranks.
+
+    Returns:
+        ``val_loss`` (mean over finite batch losses, all ranks), ``dice`` ``(C,)`` (NaN for a
+        class absent from the patches), ``mean_dice`` (over present classes) and
+        ``first_batch`` (image, target, probabilities of this rank's first batch, on the CPU;
+        None when it has none) for TensorBoard's panels.
+    """
+    metric = ConfusionMetric(NUM_CLASSES)
+    indices = list(range(rank, len(patches), world_size))
+    loss_sum, loss_count = 0.0, 0
+    first_batch = None
+    for start in range(0, len(indices), batch_size):
+        items = [patches[i] for i in indices[start : start + batch_size]]
+        image = torch.stack([item["image"] for item in items]).to(device)
+        target = torch.stack([item["target"] for item in items]).to(device)
+        target = crop_margin(target, margin)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = network(image)
+        logits = logits.float()
+        loss = loss_function(logits, target)
+        if torch.isfinite(loss):
+            loss_sum, loss_count = loss_sum + float(loss), loss_count + 1
+        probabilities = adjusted_probabilities(logits, loss_function, mode)
+        # the loss scored any group channels; validation Dice is per class
+        target = target[:, :NUM_CLASSES]
+        metric.update(probabilities, target)
+        if first_batch is None:
+            # the image where the output is, so the panels line up
+            first_batch = (
+                crop_margin(image, margin).cpu(),
+                target.cpu(),
+                probabilities.cpu(),
+            )
+    aggregate = metric.aggregate(sync=True)
+    totals = torch.tensor([loss_sum, float(loss_count)], dtype=torch.float64)
+    if is_distributed():
+        totals = totals.to(device)
+        dist.all_reduce(totals)
+    # a class with no positive voxel in the validation patches is left out (NaN): with the
+    # challenge's empty = 1 rule it would reward predicting nothing, and early stopping
+    # would then prefer the untrained epochs
+    present = aggregate.counts[:, 0] + aggregate.counts[:, 2] > 0
+    dice = np.where((aggregate.n_crops > 0) & present, aggregate.pooled.dice, np.nan)
+    return {
+        "val_loss": float(totals[0] / max(float(totals[1]), 1.0)),
+        "dice": dice,
+        "mean_dice": float(np.nanmean(dice)) if np.isfinite(dice).any() else float("nan"),
+        "first_batch": first_batch,
+    }
