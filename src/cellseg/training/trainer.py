@@ -15,10 +15,15 @@ Run directory layout (``results/models/{model}_{dim}/``)::
     train.log                                  every attempt's log, starting with its settings
     tensorboard/                               TensorBoard event files
 
-Why one module of about 1,200 lines: :class:`Trainer`'s loop, its resume and DDP paths share
-the loop's state step by step (as nnU-Net's ``nnUNetTrainer`` keeps its own in one class); what
-does not need that state lives beside it (``checkpoint``, ``launch``, ``init``, ``lock``, and
-the watchdogs' counting in ``watchdogs``).
+Why one module of about 900 lines (over the 800 of issue 36): :class:`Trainer`'s loop, its
+resume and DDP paths share the loop's state step by step (as nnU-Net's ``nnUNetTrainer`` keeps
+its own in one class), and what is left here is that state: the builders, the checkpointed
+progress, the loop's steps and the epoch's end. What does not need it lives beside it: the
+device and process group (``device``), the job's time limit (``budget``), the datasets, loader
+and data wait (``batches``), an accumulation window's one host sync (``window``), validation
+(``validation``), TensorBoard (``tensorboard``), ``train.log`` (``runlog``), the declared
+outputs (``outputs``), the checkpoint format and resume checks (``checkpoint``), the start's
+weights (``init``), the watchdogs' counting (``watchdogs``), ``launch`` and ``lock``.
 """
 
 from __future__ import annotations
@@ -83,8 +88,8 @@ from cellseg.training.watchdogs import (
     StopForResume,
     TrainingStalled,
     fingerprint_parameters,
-    weight_fingerprint,
 )
+from cellseg.training.window import read_window
 
 PROGRESS_KEYS: tuple[str, ...] = (
     "epoch",
@@ -603,11 +608,11 @@ class Trainer:
     def optimizer_step(self) -> None:
         """End the accumulation window: count its losses, then step unless one was NaN/Inf.
 
-        One host sync per window: the window's losses, their finite flags (under DDP the
-        minimum over ranks, so that every rank skips together: the last micro-batch's backward
-        has all-reduced a NaN gradient from any rank) and whether the gradient norm is finite
-        come to the host in one read. Losses are summed on the host in micro-batch order,
-        as when each was read on its own (the same float64 sums, for bit-identical resumes).
+        One host sync per window (:func:`~cellseg.training.window.read_window`): the window's
+        losses, their finite flags (under DDP the minimum over ranks) and whether the gradient
+        norm is finite come to the host in one read. Losses are summed on the host in
+        micro-batch order, as when each was read on its own (the same float64 sums, for
+        bit-identical resumes).
         A window with a NaN/Inf loss or gradient norm is one skipped window
         (:class:`~cellseg.training.watchdogs.NonfiniteWatch`), whatever ``grad_accum``.
 
@@ -616,47 +621,30 @@ class Trainer:
             TrainingStalled: a skipped window recurs at the same data after a resume.
         """
         s = self.settings
-        losses = torch.stack(self.window_losses).double()
-        crops, self.window_losses, self.window_crops = self.window_crops, [], []
-        own = torch.isfinite(losses).double()
-        finite = own.clone()
-        if is_distributed():
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        injected = s.inject_nonfinite_grad_after_steps
-        if injected is not None and self.global_step >= injected:
-            for parameter in self.network.parameters():
-                if parameter.grad is not None:
-                    parameter.grad.fill_(float("nan"))
-        # clipped before it is known whether the update happens: on a skipped update it only
-        # scales a gradient that is zeroed below
-        norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), s.grad_clip)
-        # the weights as the previous step left them (one float64 sum, no copy): the stall
-        # watchdog compares it with the previous step's
+        window_losses, crops = self.window_losses, self.window_crops
+        self.window_losses, self.window_crops = [], []
         if not hasattr(self, "fingerprinted"):
             self.fingerprinted = fingerprint_parameters(self.network)
-        fingerprint = weight_fingerprint(self.fingerprinted).to(losses.device)
-        extra = torch.stack((norm.double().to(losses.device), fingerprint))
-        values = torch.cat((losses, finite, own, extra)).tolist()  # the window's one sync
-        count = len(losses)
-        norm_value, fingerprint_value = values[-2], values[-1]
-        good = [v > 0 for v in values[count : 2 * count]]
-        # a non-finite gradient with finite losses skips the window all the same
-        bad_gradient = not math.isfinite(norm_value) and all(good)
-        window_loss = sum(values[:count], 0.0)
-        for value, ok in zip(values[:count], good, strict=True):
-            if ok and not bad_gradient:
+        injected = s.inject_nonfinite_grad_after_steps
+        reading = read_window(
+            window_losses,
+            self.network,
+            self.fingerprinted,
+            s.grad_clip,
+            inject_nan=injected is not None and self.global_step >= injected,
+        )
+        for value, ok in zip(reading.losses, reading.finite, strict=True):
+            if ok and not reading.bad_gradient:
                 self.epoch_loss_sum += value
                 self.epoch_loss_count += 1
-        update = math.isfinite(norm_value) and all(good)
-        if update:
+        if reading.update:
             self.nonfinite.finite()
         else:
             self.nonfinite_total += 1
-            mine = [v > 0 for v in values[2 * count : 3 * count]]
             named = [
                 self.train_data.crops[c].name
-                for window, ok in zip(crops, mine, strict=True)
-                if bad_gradient or not ok
+                for window, ok in zip(crops, reading.own, strict=True)
+                if reading.bad_gradient or not ok
                 for c in window
             ]
             if is_distributed():
@@ -667,19 +655,19 @@ class Trainer:
                 self.global_step,
                 self.epoch,
                 named,
-                "gradient norm" if bad_gradient else "loss",
+                "gradient norm" if reading.bad_gradient else "loss",
                 write=self.is_main,
                 resumed=getattr(self, "steps_at_start", 0) > 0,
             )
         self.stall.update(
-            window_loss / count,
-            norm_value,
-            fingerprint_value,
+            sum(reading.losses, 0.0) / len(reading.losses),
+            reading.norm,
+            reading.fingerprint,
             self.epoch,
             self.global_step + 1,
             self.checkpoint_dir,
         )
-        if update:
+        if reading.update:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
