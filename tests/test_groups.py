@@ -3,8 +3,6 @@ naive float64 voxel loop, and the union scoring of a group against hand counts."
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -27,6 +25,7 @@ from cellseg.groups import (
     split_groups,
 )
 from cellseg.losses import BalancedSoftmaxPartialTverskyLoss
+from naive_tversky import naive_loss
 
 NAN = float("nan")
 PRIOR = [0.4, 0.05, 0.03, 0.1, 1e-4, 0.002, 0.01, 0.001, 0.005, 1e-5, 0.0, 0.02, 0.08, 0.9]
@@ -39,50 +38,6 @@ def test_group_table_is_the_challenge_groups_over_the_14() -> None:
     assert len(members) == len(set(members)) and set(members) <= set(CLASSES)
     assert not set(GROUP_NAMES) & set(CLASSES)
     assert NUM_GROUPS == 5
-
-
-def naive_loss(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    prior: list[float],
-    tau: float,
-    alpha: float,
-    beta: float,
-    smooth: float,
-    min_voxels: int,
-) -> float:
-    """Classes and groups written out voxel by voxel in float64 Python (seed sign)."""
-    log_f = [math.log(min(max(f, 1e-8), 1 - 1e-8)) for f in prior]
-    mean_log = sum(log_f) / NUM_CLASSES
-    a = [tau * (lf - mean_log) for lf in log_f]
-    flat_z = logits.reshape(logits.shape[0], NUM_CLASSES, -1).tolist()
-    flat_t = target.reshape(target.shape[0], target.shape[1], -1).tolist()
-    channels = [(c, (c,)) for c in range(NUM_CLASSES)] + [
-        (NUM_CLASSES + g, tuple(CLASS_INDEX[m] for m in GROUPS[name]))
-        for g, name in enumerate(GROUP_NAMES)
-    ]
-    terms = []
-    for channel, members in channels:
-        if channel >= target.shape[1]:
-            continue
-        tp = fp = fn = 0.0
-        n = 0
-        for b in range(len(flat_z)):
-            for v in range(len(flat_z[b][0])):
-                t = flat_t[b][channel][v]
-                if math.isnan(t):
-                    continue
-                n += 1
-                none = 1.0
-                for m in members:
-                    none *= 1.0 - 1.0 / (1.0 + math.exp(-(flat_z[b][m][v] - a[m])))
-                p = 1.0 - none
-                tp += p * t
-                fp += p * (1 - t)
-                fn += (1 - p) * t
-        if n >= min_voxels:
-            terms.append(1 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth))
-    return sum(terms) / len(terms) if terms else 0.0
 
 
 def group_case(shape: tuple[int, ...], seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,45 +19,9 @@ from cellseg.losses import (
     adjusted_probabilities,
     logit_adjustment,
 )
+from naive_tversky import naive_loss
 
 IMPLS = ["function", "autograd"]
-
-
-def naive_loss(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    prior: list[float],
-    tau: float,
-    alpha: float,
-    beta: float,
-    smooth: float,
-    min_voxels: int,
-    sign: str,
-) -> float:
-    """SPEC §4 written out voxel by voxel in float64 Python: per class, per sample, per voxel."""
-    n_classes = logits.shape[1]
-    log_f = [math.log(min(max(f, 1e-8), 1 - 1e-8)) for f in prior]
-    mean_log = sum(log_f) / n_classes
-    terms = []
-    for c in range(n_classes):
-        a = tau * (log_f[c] - mean_log)
-        tp = fp = fn = 0.0
-        n_valid = 0
-        for b in range(logits.shape[0]):
-            zs = logits[b, c].flatten().tolist()
-            ts = target[b, c].flatten().tolist()
-            for z, t in zip(zs, ts, strict=True):
-                if math.isnan(t):
-                    continue
-                n_valid += 1
-                zp = z - a if sign == "seed" else z + a
-                p = 1.0 / (1.0 + math.exp(-zp))
-                tp += p * t
-                fp += p * (1 - t)
-                fn += (1 - p) * t
-        if n_valid >= min_voxels:
-            terms.append(1 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth))
-    return sum(terms) / len(terms) if terms else 0.0
 
 
 def random_case(
