@@ -310,18 +310,24 @@ def downsample_mean(volume: np.ndarray, factor: int) -> np.ndarray:
     return np.round(block_mean(volume.astype(np.float32), factor)).astype(np.uint8)
 
 
-def downsample_labels(codes: np.ndarray, unknown: int | None = None) -> np.ndarray:
-    """×2 label pyramid step: block mode over 2×2×2; any ``unknown`` voxel makes the block unknown.
+def downsample_labels(
+    codes: np.ndarray, unknown: int | None = None, factor: Sequence[int] = (2, 2, 2)
+) -> np.ndarray:
+    """×2 label pyramid step: block mode over 2×2×2 (or ``factor`` blocks, z y x, each 1 or 2);
+    any ``unknown`` voxel makes the block unknown.
 
     Ties go to the larger value (so thin membranes and instances survive a 4-4 split). Uses a
     bincount of the values present instead of sorting, which keeps it linear in the voxel count.
-    Shape must be even along every axis; ``codes`` of a non-negative integer dtype.
+    The factor must divide the shape; ``codes`` of a non-negative integer dtype.
     """
-    out_shape = tuple(n // 2 for n in codes.shape)
+    out_shape = tuple(n // f for n, f in zip(codes.shape, factor, strict=True))
     values = np.flatnonzero(np.bincount(codes.ravel(), minlength=1))
     best = np.zeros(out_shape, dtype=codes.dtype)
     best_count = np.zeros(out_shape, dtype=np.uint8)
-    views = [codes[dz::2, dy::2, dx::2] for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)]
+    views = [
+        codes[dz :: factor[0], dy :: factor[1], dx :: factor[2]]
+        for dz, dy, dx in itertools.product(*(range(f) for f in factor))
+    ]
     for value in values:
         if value == unknown:
             continue

@@ -473,38 +473,10 @@ def reduce_labels(codes: np.ndarray, factor: Sequence[int]) -> np.ndarray:
     """A label-code level from the one below: block modes over ``factor`` blocks (z y x; each 1
     or 2), ties to the larger code, any unknown voxel makes the block unknown; an axis the
     factor does not divide is padded by repeating its last voxel.
-    :func:`cellseg.ngff.downsample_labels` for ``(2, 2, 2)``; reduced :data:`SLAB` planes at a
-    time (a block's mode depends on its own voxels only, so the result is the same)."""
+    :func:`cellseg.ngff.downsample_labels`; reduced :data:`SLAB` planes at a time (a block's
+    mode depends on its own voxels only, so the result is the same)."""
     codes = _pad_edge(codes, factor)
-    if all(f == 2 for f in factor):
-        return _in_slabs(lambda slab: downsample_labels(slab, UNKNOWN_CODE), codes)
-    return _in_slabs(lambda slab: _block_mode(slab, factor), codes)
-
-
-def _block_mode(codes: np.ndarray, factor: Sequence[int]) -> np.ndarray:
-    """:func:`cellseg.ngff.downsample_labels` over ``factor`` blocks (each 1 or 2) of label
-    codes whose shape the factor divides."""
-    out_shape = tuple(n // f for n, f in zip(codes.shape, factor, strict=True))
-    views = [
-        codes[dz :: factor[0], dy :: factor[1], dx :: factor[2]]
-        for dz, dy, dx in itertools.product(*(range(f) for f in factor))
-    ]
-    best = np.zeros(out_shape, dtype=codes.dtype)
-    best_count = np.zeros(out_shape, dtype=np.uint8)
-    present = np.unique(codes)
-    for value in present:
-        if value == UNKNOWN_CODE:
-            continue
-        count = np.zeros(out_shape, dtype=np.uint8)
-        for view in views:
-            count += view == value
-        better = count >= best_count  # ascending values + ">=": ties go to the larger value
-        best[better] = value
-        best_count[better] = count[better]
-    if UNKNOWN_CODE in present:
-        for view in views:
-            best[view == UNKNOWN_CODE] = UNKNOWN_CODE
-    return best
+    return _in_slabs(lambda slab: downsample_labels(slab, UNKNOWN_CODE, tuple(factor)), codes)
 
 
 def _in_slabs(reduce: Callable[[np.ndarray], np.ndarray], values: np.ndarray) -> np.ndarray:
