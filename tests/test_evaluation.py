@@ -28,6 +28,7 @@ from cellseg.evaluation import (
 from cellseg.inference import PredictionGrid, Predictor, predict_crop, sliding_window_logits
 from checkpoint_builders import demo_unet_checkpoint
 from store_builders import INSTANCE, annotation, write_multiscale
+from tiny_nets import tiny_predictor
 
 ECS, NUC = CLASS_INDEX["ecs"], CLASS_INDEX["nuc"]
 
@@ -107,14 +108,8 @@ class ThresholdNet(nn.Module):
 
 
 def fake_predictor(dim: str, shift: torch.Tensor | None = None) -> Predictor:
-    return Predictor(
-        network=ThresholdNet(),
-        model="fake",
-        dim=dim,
-        patch_shape=(2, 4, 4) if dim == "3d" else (4, 4),
-        resolution_nm=8.0,
-        em_range=(0.0, 255.0),
-        logit_shift=torch.zeros(NUM_CLASSES) if shift is None else shift,
+    return tiny_predictor(
+        ThresholdNet(), dim, (2, 4, 4) if dim == "3d" else (4, 4), model="fake", logit_shift=shift
     )
 
 

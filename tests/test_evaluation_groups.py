@@ -10,22 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-import zarr
-from torch import nn
 
-from cellseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
+from cellseg.classes import CLASSES
 from cellseg.data.store import EM_GROUP, LABELS_ROOT, Crop
 from cellseg.evaluation import METRIC_COLUMNS, EvaluationSettings, evaluate_crops
 from cellseg.groups import class_rows, group_columns
-from cellseg.inference import Predictor
 from cellseg.reporting.markdown import summary_markdown
 from cellseg.reporting.summary import metric_counts, summarize
-from store_builders import write_multiscale
-
-
-def write_level(root: zarr.Group, group: str, data: np.ndarray, start: float) -> None:
-    write_multiscale(root, group, [data], [(8.0,) * 3], [(start + 4.0,) * 3], chunks=data.shape)
+from tiny_nets import MemberNet, member_em_store, tiny_predictor, write_level
 
 
 @pytest.fixture
@@ -33,11 +25,7 @@ def group_crop(tmp_path: Path) -> list[Crop]:
     """EM at 8 nm, x index 0-1 at 255, 2-3 at 170, 4-7 at 0; one crop from 8 nm, shape
     (2, 4, 6), label x = k on EM x index 1 + k: ``pm`` = k >= 3 (fine), ``mito`` (group)
     = k in {0, 1, 3}, voxel (0, 0, 5) unknown."""
-    path = tmp_path / "toy" / "toy.zarr"
-    root = zarr.open_group(str(path), mode="w", zarr_format=2)
-    em = np.zeros((4, 8, 8), dtype=np.uint8)
-    em[..., :2], em[..., 2:4] = 255, 170
-    write_level(root, EM_GROUP, em, 0.0)
+    path, root = member_em_store(tmp_path)
     pm = np.zeros((2, 4, 6), dtype=np.uint8)
     pm[..., 3:] = 1
     mito = np.zeros((2, 4, 6), dtype=np.uint8)
@@ -48,28 +36,8 @@ def group_crop(tmp_path: Path) -> list[Crop]:
     return [Crop(path, EM_GROUP, path, f"{LABELS_ROOT}/crop_a", ("pm", "mito"), "test")]
 
 
-class MemberNet(nn.Module):
-    """``mito_mem`` where the EM is 255, ``mito_lum`` where it is 170, ``pm`` where it is 0."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        v = x[:, 0]
-        logits = torch.full((x.shape[0], NUM_CLASSES, *x.shape[2:]), -10.0)
-        logits[:, CLASS_INDEX["mito_mem"]] = torch.where(v > 0.9, 10.0, -10.0)
-        logits[:, CLASS_INDEX["mito_lum"]] = torch.where((v > 0.5) & (v < 0.9), 10.0, -10.0)
-        logits[:, CLASS_INDEX["pm"]] = torch.where(v < 0.1, 10.0, -10.0)
-        return logits
-
-
 def test_a_group_is_scored_as_the_union_of_its_members(group_crop):
-    predictor = Predictor(
-        network=MemberNet(),
-        model="fake",
-        dim="3d",
-        patch_shape=(2, 4, 4),
-        resolution_nm=8.0,
-        em_range=(0.0, 255.0),
-        logit_shift=torch.zeros(NUM_CLASSES),
-    )
+    predictor = tiny_predictor(MemberNet(), "3d", (2, 4, 4), model="fake")
     settings = EvaluationSettings(slab_voxels=1, adjustment_modes=("train",))
     table = evaluate_crops(predictor, group_crop, settings)
     assert list(table.columns) == list(METRIC_COLUMNS)

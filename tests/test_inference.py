@@ -26,27 +26,13 @@ from cellseg.inference import (
 )
 from cellseg.prediction import PredictionSettings, block_logits, plan_prediction
 from store_builders import write_multiscale
+from tiny_nets import SeededConvNet
 
 
 def settings(**options) -> SimpleNamespace:
     return SimpleNamespace(
         **({"overlap": 0.25, "blend_mode": "gaussian", "sw_batch_size": 3} | options)
     )
-
-
-class SameNet(nn.Module):
-    """3x3(x3) same-padded convolutions: window borders see zero padding, so blending matters."""
-
-    def __init__(self, dims: int) -> None:
-        super().__init__()
-        conv = nn.Conv3d if dims == 3 else nn.Conv2d
-        torch.manual_seed(0)
-        self.net = nn.Sequential(
-            conv(1, 5, 3, padding=1), nn.Tanh(), conv(5, NUM_CLASSES, 3, padding=1)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 4 * self.net(x)
 
 
 class ValidNet(nn.Module):
@@ -85,7 +71,7 @@ def test_window_starts_are_monai_s():
 def test_sliding_window_equals_monai(shape, roi, blend_mode):
     from monai.inferers import sliding_window_inference
 
-    network = SameNet(len(roi)).eval()
+    network = SeededConvNet(len(roi), width=5, seed=0, scale=4).eval()
     image = torch.rand(shape, generator=torch.Generator().manual_seed(2))
     ours = sliding_window_logits(network, image, roi, settings(blend_mode=blend_mode))
     with torch.no_grad():

@@ -32,37 +32,18 @@ from cellseg.prediction import (
 )
 from checkpoint_builders import demo_unet_checkpoint
 from store_builders import write_multiscale
+from tiny_nets import SeededConvNet, tiny_predictor
 
 REPO = Path(__file__).resolve().parents[1]
 EM_SHAPE = (20, 44, 52)
 TRANSLATION = (100.0, 36.0, 4.0)  # centre of EM voxel 0, nm (8 nm voxels)
 
 
-class ConvNet(nn.Module):
-    """3x3(x3) convolutions: a receptive field wider than one voxel, so window borders matter
-    and blending is exercised (a window's border voxels differ from the same voxels inside
-    another window)."""
-
-    def __init__(self, dims: int) -> None:
-        super().__init__()
-        conv = nn.Conv3d if dims == 3 else nn.Conv2d
-        torch.manual_seed(0)
-        self.net = nn.Sequential(
-            conv(1, 6, 3, padding=1), nn.Tanh(), conv(6, NUM_CLASSES, 3, padding=1)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 4 * self.net(x)
-
-
 def predictor(dim: str) -> Predictor:
-    return Predictor(
-        network=ConvNet(3 if dim == "3d" else 2).eval(),
-        model="conv",
-        dim=dim,
-        patch_shape=(8, 16, 16) if dim == "3d" else (16, 16),
-        resolution_nm=8.0,
-        em_range=(0.0, 255.0),
+    return tiny_predictor(
+        SeededConvNet(3 if dim == "3d" else 2, width=6, seed=0, scale=4).eval(),
+        dim,
+        (8, 16, 16) if dim == "3d" else (16, 16),
         logit_shift=torch.linspace(-1, 1, NUM_CLASSES),
     )
 

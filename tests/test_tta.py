@@ -14,7 +14,6 @@ import torch
 import zarr
 from torch import nn
 
-from cellseg.classes import NUM_CLASSES
 from cellseg.data.store import EM_GROUP, LABELS_ROOT, Crop
 from cellseg.errors import CellsegError
 from cellseg.evaluation import EvaluationSettings, evaluate_crops
@@ -23,23 +22,19 @@ from cellseg.prediction import PredictionSettings, predict_volume
 from cellseg.reporting.outputs import make_summary
 from cellseg.tta import TTA, tta_transforms
 from store_builders import annotation, write_multiscale
+from tiny_nets import SeededConvNet, tiny_predictor
 
 
-class ConvNet(nn.Module):
+class ConvNet(SeededConvNet):
     """Seeded 3x3(x3) convolutions plus a position-dependent term: no symmetry of the window
     leaves its output unchanged, so every transform matters."""
 
     def __init__(self, dims: int) -> None:
-        super().__init__()
-        conv = nn.Conv3d if dims == 3 else nn.Conv2d
-        torch.manual_seed(5)
-        self.net = nn.Sequential(
-            conv(1, 4, 3, padding=1), nn.Tanh(), conv(4, NUM_CLASSES, 3, padding=1)
-        )
+        super().__init__(dims, width=4, seed=5, scale=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ramp = torch.linspace(0, 1, x.shape[-1]) * torch.linspace(0, 2, x.shape[-2])[:, None]
-        return 3 * self.net(x + ramp)
+        return self.scale * self.net(x + ramp)
 
 
 def explicit_tta(network: nn.Module, mode: str, dims: int) -> nn.Module:
@@ -83,15 +78,7 @@ def explicit_tta(network: nn.Module, mode: str, dims: int) -> nn.Module:
 
 
 def predictor(dims: int, network: nn.Module, patch: tuple[int, ...]) -> Predictor:
-    return Predictor(
-        network=network.eval(),
-        model="conv",
-        dim=f"{dims}d",
-        patch_shape=patch,
-        resolution_nm=8.0,
-        em_range=(0.0, 255.0),
-        logit_shift=torch.zeros(NUM_CLASSES),
-    )
+    return tiny_predictor(network.eval(), f"{dims}d", patch)
 
 
 def blended(model: Predictor, image: torch.Tensor, tta: str) -> torch.Tensor:

@@ -8,14 +8,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-import torch
-import zarr
-from torch import nn
 
 from cellseg.classes import CLASS_INDEX, NUM_CLASSES, NUM_GROUPS
 from cellseg.data.store import EM_GROUP, LABELS_ROOT, Crop, read_crop_geometry
 from cellseg.evaluation import EvaluationSettings
-from cellseg.inference import Predictor
 from cellseg.palette import rgb
 from cellseg.reporting.figures import annotated_names, crop_class_panels, figure_crop
 from cellseg.visualization import (
@@ -25,7 +21,7 @@ from cellseg.visualization import (
     overlay,
     slice_dice,
 )
-from store_builders import write_multiscale
+from tiny_nets import MemberNet, member_em_store, tiny_predictor, write_level
 
 
 def panels(figure) -> dict[str, np.ndarray]:
@@ -99,19 +95,11 @@ def test_every_annotated_class_and_group_gets_truth_and_prediction_in_its_colour
 # ------------------------------------------------------------------------------ from a crop
 
 
-def write_level(root: zarr.Group, group: str, data: np.ndarray, start: float) -> None:
-    write_multiscale(root, group, [data], [(8.0,) * 3], [(start + 4.0,) * 3], chunks=data.shape)
-
-
 @pytest.fixture
 def crops(tmp_path: Path) -> list[Crop]:
     """EM at 8 nm: x index 0-1 at 255, 2-3 at 170, 4-7 at 0. ``crop_a`` annotates pm (x >= 4
     of the EM) and the mito group (x 0-3); ``crop_b`` only pm."""
-    path = tmp_path / "toy" / "toy.zarr"
-    root = zarr.open_group(str(path), mode="w", zarr_format=2)
-    em = np.zeros((4, 8, 8), dtype=np.uint8)
-    em[..., :2], em[..., 2:4] = 255, 170
-    write_level(root, EM_GROUP, em, 0.0)
+    path, root = member_em_store(tmp_path)
     pm = np.zeros((4, 8, 8), dtype=np.uint8)
     pm[..., 4:] = 1
     mito = np.zeros((4, 8, 8), dtype=np.uint8)
@@ -125,23 +113,8 @@ def crops(tmp_path: Path) -> list[Crop]:
     ]
 
 
-class MemberNet(nn.Module):
-    """``mito_mem`` where the EM is 255, ``mito_lum`` where it is 170, ``pm`` where it is 0."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        v = x[:, 0]
-        logits = torch.full((x.shape[0], NUM_CLASSES, *x.shape[2:]), -10.0)
-        logits[:, CLASS_INDEX["mito_mem"]] = torch.where(v > 0.9, 10.0, -10.0)
-        logits[:, CLASS_INDEX["mito_lum"]] = torch.where((v > 0.5) & (v < 0.9), 10.0, -10.0)
-        logits[:, CLASS_INDEX["pm"]] = torch.where(v < 0.1, 10.0, -10.0)
-        return logits
-
-
 def test_the_richest_crop_shows_its_classes_and_groups(crops):
-    predictor = Predictor(
-        network=MemberNet(), model="fake", dim="3d", patch_shape=(2, 4, 4), resolution_nm=8.0,
-        em_range=(0.0, 255.0), logit_shift=torch.zeros(NUM_CLASSES),
-    )  # fmt: skip
+    predictor = tiny_predictor(MemberNet(), "3d", (2, 4, 4), model="fake")
     geometries = [read_crop_geometry(crop, 8.0) for crop in crops]
     assert [annotated_names(g) for g in geometries] == [["pm"], ["pm", "mito"]]
     for seed in range(5):  # whatever the seeded order, the crop with more labels

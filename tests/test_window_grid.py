@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from torch import nn
 
-from cellseg.classes import CLASSES, NUM_CLASSES
+from cellseg.classes import CLASSES
 from cellseg.data.store import EM_GROUP, LABELS_ROOT, Crop, read_crop_geometry
 from cellseg.evaluation import EvaluationSettings, evaluate_crops
 from cellseg.inference import PredictionGrid, Predictor, predict_crop
 from cellseg.prediction import PredictionSettings, predict_volume
 from checkpoint_builders import demo_unet_checkpoint
 from store_builders import annotation, write_multiscale
+from tiny_nets import SeededConvNet, tiny_predictor
 
 REPO = Path(__file__).resolve().parents[1]
 EM_SHAPE = (40, 48, 56)  # EM voxels at 8 nm, voxel 0's lower corner at 0 nm
@@ -28,33 +28,21 @@ CROP_START, CROP_SHAPE = (64.0, 96.0, 48.0), (26, 20, 36)  # at 4 nm (13 x 10 x 
 CLASSES_SCORED = ("ecs", "mito_mem", "nuc")
 
 
-class ConvNet(nn.Module):
+class ConvNet(SeededConvNet):
     """3x3x3 convolutions (seeded): a window's border voxels differ from the same voxels inside
     another window, so which windows a voxel gets decides its value."""
 
     def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(3)
-        self.net = nn.Sequential(
-            nn.Conv3d(1, 6, 3, padding=1), nn.Tanh(), nn.Conv3d(6, NUM_CLASSES, 3, padding=1)
-        )
+        super().__init__(3, width=6, seed=3, scale=6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 6 * self.net(x - 0.5)
+        return self.scale * self.net(x - 0.5)
 
 
 def conv_predictor() -> Predictor:
     """A 3D model with a 32-deep window (the case the issue measured: with overlap 0.25 the
     windows of per-slab grids did not line up)."""
-    return Predictor(
-        network=ConvNet().eval(),
-        model="conv",
-        dim="3d",
-        patch_shape=(12, 16, 16),
-        resolution_nm=8.0,
-        em_range=(0.0, 255.0),
-        logit_shift=torch.zeros(NUM_CLASSES),
-    )
+    return tiny_predictor(ConvNet().eval(), "3d", (12, 16, 16))
 
 
 @pytest.fixture(scope="module")
