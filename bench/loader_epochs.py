@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from cellseg.training.settings import resolve_settings
+from cellseg.config.settings import resolve_settings
 from cellseg.training.trainer import Trainer
 from trainer import make_data
 

@@ -10,10 +10,10 @@ Measures, each in a fresh process, on this machine's CPU:
 * a loader worker without its cache (unique set size: pages it shares with the rank are
   counted there) and the growth of a worker's memory with its array cache, against
   ``cache_mb`` (the cache must stay within its budget);
-* one batch's bytes against :func:`cellseg.resources.batch_mb`.
+* one batch's bytes against :func:`cellseg.config.resources.batch_mb`.
 
 Then prints, for every model of the layered config (default: config/config.yaml +
-config/experiments/l40s_comparison.yaml), :func:`cellseg.resources.training_host_memory_mb`
+config/experiments/l40s_comparison.yaml), :func:`cellseg.config.resources.training_host_memory_mb`
 with the measured ``rank_mb``/``worker_mb`` and the configured ``cuda_mb`` (not measurable
 without a GPU) against the model's ``mem_mb``, and its processes against ``cpus_per_task``.
 Figures are ratios against the configured values, measured in this process. About 3 minutes
@@ -111,10 +111,10 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=60, help="patches per worker measurement")
     args = parser.parse_args()
 
-    from cellseg.config import layered_config, read_layer
+    from cellseg.config.layers import layered_config, read_layer
+    from cellseg.config.resources import batch_mb, training_host_memory_mb
+    from cellseg.config.settings import resolve_settings
     from cellseg.data.demo import make_demo_data
-    from cellseg.resources import batch_mb, training_host_memory_mb
-    from cellseg.training.settings import resolve_settings
 
     layers = [read_layer(path) for path in args.config_files]
     config = layered_config(layers[0], layers[1:], {})

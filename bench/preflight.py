@@ -75,7 +75,7 @@ def main() -> int:
     args = parser.parse_args()
 
     device = require_cuda()
-    from cellseg.config import layered_config, read_layer
+    from cellseg.config.layers import layered_config, read_layer
     from cellseg.training.preflight import launch_preflight
     from cellseg.training.preflight_table import format_table
     from cellseg.training.preflight_verdict import read_result

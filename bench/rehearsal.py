@@ -246,8 +246,8 @@ def report(workdir: Path, log: str) -> None:
     """Print the settings check and the per-job table of the run in ``workdir``."""
     repo = workdir / "cellseg"
     sys.path.insert(0, str(repo / "src"))
-    from cellseg.config import layered_config, read_layer
-    from cellseg.training.settings import resolve_settings
+    from cellseg.config.layers import layered_config, read_layer
+    from cellseg.config.settings import resolve_settings
 
     cluster_module = sys.modules["cluster"]
     calls = cluster_module.sbatch_calls(log)

@@ -55,11 +55,11 @@ import torch
 import yaml
 from torch.overrides import TorchFunctionMode
 
+from cellseg.config.settings import resolve_settings
 from cellseg.data.datasplit import make_datasplit, write_datasplit
 from cellseg.data.demo import make_demo_data
 from cellseg.data.frequencies import class_frequencies
 from cellseg.io import write_json_atomic
-from cellseg.training.settings import resolve_settings
 from cellseg.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,13 +23,10 @@ def module_name(path: Path) -> str:
 
 MODULES: dict[str, Path] = {module_name(path): path for path in PACKAGE.rglob("*.py")}
 
-FOLDER_EXCEPTIONS: dict[str, str] = {
-    # layer 2 in the layer-4 training/ folder: the workflow plans jobs from it without torch
-    "cellseg.training.settings": "moved by issue 36's config folder, pending",
-}
-"""Modules the folder rule leaves out of their folder's layers, each with the reason. The one
-entry goes when ``training/settings.py`` moves to the configuration folder (issue 36);
-:func:`test_every_folder_exception_is_still_needed` fails until it is removed then."""
+FOLDER_EXCEPTIONS: dict[str, str] = {}
+"""Modules the folder rule leaves out of their folder's layers, each with the reason (none: the
+configuration's modules have their own folder, ``config/``, since issue 36);
+:func:`test_every_folder_exception_is_still_needed` fails for an entry no longer needed."""
 
 
 def owning_module(name: str) -> str | None:
@@ -217,8 +214,10 @@ def test_every_folder_exception_is_still_needed(layers):
 
 def test_the_folder_check_would_catch_a_mixed_folder(layers):
     placed = layer_of(layers)
-    # the training/ folder without its one exception: layer 2 beside layer 4
-    assert set(mixed_folders(placed, {})) == {"cellseg.training"}
+    # a layer-2 module back in the layer-4 training/ folder (where settings lived before config/)
+    moved_back = placed | {"cellseg.training.settings": placed["cellseg.config.settings"]}
+    assert set(mixed_folders(moved_back, {})) == {"cellseg.training"}
+    assert mixed_folders(moved_back, {"cellseg.training.settings": "why"}) == {}
     # a module of another layer in a folder (a sub-folder's count for the folders above it)
     assert placed["cellseg.cli"] != placed["cellseg.data.store"]
     for intruder in ("cellseg.data.console", "cellseg.data.demo.console"):

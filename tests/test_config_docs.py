@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from cellseg.training.settings import EXECUTION_KEYS, TrainSettings
+from cellseg.config.settings import EXECUTION_KEYS, TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 

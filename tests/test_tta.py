@@ -225,8 +225,8 @@ def test_summary_ranks_the_first_tta_and_compares_them(tmp_path):
 def test_evaluate_jobs_ask_for_the_passes_of_every_mode():
     import yaml
 
-    from cellseg.resources import TTA_PASSES, evaluation_resources, tta_passes
-    from cellseg.training.settings import resolve_settings
+    from cellseg.config.resources import TTA_PASSES, evaluation_resources, tta_passes
+    from cellseg.config.settings import resolve_settings
 
     for mode, passes in TTA_PASSES.items():  # the count of cellseg.tta's transforms
         for dim in ("2d", "3d"):

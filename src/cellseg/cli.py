@@ -91,7 +91,7 @@ def check_snakemake_configfiles(argv: Sequence[str]) -> int:
         0, or 1 after one ``cellseg: config error: FILE:LINE: …`` line per bad file (a path
         that is no file is left to Snakemake's own "not found").
     """
-    from cellseg.config import read_layer
+    from cellseg.config.layers import read_layer
     from cellseg.errors import CellsegError
 
     # Snakemake's own options, one or more files each (a repeated option: all of them)

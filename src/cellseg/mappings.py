@@ -1,6 +1,6 @@
 """Merging nested mappings: the one rule by which config layers and per-run overrides combine.
 
-It lives below :mod:`cellseg.config` (config files layered) and :mod:`cellseg.training.settings`
+It lives below :mod:`cellseg.config` (config files layered) and :mod:`cellseg.config.settings`
 (a run's settings resolved), which both merge the same way.
 """
 

@@ -12,7 +12,7 @@ import pytest
 import zarr
 
 from cellseg.cli import main
-from cellseg.config import check_config
+from cellseg.config.layers import check_config
 from cellseg.data.demo import make_demo_data
 from cellseg.errors import CellsegError
 from store_builders import INSTANCE, SEMANTIC, annotation, write_multiscale
@@ -405,7 +405,7 @@ def test_too_few_crops_for_a_test_split_is_said_with_the_key_to_change(
 def test_a_datasplit_csv_saved_with_a_byte_order_mark_is_read(make_store, tmp_path, out, capsys):
     """A spreadsheet's "CSV UTF-8" starts with a byte-order mark (EF BB BF): read, not refused
     as split '\\ufeff"train"'."""
-    from cellseg.resources import count_test_crops
+    from cellseg.config.resources import count_test_crops
 
     store = make_store("ds", EM, crops_of(3))
     csv = tmp_path / "user.csv"

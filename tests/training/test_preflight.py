@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from cellseg.cli import main
+from cellseg.config.settings import TrainSettings
 from cellseg.errors import CellsegError
 from cellseg.training.preflight_table import format_table
 from cellseg.training.preflight_verdict import (
@@ -29,7 +30,6 @@ from cellseg.training.preflight_verdict import (
     result_document,
     write_verdict,
 )
-from cellseg.training.settings import TrainSettings
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from workflow_runner import run_in_clone as run
 
-from cellseg.config import MODEL_NAMES
+from cellseg.config.layers import MODEL_NAMES
 
 
 def config_error(clone: Path, *layers: tuple[str, str]) -> str:
@@ -83,7 +83,7 @@ def test_the_planning_time_model_names_are_the_registry_s():
 
 
 def test_layer_holding_names_the_file_or_the_command_line(tmp_path):
-    from cellseg.config import layer_holding
+    from cellseg.config.layers import layer_holding
 
     base, preset = tmp_path / "config.yaml", tmp_path / "preset.yaml"
     base.write_text("training:\n  defaults: {lr: 0.1}\nmodels:\n  unet_2d: {lr: 0.2}\n")

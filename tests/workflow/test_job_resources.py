@@ -1,6 +1,6 @@
 """Every job's request as the Longleaf profile plans it, from a clone's root through ``snakemake``.
 
-Expected requests are computed by hand from the YAML files (not through cellseg.resources): a
+Expected requests are computed by hand from the YAML files (not through cellseg.config.resources): a
 training job asks for its model's settings, an evaluate job for ``resources.evaluate`` with
 runtime ``startup_min + minutes_per_crop × test crops``, a figure job for
 ``resources.visualize``; a job with a GPU is queued on the GPU partition and every other one on

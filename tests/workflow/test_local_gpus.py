@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from workflow_runner import run_in_clone as run
 
+from cellseg.config.resources import check_local_gpus, visible_gpu_count
+from cellseg.config.settings import TrainSettings
 from cellseg.errors import CellsegError
-from cellseg.resources import check_local_gpus, visible_gpu_count
-from cellseg.training.settings import TrainSettings
 
 LOCAL = "config/profiles/local"
 ONE_GPU = "GPU 0: NVIDIA L40S (UUID: GPU-00000000-0000-0000-0000-000000000000)"

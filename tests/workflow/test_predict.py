@@ -2,7 +2,7 @@
 config's requests, a study's variant and replicate runs (and ``best`` naming one), and the config
 errors of ``predict.models``.
 
-Expected requests are read by hand from config/config.yaml (not through cellseg.resources): a
+Expected requests are read by hand from config/config.yaml (not through cellseg.config.resources): a
 block job asks for ``predict.resources`` (no GPU for the demo's 0-GPU models, so the CPU
 partition), the pyramid job for ``predict.pyramid_resources`` on the CPU partition; init and the
 target rule run locally.

@@ -10,10 +10,15 @@ import sys
 from snakemake.utils import validate
 
 # the package is importable (and exported to jobs) since workflow/rules/package.smk
-from cellseg.config import check_config, config_digest, layered_config, read_layer
+from cellseg.config.layers import (
+    check_config,
+    config_digest,
+    layered_config,
+    read_layer,
+)
 from cellseg.errors import CellsegError
 from cellseg.io import write_text_atomic
-from cellseg.resources import (
+from cellseg.config.resources import (
     check_local_gpus,
     class_frequency_resources,
     count_test_crops,
@@ -24,7 +29,7 @@ from cellseg.resources import (
     visible_gpu_count,
 )
 from cellseg.training.preflight_verdict import PreflightConfig, preflight_key
-from cellseg.training.settings import check_variant_name, resolve_settings, runs
+from cellseg.config.settings import check_variant_name, resolve_settings, runs
 
 # Snakemake has already merged every --configfile and --config into `config` on top of
 # config/config.yaml, key by key, so the base's per-model entries would survive into every
@@ -114,7 +119,7 @@ def datasplit_inputs(wildcards):
 
 MODELS = list(config["models"])
 
-# Every training job: models x variants x replicates (cellseg.training.settings.Run). A run is
+# Every training job: models x variants x replicates (cellseg.config.settings.Run). A run is
 # named {model}_{dim}[~{variant}][~r{k}]; the variant-free replicate 0 keeps {model}_{dim}, so
 # the default config's paths are today's and adding replicates or variants retrains nothing.
 try:
@@ -161,7 +166,7 @@ def model_settings(wildcards):
     return _SETTINGS[run]
 
 
-# Snakemake resource name -> field of cellseg.resources.JobResources
+# Snakemake resource name -> field of cellseg.config.resources.JobResources
 _RESOURCE_FIELDS = {
     "gpu": "gpus",
     "mem_mb": "mem_mb",
@@ -181,7 +186,7 @@ def _resource(request, field):
 
 def job_resources(request, **overrides):
     """A rule's ``resources:`` (``**job_resources(...)``) from one request function,
-    ``request(wildcards, attempt) -> cellseg.resources.JobResources``: gpu, mem_mb, runtime,
+    ``request(wildcards, attempt) -> cellseg.config.resources.JobResources``: gpu, mem_mb, runtime,
     cpus_per_task, slurm_partition and qos all read the one request of the job and attempt,
     so no rule repeats six lambdas. ``overrides`` replace single keys (a CPU-only rule leaves
     out gpu with ``gpu=None``; the evaluate rule's runtime reads the datasplit)."""
@@ -193,7 +198,7 @@ def job_resources(request, **overrides):
 
 
 def train_job(wildcards, attempt=1):
-    """What a train job asks for (cellseg.resources); the same on every attempt."""
+    """What a train job asks for (cellseg.config.resources); the same on every attempt."""
     return training_resources(config, model_settings(wildcards))
 
 
@@ -215,7 +220,7 @@ def train_init(wildcards):
 
 def train_gpus(wildcards):
     """The GPUs a train job asks for; a local run asking for more than this machine has is
-    refused when the job is planned, with one line naming the key (cellseg.resources).
+    refused when the job is planned, with one line naming the key (cellseg.config.resources).
     """
     check_local_gpus(model_settings(wildcards), LOCAL_GPUS)
     return train_job(wildcards).gpus

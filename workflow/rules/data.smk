@@ -85,7 +85,7 @@ rule class_frequencies:
         "../envs/cellseg.yaml"
     threads: lambda wildcards: config["resources"]["class_frequencies"]["cpus_per_task"]
     resources:
-        # resources.class_frequencies (cellseg.resources): CPU partition
+        # resources.class_frequencies (cellseg.config.resources): CPU partition
         **job_resources(class_frequencies_job, gpu=None),
     params:
         resolution=config["data"]["resolution_nm"],

@@ -26,7 +26,7 @@ rule evaluate:
         "../envs/cellseg.yaml"
     threads: lambda wildcards: config["resources"]["evaluate"]["cpus_per_task"]
     resources:
-        # resources.evaluate (cellseg.resources): one GPU for a model trained on GPUs, memory
+        # resources.evaluate (cellseg.config.resources): one GPU for a model trained on GPUs, memory
         # from a measured per-crop peak, runtime from a measured per-crop time x test crops
         **job_resources(evaluate_job, runtime=evaluate_runtime),
     params:

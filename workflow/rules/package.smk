@@ -18,7 +18,7 @@ if Path(CELLSEG_SRC, "cellseg").is_dir():
             PYTHONPATH=os.pathsep.join(filter(None, [CELLSEG_SRC, *_pythonpath]))
         )
 
-from cellseg.config import read_layer
+from cellseg.config.layers import read_layer
 from cellseg.errors import CellsegError
 
 # Snakemake's loader says only "Config file is not valid JSON or YAML" for a YAML mistake (a

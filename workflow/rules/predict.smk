@@ -59,7 +59,7 @@ rule predict_blocks:
         "../envs/cellseg.yaml"
     threads: lambda wildcards: config["predict"]["resources"]["cpus_per_task"]
     resources:
-        # predict.resources (cellseg.resources): one GPU for a model trained on GPUs
+        # predict.resources (cellseg.config.resources): one GPU for a model trained on GPUs
         **job_resources(predict_blocks_job),
     params:
         stage="blocks",
@@ -92,7 +92,7 @@ rule predict_pyramid:
         "../envs/cellseg.yaml"
     threads: lambda wildcards: config["predict"]["pyramid_resources"]["cpus_per_task"]
     resources:
-        # predict.pyramid_resources (cellseg.resources): CPU partition
+        # predict.pyramid_resources (cellseg.config.resources): CPU partition
         **job_resources(predict_pyramid_job, gpu=None),
     params:
         stage="pyramid",

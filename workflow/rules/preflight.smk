@@ -22,7 +22,7 @@ rule preflight_run:
         "../envs/cellseg.yaml"
     threads: lambda wildcards: train_job(wildcards).cpus_per_task
     resources:
-        # the run's train request (cellseg.resources), for minutes instead of days
+        # the run's train request (cellseg.config.resources), for minutes instead of days
         **job_resources(train_job, runtime=config["preflight"]["runtime_min"]),
     params:
         retries=workflow_retries,

@@ -36,7 +36,7 @@ rule visualize:
         "../envs/cellseg.yaml"
     threads: lambda wildcards: config["resources"]["visualize"]["cpus_per_task"]
     resources:
-        # resources.visualize (cellseg.resources)
+        # resources.visualize (cellseg.config.resources)
         **job_resources(visualize_job),
     params:
         evaluation=config["evaluation"],

@@ -21,12 +21,12 @@ rule train:
         "../envs/cellseg.yaml"
     threads: lambda wildcards: train_job(wildcards).cpus_per_task
     resources:
-        # from the run's settings (cellseg.resources): a 0-GPU run is queued on the CPU
+        # from the run's settings (cellseg.config.resources): a 0-GPU run is queued on the CPU
         # partition; a local run asking for more GPUs than the machine has stops the plan
         **job_resources(train_job, gpu=train_gpus),
     params:
         run_dir="results/models/{run}",
-        # the hash of the resolved settings (cellseg.training.settings): editing one model's
+        # the hash of the resolved settings (cellseg.config.settings): editing one model's
         # entry reruns only that model, and a rerun's reason is one short line, not the
         # settings printed twice
         settings=lambda wildcards: model_settings(wildcards).config_hash(),

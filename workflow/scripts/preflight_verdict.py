@@ -2,7 +2,7 @@
 
 from cellseg.joblog import job_log
 from cellseg.training.preflight_verdict import PreflightConfig, write_verdict
-from cellseg.training.settings import resolve_settings
+from cellseg.config.settings import resolve_settings
 
 # a no-go, or a result of other settings, ends the log with its one line and fails here, before
 # the train job is queued

@@ -1,7 +1,7 @@
 """Snakemake rule resolved_config: record the layered config and every model's settings (thin
 wrapper)."""
 
-from cellseg.config import write_resolved_config
+from cellseg.config.layers import write_resolved_config
 from cellseg.joblog import job_log
 
 # stderr goes to the job's log, which ends with the error if the job fails

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from cellseg.classes import CLASSES, NUM_CLASSES
+from cellseg.config.settings import Run
 from cellseg.errors import CellsegError
 from cellseg.metrics import Statistic
 from cellseg.reporting.summary import SummarySettings, load_metrics, metric_counts
@@ -24,7 +25,6 @@ from cellseg.statistics import (
     mean_over_classes,
     replicate_mean_interval,
 )
-from cellseg.training.settings import Run
 
 STUDY_LOSS_KEYS: tuple[str, ...] = (
     "tau",

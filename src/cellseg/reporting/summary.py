@@ -78,6 +78,7 @@ from cellseg.challenge import (
     overall_scores,
 )
 from cellseg.classes import CLASS_INDEX, CLASSES, GROUP_NAMES, NUM_CLASSES
+from cellseg.config.settings import Run
 from cellseg.errors import CellsegError
 from cellseg.groups import class_rows, group_columns
 from cellseg.metrics import COUNT_NAMES, Statistic, aggregate_crops
@@ -93,7 +94,6 @@ from cellseg.statistics import (
     rank_sets,
     sign_flip_p_value,
 )
-from cellseg.training.settings import Run
 
 BASELINE = "baseline (prior)"
 """The ``model`` of the baseline row."""

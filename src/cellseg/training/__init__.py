@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from cellseg.training.settings import TrainSettings, load_config, resolve_settings
+from cellseg.config.settings import TrainSettings, load_config, resolve_settings
 
 __all__ = [
     "EXIT_STALLED",

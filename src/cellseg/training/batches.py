@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from cellseg.config.settings import TrainSettings
 from cellseg.data.dataset import FixedPatches, PatchSpec, SampleRange, TrainPatches, worker_init_fn
 from cellseg.data.patches import Augmentation
 from cellseg.data.store import Crop
-from cellseg.training.settings import TrainSettings
 
 
 def patch_datasets(

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from cellseg.config.settings import TrainSettings, changed_keys
 from cellseg.data.identity import DataIdentity
 from cellseg.errors import CellsegError
 from cellseg.io import atomic_path
-from cellseg.training.settings import TrainSettings, changed_keys
 
 
 def save_checkpoint(state: dict[str, Any], path: Path | str) -> None:

@@ -7,10 +7,10 @@ import os
 from contextlib import nullcontext
 from pathlib import Path
 
+from cellseg.config.settings import load_config, resolve_settings
 from cellseg.ownership import check_output_path
 from cellseg.training.budget import job_start_time
 from cellseg.training.lock import run_dir_lock
-from cellseg.training.settings import load_config, resolve_settings
 from cellseg.training.trainer import Trainer
 from cellseg.training.watchdogs import EXIT_STATUS_FILE_VARIABLE
 

@@ -14,8 +14,8 @@ import subprocess
 import torch
 import torch.distributed as dist
 
+from cellseg.config.settings import TrainSettings
 from cellseg.errors import CellsegError
-from cellseg.training.settings import TrainSettings
 
 
 def is_distributed() -> bool:

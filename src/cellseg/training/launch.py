@@ -12,9 +12,9 @@ from typing import Any
 
 import yaml
 
+from cellseg.config.resources import check_training_fits
+from cellseg.config.settings import resolve_settings
 from cellseg.io import write_text_atomic
-from cellseg.resources import check_training_fits
-from cellseg.training.settings import resolve_settings
 from cellseg.training.watchdogs import EXIT_STATUS_FILE_VARIABLE
 
 
@@ -89,7 +89,7 @@ def launch_training(
     Under ``torchrun`` the job exits with rank 0's status (75 resume, 65 stalled), not
     torchrun's 1 (:func:`carried_status`).
     Before anything starts, the job's estimated host memory is checked against its request
-    (:func:`cellseg.resources.check_training_fits`; more processes than CPUs is a warning in
+    (:func:`cellseg.config.resources.check_training_fits`; more processes than CPUs is a warning in
     the log).
 
     Raises:

@@ -18,11 +18,11 @@ import pandas as pd
 import torch
 
 from cellseg.classes import CLASSES
+from cellseg.config.settings import TrainSettings
 from cellseg.data.identity import DataIdentity
 from cellseg.io import atomic_path, write_json_atomic
 from cellseg.training.checkpoint import save_checkpoint
 from cellseg.training.init import MIN_PRETRAINED_FRACTION
-from cellseg.training.settings import TrainSettings
 
 
 def train_summary(

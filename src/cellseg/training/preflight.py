@@ -61,6 +61,7 @@ from typing import Any
 
 import yaml
 
+from cellseg.config.settings import TrainSettings
 from cellseg.io import write_json_atomic, write_text_atomic
 from cellseg.training.preflight_table import format_table
 from cellseg.training.preflight_verdict import (
@@ -69,7 +70,6 @@ from cellseg.training.preflight_verdict import (
     out_of_memory_document,
     result_document,
 )
-from cellseg.training.settings import TrainSettings
 
 
 class PeakRss:
@@ -283,8 +283,8 @@ def run_preflight(
     Returns:
         the document on rank 0, else None.
     """
+    from cellseg.config.settings import resolve_settings
     from cellseg.training.device import is_distributed
-    from cellseg.training.settings import resolve_settings
 
     settings = resolve_settings(config, run, source)
     preflight = PreflightConfig.from_config(config)
@@ -372,7 +372,7 @@ def launch_preflight(
     Returns:
         the exit status.
     """
-    from cellseg.training.settings import resolve_settings
+    from cellseg.config.settings import resolve_settings
 
     settings = resolve_settings(config, run)  # a run name: its variant and seed applied
     out = Path(out)
@@ -409,8 +409,8 @@ def launch_preflight(
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cellseg.config import layered_config, read_layer
-    from cellseg.training.settings import load_config
+    from cellseg.config.layers import layered_config, read_layer
+    from cellseg.config.settings import load_config
 
     # one file: a whole workflow config (a run's workflow_config.yaml); several: the workflow's
     # layers, e.g. config/config.yaml then config/experiments/l40s_comparison.yaml

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from cellseg.config.settings import TrainSettings, changed_keys, jsonable
 from cellseg.errors import CellsegError
 from cellseg.io import write_text_atomic
-from cellseg.training.settings import TrainSettings, changed_keys, jsonable
 
 FORMAT = "cellseg-preflight-1"
 """``format`` of a preflight JSON."""

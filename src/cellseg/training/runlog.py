@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
+from cellseg.config.settings import TrainSettings, jsonable
 from cellseg.data.identity import DataIdentity
-from cellseg.training.settings import TrainSettings, jsonable
 
 
 def append_log(run_dir: Path, key: str, message: str) -> None:

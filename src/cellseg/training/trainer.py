@@ -47,6 +47,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from cellseg.classes import CLASSES, NUM_CLASSES
+from cellseg.config.settings import TrainSettings
 from cellseg.data.dataset import PatchSpec, SampleRange, decode_target
 from cellseg.data.datasplit import read_datasplit
 from cellseg.data.identity import DataIdentity
@@ -71,7 +72,6 @@ from cellseg.training.device import is_distributed, setup_distributed
 from cellseg.training.init import file_digest, initialize_weights
 from cellseg.training.outputs import train_summary, write_outputs
 from cellseg.training.runlog import append_log, attempt_number, progress_bar, settings_text
-from cellseg.training.settings import TrainSettings
 from cellseg.training.tensorboard import (
     open_writer,
     write_attempt_texts,

@@ -1,4 +1,4 @@
-"""Runs of a study (cellseg.training.settings.Run, runs, run_config, resolve_settings): names,
+"""Runs of a study (cellseg.config.settings.Run, runs, run_config, resolve_settings): names,
 seeds and overrides, and that the variant-free run keeps today's settings and hash."""
 
 from __future__ import annotations
@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from cellseg.config import read_layer
-from cellseg.errors import CellsegError
-from cellseg.training.settings import (
+from cellseg.config.layers import read_layer
+from cellseg.config.settings import (
     Run,
     check_variant_name,
     resolve_settings,
     run_config,
     runs,
 )
+from cellseg.errors import CellsegError
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = read_layer(REPO / "config" / "config.yaml")

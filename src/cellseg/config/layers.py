@@ -288,7 +288,7 @@ def resolved_config_document(
     ``models`` entry), and the whole layered config."""
     from dataclasses import asdict
 
-    from cellseg.training.settings import jsonable, resolve_settings
+    from cellseg.config.settings import jsonable, resolve_settings
 
     return {
         "config_files": [str(path) for path in layers],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cellseg.config import layered_config, merge_layer, read_layer, typed_overrides
+from cellseg.config.layers import layered_config, merge_layer, read_layer, typed_overrides
 from cellseg.errors import CellsegError
 
 BASE = {

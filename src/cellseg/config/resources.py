@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from cellseg.classes import NUM_CLASSES
+from cellseg.config.settings import TrainSettings
 from cellseg.errors import CellsegError
-from cellseg.training.settings import TrainSettings
 
 PREFETCH_FACTOR = 2
 """Batches each loader worker keeps ready (torch's ``DataLoader`` default, which training uses)."""

@@ -1,4 +1,4 @@
-"""What each job asks for (cellseg.resources), checked against hand-computed requests."""
+"""What each job asks for (cellseg.config.resources), checked against hand-computed requests."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cellseg.errors import CellsegError
-from cellseg.resources import (
+from cellseg.config.resources import (
     batch_mb,
     check_training_fits,
     class_frequency_resources,
@@ -23,9 +22,10 @@ from cellseg.resources import (
     training_host_memory_mb,
     training_resources,
 )
-from cellseg.training.settings import resolve_settings
+from cellseg.config.settings import resolve_settings
+from cellseg.errors import CellsegError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BASE = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
