@@ -32,9 +32,12 @@ def start_training(config_path: Path, tiny_data: dict, run_dir: Path) -> subproc
         "--class-frequencies", str(tiny_data["class_frequencies"]),
     ]  # fmt: skip
     env = os.environ | {"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    # a terminal's Ctrl-C reaches a process whose SIGINT is the default: a pytest-xdist worker
+    # ignores SIGINT, and a child would inherit that (Python then installs no KeyboardInterrupt)
     return subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
 
 
 def interrupt_when(process: subprocess.Popen, ready, timeout: float = 240) -> str:

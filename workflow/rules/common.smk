@@ -100,7 +100,12 @@ if workflow.is_main_process:
     if not Path(DATASPLIT_SETTINGS).is_file() or (
         Path(DATASPLIT_SETTINGS).read_text() != _split_text
     ):
-        write_text_atomic(DATASPLIT_SETTINGS, _split_text)
+        try:
+            write_text_atomic(DATASPLIT_SETTINGS, _split_text)
+        except (CellsegError, OSError) as error:
+            # a full or read-only results/ must not stop jobs that never split (the record of
+            # the resolved config says so itself); a datasplit that needs it finds it missing
+            print(f"cellseg: warning: {error}", file=sys.stderr)
 
 
 def datasplit_inputs(wildcards):

@@ -1,8 +1,8 @@
 """Snakemake rule preflight_verdict: the local gate between a run's preflight and its train job."""
 
+from cellseg.config.settings import resolve_settings
 from cellseg.joblog import job_log
 from cellseg.training.preflight_verdict import PreflightConfig, write_verdict
-from cellseg.config.settings import resolve_settings
 
 # a no-go, or a result of other settings, ends the log with its one line and fails here, before
 # the train job is queued

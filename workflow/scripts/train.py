@@ -3,9 +3,9 @@
 import sys
 from pathlib import Path
 
+from cellseg.config.settings import Run, run_config
 from cellseg.joblog import job_log
 from cellseg.training.launch import launch_training
-from cellseg.config.settings import Run, run_config
 
 # stderr goes to the job's log, which ends with the error if the job fails; the training
 # process itself writes into the same log (and ends it with its own one line)

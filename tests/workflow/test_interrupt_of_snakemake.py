@@ -26,6 +26,9 @@ def test_ctrl_c_of_snakemake_during_a_training_says_interrupted_in_the_job_log(c
          "--configfile", str(TEST_CONFIG), str(longer)],
         cwd=clone, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True,
+        # a terminal's process group has SIGINT's default; a pytest-xdist worker ignores it,
+        # which its children would inherit
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     last = clone / "results" / "models" / "unet_2d" / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 500
