@@ -309,6 +309,22 @@ def decide(
     return Verdict(not reasons, tuple(reasons))
 
 
+def _provenance(
+    settings: TrainSettings, preflight: PreflightConfig, retries: int
+) -> dict[str, Any]:
+    """What a preflight document was judged on and where: the settings, their key, the
+    thresholds, the retries, the node, the SLURM job and the time (every document ends so)."""
+    return {
+        "settings": jsonable(asdict(settings)),
+        "key": preflight_key(settings, retries, preflight),
+        "preflight": asdict(preflight),
+        "retries": retries,
+        "host": os.uname().nodename,
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def result_document(
     run: str,
     settings: TrainSettings,
@@ -330,13 +346,7 @@ def result_document(
         | {"memory_fraction": summary.memory_fraction, "supply_ratio": summary.supply_ratio},
         "projection": asdict(projection) | {"days": projection.days},
         "ranks": [asdict(r) for r in ranks],
-        "settings": jsonable(asdict(settings)),
-        "key": preflight_key(settings, retries, preflight),
-        "preflight": asdict(preflight),
-        "retries": retries,
-        "host": os.uname().nodename,
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **_provenance(settings, preflight, retries),
     }
 
 
@@ -466,11 +476,5 @@ def out_of_memory_document(
         "summary": None,
         "projection": None,
         "ranks": [],
-        "settings": jsonable(asdict(settings)),
-        "key": preflight_key(settings, retries, preflight),
-        "preflight": asdict(preflight),
-        "retries": retries,
-        "host": os.uname().nodename,
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **_provenance(settings, preflight, retries),
     }
