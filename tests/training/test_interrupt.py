@@ -7,11 +7,11 @@ import copy
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import yaml
+from cli_training import train_command
 
 from cellseg.errors import INTERRUPTED_STATUS
 
@@ -25,12 +25,7 @@ LINE = (
 
 def start_training(config_path: Path, tiny_data: dict, run_dir: Path) -> subprocess.Popen:
     """``python -m cellseg train`` of unet_2d, as a user starts it in a terminal."""
-    command = [
-        sys.executable, "-m", "cellseg", "train", "--config", str(config_path),
-        "--model", "unet", "--dim", "2d", "--run-dir", str(run_dir),
-        "--datasplit", str(tiny_data["datasplit"]),
-        "--class-frequencies", str(tiny_data["class_frequencies"]),
-    ]  # fmt: skip
+    command = train_command(config_path, tiny_data, run_dir)
     env = os.environ | {"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     # a terminal's Ctrl-C reaches a process whose SIGINT is the default: a pytest-xdist worker
     # ignores SIGINT, and a child would inherit that (Python then installs no KeyboardInterrupt)

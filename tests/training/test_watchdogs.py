@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import psutil
 import pytest
 import torch
 import yaml
+from cli_training import train_command
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cellseg.data.dataset import TrainPatches
@@ -135,12 +135,7 @@ def test_a_nonfinite_window_that_recurs_after_a_resume_stops_naming_its_crops(
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     run = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "cellseg", "train", "--config", str(config_path),
-        "--model", "unet", "--dim", "2d", "--run-dir", str(run),
-        "--datasplit", str(tiny_data["datasplit"]),
-        "--class-frequencies", str(tiny_data["class_frequencies"]),
-    ]  # fmt: skip
+    command = train_command(config_path, tiny_data, run)
     env = os.environ | {"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert first.returncode == 2, first.stderr[-3000:]
@@ -260,12 +255,7 @@ def test_a_job_near_its_slurm_end_time_stops_for_resume_before_any_step(
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     run = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "cellseg", "train", "--config", str(config_path),
-        "--model", "unet", "--dim", "2d", "--run-dir", str(run),
-        "--datasplit", str(tiny_data["datasplit"]),
-        "--class-frequencies", str(tiny_data["class_frequencies"]),
-    ]  # fmt: skip
+    command = train_command(config_path, tiny_data, run)
     env = os.environ | {
         "PYTHONPATH": str(REPO / "src"),
         "OMP_NUM_THREADS": "1",
