@@ -19,12 +19,16 @@ unknown for all. Three pieces build on that (issue 33 item 2):
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 import pandas as pd
 import torch
 
 from cellseg.classes import GROUP_MEMBERS, GROUP_NAMES, NUM_CLASSES, NUM_GROUPS
 from cellseg.metrics import COUNT_NAMES, scores_from_counts
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 COMPACT_UNKNOWN = 255
 """Unknown in the loader's compact ``uint8`` target (the value of
@@ -141,18 +145,26 @@ def apply_group_negatives(target: np.ndarray, group: str, label: np.ndarray) -> 
     return target
 
 
-def group_prediction(binary: np.ndarray, group: str) -> np.ndarray:
+def group_prediction(binary: ArrayT, group: str, axis: int = 0) -> ArrayT:
     """A group's prediction: the union of its members' thresholded predictions.
 
+    The one definition of a group's mask: evaluation scores it, validation during training
+    scores it (on torch tensors, a batch at a time) and ``cellseg predict`` writes it.
+
     Args:
-        binary: ``(C, ...)`` bool predictions of the 14 classes.
+        binary: bool predictions of the 14 classes along ``axis`` (``(C, ...)`` by default, a
+            batch ``(B, C, ...)`` with ``axis=1``); numpy or torch.
         group: a name of :data:`cellseg.classes.GROUP_NAMES`.
+        axis: the class axis.
 
     Returns:
-        ``(...)`` bool.
+        bool, ``binary``'s shape without ``axis``, of its kind (on its device).
     """
-    members = GROUP_MEMBERS[GROUP_NAMES.index(group)]
-    return np.logical_or.reduce(np.asarray(binary)[list(members)], axis=0)
+    members = list(GROUP_MEMBERS[GROUP_NAMES.index(group)])
+    if isinstance(binary, torch.Tensor):
+        index = torch.tensor(members, device=binary.device)
+        return binary.index_select(axis, index).any(dim=axis)
+    return np.logical_or.reduce(np.asarray(binary).take(members, axis=axis), axis=axis)
 
 
 def group_counts(binary: np.ndarray, group: str, label: np.ndarray) -> np.ndarray:

@@ -288,7 +288,7 @@ def training_curves_figure(history: Any, title: str = "") -> Figure:
 
     Four panels over epochs: train and validation loss; learning rate (log scale, at each epoch's
     end); validation mean Dice; validation Dice per class (palette colours; classes never
-    validated are left out).
+    validated are left out), and per group (dashed) when the validation crops hold group labels.
 
     Args:
         history: a ``pandas.DataFrame`` with the trainer's columns (``epoch``, ``train_loss``,
@@ -312,11 +312,17 @@ def training_curves_figure(history: Any, title: str = "") -> Figure:
     ax.plot(epoch, history["val_mean_dice"], marker=marker, color="k")
     ax.set(xlabel="epoch", ylabel="Dice", title="validation mean Dice", ylim=(0, 1.02))
     ax = axes[1, 1]
-    for name in CLASSES:
+    title = "validation Dice per class"
+    for name in (*CLASSES, *GROUP_NAMES):
         column = f"val_dice_{name}"
         if column in history and history[column].notna().any():
-            ax.plot(epoch, history[column], marker=marker, color=PALETTE[name], label=name)
-    ax.set(xlabel="epoch", ylabel="Dice", title="validation Dice per class", ylim=(0, 1.02))
+            group = name in GROUP_NAMES
+            if group:
+                title = "validation Dice per class and group"
+            # a group (whole organelle) dashed, in its palette shade
+            style = "--" if group else "-"
+            ax.plot(epoch, history[column], style, marker=marker, color=PALETTE[name], label=name)
+    ax.set(xlabel="epoch", ylabel="Dice", title=title, ylim=(0, 1.02))
     ax.legend(fontsize="x-small", ncol=2, loc="best")
     if title:
         figure.suptitle(title)

@@ -11,6 +11,7 @@ import numpy as np
 import yaml
 from imported_training import train_on_imported
 
+from cellseg.classes import CLASSES, GROUP_NAMES
 from cellseg.data.importer import import_mapping
 
 
@@ -58,3 +59,10 @@ def test_a_model_trains_on_pm_and_the_mito_group(tiny_config, tmp_path):
     assert trainer.train_data.groups and trainer.validation_data.groups
     assert list(history["epoch"]) == [0, 1]
     assert np.isfinite(history["train_loss"]).all()
+    # the validation crop's mito label is scored (issue 33): its Dice has a column of its own,
+    # and the mean that selects best.pt is over pm and mito
+    assert {f"val_dice_{g}" for g in GROUP_NAMES} <= set(history.columns)
+    assert history["val_dice_mito"].between(0, 1).all()
+    labels = history[[f"val_dice_{name}" for name in (*CLASSES, *GROUP_NAMES)]]
+    np.testing.assert_allclose(history["val_mean_dice"], labels.mean(axis=1, skipna=True))
+    assert labels.notna().sum(axis=1).eq(2).all(), "pm and mito, nothing else"

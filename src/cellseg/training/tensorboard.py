@@ -2,8 +2,9 @@
 
 Texts: each attempt's settings and data (``settings/attempt_{n}``, ``data/attempt_{n}``).
 Scalars per optimizer step: ``train/*`` (loss, learning rate, samples/s, memory, data wait) and
-the online against the exact class frequencies. Per epoch: ``val/*``, ``val_dice/{class}``, the
-logit adjustments, and figures (the adjustment, sample panels). Every point is logged against
+the online against the exact class frequencies. Per epoch: ``val/*``, ``val_dice/{class}`` (and
+``val_dice/{group}`` when the validation crops hold group labels), the logit adjustments, and
+figures (the adjustment, sample panels). Every point is logged against
 the optimizer step it follows, which is what lets a resumed attempt purge a killed one's
 duplicates (:func:`open_writer`).
 """
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cellseg.classes import CLASSES
+from cellseg.classes import CLASSES, GROUP_NAMES
 from cellseg.losses import BalancedSoftmaxPartialTverskyLoss, OnlineClassFrequency
 
 if TYPE_CHECKING:
@@ -104,9 +105,11 @@ def write_epoch(
     writer.add_scalar("epoch", row["epoch"], step)
     writer.add_scalar("val/mean_dice", row["val_mean_dice"], step)
     writer.add_scalar("val/loss", row["val_loss"], step)
-    for name in CLASSES:
-        if math.isfinite(row[f"val_dice_{name}"]):
-            writer.add_scalar(f"val_dice/{name}", row[f"val_dice_{name}"], step)
+    # the classes, then the groups when the validation crops hold group labels
+    for name in (*CLASSES, *GROUP_NAMES):
+        value = row.get(f"val_dice_{name}", math.nan)
+        if math.isfinite(value):
+            writer.add_scalar(f"val_dice/{name}", value, step)
     adjustment = loss.logit_adjustment().cpu().numpy()
     online_adjustment = online.logit_adjustment(loss.tau).cpu().numpy()
     for c, name in enumerate(CLASSES):

@@ -46,7 +46,7 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader
 
-from cellseg.classes import CLASSES, NUM_CLASSES
+from cellseg.classes import NUM_CLASSES
 from cellseg.config.settings import TrainSettings
 from cellseg.data.dataset import PatchSpec, SampleRange, decode_target
 from cellseg.data.datasplit import read_datasplit
@@ -79,7 +79,7 @@ from cellseg.training.tensorboard import (
     write_epoch,
     write_step_scalars,
 )
-from cellseg.training.validation import validate
+from cellseg.training.validation import dice_columns, validate
 from cellseg.training.watchdogs import (
     EXIT_STALLED,
     EXIT_TIME_BUDGET,
@@ -752,8 +752,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- validation
     def validation(self) -> dict[str, Any]:
-        """Per-class Dice on the fixed validation patches, with the training's logit adjustment
-        (:func:`~cellseg.training.validation.validate`)."""
+        """Per-class (and per-group) Dice on the fixed validation patches, with the training's
+        logit adjustment (:func:`~cellseg.training.validation.validate`)."""
         s = self.settings
         self.model.eval()
         started = time.monotonic()
@@ -786,7 +786,7 @@ class Trainer:
             "val_loss": validation["val_loss"],
             "lr": self.scheduler.get_last_lr()[0],
             "val_mean_dice": validation["mean_dice"],
-            **{f"val_dice_{name}": float(validation["dice"][c]) for c, name in enumerate(CLASSES)},
+            **dice_columns(validation["dice"]),
             "seconds": epoch_seconds,
             "samples_per_s": getattr(self, "epoch_samples_per_s", float("nan")),
             "peak_memory_mb": self.peak_memory_mb(),

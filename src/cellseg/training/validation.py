@@ -1,7 +1,15 @@
-"""Validation during training: per-class Dice on the fixed validation patches.
+"""Validation during training: per-class (and per-group) Dice on the fixed validation patches.
 
 The same patches every epoch (``FixedPatches``), scored with the training's logit adjustment
-(``loss.inference_logit_adjustment``). Under DDP each rank scores every ``world_size``-th patch
+(``loss.inference_logit_adjustment``). When the validation crops hold group labels (the targets
+carry the group channels, :func:`cellseg.data.dataset.has_groups`), each group is scored too, as
+evaluation scores it: the union of its members' thresholded predictions
+(:func:`cellseg.groups.group_prediction`) against the group label where annotated. The mean
+Dice that selects ``best.pt`` and drives early stopping is then the mean over the classes *and*
+groups present in the patches: each label the crops annotate counts once, as the CellMap
+challenge averages its group classes with the fine ones, so a run trained on coarse labels
+(a crop annotating only ``mito``) no longer selects its checkpoint blind. Without group labels
+the targets have 14 channels and every number is what it was. Under DDP each rank scores every ``world_size``-th patch
 and the counts and losses are summed over the ranks, so every rank gets the same scores (early
 stopping decides alike on all of them).
 """
@@ -15,8 +23,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from cellseg.classes import NUM_CLASSES
+from cellseg.classes import CLASSES, GROUP_NAMES, NUM_CLASSES, NUM_GROUPS
 from cellseg.data.dataset import FixedPatches
+from cellseg.groups import group_prediction
 from cellseg.losses import BalancedSoftmaxPartialTverskyLoss, adjusted_probabilities
 from cellseg.metrics import ConfusionMetric
 from cellseg.models.margin import crop_margin
@@ -52,11 +61,14 @@ def validate(
 
     Returns:
         ``val_loss`` (mean over finite batch losses, all ranks), ``dice`` ``(C,)`` (NaN for a
-        class absent from the patches), ``mean_dice`` (over present classes) and
+        class absent from the patches; ``(C + NUM_GROUPS,)``, the groups after the classes in
+        :data:`cellseg.classes.GROUP_NAMES` order, when the targets carry group channels),
+        ``mean_dice`` (over the present classes and groups) and
         ``first_batch`` (image, target, probabilities of this rank's first batch, on the CPU;
         None when it has none) for TensorBoard's panels.
     """
-    metric = ConfusionMetric(NUM_CLASSES)
+    # 14 channels, or 14 + the groups when the patches' targets carry them
+    metric = ConfusionMetric(NUM_CLASSES + NUM_GROUPS if patches.groups else NUM_CLASSES)
     indices = list(range(rank, len(patches), world_size))
     loss_sum, loss_count = 0.0, 0
     first_batch = None
@@ -72,9 +84,9 @@ def validate(
         if torch.isfinite(loss):
             loss_sum, loss_count = loss_sum + float(loss), loss_count + 1
         probabilities = adjusted_probabilities(logits, loss_function, mode)
-        # the loss scored any group channels; validation Dice is per class
+        metric.update(_binary(probabilities, metric.num_classes, metric.threshold), target)
+        # the panels show the 14 classes
         target = target[:, :NUM_CLASSES]
-        metric.update(probabilities, target)
         if first_batch is None:
             # the image where the output is, so the panels line up
             first_batch = (
@@ -87,8 +99,8 @@ def validate(
     if is_distributed():
         totals = totals.to(device)
         dist.all_reduce(totals)
-    # a class with no positive voxel in the validation patches is left out (NaN): with the
-    # challenge's empty = 1 rule it would reward predicting nothing, and early stopping
+    # a class (or group) with no positive voxel in the validation patches is left out (NaN):
+    # with the challenge's empty = 1 rule it would reward predicting nothing, and early stopping
     # would then prefer the untrained epochs
     present = aggregate.counts[:, 0] + aggregate.counts[:, 2] > 0
     dice = np.where((aggregate.n_crops > 0) & present, aggregate.pooled.dice, np.nan)
@@ -98,3 +110,27 @@ def validate(
         "mean_dice": float(np.nanmean(dice)) if np.isfinite(dice).any() else float("nan"),
         "first_batch": first_batch,
     }
+
+
+def _binary(probabilities: torch.Tensor, channels: int, threshold: float) -> torch.Tensor:
+    """The predictions scored against a target of ``channels`` channels: the 14 classes'
+    probabilities ``(B, 14, ...)`` thresholded, then, for a target that carries the groups, each
+    group's union of its members (:func:`cellseg.groups.group_prediction`); bool
+    ``(B, channels, ...)``."""
+    binary = probabilities > threshold
+    if channels == NUM_CLASSES:
+        return binary
+    groups = [group_prediction(binary, name, axis=1) for name in GROUP_NAMES]
+    return torch.cat((binary, torch.stack(groups, dim=1)), dim=1)
+
+
+def dice_columns(dice: np.ndarray) -> dict[str, float]:
+    """``val_dice_<name>`` of each class, then of each group when ``dice`` holds them: the
+    per-label columns of ``history.csv`` (group columns only for a run whose validation crops
+    hold group labels, so other runs' history keeps its columns).
+
+    Args:
+        dice: ``(C,)`` or ``(C + NUM_GROUPS,)``, :func:`validate`'s ``dice``.
+    """
+    names = (*CLASSES, *GROUP_NAMES)[: len(dice)]
+    return {f"val_dice_{name}": float(value) for name, value in zip(names, dice, strict=True)}
