@@ -60,12 +60,9 @@ from cellseg import prediction  # noqa: E402
 from cellseg.classes import NUM_CLASSES  # noqa: E402
 from cellseg.data.multiscale import open_group, read_multiscale  # noqa: E402
 from cellseg.inference import Predictor, sliding_window_logits  # noqa: E402
-from cellseg.prediction import (  # noqa: E402
-    PredictionSettings,
-    plan_prediction,
-    predict_volume,
-    split_store_path,
-)
+from cellseg.prediction import predict_volume  # noqa: E402
+from cellseg.prediction_geometry import PredictionSettings, plan_prediction  # noqa: E402
+from cellseg.prediction_plan import split_store_path  # noqa: E402
 from peak_rss import peak_rss_mb  # noqa: E402  (bench/, this script's folder)
 
 EM_GROUP = "recon-1/em/fibsem-uint8"
@@ -290,7 +287,7 @@ def peak_rss(args: argparse.Namespace, em: Path, out: Path, block: list[int]) ->
 def tiling_plan(shape, window, block, carry_axis: int):
     """A plan of a volume of ``shape`` voxels (no EM needed: only windows are counted)."""
     from cellseg.inference import WindowGrid, context_voxels
-    from cellseg.prediction import PredictionPlan
+    from cellseg.prediction_geometry import PredictionPlan
 
     margin = tuple(
         0 if w == 1 else context_voxels(w, n) for w, n in zip(window, shape, strict=True)

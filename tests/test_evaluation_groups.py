@@ -16,7 +16,8 @@ from cellseg.data.store import EM_GROUP, LABELS_ROOT, Crop
 from cellseg.evaluation import METRIC_COLUMNS, EvaluationSettings, evaluate_crops
 from cellseg.groups import class_rows, group_columns
 from cellseg.reporting.markdown import summary_markdown
-from cellseg.reporting.summary import metric_counts, summarize
+from cellseg.reporting.summary import summarize
+from cellseg.reporting.summary_inputs import metric_counts
 from tiny_nets import MemberNet, member_em_store, tiny_predictor, write_level
 
 

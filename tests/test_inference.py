@@ -24,7 +24,7 @@ from cellseg.inference import (
     sliding_window_logits,
     window_starts,
 )
-from cellseg.prediction import PredictionSettings, block_logits, plan_prediction
+from cellseg.prediction_geometry import PredictionSettings, block_logits, plan_prediction
 from store_builders import write_multiscale
 from tiny_nets import SeededConvNet
 

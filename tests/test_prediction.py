@@ -21,15 +21,9 @@ from cellseg.data.multiscale import open_group, read_multiscale
 from cellseg.data.store import EM_GROUP
 from cellseg.errors import CellsegError
 from cellseg.inference import Predictor
-from cellseg.prediction import (
-    KILL_AFTER_ENV,
-    PredictionSettings,
-    block_logits,
-    parse_roi,
-    plan_prediction,
-    predict_volume,
-    split_store_path,
-)
+from cellseg.prediction import KILL_AFTER_ENV, predict_volume
+from cellseg.prediction_geometry import PredictionSettings, block_logits, plan_prediction
+from cellseg.prediction_plan import parse_roi, split_store_path
 from checkpoint_builders import demo_unet_checkpoint
 from store_builders import write_multiscale
 from tiny_nets import SeededConvNet, tiny_predictor

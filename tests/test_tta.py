@@ -18,7 +18,8 @@ from cellseg.data.store import EM_GROUP, LABELS_ROOT, Crop
 from cellseg.errors import CellsegError
 from cellseg.evaluation import EvaluationSettings, evaluate_crops
 from cellseg.inference import Blender, Predictor, WindowGrid
-from cellseg.prediction import PredictionSettings, predict_volume
+from cellseg.prediction import predict_volume
+from cellseg.prediction_geometry import PredictionSettings
 from cellseg.reporting.outputs import make_summary
 from cellseg.tta import TTA, tta_transforms
 from store_builders import annotation, write_multiscale

@@ -22,7 +22,8 @@ import zarr
 from cellseg.classes import CLASSES
 from cellseg.data.store import EM_GROUP
 from cellseg.palette import COLOURS
-from cellseg.prediction import PredictionSettings, predict_volume
+from cellseg.prediction import predict_volume
+from cellseg.prediction_geometry import PredictionSettings
 from checkpoint_builders import demo_unet_checkpoint
 from store_builders import write_multiscale
 

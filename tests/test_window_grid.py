@@ -17,7 +17,8 @@ from cellseg.classes import CLASSES
 from cellseg.data.store import EM_GROUP, LABELS_ROOT, Crop, read_crop_geometry
 from cellseg.evaluation import EvaluationSettings, evaluate_crops
 from cellseg.inference import PredictionGrid, Predictor, predict_crop
-from cellseg.prediction import PredictionSettings, predict_volume
+from cellseg.prediction import predict_volume
+from cellseg.prediction_geometry import PredictionSettings
 from checkpoint_builders import demo_unet_checkpoint
 from store_builders import annotation, write_multiscale
 from tiny_nets import SeededConvNet, tiny_predictor

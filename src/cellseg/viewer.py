@@ -66,7 +66,7 @@ def read_sources(prediction: Path | str, em: str | None = None) -> ViewSources:
     Raises:
         CellsegError: ``prediction`` is not a prediction store of cellseg's, or the EM is gone.
     """
-    from cellseg.prediction import split_store_path
+    from cellseg.prediction_plan import split_store_path
 
     prediction = Path(prediction)
     try:

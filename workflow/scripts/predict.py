@@ -3,7 +3,9 @@ prediction (thin wrapper around cellseg.prediction.predict_volume)."""
 
 from cellseg.io import write_json_atomic
 from cellseg.joblog import job_log
-from cellseg.prediction import PredictionSettings, finish_to, parse_roi, predict_volume
+from cellseg.prediction import finish_to, predict_volume
+from cellseg.prediction_geometry import PredictionSettings
+from cellseg.prediction_plan import parse_roi
 
 params = snakemake.params  # noqa: F821
 # stderr goes to the job's log, which ends with the error if the job fails

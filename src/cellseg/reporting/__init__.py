@@ -2,8 +2,11 @@
 
 One way through, each module reading only those above it in this list:
 
+* :mod:`~cellseg.reporting.summary_inputs`: the summary's settings and the evaluation's metrics
+  CSVs read into per-crop counts;
+* :mod:`~cellseg.reporting.summary_columns`: a model's columns of the summary table from its counts;
 * :mod:`~cellseg.reporting.summary`: the summary table (one row per model and the baseline) from
-  the evaluation's metrics CSVs, with the statistics of :mod:`cellseg.statistics`;
+  those, with the statistics of :mod:`cellseg.statistics`;
 * :mod:`~cellseg.reporting.study`: the study table (runs grouped by model and variant over seeds);
 * :mod:`~cellseg.reporting.markdown`: ``summary.md`` and ``study.md`` rendered from those tables;
 * :mod:`~cellseg.reporting.figures`: the figures drawn from those tables (matplotlib is imported
@@ -22,15 +25,14 @@ from cellseg.reporting.outputs import (
     write_summary,
 )
 from cellseg.reporting.study import Study, summarize_study
-from cellseg.reporting.summary import (
+from cellseg.reporting.summary import Summary, summarize
+from cellseg.reporting.summary_inputs import (
     BASELINE,
-    Summary,
     SummarySettings,
     expected_models,
     load_metrics,
     metric_counts,
     prior_baseline_counts,
-    summarize,
 )
 
 __all__ = [

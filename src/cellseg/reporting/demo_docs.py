@@ -30,7 +30,7 @@ import pandas as pd
 
 from cellseg.errors import CellsegError
 from cellseg.io import write_json_atomic, write_text_atomic
-from cellseg.reporting.summary import BASELINE
+from cellseg.reporting.summary_inputs import BASELINE
 
 BLOCK = "demo-results"
 """Name of the generated blocks in the documents."""

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from cellseg.classes import CLASSES, GROUP_NAMES, NUM_CLASSES
 from cellseg.io import atomic_path
 from cellseg.reporting.study import STUDY_LOSS_DEFAULTS, STUDY_LOSS_KEYS, Study
-from cellseg.reporting.summary import BASELINE
+from cellseg.reporting.summary_inputs import BASELINE
 
 __all__ = [
     "STUDY_FIGURES",

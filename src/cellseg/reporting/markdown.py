@@ -19,7 +19,8 @@ from cellseg.challenge import (
 )
 from cellseg.classes import CLASSES, GROUP_NAMES
 from cellseg.reporting.study import Study
-from cellseg.reporting.summary import BASELINE, Summary, SummarySettings
+from cellseg.reporting.summary import Summary
+from cellseg.reporting.summary_inputs import BASELINE, SummarySettings
 from cellseg.reporting.tta import tta_markdown
 from cellseg.statistics import (
     smallest_p_value,

@@ -19,7 +19,8 @@ from cellseg.reporting.markdown import (
     summary_markdown,
 )
 from cellseg.reporting.study import Study, summarize_study
-from cellseg.reporting.summary import BASELINE, Summary, SummarySettings, summarize
+from cellseg.reporting.summary import Summary, summarize
+from cellseg.reporting.summary_inputs import BASELINE, SummarySettings
 from cellseg.statistics import DEFAULT_PERMUTATIONS
 
 MEASURED_COLUMNS: tuple[str, ...] = (

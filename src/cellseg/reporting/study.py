@@ -16,7 +16,7 @@ from cellseg.classes import CLASSES, NUM_CLASSES
 from cellseg.config.settings import Run
 from cellseg.errors import CellsegError
 from cellseg.metrics import Statistic
-from cellseg.reporting.summary import SummarySettings, load_metrics, metric_counts
+from cellseg.reporting.summary_inputs import SummarySettings, load_metrics, metric_counts
 from cellseg.statistics import (
     class_values,
     compare_runs_with_best,

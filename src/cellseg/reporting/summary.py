@@ -49,9 +49,10 @@ What is compared (all over the held-out crops, one adjustment mode):
 Empty convention (SPEC §8): a class whose prediction and ground truth are both empty in a crop
 scores 1; ``summary.md`` says so.
 
-Why one module of about 850 lines: every column of ``summary.csv`` is computed here from the same
-per-model metric tables and settings, and ``markdown``, ``figures`` and ``study`` read the finished
-table; split by column group, each part would re-load and re-align the same tables.
+The parts: :mod:`cellseg.reporting.summary_inputs` (the settings, the metrics CSVs read into
+per-crop counts, the units of inference, the prior baseline's counts) and
+:mod:`cellseg.reporting.summary_columns` (a model's columns from its counts); this module
+loads each model, ranks them, compares each with the best and names the winner per class.
 """
 
 from __future__ import annotations
@@ -59,32 +60,38 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from cellseg.challenge import (
-    CORRECTED,
-    INSTANCE_CLASSES,
-    INSTANCE_SUM_COLUMNS,
-    OFFICIAL,
-    SCORER_MODES,
-    SKIPPED,
-    instance_class_scores,
-    instance_column_names,
-    overall_scores,
-)
-from cellseg.classes import CLASS_INDEX, CLASSES, GROUP_NAMES, NUM_CLASSES
+from cellseg.classes import CLASSES, NUM_CLASSES
 from cellseg.config.settings import Run
 from cellseg.errors import CellsegError
-from cellseg.groups import class_rows, group_columns
-from cellseg.metrics import COUNT_NAMES, Statistic, aggregate_crops
+from cellseg.groups import group_columns
+from cellseg.metrics import Statistic
+from cellseg.reporting.summary_columns import (
+    challenge_columns,
+    dice_columns,
+    iou_columns,
+    order_columns,
+    statistic_estimate,
+    train_columns,
+)
+from cellseg.reporting.summary_inputs import (
+    BASELINE,
+    SummarySettings,
+    expected_models,
+    inference_unit,
+    inference_units,
+    load_metrics,
+    metric_counts,
+    prior_baseline_counts,
+)
 from cellseg.reporting.tta import seconds_per_voxel, tta_comparison
 from cellseg.statistics import (
-    DEFAULT_PERMUTATIONS,
     PairedComparison,
     compare_with_best,
     dataset_of,
@@ -95,187 +102,7 @@ from cellseg.statistics import (
     sign_flip_p_value,
 )
 
-BASELINE = "baseline (prior)"
-"""The ``model`` of the baseline row."""
-
-
-COMPARISON_ARCHITECTURES: tuple[str, ...] = ("unet", "resnet", "swin", "vit")
-"""The architectures of the comparison the user asked for (SPEC: each in 2D and 3D)."""
-
-
-def expected_models() -> list[str]:
-    """The ``{model}_{dim}`` keys of the 8 models of the comparison, which ``summary.md`` lists
-    as missing when a config leaves one out. The strong baselines and ``cosem_3d`` are
-    additions a preset opts into, never reported missing."""
-    from cellseg.models import list_models
-
-    return [f"{name}_{dim}" for name, dim in list_models() if name in COMPARISON_ARCHITECTURES]
-
-
-@dataclass(frozen=True)
-class SummarySettings:
-    """How models are compared (keys of the config's ``evaluation`` section).
-
-    Attributes:
-        adjustment: the metrics' adjustment mode to compare (``train`` / ``none``); ``None``:
-            the first mode of each metrics CSV (the evaluation's primary one).
-        rank_by: ``mean`` (mean over crops) or ``pooled`` Dice: the statistic models are ranked,
-            given a CI and compared by.
-        confidence: CI level.
-        significance: Holm-adjusted p-value below which a difference is called significant.
-        min_crops_for_statistics: fewest crops (shared crops for a comparison, crops annotating
-            the class for a winner) with which a CI or a p-value is reported. Default 6: the
-            smallest ``N`` whose exact sign-flip test can reach ``p < 0.05`` (``2/2^6 = 0.031``).
-        permutation_resamples: sign flips of the paired tests: all ``2^N`` when that is at most
-            this many (``2^16``: exact up to 16 crops), else a Monte Carlo sample of this many.
-        best_permutations: sign patterns and bootstrap resamples of the simultaneous test of
-            every pair of models behind "worse than the best" and the rank sets
-            (:func:`cellseg.statistics.compare_with_best`).
-        rank_resamples: crop resamples for each model's share of being best
-            (:func:`cellseg.statistics.rank_sets`).
-        permutation_seed: seed of the Monte Carlo flips and permutations.
-        min_datasets_for_clusters: fewest datasets (the ``dataset`` of crops named
-            ``dataset/cropN``) from which the datasets, not the crops, are the units of the
-            intervals and tests, and the claims are about new datasets like these. Default 6: the
-            fewest datasets whose sign flips (``2/2^G``) can reach ``p < 0.05``, and a
-            cluster-robust interval on ``G - 1 = 5`` degrees of freedom. With fewer, the crops
-            are the units and the claims are about these datasets only.
-    """
-
-    adjustment: str | None = None
-    rank_by: str = "mean"
-    confidence: float = 0.95
-    significance: float = 0.05
-    min_crops_for_statistics: int = 6
-    permutation_resamples: int = DEFAULT_PERMUTATIONS
-    best_permutations: int = 9999
-    rank_resamples: int = 2000
-    permutation_seed: int = 0
-    min_datasets_for_clusters: int = 6
-
-    def __post_init__(self) -> None:
-        Statistic(self.rank_by)
-        if self.permutation_resamples < 1:
-            raise CellsegError("evaluation.permutation_resamples must be >= 1")
-        if self.min_crops_for_statistics < 2:
-            raise CellsegError("evaluation.min_crops_for_statistics must be >= 2")
-        if self.min_datasets_for_clusters < 2:
-            raise CellsegError("evaluation.min_datasets_for_clusters must be >= 2")
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None) -> SummarySettings:
-        """From the ``evaluation`` section; ``adjustment`` is its first ``adjustment_modes``."""
-        section = dict(section or {})
-        names = {f.name for f in fields(cls)}
-        values = {k: v for k, v in section.items() if k in names}
-        modes = section.get("adjustment_modes") or []
-        values.setdefault("adjustment", modes[0] if modes else None)
-        return cls(**values)
-
-
 # ------------------------------------------------------------------------------ loading
-
-
-def load_metrics(path: Path | str, adjustment: str | None = None) -> tuple[pd.DataFrame, str]:
-    """Read a metrics CSV and keep one adjustment mode, and of a CSV that scores several
-    test-time augmentations (``inference.tta_compare``) the first, ``inference.tta``'s.
-
-    Args:
-        path: a CSV written by :func:`cellseg.evaluation.evaluate_checkpoint`.
-        adjustment: the mode to keep; ``None``: the first in the file.
-
-    Raises:
-        CellsegError: unreadable file, missing columns, or the mode is not in the file.
-
-    Returns:
-        ``(rows of that mode, mode)``.
-    """
-    path = Path(path)
-    try:
-        table = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise CellsegError(f"{path}: not a readable metrics CSV ({error})") from None
-    missing = {"crop", "class", *COUNT_NAMES, "adjustment"} - set(table.columns)
-    if missing:
-        raise CellsegError(
-            f"{path}: missing column(s) {', '.join(sorted(missing))}; rerun the evaluate rule"
-        )
-    modes = list(dict.fromkeys(table["adjustment"]))
-    if not modes:
-        return table, adjustment or "train"
-    mode = adjustment or modes[0]
-    if mode not in modes:
-        raise CellsegError(
-            f"{path}: no rows for adjustment {mode!r} (has {', '.join(modes)}); add it to "
-            "evaluation.adjustment_modes or choose another"
-        )
-    table = table[table["adjustment"] == mode]
-    if "tta" in table and len(table):  # the first test-time augmentation: inference.tta's
-        table = table[table["tta"] == table["tta"].iloc[0]]
-    return table.reset_index(drop=True), mode
-
-
-def metric_counts(table: pd.DataFrame) -> tuple[list[str], np.ndarray]:
-    """Per-crop counts of a metrics table.
-
-    Returns:
-        ``(crops, counts)``: the ``N`` crop names (sorted) and ``(N, 14, 4)`` counts in
-        ``COUNT_NAMES`` order, zero for classes a crop does not annotate.
-    """
-    table = class_rows(table)  # group rows (issue 33 item 2) are scored beside, not in, these
-    crops = sorted(set(table["crop"]))
-    index = {crop: i for i, crop in enumerate(crops)}
-    counts = np.zeros((len(crops), NUM_CLASSES, 4), dtype=np.float64)
-    rows = table["crop"].map(index).to_numpy()
-    classes = table["class"].map(CLASS_INDEX).to_numpy()
-    if np.isnan(classes.astype(float)).any():
-        unknown = sorted(set(table["class"]) - set(CLASSES))
-        raise CellsegError(f"metrics name unknown class(es) {unknown}")
-    counts[rows, classes.astype(int)] = table[list(COUNT_NAMES)].to_numpy(dtype=np.float64)
-    return crops, counts
-
-
-def inference_units(
-    crops: Sequence[str], s: SummarySettings
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """``(clusters, strata)``: the dataset of each crop as the units of inference, or as the
-    strata the crops are centred in; at most one of the two is set.
-
-    The dataset of ``dataset/cropN`` is ``dataset``. With at least ``min_datasets_for_clusters``
-    datasets among ``crops`` the intervals and tests count datasets (``clusters``; their claims:
-    new datasets like these). With fewer but more than one, they count crops and are given these
-    datasets (``strata``: crops centred on their dataset's means; claims about these datasets).
-    Crops named without a dataset, or of one dataset: neither.
-    """
-    if not any("/" in crop for crop in crops):
-        return None, None
-    datasets = np.asarray([dataset_of(crop) for crop in crops], dtype=object)
-    distinct = len(set(datasets))
-    if distinct >= s.min_datasets_for_clusters:
-        return datasets, None
-    return None, (datasets if distinct > 1 else None)
-
-
-def inference_unit(crops: Sequence[str], s: SummarySettings) -> str:
-    """``dataset`` or ``crop``: the unit :func:`inference_units` makes independent."""
-    return "crop" if inference_units(crops, s)[0] is None else "dataset"
-
-
-def prior_baseline_counts(counts: np.ndarray, prior: Sequence[float]) -> np.ndarray:
-    """Expected counts of the image-blind predictor that marks class ``c`` with probability ``f_c``.
-
-    Args:
-        counts: ``(N, C, 4)`` counts of any model on the crops (only the ground truth,
-            ``P = TP + FN`` and ``N = TP + FP + FN + TN``, is used).
-        prior: ``(C,)`` class priors ``f_c`` (positive / annotated voxels of the training crops).
-
-    Returns:
-        ``(N, C, 4)`` float64: ``f P, f (N - P), (1 - f) P, (1 - f)(N - P)``.
-    """
-    f = np.asarray(prior, dtype=np.float64)[None, :]
-    positive = counts[..., 0] + counts[..., 2]
-    negative = counts.sum(axis=-1) - positive
-    return np.stack((f * positive, f * negative, (1 - f) * positive, (1 - f) * negative), axis=-1)
 
 
 def _read_json(path: Path | str | None) -> dict[str, Any] | None:
@@ -339,158 +166,6 @@ class _Model:
     note: str = ""
 
 
-def _statistic_estimate(counts: np.ndarray, statistic: Statistic) -> float:
-    agg = aggregate_crops(counts)
-    scores = agg.mean.dice if statistic is Statistic.MEAN else agg.pooled.dice
-    scores = np.where(agg.n_crops > 0, scores, np.nan)
-    return float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
-
-
-def _ci(
-    counts: np.ndarray, statistic: Statistic, s: SummarySettings, crops: Sequence[str]
-) -> tuple[float, float]:
-    """The interval of the statistic (datasets or crops as the units, :func:`inference_units`),
-    or NaN with fewer than ``min_crops_for_statistics`` crops. It always holds the estimate of
-    :func:`_statistic_estimate` (the two computations differ by rounding only)."""
-    if counts.shape[0] < s.min_crops_for_statistics:
-        return float("nan"), float("nan")
-    result = mean_dice_interval(
-        counts,
-        statistic,
-        s.confidence,
-        *inference_units(crops, s),
-    )
-    estimate = _statistic_estimate(counts, statistic)
-    return min(result.low, estimate), max(result.high, estimate)
-
-
-def _dice_columns(
-    counts: np.ndarray, statistic: Statistic, s: SummarySettings, crops: Sequence[str]
-) -> dict[str, float]:
-    """The Dice columns of one row of ``summary.csv`` from ``(N, 14, 4)`` per-crop counts on
-    ``crops``: mean Dice and its CI, pooled Dice (and its CI when models are ranked by it),
-    pooled Dice per class (NaN for classes no crop annotates)."""
-    agg = aggregate_crops(counts)
-    pooled = np.where(agg.n_crops > 0, agg.pooled.dice, np.nan)
-    low, high = _ci(counts, Statistic.MEAN, s, crops)
-    columns = {
-        "mean_dice": _statistic_estimate(counts, Statistic.MEAN),
-        "mean_dice_ci_low": low,
-        "mean_dice_ci_high": high,
-        "pooled_dice": float(np.nanmean(pooled)) if np.isfinite(pooled).any() else np.nan,
-        **{f"dice_{name}": pooled[c] for c, name in enumerate(CLASSES)},
-    }
-    if statistic is Statistic.POOLED:
-        columns["pooled_dice_ci_low"], columns["pooled_dice_ci_high"] = _ci(
-            counts, statistic, s, crops
-        )
-    return columns
-
-
-def _iou_columns(counts: np.ndarray) -> dict[str, float]:
-    """Pooled IoU per class (``iou_<class>``, NaN for classes no crop annotates) and its mean over
-    the annotated classes (``pooled_iou``), from ``(N, 14, 4)`` per-crop counts."""
-    agg = aggregate_crops(counts)
-    pooled = np.where(agg.n_crops > 0, agg.pooled.iou, np.nan)
-    return {
-        "pooled_iou": float(np.nanmean(pooled)) if np.isfinite(pooled).any() else np.nan,
-        **{f"iou_{name}": pooled[c] for c, name in enumerate(CLASSES)},
-    }
-
-
-_CHALLENGE_PREFIX = {OFFICIAL: "challenge_", CORRECTED: "challenge_corrected_"}
-"""The summary columns of each scorer mode (:data:`cellseg.challenge.SCORER_MODES`)."""
-
-
-def _challenge_columns(table: pd.DataFrame | None, counts: np.ndarray) -> dict[str, Any]:
-    """The ``challenge_*`` (official scorer) and ``challenge_corrected_*`` columns of a model
-    (:mod:`cellseg.challenge`): per instance class F1, mean normalised Hausdorff, combined score
-    and skipped crops, from the metrics' instance columns of that mode summed over crops (NaN
-    without them: an old CSV, whose unprefixed columns were not the official scorer's, or the
-    baseline); the semantic part (mean pooled IoU over the non-instance classes annotated), the
-    instance part and the overall score (``challenge_score``, ``challenge_corrected_score``).
-    """
-    iou = _iou_columns(counts)
-    semantic = [iou[f"iou_{n}"] for n in CLASSES if n not in INSTANCE_CLASSES]
-    columns: dict[str, Any] = {}
-    for mode in SCORER_MODES:
-        columns |= _challenge_mode_columns(table, iou, semantic, mode)
-    return columns
-
-
-def _challenge_mode_columns(
-    table: pd.DataFrame | None, iou: Mapping[str, float], semantic: list[float], mode: str
-) -> dict[str, Any]:
-    """One scorer mode's part of :func:`_challenge_columns`."""
-    prefix = _CHALLENGE_PREFIX[mode]
-    names = instance_column_names(mode)
-    sums, status_column = list(names[: len(INSTANCE_SUM_COLUMNS)]), names[-1]
-    # both modes' columns are written together; without the corrected ones the CSV predates the
-    # official mode and its unprefixed columns hold the corrected numbers
-    marker = instance_column_names(CORRECTED)[-1]
-    columns: dict[str, Any] = {}
-    combined = []
-    for name in INSTANCE_CLASSES:
-        rows = None if table is None else table[table["class"] == name]
-        usable = (
-            rows is not None
-            and not rows.empty
-            and {*sums, marker} <= set(rows.columns)
-            and rows[sums].notna().all().all()
-        )
-        if usable:
-            assert rows is not None
-            scores = instance_class_scores(*(float(rows[c].sum()) for c in sums))
-            status = rows[status_column] if status_column in rows else pd.Series([], dtype=str)
-            skipped = int((status == SKIPPED).sum())
-        else:
-            scores, skipped = (np.nan, np.nan, np.nan), np.nan
-        columns[f"{prefix}f1_{name}"] = scores[0]
-        columns[f"{prefix}hausdorff_{name}"] = scores[1]
-        columns[f"{prefix}combined_{name}"] = scores[2]
-        columns[f"{prefix}skipped_crops_{name}"] = skipped
-        # a class no crop annotates is left out, as the challenge leaves out absent labels; one
-        # annotated but without instance columns (the baseline) makes the instance part unknown
-        if math.isfinite(iou[f"iou_{name}"]):
-            combined.append(scores[2] if usable else np.nan)
-    overall = overall_scores(combined, semantic, mode)
-    # no test crop annotates an instance class: the official scorer's combine_scores puts 0 for
-    # the missing part and so reports 0 overall for every model, the chance baseline included;
-    # that is no measurement, so the overall score is undefined here (the semantic part stays)
-    if not combined or any(not math.isfinite(v) for v in combined):
-        overall = overall._replace(instance=np.nan, overall=np.nan)
-    return {
-        f"{prefix}score": overall.overall,
-        f"{prefix}semantic": overall.semantic,
-        f"{prefix}instance": overall.instance,
-        **columns,
-    }
-
-
-def _train_columns(train: Mapping[str, Any]) -> dict[str, Any]:
-    gpus = int(train.get("gpus", 0) or 0)
-    return {
-        "preset": train.get("preset"),
-        "parameters": train.get("parameters"),
-        "epochs_run": train.get("epochs_run"),
-        "best_epoch": train.get("best_epoch"),
-        "stop_reason": train.get("stop_reason") or "unfinished",
-        "train_hours": float(train.get("train_seconds", np.nan)) / 3600,
-        "gpus": gpus,
-        "gpu_hours": train.get("gpu_hours"),
-        "cpu_hours": train.get("cpu_hours"),
-        "compute_hours": train.get("gpu_hours") if gpus else train.get("cpu_hours"),
-        "compute_unit": "GPU" if gpus else "CPU",
-        # a start from weights (training setting init): what it loaded; a scratch run (every
-        # demo run) adds no column
-        **{
-            key: train[key]
-            for key in ("init", "init_loaded_fraction", "starts_pretrained")
-            if key in train
-        },
-    }
-
-
 def _load_model(
     key: str,
     path: Path | str | None,
@@ -516,10 +191,10 @@ def _load_model(
         n_crops=len(crops),
         n_datasets=len({dataset_of(crop) for crop in crops}),
         inference_unit=inference_unit(crops, s),
-        **_dice_columns(counts, statistic, s, crops),
-        **_iou_columns(counts),
+        **dice_columns(counts, statistic, s, crops),
+        **iou_columns(counts),
         **group_columns(table),
-        **_challenge_columns(table, counts),
+        **challenge_columns(table, counts),
         inference_seconds=seconds,
         # costs.csv: the test-time augmentation timed and the time per predicted voxel
         tta=str(table["tta"].iloc[0]) if "tta" in table and len(table) else "none",
@@ -530,7 +205,7 @@ def _load_model(
     if train_summaries is not None:
         train = _read_json(train_summaries.get(key))
     if train is not None:
-        row.update(_train_columns(train))
+        row.update(train_columns(train))
     score = row["mean_dice"] if statistic is Statistic.MEAN else row["pooled_dice"]
     if train_summaries is not None:
         row["status"], why = _status(train, score)
@@ -571,9 +246,9 @@ def _baseline(
         "n_crops": len(gt_crops),
         "n_datasets": len({dataset_of(crop) for crop in gt_crops}),
         "inference_unit": inference_unit(gt_crops, s),
-        **_dice_columns(expected, Statistic(s.rank_by), s, gt_crops),
-        **_iou_columns(expected),
-        **_challenge_columns(None, expected),
+        **dice_columns(expected, Statistic(s.rank_by), s, gt_crops),
+        **iou_columns(expected),
+        **challenge_columns(None, expected),
         "adjustment": "",
     }
     return _Model(row, gt_crops, expected)
@@ -585,7 +260,7 @@ def _nothing_score(gt_counts: np.ndarray, statistic: Statistic) -> float:
     nothing[..., 3] += nothing[..., 1]
     nothing[..., 2] += nothing[..., 0]
     nothing[..., 0] = nothing[..., 1] = 0
-    return _statistic_estimate(nothing, statistic)
+    return statistic_estimate(nothing, statistic)
 
 
 def _score_column(s: SummarySettings) -> str:
@@ -631,7 +306,7 @@ def _compare(model: _Model, best: _Model, s: SummarySettings) -> _Comparison:
     a, b, crops = _shared(model, best, slice(None))
     if a.shape[0] == 0:
         return _Comparison(float("nan"), 0, None)
-    difference = _statistic_estimate(a, statistic) - _statistic_estimate(b, statistic)
+    difference = statistic_estimate(a, statistic) - statistic_estimate(b, statistic)
     if a.shape[0] < s.min_crops_for_statistics:
         return _Comparison(difference, a.shape[0], None)
     result = paired_comparison(
@@ -786,7 +461,7 @@ def summarize(
         ]
     if baseline is not None:
         table = _add_above_baseline(table, baseline, s)
-    table = _order_columns(table.sort_values(["rank"], na_position="last", kind="stable"))
+    table = order_columns(table.sort_values(["rank"], na_position="last", kind="stable"))
 
     conservative = [
         f"{key} {'mean' if statistic is Statistic.MEAN else 'pooled'} Dice"
@@ -852,74 +527,6 @@ def _status(train: Mapping[str, Any] | None, score: float) -> tuple[str, str]:
             "(max_epochs reached)",
         )
     return "ok", ""
-
-
-_LEADING = [
-    "rank",
-    "rank_low",
-    "rank_high",
-    "p_best",
-    "model",
-    "architecture",
-    "dim",
-    "status",
-    "preset",
-    "parameters",
-    "epochs_run",
-    "best_epoch",
-    "stop_reason",
-    "train_hours",
-    "gpus",
-    "gpu_hours",
-    "cpu_hours",
-    "compute_hours",
-    "compute_unit",
-    "inference_seconds",
-    "adjustment",
-    "n_crops",
-    "n_datasets",
-    "inference_unit",
-    "mean_dice",
-    "mean_dice_ci_low",
-    "mean_dice_ci_high",
-    "pooled_dice",
-    "pooled_dice_ci_low",
-    "pooled_dice_ci_high",
-    "pooled_iou",
-    "challenge_score",
-    "challenge_semantic",
-    "challenge_instance",
-    "challenge_corrected_score",
-    "challenge_corrected_instance",
-    "above_baseline",
-    "best_model",
-    "diff_to_best",
-    "diff_ci_low",
-    "diff_ci_high",
-    "compared_crops",
-    "p_value",
-    "p_adjusted",
-    "significant",
-]
-
-
-def _order_columns(table: pd.DataFrame) -> pd.DataFrame:
-    for column in _LEADING[:18]:
-        if column not in table:
-            table[column] = np.nan
-    leading = [c for c in _LEADING if c in table]
-    per_class = [
-        f"{m}_{name}"
-        for m in ("dice", "iou")
-        for name in (*CLASSES, *GROUP_NAMES)
-        if f"{m}_{name}" in table
-    ]
-    rest = [c for c in table if c not in leading and c not in per_class]
-    table = table[leading + per_class + rest]
-    counts = ("rank", "parameters", "epochs_run", "best_epoch", "gpus", "n_crops", "compared_crops")
-    for column in counts:
-        table[column] = pd.array(table[column], dtype="Float64").round().astype("Int64")
-    return table
 
 
 def _class_test(c: int, leader: _Model, runner_up: _Model, s: SummarySettings) -> tuple[int, float]:
