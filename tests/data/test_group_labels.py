@@ -134,6 +134,20 @@ def test_a_group_label_gives_its_members_no_prior(group_store):
     assert both["mito_lum"]["prior_source"].startswith("imputed")
 
 
+def test_the_frequency_file_records_group_counts_and_the_trained_classes(group_store):
+    store, _, mito = group_store
+    crops = discover_crops(store.parent.parent)
+    result = class_frequencies([crops[0]], 8.0, allow_missing_classes=True)
+    # mito's members train through the group label: trained, though none has a prior
+    assert result["trained_classes"] == ["pm", *GROUPS["mito"]]
+    assert result["per_group"] == {
+        "mito": {"annotated_voxels": float(np.sum(mito != 255)), "crops": 1}
+    }
+    # without a group label: no per_group entry, and the fine labels alone
+    alone = class_frequencies([crops[1]], 8.0, allow_missing_classes=True)
+    assert "per_group" not in alone and alone["trained_classes"] == ["pm", "mito_mem"]
+
+
 def test_unknown_names_still_refused(group_store):
     store = group_store[0]
     crop = discover_crops(store.parent.parent)[0]

@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 import zarr
 
-from cellseg.classes import CLASSES
+from cellseg.classes import CLASSES, GROUP_NAMES
 from cellseg.data.datasplit import read_datasplit
 from cellseg.data.multiscale import StoredArray
 from cellseg.data.store import Crop, check_outside_stores, read_crop_geometry
 from cellseg.errors import CellsegError
 from cellseg.io import write_json_atomic
+from cellseg.trained_classes import TRAINED_KEY, trained_classes, untrained_line
 
 COUNTED_AT = (
     "per label array, at the scale level nearest resolution_nm (the level the patch loader "
@@ -59,7 +60,10 @@ def class_frequencies(
     Returns:
         JSON-ready ``{"classes", "resolution_nm", "counted_at", "crops", "per_class"}`` where
         ``per_class[name]`` has ``annotated_voxels``, ``positive_voxels``, ``crops``, ``prior``
-        (``positive / annotated``) and ``prior_source``.
+        (``positive / annotated``) and ``prior_source``; ``per_group[group]`` (only when a crop
+        holds a group label) ``annotated_voxels`` and ``crops``; ``trained_classes`` the classes
+        the run trains (:func:`cellseg.trained_classes.trained_classes`: annotated themselves or
+        through a group label).
 
     Raises:
         CellsegError: a class annotated by no crop, unless ``allow_missing_classes``.
@@ -67,18 +71,22 @@ def class_frequencies(
     annotated = dict.fromkeys(CLASSES, 0.0)
     positive = dict.fromkeys(CLASSES, 0.0)
     crop_counts = dict.fromkeys(CLASSES, 0)
+    # group labels (issue 33 item 2) give no member its prior (a group positive is some member,
+    # which one unknown; members count from fine labels elsewhere or are imputed as missing
+    # classes are), but a member learns through the group: counted for the trained classes
+    groups: dict[str, dict[str, float]] = {}
     for crop in crops:
         geometry = read_crop_geometry(crop, resolution_nm)
         for name, multiscale in geometry.labels.items():
-            if name not in annotated:
-                # a group label (issue 33 item 2) gives no member its prior: a group positive
-                # is some member, which one unknown; members count from fine labels elsewhere
-                # or are imputed as missing classes are
-                continue
             level = multiscale.level_for(resolution_nm)
             array = multiscale.open_level(level)
             weight = float(np.prod(np.asarray(level.voxel_size_nm) / resolution_nm))
             n_annotated, n_positive = count_array(array, geometry.encodings[name])
+            if name not in annotated:
+                group = groups.setdefault(name, {"annotated_voxels": 0.0, "crops": 0})
+                group["annotated_voxels"] += n_annotated * weight
+                group["crops"] += 1
+                continue
             annotated[name] += n_annotated * weight
             positive[name] += n_positive * weight
             crop_counts[name] += 1
@@ -103,12 +111,18 @@ def class_frequencies(
         }
         for name in CLASSES
     }
+    trained = trained_classes(
+        {**annotated, **{g: v["annotated_voxels"] for g, v in groups.items()}}
+    )
     return {
         "classes": list(CLASSES),
         "resolution_nm": resolution_nm,
         "counted_at": COUNTED_AT,
         "crops": [crop.name for crop in crops],
         "per_class": per_class,
+        # only with group labels: a store without them writes the file as before
+        **({"per_group": {g: groups[g] for g in GROUP_NAMES if g in groups}} if groups else {}),
+        TRAINED_KEY: list(trained),
     }
 
 
@@ -118,6 +132,8 @@ def _run(args: argparse.Namespace) -> int:
     frequencies = class_frequencies(crops, args.resolution_nm, args.allow_missing_classes)
     write_json_atomic(args.out, frequencies)
     print(f"{args.out}: {len(crops)} training crops at {args.resolution_nm} nm")
+    if (line := untrained_line(frequencies[TRAINED_KEY])) is not None:
+        print(f"{args.out}: {line}")
     return 0
 
 

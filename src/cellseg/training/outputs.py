@@ -21,6 +21,7 @@ from cellseg.classes import CLASSES
 from cellseg.config.settings import TrainSettings
 from cellseg.data.identity import DataIdentity
 from cellseg.io import atomic_path, write_json_atomic
+from cellseg.trained_classes import TRAINED_KEY, untrained_classes
 from cellseg.training.checkpoint import save_checkpoint
 from cellseg.training.init import MIN_PRETRAINED_FRACTION
 
@@ -76,9 +77,17 @@ def write_outputs(
     data_identity: DataIdentity,
     best_epoch: int,
     history: Sequence[dict[str, Any]],
+    trained_classes: Sequence[str] = CLASSES,
 ) -> None:
     """Write ``best.pt`` (the best epoch's ``weights``), ``history.csv`` (one row per epoch) and
-    ``train_summary.json`` into ``run_dir``, each atomically."""
+    ``train_summary.json`` into ``run_dir``, each atomically.
+
+    ``trained_classes`` (:mod:`cellseg.trained_classes`) goes into ``best.pt``, and the others
+    into ``train_summary.json`` as ``untrained_classes`` when there are any (a run that trained
+    all 14 writes the summary as before).
+    """
+    if untrained := untrained_classes(trained_classes):
+        summary = {**summary, "untrained_classes": list(untrained)}
     save_checkpoint(
         {
             "format": "cellseg-model-1",
@@ -86,6 +95,7 @@ def write_outputs(
             "settings": asdict(settings),
             "architecture": architecture,
             "classes": list(CLASSES),
+            TRAINED_KEY: list(trained_classes),
             "logit_shift": logit_shift,
             "data_identity": data_identity.to_dict(),
             "epoch": best_epoch,

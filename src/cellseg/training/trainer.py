@@ -53,9 +53,14 @@ from cellseg.data.datasplit import read_datasplit
 from cellseg.data.identity import DataIdentity
 from cellseg.errors import CellsegError
 from cellseg.io import write_text_atomic
-from cellseg.losses import BalancedSoftmaxPartialTverskyLoss, OnlineClassFrequency
+from cellseg.losses import (
+    BalancedSoftmaxPartialTverskyLoss,
+    OnlineClassFrequency,
+    read_class_frequencies,
+)
 from cellseg.models import build_model, check_input_shape, model_config
 from cellseg.models.margin import crop_margin, output_margin
+from cellseg.trained_classes import read_trained_classes, untrained_line
 from cellseg.training.batches import data_wait_warning, patch_datasets, training_loader
 from cellseg.training.budget import time_limit
 from cellseg.training.checkpoint import (
@@ -233,6 +238,11 @@ class Trainer:
             )
         self.data_identity = DataIdentity.from_crops(
             train_crops, validate_crops, self.loss.prior.cpu().tolist()
+        )
+        # which classes some training crop annotates (directly or through a group label), as
+        # the class_frequencies rule recorded it: best.pt carries it to inference
+        self.trained_classes = read_trained_classes(
+            read_class_frequencies(self.class_frequencies), str(self.class_frequencies)
         )
         self.online_frequency = OnlineClassFrequency(
             NUM_CLASSES, update_every=int(s.loss.get("online_frequency_every", 50))
@@ -452,6 +462,8 @@ class Trainer:
             f"attempt {self.attempt}: settings (config hash {self.settings.config_hash()}, "
             f"{self.world_size} process(es) on {self.device.type}):\n{settings}{data}"
         )
+        if (line := untrained_line(self.trained_classes)) is not None:
+            self.log(line)
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> int:
@@ -875,6 +887,7 @@ class Trainer:
             self.data_identity,
             self.best_epoch,
             self.history,
+            self.trained_classes,
         )
         self.log(
             f"finished ({self.stop_reason}): best val mean Dice {self.best_score:.4f} at epoch {self.best_epoch}"
