@@ -13,7 +13,8 @@ import torch
 import zarr
 from torch import nn
 
-from cellseg.classes import CLASS_INDEX, NUM_CLASSES
+from cellseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES
+from cellseg.cli import main
 from cellseg.data.datasplit import write_datasplit
 from cellseg.data.store import EM_GROUP, LABELS_ROOT, Crop, read_crop_geometry
 from cellseg.errors import CellsegError
@@ -274,6 +275,41 @@ def test_a_model_is_never_scored_on_a_crop_it_trained_or_validated_on(store, tmp
     torch.save(state, checkpoint)
     with pytest.raises(CellsegError, match="does not record which crops"):
         evaluate_checkpoint(checkpoint, datasplit, out, EvaluationSettings(device="cpu"))
+
+
+def test_an_untrained_class_gets_no_row_and_no_array(store, tmp_path, capsys):
+    """``cellseg evaluate`` of a run that trained every class but ``nuc`` (which crop_a
+    annotates): no nuc row, no nuc array, a line naming it; the other rows are those of the same
+    weights trained on all 14, which score as a checkpoint recording no set does (issue 33)."""
+    _, crops = store
+    datasplit = tmp_path / "datasplit.csv"
+    write_datasplit(crops, datasplit)
+    torch.manual_seed(0)
+    state = demo_unet_checkpoint(["toy/crop_z"])
+    runs = {"unrecorded": None, "all": list(CLASSES), "no_nuc": [c for c in CLASSES if c != "nuc"]}
+    tables = {}
+    for run, trained in runs.items():
+        checkpoint = tmp_path / run / "best.pt"
+        checkpoint.parent.mkdir()
+        torch.save(state if trained is None else {**state, "trained_classes": trained}, checkpoint)
+        out = tmp_path / run / "metrics.csv"
+        assert main(["evaluate", "--checkpoint", str(checkpoint), "--datasplit", str(datasplit),
+                     "--out", str(out), "--predictions", str(tmp_path / run / "p.zarr"),
+                     "--device", "cpu"]) == 0  # fmt: skip
+        tables[run] = pd.read_csv(out).drop(columns="inference_seconds")
+    log = capsys.readouterr().err
+    pd.testing.assert_frame_equal(tables["all"], tables["unrecorded"])
+    assert "nuc" in set(tables["all"]["class"]) and "nuc" not in set(tables["no_nuc"]["class"])
+    kept = tables["all"][tables["all"]["class"] != "nuc"].reset_index(drop=True)
+    # check_dtype: an instance column read back all empty is float, with a nuc row a string
+    pd.testing.assert_frame_equal(tables["no_nuc"], kept, check_dtype=False)
+    assert "toy/crop_a: 1 classes" in log and "not scored, not trained: nuc" in log
+    assert "untrained classes: nuc: no training crop annotates them" in log
+    stores = {run: zarr.open_group(str(tmp_path / run / "p.zarr"), mode="r") for run in runs}
+    assert set(stores["all"]["toy/crop_a"].group_keys()) == set(CLASSES)
+    assert set(stores["no_nuc"]["toy/crop_a"].group_keys()) == set(CLASSES) - {"nuc"}
+    assert stores["no_nuc"].attrs["cellseg"]["untrained_classes"] == ["nuc"]
+    assert "untrained_classes" not in stores["all"].attrs["cellseg"]
 
 
 def test_not_a_checkpoint_is_a_one_line_error(tmp_path):

@@ -3,6 +3,7 @@ annotates, each in its palette colour; a group's prediction is the union of its 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -131,6 +132,36 @@ def test_the_richest_crop_shows_its_classes_and_groups(crops):
         mito = found["mito: truth"]
         assert not np.allclose(mito[:, :4], mito[:, :4].mean(axis=-1, keepdims=True))  # coloured
         np.testing.assert_allclose(mito[:, 4:], 0.0)  # EM 0 and no mito: black
+    finally:
+        plt.close(figure)
+
+
+def test_an_untrained_group_is_marked_and_never_painted(crops):
+    """A model that trained pm alone (issue 33): crop_a's mito panel says "not trained" over the
+    bare EM, and no mito member is painted in the all-classes prediction, though the network's
+    mito channels are confident."""
+    predictor = tiny_predictor(MemberNet(), "3d", (2, 4, 4), model="fake")
+    predictor = replace(predictor, trained_classes=("pm",))
+    geometries = [read_crop_geometry(crop, 8.0) for crop in crops]
+    settings = EvaluationSettings(slab_voxels=1, adjustment_modes=("train",))
+    # each crop annotates one trained name: a seed whose order puts crop_a (with mito) first
+    seed = next(k for k in range(20) if figure_crop(crops, geometries, k, ("pm",)) == 1)
+    figure = crop_class_panels(predictor, crops, geometries, seed, settings, "cpu", "train")
+    try:
+        titles = [ax.get_title() for ax in figure.axes]
+        assert "crop_a" in figure.get_suptitle() and "mito: prediction\nnot trained" in titles
+        bare = panels(figure)["mito: prediction"]
+        assert np.allclose(bare, bare[..., :1])  # grey EM: no colour blended in
+        assert not any("Dice" in t and t.startswith("mito") for t in titles)
+        everything = (
+            next(ax for ax in figure.axes if ax.get_title() == "prediction (all classes)")
+            .images[0]
+            .get_array()
+        )
+        painted = {tuple(np.round(v, 3)) for v in np.asarray(everything).reshape(-1, 3)}
+        for member in ("mito_mem", "mito_lum"):
+            assert tuple(np.round(rgb(member), 3)) not in painted
+        assert tuple(np.round(rgb("pm"), 3)) in painted
     finally:
         plt.close(figure)
 

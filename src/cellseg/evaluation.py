@@ -17,6 +17,9 @@ For every test crop the model predicts the crop's whole box at its own resolutio
   prediction voxel whose centre is nearest each label voxel's centre, ties to the higher index);
   the ground truth is never resampled. Only classes the crop annotates are scored, and only their
   annotated voxels (``unknown`` codes are NaN and count nowhere).
+* Only classes the model trained on are scored or saved (:mod:`cellseg.trained_classes`): an
+  untrained class, and a group none of whose members was trained, gets no row and no array (its
+  channel never saw a label, so its 0 Dice would read as a trained failure).
 
 A crop's group labels (:data:`cellseg.classes.GROUP_NAMES`, issue 33 item 2) are scored beside its
 classes, as the challenge scores its group classes: the union of the members' binarised
@@ -84,6 +87,7 @@ from cellseg.io import atomic_path
 from cellseg.losses import InferenceLogitAdjustment
 from cellseg.metrics import confusion_counts, crop_class_table
 from cellseg.ownership import check_output_path
+from cellseg.trained_classes import trained_names, untrained_classes, untrained_line
 from cellseg.tta import TTA, TTA_MODES
 
 __all__ = [
@@ -311,7 +315,14 @@ class _InstanceCollector:
 class _PredictionWriter:
     """Streams one crop's probabilities into an OME-NGFF (0.4, zarr format 2) group per class."""
 
-    def __init__(self, root: zarr.Group, crop: Crop, grid: PredictionGrid, slab: int) -> None:
+    def __init__(
+        self,
+        root: zarr.Group,
+        crop: Crop,
+        grid: PredictionGrid,
+        slab: int,
+        classes: Sequence[str] = CLASSES,
+    ) -> None:
         from cellseg.ngff import create_multiscale_group
 
         dataset, crop_name = crop.name.split("/", 1)
@@ -329,13 +340,13 @@ class _PredictionWriter:
                 attrs={"cellseg": {"encoding": "probability * 255 (threshold 0.5 ~ 128)"}},
                 chunks=max(1, min(slab, 64)),
             )[0]
-            for name in CLASSES
+            for name in classes  # the trained ones: an untrained channel gets no array
         }
 
     def write(self, z0: int, z1: int, probabilities: torch.Tensor) -> None:
         values = (probabilities.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-        for c, name in enumerate(CLASSES):
-            self.arrays[name][z0:z1] = values[c]
+        for name, array in self.arrays.items():
+            array[z0:z1] = values[CLASSES.index(name)]
 
 
 def evaluate_crop(
@@ -379,6 +390,8 @@ def _evaluate_crop_once(
     """:func:`evaluate_crop` with ``settings.tta`` alone."""
     grid = PredictionGrid.for_crop(geometry, predictor.resolution_nm)
     modes = predictor.modes(settings)
+    # an untrained class (or a group with no trained member) is not scored: its channel is noise
+    scored = trained_names(predictor.trained_classes, geometry.labels)
     scorers = {
         name: _ClassScorer(
             geometry,
@@ -387,10 +400,12 @@ def _evaluate_crop_once(
             settings.label_chunk_voxels,
             modes if name in INSTANCE_CLASSES else (),
         )
-        for name in geometry.labels
+        for name in scored
     }
     writer = (
-        _PredictionWriter(predictions, crop, grid, settings.slab_voxels)
+        _PredictionWriter(
+            predictions, crop, grid, settings.slab_voxels, predictor.trained_classes
+        )
         if predictions is not None
         else None
     )
@@ -488,6 +503,7 @@ def evaluate_crops(
     log = log or sys.stderr
     device = resolve_device(settings.device)
     predictor.network.to(device).eval()
+    untrained = untrained_classes(predictor.trained_classes)
     root = temporary = None
     if predictions_path is not None:
         predictions_path = Path(predictions_path)
@@ -500,12 +516,25 @@ def evaluate_crops(
             "adjustment": predictor.modes(settings)[0],
             "tta": settings.tta,
             "layout": "{dataset}/{crop}/{class}/s0: uint8 probability * 255",
+            # only for a run with untrained classes, which get no array (a store as before else)
+            **({"untrained_classes": list(untrained)} if untrained else {}),
         }
     tables = []
     for crop in crops:
         table = evaluate_crop(predictor, crop, settings, device, root)
-        # a class with no annotated voxel (all unknown) has no row: nothing of it can be scored
-        unscored = [name for name in crop.classes if name not in set(table["class"])]
+        # a class with no annotated voxel (all unknown) has no row: nothing of it can be scored;
+        # nor has an untrained one (its channel never saw a label)
+        trained = set(trained_names(predictor.trained_classes, crop.classes))
+        not_trained = [name for name in crop.classes if name not in trained]
+        unscored = [n for n in crop.classes if n in trained and n not in set(table["class"])]
+        if table.empty and not trained:
+            print(
+                f"[{predictor.key}] skipped {crop.name}: none of its classes "
+                f"({', '.join(crop.classes)}) was trained (no training crop annotates them)",
+                file=log,
+                flush=True,
+            )
+            continue
         if table.empty:
             # skipped, not fatal: the other crops' metrics are kept
             print(
@@ -521,6 +550,8 @@ def evaluate_crops(
             (table["adjustment"] == table["adjustment"].iloc[0]) & (table["tta"] == settings.tta)
         ]
         not_scored = f"; not scored, no annotated voxel: {', '.join(unscored)}" if unscored else ""
+        if not_trained:
+            not_scored += f"; not scored, not trained: {', '.join(not_trained)}"
         print(
             f"[{predictor.key}] {crop.name}: {len(first)} classes, mean Dice "
             f"{first['dice'].mean():.4f} ({table['inference_seconds'].iloc[0]:.1f} s inference)"
@@ -580,6 +611,8 @@ def evaluate_checkpoint(
         file=log,
         flush=True,
     )
+    if (line := untrained_line(predictor.trained_classes)) is not None:
+        print(f"[{predictor.key}] {line}", file=log, flush=True)
     if predictions_path is None and settings.save_predictions:
         predictions_path = Path(out).with_suffix(".zarr")
     if predictions_path is not None:  # replaced at the end: only ever a store of cellseg's

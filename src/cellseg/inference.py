@@ -53,6 +53,7 @@ from cellseg.data.store import CropGeometry
 from cellseg.data.voxel_checks import check_em_array
 from cellseg.errors import CellsegError
 from cellseg.losses import adjusted_probabilities
+from cellseg.trained_classes import read_trained_classes
 
 __all__ = [
     "BLEND_MODES",
@@ -91,6 +92,9 @@ class Predictor:
         default_mode: the adjustment the model was trained to be read with.
         amp: bf16 autocast on CUDA.
         data_identity: the crops and priors it was trained on (``None``: not recorded).
+        trained_classes: the classes some training crop annotated
+            (:mod:`cellseg.trained_classes`); the others' channels are 0 in
+            :meth:`probabilities`, and evaluation, prediction and figures leave them out.
     """
 
     network: torch.nn.Module
@@ -104,6 +108,12 @@ class Predictor:
     amp: bool = False
     data_identity: DataIdentity | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    trained_classes: tuple[str, ...] = CLASSES
+
+    @property
+    def untrained_channels(self) -> list[int]:
+        """Channel indices of the classes not in :attr:`trained_classes`."""
+        return [c for c, name in enumerate(CLASSES) if name not in self.trained_classes]
 
     @property
     def key(self) -> str:
@@ -193,6 +203,7 @@ class Predictor:
                 else None
             ),
             extra={"summary": checkpoint.get("summary", {}), "epoch": checkpoint.get("epoch")},
+            trained_classes=read_trained_classes(checkpoint, str(path)),
         )
 
     def modes(self, settings: Any) -> tuple[str, ...]:
@@ -205,9 +216,14 @@ class Predictor:
     ) -> torch.Tensor:
         """``(14, *S)`` logits → adjusted probabilities in mode ``mode`` (default: the model's
         own), see :func:`cellseg.losses.adjusted_probabilities`; ``in_place`` overwrites the
-        logits (no block-sized copy)."""
+        logits (no block-sized copy). The channels of untrained classes are 0 (never a mask)."""
         mode = mode or self.default_mode
-        return adjusted_probabilities(logits[None], self.logit_shift, mode, in_place=in_place)[0]
+        probabilities = adjusted_probabilities(
+            logits[None], self.logit_shift, mode, in_place=in_place
+        )[0]
+        if untrained := self.untrained_channels:
+            probabilities[untrained] = 0.0
+        return probabilities
 
 
 def resolve_device(name: str) -> torch.device:

@@ -3,7 +3,7 @@ panels and training curves, every class in its colour of :mod:`cellseg.palette`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import matplotlib
@@ -200,6 +200,7 @@ def class_panels_figure(
     names: Sequence[str] | None = None,
     threshold: float = 0.5,
     title: str = "",
+    untrained: Collection[str] = (),
 ) -> Figure:
     """One slice of one crop: EM, then ground truth and prediction of each class (and group) the
     crop annotates, each over the EM in its palette colour.
@@ -219,6 +220,8 @@ def class_panels_figure(
             ``target`` not NaN throughout.
         threshold: probability above which a voxel is predicted (the evaluation's).
         title: the figure's title.
+        untrained: names the model did not train (:mod:`cellseg.trained_classes`): their
+            prediction panel is the bare EM titled "not trained", never a mask.
 
     Raises:
         ValueError: a name that is not a channel of ``target``.
@@ -255,17 +258,21 @@ def class_panels_figure(
         ax.axis("off")
     for k, name in enumerate(names):
         truth = target[channels.index(name)]
-        if name in CLASS_INDEX:
-            predicted = binary[CLASS_INDEX[name]]
+        if name in untrained:
+            predicted = np.zeros(truth.shape, dtype=bool)
+            score = "not trained"
         else:
-            predicted = group_prediction(binary, name)
-        dice = slice_dice(predicted, truth)
+            if name in CLASS_INDEX:
+                predicted = binary[CLASS_INDEX[name]]
+            else:
+                predicted = group_prediction(binary, name)
+            dice = slice_dice(predicted, truth)
+            score = f"Dice {'–' if dice is None else f'{dice:.2f}'}"
         row, column = divmod(k, PANELS_PER_ROW)
         for ax, mask, label in (
             (grid[row, 2 * column], truth == 1, f"{name}: truth"),
-            (grid[row, 2 * column + 1], predicted,
-             f"{name}: prediction\nDice {'–' if dice is None else f'{dice:.2f}'}"),
-        ):  # fmt: skip
+            (grid[row, 2 * column + 1], predicted, f"{name}: prediction\n{score}"),
+        ):
             ax.axis("on")
             ax.imshow(overlay(em, mask, name), interpolation="nearest")
             ax.set_xticks([])

@@ -23,6 +23,7 @@ from cellseg.data.demo import (
     make_demo_data,
     plan_layout,
 )
+from cellseg.data.frequencies import class_frequencies
 from cellseg.data.split_units import CropBox, gap_nm, split_units
 from cellseg.data.store import Crop, discover_crops, read_crop_geometry
 from cellseg.errors import CellsegError
@@ -198,12 +199,18 @@ def test_partial_annotation_unknown_and_instances(demo):
     assert max(nuc_ids) > 1
 
 
+def default_crops(root: Path) -> list[Crop]:
+    """The crops, each with its split, as the workflow's datasplit rule splits the demo by
+    default."""
+    data = yaml.safe_load(CONFIG.read_text())["data"]
+    return make_datasplit([root], data["validate_fraction"], data["test_fraction"],
+                          data["split_seed"], margin_nm=data["split_margin_nm"],
+                          split_by=data["split_by"])  # fmt: skip
+
+
 def default_split(root: Path) -> dict[str, list[str]]:
     """Crop names per split, as the workflow's datasplit rule splits the demo by default."""
-    data = yaml.safe_load(CONFIG.read_text())["data"]
-    crops = make_datasplit([root], data["validate_fraction"], data["test_fraction"],
-                           data["split_seed"], margin_nm=data["split_margin_nm"],
-                           split_by=data["split_by"])  # fmt: skip
+    crops = default_crops(root)
     return {split: [c.name for c in crops if c.split == split] for split in SPLITS}
 
 
@@ -251,6 +258,13 @@ def test_small_demo_crops_are_split_units_of_their_own_and_train_holds_every_cla
     assert units == [[i] for i in range(len(boxes))]
     train = {c for b in boxes if b.crop.split == "train" for c in b.crop.classes}
     assert train == set(CLASSES)
+
+
+def test_a_demo_run_trains_all_fourteen_classes(demo):
+    """The class frequencies of the demo's training crops record all 14 as trained, so nothing
+    of the demo's evaluation, predictions or figures is left out (issue 33)."""
+    train = [c for c in default_crops(demo[0]) if c.split == "train"]
+    assert class_frequencies(train, 8.0)["trained_classes"] == list(CLASSES)
 
 
 def test_default_split_annotates_every_class_in_every_split(demo):

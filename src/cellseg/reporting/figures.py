@@ -25,6 +25,7 @@ from cellseg.classes import CLASSES, GROUP_NAMES, NUM_CLASSES
 from cellseg.io import atomic_path
 from cellseg.reporting.study import STUDY_LOSS_DEFAULTS, STUDY_LOSS_KEYS, Study
 from cellseg.reporting.summary_inputs import BASELINE
+from cellseg.trained_classes import trained_names
 
 __all__ = [
     "STUDY_FIGURES",
@@ -350,12 +351,20 @@ def sample_slices(
     return picks
 
 
-def figure_crop(crops: Sequence[Any], geometries: Sequence[Any], seed: int) -> int:
-    """The crop of the per-class panels: the one that annotates the most classes and groups,
-    ties going to the first in :func:`sample_slices`' seeded order (the first sample row's crop
-    when it is among the richest)."""
+def figure_crop(
+    crops: Sequence[Any],
+    geometries: Sequence[Any],
+    seed: int,
+    trained: Sequence[str] = CLASSES,
+) -> int:
+    """The crop of the per-class panels: the one that annotates the most classes and groups the
+    model trained (``trained``: its trained classes), ties going to the first in
+    :func:`sample_slices`' seeded order (the first sample row's crop when it is among the
+    richest)."""
     order = np.random.default_rng(seed).permutation(len(crops))
-    return int(max(order, key=lambda i: len(annotated_names(geometries[i]))))
+    return int(
+        max(order, key=lambda i: len(trained_names(trained, annotated_names(geometries[i]))))
+    )
 
 
 def annotated_names(geometry: Any) -> list[str]:
@@ -409,13 +418,16 @@ def crop_class_panels(
     mode: str,
 ) -> Figure:
     """:func:`cellseg.visualization.class_panels_figure` of the middle prediction-grid slice of
-    :func:`figure_crop`: EM, then truth and prediction of every class and group it annotates."""
+    :func:`figure_crop`: EM, then truth and prediction of every class and group it annotates
+    (an untrained one's prediction panel says "not trained", :mod:`cellseg.trained_classes`)."""
     from cellseg.inference import PredictionGrid
     from cellseg.visualization import class_panels_figure
 
-    index = figure_crop(crops, geometries, seed)
+    trained = predictor.trained_classes
+    index = figure_crop(crops, geometries, seed, trained)
     geometry = geometries[index]
     names = annotated_names(geometry)
+    untrained = set(names) - set(trained_names(trained, names))
     groups = any(name in GROUP_NAMES for name in names)
     z = PredictionGrid.for_crop(geometry, predictor.resolution_nm).shape[0] // 2
     em, target, probabilities = predicted_slice(
@@ -425,7 +437,7 @@ def crop_class_panels(
     title = (
         f"{predictor.key}: {crops[index].name}, z={z} (adjustment {mode}, threshold {threshold:g})"
     )
-    return class_panels_figure(em, target, probabilities, names, threshold, title)
+    return class_panels_figure(em, target, probabilities, names, threshold, title, untrained)
 
 
 def make_model_figures(
