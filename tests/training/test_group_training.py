@@ -5,14 +5,17 @@ union."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 from imported_training import train_on_imported
 
-from cellseg.classes import CLASSES, GROUP_NAMES
+from cellseg.classes import CLASSES, GROUP_NAMES, GROUPS
 from cellseg.data.importer import import_mapping
+from cellseg.inference import Predictor
 
 
 def write_sources(folder: Path) -> Path:
@@ -59,6 +62,15 @@ def test_a_model_trains_on_pm_and_the_mito_group(tiny_config, tmp_path):
     assert trainer.train_data.groups and trainer.validation_data.groups
     assert list(history["epoch"]) == [0, 1]
     assert np.isfinite(history["train_loss"]).all()
+    # trained: pm, and mito's members through the group; the run's outputs say so (issue 33)
+    trained = ["pm", *GROUPS["mito"]]
+    best = torch.load(tmp_path / "run" / "best.pt", map_location="cpu", weights_only=False)
+    assert best["trained_classes"] == trained
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["untrained_classes"] == [c for c in CLASSES if c not in trained]
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert log.count("untrained classes: ecs, golgi_mem") == 1
+    assert Predictor.from_checkpoint(tmp_path / "run" / "best.pt").trained_classes == tuple(trained)
     # the validation crop's mito label is scored (issue 33): its Dice has a column of its own,
     # and the mean that selects best.pt is over pm and mito
     assert {f"val_dice_{g}" for g in GROUP_NAMES} <= set(history.columns)
