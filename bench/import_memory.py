@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -69,46 +70,22 @@ def main() -> None:
     args = parser.parse_args()
     import numpy as np
     import tifffile
-    import yaml
 
     from cellseg.data.importer import BLOCK
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from import_builders import write_mapping, write_striped_tiffs  # the tests' mapping writers
 
     block = args.block or BLOCK
     shape = tuple(args.shape)
     volume = int(np.prod(shape))
     with tempfile.TemporaryDirectory() as folder:
-        rng = np.random.default_rng(0)
-        with tifffile.TiffWriter(Path(folder) / "em.tif") as em:
-            for _ in range(shape[0]):  # a plane at a time, contiguous: one mappable series
-                em.write(rng.integers(0, 256, size=shape[1:], dtype=np.uint8), contiguous=True)
-        y, x = np.ogrid[: shape[1], : shape[2]]
-        with tifffile.TiffWriter(Path(folder) / "labels.tif") as labels:
-            planes = ((y // 40 + x // 40 + z // 30) % 4 for z in range(shape[0]))
-            labels.write(
-                (p.astype(np.uint8) for p in planes), shape=shape, dtype=np.uint8,
-                compression="zlib",
-            )  # fmt: skip
-        mapping = {
-            "datasets": [
-                {
-                    "name": "bench",
-                    "em": {"path": "em.tif"},
-                    "voxel_size_nm": [8, 8, 8],
-                    "labels": {
-                        "kind": "label_image",
-                        "source": {"path": "labels.tif"},
-                        "values": {0: "none", 1: "mito_lum", 2: "pm", 3: "mito"},
-                    },
-                }
-            ]
-        }
-        (Path(folder) / "mapping.yaml").write_text(yaml.safe_dump(mapping, sort_keys=False))
+        dataset = write_striped_tiffs(Path(folder), shape)
+        write_mapping(Path(folder), dataset)
         (Path(folder) / "tiny").mkdir()
         for name in ("em.tif", "labels.tif"):
             tifffile.imwrite(Path(folder) / "tiny" / name, np.ones((8, 8, 8), dtype=np.uint8))
-        (Path(folder) / "tiny" / "mapping.yaml").write_text(
-            yaml.safe_dump(mapping, sort_keys=False)
-        )
+        write_mapping(Path(folder) / "tiny", dataset)
         queue: multiprocessing.Queue = multiprocessing.Queue()
         process = multiprocessing.get_context("fork").Process(
             target=_import, args=(folder, block, queue)

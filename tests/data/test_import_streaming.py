@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import zarr
 
 from cellseg.classes import CLASSES, GROUP_NAMES
@@ -43,6 +42,7 @@ from cellseg.ngff import (
     pyramid_levels,
     write_multiscale_array,
 )
+from import_builders import dataset_entry, label_image, write_mapping, write_striped_tiffs
 
 # ------------------------------------------------------------------ the whole-volume reference
 # cellseg import as it was before it streamed (commit f0e6d48): every source read whole, the
@@ -181,18 +181,11 @@ SHAPE = (130, 70, 150)  # 3 x 2 x 3 blocks of 64 voxels, edge blocks cut
 def write_dataset(tmp_path: Path, labels: dict, crops: list[dict] | None = None) -> Path:
     rng = np.random.default_rng(0)
     np.save(tmp_path / "em.npy", rng.integers(0, 256, size=SHAPE, dtype=np.uint8))
-    dataset = {
-        "name": "blocks",
-        "em": {"path": "em.npy"},
-        "voxel_size_nm": [8, 8, 8],  # isotropic: the pyramids are today's
-        "offset_nm": [16, 0, 2],
-        "labels": labels,
-    }
+    # isotropic: the pyramids are today's
+    dataset = dataset_entry("blocks", "em.npy", labels, offset_nm=[16, 0, 2])
     if crops:
         dataset["crops"] = crops
-    path = tmp_path / "mapping.yaml"
-    path.write_text(yaml.safe_dump({"datasets": [dataset]}, sort_keys=False))
-    return path
+    return write_mapping(tmp_path, dataset)
 
 
 def instance_case(tmp_path: Path) -> Path:
@@ -215,13 +208,8 @@ def instance_case(tmp_path: Path) -> Path:
 
 def label_image_case(tmp_path: Path) -> Path:
     np.save(tmp_path / "image.npy", blobs(SHAPE, 5, 6, seed=4).astype(np.uint32))
-    labels = {
-        "kind": "label_image",
-        "source": {"path": "image.npy"},
-        "values": {0: "none", 1: "mito_lum", 2: "er", 3: "ecs"},
-        "other_values": "unknown",
-        "unknown_value": 5,
-    }
+    values = {0: "none", 1: "mito_lum", 2: "er", 3: "ecs"}
+    labels = label_image("image.npy", values, other_values="unknown", unknown_value=5)
     crops = [
         {"name": "big", "start": [1, 2, 3], "size": [128, 66, 140], "unit": "voxels"},
         {"name": "small", "start": [100, 10, 70], "size": [20, 30, 40], "unit": "voxels"},
@@ -272,7 +260,7 @@ def test_streamed_refusals_see_the_whole_volume_before_writing(tmp_path):
     image = np.zeros(SHAPE, dtype=np.uint16)
     image[129, 69, 149] = 7  # in the last block only, outside the crop
     np.save(tmp_path / "image.npy", image)
-    labels = {"kind": "label_image", "source": {"path": "image.npy"}, "values": {0: "none"}}
+    labels = label_image("image.npy", {0: "none"})
     crops = [{"name": "c", "start": [0, 0, 0], "size": [10, 10, 10], "unit": "voxels"}]
     mapping = write_dataset(tmp_path, labels, crops)
     with pytest.raises(CellsegError, match=r"label value 7 of image\.npy has no mapping"):
@@ -321,24 +309,8 @@ def test_peak_memory_is_bounded_by_the_block_not_the_volume(tmp_path):
 
     shape = (1024, 256, 256)
     volume_bytes = int(np.prod(shape))
-    em = np.random.default_rng(9).integers(0, 256, size=shape, dtype=np.uint8)
-    tifffile.imwrite(tmp_path / "em.tif", em)  # uncompressed: memory-mapped
-    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
-    labels = ((y // 40 + x // 40 + z // 30) % 4).astype(np.uint8)
-    tifffile.imwrite(tmp_path / "labels.tif", labels, compression="zlib")  # read page by page
-    del em, labels  # written before measuring
-    dataset = {
-        "name": "big",
-        "em": {"path": "em.tif"},
-        "voxel_size_nm": [8, 8, 8],
-        "labels": {
-            "kind": "label_image",
-            "source": {"path": "labels.tif"},
-            "values": {0: "none", 1: "mito_lum", 2: "pm", 3: "mito"},
-        },
-    }
-    mapping = tmp_path / "mapping.yaml"
-    mapping.write_text(yaml.safe_dump({"datasets": [dataset]}, sort_keys=False))
+    # EM uncompressed (memory-mapped), labels zlib (read page by page), written plane by plane
+    mapping = write_mapping(tmp_path, write_striped_tiffs(tmp_path, shape, seed=9))
     tracemalloc.start()
     try:
         started = time.perf_counter()
@@ -381,20 +353,12 @@ def test_anisotropic_pyramid_reads_back_at_the_right_nm(tmp_path):
         :, : shape[1] - start[1], : shape[2] - start[2]
     ]
     np.save(tmp_path / "image.npy", image)
-    dataset = {
-        "name": "sections",
-        "em": {"path": "em.npy"},
-        "voxel_size_nm": list(voxel),
-        "offset_nm": list(offset),
-        "labels": {
-            "kind": "label_image",
-            "source": {"path": "image.npy"},
-            "values": {0: "none", 1: "pm"},
-        },
-        "crops": [{"name": "crop1", "start": list(start), "size": list(size), "unit": "voxels"}],
-    }
-    mapping = tmp_path / "mapping.yaml"
-    mapping.write_text(yaml.safe_dump({"datasets": [dataset]}, sort_keys=False))
+    crop = {"name": "crop1", "start": list(start), "size": list(size), "unit": "voxels"}
+    labels = label_image("image.npy", {0: "none", 1: "pm"})
+    dataset = dataset_entry(
+        "sections", "em.npy", labels, voxel, offset_nm=list(offset), crops=[crop]
+    )
+    mapping = write_mapping(tmp_path, dataset)
     import_mapping(mapping, tmp_path / "out", block=64)
     (crop,) = discover_crops(tmp_path / "out")
     geometry = read_crop_geometry(crop)  # the reader accepts the pyramid (levels agree, inside)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import zarr
 
 from cellseg.cli import main
@@ -16,6 +15,7 @@ from cellseg.data.importer import derive_boundary, import_mapping, load_mapping
 from cellseg.data.multiscale import LabelEncoding
 from cellseg.data.store import discover_crops, read_crop_geometry
 from cellseg.errors import CellsegError
+from import_builders import dataset_entry, label_image, write_mapping
 
 REPO = Path(__file__).parents[2]
 REAL_EM = REPO.parent / "shared" / "real_em"
@@ -110,12 +110,6 @@ def test_boundary_rule_matches_a_naive_loop():
     assert np.array_equal(derive_boundary(two), expected)
 
 
-def write_mapping(folder: Path, dataset: dict, name: str = "mapping.yaml") -> Path:
-    path = folder / name
-    path.write_text(yaml.safe_dump({"datasets": [dataset]}, sort_keys=False))
-    return path
-
-
 def synthetic(tmp_path: Path) -> dict:
     """EM 3×4×5 (uint8) and instance ids with an unknown value 7, as .npy files."""
     ids = np.array(np.random.default_rng(1).integers(1, 4, size=(3, 4, 5)), dtype=np.uint16)
@@ -167,18 +161,9 @@ def test_label_image_unknowns_masks_and_annotated_region(tmp_path):
     np.save(tmp_path / "em.npy", np.zeros((3, 4, 5), dtype=np.uint8))
     np.save(tmp_path / "image.npy", image)
     np.save(tmp_path / "annotated.npy", annotated)
-    dataset = {
-        "name": "toy",
-        "em": {"path": "em.npy"},
-        "voxel_size_nm": [8, 8, 8],
-        "labels": {
-            "kind": "label_image",
-            "source": {"path": "image.npy"},
-            "values": {0: "none", 1: "mito_lum", 2: "nuc"},
-            "unknown_value": 9,
-            "annotated": {"path": "annotated.npy"},
-        },
-    }
+    values = {0: "none", 1: "mito_lum", 2: "nuc"}
+    labels = label_image("image.npy", values, unknown_value=9, annotated={"path": "annotated.npy"})
+    dataset = dataset_entry("toy", "em.npy", labels)
     (store,) = import_mapping(write_mapping(tmp_path, dataset), tmp_path / "out")
     group = zarr.open_group(str(store), mode="r")["recon-1/labels/groundtruth/crop1"]
     unknown = (image == 9) | (annotated == 0)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from imported_training import train_on_imported
 
 from cellseg.classes import CLASSES, GROUP_NAMES, GROUPS
 from cellseg.data.importer import import_mapping
 from cellseg.inference import Predictor
+from import_builders import dataset_entry, write_mapping
 
 
 def write_sources(folder: Path) -> Path:
@@ -34,23 +34,16 @@ def write_sources(folder: Path) -> Path:
         pm[z, :, z % 48], em[z, :, z % 48] = 1, 20
     for name, array in (("em", em), ("mito", mito), ("pm", pm)):
         np.save(folder / f"{name}.npy", array)
-    dataset = {
-        "name": "grp",
-        "em": {"path": "em.npy"},
-        "voxel_size_nm": [8, 8, 8],
-        "labels": {
-            "kind": "masks",
-            "overlap": "unknown",  # a membrane line crossing a disc: both claim those voxels
-            "masks": {"pm": {"path": "pm.npy"}, "mito": {"path": "mito.npy"}},
-        },
-        "crops": [
-            {"name": f"crop{k}", "start": [10 * k, 4, 4], "size": [4, 40, 40], "unit": "voxels"}
-            for k in range(4)
-        ],
+    labels = {
+        "kind": "masks",
+        "overlap": "unknown",  # a membrane line crossing a disc: both claim those voxels
+        "masks": {"pm": {"path": "pm.npy"}, "mito": {"path": "mito.npy"}},
     }
-    mapping = folder / "mapping.yaml"
-    mapping.write_text(yaml.safe_dump({"datasets": [dataset]}, sort_keys=False))
-    return mapping
+    crops = [
+        {"name": f"crop{k}", "start": [10 * k, 4, 4], "size": [4, 40, 40], "unit": "voxels"}
+        for k in range(4)
+    ]
+    return write_mapping(folder, dataset_entry("grp", "em.npy", labels, crops=crops))
 
 
 def test_a_model_trains_on_pm_and_the_mito_group(tiny_config, tmp_path):
