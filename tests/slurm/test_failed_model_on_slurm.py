@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from workflow_runs import overlay, run_workflow, train_submissions
 
-pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.minutes(3)]
 
 
 def test_failed_model_is_rerun_alone_and_resumes(slurm_cluster, tmp_path):

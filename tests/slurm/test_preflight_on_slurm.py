@@ -19,7 +19,7 @@ import pytest
 from cluster import option, sbatch_calls
 from workflow_runs import overlay, run_workflow
 
-pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.minutes(2.5)]
 
 MODELS = {
     # two "GPUs": torchrun starts two gloo ranks inside the one job

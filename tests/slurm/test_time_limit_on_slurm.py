@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from workflow_runs import overlay, run_workflow
 
-pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.minutes(5.5)]
 
 
 def test_job_hitting_its_time_limit_checkpoints_and_the_retry_finishes(slurm_cluster, tmp_path):

@@ -15,7 +15,7 @@ import yaml
 from cluster import option, sbatch_calls
 from workflow_runs import REPO, overlay, run_workflow
 
-pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.minutes(3.5)]
 
 
 def test_demo_dag_runs_through_the_longleaf_profile(slurm_cluster, tmp_path):

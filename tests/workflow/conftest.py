@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
-from workflow_runner import LOCAL_PROFILE, TEST_CONFIG, make_clone, snakemake
+from workflow_runner import TEST_CONFIG, build_once, make_clone, run_in_clone
+
+
+def _readme_run(directory: Path) -> None:
+    root = make_clone(directory / "cellseg")
+    run_in_clone(root, "--cores", "2", "--configfile", str(TEST_CONFIG))
 
 
 @pytest.fixture(scope="session")
-def finished_run(tmp_path_factory) -> Path:
-    """The tiny test DAG run to the end once, with the local profile."""
-    workdir = tmp_path_factory.mktemp("finished")
-    snakemake(workdir, "--profile", str(LOCAL_PROFILE), "--configfile", str(TEST_CONFIG))
-    return workdir
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh clone in which README command 1 ran the tests' tiny config to the end
+    (``snakemake --cores 2 --configfile .test/config/config.yaml`` from its root).
+
+    Built once per session, not once per pytest-xdist worker (about 100 s of CPU on 2 cores):
+    the first worker that needs it runs it while the others wait (:func:`build_once`, in the
+    session's directory above each worker's own). Shared: copy it before changing anything.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    return build_once(base / "finished", _readme_run) / "cellseg"
 
 
 @pytest.fixture(scope="module")

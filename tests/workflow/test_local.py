@@ -5,8 +5,11 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 from workflow_runner import LOCAL_PROFILE, REPO, TEST_CONFIG, copy_workflow, snakemake
+
+pytestmark = pytest.mark.minutes(4)  # order: tests/conftest.py
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:

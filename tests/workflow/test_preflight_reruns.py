@@ -12,7 +12,7 @@ import pytest
 import yaml
 from workflow_runner import LOCAL_PROFILE, TEST_CONFIG, snakemake
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.minutes(1.7)]
 
 TRAINED = "results/models/unet_2d/best.pt"
 

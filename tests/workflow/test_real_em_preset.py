@@ -14,10 +14,13 @@ from workflow_runner import REPO, planned_jobs
 from workflow_runner import run_in_clone as run
 
 SHARED_REAL_EM = REPO.parent / "shared" / "real_em"
-pytestmark = pytest.mark.skipif(
-    not SHARED_REAL_EM.is_dir(),
-    reason=f"{SHARED_REAL_EM} absent (the shared real EM sits beside the clone, as in CI)",
-)
+pytestmark = [
+    pytest.mark.minutes(2.5),
+    pytest.mark.skipif(
+        not SHARED_REAL_EM.is_dir(),
+        reason=f"{SHARED_REAL_EM} absent (the shared real EM sits beside the clone, as in CI)",
+    ),
+]
 PRESET = ("--configfile", "config/experiments/real_em.yaml")
 
 

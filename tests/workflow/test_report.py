@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import shutil
 
 import pandas as pd
 import pytest
@@ -11,10 +12,14 @@ from workflow_runner import TEST_CONFIG, snakemake
 from cellseg.reporting import BASELINE
 from cellseg.reporting.figures import SUMMARY_FIGURES
 
+pytestmark = pytest.mark.minutes(2)  # order: tests/conftest.py
+
 
 @pytest.mark.slow
-def test_report_embeds_summary_figures_and_tables(finished_run):
-    workdir = finished_run
+def test_report_embeds_summary_figures_and_tables(finished_run, tmp_path):
+    # the session's run is shared: the report goes into a copy
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run, workdir, symlinks=True)
     summary = pd.read_csv(workdir / "results" / "summary.csv")
     assert set(summary["model"]) == {"unet_2d", "unet_3d", BASELINE}
     assert summary["mean_dice"].between(0, 1).all()

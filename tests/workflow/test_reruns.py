@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import torch
 from workflow_runner import TEST_CONFIG, planned_jobs
 from workflow_runner import run_in_clone as run
+
+pytestmark = pytest.mark.minutes(4)  # order: tests/conftest.py
 
 BEST = "results/models/unet_2d/best.pt"
 

@@ -5,8 +5,11 @@ config it runs to the end with every mode in the metrics and the comparison in s
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 from workflow_runner import TEST_CONFIG, planned_jobs
 from workflow_runner import run_in_clone as run
+
+pytestmark = pytest.mark.minutes(2.5)  # order: tests/conftest.py
 
 TTA = "config/experiments/tta.yaml"
 

@@ -4,9 +4,12 @@ finished run."""
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from workflow_runner import REPO, TEST_CONFIG, planned_jobs
 from workflow_runner import run_in_clone as run
+
+pytestmark = pytest.mark.minutes(1.5)  # order: tests/conftest.py
 
 LONGLEAF = "config/profiles/longleaf"
 CLASS_WEIGHTING = REPO / "config" / "experiments" / "class_weighting.yaml"

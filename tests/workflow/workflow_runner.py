@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,3 +102,27 @@ def planned_jobs(output: str, rule: str) -> dict[str, dict[str, str]]:
         resources = re.search(r"resources: (.*)", block).group(1)
         jobs[wildcards] = dict(item.split("=", 1) for item in resources.split(", "))
     return jobs
+
+
+def build_once(directory: Path, build: Callable[[Path], None]) -> Path:
+    """``build(directory)`` once for every process that asks (the pytest-xdist workers of one
+    session): the first caller builds while the others wait on ``{directory}.lock``, then all
+    get ``directory``. A failed build is recorded in ``{directory}.failed`` and reported to the
+    later callers instead of being tried again."""
+    done = directory.with_name(directory.name + ".done")
+    failed = directory.with_name(directory.name + ".failed")
+    with directory.with_name(directory.name + ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if failed.exists():
+            raise AssertionError(
+                f"building {directory} failed in another worker:\n{failed.read_text()}"
+            )
+        if not done.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            try:
+                build(directory)
+            except BaseException as error:
+                failed.write_text(f"{type(error).__name__}: {error}")
+                raise
+            done.touch()
+    return directory
