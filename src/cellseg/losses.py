@@ -210,6 +210,11 @@ def _tversky_from_sums(
     return (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
 
 
+def _flat(values: torch.Tensor) -> torch.Tensor:
+    """``(B, C, *S)`` → ``(B, C, prod S)`` (a view where ``values`` is contiguous)."""
+    return values.reshape(*values.shape[:2], -1)
+
+
 def _chunks(logits: torch.Tensor, chunk_size: int) -> list[tuple[int, slice]]:
     """(sample, voxel slice) pieces of ``(B, C, S)`` with about ``chunk_size`` elements each."""
     batch, classes = logits.shape[:2]
@@ -255,10 +260,8 @@ class _PartialTverskyFunction(torch.autograd.Function):
         chunk_size: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = _compute_dtype(logits)
-        batch, classes = logits.shape[:2]
-        z = logits.reshape(batch, classes, -1)
-        t = target.reshape(batch, classes, -1)
-        sums = torch.zeros(4, classes, dtype=torch.float64, device=logits.device)
+        z, t = _flat(logits), _flat(target)
+        sums = torch.zeros(4, logits.shape[1], dtype=torch.float64, device=logits.device)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             shift = shift.to(dtype)
             for b, piece in _chunks(logits, chunk_size):
@@ -288,11 +291,9 @@ class _PartialTverskyFunction(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return (None,) * 7
         dtype = tp.dtype
-        batch, classes = logits.shape[:2]
-        z = logits.reshape(batch, classes, -1)
-        t = target.reshape(batch, classes, -1)
+        z, t = _flat(logits), _flat(target)
         grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
-        grad_view = grad.view(batch, classes, -1)
+        grad_view = _flat(grad)  # a view (grad is contiguous): the chunks are written into grad
         with torch.autocast(device_type=logits.device.type, enabled=False):
             # TI = (TP + s) / D, D = (1 - alpha - beta) TP + alpha S_p + beta T + s
             num = tp + smooth

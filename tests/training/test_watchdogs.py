@@ -44,15 +44,21 @@ def make_trainer(config, tiny_data, run_dir, cls=Trainer, **kwargs) -> Trainer:
     )
 
 
+def stop_message(trainer: Trainer) -> str:
+    """The one-line error a watchdog stops ``trainer``'s run with."""
+    with pytest.raises(CellsegError) as error:
+        trainer.run()
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
 # ----------------------------------------------------------------- non-finite gradients
 def test_nonfinite_gradients_with_finite_losses_stop_the_run(tiny_config, tiny_data, tmp_path):
     # steps 1-2 train; from then on every window's gradient is NaN while its loss is finite
     config = with_training(tiny_config, inject_nonfinite_grad_after_steps=2, max_nonfinite_steps=2)
     trainer = make_trainer(config, tiny_data, tmp_path)
-    with pytest.raises(CellsegError) as error:
-        trainer.run()
-    message = str(error.value)
-    assert "\n" not in message
+    message = stop_message(trainer)
     assert message.startswith(
         "gradient norm was NaN/Inf in 3 accumulation windows in a row (epoch 1, steps 2-4; crops "
         "tiny/crop1, tiny/crop2)"
@@ -108,10 +114,7 @@ def test_skipped_windows_are_counted_whatever_grad_accum(
     config = with_training(tiny_config, grad_accum=grad_accum, max_nonfinite_steps=2)
     config["training"]["2d"]["iterations_per_epoch"] = 4 * grad_accum
     trainer = make_trainer(config, tiny_data, tmp_path, FirstMicroBatchNaN)
-    with pytest.raises(CellsegError) as error:
-        trainer.run()
-    message = str(error.value)
-    assert "\n" not in message
+    message = stop_message(trainer)
     assert message.startswith(
         "loss was NaN/Inf in 3 accumulation windows in a row (epoch 0, steps 0-2; crops tiny/crop"
     )
