@@ -103,22 +103,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--figures", type=Path, default=Path("results/figures/summary"))
     parser.add_argument("--adjustment", default=None, choices=["train", "none"])
     parser.add_argument("--rank-by", default="mean", choices=["mean", "pooled"])
-    parser.add_argument(
-        "--permutation-resamples", type=int, default=DEFAULT_PERMUTATIONS,
-        help="sign flips of the paired tests (exact when 2^N is at most this)",
+    counts = (  # the integer settings of SummarySettings: (option, default, help)
+        ("--permutation-resamples", DEFAULT_PERMUTATIONS,
+         "sign flips of the paired tests (exact when 2^N is at most this)"),
+        ("--best-permutations", SummarySettings.best_permutations,
+         "sign patterns and bootstrap resamples of the test of every pair of models"),
+        ("--min-crops", SummarySettings.min_crops_for_statistics,
+         "fewest crops with which a CI or p-value is reported"),
+        ("--min-datasets", SummarySettings.min_datasets_for_clusters,
+         "fewest datasets (crops named dataset/cropN) from which datasets are the units"),
     )  # fmt: skip
-    parser.add_argument(
-        "--best-permutations", type=int, default=SummarySettings.best_permutations,
-        help="sign patterns and bootstrap resamples of the test of every pair of models",
-    )  # fmt: skip
-    parser.add_argument(
-        "--min-crops", type=int, default=SummarySettings.min_crops_for_statistics,
-        help="fewest crops with which a CI or p-value is reported",
-    )  # fmt: skip
-    parser.add_argument(
-        "--min-datasets", type=int, default=SummarySettings.min_datasets_for_clusters,
-        help="fewest datasets (crops named dataset/cropN) from which datasets are the units",
-    )  # fmt: skip
+    for option, default, description in counts:
+        parser.add_argument(option, type=int, default=default, help=description)
     parser.set_defaults(func=_run_summary)
 
 
