@@ -70,6 +70,7 @@ from cellseg.challenge import (
     score_instance_modes,
 )
 from cellseg.classes import CLASSES, GROUP_INDEX, GROUP_NAMES
+from cellseg.config.options import settings_from_args
 from cellseg.data.datasplit import read_scored_crops
 from cellseg.data.identity import check_unseen
 from cellseg.data.multiscale import LabelEncoding, ScaleLevel
@@ -403,9 +404,7 @@ def _evaluate_crop_once(
         for name in scored
     }
     writer = (
-        _PredictionWriter(
-            predictions, crop, grid, settings.slab_voxels, predictor.trained_classes
-        )
+        _PredictionWriter(predictions, crop, grid, settings.slab_voxels, predictor.trained_classes)
         if predictions is not None
         else None
     )
@@ -669,15 +668,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = EvaluationSettings(
-        overlap=args.overlap,
-        blend_mode=args.blend_mode,
-        sw_batch_size=args.sw_batch_size,
-        threshold=args.threshold,
+    settings = settings_from_args(
+        EvaluationSettings,
+        args,
         adjustment_modes=tuple(args.adjustment or ()),
-        slab_voxels=args.slab_voxels,
-        device=args.device,
-        tta=args.tta,
         tta_compare=tuple(args.tta_compare or ()),
     )
     table = evaluate_checkpoint(

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cellseg.config.options import settings_from_args
 from cellseg.io import atomic_path, write_text_atomic
 from cellseg.ownership import check_output_path
 from cellseg.reporting.markdown import (
@@ -127,11 +128,9 @@ def _run_summary(args: argparse.Namespace) -> int:
     check_output_path(args.figures, "--figures", "directory")
     metrics = {path.stem: path for path in args.metrics}
     train = {key: args.models_dir / key / "train_summary.json" for key in metrics}
-    settings = SummarySettings(
-        adjustment=args.adjustment,
-        rank_by=args.rank_by,
-        permutation_resamples=args.permutation_resamples,
-        best_permutations=args.best_permutations,
+    settings = settings_from_args(
+        SummarySettings,
+        args,
         min_crops_for_statistics=args.min_crops,
         min_datasets_for_clusters=args.min_datasets,
     )
