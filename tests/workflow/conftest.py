@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -35,4 +36,14 @@ def clone(tmp_path_factory) -> Path:
     data root for the seed experiment's dry runs (which read no data)."""
     root = make_clone(tmp_path_factory.mktemp("clone") / "cellseg")
     (root / "cellmap").mkdir()
+    return root
+
+
+@pytest.fixture(scope="module")
+def finished_clone(finished_run: Path, tmp_path_factory) -> Path:
+    """A copy of the session's finished run (a fresh clone in which the tiny config ran to the
+    end), for one test module to change: what it re-runs starts from trained models, as a
+    user's second command does."""
+    root = tmp_path_factory.mktemp("finished_clone") / "cellseg"
+    shutil.copytree(finished_run, root, symlinks=True)
     return root

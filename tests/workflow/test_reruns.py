@@ -4,12 +4,14 @@ finished model, changed data must never be trained on top of, and a re-run's rea
 short line (issue 22, section 5: rules take digests of the config as ``params``, not the config
 itself, and editing one model's entry still reruns that model only).
 
-The tests share one clone and run in order: each later test starts from what the earlier ones
-trained, which is what keeps this file's cost to three trainings of the tiny models."""
+The tests share one clone, a copy of the session's finished run (the tiny config run to the end),
+and run in order: each later test starts from what the earlier ones trained, which is what keeps
+this file's cost to the trainings its changes cause."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +21,11 @@ from workflow_runner import run_in_clone as run
 pytestmark = pytest.mark.minutes(4)  # order: tests/conftest.py
 
 BEST = "results/models/unet_2d/best.pt"
+
+
+@pytest.fixture(scope="module")
+def clone(finished_clone: Path) -> Path:
+    return finished_clone
 
 
 def test_a_refused_setting_change_keeps_the_finished_run_restorable(clone):
@@ -49,7 +56,7 @@ REASON_TARGETS = (
 
 
 def test_editing_one_model_reruns_it_alone_with_a_short_reason(clone):
-    # unet_2d is already trained by the test above; this trains unet_3d
+    # both models are trained (the finished run; unet_2d restored by the test above)
     config = ("--configfile", str(TEST_CONFIG))
     run(clone, "--cores", "2", *REASON_TARGETS, *config)
     edited = "models={'unet_2d': {'lr': 0.5}, 'unet_3d': {}}"
