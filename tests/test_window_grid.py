@@ -90,7 +90,7 @@ def test_counts_do_not_depend_on_the_slab_size(volume):
 
 def crop_roi(grid: PredictionGrid) -> str:
     """The crop's prediction grid as a ``--roi`` (nm, voxel edges)."""
-    r = grid.resolution_nm
+    r = np.asarray(grid.resolution_nm)
     lo = grid.origin_nm - r / 2
     hi = lo + np.asarray(grid.shape) * r
     return ",".join(f"{a:g}:{b:g}" for a, b in zip(lo, hi, strict=True))

@@ -2,8 +2,9 @@
 
 For every test crop the model predicts the crop's whole box at its own resolution (SPEC §8):
 
-* The prediction grid has voxel size ``r = resolution_nm`` (the model's) and starts at the crop's
-  lower corner, so its voxel ``i`` is centred at ``start + (i + 1/2) r`` (nm). EM is read around
+* The prediction grid has voxel size ``r = resolution_nm`` (the model's, ``(z, y, x)``) and starts
+  at the crop's lower corner, so its voxel ``i`` is centred at ``start + (i + 1/2) r`` (nm, per
+  axis). EM is read around
   the crop with a margin of half a training patch per axis (at least enough for one window), so
   border voxels see as much context as interior ones; EM beyond the volume repeats its edge.
 * The model runs through :mod:`cellseg.inference` (:func:`~cellseg.inference.predict_crop`):
@@ -90,6 +91,7 @@ from cellseg.metrics import confusion_counts, crop_class_table
 from cellseg.ownership import check_output_path
 from cellseg.trained_classes import trained_names, untrained_classes, untrained_line
 from cellseg.tta import TTA, TTA_MODES
+from cellseg.voxels import format_resolution, table_value
 
 __all__ = [
     "INSTANCE_COLUMNS",
@@ -328,14 +330,13 @@ class _PredictionWriter:
 
         dataset, crop_name = crop.name.split("/", 1)
         parent = root.require_group(dataset).require_group(crop_name)
-        r = grid.resolution_nm
         self.arrays = {
             name: create_multiscale_group(
                 parent,
                 name,
                 grid.shape,
                 "uint8",
-                (r, r, r),
+                grid.resolution_nm,
                 tuple(float(v) for v in grid.origin_nm),
                 1,
                 attrs={"cellseg": {"encoding": "probability * 255 (threshold 0.5 ~ 128)"}},
@@ -450,7 +451,7 @@ def _evaluate_crop_once(
             voxel_size_z_nm=voxel[:, 0],
             voxel_size_y_nm=voxel[:, 1],
             voxel_size_x_nm=voxel[:, 2],
-            prediction_voxel_size_nm=predictor.resolution_nm,
+            prediction_voxel_size_nm=table_value(predictor.resolution_nm),
             threshold=settings.threshold,
             inference_seconds=inference_seconds,
             predicted_voxels=int(np.prod(grid.shape)),
@@ -603,7 +604,7 @@ def evaluate_checkpoint(
     predictor = Predictor.from_checkpoint(checkpoint, device)
     check_unseen(predictor.data_identity, crops, str(checkpoint))
     print(
-        f"[{predictor.key}] evaluating {len(crops)} {split} crops at {predictor.resolution_nm} nm "
+        f"[{predictor.key}] evaluating {len(crops)} {split} crops at {format_resolution(predictor.resolution_nm)} nm "
         f"on {device}, adjustment {', '.join(predictor.modes(settings))}, test-time augmentation "
         f"{', '.join(settings.tta_modes)}; a class with empty "
         "prediction and empty ground truth scores 1 (column 'empty')",

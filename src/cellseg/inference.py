@@ -54,6 +54,7 @@ from cellseg.data.voxel_checks import check_em_array
 from cellseg.errors import CellsegError
 from cellseg.losses import adjusted_probabilities
 from cellseg.trained_classes import read_trained_classes
+from cellseg.voxels import Resolution, Vec3, as_vec3
 
 __all__ = [
     "BLEND_MODES",
@@ -86,7 +87,7 @@ class Predictor:
             2 margin`` (:attr:`output_margin`; ``S' = S`` for same-padded networks).
         model, dim: the registry name and ``"2d"`` / ``"3d"``.
         patch_shape: the training patch, ``(H, W)`` or ``(D, H, W)`` voxels; the window read.
-        resolution_nm: the model's isotropic voxel size, nm.
+        resolution_nm: the model's ``(z, y, x)`` voxel size, nm (one number given: isotropic).
         em_range: raw EM values clipped to before scaling to [0, 1].
         logit_shift: ``(14,)`` added to the logits in mode ``train`` (from the checkpoint).
         default_mode: the adjustment the model was trained to be read with.
@@ -101,7 +102,7 @@ class Predictor:
     model: str
     dim: str
     patch_shape: tuple[int, ...]
-    resolution_nm: float
+    resolution_nm: Vec3
     em_range: tuple[float, float] = (10.6, 194.1)
     logit_shift: torch.Tensor | None = None
     default_mode: str = "train"
@@ -114,6 +115,9 @@ class Predictor:
     def untrained_channels(self) -> list[int]:
         """Channel indices of the classes not in :attr:`trained_classes`."""
         return [c for c, name in enumerate(CLASSES) if name not in self.trained_classes]
+
+    def __post_init__(self) -> None:
+        self.resolution_nm = as_vec3(self.resolution_nm)
 
     @property
     def key(self) -> str:
@@ -192,7 +196,7 @@ class Predictor:
             model=s["model"],
             dim=s["dim"],
             patch_shape=tuple(int(n) for n in s["patch_shape"]),
-            resolution_nm=float(s["resolution_nm"]),
+            resolution_nm=as_vec3(s["resolution_nm"]),
             em_range=(float(s["em_range"][0]), float(s["em_range"][1])),
             logit_shift=torch.as_tensor(checkpoint["logit_shift"], dtype=torch.float32),
             default_mode=str(s.get("loss", {}).get("inference_logit_adjustment", "train")),
@@ -293,7 +297,7 @@ class EMReader:
     """Normalised EM on boxes of a regular grid of ``resolution_nm`` voxels; indices beyond the
     EM level repeat its edge.
 
-    Grid index ``g`` is centred at ``origin_nm + g r``; a box is given in *image* indices,
+    Grid index ``g`` is centred at ``origin_nm + g r`` (``r`` per axis); a box is given in *image* indices,
     ``g = image index + shift``. When the EM level's grid is the prediction grid (same voxel
     size, voxel centres on each other) and ``direct``, the box is read without interpolation;
     otherwise it is interpolated trilinearly (:func:`~cellseg.data.patches.sample_linear`).
@@ -301,7 +305,7 @@ class EMReader:
     Args:
         array, level: the EM level read.
         origin_nm: ``(z, y, x)`` centre of grid voxel 0, nm.
-        resolution_nm: ``r``, nm.
+        resolution_nm: ``r``, nm: one number or ``(z, y, x)``.
         shift: grid index of image index 0, per axis.
         em_range: raw EM values clipped to before scaling to [0, 1]; floating-point EM mostly
             outside it is refused (:func:`~cellseg.data.voxel_checks.check_em_array`).
@@ -314,7 +318,7 @@ class EMReader:
         array: StoredArray,
         level: ScaleLevel,
         origin_nm: Sequence[float],
-        resolution_nm: float,
+        resolution_nm: Resolution,
         shift: Sequence[int],
         em_range: tuple[float, float],
         direct: bool = True,
@@ -323,7 +327,7 @@ class EMReader:
             check_em_array(array, em_range)
         self.array, self.level = array, level
         self.origin_nm = np.asarray(origin_nm, dtype=float)
-        self.r = float(resolution_nm)
+        self.r = np.asarray(as_vec3(resolution_nm))
         self.shift = tuple(int(s) for s in shift)
         self.em_range = em_range
         offset = (self.origin_nm - np.asarray(level.translation_nm)) / self.r
@@ -348,7 +352,7 @@ class EMReader:
             raw = self.array[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
             raw = raw[np.ix_(*(i - a for i, a in zip(index, lo, strict=True)))]
         else:
-            z, y, x = (o + g * self.r for o, g in zip(self.origin_nm, grid, strict=True))
+            z, y, x = (o + g * r for o, g, r in zip(self.origin_nm, grid, self.r, strict=True))
             yy, xx = np.meshgrid(y, x, indexing="ij")
             raw = sample_linear(self.array, self.level, PatchGrid(z, np.stack([yy, xx], -1)))
         return normalize_em(raw, self.em_range)
@@ -361,14 +365,15 @@ class EMReader:
 class VolumeGrid:
     """The model's voxel grid over a whole EM volume and the one window grid anchored to it.
 
-    Coordinates: *grid* indices over the volume (voxel ``i`` centred at ``origin_nm + i r``);
+    Coordinates: *grid* indices over the volume (voxel ``i`` centred at ``origin_nm + i r``, ``r``
+    per axis);
     *image* indices over the volume plus ``context`` (``image = grid + context``), the array the
     windows slide over (EM beyond the volume repeats its edge).
 
     Attributes:
         origin_nm: ``(z, y, x)`` centre of grid voxel 0, nm (the volume's lower corner + r/2).
         shape: grid voxels over the volume.
-        resolution_nm: ``r``, the model's voxel size, nm.
+        resolution_nm: ``r``, the model's ``(z, y, x)`` voxel size, nm.
         context: image voxels before grid voxel 0, per axis (half an output window, at least
             enough for one window; 0 along z for a 2D model).
         windows: the output windows over the image and the input margin each reads.
@@ -376,9 +381,12 @@ class VolumeGrid:
 
     origin_nm: tuple[float, float, float]
     shape: tuple[int, int, int]
-    resolution_nm: float
+    resolution_nm: Vec3
     context: tuple[int, int, int]
     windows: WindowGrid
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "resolution_nm", as_vec3(self.resolution_nm))
 
     @classmethod
     def over(
@@ -387,11 +395,11 @@ class VolumeGrid:
     ) -> VolumeGrid:  # fmt: skip
         """The grid of ``predictor`` over a volume spanning ``bounds_nm`` (``(start, stop)``,
         nm), its windows placed with ``overlap``."""
-        r = float(predictor.resolution_nm)
+        r = as_vec3(predictor.resolution_nm)
         start, stop = bounds_nm
         shape = tuple(
-            max(1, math.ceil((float(b) - float(a)) / r - 1e-6))
-            for a, b in zip(start, stop, strict=True)
+            max(1, math.ceil((float(b) - float(a)) / r_i - 1e-6))
+            for a, b, r_i in zip(start, stop, r, strict=True)
         )
         output = predictor.output_window
         context = tuple(
@@ -399,7 +407,7 @@ class VolumeGrid:
         )
         image = [n + 2 * c for n, c in zip(shape, context, strict=True)]
         windows = WindowGrid.over(image, output, predictor.output_margin, overlap)
-        origin = tuple(float(a) + r / 2 for a in start)
+        origin = tuple(float(a) + r_i / 2 for a, r_i in zip(start, r, strict=True))
         return cls(origin, shape, r, context, windows)  # type: ignore[arg-type]
 
     def region(
@@ -408,15 +416,15 @@ class VolumeGrid:
         """``(lo, hi)``: the grid voxels ``[lo, hi)`` that overlap the box ``bounds_nm``
         (``(start, stop)``, nm), clipped to the volume (empty along an axis it misses)."""
         r = self.resolution_nm
-        corner = [o - r / 2 for o in self.origin_nm]
+        corner = [o - r_i / 2 for o, r_i in zip(self.origin_nm, r, strict=True)]
         start, stop = bounds_nm
         lo = tuple(
-            max(0, math.floor((float(a) - c) / r + 1e-6))
-            for a, c in zip(start, corner, strict=True)
+            max(0, math.floor((float(a) - c) / r_i + 1e-6))
+            for a, c, r_i in zip(start, corner, r, strict=True)
         )
         hi = tuple(
-            min(n, math.ceil((float(b) - c) / r - 1e-6))
-            for b, c, n in zip(stop, corner, self.shape, strict=True)
+            min(n, math.ceil((float(b) - c) / r_i - 1e-6))
+            for b, c, n, r_i in zip(stop, corner, self.shape, r, strict=True)
         )
         return lo, hi  # type: ignore[return-value]
 
@@ -444,48 +452,54 @@ class VolumeGrid:
 @dataclass(frozen=True)
 class PredictionGrid:
     """The part of a volume's grid (:class:`VolumeGrid`) a crop is predicted on: voxel ``i``
-    centred at ``origin + i * r`` (nm).
+    centred at ``origin + i * r`` (nm, ``r`` per axis).
 
     Attributes:
         origin_nm: ``(z, y, x)`` centre of voxel ``(0, 0, 0)``, nm.
         shape: ``(D, H, W)`` voxels.
-        resolution_nm: ``r``, nm.
+        resolution_nm: ``r``, ``(z, y, x)`` nm.
         start: the volume-grid index of voxel ``(0, 0, 0)``.
     """
 
     origin_nm: np.ndarray
     shape: tuple[int, int, int]
-    resolution_nm: float
+    resolution_nm: Vec3
     start: tuple[int, int, int] = (0, 0, 0)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "resolution_nm", as_vec3(self.resolution_nm))
+
     @classmethod
-    def for_crop(cls, geometry: CropGeometry, resolution_nm: float) -> PredictionGrid:
+    def for_crop(cls, geometry: CropGeometry, resolution_nm: Resolution) -> PredictionGrid:
         """The voxels of the EM volume's grid at ``r`` nm that overlap the crop's box (union of
         its classes' finest levels); crops land on whole EM voxels, so with EM at ``r`` this is
         the crop's own box on the EM grid."""
-        r = float(resolution_nm)
+        r = np.asarray(as_vec3(resolution_nm))
         start, stop = geometry.em.bounds_nm
         corner = np.asarray(start, dtype=float)
-        shape = [max(1, math.ceil((b - a) / r - 1e-6)) for a, b in zip(start, stop, strict=True)]
+        shape = [
+            max(1, math.ceil((b - a) / r_i - 1e-6))
+            for a, b, r_i in zip(start, stop, r, strict=True)
+        ]
         crop_start, crop_stop = geometry.bounds_nm
         lo = [
-            min(n - 1, max(0, math.floor((a - c) / r + 1e-6)))
-            for a, c, n in zip(crop_start, corner, shape, strict=True)
+            min(n - 1, max(0, math.floor((a - c) / r_i + 1e-6)))
+            for a, c, n, r_i in zip(crop_start, corner, shape, r, strict=True)
         ]
         hi = [
-            max(low + 1, min(n, math.ceil((b - c) / r - 1e-6)))
-            for b, c, n, low in zip(crop_stop, corner, shape, lo, strict=True)
+            max(low + 1, min(n, math.ceil((b - c) / r_i - 1e-6)))
+            for b, c, n, low, r_i in zip(crop_stop, corner, shape, lo, r, strict=True)
         ]
         return cls(
             corner + r / 2 + np.asarray(lo) * r,
             tuple(b - a for a, b in zip(lo, hi, strict=True)),  # type: ignore[arg-type]
-            r,
+            as_vec3(r),
             tuple(lo),  # type: ignore[arg-type]
         )
 
     def nearest_index(self, axis: int, centres_nm: np.ndarray) -> np.ndarray:
         """Index of the prediction voxel nearest each world coordinate along ``axis`` (clipped)."""
-        index = np.floor((centres_nm - self.origin_nm[axis]) / self.resolution_nm + 0.5)
+        index = np.floor((centres_nm - self.origin_nm[axis]) / self.resolution_nm[axis] + 0.5)
         return np.clip(index, 0, self.shape[axis] - 1).astype(np.int64)
 
 
@@ -515,7 +529,7 @@ def read_em_slab(
     )
 
 
-def _open_em(geometry: CropGeometry, resolution_nm: float) -> tuple[StoredArray, ScaleLevel]:
+def _open_em(geometry: CropGeometry, resolution_nm: Resolution) -> tuple[StoredArray, ScaleLevel]:
     level = geometry.em.level_for(resolution_nm)
     return geometry.em.open_level(level), level
 

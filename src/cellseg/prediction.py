@@ -92,6 +92,7 @@ from cellseg.prediction_store import (
     write_marker,
 )
 from cellseg.tta import TTA_MODES
+from cellseg.voxels import format_resolution
 
 __all__ = [
     "DTYPES",
@@ -117,8 +118,7 @@ KILL_AFTER_ENV = "CELLSEG_PREDICT_KILL_AFTER_BLOCKS"
 def _group_attrs(name: str, plan: PredictionPlan, levels: int, kind: str) -> dict[str, Any]:
     """A class's group attributes: ``multiscales`` named ``{kind}/{name}`` (distinct layer names
     in a viewer); a mask is also an NGFF label image whose source is the class's probabilities."""
-    r = plan.resolution_nm
-    attrs = multiscales_attrs(f"{kind}/{name}", (r, r, r), plan.translation_nm, levels)
+    attrs = multiscales_attrs(f"{kind}/{name}", plan.resolution_nm, plan.translation_nm, levels)
     if kind == "masks":
         attrs |= image_label_attrs(source_image=f"../../probabilities/{name}")
     attrs["cellseg"] = {"kind": kind}
@@ -513,7 +513,7 @@ def predict_volume(
         state = "resumed"
     run = PredictionRun(plan, state)
     print(
-        f"[{predictor.key}] {em.location} at {plan.resolution_nm:g} nm: output {plan.shape} "
+        f"[{predictor.key}] {em.location} at {format_resolution(plan.resolution_nm, 'g')} nm: output {plan.shape} "
         f"voxels from {list(plan.translation_nm)} nm, {plan.n_blocks} blocks of {plan.block}, "
         f"windows {plan.window}, adjustment {spec['adjustment']}, on {device} ({state})",
         file=log,

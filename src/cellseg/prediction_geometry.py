@@ -3,7 +3,7 @@ blocks (:class:`PredictionPlan`, :func:`plan_prediction`), and each block's blen
 (:func:`block_logits`); :mod:`cellseg.prediction` writes them into the OME-Zarr store.
 
 Geometry. The prediction grid has the model's voxel size ``r`` and starts at the EM volume's
-lower corner (voxel ``i`` centred at ``start + (i + 1/2) r``; with an EM level at ``r`` it *is*
+lower corner (voxel ``i`` centred at ``start + (i + 1/2) r``, ``r`` per axis; with an EM level at ``r`` it *is*
 that level's grid and the EM is read without interpolation). An optional ROI (nm) keeps the grid
 voxels that overlap it. The windows slide over the whole volume plus a margin of half a window
 per axis (EM beyond the volume repeats its edge), whatever the ROI: anchored to the volume, they
@@ -48,6 +48,7 @@ from cellseg.inference import BLEND_MODES, Blender, EMReader, Predictor, VolumeG
 from cellseg.losses import InferenceLogitAdjustment
 from cellseg.prediction_store import DTYPES
 from cellseg.tta import TTA
+from cellseg.voxels import Vec3, as_vec3, to_json
 
 __all__ = ["PredictionPlan", "PredictionSettings", "block_logits", "plan_prediction"]
 
@@ -156,7 +157,7 @@ class PredictionPlan:
     Attributes:
         em_store, em_group: the EM multiscale group.
         level: the EM level read (nearest the model's resolution).
-        resolution_nm: ``r``, the model's voxel size.
+        resolution_nm: ``r``, the model's ``(z, y, x)`` voxel size, nm.
         grid_origin_nm: ``(z, y, x)`` centre of grid voxel 0, nm.
         grid_shape: grid voxels over the EM volume.
         roi_start, shape: output voxel 0 in grid indices, and the output's shape.
@@ -175,7 +176,7 @@ class PredictionPlan:
     em_store: Path
     em_group: str
     level: ScaleLevel
-    resolution_nm: float
+    resolution_nm: Vec3
     grid_origin_nm: tuple[float, float, float]
     grid_shape: tuple[int, int, int]
     roi_start: tuple[int, int, int]
@@ -230,8 +231,8 @@ class PredictionPlan:
     def translation_nm(self) -> tuple[float, float, float]:
         """Centre of output voxel 0, nm (the OME-NGFF translation of level s0)."""
         return tuple(
-            o + s * self.resolution_nm
-            for o, s in zip(self.grid_origin_nm, self.roi_start, strict=True)
+            o + s * r
+            for o, s, r in zip(self.grid_origin_nm, self.roi_start, self.resolution_nm, strict=True)
         )  # type: ignore[return-value]
 
     def chunk_shape(self, shape: Sequence[int] | None = None) -> tuple[int, ...]:
@@ -270,7 +271,7 @@ class PredictionPlan:
         return {
             "em": f"{self.em_store.resolve()}/{self.em_group}",
             "level": self.level.path,
-            "resolution_nm": self.resolution_nm,
+            "resolution_nm": to_json(self.resolution_nm),
             "roi_start": list(self.roi_start),
             "shape": list(self.shape),
             "translation_nm": list(self.translation_nm),
@@ -295,7 +296,7 @@ def plan_prediction(
     Raises:
         CellsegError: the ROI misses the volume, or the patch does not match the model's dim.
     """
-    r = float(predictor.resolution_nm)
+    r = as_vec3(predictor.resolution_nm)
     start, stop = em.bounds_nm
     # the volume's grid and its one grid of windows, whatever the ROI (the same voxel, the same
     # value; cellseg.inference.VolumeGrid, as evaluation and figures)

@@ -33,6 +33,7 @@ from cellseg.classes import CLASSES
 from cellseg.errors import CellsegError
 from cellseg.io import write_json_atomic
 from cellseg.palette import colour
+from cellseg.voxels import Vec3, as_vec3
 
 NEUROGLANCER_APP = "https://neuroglancer-demo.appspot.com/"
 """The neuroglancer web app the printed link opens (any instance reads the same state)."""
@@ -48,14 +49,14 @@ class ViewSources:
         prediction: the prediction store (``cellseg predict --out``).
         em_store: the EM's zarr store.
         em_group: the EM multiscale group inside it, e.g. ``recon-1/em/fibsem-uint8``.
-        resolution_nm: the prediction's voxel size (nm).
+        resolution_nm: the prediction's ``(z, y, x)`` voxel size (nm).
         centre_nm: ``(z, y, x)`` centre of the predicted region (nm), where the view opens.
     """
 
     prediction: Path
     em_store: Path
     em_group: str
-    resolution_nm: float
+    resolution_nm: Vec3
     centre_nm: tuple[float, float, float]
 
 
@@ -72,7 +73,7 @@ def read_sources(prediction: Path | str, em: str | None = None) -> ViewSources:
     try:
         attrs = json.loads((prediction / ".zattrs").read_text())
         spec = attrs["cellseg"]["prediction"]
-        r = float(spec["resolution_nm"])
+        r = as_vec3(spec["resolution_nm"])
         translation, shape = spec["translation_nm"], spec["shape"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise CellsegError(
@@ -85,7 +86,9 @@ def read_sources(prediction: Path | str, em: str | None = None) -> ViewSources:
             f"{em_store / em_group}: the EM of {prediction} is not there; pass --em "
             "STORE.zarr/GROUP"
         )
-    centre = tuple(float(t) + (n - 1) * r / 2 for t, n in zip(translation, shape, strict=True))
+    centre = tuple(
+        float(t) + (n - 1) * r_i / 2 for t, n, r_i in zip(translation, shape, r, strict=True)
+    )
     return ViewSources(prediction, em_store, em_group, r, centre)  # type: ignore[arg-type]
 
 
@@ -111,7 +114,8 @@ def neuroglancer_state(sources: ViewSources, base_url: str) -> dict[str, Any]:
 
     Dimensions ``x, y, z`` (:data:`DISPLAY_AXES`) in 1 nm units, so the main panel shows the y-x
     imaging plane; the view opens at the predicted region's centre, zoomed so a screen pixel is
-    one prediction voxel. Layers: ``EM`` (image), then per class ``masks/{class}``
+    one prediction voxel of the y-x plane (its finer spacing; the 3D view spans 1024 of the
+    coarsest). Layers: ``EM`` (image), then per class ``masks/{class}``
     (segmentation, segment 1 shown in the class's colour of :data:`cellseg.palette.COLOURS`) and
     ``probabilities/{class}`` (image in the same colour, hidden). Sources are ``zarr://`` URLs of
     the multiscale groups.
@@ -144,8 +148,8 @@ def neuroglancer_state(sources: ViewSources, base_url: str) -> dict[str, Any]:
     return {
         "dimensions": {axis: [1e-9, "m"] for axis in DISPLAY_AXES},
         "position": [centre[axis] for axis in DISPLAY_AXES],
-        "crossSectionScale": sources.resolution_nm,
-        "projectionScale": 1024 * sources.resolution_nm,
+        "crossSectionScale": min(sources.resolution_nm[1:]),
+        "projectionScale": 1024 * max(sources.resolution_nm),
         "layers": layers,
         "selectedLayer": {"layer": "EM"},
         "layout": "4panel",

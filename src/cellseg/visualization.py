@@ -117,7 +117,9 @@ def logit_adjustment_figure(exact: np.ndarray, online: np.ndarray | None = None)
 
 
 def crop_panels_figure(
-    samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, str]], title: str = ""
+    samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, str]],
+    title: str = "",
+    aspect: float = 1.0,
 ) -> Figure:
     """Input / ground truth / prediction panels, one row per sample of possibly different size.
 
@@ -125,6 +127,8 @@ def crop_panels_figure(
         samples: ``(em (H, W) in [0, 1], target (C, H, W) with NaN where unannotated,
             probabilities (C, H, W), row title)`` per row.
         title: the figure's title.
+        aspect: height over width of one pixel, the y over the x voxel size (1 for the
+            isotropic voxels of FIB-SEM).
 
     Returns:
         A figure with a class legend; unannotated ground truth is grey and hatched, not background.
@@ -137,7 +141,10 @@ def crop_panels_figure(
         for ax, picture, name in zip(
             axes[row], (em, truth, prediction), ("input", "ground truth", "prediction"), strict=True
         ):
-            ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, interpolation="nearest")
+            ax.imshow(
+                picture, cmap="gray" if picture.ndim == 2 else None, interpolation="nearest",
+                aspect=aspect,
+            )  # fmt: skip
             ax.set_title(name, fontsize="small")
             ax.axis("off")
         if unannotated.any() and not unannotated.all():
@@ -201,6 +208,7 @@ def class_panels_figure(
     threshold: float = 0.5,
     title: str = "",
     untrained: Collection[str] = (),
+    aspect: float = 1.0,
 ) -> Figure:
     """One slice of one crop: EM, then ground truth and prediction of each class (and group) the
     crop annotates, each over the EM in its palette colour.
@@ -222,6 +230,7 @@ def class_panels_figure(
         title: the figure's title.
         untrained: names the model did not train (:mod:`cellseg.trained_classes`): their
             prediction panel is the bare EM titled "not trained", never a mask.
+        aspect: height over width of one pixel, the y over the x voxel size.
 
     Raises:
         ValueError: a name that is not a channel of ``target``.
@@ -248,7 +257,7 @@ def class_panels_figure(
         strict=True,
     ):
         ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, interpolation="nearest",
-                  vmin=0, vmax=1)  # fmt: skip
+                  vmin=0, vmax=1, aspect=aspect)  # fmt: skip
         ax.set_title(label, fontsize="small")
         ax.axis("off")
     if unannotated.any():
@@ -274,7 +283,7 @@ def class_panels_figure(
             (grid[row, 2 * column + 1], predicted, f"{name}: prediction\n{score}"),
         ):
             ax.axis("on")
-            ax.imshow(overlay(em, mask, name), interpolation="nearest")
+            ax.imshow(overlay(em, mask, name), interpolation="nearest", aspect=aspect)
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():

@@ -30,6 +30,7 @@ from cellseg.config.resources import (
 )
 from cellseg.training.preflight_verdict import PreflightConfig, preflight_key
 from cellseg.config.settings import check_variant_name, resolve_settings, runs
+from cellseg.voxels import cli_value
 
 # Snakemake has already merged every --configfile and --config into `config` on top of
 # config/config.yaml, key by key, so the base's per-model entries would survive into every

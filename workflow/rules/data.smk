@@ -60,7 +60,7 @@ rule datasplit:
         margin=config["data"]["split_margin_nm"],
         split_by=config["data"]["split_by"],
         # crops with no label level near the models' resolution are left out (logged)
-        resolution=config["data"]["resolution_nm"],
+        resolution=cli_value(config["data"]["resolution_nm"]),
         # float EM mostly outside the window the models clip to is refused
         em_range=" ".join(map(str, config["data"]["em_range"])),
     # tee: what was left out or skipped, and why, is said on the console as well as in the log
@@ -88,7 +88,7 @@ rule class_frequencies:
         # resources.class_frequencies (cellseg.config.resources): CPU partition
         **job_resources(class_frequencies_job, gpu=None),
     params:
-        resolution=config["data"]["resolution_nm"],
+        resolution=cli_value(config["data"]["resolution_nm"]),
         allow_missing=(
             "--allow-missing-classes"
             if config["data"]["allow_missing_classes"]

@@ -19,6 +19,7 @@ import yaml
 
 from cellseg.errors import CellsegError
 from cellseg.mappings import deep_merge
+from cellseg.voxels import parse_resolution
 from cellseg.yamlfile import DuplicateKeyError, UniqueKeyLoader, tab_indented_line
 
 REPLACED_KEYS: frozenset[str] = frozenset({"models"})
@@ -207,6 +208,11 @@ def check_config(
     config: Mapping[str, Any], schema_path: Path | str, sources: Sequence[str]
 ) -> None:
     """Raise a one-line :class:`CellsegError` for a schema violation or a missing input path."""
+    data = config.get("data")
+    if isinstance(data, Mapping) and "resolution_nm" in data:
+        # before the schema's "is not valid under any of the given schemas": the key and the fix
+        holder = layer_holding(["data", "resolution_nm"], sources)
+        parse_resolution(data["resolution_nm"], f"{holder}: data.resolution_nm")
     line = schema_error_line(config, schema_path, sources)
     if line:
         raise CellsegError(line)

@@ -19,6 +19,7 @@ import yaml
 
 from cellseg.errors import CellsegError
 from cellseg.mappings import deep_merge
+from cellseg.voxels import Resolution, Vec3, as_vec3, parse_resolution
 from cellseg.yamlfile import UniqueKeyLoader
 
 # Keys that change how a run is executed or logged but not what it computes: editing them keeps
@@ -106,7 +107,9 @@ class TrainSettings:
     # fault injection for tests: NaN gradients (finite losses) from this optimizer step on
     inject_nonfinite_grad_after_steps: int | None = None
     # data and loss, copied from the config's data and loss sections
-    resolution_nm: float = 8.0
+    # the config's spelling (cellseg.voxels.compact: one number when isotropic, so isotropic
+    # configs hash as before); the (z, y, x) voxel size is voxel_nm
+    resolution_nm: Resolution = 8.0
     em_range: tuple[float, float] = (10.6, 194.1)
     infer_true_negatives: bool = False
     loss: Mapping[str, Any] = field(default_factory=dict)
@@ -117,6 +120,11 @@ class TrainSettings:
     @property
     def key(self) -> str:
         return f"{self.model}_{self.dim}"
+
+    @property
+    def voxel_nm(self) -> Vec3:
+        """The ``(z, y, x)`` voxel size the model sees, nm."""
+        return as_vec3(self.resolution_nm)
 
     @property
     def is_3d(self) -> bool:
@@ -321,7 +329,9 @@ def _resolve(config: Mapping[str, Any], model_key: str, source: str) -> TrainSet
     return TrainSettings(
         model=name,
         dim=dim,
-        resolution_nm=float(data.get("resolution_nm", TrainSettings.resolution_nm)),
+        resolution_nm=parse_resolution(
+            data.get("resolution_nm", TrainSettings.resolution_nm), f"{source}: data.resolution_nm"
+        ),
         em_range=tuple(data.get("em_range", TrainSettings.em_range)),
         infer_true_negatives=bool(
             data.get("infer_true_negatives", TrainSettings.infer_true_negatives)

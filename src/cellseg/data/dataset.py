@@ -27,6 +27,7 @@ from cellseg.data.patches import (
 )
 from cellseg.data.store import Crop, CropGeometry, read_crop_geometry
 from cellseg.errors import CellsegError
+from cellseg.voxels import Resolution, Vec3, as_vec3
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,13 @@ class PatchSpec:
 
     Attributes:
         shape: ``(H, W)`` for 2D models or ``(D, H, W)`` for 3D models, in voxels.
-        resolution_nm: isotropic voxel size in nm (8 in the seed).
+        resolution_nm: voxel size in nm: one number (isotropic; 8 in the seed) or ``(z, y, x)``
+            (anisotropic data: a 2D model reads y-x planes at the y, x spacing, a 3D model
+            ``(D, H, W)`` voxels at the three spacings).
     """
 
     shape: tuple[int, ...]
-    resolution_nm: float = 8.0
+    resolution_nm: Resolution = 8.0
 
     def __post_init__(self) -> None:
         if len(self.shape) not in (2, 3) or min(self.shape) < 1:
@@ -50,6 +53,11 @@ class PatchSpec:
     @property
     def is_3d(self) -> bool:
         return len(self.shape) == 3
+
+    @property
+    def voxel_nm(self) -> Vec3:
+        """``(z, y, x)`` voxel size, nm."""
+        return as_vec3(self.resolution_nm)
 
     @property
     def grid_shape(self) -> tuple[int, int, int]:
@@ -84,7 +92,7 @@ def has_groups(geometries: Sequence[CropGeometry]) -> bool:
     return any(name in GROUP_INDEX for g in geometries for name in g.labels)
 
 
-def open_crops(crops: Sequence[Crop], resolution_nm: float) -> list[CropGeometry]:
+def open_crops(crops: Sequence[Crop], resolution_nm: Resolution) -> list[CropGeometry]:
     """Validate and parse every crop up front, so a broken dataset fails before training starts."""
     if not crops:
         raise CellsegError("no crops to read: the datasplit has no rows for this split")
@@ -146,9 +154,11 @@ class TrainPatches(Dataset):
         cache = ArrayCache(int(cache_mb * 2**20)) if cache_mb > 0 else None
         depth, height, width = spec.grid_shape
         # a rotated patch reaches half its diagonal from its centre, plus a voxel of interpolation
+        # (y and x spacings may differ: the larger bounds the rotated patch's reach)
+        r_z, r_y, r_x = spec.voxel_nm
         context = (
-            (depth / 2 + 1) * spec.resolution_nm,
-            (np.hypot(height, width) / 2 + 1) * spec.resolution_nm,
+            (depth / 2 + 1) * r_z,
+            (np.hypot(height, width) / 2 + 1) * max(r_y, r_x),
         )
         self.groups = has_groups(geometries)
         self.readers = [

@@ -35,6 +35,7 @@ from cellseg.data.store import (
 from cellseg.data.voxel_checks import check_em_values, check_label_data
 from cellseg.errors import CellsegError
 from cellseg.io import write_text_atomic
+from cellseg.voxels import Resolution, resolution_argument
 
 SPLITS: tuple[str, ...] = ("train", "validate", "test")
 EM_RANGE: tuple[float, float] = (10.6, 194.1)
@@ -416,7 +417,7 @@ def make_datasplit(
     validate_fraction: float = 0.15,
     test_fraction: float = 0.15,
     seed: int = 42,
-    resolution_nm: float | None = None,
+    resolution_nm: Resolution | None = None,
     log: TextIO | None = None,
     margin_nm: float = 0.0,
     split_by: str = "crop",
@@ -485,7 +486,7 @@ def make_datasplit(
 
 def data_problems(
     rows: Sequence[tuple[str, Crop]],
-    resolution_nm: float | None = None,
+    resolution_nm: Resolution | None = None,
     log: TextIO | None = None,
     em_range: Sequence[float] = EM_RANGE,
 ) -> list[str]:
@@ -536,7 +537,7 @@ def missing_splits(crops: Sequence[Crop]) -> list[str]:
 
 def check_datasplit(
     path: Path | str,
-    resolution_nm: float | None = None,
+    resolution_nm: Resolution | None = None,
     log: TextIO | None = None,
     margin_nm: float = 0.0,
     split_by: str = "crop",
@@ -637,7 +638,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--resolution-nm",
-        type=float,
-        help="leave out crops whose labels have no level within 2x of this voxel size (nm)",
+        type=resolution_argument,
+        help="leave out crops whose labels have no level within 2x of this voxel size (nm): "
+        "8, or z,y,x such as 50,8,8",
     )
     parser.set_defaults(func=_run)

@@ -25,6 +25,7 @@ from cellseg.data.store import Crop, check_outside_stores, read_crop_geometry
 from cellseg.errors import CellsegError
 from cellseg.io import write_json_atomic
 from cellseg.trained_classes import TRAINED_KEY, trained_classes, untrained_line
+from cellseg.voxels import Resolution, as_vec3, format_resolution, resolution_argument, to_json
 
 COUNTED_AT = (
     "per label array, at the scale level nearest resolution_nm (the level the patch loader "
@@ -53,9 +54,13 @@ def count_array(
 
 
 def class_frequencies(
-    crops: Sequence[Crop], resolution_nm: float = 8.0, allow_missing_classes: bool = False
+    crops: Sequence[Crop], resolution_nm: Resolution = 8.0, allow_missing_classes: bool = False
 ) -> dict[str, Any]:
     """Annotated and positive voxels (in ``resolution_nm`` voxels), crop counts and priors.
+
+    ``resolution_nm`` is one number (isotropic) or ``(z, y, x)`` nm: a stored voxel counts as
+    its volume over the model voxel's volume, per axis (a 50x4x4 nm voxel is a quarter of a
+    50x8x8 nm one).
 
     Returns:
         JSON-ready ``{"classes", "resolution_nm", "counted_at", "crops", "per_class"}`` where
@@ -68,6 +73,7 @@ def class_frequencies(
     Raises:
         CellsegError: a class annotated by no crop, unless ``allow_missing_classes``.
     """
+    voxel = np.asarray(as_vec3(resolution_nm))
     annotated = dict.fromkeys(CLASSES, 0.0)
     positive = dict.fromkeys(CLASSES, 0.0)
     crop_counts = dict.fromkeys(CLASSES, 0)
@@ -80,7 +86,7 @@ def class_frequencies(
         for name, multiscale in geometry.labels.items():
             level = multiscale.level_for(resolution_nm)
             array = multiscale.open_level(level)
-            weight = float(np.prod(np.asarray(level.voxel_size_nm) / resolution_nm))
+            weight = float(np.prod(np.asarray(level.voxel_size_nm) / voxel))
             n_annotated, n_positive = count_array(array, geometry.encodings[name])
             if name not in annotated:
                 group = groups.setdefault(name, {"annotated_voxels": 0.0, "crops": 0})
@@ -116,7 +122,7 @@ def class_frequencies(
     )
     return {
         "classes": list(CLASSES),
-        "resolution_nm": resolution_nm,
+        "resolution_nm": to_json(resolution_nm),
         "counted_at": COUNTED_AT,
         "crops": [crop.name for crop in crops],
         "per_class": per_class,
@@ -131,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
     check_outside_stores(args.out, crops)
     frequencies = class_frequencies(crops, args.resolution_nm, args.allow_missing_classes)
     write_json_atomic(args.out, frequencies)
-    print(f"{args.out}: {len(crops)} training crops at {args.resolution_nm} nm")
+    print(f"{args.out}: {len(crops)} training crops at {format_resolution(args.resolution_nm)} nm")
     if (line := untrained_line(frequencies[TRAINED_KEY])) is not None:
         print(f"{args.out}: {line}")
     return 0
@@ -143,6 +149,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--datasplit", type=Path, required=True, help="datasplit CSV")
     parser.add_argument("--out", type=Path, required=True, help="output JSON")
-    parser.add_argument("--resolution-nm", type=float, default=8.0)
+    parser.add_argument(
+        "--resolution-nm", type=resolution_argument, default=8.0, help="8 or z,y,x: 50,8,8 (nm)"
+    )
     parser.add_argument("--allow-missing-classes", action="store_true")
     parser.set_defaults(func=_run)

@@ -30,9 +30,7 @@ import numpy as np
 import zarr
 
 from cellseg.errors import CellsegError
-
-Vec3 = tuple[float, float, float]
-"""A ``(z, y, x)`` triple in nm."""
+from cellseg.voxels import Resolution, Vec3, as_vec3, format_resolution
 
 
 @dataclass(frozen=True)
@@ -195,7 +193,7 @@ class Multiscale:
     def location(self) -> str:
         return f"{self.store}/{self.group}"
 
-    def level_for(self, resolution_nm: float | Vec3) -> ScaleLevel:
+    def level_for(self, resolution_nm: Resolution) -> ScaleLevel:
         """The level whose voxel size is nearest ``resolution_nm`` (in log scale; ties → finer)."""
         target = np.broadcast_to(np.asarray(resolution_nm, dtype=float), (3,))
 
@@ -511,11 +509,16 @@ def _fits_pyramid(level: ScaleLevel, finest: ScaleLevel) -> bool:
     return bool(np.all(np.abs(np.asarray(level.translation_nm) - expected) <= 1e-3))
 
 
-def resolution_problem(multiscale: Multiscale, resolution_nm: float) -> str | None:
+def resolution_problem(multiscale: Multiscale, resolution_nm: Resolution) -> str | None:
     """Why no level of ``multiscale`` can serve ``resolution_nm`` (none within a factor of 2 on
-    every axis: a 32 nm crop cannot train an 8 nm model without inventing detail), or None."""
+    every axis: a 32 nm crop cannot train an 8 nm model without inventing detail), or None.
+    ``resolution_nm`` is one number or ``(z, y, x)``, compared axis by axis (50 nm sections
+    serve a ``[50, 8, 8]`` model, not an isotropic 10 nm one)."""
     level = multiscale.level_for(resolution_nm)
-    worst = max(abs(math.log2(s / resolution_nm)) for s in level.voxel_size_nm)
+    worst = max(
+        abs(math.log2(s / r))
+        for s, r in zip(level.voxel_size_nm, as_vec3(resolution_nm), strict=True)
+    )
     if worst <= 1.0 + 1e-6:
         return None
     # FIB-SEM voxels are never below 0.1 nm: such a scale was written in µm
@@ -527,7 +530,7 @@ def resolution_problem(multiscale: Multiscale, resolution_nm: float) -> str | No
         else ""
     )
     return (
-        f"{multiscale.location}: no scale level near {resolution_nm} nm (nearest {level.path} at "
+        f"{multiscale.location}: no scale level near {format_resolution(resolution_nm)} nm (nearest {level.path} at "
         f"{format_nm(level.voxel_size_nm)} nm){unit}"
     )
 
@@ -541,13 +544,15 @@ _NOTED_UPSAMPLED: set[str] = set()
 """EM levels already said to be upsampled in this process (once each, not once per crop)."""
 
 
-def upsampled_em_line(em: Multiscale, resolution_nm: float) -> str | None:
+def upsampled_em_line(em: Multiscale, resolution_nm: Resolution) -> str | None:
     """The line saying that ``em`` is read at a level much coarser than ``resolution_nm``
     (:data:`UPSAMPLED_NOTE_RATIO`), upsampled without a word otherwise: the array, the level
     used and its voxel size, and the fix (an array the group holds that 'multiscales' does not
     list, such as a removed ``s0``, is named). None when the level used is near enough."""
     level = em.level_for(resolution_nm)
-    ratio = max(size / resolution_nm for size in level.voxel_size_nm)
+    ratio = max(
+        size / r for size, r in zip(level.voxel_size_nm, as_vec3(resolution_nm), strict=True)
+    )
     if ratio < UPSAMPLED_NOTE_RATIO - 1e-6:
         return None
     listed = {path for path, _, _ in _parse_levels(em.attributes, em.location)}
@@ -560,17 +565,25 @@ def upsampled_em_line(em: Multiscale, resolution_nm: float) -> str | None:
         f"its group holds {', '.join(unlisted)}, which 'multiscales' does not list: if "
         f"{unlisted[0]} is the finer level, list it again there (path, scale and translation)"
         if unlisted
-        else f"add a level near {resolution_nm:g} nm, or set data.resolution_nm to "
-        f"{max(level.voxel_size_nm):g}"
+        else f"add a level near {format_resolution(resolution_nm, 'g')} nm, or set "
+        f"data.resolution_nm to {_coarsened(resolution_nm, level)}"
     )
     return (
-        f"{em.location}: no level near {resolution_nm:g} nm: reading {level.path} at "
+        f"{em.location}: no level near {format_resolution(resolution_nm, 'g')} nm: reading {level.path} at "
         f"{format_nm(level.voxel_size_nm)} nm, upsampled {ratio:g}x (its detail is interpolated, not "
         f"read); {fix}"
     )
 
 
-def note_upsampled_em(em: Multiscale, resolution_nm: float, log: TextIO | None = None) -> None:
+def _coarsened(resolution_nm: Resolution, level: ScaleLevel) -> str:
+    """The ``data.resolution_nm`` that reads ``level`` without upsampling: its largest voxel
+    edge when the models' voxels are isotropic (as before), else its voxel size per axis."""
+    if len(set(as_vec3(resolution_nm))) == 1:
+        return f"{max(level.voxel_size_nm):g}"
+    return format_nm(level.voxel_size_nm)
+
+
+def note_upsampled_em(em: Multiscale, resolution_nm: Resolution, log: TextIO | None = None) -> None:
     """Print :func:`upsampled_em_line` to ``log`` (stderr) once per EM level in this process."""
     line = upsampled_em_line(em, resolution_nm)
     if line is not None and line not in _NOTED_UPSAMPLED:

@@ -23,6 +23,7 @@ from cellseg.data.store import CropGeometry
 from cellseg.data.voxel_checks import check_em_array
 from cellseg.errors import CellsegError
 from cellseg.groups import apply_group_negatives, infer_group_negatives
+from cellseg.voxels import Resolution, as_vec3
 
 
 @dataclass(frozen=True)
@@ -92,12 +93,16 @@ class PatchGrid:
         cls,
         centre_nm: np.ndarray,
         shape: tuple[int, int, int],
-        resolution_nm: float,
+        resolution_nm: Resolution,
         transform: PatchTransform | None = None,
     ) -> PatchGrid:
-        """Grid of ``shape = (D, H, W)`` voxels at ``resolution_nm``, centred on ``centre_nm``."""
+        """Grid of ``shape = (D, H, W)`` voxels at ``resolution_nm`` (one number, or ``(z, y, x)``
+        nm: the spacing along each axis), centred on ``centre_nm``."""
         transform = transform or PatchTransform()
-        offsets = [(np.arange(n) - (n - 1) / 2.0) * resolution_nm for n in shape]
+        offsets = [
+            (np.arange(n) - (n - 1) / 2.0) * r
+            for n, r in zip(shape, as_vec3(resolution_nm), strict=True)
+        ]
         z_nm = centre_nm[0] + transform.z_sign * offsets[0]
         oy, ox = np.meshgrid(offsets[1], offsets[2], indexing="ij")
         yx = np.stack([oy, ox], axis=-1) @ transform.yx_matrix.T
@@ -458,7 +463,7 @@ class CropReader:
 
     Args:
         geometry: the crop's parsed multiscales (:func:`cellseg.data.store.read_crop_geometry`).
-        resolution_nm: isotropic output voxel size in nm.
+        resolution_nm: output voxel size in nm, one number or ``(z, y, x)``.
         em_range: ``(low, high)`` raw EM values clipped to before scaling to [0, 1];
             floating-point EM mostly outside it is refused
             (:func:`~cellseg.data.voxel_checks.check_em_array`).
@@ -477,7 +482,7 @@ class CropReader:
     def __init__(
         self,
         geometry: CropGeometry,
-        resolution_nm: float,
+        resolution_nm: Resolution,
         em_range: tuple[float, float] = (10.6, 194.1),
         infer_true_negatives: bool = False,
         cache: ArrayCache | None = None,
@@ -490,7 +495,7 @@ class CropReader:
         self._channels = dict(CLASS_INDEX)
         if groups:
             self._channels.update({g: NUM_CLASSES + i for g, i in GROUP_INDEX.items()})
-        self.resolution_nm = float(resolution_nm)
+        self.voxel_nm = as_vec3(resolution_nm)
         self.em_range = (float(em_range[0]), float(em_range[1]))
         self.infer_true_negatives = infer_true_negatives
         self._em_level = geometry.em.level_for(resolution_nm)

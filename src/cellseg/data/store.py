@@ -36,6 +36,7 @@ from cellseg.data.multiscale import (
 )
 from cellseg.errors import CellsegError
 from cellseg.ownership import cellseg_metadata
+from cellseg.voxels import Resolution
 
 EM_GROUP = "recon-1/em/fibsem-uint8"
 LABELS_ROOT = "recon-1/labels/groundtruth"
@@ -137,13 +138,13 @@ class CropGeometry:
         return np.min(starts, axis=0), np.max(stops, axis=0)
 
 
-def read_crop_geometry(crop: Crop, resolution_nm: float | None = None) -> CropGeometry:
+def read_crop_geometry(crop: Crop, resolution_nm: Resolution | None = None) -> CropGeometry:
     """Open and validate a crop: EM and label multiscales, encodings and placement.
 
     Args:
         crop: the crop to check.
         resolution_nm: when given, also check that some level of every array is within a factor
-            of 2 of it (a 32 nm crop cannot train an 8 nm model without inventing detail).
+            of 2 of it, axis by axis (one number or ``(z, y, x)`` nm; a 32 nm crop cannot train an 8 nm model without inventing detail).
 
     Raises:
         CellsegError: a missing array, malformed ``multiscales``, a crop outside the EM volume,
@@ -245,7 +246,7 @@ def _check_classes_agree(labels: Mapping[str, Multiscale]) -> None:
         )
 
 
-def crop_resolution_problem(crop: Crop, resolution_nm: float) -> str | None:
+def crop_resolution_problem(crop: Crop, resolution_nm: Resolution) -> str | None:
     """Why a crop's labels cannot be read at ``resolution_nm`` (see
     :func:`~cellseg.data.multiscale.resolution_problem`), or None when every class has a level near it."""
     geometry = read_crop_geometry(crop)

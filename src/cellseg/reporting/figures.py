@@ -396,16 +396,24 @@ def predicted_slice(
     grid = PredictionGrid.for_crop(geometry, predictor.resolution_nm)
     em, logits = predict_slab(predictor, geometry, (z, z + 1), evaluation_settings, device)
     probabilities = predictor.probabilities(logits, mode)
-    r = grid.resolution_nm
+    r_z, r_y, r_x = grid.resolution_nm
     yy, xx = np.meshgrid(
-        grid.origin_nm[1] + np.arange(grid.shape[1]) * r,
-        grid.origin_nm[2] + np.arange(grid.shape[2]) * r,
+        grid.origin_nm[1] + np.arange(grid.shape[1]) * r_y,
+        grid.origin_nm[2] + np.arange(grid.shape[2]) * r_x,
         indexing="ij",
     )
-    z_nm = np.array([grid.origin_nm[0] + z * r])
-    reader = CropReader(geometry, r, predictor.em_range, infer_true_negatives=False, groups=groups)
+    z_nm = np.array([grid.origin_nm[0] + z * r_z])
+    reader = CropReader(
+        geometry, grid.resolution_nm, predictor.em_range, infer_true_negatives=False, groups=groups
+    )
     _, target = reader.read(PatchGrid(z_nm, np.stack([yy, xx], axis=-1)))
     return em[0], target[:, 0], probabilities[:, 0].numpy()
+
+
+def pixel_aspect(predictor: Any) -> float:
+    """Height over width of a z slice's pixel: the model's y over its x voxel size."""
+    _, r_y, r_x = predictor.resolution_nm
+    return float(r_y) / float(r_x)
 
 
 def crop_class_panels(
@@ -437,7 +445,9 @@ def crop_class_panels(
     title = (
         f"{predictor.key}: {crops[index].name}, z={z} (adjustment {mode}, threshold {threshold:g})"
     )
-    return class_panels_figure(em, target, probabilities, names, threshold, title, untrained)
+    return class_panels_figure(
+        em, target, probabilities, names, threshold, title, untrained, pixel_aspect(predictor)
+    )
 
 
 def make_model_figures(
@@ -480,7 +490,9 @@ def make_model_figures(
             predictor, geometries[index], z, es, device, mode
         )
         panels.append((em, target, probabilities, f"{crops[index].name}, z={z}"))
-    figure = crop_panels_figure(panels, f"{predictor.key}: test crops (adjustment {mode})")
+    figure = crop_panels_figure(
+        panels, f"{predictor.key}: test crops (adjustment {mode})", pixel_aspect(predictor)
+    )
     save_figure(figure, Path(samples_path))
     if classes_path is not None:
         figure = crop_class_panels(predictor, crops, geometries, fs.seed, es, device, mode)
