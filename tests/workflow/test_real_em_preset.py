@@ -17,7 +17,7 @@ from workflow_runner import run_in_clone as run
 
 SHARED_REAL_EM = REPO.parent / "shared" / "real_em"
 pytestmark = [
-    pytest.mark.minutes(2.5),
+    pytest.mark.minutes(3),  # the serial-section run (tiny 3D UNet, one epoch) adds ~0.5
     pytest.mark.skipif(
         not SHARED_REAL_EM.is_dir(),
         reason=f"{SHARED_REAL_EM} absent (the shared real EM sits beside the clone, as in CI)",
