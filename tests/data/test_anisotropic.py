@@ -7,6 +7,7 @@ reads and counts: every axis at its own spacing, nothing assumed isotropic.
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import zarr
@@ -18,7 +19,9 @@ from cellseg.data.patches import CropReader, PatchGrid
 from cellseg.data.store import discover_crops, read_crop_geometry
 from cellseg.inference import EMReader, PredictionGrid, Predictor
 from cellseg.prediction import PredictionSettings, predict_volume
+from cellseg.reporting.figures import pixel_aspect
 from cellseg.viewer import neuroglancer_state, read_sources
+from cellseg.visualization import class_panels_figure, crop_panels_figure
 from store_builders import SEMANTIC, annotation, write_multiscale
 from tiny_nets import SeededConvNet
 
@@ -163,3 +166,24 @@ def test_a_prediction_store_at_50x8x8_records_each_axis(sstem, tmp_path):
     assert sources.centre_nm == (25.0 + 2.5 * 50, 4.0 + 7.5 * 8, 4.0 + 7.5 * 8)
     state = neuroglancer_state(sources, "http://localhost:1")
     assert state["crossSectionScale"] == 8.0 and state["projectionScale"] == 1024 * 50.0
+
+
+def test_figures_draw_a_z_slice_pixel_y_over_x_high():
+    """A z slice of voxels 8 nm in y and 4 nm in x is drawn with pixels twice as high as wide
+    (cellseg.reporting.figures.pixel_aspect); isotropic pixels stay square."""
+
+    class Model:
+        resolution_nm = (50.0, 8.0, 4.0)
+
+    assert pixel_aspect(Model()) == 2.0
+    em = np.zeros((4, 6), dtype=np.float32)
+    target = np.full((len(CLASS_INDEX), 4, 6), np.nan, dtype=np.float32)
+    target[CLASS_INDEX["pm"]] = 0.0
+    probabilities = np.zeros((len(CLASS_INDEX), 4, 6), dtype=np.float32)
+    for aspect in (2.0, 1.0):
+        figure = crop_panels_figure([(em, target, probabilities, "z=0")], aspect=aspect)
+        assert [ax.get_aspect() for ax in figure.axes[:3]] == [aspect] * 3
+        plt.close(figure)
+        figure = class_panels_figure(em, target, probabilities, ["pm"], aspect=aspect)
+        assert {ax.get_aspect() for ax in figure.axes if ax.images} == {aspect}
+        plt.close(figure)
