@@ -417,3 +417,39 @@ def test_a_crash_between_chunks_and_marker_redoes_the_block(em_path, tmp_path, m
     expected, got = run_dir(whole), run_dir(out)
     for key, values in expected.items():
         np.testing.assert_array_equal(got[key], values, err_msg=key)
+
+
+def test_a_model_with_an_untrained_class_writes_no_array_of_it(em_path, tmp_path, capsys):
+    """``cellseg predict`` of a run that never saw a ``nuc`` label (issue 33): no probabilities
+    and no mask of nuc at any level, the settings say so, the viewer shows no nuc layer; every
+    other class's arrays are those of the same weights trained on all 14."""
+    from cellseg.cli import main
+    from cellseg.viewer import neuroglancer_state, read_sources
+
+    torch.manual_seed(0)
+    state = demo_unet_checkpoint()
+    common = ["--em", str(em_path), "--device", "cpu", "--threads", "1", "--chunk-voxels", "8"]
+    common += ["--block-voxels", "8", "32", "32", "--pyramid-levels", "2"]
+    stores = {}
+    for run, trained in (("all", list(CLASSES)), ("no_nuc", [c for c in CLASSES if c != "nuc"])):
+        checkpoint, stores[run] = tmp_path / f"{run}.pt", tmp_path / f"{run}.zarr"
+        torch.save({**state, "trained_classes": trained}, checkpoint)
+        command = ["predict", "--checkpoint", str(checkpoint), "--out", str(stores[run])]
+        assert main([*command, *common]) == 0
+    assert "untrained classes: nuc:" in capsys.readouterr().err
+    root = zarr.open_group(str(stores["no_nuc"]), mode="r", zarr_format=2)
+    for kind in ("probabilities", "masks"):
+        assert set(root[kind].group_keys()) == set(CLASSES) - {"nuc"}
+    spec = root.attrs["cellseg"]["prediction"]
+    assert spec["untrained_classes"] == ["nuc"] and root.attrs["cellseg"]["complete"]
+    assert "masks/nuc" not in root.attrs["labels"]
+    full = zarr.open_group(str(stores["all"]), mode="r", zarr_format=2)
+    assert "untrained_classes" not in full.attrs["cellseg"]["prediction"]
+    for name in ("ecs", "pm"):
+        for level in ("s0", "s1"):
+            np.testing.assert_array_equal(
+                root[f"masks/{name}/{level}"], full[f"masks/{name}/{level}"]
+            )
+    sources = read_sources(stores["no_nuc"])
+    names = {layer["name"] for layer in neuroglancer_state(sources, "http://h")["layers"]}
+    assert "masks/ecs" in names and not {"masks/nuc", "probabilities/nuc"} & names

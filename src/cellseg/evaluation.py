@@ -89,7 +89,12 @@ from cellseg.io import atomic_path
 from cellseg.losses import InferenceLogitAdjustment
 from cellseg.metrics import confusion_counts, crop_class_table
 from cellseg.ownership import check_output_path
-from cellseg.trained_classes import trained_names, untrained_classes, untrained_line
+from cellseg.trained_classes import (
+    UNTRAINED_KEY,
+    trained_names,
+    untrained_classes,
+    untrained_line,
+)
 from cellseg.tta import TTA, TTA_MODES
 from cellseg.voxels import format_resolution, table_value
 
@@ -517,7 +522,7 @@ def evaluate_crops(
             "tta": settings.tta,
             "layout": "{dataset}/{crop}/{class}/s0: uint8 probability * 255",
             # only for a run with untrained classes, which get no array (a store as before else)
-            **({"untrained_classes": list(untrained)} if untrained else {}),
+            **({UNTRAINED_KEY: list(untrained)} if untrained else {}),
         }
     tables = []
     for crop in crops:

@@ -5,6 +5,9 @@
   :meth:`Predictor.from_checkpoint` rebuilds it from a ``best.pt`` and
   :meth:`Predictor.probabilities` turns logits into the adjusted probabilities of
   :mod:`cellseg.losses` (``train``: ``sigmoid(z + logit_shift)``, ``none``: ``sigmoid(z)``).
+  The head keeps its 14 channels whatever the run trained (so every checkpoint and init loads as
+  before); the channels of classes no training crop annotated (``best.pt``'s
+  ``trained_classes``, :mod:`cellseg.trained_classes`) come out 0, and callers leave them out.
 * **The window grid and blending** (:mod:`cellseg.blending`): windows placed as MONAI's
   ``sliding_window_inference`` places them, reading ``output_margin_voxels`` more EM for models
   with valid convolutions, their logits blended with MONAI's importance maps by

@@ -7,7 +7,8 @@ format 2), at the model's resolution, in the EM's world coordinates (nm). Each l
 images (``masks`` is a ``labels`` group, each mask's ``image-label`` source its probabilities)
 and the root lists them too, so ome-zarr's reader (napari) opens the store as labels and images.
 A mask is 1 exactly where the *stored* probability exceeds the class's threshold, at every
-pyramid level (:func:`mask_of`). ``cellseg view`` (:mod:`cellseg.viewer`) shows a store in
+pyramid level (:func:`mask_of`). A class the model did not train (:mod:`cellseg.trained_classes`)
+gets neither array; the store's settings list it as ``untrained_classes``. ``cellseg view`` (:mod:`cellseg.viewer`) shows a store in
 neuroglancer.
 
 Settings, geometry and blending: :mod:`cellseg.prediction_geometry` (the grid over the EM
@@ -91,6 +92,12 @@ from cellseg.prediction_store import (
     write_manifest,
     write_marker,
 )
+from cellseg.trained_classes import (
+    UNTRAINED_KEY,
+    stored_classes,
+    untrained_classes,
+    untrained_line,
+)
 from cellseg.tta import TTA_MODES
 from cellseg.voxels import format_resolution
 
@@ -128,6 +135,7 @@ def _group_attrs(name: str, plan: PredictionPlan, levels: int, kind: str) -> dic
 def _spec(
     predictor: Predictor, plan: PredictionPlan, settings: PredictionSettings, checkpoint: str
 ) -> dict[str, Any]:
+    untrained = untrained_classes(predictor.trained_classes)
     return {
         "format": FORMAT,
         "model": predictor.key,
@@ -140,6 +148,9 @@ def _spec(
         "dtype": settings.dtype,
         "em_range": list(predictor.em_range),
         **plan.describe(),
+        # a model with untrained classes (cellseg.trained_classes) gets no arrays of them; the
+        # settings of a model of all 14 stay as they were, so its stores still resume
+        **({UNTRAINED_KEY: list(untrained)} if untrained else {}),
     }
 
 
@@ -192,23 +203,24 @@ def init_store(out: Path, spec: Mapping[str, Any], plan: PredictionPlan, overwri
     # every array's and group's metadata as zarr v2 JSON documents, directly (faster than
     # zarr's API; the same documents: cellseg.ngff.write_documents)
     chunks = plan.chunk_shape()
+    classes = stored_classes(spec)
     documents: dict[str, Any] = {".zgroup": {"zarr_format": 2}}
     for kind, dtype in (("probabilities", spec["dtype"]), ("masks", "uint8")):
         documents[f"{kind}/.zgroup"] = {"zarr_format": 2}
         array = array_metadata(plan.shape, chunks, dtype)
-        for name in CLASSES:
+        for name in classes:
             documents[f"{kind}/{name}/.zgroup"] = {"zarr_format": 2}
             documents[f"{kind}/{name}/.zattrs"] = _group_attrs(name, plan, 1, kind)
             documents[f"{kind}/{name}/s0/.zarray"] = array
     # the NGFF labels convention: masks is the labels group; the root lists them for readers
     # that open the store's root (ome-zarr, napari)
-    documents["masks/.zattrs"] = labels_attrs(CLASSES)
+    documents["masks/.zattrs"] = labels_attrs(classes)
     write_documents(out, documents)
     # the spec last: a store killed while being created is recognised as unfinished
     write_json_atomic(
         out / ".zattrs",
         {
-            **labels_attrs([f"masks/{name}" for name in CLASSES]),
+            **labels_attrs([f"masks/{name}" for name in classes]),
             "cellseg": {
                 "prediction": dict(spec),
                 "complete": False,
@@ -229,11 +241,14 @@ def _write_block(
     thresholds: np.ndarray,
     dtype: str,
     seconds: float,
+    classes: Sequence[str] = CLASSES,
 ) -> None:
     """Write one block's chunks, make them durable, then its marker (so a kill or a node crash
-    in between redoes the block: a marker never outlives its chunks)."""
-    arrays = [f"{kind}/{name}/s0" for name in CLASSES for kind in ("probabilities", "masks")]
-    for c, name in enumerate(CLASSES):  # class by class: temporaries 1/14 of the block
+    in between redoes the block: a marker never outlives its chunks). ``classes``: those the
+    store holds (the model's trained ones)."""
+    arrays = [f"{kind}/{name}/s0" for name in classes for kind in ("probabilities", "masks")]
+    for name in classes:  # class by class: temporaries 1/14 of the block
+        c = CLASSES.index(name)
         stored = quantize(probabilities[c], dtype)
         writer.write(f"probabilities/{name}/s0", box, stored)
         writer.write(f"masks/{name}/s0", box, mask_of(stored, dtype, thresholds[c]))
@@ -294,7 +309,7 @@ def predict_blocks(
             box = plan.block_box(index)
             pending = background.submit(
                 _write_block, out, chunks, index, box, probabilities, thresholds,
-                settings.dtype, seconds,
+                settings.dtype, seconds, predictor.trained_classes,
             )  # fmt: skip
             print(
                 f"[{predictor.key}] block {index} {[(s.start, s.stop) for s in box]} "
@@ -397,9 +412,12 @@ def write_pyramid(out: Path, plan: PredictionPlan, settings: PredictionSettings,
         )
     levels = pyramid_levels(plan.shape, plan.chunk, settings.pyramid_levels)
     thresholds = settings.thresholds()
+    attrs = json.loads((out / ".zattrs").read_text())
+    classes = stored_classes(attrs["cellseg"]["prediction"])
     if levels > 1:
         root = zarr.open_group(str(out), mode="r+", zarr_format=2)
-        for c, name in enumerate(CLASSES):
+        for name in classes:
+            c = CLASSES.index(name)
             _write_levels(root, name, plan, settings, levels, float(thresholds[c]))
             print(f"pyramid: {name} ({levels} levels)", file=log, flush=True)
     # the groups' final multiscales (as JSON documents, like init_store), then the store is
@@ -409,13 +427,12 @@ def write_pyramid(out: Path, plan: PredictionPlan, settings: PredictionSettings,
         {
             f"{kind}/{name}/.zattrs": _group_attrs(name, plan, levels, kind)
             for kind in ("probabilities", "masks")
-            for name in CLASSES
+            for name in classes
         },
     )
     # the markers stay as one manifest (a later run finds chunk files lost since); the rest of
     # the working state goes
     write_manifest(out, markers)  # type: ignore[arg-type]
-    attrs = json.loads((out / ".zattrs").read_text())
     attrs["cellseg"]["complete"] = True
     write_json_atomic(out / ".zattrs", attrs)
     for child in (out / STATE_DIR).iterdir():
@@ -519,6 +536,8 @@ def predict_volume(
         file=log,
         flush=True,
     )
+    if (line := untrained_line(predictor.trained_classes)) is not None:
+        print(f"[{predictor.key}] {line}", file=log, flush=True)
     if state == "complete" or stage == "init":
         return run
     if stage in ("all", "blocks"):

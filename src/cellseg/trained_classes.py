@@ -27,7 +27,9 @@ from cellseg.errors import CellsegError
 
 __all__ = [
     "TRAINED_KEY",
+    "UNTRAINED_KEY",
     "read_trained_classes",
+    "stored_classes",
     "trained_classes",
     "trained_names",
     "untrained_classes",
@@ -36,6 +38,11 @@ __all__ = [
 
 TRAINED_KEY = "trained_classes"
 """The key of the list in ``class_frequencies.json`` and ``best.pt``."""
+
+UNTRAINED_KEY = "untrained_classes"
+"""The key of the classes left out, where an output records them only when there are any
+(``train_summary.json``, a prediction store's settings, an evaluation's predictions): an output of
+a run that trained all 14 stays as it was."""
 
 
 def trained_classes(annotated: Mapping[str, float]) -> tuple[str, ...]:
@@ -102,3 +109,9 @@ def read_trained_classes(document: Mapping[str, Any], source: str) -> tuple[str,
             f"{', '.join(CLASSES)}; recompute it with the class_frequencies rule (or retrain)"
         )
     return tuple(name for name in CLASSES if name in set(value))
+
+
+def stored_classes(spec: Mapping[str, Any]) -> tuple[str, ...]:
+    """The classes an output holds arrays of: all 14 less the ``untrained_classes`` its settings
+    ``spec`` record (a prediction store's ``cellseg.prediction``)."""
+    return tuple(name for name in CLASSES if name not in set(spec.get(UNTRAINED_KEY, ())))

@@ -33,6 +33,7 @@ from cellseg.classes import CLASSES
 from cellseg.errors import CellsegError
 from cellseg.io import write_json_atomic
 from cellseg.palette import colour
+from cellseg.trained_classes import stored_classes
 from cellseg.voxels import Vec3, as_vec3
 
 NEUROGLANCER_APP = "https://neuroglancer-demo.appspot.com/"
@@ -51,6 +52,7 @@ class ViewSources:
         em_group: the EM multiscale group inside it, e.g. ``recon-1/em/fibsem-uint8``.
         resolution_nm: the prediction's ``(z, y, x)`` voxel size (nm).
         centre_nm: ``(z, y, x)`` centre of the predicted region (nm), where the view opens.
+        classes: the classes the store holds (a model's untrained classes have no layers).
     """
 
     prediction: Path
@@ -58,6 +60,7 @@ class ViewSources:
     em_group: str
     resolution_nm: Vec3
     centre_nm: tuple[float, float, float]
+    classes: tuple[str, ...] = CLASSES
 
 
 def read_sources(prediction: Path | str, em: str | None = None) -> ViewSources:
@@ -89,7 +92,7 @@ def read_sources(prediction: Path | str, em: str | None = None) -> ViewSources:
     centre = tuple(
         float(t) + (n - 1) * r_i / 2 for t, n, r_i in zip(translation, shape, r, strict=True)
     )
-    return ViewSources(prediction, em_store, em_group, r, centre)  # type: ignore[arg-type]
+    return ViewSources(prediction, em_store, em_group, r, centre, stored_classes(spec))  # type: ignore[arg-type]
 
 
 DISPLAY_AXES: tuple[str, str, str] = ("x", "y", "z")
@@ -123,7 +126,7 @@ def neuroglancer_state(sources: ViewSources, base_url: str) -> dict[str, Any]:
     base = base_url.rstrip("/")
     em_url = f"zarr://{base}/{EM_ROUTE}/{sources.em_group.strip('/')}"
     layers: list[dict[str, Any]] = [{"type": "image", "name": "EM", "source": em_url}]
-    for name in CLASSES:
+    for name in sources.classes:
         layers.append(
             {
                 "type": "segmentation",
@@ -131,10 +134,11 @@ def neuroglancer_state(sources: ViewSources, base_url: str) -> dict[str, Any]:
                 "source": f"zarr://{base}/{PREDICTION_ROUTE}/masks/{name}",
                 "segments": ["1"],
                 "segmentColors": {"1": colour(name)},
-                "visible": name == "nuc",  # one mask on: 14 at once hide the EM
+                # one mask on (14 at once hide the EM): nuc, or the last class the store holds
+                "visible": name == ("nuc" if "nuc" in sources.classes else sources.classes[-1]),
             }
         )
-    for name in CLASSES:
+    for name in sources.classes:
         layers.append(
             {
                 "type": "image",

@@ -90,7 +90,11 @@ def heatmap_figure(table: pd.DataFrame) -> Figure:
                         color="k" if v > 0.6 else "w")  # fmt: skip
         ax.set_xticks(range(NUM_CLASSES), CLASSES, rotation=60, ha="right")
         ax.set_yticks(range(len(rows)), rows["model"])
-        ax.set_title(f"pooled {label} per class (grey: no test crop annotates it)")
+        # a run with untrained classes (cellseg.trained_classes) leaves them empty too
+        grey = "no test crop annotates it" + (
+            ", or not trained" if "untrained_classes" in table else ""
+        )
+        ax.set_title(f"pooled {label} per class (grey: {grey})")
         figure.colorbar(image, ax=ax, label=label)
     figure.tight_layout()
     return figure

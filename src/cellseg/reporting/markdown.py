@@ -483,6 +483,28 @@ def starting_weights(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+def untrained_notes(table: pd.DataFrame) -> list[str]:
+    """Which runs did not train which classes (train_summary.json's ``untrained_classes``,
+    :mod:`cellseg.trained_classes`). None when every run trained all 14."""
+    rows = [
+        (r["model"], r["untrained_classes"])
+        for _, r in table.iterrows()
+        if isinstance(r.get("untrained_classes"), str) and r["untrained_classes"]
+    ]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Classes not trained",
+        "",
+        "No training crop annotated these classes (nor a group label holding them): their output "
+        "channels never saw a label, so they are not scored (their `dice_<class>` is empty, not "
+        "0), predicted or drawn.",
+        "",
+    ]
+    return lines + [f"- `{model}`: {', '.join(names.split())}" for model, names in rows]
+
+
 def run_starts(train_summaries: Mapping[str, Path | str]) -> pd.DataFrame:
     """``model`` (the run), ``init``, ``init_loaded_fraction``, ``starts_pretrained`` of the runs
     whose ``train_summary.json`` records a start from weights (for :func:`starting_weights`)."""
@@ -504,6 +526,7 @@ def summary_markdown(summary: Summary) -> str:
         *_markdown_intro(summary),
         *_markdown_table(summary.table),
         *starting_weights(summary.table),
+        *untrained_notes(summary.table),
         *_markdown_baseline(summary),
         *_markdown_winners(summary),
         *_markdown_groups(summary),

@@ -189,6 +189,13 @@ def train_columns(train: Mapping[str, Any]) -> dict[str, Any]:
             for key in ("init", "init_loaded_fraction", "starts_pretrained")
             if key in train
         },
+        # classes annotated in no training crop (cellseg.trained_classes): their dice_<class>
+        # stays empty; a run that trained all 14 (every demo run) adds no column
+        **(
+            {"untrained_classes": " ".join(train["untrained_classes"])}
+            if train.get("untrained_classes")
+            else {}
+        ),
     }
 
 

@@ -21,7 +21,7 @@ from cellseg.classes import CLASSES
 from cellseg.config.settings import TrainSettings
 from cellseg.data.identity import DataIdentity
 from cellseg.io import atomic_path, write_json_atomic
-from cellseg.trained_classes import TRAINED_KEY, untrained_classes
+from cellseg.trained_classes import TRAINED_KEY, UNTRAINED_KEY, untrained_classes
 from cellseg.training.checkpoint import save_checkpoint
 from cellseg.training.init import MIN_PRETRAINED_FRACTION
 
@@ -87,7 +87,7 @@ def write_outputs(
     all 14 writes the summary as before).
     """
     if untrained := untrained_classes(trained_classes):
-        summary = {**summary, "untrained_classes": list(untrained)}
+        summary = {**summary, UNTRAINED_KEY: list(untrained)}
     save_checkpoint(
         {
             "format": "cellseg-model-1",
