@@ -12,7 +12,7 @@ from workflow_runner import TEST_CONFIG, snakemake
 from cellseg.reporting import BASELINE
 from cellseg.reporting.figures import SUMMARY_FIGURES
 
-pytestmark = pytest.mark.minutes(2)  # order: tests/conftest.py
+pytestmark = pytest.mark.minutes(0.5)  # order: tests/conftest.py
 
 
 @pytest.mark.slow

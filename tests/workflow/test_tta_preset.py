@@ -10,7 +10,7 @@ import pytest
 from workflow_runner import TEST_CONFIG, planned_jobs
 from workflow_runner import run_in_clone as run
 
-pytestmark = pytest.mark.minutes(2.5)  # order: tests/conftest.py
+pytestmark = pytest.mark.minutes(2)  # order: tests/conftest.py
 
 TTA = "config/experiments/tta.yaml"
 
