@@ -67,11 +67,14 @@ def hand_case() -> tuple[torch.Tensor, torch.Tensor]:
     return p.float(), target
 
 
-def run_validation(probabilities: torch.Tensor, target: torch.Tensor) -> dict:
+def run_validation(
+    probabilities: torch.Tensor, target: torch.Tensor, trained: tuple[str, ...] = CLASSES
+) -> dict:
     loss = BalancedSoftmaxPartialTverskyLoss([0.1] * NUM_CLASSES, min_annotated_voxels=1)
     return validate(
-        Fixed(probabilities), loss, Patches(target), torch.device("cpu"), (0, 0), 2, "none"
-    )
+        Fixed(probabilities), loss, Patches(target), torch.device("cpu"), (0, 0), 2, "none",
+        trained=trained,
+    )  # fmt: skip
 
 
 def test_group_dice_joins_the_class_dice_and_the_mean() -> None:
@@ -96,3 +99,16 @@ def test_without_group_labels_validation_scores_the_14_classes_alone() -> None:
     assert result["dice"].shape == (NUM_CLASSES,)
     assert result["mean_dice"] == pytest.approx(0.5)
     assert list(dice_columns(result["dice"])) == [f"val_dice_{c}" for c in CLASSES]
+
+
+def test_untrained_classes_and_groups_are_not_scored() -> None:
+    """A run whose training crops annotated pm alone (issue 33): pm's Dice as before, the mito
+    group (no trained member) NaN and out of the mean that selects best.pt; with one member
+    trained the group is scored again."""
+    probabilities, target = hand_case()
+    result = run_validation(probabilities, target, trained=("pm",))
+    assert result["dice"][CLASS_INDEX["pm"]] == pytest.approx(0.5)
+    assert np.isnan(result["dice"][NUM_CLASSES + GROUP_INDEX["mito"]])
+    assert result["mean_dice"] == pytest.approx(0.5)
+    some = run_validation(probabilities, target, trained=("pm", "mito_ribo"))
+    assert some["mean_dice"] == pytest.approx((0.5 + 6 / 7) / 2)

@@ -780,6 +780,7 @@ class Trainer:
             amp=self.amp,
             rank=self.rank,
             world_size=self.world_size,
+            trained=self.trained_classes,
         )
         self.model.train()
         self.validation_seconds = time.monotonic() - started

@@ -29,6 +29,7 @@ from cellseg.groups import group_prediction
 from cellseg.losses import BalancedSoftmaxPartialTverskyLoss, adjusted_probabilities
 from cellseg.metrics import ConfusionMetric
 from cellseg.models.margin import crop_margin
+from cellseg.trained_classes import trained_names
 from cellseg.training.device import is_distributed
 
 
@@ -44,6 +45,7 @@ def validate(
     amp: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    trained: Sequence[str] = CLASSES,
 ) -> dict[str, Any]:
     """Score ``network`` (in eval mode, unwrapped: no DDP collective per batch) on this rank's
     share of ``patches``.
@@ -58,6 +60,8 @@ def validate(
         mode: ``inference_logit_adjustment`` (e.g. ``train``).
         amp: bf16 autocast.
         rank: this rank; ``world_size``: the number of ranks.
+        trained: the classes the run trains (:mod:`cellseg.trained_classes`); the others, and
+            the groups with no trained member, get NaN (not scored, never selecting best.pt).
 
     Returns:
         ``val_loss`` (mean over finite batch losses, all ranks), ``dice`` ``(C,)`` (NaN for a
@@ -103,6 +107,10 @@ def validate(
     # with the challenge's empty = 1 rule it would reward predicting nothing, and early stopping
     # would then prefer the untrained epochs
     present = aggregate.counts[:, 0] + aggregate.counts[:, 2] > 0
+    # an untrained class (or a group with none trained) likewise: its channel never saw a label
+    names = (*CLASSES, *GROUP_NAMES)[: len(present)]
+    scored = set(trained_names(trained, names))
+    present &= np.array([name in scored for name in names])
     dice = np.where((aggregate.n_crops > 0) & present, aggregate.pooled.dice, np.nan)
     return {
         "val_loss": float(totals[0] / max(float(totals[1]), 1.0)),
