@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from cellseg.classes import CLASS_INDEX, NUM_CLASSES, NUM_GROUPS
+from cellseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES, NUM_GROUPS
 from cellseg.data.store import EM_GROUP, LABELS_ROOT, Crop, read_crop_geometry
 from cellseg.evaluation import EvaluationSettings
 from cellseg.palette import rgb
@@ -177,3 +177,17 @@ def test_sample_panels_keep_the_figure_title_apart_from_the_row_titles():
         assert "d/crop1, z=2" in texts and "d/crop2, z=3" in texts
     finally:
         plt.close(figure)
+
+
+def test_sample_panels_legend_lists_the_trained_classes_only():
+    """A run trained on pm alone drew a legend of all 14 colours, 13 of which it never paints."""
+    target = np.zeros((NUM_CLASSES, 4, 4))
+    row = (np.zeros((4, 4)), target, target, "d/crop1, z=2")
+    for classes, expected in ((("pm",), ["pm"]), (CLASSES, list(CLASSES))):
+        figure = crop_panels_figure([row], "run", classes=classes)
+        try:
+            (legend,) = figure.legends
+            labels = [text.get_text() for text in legend.get_texts()]
+            assert labels == [*expected, "unannotated"]
+        finally:
+            plt.close(figure)

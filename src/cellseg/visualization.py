@@ -120,6 +120,7 @@ def crop_panels_figure(
     samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, str]],
     title: str = "",
     aspect: float = 1.0,
+    classes: Sequence[str] = CLASSES,
 ) -> Figure:
     """Input / ground truth / prediction panels, one row per sample of possibly different size.
 
@@ -129,6 +130,8 @@ def crop_panels_figure(
         title: the figure's title.
         aspect: height over width of one pixel, the y over the x voxel size (1 for the
             isotropic voxels of FIB-SEM).
+        classes: the classes the legend lists: the model's trained classes, so that a run
+            trained on ``pm`` alone does not list 13 colours it never draws.
 
     Returns:
         A figure with a class legend; unannotated ground truth is grey and hatched, not background.
@@ -160,7 +163,7 @@ def crop_panels_figure(
             -0.05, 0.5, row_title, transform=axes[row, 0].transAxes, rotation=90, ha="right",
             va="center", fontsize="small",
         )  # fmt: skip
-    figure.legend(handles=legend_handles(), loc="lower center", ncol=5, fontsize="small")
+    figure.legend(handles=legend_handles(classes), loc="lower center", ncol=5, fontsize="small")
     height = 3 * n + 0.6
     if title:
         figure.suptitle(title, fontsize="medium")
