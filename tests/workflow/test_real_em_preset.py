@@ -34,6 +34,19 @@ def real_em_clone(clone: Path) -> Path:
     return clone
 
 
+def run_to_the_end(clone: Path, *configfiles: str) -> None:
+    """The workflow run to its end in ``clone`` on 2 local cores with ``configfiles``
+    (``--configfile`` and files)."""
+    result = run(clone, "--profile", "config/profiles/local", *configfiles, "--cores", "2")
+    assert result.returncode == 0
+
+
+def datasplit_rows(clone: Path) -> list[list[str]]:
+    """The rows of the run's ``results/datasplit.csv``."""
+    with (clone / "results/datasplit.csv").open(newline="") as handle:
+        return list(csv.reader(handle))
+
+
 def test_the_benchmark_plans_imports_and_ten_models(real_em_clone: Path) -> None:
     dry = run(real_em_clone, "-n", "--cores", "2", *PRESET).stdout
     assert set(planned_jobs(dry, "import_em")) == {
@@ -49,17 +62,10 @@ def test_the_benchmark_plans_imports_and_ten_models(real_em_clone: Path) -> None
 
 
 def test_imported_real_em_runs_to_a_summary(real_em_clone: Path) -> None:
-    result = run(
-        real_em_clone,
-        "--profile", "config/profiles/local",
-        *PRESET, ".test/config/config.yaml",
-        "--cores", "2",
-    )  # fmt: skip
-    assert result.returncode == 0
+    run_to_the_end(real_em_clone, *PRESET, ".test/config/config.yaml")
     for name in ("flyem_medulla_fibsem", "gala_fibsem_mini"):
         assert (real_em_clone / "results/imported" / name).is_dir()
-    with (real_em_clone / "results/datasplit.csv").open(newline="") as handle:
-        rows = list(csv.reader(handle))
+    rows = datasplit_rows(real_em_clone)
     assert len(rows) == 31  # 27 flyem crops and 4 gala crops, nothing left out
     test_rows = [row for row in rows if row[0] == "test"]
     assert len(test_rows) == 8
@@ -77,19 +83,17 @@ def test_the_serial_section_set_trains_and_scores_mito_at_50x8x8_nm(real_em_clon
     """config/experiments/real_em_sstem.yaml: the anisotropic serial sections (50 x 4 x 4 nm)
     import, split into the benchmark's 25 crops, train at ``[50, 8, 8]`` nm (few steps: the
     tests' layers: the tiny 3D UNet) and are evaluated with a score of the group ``mito``."""
-    result = run(
+    run_to_the_end(
         real_em_clone,
-        "--profile", "config/profiles/local",
-        *SSTEM_PRESET, ".test/config/config.yaml", ".test/config/real_em_cardona.yaml",
-        "--cores", "2",
-    )  # fmt: skip
-    assert result.returncode == 0
+        *SSTEM_PRESET,
+        ".test/config/config.yaml",
+        ".test/config/real_em_cardona.yaml",
+    )
     store = real_em_clone / "results/imported/cardona2010_sstem_benchmark/cardona2010_sstem"
     assert (store / "cardona2010_sstem.zarr/recon-1/labels/groundtruth/crop25/mito").is_dir()
     # nothing left out for want of a level near the models' voxels (it was, at 10 nm)
     assert "no scale level near" not in (real_em_clone / "logs/datasplit.log").read_text()
-    with (real_em_clone / "results/datasplit.csv").open(newline="") as handle:
-        rows = list(csv.reader(handle))
+    rows = datasplit_rows(real_em_clone)
     assert len(rows) == 25 and sum(row[0] == "test" for row in rows) == 6
     assert all("cardona2010_sstem" in row[1] for row in rows)
     resolved = yaml.safe_load((real_em_clone / "results/config.resolved.yaml").read_text())
