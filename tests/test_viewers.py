@@ -19,7 +19,7 @@ import pytest
 import torch
 import zarr
 
-from cellseg.classes import CLASSES
+from cellseg.classes import CLASSES, GROUP_NAMES, GROUPS
 from cellseg.data.store import EM_GROUP
 from cellseg.palette import COLOURS
 from cellseg.prediction import predict_volume
@@ -31,6 +31,8 @@ EM_SHAPE = (12, 40, 48)
 TRANSLATION = (4.0, 4.0, 4.0)  # centre of EM voxel 0, nm (8 nm voxels)
 # one y-x tile (no window computed twice), 16 windows a forward pass: seconds on 2 cores
 SETTINGS = PredictionSettings(chunk_voxels=8, block_voxels=(8, 40, 48), sw_batch_size=16)
+LAYERS = (*CLASSES, *GROUP_NAMES)
+"""A store's layers: the 14 classes, then the groups (``predict.groups``, on by default)."""
 
 
 def predict(checkpoint: Path, em_path: Path, out: Path, settings: PredictionSettings):
@@ -77,10 +79,10 @@ def test_store_opens_as_labels_and_images_in_ome_zarr(prediction):
     nodes = list(Reader(parse_url(str(prediction)))())  # the store's root, as napari opens it
     labels = [n for n in nodes if n.first(Label) is not None]
     images = [n for n in nodes if n.first(Multiscales) is not None and n.first(Label) is None]
-    assert sorted(n.metadata["name"] for n in labels) == sorted(f"masks/{c}" for c in CLASSES)
+    assert sorted(n.metadata["name"] for n in labels) == sorted(f"masks/{c}" for c in LAYERS)
     # each mask brings its probabilities (its image-label source) as an image
     assert sorted(n.metadata["name"] for n in images) == sorted(
-        f"probabilities/{c}" for c in CLASSES
+        f"probabilities/{c}" for c in LAYERS
     )
     for node in labels + images:
         assert len(node.data) == 4 and node.data[0].shape == EM_SHAPE
@@ -94,16 +96,16 @@ def test_store_validates_with_ome_zarr_models(prediction):
     from ome_zarr_models.v04.labels import Labels
 
     root = zarr.open_group(str(prediction), mode="r", zarr_format=2)
-    assert Labels.from_zarr(root["masks"]).attributes.labels == list(CLASSES)
-    assert Labels.from_zarr(root).attributes.labels == [f"masks/{c}" for c in CLASSES]
+    assert Labels.from_zarr(root["masks"]).attributes.labels == list(LAYERS)
+    assert Labels.from_zarr(root).attributes.labels == [f"masks/{c}" for c in LAYERS]
     names = []
-    for name in CLASSES:
+    for name in LAYERS:
         label = ImageLabel.from_zarr(root[f"masks/{name}"])
         assert label.attributes.image_label.source.image == f"../../probabilities/{name}"
         image = Image.from_zarr(root[f"probabilities/{name}"])
         names += [m.name for m in (*label.attributes.multiscales, *image.attributes.multiscales)]
         assert len(image.attributes.multiscales[0].datasets) == 4
-    assert len(set(names)) == 2 * len(CLASSES)  # every layer its own name
+    assert len(set(names)) == 2 * len(LAYERS)  # every layer its own name
 
 
 def test_masks_are_stored_probabilities_above_threshold_at_every_level(
@@ -139,6 +141,13 @@ def test_masks_are_stored_probabilities_above_threshold_at_every_level(
                 mean = padded.reshape(d, 2, h, 2, w, 2).mean(axis=(1, 3, 5))
                 disagreements_of_the_exact_mean += int(((mean > threshold) != mask).sum())
     assert disagreements_of_the_exact_mean > 0  # the case the rule is for does occur here
+    # a group's mask is its members' masks' union at every level, whatever its own probability
+    for group, members in GROUPS.items():
+        for level in range(4):
+            union = np.bitwise_or.reduce([root[f"masks/{m}/s{level}"][...] for m in members])
+            np.testing.assert_array_equal(
+                root[f"masks/{group}/s{level}"][...], union, err_msg=f"{group} s{level}"
+            )
 
 
 def test_neuroglancer_state_parses_and_the_server_serves_the_stores(prediction):
@@ -156,7 +165,7 @@ def test_neuroglancer_state_parses_and_the_server_serves_the_stores(prediction):
         assert list(parsed.dimensions.scales) == [1e-9] * 3
         assert parsed.layers["EM"].type == "image"
         assert parsed.layers["EM"].source[0].url == f"zarr://{base}/em/{EM_GROUP}"
-        for name in CLASSES:
+        for name in LAYERS:  # the groups in the palette's group colours
             mask = parsed.layers[f"masks/{name}"]
             assert mask.type == "segmentation" and list(mask.segments) == [1]
             assert mask.segment_colors[1] == COLOURS[name]  # the figures' colour
@@ -165,7 +174,7 @@ def test_neuroglancer_state_parses_and_the_server_serves_the_stores(prediction):
             assert probability.type == "image"
             assert f'default="{COLOURS[name]}"' in probability.shader
             assert probability.source[0].url == f"zarr://{base}/prediction/probabilities/{name}"
-        assert len(parsed.layers) == 1 + 2 * len(CLASSES)
+        assert len(parsed.layers) == 1 + 2 * len(LAYERS)
         # the view opens at the predicted region's centre (nm), x y z
         centre = [t + (n - 1) * 8.0 / 2 for t, n in zip(TRANSLATION, EM_SHAPE, strict=True)]
         assert list(parsed.position) == pytest.approx(centre[::-1])
@@ -206,7 +215,7 @@ def test_every_array_of_the_store_has_its_attributes(prediction):
     """s0 too (written as zarr's documents, not through zarr): neuroglancer asks for each
     array's ``.zattrs``, and a missing one is a 404 in the browser's console."""
     arrays = sorted(path.parent for path in prediction.rglob(".zarray"))
-    assert len(arrays) == 2 * len(CLASSES) * 4  # probabilities and masks, 4 levels each
+    assert len(arrays) == 2 * len(LAYERS) * 4  # probabilities and masks, 4 levels each
     for array in arrays:
         assert json.loads((array / ".zattrs").read_text()) == {}, array
 

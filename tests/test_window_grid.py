@@ -13,7 +13,7 @@ import pytest
 import torch
 import zarr
 
-from cellseg.classes import CLASSES
+from cellseg.classes import CLASSES, GROUPS
 from cellseg.data.store import EM_GROUP, LABELS_ROOT, Crop, read_crop_geometry
 from cellseg.evaluation import EvaluationSettings, evaluate_crops
 from cellseg.inference import PredictionGrid, Predictor, predict_crop
@@ -153,3 +153,14 @@ def test_evaluation_probabilities_equal_the_predict_cli_2d(volume, tmp_path):
     # a 2D model's windows are summed y-x (evaluation) or x-y (prediction's carry axis): float
     # rounding of a sum of at most 4 float32 terms, far below 1e-5 after the sigmoid
     np.testing.assert_allclose(predicted, evaluated, atol=1e-5, rtol=0)
+    # a group (issue 33): its probability the union of evaluation's member probabilities,
+    # computed naively here; its mask the union of evaluation's member predictions
+    members = [CLASSES.index(m) for m in GROUPS["mito"]]
+    union = 1.0 - np.prod([1.0 - evaluated[c].astype(np.float64) for c in members], axis=0)
+    np.testing.assert_allclose(
+        np.asarray(zarr.open_array(str(out / "probabilities/mito/s0"))), union, atol=1e-5, rtol=0
+    )
+    np.testing.assert_array_equal(
+        np.asarray(zarr.open_array(str(out / "masks/mito/s0"))),
+        np.any([evaluated[c] > 0.5 for c in members], axis=0),
+    )

@@ -9,7 +9,8 @@ unknown for all. Three pieces build on that (issue 33 item 2):
   0; a target that carries groups has ``NUM_CLASSES + NUM_GROUPS`` channels, group ``g`` at channel
   ``NUM_CLASSES + g`` (NaN where not annotated). Without group labels, targets keep 14 channels.
 * loss: :func:`group_partial_tversky`, the partial Tversky index of the union probability
-  ``p_union = 1 - prod_m (1 - p_m)`` of the members' logit-adjusted sigmoids against the group
+  ``p_union = 1 - prod_m (1 - p_m)`` (:func:`union_probability`, also the probability of a
+  group map of ``cellseg predict``) of the members' logit-adjusted sigmoids against the group
   label, over the voxels where the group is annotated (used by
   :class:`cellseg.losses.BalancedSoftmaxPartialTverskyLoss` when the target carries groups).
 * evaluation: :func:`group_prediction` and :func:`group_counts`, the union of the members'
@@ -43,6 +44,7 @@ __all__ = [
     "group_prediction",
     "infer_group_negatives",
     "split_groups",
+    "union_probability",
 ]
 
 
@@ -65,6 +67,25 @@ def split_groups(
             f"{NUM_CLASSES} classes and the {NUM_GROUPS} groups {', '.join(GROUP_NAMES)}"
         )
     return target[:, :num_classes], target[:, num_classes:]
+
+
+def union_probability(log_complement: torch.Tensor, dim: int) -> torch.Tensor:
+    """A group's probability: that of the union of its members, ``1 - prod_m (1 - p_m)`` (the
+    members taken as independent), computed as ``-expm1(sum_m log(1 - p_m))``.
+
+    The one formula of a group's probability: the loss's group term
+    (:func:`group_partial_tversky`, from the logits: ``log(1 - p_m) = logsigmoid(-z_m)``) and
+    ``cellseg predict``'s group maps (:mod:`cellseg.prediction_groups`, from the probabilities:
+    ``log1p(-p_m)``) both call it.
+
+    Args:
+        log_complement: ``log(1 - p_m)`` of the members along ``dim``.
+        dim: the members' axis.
+
+    Returns:
+        ``log_complement``'s shape without ``dim``, in [0, 1].
+    """
+    return -torch.expm1(log_complement.sum(dim=dim))
 
 
 def group_partial_tversky(
@@ -110,7 +131,8 @@ def group_partial_tversky(
                 continue
             idx = torch.tensor(members, device=logits.device)
             z = logits.index_select(1, idx).to(dtype) + shift[idx].view(view)
-            p_union = -torch.expm1(torch.nn.functional.logsigmoid(-z).sum(dim=1))
+            # log(1 - p_m) = logsigmoid(-z_m), exactly
+            p_union = union_probability(torch.nn.functional.logsigmoid(-z), dim=1)
             # masked_fill: exactly zero gradient on unannotated voxels
             q = p_union.masked_fill(~valid[:, g], 0.0)
             t0 = torch.nan_to_num(group_target[:, g].to(dtype), nan=0.0)

@@ -8,8 +8,10 @@ images (``masks`` is a ``labels`` group, each mask's ``image-label`` source its 
 and the root lists them too, so ome-zarr's reader (napari) opens the store as labels and images.
 A mask is 1 exactly where the *stored* probability exceeds the class's threshold, at every
 pyramid level (:func:`mask_of`). A class the model did not train (:mod:`cellseg.trained_classes`)
-gets neither array; the store's settings list it as ``untrained_classes``. ``cellseg view`` (:mod:`cellseg.viewer`) shows a store in
-neuroglancer.
+gets neither array; the store's settings list it as ``untrained_classes``. Each group (whole
+organelle) with a trained member gets the same two arrays (``predict.groups``,
+:mod:`cellseg.prediction_groups`): the union probability of its members and the union of their
+masks. ``cellseg view`` (:mod:`cellseg.viewer`) shows a store in neuroglancer.
 
 Settings, geometry and blending: :mod:`cellseg.prediction_geometry` (the grid over the EM
 volume, the ROI, the windows, the blocks and their blended logits, and the memory they take).
@@ -40,7 +42,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ import numpy as np
 import torch
 import zarr
 
-from cellseg.classes import CLASSES
+from cellseg.classes import CLASSES, GROUPS
 from cellseg.data.multiscale import Multiscale, open_group, read_multiscale
 from cellseg.data.store import check_em_dtype, refuse_inside
 from cellseg.errors import CellsegError
@@ -75,6 +77,13 @@ from cellseg.prediction_geometry import (
     block_logits,
     plan_prediction,
 )
+from cellseg.prediction_groups import (
+    GROUPS_KEY,
+    MemberMasks,
+    group_probability,
+    pyramid_mask,
+    store_groups,
+)
 from cellseg.prediction_plan import parse_roi, split_store_path
 from cellseg.prediction_store import (
     DTYPES,
@@ -82,6 +91,7 @@ from cellseg.prediction_store import (
     ChunkListing,
     dequantize,
     describe_lost,
+    level_mask,
     lost_chunks,
     marker_path,
     mask_of,
@@ -123,12 +133,13 @@ KILL_AFTER_ENV = "CELLSEG_PREDICT_KILL_AFTER_BLOCKS"
 
 
 def _group_attrs(name: str, plan: PredictionPlan, levels: int, kind: str) -> dict[str, Any]:
-    """A class's group attributes: ``multiscales`` named ``{kind}/{name}`` (distinct layer names
-    in a viewer); a mask is also an NGFF label image whose source is the class's probabilities."""
+    """A class's (or a group's) zarr group attributes: ``multiscales`` named ``{kind}/{name}``
+    (distinct layer names in a viewer); a mask is also an NGFF label image whose source is the
+    class's probabilities; a group names its members."""
     attrs = multiscales_attrs(f"{kind}/{name}", plan.resolution_nm, plan.translation_nm, levels)
     if kind == "masks":
         attrs |= image_label_attrs(source_image=f"../../probabilities/{name}")
-    attrs["cellseg"] = {"kind": kind}
+    attrs["cellseg"] = {"kind": kind, **({"members": list(GROUPS[name])} if name in GROUPS else {})}
     return attrs
 
 
@@ -151,6 +162,8 @@ def _spec(
         # a model with untrained classes (cellseg.trained_classes) gets no arrays of them; the
         # settings of a model of all 14 stay as they were, so its stores still resume
         **({UNTRAINED_KEY: list(untrained)} if untrained else {}),
+        # only a store with group maps records them: one without has the settings of before
+        **({GROUPS_KEY: list(groups)} if (groups := store_groups(settings, predictor)) else {}),
     }
 
 
@@ -190,7 +203,8 @@ def init_store(out: Path, spec: Mapping[str, Any], plan: PredictionPlan, overwri
                     "job may be creating it); wait for its --stage init to finish, or run "
                     "--stage init again once no job writes it"
                 )
-            differs = next((k for k in spec if old.get(k) != spec[k]), "format")
+            # a key either side holds (groups: only a store with group maps records them)
+            differs = next((k for k in {**old, **spec} if old.get(k) != spec.get(k)), "format")
             raise CellsegError(
                 f"{out}: holds a prediction made with other settings ({differs} differs); "
                 "delete it, choose another --out, or pass --overwrite (several --parts: rerun "
@@ -204,29 +218,34 @@ def init_store(out: Path, spec: Mapping[str, Any], plan: PredictionPlan, overwri
     # zarr's API; the same documents: cellseg.ngff.write_documents)
     chunks = plan.chunk_shape()
     classes = stored_classes(spec)
+    layers = (*classes, *spec.get(GROUPS_KEY, ()))
     documents: dict[str, Any] = {".zgroup": {"zarr_format": 2}}
     for kind, dtype in (("probabilities", spec["dtype"]), ("masks", "uint8")):
         documents[f"{kind}/.zgroup"] = {"zarr_format": 2}
         array = array_metadata(plan.shape, chunks, dtype)
-        for name in classes:
+        for name in layers:
             documents[f"{kind}/{name}/.zgroup"] = {"zarr_format": 2}
             documents[f"{kind}/{name}/.zattrs"] = _group_attrs(name, plan, 1, kind)
             documents[f"{kind}/{name}/s0/.zarray"] = array
     # the NGFF labels convention: masks is the labels group; the root lists them for readers
     # that open the store's root (ome-zarr, napari)
-    documents["masks/.zattrs"] = labels_attrs(classes)
+    documents["masks/.zattrs"] = labels_attrs(layers)
     write_documents(out, documents)
+    layout = (
+        "probabilities/{class}/s{k}: probability (uint8: x 255); "
+        "masks/{class}/s{k}: stored probability > threshold (0/1)"
+    )
+    if len(layers) > len(classes):
+        layout += (
+            "; probabilities/{group}/s{k}: 1 - prod(1 - p_member); "
+            "masks/{group}/s{k}: union of the members' masks"
+        )
     # the spec last: a store killed while being created is recognised as unfinished
     write_json_atomic(
         out / ".zattrs",
         {
-            **labels_attrs([f"masks/{name}" for name in classes]),
-            "cellseg": {
-                "prediction": dict(spec),
-                "complete": False,
-                "layout": "probabilities/{class}/s{k}: probability (uint8: x 255); "
-                "masks/{class}/s{k}: stored probability > threshold (0/1)",
-            },
+            **labels_attrs([f"masks/{name}" for name in layers]),
+            "cellseg": {"prediction": dict(spec), "complete": False, "layout": layout},
         },
     )
     return "created"
@@ -242,16 +261,25 @@ def _write_block(
     dtype: str,
     seconds: float,
     classes: Sequence[str] = CLASSES,
+    groups: Sequence[str] = (),
 ) -> None:
-    """Write one block's chunks, make them durable, then its marker (so a kill or a node crash
-    in between redoes the block: a marker never outlives its chunks). ``classes``: those the
-    store holds (the model's trained ones)."""
-    arrays = [f"{kind}/{name}/s0" for name in classes for kind in ("probabilities", "masks")]
+    """Write one block's chunks (the classes', then each group's once its members are written:
+    :mod:`cellseg.prediction_groups`), make them durable, then its marker (so a kill or a node
+    crash in between redoes the block: a marker never outlives its chunks). ``classes`` and
+    ``groups``: those the store holds (the model's trained classes, the groups of them)."""
+    layers = (*classes, *groups)
+    arrays = [f"{kind}/{name}/s0" for name in layers for kind in ("probabilities", "masks")]
+    members = MemberMasks(groups, classes)
     for name in classes:  # class by class: temporaries 1/14 of the block
         c = CLASSES.index(name)
         stored = quantize(probabilities[c], dtype)
+        mask = mask_of(stored, dtype, thresholds[c])
         writer.write(f"probabilities/{name}/s0", box, stored)
-        writer.write(f"masks/{name}/s0", box, mask_of(stored, dtype, thresholds[c]))
+        writer.write(f"masks/{name}/s0", box, mask)
+        for group in members.add(c, mask):
+            stored = group_probability(probabilities, group, dtype)
+            writer.write(f"probabilities/{group}/s0", box, stored)
+            writer.write(f"masks/{group}/s0", box, members.pop(group))
     stored = sync_chunks(out, arrays, box, writer.chunks)
     write_marker(out, index, box, seconds, stored)
 
@@ -310,6 +338,7 @@ def predict_blocks(
             pending = background.submit(
                 _write_block, out, chunks, index, box, probabilities, thresholds,
                 settings.dtype, seconds, predictor.trained_classes,
+                store_groups(settings, predictor),
             )  # fmt: skip
             print(
                 f"[{predictor.key}] block {index} {[(s.start, s.stop) for s in box]} "
@@ -353,10 +382,12 @@ def _write_levels(
     plan: PredictionPlan,
     settings: PredictionSettings,
     levels: int,
-    threshold: float,
+    mask: Callable[[int, tuple[slice, ...], np.ndarray], np.ndarray],
 ) -> None:
-    """Levels s1… of class ``name``: probabilities are 2×2×2 means of the level below, masks
-    those means, as stored, above ``threshold`` (:func:`mask_of`)."""
+    """Levels s1… of class (or group) ``name``: probabilities are 2×2×2 means of the level
+    below; ``mask(k, box, stored)`` is level ``k``'s mask over ``box`` (a class's: those means,
+    as stored, above its threshold, :func:`mask_of`; a group's: the union of its members' masks
+    of that level, :func:`cellseg.prediction_groups.pyramid_mask`)."""
     probabilities, masks = root[f"probabilities/{name}"], root[f"masks/{name}"]
     for k in range(1, levels):
         source = probabilities[f"s{k - 1}"]
@@ -364,7 +395,7 @@ def _write_levels(
         chunks = plan.chunk_shape(shape)
         kwargs = dict(shape=shape, chunks=chunks, compressors=blosc_zstd(), fill_value=0)
         target = probabilities.create_array(f"s{k}", dtype=settings.dtype, overwrite=True, **kwargs)
-        mask = masks.create_array(f"s{k}", dtype="uint8", overwrite=True, **kwargs)
+        masks_k = masks.create_array(f"s{k}", dtype="uint8", overwrite=True, **kwargs)
         # level k+1 voxels per step: reads (2 chunk, 8 chunk, 8 chunk) of level k at once
         step = (plan.chunk, 4 * plan.chunk, 4 * plan.chunk)
         for z in range(0, shape[0], step[0]):
@@ -378,7 +409,7 @@ def _write_levels(
                     )
                     stored = quantize(torch.from_numpy(mean), settings.dtype)
                     target[box] = stored
-                    mask[box] = mask_of(stored, settings.dtype, threshold)
+                    masks_k[box] = mask(k, box, stored)
 
 
 def write_pyramid(out: Path, plan: PredictionPlan, settings: PredictionSettings, log: Any) -> int:
@@ -414,11 +445,16 @@ def write_pyramid(out: Path, plan: PredictionPlan, settings: PredictionSettings,
     thresholds = settings.thresholds()
     attrs = json.loads((out / ".zattrs").read_text())
     classes = stored_classes(attrs["cellseg"]["prediction"])
+    groups = tuple(attrs["cellseg"]["prediction"].get(GROUPS_KEY, ()))
     if levels > 1:
         root = zarr.open_group(str(out), mode="r+", zarr_format=2)
         for name in classes:
-            c = CLASSES.index(name)
-            _write_levels(root, name, plan, settings, levels, float(thresholds[c]))
+            mask = level_mask(settings.dtype, float(thresholds[CLASSES.index(name)]))
+            _write_levels(root, name, plan, settings, levels, mask)
+            print(f"pyramid: {name} ({levels} levels)", file=log, flush=True)
+        # after every class: a group's mask of a level is its members' of that level
+        for name in groups:
+            _write_levels(root, name, plan, settings, levels, pyramid_mask(root, name, classes))
             print(f"pyramid: {name} ({levels} levels)", file=log, flush=True)
     # the groups' final multiscales (as JSON documents, like init_store), then the store is
     # marked complete: the root's attributes, atomically, last
@@ -427,7 +463,7 @@ def write_pyramid(out: Path, plan: PredictionPlan, settings: PredictionSettings,
         {
             f"{kind}/{name}/.zattrs": _group_attrs(name, plan, levels, kind)
             for kind in ("probabilities", "masks")
-            for name in classes
+            for name in (*classes, *groups)
         },
     )
     # the markers stay as one manifest (a later run finds chunk files lost since); the rest of
@@ -617,6 +653,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--tta", choices=TTA_MODES, default=defaults.tta, help="test-time augmentation"
     )
+    parser.add_argument(
+        "--groups",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.groups,
+        help="also write each group (mito, golgi, ves, endo, er) as a probability array (of the "
+        "union of its members) and a mask (the union of their masks); default: on",
+    )
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument(
@@ -646,6 +689,7 @@ def _run(args: argparse.Namespace) -> int:
         pyramid_levels=args.pyramid_levels,
         device=args.device,
         tta=args.tta,
+        groups=args.groups,
     )
     run = predict_volume(
         args.checkpoint,

@@ -75,6 +75,8 @@ class PredictionSettings:
             chunk.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         tta: test-time augmentation (``inference.tta``, :mod:`cellseg.tta`).
+        groups: also write each group (whole organelle) as a probability array and a mask of
+            its own (:mod:`cellseg.prediction_groups`).
     """
 
     overlap: float = 0.25
@@ -88,6 +90,7 @@ class PredictionSettings:
     pyramid_levels: int | None = None
     device: str = "auto"
     tta: str = "none"
+    groups: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tta", TTA.parse(self.tta).value)

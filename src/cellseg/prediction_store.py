@@ -26,7 +26,7 @@ import contextlib
 import itertools
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ __all__ = [
     "MANIFEST",
     "chunk_keys",
     "dequantize",
+    "level_mask",
     "lost_chunks",
     "marker_path",
     "mask_of",
@@ -91,6 +92,17 @@ def mask_of(stored: np.ndarray, dtype: str, threshold: float) -> np.ndarray:
     scale = DTYPES[dtype]
     table = (np.arange(int(scale) + 1) / scale > threshold).astype(np.uint8)
     return table[stored]
+
+
+def level_mask(dtype: str, threshold: float) -> Callable[[int, Any, np.ndarray], np.ndarray]:
+    """A class's mask for the pyramid writer: ``mask(k, box, stored)`` is :func:`mask_of` the
+    level's stored probabilities (the level and box do not matter to a class; a group's mask
+    reads its members' masks there, :func:`cellseg.prediction_groups.pyramid_mask`)."""
+
+    def mask(k: int, box: Any, stored: np.ndarray) -> np.ndarray:
+        return mask_of(stored, dtype, threshold)
+
+    return mask
 
 
 # ------------------------------------------------------------------------------ markers

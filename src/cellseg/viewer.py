@@ -4,7 +4,9 @@
 local HTTP (with CORS headers, so the neuroglancer web app in a browser may fetch from it) and
 prints a neuroglancer link whose state shows the EM as an image layer, each class's mask as a
 segmentation layer and each class's probabilities as an image layer (hidden until switched on),
-each class in its own colour (:data:`cellseg.palette.COLOURS`, the figures' colours too). The
+each class in its own colour (:data:`cellseg.palette.COLOURS`, the figures' colours too); the
+groups (whole organelles) a store holds (:mod:`cellseg.prediction_groups`) follow the classes
+alike, in the palette's group colours. The
 main panel shows the y-x imaging plane (dimensions ordered ``x, y, z``).
 Every layer is an OME-NGFF multiscale group whose ``scale`` and ``translation`` are in nm, so
 neuroglancer places them all in the same world coordinates: the masks lie on the EM voxels
@@ -53,6 +55,8 @@ class ViewSources:
         resolution_nm: the prediction's ``(z, y, x)`` voxel size (nm).
         centre_nm: ``(z, y, x)`` centre of the predicted region (nm), where the view opens.
         classes: the classes the store holds (a model's untrained classes have no layers).
+        groups: the groups the store holds maps of (its settings' ``groups``; none in a store
+            written without them).
     """
 
     prediction: Path
@@ -61,6 +65,7 @@ class ViewSources:
     resolution_nm: Vec3
     centre_nm: tuple[float, float, float]
     classes: tuple[str, ...] = CLASSES
+    groups: tuple[str, ...] = ()
 
 
 def read_sources(prediction: Path | str, em: str | None = None) -> ViewSources:
@@ -70,6 +75,7 @@ def read_sources(prediction: Path | str, em: str | None = None) -> ViewSources:
     Raises:
         CellsegError: ``prediction`` is not a prediction store of cellseg's, or the EM is gone.
     """
+    from cellseg.prediction_groups import GROUPS_KEY
     from cellseg.prediction_plan import split_store_path
 
     prediction = Path(prediction)
@@ -92,7 +98,8 @@ def read_sources(prediction: Path | str, em: str | None = None) -> ViewSources:
     centre = tuple(
         float(t) + (n - 1) * r_i / 2 for t, n, r_i in zip(translation, shape, r, strict=True)
     )
-    return ViewSources(prediction, em_store, em_group, r, centre, stored_classes(spec))  # type: ignore[arg-type]
+    classes, groups = stored_classes(spec), tuple(spec.get(GROUPS_KEY, ()))
+    return ViewSources(prediction, em_store, em_group, r, centre, classes, groups)  # type: ignore[arg-type]
 
 
 DISPLAY_AXES: tuple[str, str, str] = ("x", "y", "z")
@@ -118,15 +125,16 @@ def neuroglancer_state(sources: ViewSources, base_url: str) -> dict[str, Any]:
     Dimensions ``x, y, z`` (:data:`DISPLAY_AXES`) in 1 nm units, so the main panel shows the y-x
     imaging plane; the view opens at the predicted region's centre, zoomed so a screen pixel is
     one prediction voxel of the y-x plane (its finer spacing; the 3D view spans 1024 of the
-    coarsest). Layers: ``EM`` (image), then per class ``masks/{class}``
-    (segmentation, segment 1 shown in the class's colour of :data:`cellseg.palette.COLOURS`) and
-    ``probabilities/{class}`` (image in the same colour, hidden). Sources are ``zarr://`` URLs of
-    the multiscale groups.
+    coarsest). Layers: ``EM`` (image), then per class the store holds, and then per group,
+    ``masks/{name}`` (segmentation, segment 1 shown in the name's colour of
+    :data:`cellseg.palette.COLOURS`) and ``probabilities/{name}`` (image in the same colour,
+    hidden). Sources are ``zarr://`` URLs of the multiscale groups.
     """
     base = base_url.rstrip("/")
     em_url = f"zarr://{base}/{EM_ROUTE}/{sources.em_group.strip('/')}"
     layers: list[dict[str, Any]] = [{"type": "image", "name": "EM", "source": em_url}]
-    for name in sources.classes:
+    names = (*sources.classes, *sources.groups)
+    for name in names:
         layers.append(
             {
                 "type": "segmentation",
@@ -138,7 +146,7 @@ def neuroglancer_state(sources: ViewSources, base_url: str) -> dict[str, Any]:
                 "visible": name == ("nuc" if "nuc" in sources.classes else sources.classes[-1]),
             }
         )
-    for name in sources.classes:
+    for name in names:
         layers.append(
             {
                 "type": "image",
