@@ -4,22 +4,18 @@ through ``cellseg predict``, on a complete store and on a half-done one."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from cellseg.data.store import EM_GROUP
 from cellseg.prediction import KILL_AFTER_ENV
-from checkpoint_builders import demo_unet_checkpoint
+from predict_cli import demo_options
+from predict_cli import predict_cli as predict
+from predict_cli import stored as values
 from store_builders import write_multiscale
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -31,27 +27,7 @@ def setup(tmp_path_factory) -> tuple[Path, list[str]]:
     root = zarr.open_group(str(store), mode="w", zarr_format=2)
     em = np.random.default_rng(1).integers(0, 256, (16, 40, 40), dtype=np.uint8)
     write_multiscale(root, EM_GROUP, [em], [(8.0,) * 3], [(4.0,) * 3])
-    checkpoint = root_dir / "best.pt"
-    torch.manual_seed(0)
-    torch.save(demo_unet_checkpoint(), checkpoint)
-    options = ["--checkpoint", str(checkpoint), "--em", str(store / EM_GROUP), "--device", "cpu"]
-    options += ["--chunk-voxels", "8", "--block-voxels", "8", "32", "32", "--threads", "1"]
-    options += ["--dtype", "float32", "--pyramid-levels", "2"]
-    return root_dir, options
-
-
-def predict(*arguments: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cellseg", "predict", *arguments],
-        env=os.environ | {"PYTHONPATH": str(REPO / "src")} | (env or {}),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def values(out: Path, array: str) -> np.ndarray:
-    return np.asarray(zarr.open_array(str(out / array), mode="r"))
+    return root_dir, demo_options(root_dir, store / EM_GROUP, 8, (8, 32, 32))
 
 
 ARRAY = "probabilities/mito_mem/s0"

@@ -25,6 +25,7 @@ from cellseg.prediction import KILL_AFTER_ENV, predict_volume
 from cellseg.prediction_geometry import PredictionSettings, block_logits, plan_prediction
 from cellseg.prediction_plan import parse_roi, split_store_path
 from checkpoint_builders import demo_unet_checkpoint
+from predict_cli import predict_cli as cli
 from store_builders import write_multiscale
 from tiny_nets import SeededConvNet, tiny_predictor
 
@@ -203,17 +204,6 @@ def save_checkpoint(path: Path) -> None:
     """A ``best.pt`` as the trainer writes it, of a demo 2D UNet (seeded weights)."""
     torch.manual_seed(0)
     torch.save(demo_unet_checkpoint(), path)
-
-
-def cli(*arguments: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    environment = os.environ | {"PYTHONPATH": str(REPO / "src")} | (env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "cellseg", "predict", *arguments],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_killed_run_resumes_skipping_finished_blocks(em_path, tmp_path, capsys):

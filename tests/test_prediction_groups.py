@@ -6,14 +6,10 @@ resumes them, ``--no-groups`` writes the store of before, and ``cellseg view`` s
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from cellseg.classes import CLASSES, GROUP_NAMES, GROUPS
@@ -22,10 +18,11 @@ from cellseg.evaluation import EvaluationSettings, evaluate_crops
 from cellseg.inference import Predictor
 from cellseg.palette import COLOURS
 from cellseg.prediction import KILL_AFTER_ENV
-from checkpoint_builders import demo_unet_checkpoint
+from predict_cli import demo_options
+from predict_cli import predict_cli as predict
+from predict_cli import stored as read
 from store_builders import annotation, write_multiscale
 
-REPO = Path(__file__).resolve().parents[1]
 EM_SHAPE = (8, 32, 40)  # 8 nm voxels, voxel 0's centre at 4 nm
 CROP_START, CROP_SHAPE = (2, 4, 8), (4, 24, 24)  # EM voxels
 
@@ -50,27 +47,8 @@ def setup(tmp_path_factory) -> tuple[Path, Path, list[str], Crop]:
             root, f"{LABELS_ROOT}/crop1/{name}", [label], [(8.0,) * 3], [corner], annotation(name)
         )
     crop = Crop(store, EM_GROUP, store, f"{LABELS_ROOT}/crop1", ("pm", "mito"), "test")
-    checkpoint = folder / "best.pt"
-    torch.manual_seed(0)
-    torch.save(demo_unet_checkpoint(), checkpoint)
-    options = ["--checkpoint", str(checkpoint), "--em", str(store / EM_GROUP), "--device", "cpu"]
-    options += ["--chunk-voxels", "4", "--block-voxels", "4", "16", "24", "--threads", "1"]
-    options += ["--dtype", "float32", "--pyramid-levels", "2"]
-    return folder, checkpoint, options, crop
-
-
-def predict(*arguments: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cellseg", "predict", *arguments],
-        env=os.environ | {"PYTHONPATH": str(REPO / "src")} | (env or {}),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def read(out: Path, array: str) -> np.ndarray:
-    return np.asarray(zarr.open_array(str(out / array), mode="r"))
+    options = demo_options(folder, store / EM_GROUP, 4, (4, 16, 24))
+    return folder, folder / "best.pt", options, crop
 
 
 @pytest.fixture(scope="module")
