@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
 from cellseg.classes import CLASSES, GROUP_NAMES, GROUPS
@@ -167,3 +168,28 @@ def test_no_groups_writes_the_store_of_before(setup, store):
     # a store with groups is not resumed without them: other settings
     refused = predict(*options, "--out", str(store), "--no-groups")
     assert refused.returncode == 2 and "groups differs" in refused.stderr.splitlines()[-1]
+
+
+def test_a_group_of_untrained_members_is_left_out_and_the_others_are_trained_unions(setup, store):
+    """A run that trained neither ER class nor ``mito_ribo`` (cellseg.trained_classes): no ``er``
+    group, and ``mito`` the union of the two trained members (``mito_ribo`` has no arrays and
+    probability 0), at s0 and s1."""
+    folder, checkpoint, options, _ = setup
+    untrained = {"er_mem", "er_lum", "mito_ribo"}
+    partial = folder / "partial.pt"
+    state = torch.load(checkpoint, weights_only=False)
+    torch.save({**state, "trained_classes": [c for c in CLASSES if c not in untrained]}, partial)
+    out = folder / "partial.zarr"
+    result = predict(*options, "--checkpoint", str(partial), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    spec = json.loads((out / ".zattrs").read_text())["cellseg"]["prediction"]
+    assert spec["groups"] == [g for g in GROUP_NAMES if g != "er"]
+    assert not (out / "masks" / "er").exists() and not (out / "probabilities" / "er").exists()
+    trained = ["mito_mem", "mito_lum"]
+    for level in ("s0", "s1"):
+        union = np.any([read(out, f"masks/{m}/{level}") for m in trained], axis=0)
+        np.testing.assert_array_equal(read(out, f"masks/mito/{level}"), union.astype(np.uint8))
+    expected = naive_union([read(out, f"probabilities/{m}/s0") for m in trained])
+    np.testing.assert_allclose(read(out, "probabilities/mito/s0"), expected, atol=1e-6)
+    # the same weights: the trained members' maps are those of the run of all 14
+    np.testing.assert_array_equal(read(out, "masks/mito_mem/s0"), read(store, "masks/mito_mem/s0"))
