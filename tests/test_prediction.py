@@ -16,7 +16,7 @@ import torch
 import zarr
 from torch import nn
 
-from cellseg.classes import CLASSES, GROUP_NAMES, NUM_CLASSES
+from cellseg.classes import CLASSES, NUM_CLASSES
 from cellseg.data.multiscale import open_group, read_multiscale
 from cellseg.data.store import EM_GROUP
 from cellseg.errors import CellsegError
@@ -429,8 +429,7 @@ def test_a_model_with_an_untrained_class_writes_no_array_of_it(em_path, tmp_path
     assert "untrained classes: nuc:" in capsys.readouterr().err
     root = zarr.open_group(str(stores["no_nuc"]), mode="r", zarr_format=2)
     for kind in ("probabilities", "masks"):
-        # the groups beside (nuc is in none of them: each keeps its trained members)
-        assert set(root[kind].group_keys()) == set(CLASSES) - {"nuc"} | set(GROUP_NAMES)
+        assert set(root[kind].group_keys()) == set(CLASSES) - {"nuc"}
     spec = root.attrs["cellseg"]["prediction"]
     assert spec["untrained_classes"] == ["nuc"] and root.attrs["cellseg"]["complete"]
     assert "masks/nuc" not in root.attrs["labels"]

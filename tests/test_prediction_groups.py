@@ -1,7 +1,8 @@
 """Group maps in ``cellseg predict`` (issue 33): through the command line, each group's
 probability is a naive union of its members' stored probabilities, its mask the union of their
 masks at every level, evaluation scores a group label with exactly the stored mask, a killed run
-resumes them, ``--no-groups`` writes the store of before, and ``cellseg view`` shows them."""
+resumes them, ``--groups auto`` writes the groups the run trained on (none: the store of
+before), and ``cellseg view`` shows them."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def setup(tmp_path_factory) -> tuple[Path, Path, list[str], Crop]:
     """Random EM, a crop on its voxels with a fine ``pm`` and a ``mito`` group label (some
     voxels unknown), the best.pt of an untrained demo 2D UNet (probabilities near 0.5: many
     voxels where the union of three members passes 0.5 and no member does), and the command's
-    options: float32, 8 blocks of (4, 16, 24), two pyramid levels."""
+    options: float32, 8 blocks of (4, 16, 24), two pyramid levels, every group."""
     folder = tmp_path_factory.mktemp("groups")
     store = folder / "vol" / "vol.zarr"
     root = zarr.open_group(str(store), mode="w", zarr_format=2)
@@ -48,7 +49,7 @@ def setup(tmp_path_factory) -> tuple[Path, Path, list[str], Crop]:
             root, f"{LABELS_ROOT}/crop1/{name}", [label], [(8.0,) * 3], [corner], annotation(name)
         )
     crop = Crop(store, EM_GROUP, store, f"{LABELS_ROOT}/crop1", ("pm", "mito"), "test")
-    options = demo_options(folder, store / EM_GROUP, 4, (4, 16, 24))
+    options = [*demo_options(folder, store / EM_GROUP, 4, (4, 16, 24)), "--groups", "all"]
     return folder, folder / "best.pt", options, crop
 
 
@@ -142,12 +143,24 @@ def test_evaluation_scores_a_group_label_with_the_stored_mask(setup, store):
     assert row.tp > 0 and row.fp > 0
 
 
-def test_no_groups_writes_the_store_of_before(setup, store):
+def test_auto_writes_the_groups_the_run_trained_on(setup, store):
+    """``best.pt``'s ``trained_groups`` (``mito``): only that group; none recorded (the demo
+    checkpoint, any run without group labels): the store of before."""
     from cellseg.viewer import neuroglancer_state, read_sources
 
-    folder, _, options, _ = setup
+    folder, checkpoint, options, _ = setup
+    coarse = folder / "coarse.pt"
+    state = torch.load(checkpoint, weights_only=False)
+    torch.save({**state, "trained_groups": ["mito"]}, coarse)
+    auto = [*options, "--groups", "auto"]
+    mito = folder / "mito.zarr"
+    result = predict(*auto, "--checkpoint", str(coarse), "--out", str(mito))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((mito / ".zattrs").read_text())["cellseg"]["prediction"]["groups"] == ["mito"]
+    assert set(GROUP_NAMES) & {p.name for p in (mito / "masks").iterdir()} == {"mito"}
+    np.testing.assert_array_equal(read(mito, "masks/mito/s1"), read(store, "masks/mito/s1"))
     out = folder / "classes.zarr"
-    result = predict(*options, "--out", str(out), "--no-groups")
+    result = predict(*auto, "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (out / "masks").iterdir() if p.is_dir()) == sorted(CLASSES)
     spec = json.loads((out / ".zattrs").read_text())["cellseg"]["prediction"]
@@ -166,7 +179,7 @@ def test_no_groups_writes_the_store_of_before(setup, store):
         assert layers[f"masks/{group}"]["segmentColors"] == {"1": COLOURS[group]}
         assert f'default="{COLOURS[group]}"' in layers[f"probabilities/{group}"]["shader"]
     # a store with groups is not resumed without them: other settings
-    refused = predict(*options, "--out", str(store), "--no-groups")
+    refused = predict(*options, "--out", str(store), "--groups", "none")
     assert refused.returncode == 2 and "groups differs" in refused.stderr.splitlines()[-1]
 
 

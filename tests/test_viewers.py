@@ -30,9 +30,11 @@ from store_builders import write_multiscale
 EM_SHAPE = (12, 40, 48)
 TRANSLATION = (4.0, 4.0, 4.0)  # centre of EM voxel 0, nm (8 nm voxels)
 # one y-x tile (no window computed twice), 16 windows a forward pass: seconds on 2 cores
-SETTINGS = PredictionSettings(chunk_voxels=8, block_voxels=(8, 40, 48), sw_batch_size=16)
+SETTINGS = PredictionSettings(
+    chunk_voxels=8, block_voxels=(8, 40, 48), sw_batch_size=16, groups="all"
+)
 LAYERS = (*CLASSES, *GROUP_NAMES)
-"""A store's layers: the 14 classes, then the groups (``predict.groups``, on by default)."""
+"""A store's layers: the 14 classes, then the groups (``predict.groups: all``)."""
 
 
 def predict(checkpoint: Path, em_path: Path, out: Path, settings: PredictionSettings):

@@ -138,7 +138,16 @@ def test_evaluation_probabilities_equal_the_predict_cli_2d(volume, tmp_path):
     evaluated = torch.cat([model.probabilities(g) for *_, g in slabs], 1).numpy()
     out = tmp_path / "pred.zarr"
     arguments = ["--checkpoint", str(checkpoint), "--em", str(path / EM_GROUP), "--out", str(out)]
-    arguments += ["--roi", crop_roi(grid), "--dtype", "float32", "--device", "cpu"]
+    arguments += [
+        "--roi",
+        crop_roi(grid),
+        "--dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--groups",
+        "all",
+    ]
     arguments += ["--chunk-voxels", "8", "--block-voxels", "8", "16", "16", "--threads", "1"]
     result = subprocess.run(
         [sys.executable, "-m", "cellseg", "predict", *arguments],

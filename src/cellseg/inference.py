@@ -55,6 +55,7 @@ from cellseg.data.patches import PatchGrid, normalize_em, sample_linear
 from cellseg.data.store import CropGeometry
 from cellseg.data.voxel_checks import check_em_array
 from cellseg.errors import CellsegError
+from cellseg.groups import trained_groups
 from cellseg.losses import adjusted_probabilities
 from cellseg.trained_classes import read_trained_classes
 from cellseg.voxels import Resolution, Vec3, as_vec3
@@ -99,6 +100,8 @@ class Predictor:
         trained_classes: the classes some training crop annotated
             (:mod:`cellseg.trained_classes`); the others' channels are 0 in
             :meth:`probabilities`, and evaluation, prediction and figures leave them out.
+        trained_groups: the groups whose labels its training crops held
+            (:func:`cellseg.groups.trained_groups`; none when not recorded).
     """
 
     network: torch.nn.Module
@@ -113,6 +116,7 @@ class Predictor:
     data_identity: DataIdentity | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     trained_classes: tuple[str, ...] = CLASSES
+    trained_groups: tuple[str, ...] = ()
 
     @property
     def untrained_channels(self) -> list[int]:
@@ -211,6 +215,7 @@ class Predictor:
             ),
             extra={"summary": checkpoint.get("summary", {}), "epoch": checkpoint.get("epoch")},
             trained_classes=read_trained_classes(checkpoint, str(path)),
+            trained_groups=trained_groups(checkpoint),
         )
 
     def modes(self, settings: Any) -> tuple[str, ...]:

@@ -8,10 +8,10 @@ images (``masks`` is a ``labels`` group, each mask's ``image-label`` source its 
 and the root lists them too, so ome-zarr's reader (napari) opens the store as labels and images.
 A mask is 1 exactly where the *stored* probability exceeds the class's threshold, at every
 pyramid level (:func:`mask_of`). A class the model did not train (:mod:`cellseg.trained_classes`)
-gets neither array; the store's settings list it as ``untrained_classes``. Each group (whole
-organelle) with a trained member gets the same two arrays (``predict.groups``,
-:mod:`cellseg.prediction_groups`): the union probability of its members and the union of their
-masks. ``cellseg view`` (:mod:`cellseg.viewer`) shows a store in neuroglancer.
+gets neither array; the store's settings list it as ``untrained_classes``. The groups (whole
+organelles) of ``predict.groups`` (by default those whose labels the run trained on;
+:mod:`cellseg.prediction_groups`) get the same two arrays: the union probability of their
+members and the union of their masks. ``cellseg view`` (:mod:`cellseg.viewer`) shows a store in neuroglancer.
 
 Settings, geometry and blending: :mod:`cellseg.prediction_geometry` (the grid over the EM
 volume, the ROI, the windows, the blocks and their blended logits, and the memory they take).
@@ -78,6 +78,7 @@ from cellseg.prediction_geometry import (
     plan_prediction,
 )
 from cellseg.prediction_groups import (
+    GROUP_CHOICES,
     GROUPS_KEY,
     MemberMasks,
     group_probability,
@@ -655,10 +656,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--groups",
-        action=argparse.BooleanOptionalAction,
+        choices=GROUP_CHOICES,
         default=defaults.groups,
-        help="also write each group (mito, golgi, ves, endo, er) as a probability array (of the "
-        "union of its members) and a mask (the union of their masks); default: on",
+        help="which groups (mito, golgi, ves, endo, er) get a probability array (of the union "
+        "of their members) and a mask (the union of their masks): auto (default) those whose "
+        "labels the run trained on, all, none",
     )
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")

@@ -46,6 +46,7 @@ from cellseg.data.multiscale import Multiscale, ScaleLevel
 from cellseg.errors import CellsegError
 from cellseg.inference import BLEND_MODES, Blender, EMReader, Predictor, VolumeGrid, WindowGrid
 from cellseg.losses import InferenceLogitAdjustment
+from cellseg.prediction_groups import GROUP_CHOICES
 from cellseg.prediction_store import DTYPES
 from cellseg.tta import TTA
 from cellseg.voxels import Vec3, as_vec3, to_json
@@ -75,8 +76,9 @@ class PredictionSettings:
             chunk.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         tta: test-time augmentation (``inference.tta``, :mod:`cellseg.tta`).
-        groups: also write each group (whole organelle) as a probability array and a mask of
-            its own (:mod:`cellseg.prediction_groups`).
+        groups: which groups (whole organelles) get a probability array and a mask of their
+            own (:mod:`cellseg.prediction_groups`): ``auto``, those whose labels the run trained
+            on; ``all``; ``none``.
     """
 
     overlap: float = 0.25
@@ -90,7 +92,7 @@ class PredictionSettings:
     pyramid_levels: int | None = None
     device: str = "auto"
     tta: str = "none"
-    groups: bool = True
+    groups: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tta", TTA.parse(self.tta).value)
@@ -112,6 +114,10 @@ class PredictionSettings:
             raise CellsegError(
                 f"predict.block_voxels = {list(self.block_voxels)}: need 3 positive multiples of "
                 f"chunk_voxels = {self.chunk_voxels} (blocks must write whole chunks)"
+            )
+        if self.groups not in GROUP_CHOICES:
+            raise CellsegError(
+                f"predict.groups = {self.groups!r}: use one of {', '.join(GROUP_CHOICES)}"
             )
         if self.pyramid_levels is not None and self.pyramid_levels < 1:
             raise CellsegError("predict.pyramid_levels must be >= 1 (or null for automatic)")

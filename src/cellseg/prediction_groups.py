@@ -1,6 +1,9 @@
 """Group maps in a prediction store: each whole organelle (``mito``, ``golgi``, ``ves``, ``endo``,
 ``er``; :data:`cellseg.classes.GROUPS`) as a probability array and a mask of its own, beside the
-14 classes (``predict.groups``, on by default; issue 33).
+14 classes (issue 33). Which groups (``predict.groups``, :func:`store_groups`): ``auto`` (the
+default) those whose labels the run's training crops held (``best.pt``'s ``trained_groups``: a
+run without group labels, the demo's, writes the store of before), ``all`` every group, ``none``
+none. Each costs two arrays: 10 more beside the 28 made the demo's store 37 % bigger.
 
 One answer per voxel with training and evaluation:
 
@@ -40,7 +43,17 @@ from cellseg.groups import union_probability
 from cellseg.prediction_store import quantize
 from cellseg.trained_classes import trained_names
 
-__all__ = ["GROUPS_KEY", "MemberMasks", "group_probability", "pyramid_mask", "store_groups"]
+__all__ = [
+    "GROUPS_KEY",
+    "GROUP_CHOICES",
+    "MemberMasks",
+    "group_probability",
+    "pyramid_mask",
+    "store_groups",
+]
+
+GROUP_CHOICES: tuple[str, ...] = ("auto", "all", "none")
+"""The values of ``predict.groups`` (``--groups``)."""
 
 GROUPS_KEY = "groups"
 """The key of a store's settings that lists its groups (absent: none)."""
@@ -49,16 +62,17 @@ Box = tuple[slice, slice, slice]
 
 
 def store_groups(settings: Any, predictor: Any) -> tuple[str, ...]:
-    """The groups a store holds: with ``settings.groups`` (``predict.groups``) each group of
-    :data:`cellseg.classes.GROUP_NAMES` of which ``predictor`` trained some member, else none.
+    """The groups a store holds, in :data:`cellseg.classes.GROUP_NAMES` order: with
+    ``settings.groups`` ``auto`` those whose labels ``predictor``'s training crops held, ``all``
+    every group, ``none`` none; in each case only a group with a trained member.
 
     Args:
         settings: :class:`cellseg.prediction_geometry.PredictionSettings`.
-        predictor: :class:`cellseg.inference.Predictor` (its ``trained_classes``).
+        predictor: :class:`cellseg.inference.Predictor` (its ``trained_groups`` and
+            ``trained_classes``).
     """
-    if not settings.groups:
-        return ()
-    return tuple(trained_names(predictor.trained_classes, GROUP_NAMES))
+    chosen = {"auto": predictor.trained_groups, "all": GROUP_NAMES, "none": ()}[settings.groups]
+    return tuple(trained_names(predictor.trained_classes, chosen))
 
 
 def _members(group: str) -> list[int]:

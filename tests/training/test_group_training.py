@@ -71,3 +71,6 @@ def test_a_model_trains_on_pm_and_the_mito_group(tiny_config, tmp_path):
     labels = history[[f"val_dice_{name}" for name in (*CLASSES, *GROUP_NAMES)]]
     np.testing.assert_allclose(history["val_mean_dice"], labels.mean(axis=1, skipna=True))
     assert labels.notna().sum(axis=1).eq(2).all(), "pm and mito, nothing else"
+    # best.pt records the group it learnt from labels of (cellseg predict's groups: auto)
+    assert best["trained_groups"] == ["mito"]
+    assert Predictor.from_checkpoint(tmp_path / "run" / "best.pt").trained_groups == ("mito",)

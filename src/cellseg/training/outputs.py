@@ -20,6 +20,7 @@ import torch
 from cellseg.classes import CLASSES
 from cellseg.config.settings import TrainSettings
 from cellseg.data.identity import DataIdentity
+from cellseg.groups import TRAINED_GROUPS_KEY
 from cellseg.io import atomic_path, write_json_atomic
 from cellseg.trained_classes import TRAINED_KEY, UNTRAINED_KEY, untrained_classes
 from cellseg.training.checkpoint import save_checkpoint
@@ -78,13 +79,16 @@ def write_outputs(
     best_epoch: int,
     history: Sequence[dict[str, Any]],
     trained_classes: Sequence[str] = CLASSES,
+    trained_groups: Sequence[str] = (),
 ) -> None:
     """Write ``best.pt`` (the best epoch's ``weights``), ``history.csv`` (one row per epoch) and
     ``train_summary.json`` into ``run_dir``, each atomically.
 
     ``trained_classes`` (:mod:`cellseg.trained_classes`) goes into ``best.pt``, and the others
     into ``train_summary.json`` as ``untrained_classes`` when there are any (a run that trained
-    all 14 writes the summary as before).
+    all 14 writes the summary as before). ``trained_groups``, the groups whose labels the
+    training crops held (:func:`cellseg.groups.trained_groups`), go into ``best.pt`` when there
+    are any.
     """
     if untrained := untrained_classes(trained_classes):
         summary = {**summary, UNTRAINED_KEY: list(untrained)}
@@ -96,6 +100,7 @@ def write_outputs(
             "architecture": architecture,
             "classes": list(CLASSES),
             TRAINED_KEY: list(trained_classes),
+            **({TRAINED_GROUPS_KEY: list(trained_groups)} if trained_groups else {}),
             "logit_shift": logit_shift,
             "data_identity": data_identity.to_dict(),
             "epoch": best_epoch,

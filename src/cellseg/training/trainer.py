@@ -52,6 +52,7 @@ from cellseg.data.dataset import PatchSpec, SampleRange, decode_target
 from cellseg.data.datasplit import read_datasplit
 from cellseg.data.identity import DataIdentity
 from cellseg.errors import CellsegError
+from cellseg.groups import trained_groups
 from cellseg.io import write_text_atomic
 from cellseg.losses import (
     BalancedSoftmaxPartialTverskyLoss,
@@ -241,9 +242,10 @@ class Trainer:
         )
         # which classes some training crop annotates (directly or through a group label), as
         # the class_frequencies rule recorded it: best.pt carries it to inference
-        self.trained_classes = read_trained_classes(
-            read_class_frequencies(self.class_frequencies), str(self.class_frequencies)
-        )
+        frequencies = read_class_frequencies(self.class_frequencies)
+        self.trained_classes = read_trained_classes(frequencies, str(self.class_frequencies))
+        # the groups the training crops hold labels of (cellseg predict's groups: auto)
+        self.trained_groups = trained_groups(frequencies)
         self.online_frequency = OnlineClassFrequency(
             NUM_CLASSES, update_every=int(s.loss.get("online_frequency_every", 50))
         )
@@ -889,6 +891,7 @@ class Trainer:
             self.best_epoch,
             self.history,
             self.trained_classes,
+            self.trained_groups,
         )
         self.log(
             f"finished ({self.stop_reason}): best val mean Dice {self.best_score:.4f} at epoch {self.best_epoch}"
