@@ -52,6 +52,7 @@ import torch
 import zarr
 
 from cellseg.classes import CLASSES, GROUPS
+from cellseg.config.options import settings_from_args
 from cellseg.data.multiscale import Multiscale, open_group, read_multiscale
 from cellseg.data.store import check_em_dtype, refuse_inside
 from cellseg.errors import CellsegError
@@ -679,20 +680,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = PredictionSettings(
-        overlap=args.overlap,
-        blend_mode=args.blend_mode,
-        sw_batch_size=args.sw_batch_size,
-        adjustment=args.adjustment,
-        threshold=args.threshold,
-        dtype=args.dtype,
-        chunk_voxels=args.chunk_voxels,
-        block_voxels=tuple(args.block_voxels),
-        pyramid_levels=args.pyramid_levels,
-        device=args.device,
-        tta=args.tta,
-        groups=args.groups,
-    )
+    settings = settings_from_args(PredictionSettings, args, block_voxels=tuple(args.block_voxels))
     run = predict_volume(
         args.checkpoint,
         args.em,
