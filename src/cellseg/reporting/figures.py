@@ -495,7 +495,9 @@ def make_model_figures(
         )
         panels.append((em, target, probabilities, f"{crops[index].name}, z={z}"))
     figure = crop_panels_figure(
-        panels, f"{predictor.key}: test crops (adjustment {mode})", pixel_aspect(predictor),
+        panels,
+        f"{predictor.key}: test crops (adjustment {mode})",
+        pixel_aspect(predictor),
         classes=predictor.trained_classes,
     )
     save_figure(figure, Path(samples_path))
