@@ -16,10 +16,13 @@ import sysconfig
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from workflow_runner import REPO, TEST_CONFIG
+
+pytestmark = pytest.mark.minutes(1)  # order: tests/conftest.py
 
 CONDA_ENV = REPO / "workflow" / "envs" / "cellseg.yaml"
 ML_LIBRARIES = (

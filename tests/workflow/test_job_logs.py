@@ -15,8 +15,11 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 from workflow_runner import TEST_CONFIG
 from workflow_runner import run_in_clone as run
+
+pytestmark = pytest.mark.minutes(1)  # order: tests/conftest.py
 
 LAST_LINE = re.compile(r"^cellseg( [a-z-]+)?: error: \S")
 

@@ -15,6 +15,8 @@ from cellseg.config.resources import check_local_gpus, visible_gpu_count
 from cellseg.config.settings import TrainSettings
 from cellseg.errors import CellsegError
 
+pytestmark = pytest.mark.minutes(1)  # order: tests/conftest.py
+
 LOCAL = "config/profiles/local"
 ONE_GPU = "GPU 0: NVIDIA L40S (UUID: GPU-00000000-0000-0000-0000-000000000000)"
 

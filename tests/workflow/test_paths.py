@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 from workflow_runner import run_in_clone as run
+
+pytestmark = pytest.mark.minutes(0.5)  # order: tests/conftest.py
 
 
 def test_data_roots_with_spaces_reach_the_data_rules(clone, tmp_path):
