@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cellseg import __version__
-from cellseg.errors import INTERRUPTED_STATUS, interrupted_line, user_error
+from cellseg.errors import INTERRUPTED_STATUS, interrupted_line, keep_interrupts, user_error
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-demo-data": ("cellseg.data.demo", "write synthetic FIB-SEM data in the CellMap layout"),
@@ -64,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # for torch, timm and MONAI (hundreds of MB) that only training and evaluation need
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    keep_interrupts()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

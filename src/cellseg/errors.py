@@ -58,3 +58,35 @@ def interrupted_line(command: str) -> str:
     stop, not a bug, and how to go on."""
     how = RESUMES.get(command, "run the same command again")
     return f"interrupted (Ctrl-C); {how}"
+
+
+def keep_interrupts() -> None:
+    """Make a Ctrl-C that strikes inside a finalizer or a weakref callback stop the command.
+
+    Python raises ``KeyboardInterrupt`` in whatever code runs when SIGINT arrives; inside a
+    ``__del__`` or a weakref callback (torch and zarr run many while a training tears tensors
+    down) it can only print ``Exception ignored in ...`` with a traceback and drop the
+    interrupt, so the job's log showed a traceback and the command ran on. This hook drops the
+    print and delivers the interrupt again to the main thread 50 ms later, where it lands in
+    ordinary code and ends the command with :func:`interrupted_line` (should it strike another
+    finalizer, the hook delivers it again). Other unraisable errors go to the hook
+    installed before. Idempotent.
+    """
+    import _thread
+    import sys
+    import threading
+
+    previous = sys.unraisablehook
+    if getattr(previous, "keeps_interrupts", False):
+        return
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            # from another thread, a moment later: delivered at once, it would strike this hook
+            # itself (Python checks for signals on the next call), which drops it again
+            threading.Timer(0.05, _thread.interrupt_main).start()
+            return
+        previous(unraisable)
+
+    hook.keeps_interrupts = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook

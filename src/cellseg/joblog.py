@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from cellseg.errors import INTERRUPTED_STATUS, interrupted_line, user_error
+from cellseg.errors import INTERRUPTED_STATUS, interrupted_line, keep_interrupts, user_error
 
 
 @contextlib.contextmanager
@@ -29,6 +29,7 @@ def job_log(path: Path | str) -> Iterator[TextIO]:
     names the file, the key and the fix. Any other exception writes its traceback, then a last
     line naming it, and propagates (Snakemake reports the job as failed either way).
     """
+    keep_interrupts()
     with open(path, "a") as log:
         saved = sys.stderr
         sys.stderr = log
