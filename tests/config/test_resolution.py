@@ -35,7 +35,10 @@ DEMO_HASHES = {
 }
 DEMO_RESOLVED_SHA = "99e131ad3c94d2d6"
 """sha256 (16 hex) of the base config's resolved document as results/config.resolved.yaml writes
-it, at 6b715cf."""
+it, at 6b715cf, less the keys added since (:data:`KEYS_ADDED_SINCE`)."""
+KEYS_ADDED_SINCE = [("config", "predict", "groups")]
+"""Keys the config gained after 6b715cf: new keys add lines to the resolved document (no model's
+hash changes, nothing retrains); the pin is of what was there."""
 
 
 def with_resolution(value) -> dict:
@@ -44,7 +47,13 @@ def with_resolution(value) -> dict:
 
 def test_the_demo_keeps_its_config_hashes_and_resolved_config():
     assert {key: resolve_settings(BASE, key).config_hash() for key in BASE["models"]} == DEMO_HASHES
-    text = yaml.safe_dump(resolved_config_document(BASE, ["config/config.yaml"]), sort_keys=False)
+    document = resolved_config_document(BASE, ["config/config.yaml"])
+    for *parents, key in KEYS_ADDED_SINCE:
+        section = document
+        for name in parents:
+            section = section[name]
+        del section[key]
+    text = yaml.safe_dump(document, sort_keys=False)
     assert hashlib.sha256(text.encode()).hexdigest()[:16] == DEMO_RESOLVED_SHA
 
 
