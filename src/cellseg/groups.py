@@ -43,6 +43,7 @@ __all__ = [
     "group_partial_tversky",
     "group_prediction",
     "infer_group_negatives",
+    "member_indexes",
     "split_groups",
     "trained_groups",
     "union_probability",
@@ -64,6 +65,11 @@ def trained_groups(document: dict) -> tuple[str, ...]:
     """
     named = set(document.get("per_group", {})) | set(document.get(TRAINED_GROUPS_KEY, ()))
     return tuple(name for name in GROUP_NAMES if name in named)
+
+
+def member_indexes(group: str) -> list[int]:
+    """The class indexes (:data:`cellseg.classes.CLASSES` order) of ``group``'s members."""
+    return list(GROUP_MEMBERS[GROUP_NAMES.index(group)])
 
 
 def split_groups(
@@ -178,7 +184,7 @@ def apply_group_negatives(target: np.ndarray, group: str, label: np.ndarray) -> 
         ``target``.
     """
     negative = label == 0
-    for c in GROUP_MEMBERS[GROUP_NAMES.index(group)]:
+    for c in member_indexes(group):
         member = target[c]
         unknown = np.isnan(member) if member.dtype.kind == "f" else member == COMPACT_UNKNOWN
         member[negative & unknown] = 0
@@ -200,7 +206,7 @@ def group_prediction(binary: ArrayT, group: str, axis: int = 0) -> ArrayT:
     Returns:
         bool, ``binary``'s shape without ``axis``, of its kind (on its device).
     """
-    members = list(GROUP_MEMBERS[GROUP_NAMES.index(group)])
+    members = member_indexes(group)
     if isinstance(binary, torch.Tensor):
         index = torch.tensor(members, device=binary.device)
         return binary.index_select(axis, index).any(dim=axis)

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 import zarr
 
-from cellseg.classes import CLASSES, GROUP_MEMBERS, GROUP_NAMES, GROUPS
-from cellseg.groups import union_probability
+from cellseg.classes import CLASSES, GROUP_NAMES, GROUPS
+from cellseg.groups import member_indexes, union_probability
 from cellseg.prediction_store import quantize
 from cellseg.trained_classes import trained_names
 
@@ -75,10 +75,6 @@ def store_groups(settings: Any, predictor: Any) -> tuple[str, ...]:
     return tuple(trained_names(predictor.trained_classes, chosen))
 
 
-def _members(group: str) -> list[int]:
-    return list(GROUP_MEMBERS[GROUP_NAMES.index(group)])
-
-
 def group_probability(probabilities: torch.Tensor, group: str, dtype: str) -> np.ndarray:
     """A group's probability as stored: ``1 - prod_m (1 - p_m)`` over its members
     (:func:`cellseg.groups.union_probability`), quantised to ``dtype`` like a class's.
@@ -91,7 +87,7 @@ def group_probability(probabilities: torch.Tensor, group: str, dtype: str) -> np
     Returns:
         ``(...)`` in ``dtype``.
     """
-    members = probabilities[_members(group)]
+    members = probabilities[member_indexes(group)]
     return quantize(union_probability(torch.log1p(-members), dim=0), dtype)
 
 
@@ -109,7 +105,7 @@ class MemberMasks:
 
     def __init__(self, groups: Sequence[str], classes: Sequence[str]) -> None:
         held = {CLASSES.index(name) for name in classes}
-        self.waiting = {g: set(_members(g)) & held for g in groups}
+        self.waiting = {g: set(member_indexes(g)) & held for g in groups}
         self.unions: dict[str, np.ndarray] = {}
 
     def add(self, c: int, mask: np.ndarray) -> Iterator[str]:

@@ -50,12 +50,6 @@ def to_json(value: float | Sequence[float]) -> float | list[float]:
     return compacted if isinstance(compacted, float) else list(compacted)
 
 
-def is_isotropic(value: float | Sequence[float]) -> bool:
-    """Whether the three axes of ``value`` are equal."""
-    z, y, x = as_vec3(value)
-    return z == y == x
-
-
 def parse_resolution(value: Any, where: str) -> Resolution:
     """A configuration's ``resolution_nm`` checked and in its compact spelling
     (:func:`compact`; ``[8, 8, 8]`` is ``8.0``).
