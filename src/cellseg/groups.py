@@ -45,26 +45,8 @@ __all__ = [
     "infer_group_negatives",
     "member_indexes",
     "split_groups",
-    "trained_groups",
     "union_probability",
 ]
-
-
-TRAINED_GROUPS_KEY = "trained_groups"
-"""The key of ``best.pt`` listing the groups whose labels its training crops held (absent: none,
-or a checkpoint from before the key); ``cellseg predict``'s ``predict.groups: auto`` maps them."""
-
-
-def trained_groups(document: dict) -> tuple[str, ...]:
-    """The groups a training run learnt from labels of, in :data:`GROUP_NAMES` order: the
-    ``per_group`` entries of its ``class_frequencies.json`` (written only when a training crop
-    holds a group label), or a ``best.pt``'s :data:`TRAINED_GROUPS_KEY`; none in either without.
-
-    Args:
-        document: the parsed ``class_frequencies.json``, or a ``best.pt`` dict.
-    """
-    named = set(document.get("per_group", {})) | set(document.get(TRAINED_GROUPS_KEY, ()))
-    return tuple(name for name in GROUP_NAMES if name in named)
 
 
 def member_indexes(group: str) -> list[int]:

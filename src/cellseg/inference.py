@@ -55,9 +55,8 @@ from cellseg.data.patches import PatchGrid, normalize_em, sample_linear
 from cellseg.data.store import CropGeometry
 from cellseg.data.voxel_checks import check_em_array
 from cellseg.errors import CellsegError
-from cellseg.groups import trained_groups
 from cellseg.losses import adjusted_probabilities
-from cellseg.trained_classes import read_trained_classes
+from cellseg.trained_classes import read_trained_classes, trained_groups
 from cellseg.voxels import Resolution, Vec3, as_vec3
 
 __all__ = [
@@ -101,7 +100,7 @@ class Predictor:
             (:mod:`cellseg.trained_classes`); the others' channels are 0 in
             :meth:`probabilities`, and evaluation, prediction and figures leave them out.
         trained_groups: the groups whose labels its training crops held
-            (:func:`cellseg.groups.trained_groups`; none when not recorded).
+            (:func:`cellseg.trained_classes.trained_groups`; none when not recorded).
     """
 
     network: torch.nn.Module

@@ -14,7 +14,8 @@ the training crops, and recorded in ``class_frequencies.json`` (``trained_classe
 head and leaves the untrained channels out: no mask, no probability, no score, no panel.
 
 A file or checkpoint that records no set (written before this) is read as all 14 trained, which
-is what it was used as.
+is what it was used as. The groups whose own labels a run trained on are recorded beside it
+(:func:`trained_groups`, ``best.pt``'s ``trained_groups``), for ``cellseg predict``'s group maps.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from cellseg.classes import CLASSES, GROUP_NAMES, GROUPS
 from cellseg.errors import CellsegError
 
 __all__ = [
+    "TRAINED_GROUPS_KEY",
     "TRAINED_KEY",
     "UNTRAINED_KEY",
     "read_trained_classes",
     "stored_classes",
     "trained_classes",
+    "trained_groups",
     "trained_names",
     "untrained_classes",
     "untrained_line",
@@ -43,6 +46,24 @@ UNTRAINED_KEY = "untrained_classes"
 """The key of the classes left out, where an output records them only when there are any
 (``train_summary.json``, a prediction store's settings, an evaluation's predictions): an output of
 a run that trained all 14 stays as it was."""
+
+TRAINED_GROUPS_KEY = "trained_groups"
+"""The key of ``best.pt`` listing the groups whose labels its training crops held (absent: none,
+or a checkpoint from before the key); ``cellseg predict``'s ``predict.groups: auto`` maps them."""
+
+
+def trained_groups(document: Mapping[str, Any]) -> tuple[str, ...]:
+    """The groups a training run learnt from labels of, in :data:`GROUP_NAMES` order: the
+    ``per_group`` entries of its ``class_frequencies.json`` (written only when a training crop
+    holds a group label), or a ``best.pt``'s :data:`TRAINED_GROUPS_KEY`; none in either without.
+    (A group whose members are trained through their own labels only is not listed: ``predict``'s
+    ``auto`` maps the groups that had labels of their own.)
+
+    Args:
+        document: the parsed ``class_frequencies.json``, or a ``best.pt`` dict.
+    """
+    named = set(document.get("per_group", {})) | set(document.get(TRAINED_GROUPS_KEY, ()))
+    return tuple(name for name in GROUP_NAMES if name in named)
 
 
 def trained_classes(annotated: Mapping[str, float]) -> tuple[str, ...]:

@@ -20,9 +20,13 @@ import torch
 from cellseg.classes import CLASSES
 from cellseg.config.settings import TrainSettings
 from cellseg.data.identity import DataIdentity
-from cellseg.groups import TRAINED_GROUPS_KEY
 from cellseg.io import atomic_path, write_json_atomic
-from cellseg.trained_classes import TRAINED_KEY, UNTRAINED_KEY, untrained_classes
+from cellseg.trained_classes import (
+    TRAINED_GROUPS_KEY,
+    TRAINED_KEY,
+    UNTRAINED_KEY,
+    untrained_classes,
+)
 from cellseg.training.checkpoint import save_checkpoint
 from cellseg.training.init import MIN_PRETRAINED_FRACTION
 
@@ -87,7 +91,7 @@ def write_outputs(
     ``trained_classes`` (:mod:`cellseg.trained_classes`) goes into ``best.pt``, and the others
     into ``train_summary.json`` as ``untrained_classes`` when there are any (a run that trained
     all 14 writes the summary as before). ``trained_groups``, the groups whose labels the
-    training crops held (:func:`cellseg.groups.trained_groups`), go into ``best.pt`` when there
+    training crops held (:func:`cellseg.trained_classes.trained_groups`), go into ``best.pt`` when there
     are any.
     """
     if untrained := untrained_classes(trained_classes):

@@ -52,7 +52,6 @@ from cellseg.data.dataset import PatchSpec, SampleRange, decode_target
 from cellseg.data.datasplit import read_datasplit
 from cellseg.data.identity import DataIdentity
 from cellseg.errors import CellsegError
-from cellseg.groups import trained_groups
 from cellseg.io import write_text_atomic
 from cellseg.losses import (
     BalancedSoftmaxPartialTverskyLoss,
@@ -61,7 +60,7 @@ from cellseg.losses import (
 )
 from cellseg.models import build_model, check_input_shape, model_config
 from cellseg.models.margin import crop_margin, output_margin
-from cellseg.trained_classes import read_trained_classes, untrained_line
+from cellseg.trained_classes import read_trained_classes, trained_groups, untrained_line
 from cellseg.training.batches import data_wait_warning, patch_datasets, training_loader
 from cellseg.training.budget import time_limit
 from cellseg.training.checkpoint import (
