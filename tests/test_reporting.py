@@ -12,6 +12,7 @@ import pytest
 from cellseg.challenge import ORTOOLS_VERSION
 from cellseg.classes import CLASSES
 from cellseg.errors import CellsegError
+from cellseg.figure_slices import sample_slices
 from cellseg.reporting import (
     BASELINE,
     Summary,
@@ -24,7 +25,7 @@ from cellseg.reporting import (
     summarize_study,
     summary_markdown,
 )
-from cellseg.reporting.figures import STUDY_FIGURES, SUMMARY_FIGURES, sample_slices
+from cellseg.reporting.figures import STUDY_FIGURES, SUMMARY_FIGURES
 from cellseg.statistics import (
     compare_runs_with_best,
     mean_dice_interval,

@@ -3,6 +3,7 @@ annotates, each in its palette colour; a group's prediction is the union of its 
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,9 +13,12 @@ import pytest
 
 from cellseg.classes import CLASS_INDEX, CLASSES, NUM_CLASSES, NUM_GROUPS
 from cellseg.data.store import EM_GROUP, LABELS_ROOT, Crop, read_crop_geometry
-from cellseg.evaluation import EvaluationSettings
+from cellseg.evaluation import EvaluationSettings, evaluate_crops
+from cellseg.evaluation_slices import FigureSliceCollector
+from cellseg.figure_slices import FigureSlices, ModelFigureSettings, annotated_names, figure_crop
+from cellseg.inference import Predictor
 from cellseg.palette import rgb
-from cellseg.reporting.figures import annotated_names, crop_class_panels, figure_crop
+from cellseg.reporting.figures import crop_class_panels
 from cellseg.visualization import (
     OVERLAY_ALPHA,
     class_panels_figure,
@@ -23,6 +27,16 @@ from cellseg.visualization import (
     slice_dice,
 )
 from tiny_nets import MemberNet, member_em_store, tiny_predictor, write_level
+
+
+def evaluated_slices(predictor: Predictor, crops: list[Crop], seed: int) -> FigureSlices:
+    """The figure slices an evaluation of ``crops`` keeps (one-slice slabs, mode ``train``)."""
+    settings = EvaluationSettings(slab_voxels=1, adjustment_modes=("train",))
+    collector = FigureSliceCollector(
+        predictor, crops, ModelFigureSettings(seed=seed), "train", 0.5, settings.overlap
+    )
+    evaluate_crops(predictor, crops, settings, log=io.StringIO(), figures=collector)
+    return collector.slices()
 
 
 def panels(figure) -> dict[str, np.ndarray]:
@@ -120,8 +134,7 @@ def test_the_richest_crop_shows_its_classes_and_groups(crops):
     assert [annotated_names(g) for g in geometries] == [["pm"], ["pm", "mito"]]
     for seed in range(5):  # whatever the seeded order, the crop with more labels
         assert figure_crop(crops, geometries, seed) == 1
-    settings = EvaluationSettings(slab_voxels=1, adjustment_modes=("train",))
-    figure = crop_class_panels(predictor, crops, geometries, 42, settings, "cpu", "train")
+    figure = crop_class_panels(evaluated_slices(predictor, crops, 42))
     try:
         assert "crop_a, z=2" in figure.get_suptitle()
         found = panels(figure)
@@ -143,10 +156,9 @@ def test_an_untrained_group_is_marked_and_never_painted(crops):
     predictor = tiny_predictor(MemberNet(), "3d", (2, 4, 4), model="fake")
     predictor = replace(predictor, trained_classes=("pm",))
     geometries = [read_crop_geometry(crop, 8.0) for crop in crops]
-    settings = EvaluationSettings(slab_voxels=1, adjustment_modes=("train",))
     # each crop annotates one trained name: a seed whose order puts crop_a (with mito) first
     seed = next(k for k in range(20) if figure_crop(crops, geometries, k, ("pm",)) == 1)
-    figure = crop_class_panels(predictor, crops, geometries, seed, settings, "cpu", "train")
+    figure = crop_class_panels(evaluated_slices(predictor, crops, seed))
     try:
         titles = [ax.get_title() for ax in figure.axes]
         assert "crop_a" in figure.get_suptitle() and "mito: prediction\nnot trained" in titles

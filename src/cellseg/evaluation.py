@@ -45,11 +45,12 @@ per voxel of an instance's bounding box: about 25 bytes per label voxel of the c
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,8 @@ from cellseg.data.identity import check_unseen
 from cellseg.data.multiscale import LabelEncoding, ScaleLevel
 from cellseg.data.store import Crop, CropGeometry, check_outside_stores, read_crop_geometry
 from cellseg.errors import CellsegError
+from cellseg.evaluation_slices import FigureSliceCollector
+from cellseg.figure_slices import ModelFigureSettings, write_figure_slices
 from cellseg.groups import group_prediction
 from cellseg.inference import (
     BLEND_MODES,
@@ -213,6 +216,10 @@ class EvaluationSettings:
         values["tta"] = inference.get("tta", "none")
         values["tta_compare"] = tuple(inference.get("tta_compare") or ())
         return cls(**values)
+
+
+SlabHook = Callable[[CropGeometry, int, int, torch.Tensor], None]
+"""Called with every predicted slab of a crop: ``(geometry, z0, z1, probabilities)``."""
 
 
 def _level_centres(level: ScaleLevel, axis: int) -> np.ndarray:
@@ -362,6 +369,7 @@ def evaluate_crop(
     settings: EvaluationSettings,
     device: torch.device | str = "cpu",
     predictions: zarr.Group | None = None,
+    on_slab: SlabHook | None = None,
 ) -> pd.DataFrame:
     """Predict one crop and score its annotated classes, once per test-time augmentation of
     ``settings.tta_modes`` (each a prediction of its own).
@@ -373,6 +381,9 @@ def evaluate_crop(
         device: where the network runs.
         predictions: when given, an open zarr group the first mode's probabilities (with
             ``settings.tta``) go into (``{dataset}/{crop}/{class}/s0``).
+        on_slab: called with ``(geometry, z0, z1, probabilities)`` for every slab of
+            ``settings.tta``'s prediction: the first mode's ``(14, z1 - z0, H, W)``
+            probabilities (the figures' slices, :mod:`cellseg.evaluation_slices`).
 
     Returns:
         one row per (mode, tta, annotated class), columns :data:`METRIC_COLUMNS`.
@@ -380,9 +391,10 @@ def evaluate_crop(
     geometry = read_crop_geometry(crop, predictor.resolution_nm)
     tables = []
     for k, tta in enumerate(settings.tta_modes):
-        into = predictions if k == 0 else None  # the saved probabilities are settings.tta's
+        # the saved probabilities and the figures' slices are settings.tta's
+        into, hook = (predictions, on_slab) if k == 0 else (None, None)
         once = replace(settings, tta=tta)
-        tables.append(_evaluate_crop_once(predictor, crop, geometry, once, device, into))
+        tables.append(_evaluate_crop_once(predictor, crop, geometry, once, device, into, hook))
     return pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
 
 
@@ -393,6 +405,7 @@ def _evaluate_crop_once(
     settings: EvaluationSettings,
     device: torch.device | str,
     predictions: zarr.Group | None,
+    on_slab: SlabHook | None = None,
 ) -> pd.DataFrame:
     """:func:`evaluate_crop` with ``settings.tta`` alone."""
     grid = PredictionGrid.for_crop(geometry, predictor.resolution_nm)
@@ -425,6 +438,8 @@ def _evaluate_crop_once(
         probabilities = {mode: predictor.probabilities(logits, mode) for mode in modes}
         if writer is not None:
             writer.write(z0, z1, probabilities[modes[0]])
+        if on_slab is not None:
+            on_slab(geometry, z0, z1, probabilities[modes[0]])
         positive = {mode: (p > settings.threshold).numpy() for mode, p in probabilities.items()}
         for name, scorer in scorers.items():
             c = channel[name]
@@ -491,6 +506,7 @@ def evaluate_crops(
     settings: EvaluationSettings,
     predictions_path: Path | str | None = None,
     log: Any = None,
+    figures: FigureSliceCollector | None = None,
 ) -> pd.DataFrame:
     """Evaluate ``predictor`` on every crop (see :func:`evaluate_crop`).
 
@@ -501,6 +517,7 @@ def evaluate_crops(
         predictions_path: an OME-NGFF zarr to write probabilities to (replaced atomically), or
             ``None``.
         log: a text stream for one progress line per crop (default stderr).
+        figures: fed the figures' slices as the crops are predicted (``crops`` its crops).
 
     Returns:
         the concatenated metrics table, columns :data:`METRIC_COLUMNS`.
@@ -525,8 +542,9 @@ def evaluate_crops(
             **({UNTRAINED_KEY: list(untrained)} if untrained else {}),
         }
     tables = []
-    for crop in crops:
-        table = evaluate_crop(predictor, crop, settings, device, root)
+    for index, crop in enumerate(crops):
+        hook = functools.partial(figures.add, index) if figures is not None else None
+        table = evaluate_crop(predictor, crop, settings, device, root, hook)
         # a class with no annotated voxel (all unknown) has no row: nothing of it can be scored;
         # nor has an untrained one (its channel never saw a label)
         trained = set(trained_names(predictor.trained_classes, crop.classes))
@@ -581,12 +599,17 @@ def evaluate_checkpoint(
     split: str = "test",
     log: Any = None,
     threads: int | None = None,
+    figure_slices_path: Path | str | None = None,
+    figure_settings: ModelFigureSettings | None = None,
 ) -> pd.DataFrame:
     """Load ``best.pt``, evaluate it on the ``split`` crops of ``datasplit`` and write ``out``.
 
     ``threads``: CPU threads torch may use (the job's ``threads``; ``None``: torch's default, one
     per core). Float sums on the CPU depend on it, so a fixed count gives the same scores on
     every run whatever else runs beside the job.
+
+    ``figure_slices_path``: also write the slices the model's figures draw there
+    (:mod:`cellseg.figure_slices`; which ones: ``figure_settings``), kept as they are predicted.
 
     The CSV is written atomically. Both-empty classes score 1 (``empty`` column, SPEC §8).
 
@@ -622,7 +645,20 @@ def evaluate_checkpoint(
         predictions_path = Path(out).with_suffix(".zarr")
     if predictions_path is not None:  # replaced at the end: only ever a store of cellseg's
         check_output_path(predictions_path, "--predictions", "cellseg-store")
-    table = evaluate_crops(predictor, crops, settings, predictions_path, log)
+    figures = None
+    if figure_slices_path is not None:
+        check_output_path(figure_slices_path, "--figure-slices", "file")
+        figures = FigureSliceCollector(
+            predictor,
+            crops,
+            figure_settings or ModelFigureSettings(),
+            predictor.modes(settings)[0],
+            settings.threshold,
+            settings.overlap,
+        )
+    table = evaluate_crops(predictor, crops, settings, predictions_path, log, figures)
+    if figures is not None and figure_slices_path is not None:
+        write_figure_slices(figure_slices_path, figures.slices())
     with atomic_path(out) as temporary:
         table.to_csv(temporary, index=False)
     return table
@@ -670,6 +706,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--predictions", type=Path, default=None, help="also write an OME-NGFF zarr here"
     )
+    parser.add_argument(
+        "--figure-slices",
+        type=Path,
+        default=None,
+        help="also write the slices the model's figures draw here (.npz)",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -681,7 +723,13 @@ def _run(args: argparse.Namespace) -> int:
         tta_compare=tuple(args.tta_compare or ()),
     )
     table = evaluate_checkpoint(
-        args.checkpoint, args.datasplit, args.out, settings, args.predictions, args.split
+        args.checkpoint,
+        args.datasplit,
+        args.out,
+        settings,
+        args.predictions,
+        args.split,
+        figure_slices_path=args.figure_slices,
     )
     print(f"{args.out}: {len(table)} rows", file=sys.stderr)
     return 0

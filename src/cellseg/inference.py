@@ -31,7 +31,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,7 @@ __all__ = [
     "VolumeGrid",
     "WindowGrid",
     "context_voxels",
+    "crop_em",
     "importance_map",
     "predict_crop",
     "predict_slab",
@@ -541,6 +542,35 @@ def _open_em(geometry: CropGeometry, resolution_nm: Resolution) -> tuple[StoredA
     return geometry.em.open_level(level), level
 
 
+def _crop_reader(
+    predictor: Predictor,
+    geometry: CropGeometry,
+    overlap: float,
+    em: tuple[StoredArray, ScaleLevel] | None = None,
+) -> tuple[VolumeGrid, EMReader, Callable[[tuple[int, int]], list[tuple[int, int]]]]:
+    """The volume's grid over a crop's EM, its EM reader and the image box of prediction-grid
+    slices ``(z0, z1)`` (all of the crop's y and x)."""
+    volume = VolumeGrid.over(geometry.em.bounds_nm, predictor, overlap)
+    grid = PredictionGrid.for_crop(geometry, predictor.resolution_nm)
+    reader = volume.reader(*(em or _open_em(geometry, predictor.resolution_nm)), predictor.em_range)
+    lo, hi = grid.start, [a + n for a, n in zip(grid.start, grid.shape, strict=True)]
+
+    def box_of(slab: tuple[int, int]) -> list[tuple[int, int]]:
+        z0, z1 = slab
+        return volume.image_box((lo[0] + z0, lo[1], lo[2]), (lo[0] + z1, hi[1], hi[2]))
+
+    return volume, reader, box_of
+
+
+def crop_em(
+    predictor: Predictor, geometry: CropGeometry, z_range: tuple[int, int], overlap: float
+) -> np.ndarray:
+    """``(z1 - z0, H, W)`` float32 EM in [0, 1] of prediction-grid slices ``z_range`` as the
+    network reads it (:func:`predict_slab`'s EM), without predicting."""
+    _, reader, box_of = _crop_reader(predictor, geometry, overlap)
+    return reader.read(box_of((int(z_range[0]), int(z_range[1]))))
+
+
 def _crop_slabs(
     predictor: Predictor,
     geometry: CropGeometry,
@@ -556,18 +586,12 @@ def _crop_slabs(
         ``((z0, z1), logits, reader, box)``: ``(14, z1 - z0, H, W)`` float32 CPU logits, the EM
         reader and the slab's image box.
     """
-    volume = VolumeGrid.over(geometry.em.bounds_nm, predictor, settings.overlap)
-    grid = PredictionGrid.for_crop(geometry, predictor.resolution_nm)
-    reader = volume.reader(*(em or _open_em(geometry, predictor.resolution_nm)), predictor.em_range)
+    volume, reader, box_of = _crop_reader(predictor, geometry, settings.overlap, em)
     blender = Blender(
         predictor, volume.windows, settings.blend_mode, settings.sw_batch_size, device,
         getattr(settings, "tta", "none"),
     )  # fmt: skip
-    lo, hi = grid.start, [a + n for a, n in zip(grid.start, grid.shape, strict=True)]
-    boxes = {
-        (z0, z1): volume.image_box((lo[0] + z0, lo[1], lo[2]), (lo[0] + z1, hi[1], hi[2]))
-        for z0, z1 in slabs
-    }
+    boxes = {slab: box_of(slab) for slab in slabs}
     # z slabs of a 3D model share the windows spanning their borders; a 2D model's never do
     carry = 0 if volume.carry_axis == 0 else None
     for key, logits in blender.logits(reader.read, boxes.items(), carry):

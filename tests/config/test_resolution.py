@@ -39,6 +39,10 @@ it, at 6b715cf, less the keys added since (:data:`KEYS_ADDED_SINCE`)."""
 KEYS_ADDED_SINCE = [("config", "predict", "groups")]
 """Keys the config gained after 6b715cf: new keys add lines to the resolved document (no model's
 hash changes, nothing retrains); the pin is of what was there."""
+KEYS_REMOVED_SINCE = [(("config", "resources", "visualize"), "gpus", 1)]
+"""Keys the config lost after 6b715cf, with their value then (each was its section's first key):
+``resources.visualize.gpus`` when the figures stopped running a model (they draw the slices
+evaluation kept, cellseg.figure_slices); no model's hash reads them."""
 
 
 def with_resolution(value) -> dict:
@@ -53,6 +57,12 @@ def test_the_demo_keeps_its_config_hashes_and_resolved_config():
         for name in parents:
             section = section[name]
         del section[key]
+    for (*parents, name), key, value in KEYS_REMOVED_SINCE:
+        section = document
+        for parent in parents:
+            section = section[parent]
+        assert key not in section[name]
+        section[name] = {key: value, **section[name]}
     text = yaml.safe_dump(document, sort_keys=False)
     assert hashlib.sha256(text.encode()).hexdigest()[:16] == DEMO_RESOLVED_SHA
 

@@ -58,12 +58,22 @@ def test_a_cpu_model_never_lands_on_the_gpu_partition():
     jobs = [
         training_resources(config, settings),
         evaluation_resources(config, settings, test_crops=3),
-        figure_resources(config, settings),
+        figure_resources(config),
         class_frequency_resources(config),
     ]
     assert config["resources"]["evaluate"]["gpus"] == 1  # asked for, but the model is CPU-only
     for job in jobs:
         assert (job.gpus, job.partition, job.qos) == (0, "general", "normal")
+
+
+def test_the_figures_of_a_gpu_model_ask_for_no_gpu():
+    """visualize draws the slices evaluation kept (cellseg.figure_slices): no model runs."""
+    config = config_with(resnet_2d={"gpus": 2})
+    assert evaluation_resources(config, resolve_settings(config, "resnet_2d"), 3).gpus == 1
+    figures = figure_resources(config)
+    assert (figures.gpus, figures.partition, figures.qos) == (0, "general", "normal")
+    assert figures.mem_mb == config["resources"]["visualize"]["mem_mb"]
+    assert figure_resources(config, attempt=2).mem_mb == 2 * figures.mem_mb
 
 
 def test_test_crops_are_counted_from_the_datasplit(tmp_path):

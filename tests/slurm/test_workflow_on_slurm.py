@@ -46,8 +46,11 @@ def test_demo_dag_runs_through_the_longleaf_profile(slurm_cluster, tmp_path):
         assert option(argv, "-t") == str(settings.get("runtime_min", 10))
         for rule in ("evaluate", "visualize"):
             argv = calls[f"{rule}_wildcards_{key}"]
-            assert (option(argv, "-p"), option(argv, "--qos")) == (partition, qos), (rule, key)
-            assert option(argv, "--gpus") == ("1" if on_gpu else None), (rule, key)
+            # the figures draw the slices evaluation kept (no model): CPU partition, no GPU
+            gpu = on_gpu and rule == "evaluate"
+            where = (partition, qos) if gpu else ("general", "normal")
+            assert (option(argv, "-p"), option(argv, "--qos")) == where, (rule, key)
+            assert option(argv, "--gpus") == ("1" if gpu else None), (rule, key)
             assert option(argv, "--mem") == str(base[rule]["mem_mb"]), (rule, key)
             assert option(argv, "--cpus-per-task") == str(base[rule]["cpus_per_task"])
         # the evaluate job's runtime counts the datasplit's test crops

@@ -3,7 +3,7 @@
 Expected requests are computed by hand from the YAML files (not through cellseg.config.resources): a
 training job asks for its model's settings, an evaluate job for ``resources.evaluate`` with
 runtime ``startup_min + minutes_per_crop × test crops``, a figure job for
-``resources.visualize``; a job with a GPU is queued on the GPU partition and every other one on
+``resources.visualize`` without a GPU; a job with a GPU is queued on the GPU partition and every other one on
 the CPU partition; bookkeeping runs locally.
 """
 
@@ -77,7 +77,7 @@ def test_seed_experiment_jobs_ask_for_what_their_work_needs(clone):
     assert "preflight_table" in planned_rules(dry)
     evaluate = merged("resources", "evaluate", *layers)
     visualize = merged("resources", "visualize", *layers)
-    assert evaluate["gpus"] == 1 and visualize["gpus"] == 1
+    assert evaluate["gpus"] == 1 and "gpus" not in visualize
     jobs = {
         rule: planned_jobs(dry, rule)
         for rule in ("train", "evaluate", "visualize", "preflight_run")
@@ -106,8 +106,9 @@ def test_seed_experiment_jobs_ask_for_what_their_work_needs(clone):
             jobs["evaluate"][wildcards], gpu, 1, evaluate["cpus_per_task"], evaluate["mem_mb"],
             round(evaluate["startup_min"] + evaluate["minutes_per_crop"] * TEST_CROPS),
         )  # fmt: skip
+        # the figures draw the slices evaluation kept: the CPU partition, whatever the model's GPUs
         check(
-            jobs["visualize"][wildcards], gpu, 1, visualize["cpus_per_task"],
+            jobs["visualize"][wildcards], placement(0, *layers), 0, visualize["cpus_per_task"],
             visualize["mem_mb"], visualize["runtime_min"],
         )  # fmt: skip
         # nothing but training asks for days

@@ -246,7 +246,7 @@ def evaluate_runtime(wildcards, input, attempt):
 
 def visualize_job(wildcards, attempt):
     """What a visualize job asks for."""
-    return figure_resources(config, model_settings(wildcards), attempt)
+    return figure_resources(config, attempt)
 
 
 def class_frequencies_job(wildcards, attempt):

@@ -17,6 +17,9 @@ rule evaluate:
             category="Metrics",
             labels={"run": "{run}", "table": "crop × class"},
         ),
+        # the slices the visualize rule draws, kept as they were predicted and scored
+        # (cellseg.figure_slices)
+        figure_slices="results/metrics/{run}.figure_slices.npz",
         # OME-NGFF probabilities for neuroglancer / napari, only when asked for
     log:
         "logs/evaluate/{run}.log",

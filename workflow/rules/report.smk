@@ -3,9 +3,9 @@
 
 rule visualize:
     input:
-        checkpoint=rules.train.output.best,
+        # what evaluation predicted: no model runs here (cellseg.figure_slices)
+        figure_slices=rules.evaluate.output.figure_slices,
         history=rules.train.output.history,
-        datasplit=rules.datasplit.output[0],
     output:
         samples=report(
             "results/figures/{run}/samples.png",
@@ -36,11 +36,8 @@ rule visualize:
         "../envs/cellseg.yaml"
     threads: lambda wildcards: config["resources"]["visualize"]["cpus_per_task"]
     resources:
-        # resources.visualize (cellseg.config.resources)
+        # resources.visualize (cellseg.config.resources): CPU only, it draws saved slices
         **job_resources(visualize_job),
-    params:
-        evaluation=config["evaluation"],
-        inference=config["inference"],
     script:
         "../scripts/visualize.py"
 

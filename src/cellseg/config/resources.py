@@ -7,7 +7,8 @@ settings), so that a cluster run is a config edit, never a profile or rule edit:
 * ``evaluate``: ``resources.evaluate.gpus`` GPUs (none for a model trained on 0 GPUs), memory
   from the measured peak of one crop, runtime from a measured per-crop time times the number of
   test crops in the datasplit.
-* ``visualize``, ``class_frequencies``: fixed requests from their ``resources`` entries.
+* ``visualize``, ``class_frequencies``: fixed requests from their ``resources`` entries, no GPU
+  (neither runs a model: the figures draw the slices evaluation kept).
 
 A job asking for a GPU goes to ``resources.gpu_partition``; every other job to
 ``resources.cpu_partition``, so a CPU job never holds a GPU node. Retries (``attempt`` > 1) of
@@ -134,15 +135,11 @@ def tta_passes(inference: Mapping[str, Any], dim: str) -> int:
     return sum(TTA_PASSES[m][dim] for m in modes if m in TTA_PASSES)
 
 
-def figure_resources(
-    config: Mapping[str, Any], settings: TrainSettings, attempt: int = 1
-) -> JobResources:
-    """A ``visualize`` job: ``resources.visualize`` (its GPU only for a model trained on GPUs);
-    memory and runtime × ``attempt``."""
+def figure_resources(config: Mapping[str, Any], attempt: int = 1) -> JobResources:
+    """A ``visualize`` job: ``resources.visualize``, no GPU (it draws the slices evaluation kept,
+    :mod:`cellseg.figure_slices`: no model runs); memory and runtime × ``attempt``."""
     section = config["resources"]
-    rule = section["visualize"]
-    gpus = min(int(rule["gpus"]), 1) if settings.gpus > 0 else 0
-    return _fixed_job(section, rule, gpus, attempt)
+    return _fixed_job(section, section["visualize"], 0, attempt)
 
 
 def class_frequency_resources(config: Mapping[str, Any], attempt: int = 1) -> JobResources:

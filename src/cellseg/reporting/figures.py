@@ -2,13 +2,13 @@
 
 The summary figures draw ``summary.csv`` (:func:`cellseg.reporting.summary.summarize`'s table):
 :func:`write_summary_figures` writes :data:`SUMMARY_FIGURES`. The per-model
-figures (the ``visualize`` rule) are :func:`make_model_figures`.
+figures (the ``visualize`` rule) are :func:`make_model_figures`, drawn from the slices evaluation
+kept (:mod:`cellseg.figure_slices`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cellseg.classes import CLASSES, GROUP_NAMES, NUM_CLASSES
+from cellseg.classes import CLASSES, NUM_CLASSES
+from cellseg.errors import CellsegError
+from cellseg.figure_slices import FigureSlices, read_figure_slices
 from cellseg.io import atomic_path
 from cellseg.reporting.study import STUDY_LOSS_DEFAULTS, STUDY_LOSS_KEYS, Study
 from cellseg.reporting.summary_inputs import BASELINE
@@ -30,18 +32,14 @@ from cellseg.trained_classes import trained_names
 __all__ = [
     "STUDY_FIGURES",
     "SUMMARY_FIGURES",
-    "ModelFigureSettings",
-    "annotated_names",
     "crop_class_panels",
     "dim_figure",
-    "figure_crop",
     "heatmap_figure",
     "make_model_figures",
     "mean_dice_figure",
     "pareto_figure",
-    "predicted_slice",
+    "pixel_aspect",
     "rank_sets_figure",
-    "sample_slices",
     "save_figure",
     "write_summary_figures",
 ]
@@ -318,191 +316,74 @@ def write_study_figures(study: Study, loss: Mapping[str, Any], figures_dir: Path
 # ------------------------------------------------------------------------------ model figures
 
 
-@dataclass(frozen=True)
-class ModelFigureSettings:
-    """Per-model figures (the ``visualize`` rule).
-
-    Attributes:
-        samples: input / ground truth / prediction rows (the seed's 3).
-        seed: which crops and slices (the seed's 42).
-    """
-
-    samples: int = 3
-    seed: int = 42
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any] | None) -> ModelFigureSettings:
-        section = section or {}
-        return cls(
-            samples=int(section.get("figure_samples", cls.samples)),
-            seed=int(section.get("figure_seed", cls.seed)),
-        )
-
-
-def sample_slices(
-    n_crops: int, depths: Sequence[int], samples: int, seed: int
-) -> list[tuple[int, int]]:
-    """Which ``(crop, z slice)`` to show: distinct crops in a seeded order (middle slice first),
-    cycling through them again with random slices when there are fewer crops than samples."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n_crops)
-    picks = []
-    for k in range(samples if n_crops else 0):
-        crop = int(order[k % n_crops])
-        depth = depths[crop]
-        z = depth // 2 if k < n_crops else int(rng.integers(depth))
-        picks.append((crop, z))
-    return picks
-
-
-def figure_crop(
-    crops: Sequence[Any],
-    geometries: Sequence[Any],
-    seed: int,
-    trained: Sequence[str] = CLASSES,
-) -> int:
-    """The crop of the per-class panels: the one that annotates the most classes and groups the
-    model trained (``trained``: its trained classes), ties going to the first in
-    :func:`sample_slices`' seeded order (the first sample row's crop when it is among the
-    richest)."""
-    order = np.random.default_rng(seed).permutation(len(crops))
-    return int(
-        max(order, key=lambda i: len(trained_names(trained, annotated_names(geometries[i]))))
-    )
-
-
-def annotated_names(geometry: Any) -> list[str]:
-    """The classes, then the groups, a crop annotates (the label arrays it holds)."""
-    return [name for name in (*CLASSES, *GROUP_NAMES) if name in geometry.labels]
-
-
-def predicted_slice(
-    predictor: Any,
-    geometry: Any,
-    z: int,
-    evaluation_settings: Any,
-    device: Any,
-    mode: str,
-    groups: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """EM, ground truth and probabilities of prediction-grid slice ``z`` of a crop, at the
-    model's resolution, predicted as evaluation predicts it.
-
-    The ground truth is read on the prediction grid (nearest label voxel), NaN where
-    unannotated, with the group channels after the 14 when ``groups``.
-
-    Returns:
-        ``em (H, W)`` in [0, 1], ``target (14[+groups], H, W)``, ``probabilities (14, H, W)``.
-    """
-    from cellseg.data.patches import CropReader, PatchGrid
-    from cellseg.inference import PredictionGrid, predict_slab
-
-    grid = PredictionGrid.for_crop(geometry, predictor.resolution_nm)
-    em, logits = predict_slab(predictor, geometry, (z, z + 1), evaluation_settings, device)
-    probabilities = predictor.probabilities(logits, mode)
-    r_z, r_y, r_x = grid.resolution_nm
-    yy, xx = np.meshgrid(
-        grid.origin_nm[1] + np.arange(grid.shape[1]) * r_y,
-        grid.origin_nm[2] + np.arange(grid.shape[2]) * r_x,
-        indexing="ij",
-    )
-    z_nm = np.array([grid.origin_nm[0] + z * r_z])
-    reader = CropReader(
-        geometry, grid.resolution_nm, predictor.em_range, infer_true_negatives=False, groups=groups
-    )
-    _, target = reader.read(PatchGrid(z_nm, np.stack([yy, xx], axis=-1)))
-    return em[0], target[:, 0], probabilities[:, 0].numpy()
-
-
-def pixel_aspect(predictor: Any) -> float:
-    """Height over width of a z slice's pixel: the model's y over its x voxel size."""
-    _, r_y, r_x = predictor.resolution_nm
+def pixel_aspect(model: Any) -> float:
+    """Height over width of a z slice's pixel: the model's (``resolution_nm``) y over its x
+    voxel size."""
+    _, r_y, r_x = model.resolution_nm
     return float(r_y) / float(r_x)
 
 
-def crop_class_panels(
-    predictor: Any,
-    crops: Sequence[Any],
-    geometries: Sequence[Any],
-    seed: int,
-    evaluation_settings: Any,
-    device: Any,
-    mode: str,
-) -> Figure:
-    """:func:`cellseg.visualization.class_panels_figure` of the middle prediction-grid slice of
-    :func:`figure_crop`: EM, then truth and prediction of every class and group it annotates
-    (an untrained one's prediction panel says "not trained", :mod:`cellseg.trained_classes`)."""
-    from cellseg.inference import PredictionGrid
+def crop_class_panels(slices: FigureSlices) -> Figure:
+    """:func:`cellseg.visualization.class_panels_figure` of the per-class panels' slice (the
+    middle prediction-grid slice of :func:`cellseg.figure_slices.figure_crop`): EM, then truth
+    and prediction of every class and group it annotates (an untrained one's prediction panel
+    says "not trained", :mod:`cellseg.trained_classes`).
+
+    Raises:
+        CellsegError: ``slices`` has no such slice (no test crop).
+    """
     from cellseg.visualization import class_panels_figure
 
-    trained = predictor.trained_classes
-    index = figure_crop(crops, geometries, seed, trained)
-    geometry = geometries[index]
-    names = annotated_names(geometry)
-    untrained = set(names) - set(trained_names(trained, names))
-    groups = any(name in GROUP_NAMES for name in names)
-    z = PredictionGrid.for_crop(geometry, predictor.resolution_nm).shape[0] // 2
-    em, target, probabilities = predicted_slice(
-        predictor, geometry, z, evaluation_settings, device, mode, groups
-    )
-    threshold = float(evaluation_settings.threshold)
+    panel = slices.classes
+    if panel is None:
+        raise CellsegError(f"{slices.model}: no test crop, so no per-class panels to draw")
+    names = list(slices.names)
+    untrained = set(names) - set(trained_names(slices.trained_classes, names))
     title = (
-        f"{predictor.key}: {crops[index].name}, z={z} (adjustment {mode}, threshold {threshold:g})"
+        f"{slices.model}: {panel.crop}, z={panel.z} "
+        f"(adjustment {slices.mode}, threshold {slices.threshold:g})"
     )
     return class_panels_figure(
-        em, target, probabilities, names, threshold, title, untrained, pixel_aspect(predictor)
+        panel.em,
+        panel.target,
+        panel.probabilities,
+        names,
+        slices.threshold,
+        title,
+        untrained,
+        pixel_aspect(slices),
     )
 
 
 def make_model_figures(
-    checkpoint: Path | str,
+    figure_slices: Path | str,
     history: Path | str,
-    datasplit: Path | str,
     samples_path: Path | str,
     curves_path: Path | str,
-    figure_settings: ModelFigureSettings | None = None,
-    evaluation_settings: Any = None,
-    split: str = "test",
     classes_path: Path | str | None = None,
 ) -> None:
     """The ``visualize`` rule: sample panels of test crops, per-class panels of one test crop
-    and training curves of one model.
+    and training curves of one model, drawn from what its evaluation predicted (no model runs).
 
-    Samples are z slices of the prediction grid (the model's resolution) of seeded test crops;
-    the ground truth is shown on that grid (nearest label voxel) and unannotated voxels are grey
-    and hatched. Probabilities use the evaluation's first adjustment mode. ``classes_path``
-    (when given) gets :func:`crop_class_panels`: the middle slice of the test crop that
-    annotates the most classes and groups, every one of them in its palette colour.
+    ``figure_slices`` is the ``evaluate`` rule's :mod:`cellseg.figure_slices` file: z slices of
+    the prediction grid (the model's resolution) of seeded test crops, their ground truth on
+    that grid (nearest label voxel; unannotated voxels are grey and hatched) and the
+    probabilities evaluation scored (its first adjustment mode). ``classes_path`` (when given)
+    gets :func:`crop_class_panels`: the middle slice of the test crop that annotates the most
+    classes and groups, every one of them in its palette colour.
     """
-    from cellseg.data.datasplit import read_datasplit
-    from cellseg.data.store import read_crop_geometry
-    from cellseg.evaluation import EvaluationSettings
-    from cellseg.inference import PredictionGrid, Predictor, resolve_device
     from cellseg.visualization import crop_panels_figure, training_curves_figure
 
-    fs = figure_settings or ModelFigureSettings()
-    es = evaluation_settings or EvaluationSettings()
-    device = resolve_device(es.device)
-    predictor = Predictor.from_checkpoint(checkpoint, device)
-    mode = predictor.modes(es)[0]
-    crops = read_datasplit(datasplit, [split])
-    geometries = [read_crop_geometry(crop, predictor.resolution_nm) for crop in crops]
-    depths = [PredictionGrid.for_crop(g, predictor.resolution_nm).shape[0] for g in geometries]
-    panels = []
-    for index, z in sample_slices(len(crops), depths, fs.samples, fs.seed):
-        em, target, probabilities = predicted_slice(
-            predictor, geometries[index], z, es, device, mode
-        )
-        panels.append((em, target, probabilities, f"{crops[index].name}, z={z}"))
+    slices = read_figure_slices(figure_slices)
+    panels = [(s.em, s.target, s.probabilities, f"{s.crop}, z={s.z}") for s in slices.samples]
     figure = crop_panels_figure(
         panels,
-        f"{predictor.key}: test crops (adjustment {mode})",
-        pixel_aspect(predictor),
-        classes=predictor.trained_classes,
+        f"{slices.model}: test crops (adjustment {slices.mode})",
+        pixel_aspect(slices),
+        classes=slices.trained_classes,
     )
     save_figure(figure, Path(samples_path))
     if classes_path is not None:
-        figure = crop_class_panels(predictor, crops, geometries, fs.seed, es, device, mode)
-        save_figure(figure, Path(classes_path))
+        save_figure(crop_class_panels(slices), Path(classes_path))
     table = pd.read_csv(history)
-    save_figure(training_curves_figure(table, title=predictor.key), Path(curves_path))
+    save_figure(training_curves_figure(table, title=slices.model), Path(curves_path))
