@@ -353,6 +353,28 @@ def test_same_seed_same_bytes_other_seed_differs(demo, tmp_path):
     assert not np.array_equal(read(first / EM / "s0"), read(other / EM / "s0"))
 
 
+def test_datasets_written_at_once_are_the_same_bytes(demo, tmp_path):
+    """``workers`` (the demo_data rule's threads) writes datasets in processes of their own:
+    every file is byte for byte the serial run's, and the manifest lists the datasets in order
+    with the same entries (its ``seconds`` aside)."""
+    out, _ = demo
+    make_demo_data(tmp_path / "parallel", seed=0, size="small", workers=2)
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert len(files) > 50
+    assert files == sorted(
+        p.relative_to(tmp_path / "parallel") for p in (tmp_path / "parallel").rglob("*")
+        if p.is_file()
+    )  # fmt: skip
+    for relative in files:
+        if relative.name != MARKER_NAME:
+            assert (out / relative).read_bytes() == (tmp_path / "parallel" / relative).read_bytes()
+    serial, parallel = (
+        json.loads((d / MARKER_NAME).read_text()) for d in (out, tmp_path / "parallel")
+    )
+    serial.pop("seconds"), parallel.pop("seconds")
+    assert list(parallel["datasets"]) == list(serial["datasets"]) and parallel == serial
+
+
 def test_refuses_foreign_directories_and_reruns_over_its_own(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()

@@ -8,11 +8,15 @@ rule demo_data:
         "logs/demo_data.log",
     conda:
         "../envs/cellseg.yaml"
+    # its datasets are written at once, one process each (the same bytes): what runs before the
+    # datasplit runs alone, so it may take the cores Snakemake has (it caps this at --cores)
+    threads: 4
     params:
         seed=config["data"]["demo"]["seed"],
         size=config["data"]["demo"]["size"],
     shell:
-        "python -m cellseg make-demo-data --out {output:q} --seed {params.seed} --size {params.size} > {log:q} 2>&1"
+        "python -m cellseg make-demo-data --out {output:q} --seed {params.seed} --size {params.size}"
+        " --workers {threads} > {log:q} 2>&1"
 
 
 rule import_em:
