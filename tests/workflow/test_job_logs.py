@@ -4,7 +4,7 @@ Snakemake points the user to ``logs/<rule>/…log``; before cellseg.joblog a scr
 that file before its exception was written, so the log was empty. Here each script rule is
 made to fail on bad input, through ``snakemake`` from a clone's root, and its log is read:
 the data steps run for real, then the trained models are replaced by files that are not
-checkpoints and the metrics by files that are not metrics tables (no training runs at all,
+checkpoints and the metrics (and figure slices) by files that are not (no training runs at all,
 except one train job that fails on an unknown architecture option).
 """
 
@@ -25,7 +25,8 @@ LAST_LINE = re.compile(r"^cellseg( [a-z-]+)?: error: \S")
 
 
 def plant(clone: Path, run_name: str, metrics: bool) -> None:
-    """A run's train outputs (and metrics) as files of the right names and the wrong content."""
+    """A run's train outputs (and its evaluation's: metrics and figure slices) as files of the
+    right names and the wrong content."""
     models = clone / "results" / "models" / run_name
     models.mkdir(parents=True, exist_ok=True)
     (models / "best.pt").write_bytes(b"this is not a checkpoint")
@@ -34,6 +35,8 @@ def plant(clone: Path, run_name: str, metrics: bool) -> None:
     if metrics:
         (clone / "results" / "metrics").mkdir(parents=True, exist_ok=True)
         (clone / "results" / "metrics" / f"{run_name}.csv").write_text("not,a\nmetrics,table\n")
+        # what the visualize job draws (cellseg.figure_slices)
+        (clone / "results" / "metrics" / f"{run_name}.figure_slices.npz").write_bytes(b"not npz")
 
 
 def last_line(clone: Path, log: str) -> str:
