@@ -1,5 +1,5 @@
 """Running the cellseg workflow on the test's private SLURM: the config overlays and the
-``snakemake --profile`` call the SLURM workflow tests share (one file per long test, so that
+``snakemake --profile`` call the SLURM workflow tests share (one file per long scenario, so that
 pytest-xdist's ``--dist loadfile`` runs them on different workers)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cluster import SlurmCluster, sbatch_calls
+from cluster import SlurmCluster
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_CONFIG = REPO / ".test" / "config" / "config.yaml"
@@ -47,9 +47,3 @@ def run_workflow(
          "--profile", str(profile), *targets],
         cwd=workdir, env=environment, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
-
-
-def train_submissions(log: str) -> dict[str, list[str]]:
-    """argv of each `train` sbatch call, keyed by `{model}_{dim}`."""
-    prefix = "train_wildcards_"
-    return {k.removeprefix(prefix): v for k, v in sbatch_calls(log).items() if k.startswith(prefix)}
