@@ -23,6 +23,7 @@ import yaml
 from cluster import SlurmCluster, option, sbatch_calls
 from workflow_runs import REPO, overlay, run_workflow
 
+# 480 s at load 10-15 where the demo DAG's run alone took 470 s (229 s on quiet CI), so about 4
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.minutes(4)]
 
 # two models on "GPUs" and one on the CPU; memory raised to the start-up check's estimate for
