@@ -1,8 +1,12 @@
-"""``cellseg predict`` as a user runs it: a fresh Python process on this checkout's sources, for
-the tests of the prediction store through the command line."""
+"""``cellseg predict`` as a user runs it, for the tests of the prediction store through the
+command line: a fresh Python process on this checkout's sources (:func:`predict_cli`), or the
+same command line run by the command's entry point in the test's process
+(:func:`predict_in_process`)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -27,6 +31,27 @@ def predict_cli(*arguments: str, env: dict | None = None) -> subprocess.Complete
         text=True,
         timeout=300,
     )
+
+
+def predict_in_process(*arguments: str) -> subprocess.CompletedProcess:
+    """``cellseg predict ARGUMENTS`` through the command's entry point (``cellseg.cli.main``:
+    its parser, its one-line errors, its exit status) in this process, its output captured as
+    text as :func:`predict_cli` returns it.
+
+    For a run that needs no process of its own (never one that is killed: the kill would end
+    the tests): a fresh process pays about 9 s of CPU importing torch and MONAI before it
+    predicts a test's few blocks in about 1. Torch's thread count (``--threads``) is restored.
+    """
+    from cellseg.cli import main
+
+    stdout, stderr, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            status = main(["predict", *arguments])
+    finally:
+        torch.set_num_threads(threads)
+    command = ["cellseg", "predict", *arguments]
+    return subprocess.CompletedProcess(command, status, stdout.getvalue(), stderr.getvalue())
 
 
 def demo_options(folder: Path, em_path: Path, chunk: int, block: tuple[int, int, int]) -> list[str]:

@@ -1,5 +1,7 @@
 """A chunk file lost from a finished prediction block is found and the block redone (issue 35):
-through ``cellseg predict``, on a complete store and on a half-done one."""
+through ``cellseg predict``, on a complete store and on a half-done one. The killed run is a
+process of its own; the other commands run through the command's entry point in the test's
+process (a fresh process would spend most of its CPU importing torch and MONAI)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ import zarr
 
 from cellseg.data.store import EM_GROUP
 from cellseg.prediction import KILL_AFTER_ENV
-from predict_cli import demo_options
-from predict_cli import predict_cli as predict
+from predict_cli import demo_options, predict_cli
+from predict_cli import predict_in_process as predict
 from predict_cli import stored as values
 from store_builders import write_multiscale
 
@@ -62,7 +64,7 @@ def test_a_chunk_lost_from_a_complete_prediction_is_named_and_redone(setup):
 def test_a_chunk_lost_from_a_finished_block_of_a_killed_run_is_redone(setup):
     root_dir, options = setup
     out = root_dir / "killed.zarr"
-    killed = predict(*options, "--out", str(out), env={KILL_AFTER_ENV: "3"})
+    killed = predict_cli(*options, "--out", str(out), env={KILL_AFTER_ENV: "3"})
     assert killed.returncode == -9, killed.stderr
     marker = json.loads((out / ".cellseg" / "blocks" / "0.json").read_text())
     stored = [k for k, bits in marker["chunks"].items() if int(bits, 16)]
