@@ -26,6 +26,7 @@ from cellseg.prediction_geometry import PredictionSettings, block_logits, plan_p
 from cellseg.prediction_plan import parse_roi, split_store_path
 from checkpoint_builders import demo_unet_checkpoint
 from predict_cli import predict_cli as cli
+from predict_cli import predict_in_process
 from store_builders import write_multiscale
 from tiny_nets import SeededConvNet, tiny_predictor
 
@@ -218,7 +219,8 @@ def test_killed_run_resumes_skipping_finished_blocks(em_path, tmp_path, capsys):
     assert killed.returncode == -9, killed.stderr
     markers = sorted(int(p.stem) for p in (out / ".cellseg" / "blocks").glob("*.json"))
     assert markers == [0, 1, 2, 3, 4]
-    resumed = cli(*common, "--out", str(out))
+    # the user's second command (no process of its own needed: only the killed one is)
+    resumed = predict_in_process(*common, "--out", str(out))
     assert resumed.returncode == 0, resumed.stderr
     assert "7 blocks predicted, 5 already done" in resumed.stderr
     # the same store as an uninterrupted run, and as two parallel parts then a pyramid
@@ -351,10 +353,11 @@ def test_parts_started_at_once_need_an_init_first(em_path, tmp_path):
         assert job.returncode != 0 and len(lines) == 1, job.stderr
         assert "--stage init" in lines[0] and "--overwrite" not in lines[0]
     assert not out.exists()  # neither created (nor deleted) anything
-    assert cli(*common, "--stage", "init").returncode == 0
+    # the stages before and after the parts need no process of their own
+    assert predict_in_process(*common, "--stage", "init").returncode == 0
     for job in at_once("--stage", "blocks"):
         assert job.returncode == 0, job.stderr
-    assert cli(*common, "--stage", "pyramid").returncode == 0
+    assert predict_in_process(*common, "--stage", "pyramid").returncode == 0
     assert zarr.open_group(str(out), mode="r", zarr_format=2).attrs["cellseg"]["complete"]
     # a store whose settings are not recorded yet (being created) is never offered --overwrite
     half = tmp_path / "half.zarr"
@@ -372,8 +375,9 @@ def test_a_crash_between_chunks_and_marker_redoes_the_block(em_path, tmp_path, m
     from cellseg import prediction, prediction_store
 
     model = predictor("3d")
+    # 8 blocks (2 x 2 x 2, the last of each axis partial) of 2 x 3 x 4 chunks per array
     settings = PredictionSettings(
-        chunk_voxels=4, block_voxels=(12, 24, 28), dtype="float32", pyramid_levels=2
+        chunk_voxels=8, block_voxels=(16, 24, 32), dtype="float32", pyramid_levels=2
     )
     synced: list[Path] = []
     original_fsync, original_marker = prediction_store._fsync, prediction.write_marker

@@ -2,7 +2,9 @@
 probability is a naive union of its members' stored probabilities, its mask the union of their
 masks at every level, evaluation scores a group label with exactly the stored mask, a killed run
 resumes them, ``--groups auto`` writes the groups the run trained on (none: the store of
-before), and ``cellseg view`` shows them."""
+before), and ``cellseg view`` shows them. The killed run is a process of its own; the other
+commands run through the command's entry point in the test's process (a fresh process would
+spend most of its CPU importing torch and MONAI)."""
 
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ from cellseg.evaluation import EvaluationSettings, evaluate_crops
 from cellseg.inference import Predictor
 from cellseg.palette import COLOURS
 from cellseg.prediction import KILL_AFTER_ENV
-from predict_cli import demo_options
-from predict_cli import predict_cli as predict
+from predict_cli import demo_options, predict_cli
+from predict_cli import predict_in_process as predict
 from predict_cli import stored as read
 from store_builders import annotation, write_multiscale
 
@@ -58,7 +60,7 @@ def store(setup) -> Path:
     """A run killed after 3 of its 8 blocks, then resumed by the same command."""
     folder, _, options, _ = setup
     out = folder / "pred.zarr"
-    killed = predict(*options, "--out", str(out), env={KILL_AFTER_ENV: "3"})
+    killed = predict_cli(*options, "--out", str(out), env={KILL_AFTER_ENV: "3"})
     assert killed.returncode == -9, killed.stderr
     marker = json.loads((out / ".cellseg" / "blocks" / "0.json").read_text())
     # a finished block's marker records the group arrays' chunks too (the lost-chunk check)
