@@ -65,6 +65,9 @@ def test_unknown_key_and_missing_path_fail_in_one_line(tmp_path):
 
 
 def test_rerun_only_the_failed_model_which_resumes(tmp_path):
+    """A run in which one model's training fails, then the user's rerun: only that model
+    trains again, resuming. Both runs stop after the training stage (``--until train``): the
+    evaluation and figures of the models (about half the CPU of two runs) assert nothing here."""
     faulty = tmp_path / "faulty.yaml"
     config = yaml.safe_load(TEST_CONFIG.read_text())
     config["models"]["unet_3d"] = {"fail_after_steps": 2}
@@ -76,6 +79,8 @@ def test_rerun_only_the_failed_model_which_resumes(tmp_path):
         "--configfile",
         str(faulty),
         "--keep-going",
+        "--until",
+        "train",
         check=False,
     )
     assert first.returncode != 0
@@ -85,7 +90,10 @@ def test_rerun_only_the_failed_model_which_resumes(tmp_path):
     assert (models / "unet_3d/checkpoints/last.pt").is_file(), "but its resumable state survives"
     finished = {p: p.stat().st_mtime_ns for p in (models / "unet_2d").glob("*.*")}
 
-    second = snakemake(tmp_path, "--profile", str(LOCAL_PROFILE), "--configfile", str(TEST_CONFIG))
+    second = snakemake(
+        tmp_path, "--profile", str(LOCAL_PROFILE), "--configfile", str(TEST_CONFIG),
+        "--until", "train",
+    )  # fmt: skip
     log = second.stdout + second.stderr
     trained = set(re.findall(r"wildcards: run=(\S+)", log))
     assert "unet_3d" in trained and "unet_2d" not in trained
