@@ -18,13 +18,17 @@ def test_job_hitting_its_time_limit_checkpoints_and_the_retry_finishes(slurm_clu
     # Snakemake and start-up, 60 s, the exit: 70-95 s) ends before the executor plugin's status
     # check at about 110 s after the submission (its checks back off by 10 s each: 2, 14, 36,
     # 68, 110, 162 s), where a 75 s budget let a loaded attempt slip to the check at 162 s.
-    # 1600 steps: the budget stops an attempt at least once below 29 steps/s (the tiny UNet ran
-    # 17 steps/s on a quiet 2-core node), as 2000 steps did in 75 s; about 5 attempts at 7 steps/s
+    # 160 steps that each also sleep 0.4 s (inject_step_delay_s, outside the config hash) take
+    # at least 64 s on any machine, so the first attempt cannot finish inside its 60 s: the stop
+    # is certain, and the steps' own compute is small (1600 undelayed steps did it before, sure
+    # only below 29 steps/s, and cost about 4 attempts of CPU on a loaded node); the second
+    # attempt usually finishes (about 90 steps fit the first)
     slow = {
         "runtime_min": 2,
         "time_budget_margin_min": 1.0,
         "max_epochs": 2,
-        "iterations_per_epoch": 800,
+        "iterations_per_epoch": 80,
+        "inject_step_delay_s": 0.4,
     }
     config = overlay(tmp_path, "short", models={"unet_2d": slow})
     result = run_workflow(

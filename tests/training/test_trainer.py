@@ -128,6 +128,20 @@ def test_time_budget_stops_with_checkpoint_then_resumes(tiny_config, tiny_data, 
     assert len(pd.read_csv(tmp_path / "history.csv")) == 2
 
 
+def test_a_step_delay_makes_any_machine_too_slow_for_its_budget(tiny_config, tiny_data, tmp_path):
+    # 8 steps (2 epochs of 4) that sleep 1 s each cannot fit a 6 s budget on any machine: the
+    # run stops for a resume (what the SLURM time-limit test relies on), and the delay, outside
+    # the config hash, can be dropped for the resume, which finishes
+    slow = copy.deepcopy(tiny_config)
+    slow["training"]["defaults"].update(inject_step_delay_s=1.0, checkpoint_every_steps=1)
+    trainer = make_trainer(slow, tiny_data, tmp_path, time_budget_min=0.1)
+    assert trainer.run() == EXIT_TIME_BUDGET
+    assert 0 < trainer.global_step < 8 and not (tmp_path / "history.csv").exists()
+    assert make_trainer(tiny_config, tiny_data, tmp_path).run() == 0
+    assert "resumed from" in (tmp_path / "train.log").read_text()
+    assert len(pd.read_csv(tmp_path / "history.csv")) == 2
+
+
 def test_a_budget_used_up_before_training_stops_before_any_step(tiny_config, tiny_data, tmp_path):
     # the budget counts from the job's start: 2 minutes ago, with a 1-minute budget
     trainer = make_trainer(

@@ -43,6 +43,7 @@ EXECUTION_KEYS: frozenset[str] = frozenset(
         "max_stalled_steps",
         "data_wait_warn_fraction",
         "inject_nonfinite_grad_after_steps",
+        "inject_step_delay_s",
     }
 )
 
@@ -106,6 +107,9 @@ class TrainSettings:
     data_wait_warn_fraction: float = 0.2
     # fault injection for tests: NaN gradients (finite losses) from this optimizer step on
     inject_nonfinite_grad_after_steps: int | None = None
+    # fault injection for tests: each optimizer step also sleeps this long (a slow node), so
+    # a run's length has a floor whatever the machine's speed
+    inject_step_delay_s: float = 0.0
     # data and loss, copied from the config's data and loss sections
     # the config's spelling (cellseg.voxels.compact: one number when isotropic, so isotropic
     # configs hash as before); the (z, y, x) voxel size is voxel_nm

@@ -716,6 +716,8 @@ class Trainer:
                 f"loss {self.epoch_loss_sum / max(self.epoch_loss_count, 1):.4f} "
                 f"{samples_per_s:.1f} samples/s ETA {eta / 60:.1f} min"
             )
+        if s.inject_step_delay_s > 0:
+            time.sleep(s.inject_step_delay_s)
         if s.fail_after_steps is not None and self.global_step >= s.fail_after_steps:
             self.save("last.pt")
             raise RuntimeError(f"fault injection: fail_after_steps={s.fail_after_steps} reached")
