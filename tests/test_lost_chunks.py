@@ -19,6 +19,8 @@ from predict_cli import predict_in_process as predict
 from predict_cli import stored as values
 from store_builders import write_multiscale
 
+pytestmark = pytest.mark.minutes(0.5)  # order: tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, list[str]]:

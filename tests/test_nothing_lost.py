@@ -28,6 +28,8 @@ from cellseg.training.lock import LOCK_NAME
 from checkpoint_builders import demo_unet_checkpoint
 from store_builders import annotation, write_multiscale
 
+pytestmark = pytest.mark.minutes(1.5)  # order: tests/conftest.py
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config" / "config.yaml"
 

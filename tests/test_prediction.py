@@ -30,6 +30,8 @@ from predict_cli import predict_in_process
 from store_builders import write_multiscale
 from tiny_nets import SeededConvNet, tiny_predictor
 
+pytestmark = pytest.mark.minutes(3.5)  # order: tests/conftest.py
+
 REPO = Path(__file__).resolve().parents[1]
 EM_SHAPE = (20, 44, 52)
 TRANSLATION = (100.0, 36.0, 4.0)  # centre of EM voxel 0, nm (8 nm voxels)

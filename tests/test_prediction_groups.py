@@ -27,6 +27,8 @@ from predict_cli import predict_in_process as predict
 from predict_cli import stored as read
 from store_builders import annotation, write_multiscale
 
+pytestmark = pytest.mark.minutes(0.7)  # order: tests/conftest.py
+
 EM_SHAPE = (8, 32, 40)  # 8 nm voxels, voxel 0's centre at 4 nm
 CROP_START, CROP_SHAPE = (2, 4, 8), (4, 24, 24)  # EM voxels
 

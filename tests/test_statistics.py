@@ -29,6 +29,8 @@ from cellseg.statistics import (
     smallest_p_value,
 )
 
+pytestmark = pytest.mark.minutes(1)  # order: tests/conftest.py
+
 # ------------------------------------------------------------------------------ coverage study
 
 

@@ -28,6 +28,8 @@ from cellseg.data.split_units import CropBox, gap_nm, split_units
 from cellseg.data.store import Crop, discover_crops, read_crop_geometry
 from cellseg.errors import CellsegError
 
+pytestmark = pytest.mark.minutes(1.5)  # order: tests/conftest.py
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config" / "config.yaml"
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"

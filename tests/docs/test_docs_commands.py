@@ -29,6 +29,8 @@ from docs_pages import README, REPO, Command, all_commands, documents, fenced_bl
 sys.path.insert(0, str(REPO / "tests" / "workflow"))
 from workflow_runner import make_clone, run_in_clone
 
+pytestmark = pytest.mark.minutes(1)  # order: tests/conftest.py
+
 # Programs checked only by being named here. The reason says why a command of theirs shown in
 # the docs is trusted; any path argument they name must still exist in the repository.
 TRUSTED: dict[str, str] = {

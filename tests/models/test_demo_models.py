@@ -9,6 +9,8 @@ from torch import nn
 from cellseg.classes import NUM_CLASSES
 from cellseg.models import build_model, input_rule, list_models
 
+pytestmark = pytest.mark.minutes(2)  # order: tests/conftest.py
+
 
 def _first_layer(model: nn.Module, x: torch.Tensor) -> nn.Module:
     """The first convolution/linear layer the input goes through (found by hooks)."""

@@ -13,6 +13,8 @@ from cellseg.classes import NUM_CLASSES
 from cellseg.errors import CellsegError
 from cellseg.models import build_model, input_rule, list_models, planning
 
+pytestmark = pytest.mark.minutes(2)  # order: tests/conftest.py
+
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()

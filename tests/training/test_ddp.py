@@ -10,10 +10,13 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 import yaml
 
 from cellseg.training import EXIT_TIME_BUDGET
+
+pytestmark = pytest.mark.minutes(2)  # order: tests/conftest.py
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -23,6 +23,8 @@ from cellseg.training import EXIT_TIME_BUDGET, Trainer, resolve_settings
 from cellseg.training.checkpoint import load_checkpoint
 from cellseg.training.launch import training_command
 
+pytestmark = pytest.mark.minutes(1)  # order: tests/conftest.py
+
 REPO = Path(__file__).resolve().parents[2]
 
 

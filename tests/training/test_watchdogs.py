@@ -25,6 +25,8 @@ from cellseg.training.budget import job_start_time
 from cellseg.training.checkpoint import load_checkpoint
 from cellseg.training.launch import launch_training
 
+pytestmark = pytest.mark.minutes(1.5)  # order: tests/conftest.py
+
 REPO = Path(__file__).resolve().parents[2]
 
 

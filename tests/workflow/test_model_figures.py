@@ -20,6 +20,8 @@ from cellseg.data.datasplit import read_datasplit
 from cellseg.palette import rgb255
 from checkpoint_builders import demo_unet_checkpoint
 
+pytestmark = pytest.mark.minutes(1.5)  # order: tests/conftest.py
+
 
 @pytest.mark.slow
 def test_visualize_draws_every_class_of_a_test_crop_in_its_colour(clone):
